@@ -1,0 +1,332 @@
+//! Compiles a rule set into the classification maps' entries (see chaos-common for the lookup
+//! chain). Pure: no kernel, so every case is unit-tested.
+//!
+//! # When several rules match a packet
+//! Exactly one rule acts on a packet (per hook): the one with the highest drop probability
+//! (a partition beats any loss), ties going to the rule applied first. So adding a fault never
+//! weakens one already in place, and only the acting rule's counters count the packet.
+//!
+//! # How
+//! Each lookup returns a class standing for the set of rules still possible. For an LPM trie
+//! the class of a prefix is every rule whose prefix contains it, so the longest match is the
+//! right set. Port ranges are cut into the disjoint intervals their bounds make, each stored
+//! as the few power-of-two blocks an LPM trie can hold. The last lookup returns the winner.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+
+use chaos_common::{
+    ADDR_KEY_FIXED_BITS, ADDRS_CAPACITY, AddrKey, CLASS_GEN_BIT, FAMILY_V4, FAMILY_V6,
+    HOOK_EGRESS, HOOK_INGRESS, PAIRS_CAPACITY, PORT_KEY_FIXED_BITS, PORTS_CAPACITY, PROTO_ICMP,
+    PROTO_ICMPV6, PROTO_OTHER, PROTO_TCP, PROTO_UDP, PairKey, PortKey, SIDE_DST, SIDE_SRC,
+};
+
+use crate::spec::{Cidr, Direction, Families, PortRange, Protocol, mask};
+
+/// One rule as the compiler needs it.
+#[derive(Clone, Debug)]
+pub struct Rule {
+    /// Index into `RULES`/`COUNTERS`: what a packet's lookup chain ends in.
+    pub slot: u32,
+    pub ifindex: u32,
+    pub direction: Direction,
+    pub families: Families,
+    pub protocol: Protocol,
+    pub src: Option<Cidr>,
+    pub dst: Option<Cidr>,
+    pub sport: PortRange,
+    pub dport: PortRange,
+    /// Drop threshold (see chaos-common `RuleAction`): the precedence between rules.
+    pub threshold: u64,
+}
+
+/// LPM entries are `(prefix length, key data, value)`.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Tables {
+    pub addrs: Vec<(u32, AddrKey, u32)>,
+    pub pairs: Vec<(PairKey, u32)>,
+    pub ports: Vec<(u32, PortKey, u32)>,
+}
+
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
+pub enum CompileError {
+    #[error(
+        "the rule set needs {needed} {map} entries but one generation holds {capacity}; \
+         remove faults or use fewer overlapping source/destination combinations"
+    )]
+    TooLarge { map: &'static str, needed: usize, capacity: usize },
+}
+
+/// A prefix as bytes (masked) and length.
+type Prefix = ([u8; 16], u8);
+/// Rules by precedence rank (0 wins).
+type Set = Vec<u32>;
+
+/// What one rule looks like from one hook: for `both` on ingress, mirrored.
+struct Eff {
+    rank: u32,
+    src: Prefix,
+    dst: Prefix,
+    protos: &'static [u8],
+    sport: PortRange,
+    dport: PortRange,
+}
+
+/// Compiles `rules` (in the order they were applied) for generation `generation` (0 or 1).
+pub fn compile(rules: &[Rule], generation: u8) -> Result<Tables, CompileError> {
+    // Precedence: strongest drop first, then the order of application (sort is stable).
+    let mut order: Vec<usize> = (0..rules.len()).collect();
+    order.sort_by_key(|&i| std::cmp::Reverse(rules[i].threshold));
+    let slots: Vec<u32> = order.iter().map(|&i| rules[i].slot).collect();
+
+    let mut scopes: BTreeMap<(u32, u8, u8), Vec<Eff>> = BTreeMap::new();
+    for (rank, &i) in order.iter().enumerate() {
+        let r = &rules[i];
+        let hooks: &[(u8, bool)] = match r.direction {
+            Direction::Egress => &[(HOOK_EGRESS, false)],
+            Direction::Ingress => &[(HOOK_INGRESS, false)],
+            Direction::Both => &[(HOOK_EGRESS, false), (HOOK_INGRESS, true)],
+        };
+        let families = [(FAMILY_V4, r.families.v4), (FAMILY_V6, r.families.v6)];
+        for &(hook, mirror) in hooks {
+            for (family, _) in families.iter().filter(|f| f.1) {
+                let prefix = |c: Option<Cidr>| c.map_or(([0; 16], 0), |c| (mask(c.bytes(), c.len), c.len));
+                let (src, dst, sport, dport) = if mirror {
+                    (prefix(r.dst), prefix(r.src), r.dport, r.sport)
+                } else {
+                    (prefix(r.src), prefix(r.dst), r.sport, r.dport)
+                };
+                let protos = protos(r.protocol, *family, sport.is_any() && dport.is_any());
+                let eff = Eff { rank: rank as u32, src, dst, protos, sport, dport };
+                scopes.entry((r.ifindex, hook, *family)).or_default().push(eff);
+            }
+        }
+    }
+
+    let mut c = Compiler { generation, next_class: 1, out: Tables::default() };
+    for ((ifindex, hook, family), effs) in &scopes {
+        c.scope(*ifindex, *hook, *family, effs, &slots)?;
+    }
+    Ok(c.out)
+}
+
+/// The protocol values a rule's entries cover; port-restricted rules only see TCP and UDP.
+fn protos(protocol: Protocol, family: u8, any_port: bool) -> &'static [u8] {
+    let v4 = family == FAMILY_V4;
+    match protocol {
+        Protocol::Tcp => &[PROTO_TCP],
+        Protocol::Udp => &[PROTO_UDP],
+        Protocol::Icmp if v4 => &[PROTO_ICMP],
+        Protocol::Icmp => &[PROTO_ICMPV6],
+        Protocol::Any if !any_port => &[PROTO_TCP, PROTO_UDP],
+        Protocol::Any if v4 => &[PROTO_TCP, PROTO_UDP, PROTO_ICMP, PROTO_OTHER],
+        Protocol::Any => &[PROTO_TCP, PROTO_UDP, PROTO_ICMPV6, PROTO_OTHER],
+    }
+}
+
+struct Compiler {
+    generation: u8,
+    next_class: u32,
+    out: Tables,
+}
+
+impl Compiler {
+    fn class(&mut self) -> u32 {
+        let id = self.next_class | if self.generation == 1 { CLASS_GEN_BIT } else { 0 };
+        self.next_class += 1;
+        id
+    }
+
+    fn scope(&mut self, ifindex: u32, hook: u8, family: u8, effs: &[Eff], slots: &[u32]) -> Result<(), CompileError> {
+        let by_rank: HashMap<u32, &Eff> = effs.iter().map(|e| (e.rank, e)).collect();
+        let generation = self.generation;
+        let key = move |side, addr: [u8; 16]| AddrKey {
+            generation,
+            hook,
+            family,
+            side,
+            ifindex,
+            addr: std::array::from_fn(|i| u32::from_ne_bytes(addr[4 * i..4 * i + 4].try_into().unwrap())),
+        };
+        let src_key = |a| key(SIDE_SRC, a);
+        let dst_key = |a| key(SIDE_DST, a);
+        let src = self.addr_classes(effs.iter().map(|e| (e.src, e.rank)), src_key)?;
+        let dst = self.addr_classes(effs.iter().map(|e| (e.dst, e.rank)), dst_key)?;
+
+        // Pairs: only those some rule belongs to on both sides can have a non-empty set.
+        let mut candidates = BTreeSet::new();
+        for e in effs {
+            for s in &src.of_rank[&e.rank] {
+                for d in &dst.of_rank[&e.rank] {
+                    candidates.insert((*s, *d));
+                    check("PAIRS", self.out.pairs.len() + candidates.len(), PAIRS_CAPACITY)?;
+                }
+            }
+        }
+        let mut pair_classes: HashMap<Set, u32> = HashMap::new();
+        for (s, d) in candidates {
+            let set = intersect(&src.sets[&s], &dst.sets[&d]);
+            let class = match pair_classes.get(&set) {
+                Some(c) => *c,
+                None => {
+                    let c = self.class();
+                    pair_classes.insert(set, c);
+                    c
+                }
+            };
+            self.out.pairs.push((PairKey { src_class: s, dst_class: d }, class));
+        }
+
+        // Destination ports, per protocol, then source ports, ending in the winner's slot.
+        let mut dport_classes: HashMap<Set, u32> = HashMap::new();
+        for (set, pair_class) in &pair_classes {
+            for proto in [PROTO_TCP, PROTO_UDP, PROTO_ICMP, PROTO_ICMPV6, PROTO_OTHER] {
+                let members: Vec<&Eff> =
+                    set.iter().map(|r| by_rank[r]).filter(|e| e.protos.contains(&proto)).collect();
+                for (range, sub) in intervals(&members, |e| e.dport) {
+                    let class = match dport_classes.get(&sub) {
+                        Some(c) => *c,
+                        None => {
+                            let c = self.class();
+                            dport_classes.insert(sub, c);
+                            c
+                        }
+                    };
+                    let key = PortKey { class: *pair_class, proto, side: SIDE_DST, port: 0 };
+                    self.port_entries(key, range, class)?;
+                }
+            }
+        }
+        for (set, class) in &dport_classes {
+            let members: Vec<&Eff> = set.iter().map(|r| by_rank[r]).collect();
+            for (range, sub) in intervals(&members, |e| e.sport) {
+                let key = PortKey { class: *class, proto: 0, side: SIDE_SRC, port: 0 };
+                self.port_entries(key, range, slots[sub[0] as usize])?;
+            }
+        }
+        Ok(())
+    }
+
+    /// One class per distinct prefix: the rules whose prefix contains it.
+    fn addr_classes(
+        &mut self,
+        prefixes: impl Iterator<Item = (Prefix, u32)>,
+        key: impl Fn([u8; 16]) -> AddrKey,
+    ) -> Result<AddrClasses, CompileError> {
+        let mut by_prefix: BTreeMap<Prefix, Set> = BTreeMap::new();
+        for (p, rank) in prefixes {
+            by_prefix.entry(p).or_default().push(rank);
+        }
+        let mut ids: HashMap<Set, u32> = HashMap::new();
+        let mut classes = AddrClasses::default();
+        for &(bytes, len) in by_prefix.keys() {
+            let mut set: Set = (0..=len)
+                .filter_map(|l| by_prefix.get(&(mask(bytes, l), l)))
+                .flatten()
+                .copied()
+                .collect();
+            set.sort_unstable();
+            let class = match ids.get(&set) {
+                Some(c) => *c,
+                None => {
+                    let c = self.class();
+                    for r in &set {
+                        classes.of_rank.entry(*r).or_default().push(c);
+                    }
+                    classes.sets.insert(c, set.clone());
+                    ids.insert(set, c);
+                    c
+                }
+            };
+            self.out.addrs.push((ADDR_KEY_FIXED_BITS + u32::from(len), key(bytes), class));
+            check("ADDRS", self.out.addrs.len(), ADDRS_CAPACITY)?;
+        }
+        Ok(classes)
+    }
+
+    fn port_entries(&mut self, key: PortKey, range: PortRange, value: u32) -> Result<(), CompileError> {
+        for (start, len) in port_blocks(range) {
+            let k = PortKey { port: start.to_be(), ..key };
+            self.out.ports.push((PORT_KEY_FIXED_BITS + u32::from(len), k, value));
+        }
+        check("PORTS", self.out.ports.len(), PORTS_CAPACITY)
+    }
+}
+
+#[derive(Default)]
+struct AddrClasses {
+    sets: HashMap<u32, Set>,
+    of_rank: HashMap<u32, Vec<u32>>,
+}
+
+/// Each generation gets half of a map.
+fn check(map: &'static str, needed: usize, capacity: u32) -> Result<(), CompileError> {
+    let capacity = capacity as usize / 2;
+    if needed > capacity {
+        return Err(CompileError::TooLarge { map, needed, capacity });
+    }
+    Ok(())
+}
+
+fn intersect(a: &[u32], b: &[u32]) -> Set {
+    let (mut i, mut j, mut out) = (0, 0, Vec::new());
+    while i < a.len() && j < b.len() {
+        match a[i].cmp(&b[j]) {
+            std::cmp::Ordering::Less => i += 1,
+            std::cmp::Ordering::Greater => j += 1,
+            std::cmp::Ordering::Equal => {
+                out.push(a[i]);
+                i += 1;
+                j += 1;
+            }
+        }
+    }
+    out
+}
+
+/// Splits the port space at every range bound of `members` and returns the maximal runs with
+/// the same non-empty set of covering rules (ranks, sorted).
+fn intervals(members: &[&Eff], range: impl Fn(&Eff) -> PortRange) -> Vec<(PortRange, Set)> {
+    let mut bounds: BTreeSet<u32> = BTreeSet::new();
+    for e in members {
+        let r = range(e);
+        bounds.insert(u32::from(r.lo));
+        bounds.insert(u32::from(r.hi) + 1);
+    }
+    let mut out: Vec<(PortRange, Set)> = Vec::new();
+    let bounds: Vec<u32> = bounds.into_iter().collect();
+    for w in bounds.windows(2) {
+        let (lo, hi) = (w[0] as u16, (w[1] - 1) as u16);
+        let mut set: Set = members
+            .iter()
+            .filter(|e| range(e).lo <= lo && hi <= range(e).hi)
+            .map(|e| e.rank)
+            .collect();
+        if set.is_empty() {
+            continue;
+        }
+        set.sort_unstable();
+        match out.last_mut() {
+            Some((prev, s)) if *s == set && u32::from(prev.hi) + 1 == u32::from(lo) => prev.hi = hi,
+            _ => out.push((PortRange { lo, hi }, set)),
+        }
+    }
+    out
+}
+
+/// The aligned power-of-two blocks covering `range`, as (start, prefix length in bits).
+pub fn port_blocks(range: PortRange) -> Vec<(u16, u8)> {
+    let (mut start, end) = (u32::from(range.lo), u32::from(range.hi) + 1);
+    let mut out = Vec::new();
+    while start < end {
+        let mut size: u32 = if start == 0 { 1 << 16 } else { start & start.wrapping_neg() };
+        while start + size > end {
+            size >>= 1;
+        }
+        out.push((start as u16, 16 - size.trailing_zeros() as u8));
+        start += size;
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,312 @@
+//! The compiled tables are checked against the rules themselves: a model of the kernel's lookup
+//! chain over the tables must pick the same rule as a direct reading of the rules, for random
+//! rule sets and packets.
+
+use std::net::IpAddr;
+
+use super::*;
+use crate::spec::Action;
+
+/// What the program extracts from a packet.
+#[derive(Clone, Copy, Debug)]
+struct Pkt {
+    ifindex: u32,
+    hook: u8,
+    family: u8,
+    proto: u8,
+    src: [u8; 16],
+    dst: [u8; 16],
+    sport: u16,
+    dport: u16,
+}
+
+fn bits(key: &[u8], n: u32) -> Vec<bool> {
+    (0..n as usize).map(|i| key[i / 8] & (0x80 >> (i % 8)) != 0).collect()
+}
+
+/// Longest-prefix match as the kernel's LPM trie does it.
+fn lpm<K: Copy>(entries: &[(u32, K, u32)], data: &K, as_bytes: impl Fn(&K) -> Vec<u8>) -> Option<u32> {
+    let want = as_bytes(data);
+    entries
+        .iter()
+        .filter(|(len, k, _)| bits(&as_bytes(k), *len) == bits(&want, *len))
+        .max_by_key(|(len, _, _)| *len)
+        .map(|(_, _, v)| *v)
+}
+
+fn addr_bytes(k: &AddrKey) -> Vec<u8> {
+    let mut v = vec![k.generation, k.hook, k.family, k.side];
+    v.extend_from_slice(&k.ifindex.to_ne_bytes());
+    k.addr.iter().for_each(|w| v.extend_from_slice(&w.to_ne_bytes()));
+    v
+}
+
+fn port_bytes(k: &PortKey) -> Vec<u8> {
+    let mut v = k.class.to_ne_bytes().to_vec();
+    v.extend_from_slice(&[k.proto, k.side]);
+    v.extend_from_slice(&k.port.to_ne_bytes());
+    v
+}
+
+/// The program's lookup chain over `t`.
+fn kernel(t: &Tables, generation: u8, p: Pkt) -> Option<u32> {
+    let words = |a: [u8; 16]| std::array::from_fn(|i| u32::from_ne_bytes(a[4 * i..4 * i + 4].try_into().unwrap()));
+    let mut key = AddrKey { generation, hook: p.hook, family: p.family, side: SIDE_SRC, ifindex: p.ifindex, addr: words(p.src) };
+    let s = lpm(&t.addrs, &key, addr_bytes)?;
+    key.side = SIDE_DST;
+    key.addr = words(p.dst);
+    let d = lpm(&t.addrs, &key, addr_bytes)?;
+    let pair = t.pairs.iter().find(|(k, _)| *k == PairKey { src_class: s, dst_class: d })?.1;
+    let dk = PortKey { class: pair, proto: p.proto, side: SIDE_DST, port: p.dport.to_be() };
+    let dc = lpm(&t.ports, &dk, port_bytes)?;
+    let sk = PortKey { class: dc, proto: 0, side: SIDE_SRC, port: p.sport.to_be() };
+    lpm(&t.ports, &sk, port_bytes)
+}
+
+fn contains(c: Option<Cidr>, family: u8, addr: [u8; 16]) -> bool {
+    match c {
+        None => true,
+        Some(c) => (c.is_v4() == (family == FAMILY_V4)) && mask(addr, c.len) == mask(c.bytes(), c.len),
+    }
+}
+
+/// The rules read directly: which one acts on `p`.
+fn reference(rules: &[Rule], p: Pkt) -> Option<u32> {
+    let matches = |r: &Rule| {
+        let fam = if p.family == FAMILY_V4 { r.families.v4 } else { r.families.v6 };
+        let mirrored = match (r.direction, p.hook) {
+            (Direction::Egress, HOOK_EGRESS) | (Direction::Ingress, HOOK_INGRESS) => false,
+            (Direction::Both, HOOK_EGRESS) => false,
+            (Direction::Both, HOOK_INGRESS) => true,
+            _ => return false,
+        };
+        let (src, dst, sport, dport) =
+            if mirrored { (r.dst, r.src, r.dport, r.sport) } else { (r.src, r.dst, r.sport, r.dport) };
+        let has_ports = matches!(p.proto, PROTO_TCP | PROTO_UDP);
+        let proto_ok = match r.protocol {
+            Protocol::Tcp => p.proto == PROTO_TCP,
+            Protocol::Udp => p.proto == PROTO_UDP,
+            Protocol::Icmp => p.proto == if p.family == FAMILY_V4 { PROTO_ICMP } else { PROTO_ICMPV6 },
+            Protocol::Any => has_ports || (sport.is_any() && dport.is_any()),
+        };
+        let in_range = |r: PortRange, v: u16| r.lo <= v && v <= r.hi;
+        r.ifindex == p.ifindex
+            && fam
+            && proto_ok
+            && contains(src, p.family, p.src)
+            && contains(dst, p.family, p.dst)
+            && in_range(sport, p.sport)
+            && in_range(dport, p.dport)
+    };
+    // Highest threshold wins; among equals, the first applied.
+    let mut best: Option<&Rule> = None;
+    for r in rules.iter().filter(|r| matches(r)) {
+        if best.is_none_or(|b| r.threshold > b.threshold) {
+            best = Some(r);
+        }
+    }
+    best.map(|r| r.slot)
+}
+
+fn rule(slot: u32) -> Rule {
+    Rule {
+        slot,
+        ifindex: 2,
+        direction: Direction::Egress,
+        families: Families { v4: true, v6: true },
+        protocol: Protocol::Any,
+        src: None,
+        dst: None,
+        sport: PortRange::ANY,
+        dport: PortRange::ANY,
+        threshold: Action::Loss(0.5).drop_threshold(),
+    }
+}
+
+fn v4(a: [u8; 4]) -> [u8; 16] {
+    let mut b = [0; 16];
+    b[..4].copy_from_slice(&a);
+    b
+}
+
+fn pkt(src: [u8; 4], dst: [u8; 4], proto: u8, sport: u16, dport: u16) -> Pkt {
+    Pkt { ifindex: 2, hook: HOOK_EGRESS, family: FAMILY_V4, proto, src: v4(src), dst: v4(dst), sport, dport }
+}
+
+#[test]
+fn udp_port_rule() {
+    let mut r = rule(7);
+    r.protocol = Protocol::Udp;
+    r.dport = PortRange { lo: 9000, hi: 9000 };
+    let t = compile(&[r], 0).unwrap();
+    assert_eq!(kernel(&t, 0, pkt([1, 1, 1, 1], [2, 2, 2, 2], PROTO_UDP, 5, 9000)), Some(7));
+    assert_eq!(kernel(&t, 0, pkt([1, 1, 1, 1], [2, 2, 2, 2], PROTO_UDP, 5, 9001)), None);
+    assert_eq!(kernel(&t, 0, pkt([1, 1, 1, 1], [2, 2, 2, 2], PROTO_TCP, 5, 9000)), None);
+    // Other generation's view is empty; other interface and hook too.
+    assert_eq!(kernel(&t, 1, pkt([1, 1, 1, 1], [2, 2, 2, 2], PROTO_UDP, 5, 9000)), None);
+    let mut p = pkt([1, 1, 1, 1], [2, 2, 2, 2], PROTO_UDP, 5, 9000);
+    p.hook = HOOK_INGRESS;
+    assert_eq!(kernel(&t, 0, p), None);
+    p.hook = HOOK_EGRESS;
+    p.ifindex = 3;
+    assert_eq!(kernel(&t, 0, p), None);
+}
+
+#[test]
+fn both_directions_mirror() {
+    let mut r = rule(1);
+    r.direction = Direction::Both;
+    r.dst = Some("10.0.0.2/32".parse().unwrap());
+    r.threshold = Action::Partition.drop_threshold();
+    let t = compile(&[r], 1).unwrap();
+    let out = pkt([10, 0, 0, 1], [10, 0, 0, 2], PROTO_TCP, 40000, 80);
+    assert_eq!(kernel(&t, 1, out), Some(1));
+    let mut back = pkt([10, 0, 0, 2], [10, 0, 0, 1], PROTO_TCP, 80, 40000);
+    back.hook = HOOK_INGRESS;
+    assert_eq!(kernel(&t, 1, back), Some(1));
+    back.src = v4([10, 0, 0, 4]);
+    assert_eq!(kernel(&t, 1, back), None);
+}
+
+#[test]
+fn strongest_rule_wins_then_oldest() {
+    let mut weak = rule(1);
+    weak.threshold = Action::Loss(0.1).drop_threshold();
+    let mut strong = rule(2);
+    strong.dst = Some("10.0.0.0/8".parse().unwrap());
+    strong.threshold = Action::Loss(0.9).drop_threshold();
+    let mut equal = rule(3);
+    equal.threshold = strong.threshold;
+    let t = compile(&[weak.clone(), strong.clone(), equal.clone()], 0).unwrap();
+    assert_eq!(kernel(&t, 0, pkt([1, 1, 1, 1], [10, 1, 1, 1], PROTO_UDP, 1, 2)), Some(2));
+    assert_eq!(kernel(&t, 0, pkt([1, 1, 1, 1], [11, 1, 1, 1], PROTO_UDP, 1, 2)), Some(3));
+}
+
+#[test]
+fn port_blocks_cover_exactly() {
+    for (lo, hi) in [(0, 65535), (1, 1), (0, 0), (1000, 2000), (65535, 65535), (1, 65534), (7, 8)] {
+        let blocks = port_blocks(PortRange { lo, hi });
+        let mut covered = Vec::new();
+        for (start, len) in &blocks {
+            let size = 1u32 << (16 - len);
+            assert_eq!(u32::from(*start) % size, 0, "aligned");
+            covered.extend(u32::from(*start)..u32::from(*start) + size);
+        }
+        assert_eq!(covered, (u32::from(lo)..=u32::from(hi)).collect::<Vec<_>>());
+        assert!(blocks.len() <= 30);
+    }
+}
+
+#[test]
+fn ten_thousand_rules_fit() {
+    let rules: Vec<Rule> = (0..10_000u32)
+        .map(|i| {
+            let mut r = rule(i);
+            r.direction = Direction::Both;
+            r.protocol = Protocol::Udp;
+            r.dst = Some(format!("10.{}.{}.0/24", i / 256, i % 256).parse().unwrap());
+            r.families = Families { v4: true, v6: false };
+            r.dport = PortRange { lo: 9000, hi: 9100 };
+            r
+        })
+        .collect();
+    let t = compile(&rules, 0).unwrap();
+    assert_eq!(kernel(&t, 0, pkt([1, 1, 1, 1], [10, 39, 15, 7], PROTO_UDP, 1, 9050)), Some(39 * 256 + 15));
+    assert_eq!(kernel(&t, 0, pkt([1, 1, 1, 1], [10, 39, 15, 7], PROTO_UDP, 1, 9200)), None);
+}
+
+#[test]
+fn too_large_is_refused() {
+    // Every source crossed with every destination, plus one rule in all pairs.
+    let mut rules = vec![rule(0)];
+    for i in 0..1000u32 {
+        let mut r = rule(i + 1);
+        r.src = Some(format!("10.{}.{}.0/24", i / 256, i % 256).parse().unwrap());
+        r.dst = Some(format!("11.{}.{}.0/24", i / 256, i % 256).parse().unwrap());
+        rules.push(r);
+    }
+    let err = compile(&rules, 0).unwrap_err();
+    assert!(matches!(err, CompileError::TooLarge { map: "PAIRS", .. }), "{err}");
+}
+
+/// A small deterministic generator, so failures reproduce.
+struct Rng(u64);
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+    fn pick<T: Copy>(&mut self, xs: &[T]) -> T {
+        xs[self.next() as usize % xs.len()]
+    }
+}
+
+#[test]
+fn random_rule_sets_agree_with_the_rules() {
+    let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
+    let addrs4 = [[10, 0, 0, 1], [10, 0, 0, 2], [10, 0, 1, 9], [10, 9, 0, 1], [192, 168, 1, 1]];
+    let cidrs4 = ["10.0.0.0/8", "10.0.0.0/16", "10.0.0.2/32", "10.0.0.0/31", "192.168.0.0/16"];
+    let cidrs6 = ["fd00::/8", "fd00::2/128"];
+    let ports = [0u16, 1, 53, 80, 81, 443, 1000, 5000, 65535];
+    let ranges = [PortRange::ANY, PortRange { lo: 80, hi: 80 }, PortRange { lo: 1, hi: 1000 }, PortRange { lo: 443, hi: 65535 }];
+    for round in 0..300 {
+        let n = 1 + rng.next() % 6;
+        let rules: Vec<Rule> = (0..n as u32)
+            .map(|i| {
+                let mut r = rule(100 + i);
+                r.ifindex = rng.pick(&[2, 3]);
+                r.direction = rng.pick(&[Direction::Egress, Direction::Ingress, Direction::Both]);
+                r.protocol = rng.pick(&[Protocol::Tcp, Protocol::Udp, Protocol::Icmp, Protocol::Any]);
+                let v6 = rng.next() % 4 == 0;
+                let cidr = |rng: &mut Rng| {
+                    if rng.next() % 3 == 0 {
+                        None
+                    } else if v6 {
+                        Some(rng.pick(&cidrs6).parse::<Cidr>().unwrap())
+                    } else {
+                        Some(rng.pick(&cidrs4).parse::<Cidr>().unwrap())
+                    }
+                };
+                r.src = cidr(&mut rng);
+                r.dst = cidr(&mut rng);
+                let has_cidr = r.src.is_some() || r.dst.is_some();
+                r.families = if has_cidr { Families { v4: !v6, v6 } } else { Families { v4: true, v6: true } };
+                if r.protocol != Protocol::Icmp {
+                    r.sport = rng.pick(&ranges);
+                    r.dport = rng.pick(&ranges);
+                }
+                r.threshold = rng.pick(&[0, 1 << 30, 1 << 31, 1 << 32]);
+                r
+            })
+            .collect();
+        let t = compile(&rules, (round % 2) as u8).unwrap();
+        for _ in 0..200 {
+            let family = rng.pick(&[FAMILY_V4, FAMILY_V4, FAMILY_V6]);
+            let addr = |rng: &mut Rng| {
+                if family == FAMILY_V4 {
+                    v4(rng.pick(&addrs4))
+                } else {
+                    match rng.pick(&["fd00::1", "fd00::2", "fe80::1"]).parse::<IpAddr>().unwrap() {
+                        IpAddr::V6(a) => a.octets(),
+                        IpAddr::V4(_) => unreachable!(),
+                    }
+                }
+            };
+            let proto = rng.pick(&[PROTO_TCP, PROTO_UDP, if family == FAMILY_V4 { PROTO_ICMP } else { PROTO_ICMPV6 }, PROTO_OTHER]);
+            let has_ports = matches!(proto, PROTO_TCP | PROTO_UDP);
+            let p = Pkt {
+                ifindex: rng.pick(&[2, 3]),
+                hook: rng.pick(&[HOOK_INGRESS, HOOK_EGRESS]),
+                family,
+                proto,
+                src: addr(&mut rng),
+                dst: addr(&mut rng),
+                sport: if has_ports { rng.pick(&ports) } else { 0 },
+                dport: if has_ports { rng.pick(&ports) } else { 0 },
+            };
+            assert_eq!(kernel(&t, (round % 2) as u8, p), reference(&rules, p), "round {round}: {p:?}\n{rules:#?}");
+        }
+    }
+}

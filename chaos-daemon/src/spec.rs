@@ -1,0 +1,510 @@
+//! Faults as users write them ([`FaultSpec`]: CLI flags, TOML `[[fault]]` tables, API JSON) and
+//! their validated form ([`Fault`]). Validation is the one place that decides what is accepted;
+//! each refusal names the field and the reason.
+
+use std::{fmt, net::IpAddr, str::FromStr};
+
+use serde::{Deserialize, Serialize};
+
+/// A fault as submitted. Fields are loosely typed on purpose: validation, not the parser,
+/// reports what is wrong, field by field.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FaultSpec {
+    /// Unique name; generated (`loss-1`, `partition-2`, ...) when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// Interface the fault applies to (required).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub interface: Option<String>,
+    /// `loss` or `partition` (required).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub action: Option<String>,
+    /// Loss probability in percent, 0 to 100 (required for `loss`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub loss: Option<f64>,
+    /// `egress` (default), `ingress` or `both`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub direction: Option<String>,
+    /// `ipv4`, `ipv6` or `any` (default; taken from `src`/`dst` when they are given).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub family: Option<String>,
+    /// `tcp`, `udp`, `icmp` or `any` (default).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub protocol: Option<String>,
+    /// Source CIDR or address (default: any).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub src: Option<String>,
+    /// Destination CIDR or address (default: any).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dst: Option<String>,
+    /// Source port or range `lo-hi` (default: any).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sport: Option<PortSpec>,
+    /// Destination port or range `lo-hi` (default: any).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dport: Option<PortSpec>,
+}
+
+/// A port as written: `8080`, `"8080"` or `"8000-8100"`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum PortSpec {
+    Number(i64),
+    Text(String),
+}
+
+/// A refused field: `field: reason`.
+#[derive(Clone, Debug, PartialEq, thiserror::Error)]
+#[error("{field}: {reason}")]
+pub struct SpecError {
+    pub field: String,
+    pub reason: String,
+}
+
+impl SpecError {
+    pub fn new(field: impl Into<String>, reason: impl Into<String>) -> Self {
+        Self { field: field.into(), reason: reason.into() }
+    }
+
+    /// Prefixes the field with where it was found, e.g. `fault[2].`.
+    pub fn within(mut self, prefix: &str) -> Self {
+        self.field = format!("{prefix}{}", self.field);
+        self
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Action {
+    /// Drop matching packets with this probability (0.0 to 1.0).
+    Loss(f64),
+    /// Drop every matching packet.
+    Partition,
+}
+
+impl Action {
+    /// Packets are dropped when a 32-bit random number is below this.
+    pub fn drop_threshold(self) -> u64 {
+        match self {
+            Self::Loss(p) => (p * 4_294_967_296.0).round() as u64,
+            Self::Partition => chaos_common::DROP_ALWAYS,
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Direction {
+    Ingress,
+    Egress,
+    Both,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Protocol {
+    Tcp,
+    Udp,
+    Icmp,
+    Any,
+}
+
+/// Which IP versions a fault covers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Families {
+    pub v4: bool,
+    pub v6: bool,
+}
+
+/// An inclusive port range; `0-65535` means any port (and packets without ports).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct PortRange {
+    pub lo: u16,
+    pub hi: u16,
+}
+
+impl PortRange {
+    pub const ANY: Self = Self { lo: 0, hi: u16::MAX };
+
+    pub fn is_any(self) -> bool {
+        self == Self::ANY
+    }
+}
+
+/// A network prefix with no host bits set.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Cidr {
+    pub addr: IpAddr,
+    pub len: u8,
+}
+
+impl Cidr {
+    pub fn is_v4(self) -> bool {
+        self.addr.is_ipv4()
+    }
+
+    /// The address bytes, IPv4 in the first four.
+    pub fn bytes(self) -> [u8; 16] {
+        let mut out = [0; 16];
+        match self.addr {
+            IpAddr::V4(a) => out[..4].copy_from_slice(&a.octets()),
+            IpAddr::V6(a) => out = a.octets(),
+        }
+        out
+    }
+}
+
+impl FromStr for Cidr {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        let (addr, len) = match s.split_once('/') {
+            Some((a, l)) => (a, Some(l)),
+            None => (s, None),
+        };
+        let addr: IpAddr =
+            addr.trim().parse().map_err(|_| format!("'{s}' is not an IP address or CIDR"))?;
+        let max = if addr.is_ipv4() { 32 } else { 128 };
+        let len = match len {
+            None => max,
+            Some(l) => match l.trim().parse::<u8>() {
+                Ok(n) if n <= max => n,
+                _ => return Err(format!("'{s}' has a prefix length outside 0-{max}")),
+            },
+        };
+        let cidr = Self { addr, len };
+        if cidr.bytes() != mask(cidr.bytes(), len) {
+            let net = Self { addr: from_bytes(addr.is_ipv4(), mask(cidr.bytes(), len)), len };
+            return Err(format!("'{s}' has host bits set (did you mean {net}?)"));
+        }
+        Ok(cidr)
+    }
+}
+
+impl fmt::Display for Cidr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.addr, self.len)
+    }
+}
+
+/// Clears every bit after the first `len`.
+pub fn mask(mut bytes: [u8; 16], len: u8) -> [u8; 16] {
+    for (i, b) in bytes.iter_mut().enumerate() {
+        let keep = (usize::from(len)).saturating_sub(i * 8).min(8);
+        *b &= if keep == 0 { 0 } else { 0xffu8 << (8 - keep) };
+    }
+    bytes
+}
+
+fn from_bytes(v4: bool, b: [u8; 16]) -> IpAddr {
+    if v4 { IpAddr::from([b[0], b[1], b[2], b[3]]) } else { IpAddr::from(b) }
+}
+
+/// A validated fault. The interface is checked to exist by the engine, not here.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Fault {
+    pub name: Option<String>,
+    pub interface: String,
+    pub action: Action,
+    pub direction: Direction,
+    pub families: Families,
+    pub protocol: Protocol,
+    pub src: Option<Cidr>,
+    pub dst: Option<Cidr>,
+    pub sport: PortRange,
+    pub dport: PortRange,
+}
+
+impl FaultSpec {
+    /// Checks every field and returns the typed fault, or the first field that is wrong.
+    pub fn validate(&self) -> Result<Fault, SpecError> {
+        if let Some(name) = &self.name {
+            validate_name(name)?;
+        }
+        let interface = match self.interface.as_deref().map(str::trim) {
+            None | Some("") => return Err(SpecError::new("interface", "is required")),
+            Some(i) if i.len() > 15 || i.contains('/') || i.contains(char::is_whitespace) => {
+                return Err(SpecError::new("interface", format!("'{i}' is not an interface name")));
+            }
+            Some(i) => i.to_owned(),
+        };
+        let action = match self.action.as_deref() {
+            Some("loss") => {
+                let p = self.loss.ok_or_else(|| {
+                    SpecError::new("loss", "is required for action 'loss' (percent, 0-100)")
+                })?;
+                if !(0.0..=100.0).contains(&p) {
+                    return Err(SpecError::new("loss", format!("{p}% is outside 0-100%")));
+                }
+                Action::Loss(p / 100.0)
+            }
+            Some("partition") => {
+                if self.loss.is_some() {
+                    return Err(SpecError::new("loss", "does not apply to action 'partition'"));
+                }
+                Action::Partition
+            }
+            None => return Err(SpecError::new("action", "is required ('loss' or 'partition')")),
+            Some(other) => {
+                return Err(SpecError::new(
+                    "action",
+                    format!("'{other}' is not an action (expected 'loss' or 'partition')"),
+                ));
+            }
+        };
+        let direction = match self.direction.as_deref().unwrap_or("egress") {
+            "egress" => Direction::Egress,
+            "ingress" => Direction::Ingress,
+            "both" => Direction::Both,
+            other => {
+                return Err(SpecError::new(
+                    "direction",
+                    format!("'{other}' is not a direction (expected ingress, egress or both)"),
+                ));
+            }
+        };
+        let protocol = match self.protocol.as_deref().unwrap_or("any") {
+            "tcp" => Protocol::Tcp,
+            "udp" => Protocol::Udp,
+            "icmp" => Protocol::Icmp,
+            "any" => Protocol::Any,
+            other => {
+                return Err(SpecError::new(
+                    "protocol",
+                    format!("'{other}' is not a protocol (expected tcp, udp, icmp or any)"),
+                ));
+            }
+        };
+        let cidr = |field: &str, v: &Option<String>| {
+            v.as_deref().map(|s| s.parse::<Cidr>().map_err(|e| SpecError::new(field, e))).transpose()
+        };
+        let src = cidr("src", &self.src)?;
+        let dst = cidr("dst", &self.dst)?;
+        let families = families(self.family.as_deref(), src, dst)?;
+        let sport = port_range("sport", self.sport.as_ref())?;
+        let dport = port_range("dport", self.dport.as_ref())?;
+        if protocol == Protocol::Icmp {
+            for (field, range) in [("sport", sport), ("dport", dport)] {
+                if !range.is_any() {
+                    return Err(SpecError::new(field, "ports apply to tcp and udp, not icmp"));
+                }
+            }
+        }
+        Ok(Fault {
+            name: self.name.clone(),
+            interface,
+            action,
+            direction,
+            families,
+            protocol,
+            src,
+            dst,
+            sport,
+            dport,
+        })
+    }
+}
+
+/// Names are what `chaosctl rm` and URLs take: keep them to a safe alphabet.
+pub fn validate_name(name: &str) -> Result<(), SpecError> {
+    let ok = !name.is_empty()
+        && name.len() <= 63
+        && name.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+        && !name.starts_with(['-', '.']);
+    if ok {
+        Ok(())
+    } else {
+        Err(SpecError::new(
+            "name",
+            format!("'{name}' is not a valid name (1-63 of A-Z a-z 0-9 - _ ., not starting with - or .)"),
+        ))
+    }
+}
+
+fn families(family: Option<&str>, src: Option<Cidr>, dst: Option<Cidr>) -> Result<Families, SpecError> {
+    let mut fam = match family.unwrap_or("any") {
+        "ipv4" => Families { v4: true, v6: false },
+        "ipv6" => Families { v4: false, v6: true },
+        "any" => Families { v4: true, v6: true },
+        other => {
+            return Err(SpecError::new(
+                "family",
+                format!("'{other}' is not an IP version (expected ipv4, ipv6 or any)"),
+            ));
+        }
+    };
+    for (field, cidr) in [("src", src), ("dst", dst)] {
+        let Some(c) = cidr else { continue };
+        let (v4, v6) = (fam.v4 && c.is_v4(), fam.v6 && !c.is_v4());
+        if !v4 && !v6 {
+            let what = if src.is_some() && dst.is_some() && field == "dst" && family.is_none() {
+                "is not the same IP version as src".to_owned()
+            } else {
+                format!("{c} is not {}", family.unwrap_or("any"))
+            };
+            return Err(SpecError::new(field, what));
+        }
+        fam = Families { v4, v6 };
+    }
+    Ok(fam)
+}
+
+fn port_range(field: &str, spec: Option<&PortSpec>) -> Result<PortRange, SpecError> {
+    let port = |v: i64| {
+        u16::try_from(v).map_err(|_| SpecError::new(field, format!("{v} is not a port (0-65535)")))
+    };
+    let parse = |s: &str| {
+        s.trim()
+            .parse::<i64>()
+            .map_err(|_| SpecError::new(field, format!("'{s}' is not a port or range lo-hi")))
+            .and_then(port)
+    };
+    let range = match spec {
+        None => return Ok(PortRange::ANY),
+        Some(PortSpec::Number(n)) => {
+            let p = port(*n)?;
+            PortRange { lo: p, hi: p }
+        }
+        Some(PortSpec::Text(s)) => match s.split_once('-') {
+            Some((lo, hi)) => PortRange { lo: parse(lo)?, hi: parse(hi)? },
+            None => {
+                let p = parse(s)?;
+                PortRange { lo: p, hi: p }
+            }
+        },
+    };
+    if range.lo > range.hi {
+        return Err(SpecError::new(field, format!("range {}-{} is empty", range.lo, range.hi)));
+    }
+    Ok(range)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec() -> FaultSpec {
+        FaultSpec {
+            interface: Some("eth0".into()),
+            action: Some("loss".into()),
+            loss: Some(30.0),
+            ..Default::default()
+        }
+    }
+
+    fn err(f: impl FnOnce(&mut FaultSpec)) -> SpecError {
+        let mut s = spec();
+        f(&mut s);
+        s.validate().unwrap_err()
+    }
+
+    #[test]
+    fn defaults() {
+        let f = spec().validate().unwrap();
+        assert_eq!(f.direction, Direction::Egress);
+        assert_eq!(f.protocol, Protocol::Any);
+        assert_eq!(f.families, Families { v4: true, v6: true });
+        assert_eq!((f.sport, f.dport), (PortRange::ANY, PortRange::ANY));
+        assert_eq!(f.action, Action::Loss(0.3));
+    }
+
+    #[test]
+    fn toml_fault_tables() {
+        #[derive(Deserialize)]
+        struct File {
+            fault: Vec<FaultSpec>,
+        }
+        let file: File = toml::from_str(
+            r#"
+            [[fault]]
+            name = "a"
+            interface = "eth0"
+            action = "loss"
+            loss = 20
+            protocol = "udp"
+            dport = 9000
+            [[fault]]
+            interface = "eth0"
+            action = "partition"
+            direction = "both"
+            dst = "fd00::/64"
+            sport = "1000-2000"
+            "#,
+        )
+        .unwrap();
+        let a = file.fault[0].validate().unwrap();
+        assert_eq!(a.dport, PortRange { lo: 9000, hi: 9000 });
+        let b = file.fault[1].validate().unwrap();
+        assert_eq!(b.families, Families { v4: false, v6: true });
+        assert_eq!(b.sport, PortRange { lo: 1000, hi: 2000 });
+        assert_eq!(b.action.drop_threshold(), 1 << 32);
+    }
+
+    #[test]
+    fn refusals_name_the_field() {
+        let cases: Vec<(SpecError, &str)> = vec![
+            (err(|s| s.interface = None), "interface"),
+            (err(|s| s.action = Some("explode".into())), "action"),
+            (err(|s| s.loss = Some(150.0)), "loss"),
+            (err(|s| s.loss = Some(-1.0)), "loss"),
+            (err(|s| s.loss = None), "loss"),
+            (err(|s| s.dport = Some(PortSpec::Number(70000))), "dport"),
+            (err(|s| s.sport = Some(PortSpec::Text("9-1".into()))), "sport"),
+            (err(|s| s.dport = Some(PortSpec::Text("http".into()))), "dport"),
+            (err(|s| s.dst = Some("10.0.0.300/24".into())), "dst"),
+            (err(|s| s.dst = Some("10.0.0.1/8".into())), "dst"),
+            (err(|s| s.src = Some("10.0.0.0/33".into())), "src"),
+            (err(|s| s.direction = Some("sideways".into())), "direction"),
+            (err(|s| s.protocol = Some("sctp".into())), "protocol"),
+            (err(|s| s.name = Some("bad name".into())), "name"),
+            (
+                err(|s| {
+                    s.src = Some("10.0.0.0/8".into());
+                    s.dst = Some("fd00::/8".into());
+                }),
+                "dst",
+            ),
+            (
+                err(|s| {
+                    s.family = Some("ipv6".into());
+                    s.dst = Some("10.0.0.1".into());
+                }),
+                "dst",
+            ),
+            (
+                err(|s| {
+                    s.protocol = Some("icmp".into());
+                    s.dport = Some(PortSpec::Number(80));
+                }),
+                "dport",
+            ),
+        ];
+        for (e, field) in cases {
+            assert_eq!(e.field, field, "{e}");
+        }
+        assert_eq!(
+            err(|s| s.dst = Some("10.0.0.1/8".into())).to_string(),
+            "dst: '10.0.0.1/8' has host bits set (did you mean 10.0.0.0/8?)"
+        );
+        assert_eq!(
+            err(|s| s.dport = Some(PortSpec::Number(70000))).to_string(),
+            "dport: 70000 is not a port (0-65535)"
+        );
+    }
+
+    #[test]
+    fn cidrs() {
+        let c: Cidr = "10.1.2.3".parse().unwrap();
+        assert_eq!(c.len, 32);
+        let c: Cidr = "fd00:1::/32".parse().unwrap();
+        assert_eq!(c.len, 32);
+        assert_eq!(mask([0xff; 16], 12)[..3], [0xff, 0xf0, 0]);
+        assert_eq!(mask([0xff; 16], 0), [0; 16]);
+        assert_eq!(mask([0xff; 16], 128), [0xff; 16]);
+    }
+
+    #[test]
+    fn thresholds() {
+        assert_eq!(Action::Loss(0.0).drop_threshold(), 0);
+        assert_eq!(Action::Loss(1.0).drop_threshold(), 1 << 32);
+        assert_eq!(Action::Loss(0.25).drop_threshold(), 1 << 30);
+    }
+}
