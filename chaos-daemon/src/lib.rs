@@ -4,7 +4,13 @@
 //! entries), [`kernel`] (programs, maps, attachments), [`engine`] (the set of faults),
 //! [`api`] (the HTTP control socket), [`client`] (chaosctl's side of it), [`config`].
 
+pub mod api;
 pub mod compile;
+pub mod config;
+pub mod engine;
+pub mod client;
+pub mod kernel;
+pub mod server;
 pub mod spec;
 
 /// The eBPF object built from chaos-ebpf by build.rs.

@@ -1,0 +1,225 @@
+//! chaosctl: applies, lists and removes faults through chaos-daemon's control socket.
+
+use std::path::PathBuf;
+
+use anyhow::Context as _;
+use chaos_daemon::{
+    api::{Apply, FaultView, Faults, Status},
+    client::Client,
+    config::DEFAULT_SOCKET,
+    spec::{FaultSpec, PortSpec},
+};
+use clap::{Args as ClapArgs, Parser, Subcommand, ValueEnum};
+use serde::Deserialize;
+
+#[derive(Parser)]
+#[command(version, about = "Control chaos-daemon's network faults")]
+struct Cli {
+    /// chaos-daemon's control socket.
+    #[arg(long, global = true, env = "CHAOS_SOCKET", default_value = DEFAULT_SOCKET)]
+    socket: PathBuf,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Apply one fault from flags, or every [[fault]] of a TOML file (all or none).
+    Apply(ApplyArgs),
+    /// List active faults with their counters.
+    List {
+        #[arg(short, long, value_enum, default_value_t = Output::Table)]
+        output: Output,
+    },
+    /// Remove faults by name.
+    #[command(alias = "remove")]
+    Rm {
+        #[arg(required = true)]
+        names: Vec<String>,
+    },
+    /// Remove every fault.
+    Clear,
+    /// Kernel features found, interfaces attached.
+    Status {
+        #[arg(short, long, value_enum, default_value_t = Output::Table)]
+        output: Output,
+    },
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum Output {
+    Table,
+    Json,
+}
+
+#[derive(ClapArgs)]
+struct ApplyArgs {
+    /// TOML file with [[fault]] tables (same fields as the flags).
+    #[arg(short = 'f', long = "file", conflicts_with_all = ["name", "interface", "loss", "partition"])]
+    file: Option<PathBuf>,
+    /// Fault name (default: generated).
+    #[arg(long)]
+    name: Option<String>,
+    /// Interface to act on.
+    #[arg(short, long, required_unless_present = "file")]
+    interface: Option<String>,
+    /// Drop this percentage of matching packets, e.g. 20 or 20%.
+    #[arg(long, required_unless_present_any = ["file", "partition"], conflicts_with = "partition")]
+    loss: Option<String>,
+    /// Drop every matching packet.
+    #[arg(long)]
+    partition: bool,
+    /// ingress, egress (default) or both (both mirrors the addresses and ports for replies).
+    #[arg(short, long)]
+    direction: Option<String>,
+    /// tcp, udp, icmp or any (default).
+    #[arg(short, long)]
+    protocol: Option<String>,
+    /// ipv4, ipv6 or any (default; implied by --src/--dst).
+    #[arg(long)]
+    family: Option<String>,
+    /// Source CIDR or address.
+    #[arg(long)]
+    src: Option<String>,
+    /// Destination CIDR or address.
+    #[arg(long)]
+    dst: Option<String>,
+    /// Source port or range lo-hi.
+    #[arg(long)]
+    sport: Option<String>,
+    /// Destination port or range lo-hi.
+    #[arg(long)]
+    dport: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FaultFile {
+    fault: Vec<FaultSpec>,
+}
+
+fn main() {
+    let cli = Cli::parse();
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("tokio runtime");
+    if let Err(e) = runtime.block_on(run(cli)) {
+        eprintln!("chaosctl: error: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    let client = Client::new(&cli.socket);
+    match cli.command {
+        Command::Apply(args) => {
+            let faults = specs(args)?;
+            let applied: Faults = client.post("/v1/faults", &Apply { faults }).await?;
+            for f in applied.faults {
+                println!("applied {}", f.name);
+            }
+        }
+        Command::List { output } => {
+            let list: Faults = client.get("/v1/faults").await?;
+            match output {
+                Output::Json => println!("{}", serde_json::to_string_pretty(&list)?),
+                Output::Table => print_table(&list.faults),
+            }
+        }
+        Command::Rm { names } => {
+            for name in names {
+                let removed: FaultView = client.delete(&format!("/v1/faults/{name}")).await?;
+                println!("removed {} (matched {}, dropped {})", removed.name, removed.matched, removed.dropped);
+            }
+        }
+        Command::Clear => {
+            let removed: Faults = client.delete("/v1/faults").await?;
+            println!("removed {} faults", removed.faults.len());
+        }
+        Command::Status { output } => {
+            let status: Status = client.get("/v1/status").await?;
+            match output {
+                Output::Json => println!("{}", serde_json::to_string_pretty(&status)?),
+                Output::Table => {
+                    println!("chaos-daemon {} on kernel {}", status.version, status.kernel);
+                    let features: Vec<String> =
+                        status.features.iter().map(|(k, v)| format!("{k}={}", if *v { "yes" } else { "no" })).collect();
+                    println!("features: {}", features.join(" "));
+                    println!("faults: {}", status.faults);
+                    for a in &status.attachments {
+                        println!("attached: {} {} ({})", a.interface, a.hook, a.mode);
+                    }
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+fn specs(args: ApplyArgs) -> anyhow::Result<Vec<FaultSpec>> {
+    if let Some(path) = args.file {
+        let text = std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+        let file: FaultFile = toml::from_str(&text).with_context(|| format!("{}", path.display()))?;
+        return Ok(file.fault);
+    }
+    let loss = args
+        .loss
+        .map(|l| {
+            l.trim().trim_end_matches('%').trim().parse::<f64>().map_err(|_| anyhow::anyhow!("--loss: '{l}' is not a percentage"))
+        })
+        .transpose()?;
+    let action = if args.partition { "partition" } else { "loss" };
+    Ok(vec![FaultSpec {
+        name: args.name,
+        interface: args.interface,
+        action: Some(action.into()),
+        loss,
+        direction: args.direction,
+        family: args.family,
+        protocol: args.protocol,
+        src: args.src,
+        dst: args.dst,
+        sport: args.sport.map(PortSpec::Text),
+        dport: args.dport.map(PortSpec::Text),
+    }])
+}
+
+fn print_table(faults: &[FaultView]) {
+    let rows: Vec<[String; 10]> = faults
+        .iter()
+        .map(|f| {
+            let s = &f.spec;
+            let or_any = |v: &Option<String>| v.clone().unwrap_or_else(|| "any".into());
+            let port = |p: &Option<PortSpec>| match p {
+                None => "any".into(),
+                Some(PortSpec::Number(n)) => n.to_string(),
+                Some(PortSpec::Text(t)) => t.clone(),
+            };
+            let action = match s.loss {
+                Some(l) => format!("loss {l}%"),
+                None => or_any(&s.action),
+            };
+            [
+                f.name.clone(),
+                or_any(&s.interface),
+                action,
+                s.direction.clone().unwrap_or_else(|| "egress".into()),
+                or_any(&s.protocol),
+                format!("{} -> {}", or_any(&s.src), or_any(&s.dst)),
+                port(&s.sport),
+                port(&s.dport),
+                f.matched.to_string(),
+                f.dropped.to_string(),
+            ]
+        })
+        .collect();
+    let header = ["NAME", "INTERFACE", "ACTION", "DIRECTION", "PROTO", "SRC -> DST", "SPORT", "DPORT", "MATCHED", "DROPPED"].map(String::from);
+    let mut widths = header.clone().map(|h| h.len());
+    for row in &rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.len());
+        }
+    }
+    for row in std::iter::once(&header).chain(&rows) {
+        let cells: Vec<String> = row.iter().zip(widths).map(|(c, w)| format!("{c:<w$}")).collect();
+        println!("{}", cells.join("  ").trim_end());
+    }
+}
