@@ -1,0 +1,88 @@
+//! Reads what the kernel holds, independently of the daemon: the programs attached to an
+//! interface, the maps they use and the entries in them, and the qdiscs.
+
+use std::collections::BTreeMap;
+
+use aya::{
+    maps::{Array, HashMap, LpmTrie, Map, MapData, PerCpuArray, loaded_maps},
+    programs::{SchedClassifier, TcAttachType, loaded_programs},
+};
+use chaos_common::{AddrKey, Counters, PairKey, PortKey, RuleAction};
+
+use crate::Netns;
+
+/// Ids of the programs attached to `interface` (TCX links on both hooks, and cls_bpf filters),
+/// read from inside `ns`.
+pub fn attached(ns: &Netns, interface: &str) -> anyhow::Result<Vec<u32>> {
+    let iface = interface.to_owned();
+    let mut ids = ns.enter(move || {
+        let mut ids = Vec::new();
+        for hook in [TcAttachType::Ingress, TcAttachType::Egress] {
+            if let Ok((_, progs)) = SchedClassifier::query_tcx(&iface, hook) {
+                ids.extend(progs.iter().map(|p| p.id()));
+            }
+        }
+        ids
+    })?;
+    for hook in ["ingress", "egress"] {
+        let filters = crate::run("tc", &["-n", &ns.name, "filter", "show", "dev", interface, hook]).unwrap_or_default();
+        ids.extend(filters.split_whitespace().filter_map(|w| w.strip_prefix("id")).filter_map(|n| n.parse::<u32>().ok()));
+        // `tc` prints "id 42" as two words.
+        let words: Vec<&str> = filters.split_whitespace().collect();
+        ids.extend(words.windows(2).filter(|w| w[0] == "id").filter_map(|w| w[1].parse::<u32>().ok()));
+    }
+    ids.sort_unstable();
+    ids.dedup();
+    Ok(ids)
+}
+
+pub fn program_loaded(id: u32) -> bool {
+    loaded_programs().filter_map(Result::ok).any(|p| p.id() == id)
+}
+
+pub fn map_loaded(id: u32) -> bool {
+    loaded_maps().filter_map(Result::ok).any(|m| m.id() == id)
+}
+
+/// Ids of the maps program `id` uses.
+pub fn maps_of(id: u32) -> anyhow::Result<Vec<u32>> {
+    let prog = loaded_programs().filter_map(Result::ok).find(|p| p.id() == id).ok_or_else(|| anyhow::anyhow!("program {id} not loaded"))?;
+    Ok(prog.map_ids()?.unwrap_or_default())
+}
+
+/// Every entry of the maps of program `id`, by map name, in a comparable form.
+pub fn map_contents(id: u32) -> anyhow::Result<BTreeMap<String, Vec<String>>> {
+    let mut out = BTreeMap::new();
+    for map_id in maps_of(id)? {
+        let data = MapData::from_id(map_id)?;
+        let name = data.info()?.name_as_str().unwrap_or("?").to_owned();
+        let map = Map::from_map_data(data)?;
+        let entries: Vec<String> = match name.as_str() {
+            "ADDRS" => LpmTrie::<_, AddrKey, u32>::try_from(map)?
+                .iter()
+                .map(|r| r.map(|(k, v)| format!("{}/{:?}={v}", k.prefix_len(), k.data())))
+                .collect::<Result<_, _>>()?,
+            "PORTS" => LpmTrie::<_, PortKey, u32>::try_from(map)?
+                .iter()
+                .map(|r| r.map(|(k, v)| format!("{}/{:?}={v}", k.prefix_len(), k.data())))
+                .collect::<Result<_, _>>()?,
+            "PAIRS" => HashMap::<_, PairKey, u32>::try_from(map)?.iter().map(|r| r.map(|(k, v)| format!("{k:?}={v}"))).collect::<Result<_, _>>()?,
+            "RULES" => Array::<_, RuleAction>::try_from(map)?.iter().map(|r| r.map(|v| format!("{v:?}"))).collect::<Result<_, _>>()?,
+            "ACTIVE" => Array::<_, u32>::try_from(map)?.iter().map(|r| r.map(|v| v.to_string())).collect::<Result<_, _>>()?,
+            "COUNTERS" => PerCpuArray::<_, Counters>::try_from(map)?
+                .iter()
+                .map(|r| r.map(|v| format!("{:?}", v.iter().collect::<Vec<_>>())))
+                .collect::<Result<_, _>>()?,
+            _ => continue,
+        };
+        let mut entries = entries;
+        entries.sort();
+        out.insert(name, entries);
+    }
+    Ok(out)
+}
+
+/// `tc qdisc show dev <interface>` inside `ns`.
+pub fn qdiscs(ns: &Netns, interface: &str) -> String {
+    crate::run("tc", &["-n", &ns.name, "qdisc", "show", "dev", interface]).unwrap_or_default()
+}

@@ -1,0 +1,74 @@
+//! Traffic between lab hosts, counted at the receiver.
+
+use std::{
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, UdpSocket},
+    os::fd::AsFd,
+    time::Duration,
+};
+
+use socket2::{Domain, Protocol, Socket, Type};
+
+use crate::Netns;
+
+/// Sends `count` numbered UDP datagrams from `from` to `dst` (an address in `to`) and returns
+/// how many distinct ones arrived. The receiver's buffer holds every datagram and the sender
+/// pauses every 1000, so no loss comes from buffers: all of it is the fault's.
+pub fn udp(from: &Netns, src: Option<IpAddr>, to: &Netns, dst: SocketAddr, count: u32) -> anyhow::Result<u32> {
+    let rx = to.enter(move || -> std::io::Result<UdpSocket> {
+        let s = UdpSocket::bind(dst)?;
+        // SO_RCVBUFFORCE (root) passes rmem_max: 64 MiB holds 20,000 small datagrams.
+        let _ = nix::sys::socket::setsockopt(&s.as_fd(), nix::sys::socket::sockopt::RcvBufForce, &(64 << 20));
+        s.set_read_timeout(Some(Duration::from_millis(300)))?;
+        Ok(s)
+    })??;
+    let any: IpAddr = if dst.is_ipv4() { Ipv4Addr::UNSPECIFIED.into() } else { Ipv6Addr::UNSPECIFIED.into() };
+    let tx = from.enter(move || UdpSocket::bind(SocketAddr::new(src.unwrap_or(any), 0)))??;
+    let receiver = std::thread::spawn(move || {
+        let mut seen = vec![false; count as usize];
+        let mut buf = [0u8; 64];
+        let mut started = false;
+        loop {
+            match rx.recv(&mut buf) {
+                Ok(n) if n >= 4 => {
+                    started = true;
+                    let seq = u32::from_be_bytes(buf[..4].try_into().unwrap()) as usize;
+                    if let Some(s) = seen.get_mut(seq) {
+                        *s = true;
+                    }
+                }
+                Ok(_) => {}
+                // Idle: done once the sender has finished (or never reached us).
+                Err(_) if started || SENT.load(std::sync::atomic::Ordering::SeqCst) => break,
+                Err(_) => {}
+            }
+        }
+        seen.iter().filter(|s| **s).count() as u32
+    });
+    SENT.store(false, std::sync::atomic::Ordering::SeqCst);
+    for seq in 0..count {
+        // A datagram dropped on egress may fail the send (ENOBUFS): the receiver counts anyway.
+        let _ = tx.send_to(&seq.to_be_bytes(), dst);
+        if seq % 1000 == 999 {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+    SENT.store(true, std::sync::atomic::Ordering::SeqCst);
+    receiver.join().map_err(|_| anyhow::anyhow!("receiver panicked"))
+}
+
+static SENT: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Whether a TCP connection from `from` (bound to `src` if given) to `dst` (an address in
+/// `to`) is established within one second.
+pub fn tcp_connects(from: &Netns, src: Option<IpAddr>, to: &Netns, dst: SocketAddr) -> anyhow::Result<bool> {
+    let listener = to.enter(move || TcpListener::bind(dst))??;
+    let ok = from.enter(move || -> std::io::Result<bool> {
+        let socket = Socket::new(Domain::for_address(dst), Type::STREAM, Some(Protocol::TCP))?;
+        if let Some(src) = src {
+            socket.bind(&SocketAddr::new(src, 0).into())?;
+        }
+        Ok(socket.connect_timeout(&dst.into(), Duration::from_secs(1)).is_ok())
+    })??;
+    drop(listener);
+    Ok(ok)
+}
