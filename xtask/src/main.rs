@@ -1,1 +1,118 @@
-fn main() {}
+//! `cargo xtask <task>`: everything a developer or CI runs, from a fresh machine.
+
+mod bootstrap;
+mod check_ebpf;
+mod demo;
+
+use std::{path::PathBuf, process::Command};
+
+use anyhow::{Context as _, bail};
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+struct Cli {
+    #[command(subcommand)]
+    task: Task,
+}
+
+#[derive(Subcommand)]
+enum Task {
+    /// Install what the eBPF build needs (nightly rust-src, bpf-linker) when missing.
+    Bootstrap,
+    /// Build, check the eBPF object for old kernels, run every test (needs root).
+    Test {
+        /// Extra arguments for `cargo test` (e.g. a test name).
+        #[arg(last = true)]
+        args: Vec<String>,
+    },
+    /// Static check of the eBPF object: instruction counts and helpers against 4.19.
+    CheckEbpf {
+        /// Object to check (default: the one the last build embedded).
+        object: Option<PathBuf>,
+    },
+    /// Two hosts in network namespaces, 20% UDP loss applied and removed with chaosctl.
+    Demo,
+}
+
+fn main() {
+    if let Err(e) = run(Cli::parse().task) {
+        eprintln!("xtask: error: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn run(task: Task) -> anyhow::Result<()> {
+    match task {
+        Task::Bootstrap => bootstrap::ensure(),
+        Task::CheckEbpf { object } => {
+            let object = match object {
+                Some(o) => o,
+                None => {
+                    build()?;
+                    check_ebpf::built_object()?
+                }
+            };
+            check_ebpf::check(&object)
+        }
+        Task::Test { args } => {
+            preflight("cargo xtask test")?;
+            build()?;
+            check_ebpf::check(&check_ebpf::built_object()?)?;
+            // End-to-end tests share the machine's kernel: one at a time keeps each
+            // measurement clean; unit tests are fast enough not to mind.
+            let status = Command::new(cargo())
+                .args(["test", "--quiet"])
+                .args(&args)
+                .args(["--", "--test-threads=1"])
+                .env("CHAOS_BIN_DIR", bin_dir())
+                .status()?;
+            if !status.success() {
+                bail!("tests failed");
+            }
+            Ok(())
+        }
+        Task::Demo => {
+            preflight("cargo xtask demo")?;
+            build()?;
+            demo::run()
+        }
+    }
+}
+
+/// Root, iproute2 and the kernel features, checked before anything is built: one sentence each.
+fn preflight(what: &str) -> anyhow::Result<()> {
+    if !nix::unistd::geteuid().is_root() {
+        bail!("{what} must run as root: it creates network namespaces and loads eBPF programs (try `sudo -E {what}`)");
+    }
+    for tool in ["ip", "tc"] {
+        if Command::new(tool).arg("-V").output().is_err() {
+            bail!("`{tool}` is missing: install iproute2 (apt-get install iproute2)");
+        }
+    }
+    let bpffs = std::fs::read_to_string("/proc/filesystems").unwrap_or_default();
+    if !bpffs.contains("bpf") {
+        bail!("this kernel has no BPF filesystem support, so it cannot run eBPF programs");
+    }
+    bootstrap::ensure()
+}
+
+fn cargo() -> String {
+    std::env::var("CARGO").unwrap_or_else(|_| "cargo".into())
+}
+
+pub fn workspace() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+fn bin_dir() -> PathBuf {
+    workspace().join("target/debug")
+}
+
+/// Builds the host crates; chaos-daemon's build.rs builds and embeds the eBPF object.
+fn build() -> anyhow::Result<()> {
+    let status = Command::new(cargo()).args(["build", "--quiet"]).current_dir(workspace()).status().context("running cargo build")?;
+    if !status.success() {
+        bail!("cargo build failed");
+    }
+    Ok(())
+}

@@ -1,0 +1,85 @@
+//! Every bad input is refused with an error naming the field and the reason, a non-zero exit,
+//! and no change: neither in the daemon's list nor in the kernel (read independently).
+
+use std::collections::BTreeMap;
+
+use chaos_tests::{Daemon, Lab, kernel};
+
+/// The daemon's faults and everything the kernel holds for them.
+#[derive(Debug, PartialEq)]
+struct State {
+    list: serde_json::Value,
+    attached: Vec<u32>,
+    attached_lo: Vec<u32>,
+    maps: BTreeMap<String, Vec<String>>,
+}
+
+fn state(lab: &Lab, daemon: &Daemon) -> State {
+    let attached = kernel::attached(&lab.a, &lab.a_if).unwrap();
+    assert!(!attached.is_empty(), "the good fault should have attached a program");
+    State {
+        list: daemon.list(),
+        maps: kernel::map_contents(attached[0]).unwrap(),
+        attached,
+        attached_lo: kernel::attached(&lab.a, "lo").unwrap(),
+    }
+}
+
+#[test]
+fn bad_inputs_are_refused_and_change_nothing() {
+    let lab = Lab::new().unwrap();
+    let daemon = Daemon::start(&lab.a).unwrap();
+    daemon.ctl_ok(&["apply", "--name", "good", "-i", &lab.a_if, "--loss", "10", "-p", "udp", "--dport", "9000", "-d", "both"]);
+    let before = state(&lab, &daemon);
+    assert!(before.attached_lo.is_empty());
+
+    // The daemon guard's directory, removed with it.
+    let dir = daemon.dir.clone();
+    let batch = dir.join("batch.toml");
+    std::fs::write(
+        &batch,
+        "[[fault]]\ninterface = \"lo\"\naction = \"loss\"\nloss = 5\n\n\
+         [[fault]]\ninterface = \"lo\"\naction = \"partition\"\ndport = 70000\n",
+    )
+    .unwrap();
+    let batch = batch.to_str().unwrap();
+
+    let a = lab.a_if.as_str();
+    let cases: Vec<(Vec<&str>, &str)> = vec![
+        (vec!["apply", "-i", "nope0", "--loss", "10"], "interface: no such interface 'nope0'"),
+        (vec!["apply", "-i", a, "--loss", "10", "--dst", "10.0.0.300/24"], "dst: '10.0.0.300/24' is not an IP address or CIDR"),
+        (vec!["apply", "-i", a, "--loss", "10", "--src", "10.0.0.1/8"], "src: '10.0.0.1/8' has host bits set"),
+        (vec!["apply", "-i", a, "--loss", "10", "-p", "udp", "--dport", "70000"], "dport: 70000 is not a port (0-65535)"),
+        (vec!["apply", "-i", a, "--loss", "150%"], "loss: 150% is outside 0-100%"),
+        (vec!["apply", "-i", a, "--loss", "10", "--name", "good"], "name: a fault named 'good' already exists"),
+        (vec!["apply", "-i", a, "--loss", "10", "-d", "up"], "direction: 'up' is not a direction"),
+        (vec!["apply", "-i", a, "--loss", "10", "-p", "sctp"], "protocol: 'sctp' is not a protocol"),
+        // All or nothing: the first fault of the file is fine, the second is not.
+        (vec!["apply", "-f", batch], "fault[1].dport: 70000 is not a port (0-65535)"),
+        (vec!["rm", "missing"], "no fault named 'missing'"),
+    ];
+    for (args, expected) in cases {
+        let out = daemon.ctl(&args);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "chaosctl {args:?} should fail");
+        assert!(stderr.contains(expected), "chaosctl {args:?}: expected '{expected}' in:\n{stderr}");
+        assert_eq!(state(&lab, &daemon), before, "chaosctl {args:?} changed something");
+    }
+
+    // No daemon behind the socket: a missing path, then a stale socket file.
+    let missing = dir.join("missing.sock");
+    let stale = dir.join("stale.sock");
+    drop(std::os::unix::net::UnixListener::bind(&stale).unwrap());
+    for socket in [&missing, &stale] {
+        let out = std::process::Command::new(chaos_tests::daemon::bin("chaosctl"))
+            .arg("--socket")
+            .arg(socket)
+            .arg("list")
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success());
+        assert!(stderr.contains("cannot connect to chaos-daemon") && stderr.contains("is chaos-daemon running?"), "{stderr}");
+    }
+    assert_eq!(state(&lab, &daemon), before);
+}
