@@ -32,7 +32,12 @@ impl<'a> Client<'a> {
         self.request(Method::POST, path, Some(body)).await
     }
 
-    async fn request<B: Serialize, T: DeserializeOwned>(&self, method: Method, path: &str, body: Option<&B>) -> anyhow::Result<T> {
+    async fn request<B: Serialize, T: DeserializeOwned>(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<&B>,
+    ) -> anyhow::Result<T> {
         let stream = UnixStream::connect(self.socket).await.map_err(|e| {
             let hint = match e.kind() {
                 std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused => " (is chaos-daemon running?)",
@@ -41,7 +46,8 @@ impl<'a> Client<'a> {
             };
             anyhow::anyhow!("cannot connect to chaos-daemon at {}: {e}{hint}", self.socket.display())
         })?;
-        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.context("HTTP handshake")?;
+        let (mut sender, conn) =
+            hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.context("HTTP handshake")?;
         tokio::spawn(conn);
         let body = match body {
             Some(b) => Bytes::from(serde_json::to_vec(b)?),

@@ -15,9 +15,9 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use chaos_common::{
-    ADDR_KEY_FIXED_BITS, ADDRS_CAPACITY, AddrKey, CLASS_GEN_BIT, FAMILY_V4, FAMILY_V6,
-    HOOK_EGRESS, HOOK_INGRESS, PAIRS_CAPACITY, PORT_KEY_FIXED_BITS, PORTS_CAPACITY, PROTO_ICMP,
-    PROTO_ICMPV6, PROTO_OTHER, PROTO_TCP, PROTO_UDP, PairKey, PortKey, SIDE_DST, SIDE_SRC,
+    ADDR_KEY_FIXED_BITS, ADDRS_CAPACITY, AddrKey, CLASS_GEN_BIT, FAMILY_V4, FAMILY_V6, HOOK_EGRESS, HOOK_INGRESS,
+    PAIRS_CAPACITY, PORT_KEY_FIXED_BITS, PORTS_CAPACITY, PROTO_ICMP, PROTO_ICMPV6, PROTO_OTHER, PROTO_TCP, PROTO_UDP,
+    PairKey, PortKey, SIDE_DST, SIDE_SRC,
 };
 
 use crate::spec::{Cidr, Direction, Families, PortRange, Protocol, mask};
@@ -180,8 +180,7 @@ impl Compiler {
         let mut dport_classes: HashMap<Set, u32> = HashMap::new();
         for (set, pair_class) in &pair_classes {
             for proto in [PROTO_TCP, PROTO_UDP, PROTO_ICMP, PROTO_ICMPV6, PROTO_OTHER] {
-                let members: Vec<&Eff> =
-                    set.iter().map(|r| by_rank[r]).filter(|e| e.protos.contains(&proto)).collect();
+                let members: Vec<&Eff> = set.iter().map(|r| by_rank[r]).filter(|e| e.protos.contains(&proto)).collect();
                 for (range, sub) in intervals(&members, |e| e.dport) {
                     let class = match dport_classes.get(&sub) {
                         Some(c) => *c,
@@ -219,11 +218,8 @@ impl Compiler {
         let mut ids: HashMap<Set, u32> = HashMap::new();
         let mut classes = AddrClasses::default();
         for &(bytes, len) in by_prefix.keys() {
-            let mut set: Set = (0..=len)
-                .filter_map(|l| by_prefix.get(&(mask(bytes, l), l)))
-                .flatten()
-                .copied()
-                .collect();
+            let mut set: Set =
+                (0..=len).filter_map(|l| by_prefix.get(&(mask(bytes, l), l))).flatten().copied().collect();
             set.sort_unstable();
             let class = match ids.get(&set) {
                 Some(c) => *c,
@@ -296,11 +292,7 @@ fn intervals(members: &[&Eff], range: impl Fn(&Eff) -> PortRange) -> Vec<(PortRa
     let bounds: Vec<u32> = bounds.into_iter().collect();
     for w in bounds.windows(2) {
         let (lo, hi) = (w[0] as u16, (w[1] - 1) as u16);
-        let mut set: Set = members
-            .iter()
-            .filter(|e| range(e).lo <= lo && hi <= range(e).hi)
-            .map(|e| e.rank)
-            .collect();
+        let mut set: Set = members.iter().filter(|e| range(e).lo <= lo && hi <= range(e).hi).map(|e| e.rank).collect();
         if set.is_empty() {
             continue;
         }

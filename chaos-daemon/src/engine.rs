@@ -95,7 +95,8 @@ impl Engine {
         }
 
         let new_slots: Vec<(u32, RuleAction)> = batch.iter().map(|(_, a)| (a.slot, action(a.fault.action))).collect();
-        let all: Vec<&Active> = self.order.iter().map(|n| &self.faults[n]).chain(batch.iter().map(|(_, a)| a)).collect();
+        let all: Vec<&Active> =
+            self.order.iter().map(|n| &self.faults[n]).chain(batch.iter().map(|(_, a)| a)).collect();
         let (rules, hooks) = plan(&all);
         self.kernel.sync(&rules, &new_slots, &hooks)?;
 
@@ -150,7 +151,13 @@ impl Engine {
     fn view(&self, name: &str) -> FaultView {
         let a = &self.faults[name];
         let c = self.kernel.counters(a.slot);
-        FaultView { name: name.into(), spec: a.spec.clone(), applied_at: a.applied_at, matched: c.matched, dropped: c.dropped }
+        FaultView {
+            name: name.into(),
+            spec: a.spec.clone(),
+            applied_at: a.applied_at,
+            matched: c.matched,
+            dropped: c.dropped,
+        }
     }
 }
 

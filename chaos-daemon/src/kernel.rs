@@ -2,10 +2,7 @@
 //! written as a whole new generation of entries, made live by one write to `ACTIVE`, and the
 //! old generation is deleted after: packets see the old rule set or the new one, never a mix.
 
-use std::{
-    collections::BTreeMap,
-    io,
-};
+use std::{collections::BTreeMap, io};
 
 use aya::{
     Ebpf,
@@ -17,8 +14,7 @@ use aya::{
     sys::{is_map_supported, is_program_supported},
 };
 use chaos_common::{
-    AddrKey, Counters, HOOK_EGRESS, PROG_EGRESS, PROG_INGRESS, PairKey, PortKey, RuleAction,
-    map_names,
+    AddrKey, Counters, HOOK_EGRESS, PROG_EGRESS, PROG_INGRESS, PairKey, PortKey, RuleAction, map_names,
 };
 use serde::{Deserialize, Serialize};
 
@@ -84,7 +80,9 @@ fn map<T>(ebpf: &mut Ebpf, name: &'static str) -> Result<T, KernelError>
 where
     T: TryFrom<aya::maps::Map, Error = MapError>,
 {
-    let m = ebpf.take_map(name).ok_or(KernelError::Map { map: name, source: MapError::InvalidName { name: name.into() } })?;
+    let m = ebpf
+        .take_map(name)
+        .ok_or(KernelError::Map { map: name, source: MapError::InvalidName { name: name.into() } })?;
     T::try_from(m).map_err(|source| KernelError::Map { map: name, source })
 }
 
@@ -183,7 +181,12 @@ impl Kernel {
         let values = self.counters.get(&slot, 0);
         values.map_or_else(
             |_| Counters::default(),
-            |v| v.iter().fold(Counters::default(), |a, c| Counters { matched: a.matched + c.matched, dropped: a.dropped + c.dropped }),
+            |v| {
+                v.iter().fold(Counters::default(), |a, c| Counters {
+                    matched: a.matched + c.matched,
+                    dropped: a.dropped + c.dropped,
+                })
+            },
         )
     }
 
@@ -217,7 +220,9 @@ impl Kernel {
         match tc::qdisc_add_clsact(interface) {
             Ok(()) => tracing::info!(interface, "added clsact qdisc"),
             Err(TcError::NetlinkError(e)) if e.raw_os_error() == Some(libc::EEXIST) => {}
-            Err(e) => return Err(KernelError::Program { what: format!("adding clsact to {interface}"), source: e.into() }),
+            Err(e) => {
+                return Err(KernelError::Program { what: format!("adding clsact to {interface}"), source: e.into() });
+            }
         }
         let id = prog
             .attach_with_options(interface, attach_type, TcAttachOptions::Netlink(NlOptions::default()))
@@ -252,13 +257,17 @@ impl Kernel {
 
     fn write(&mut self, t: &Tables) -> Result<(), KernelError> {
         for (len, key, value) in &t.addrs {
-            self.addrs.insert(&Key::new(*len, *key), *value, 0).map_err(|source| KernelError::Map { map: map_names::ADDRS, source })?;
+            self.addrs
+                .insert(&Key::new(*len, *key), *value, 0)
+                .map_err(|source| KernelError::Map { map: map_names::ADDRS, source })?;
         }
         for (key, value) in &t.pairs {
             self.pairs.insert(*key, *value, 0).map_err(|source| KernelError::Map { map: map_names::PAIRS, source })?;
         }
         for (len, key, value) in &t.ports {
-            self.ports.insert(&Key::new(*len, *key), *value, 0).map_err(|source| KernelError::Map { map: map_names::PORTS, source })?;
+            self.ports
+                .insert(&Key::new(*len, *key), *value, 0)
+                .map_err(|source| KernelError::Map { map: map_names::PORTS, source })?;
         }
         Ok(())
     }

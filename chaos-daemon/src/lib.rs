@@ -5,10 +5,10 @@
 //! [`api`] (the HTTP control socket), [`client`] (chaosctl's side of it), [`config`].
 
 pub mod api;
+pub mod client;
 pub mod compile;
 pub mod config;
 pub mod engine;
-pub mod client;
 pub mod kernel;
 pub mod server;
 pub mod spec;

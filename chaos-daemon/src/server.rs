@@ -46,14 +46,20 @@ pub async fn serve(listener: UnixListener, engine: Arc<Mutex<Engine>>, mut shutd
         let engine = engine.clone();
         tokio::spawn(async move {
             let service = service_fn(move |req| handle(req, engine.clone(), peer));
-            if let Err(e) = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), service).await {
+            if let Err(e) =
+                hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), service).await
+            {
                 tracing::debug!("connection: {e}");
             }
         });
     }
 }
 
-async fn handle(req: Request<hyper::body::Incoming>, engine: Arc<Mutex<Engine>>, peer: Option<Peer>) -> Result<Reply, Infallible> {
+async fn handle(
+    req: Request<hyper::body::Incoming>,
+    engine: Arc<Mutex<Engine>>,
+    peer: Option<Peer>,
+) -> Result<Reply, Infallible> {
     let method = req.method().clone();
     let path = req.uri().path().trim_end_matches('/').to_owned();
     let body = match Limited::new(req.into_body(), MAX_BODY).collect().await {
@@ -71,8 +77,10 @@ async fn handle(req: Request<hyper::body::Incoming>, engine: Arc<Mutex<Engine>>,
         }
         (&Method::POST, ["v1", "faults"]) => match serde_json::from_slice::<Apply>(&body) {
             Ok(apply) => {
-                let r = run_status(&engine, StatusCode::CREATED, move |e| e.apply(&apply.faults).map(|faults| Faults { faults })).await;
-                r
+                run_status(&engine, StatusCode::CREATED, move |e| {
+                    e.apply(&apply.faults).map(|faults| Faults { faults })
+                })
+                .await
             }
             Err(e) => error(StatusCode::BAD_REQUEST, format!("request body: {e}")),
         },

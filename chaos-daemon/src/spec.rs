@@ -160,8 +160,7 @@ impl FromStr for Cidr {
             Some((a, l)) => (a, Some(l)),
             None => (s, None),
         };
-        let addr: IpAddr =
-            addr.trim().parse().map_err(|_| format!("'{s}' is not an IP address or CIDR"))?;
+        let addr: IpAddr = addr.trim().parse().map_err(|_| format!("'{s}' is not an IP address or CIDR"))?;
         let max = if addr.is_ipv4() { 32 } else { 128 };
         let len = match len {
             None => max,
@@ -228,9 +227,9 @@ impl FaultSpec {
         };
         let action = match self.action.as_deref() {
             Some("loss") => {
-                let p = self.loss.ok_or_else(|| {
-                    SpecError::new("loss", "is required for action 'loss' (percent, 0-100)")
-                })?;
+                let p = self
+                    .loss
+                    .ok_or_else(|| SpecError::new("loss", "is required for action 'loss' (percent, 0-100)"))?;
                 if !(0.0..=100.0).contains(&p) {
                     return Err(SpecError::new("loss", format!("{p}% is outside 0-100%")));
                 }
@@ -288,18 +287,7 @@ impl FaultSpec {
                 }
             }
         }
-        Ok(Fault {
-            name: self.name.clone(),
-            interface,
-            action,
-            direction,
-            families,
-            protocol,
-            src,
-            dst,
-            sport,
-            dport,
-        })
+        Ok(Fault { name: self.name.clone(), interface, action, direction, families, protocol, src, dst, sport, dport })
     }
 }
 
@@ -348,9 +336,7 @@ fn families(family: Option<&str>, src: Option<Cidr>, dst: Option<Cidr>) -> Resul
 }
 
 fn port_range(field: &str, spec: Option<&PortSpec>) -> Result<PortRange, SpecError> {
-    let port = |v: i64| {
-        u16::try_from(v).map_err(|_| SpecError::new(field, format!("{v} is not a port (0-65535)")))
-    };
+    let port = |v: i64| u16::try_from(v).map_err(|_| SpecError::new(field, format!("{v} is not a port (0-65535)")));
     let parse = |s: &str| {
         s.trim()
             .parse::<i64>()

@@ -14,9 +14,9 @@ use aya_ebpf::{
     programs::TcContext,
 };
 use chaos_common::{
-    ADDRS_CAPACITY, AddrKey, Counters, FAMILY_V4, FAMILY_V6, HOOK_EGRESS, HOOK_INGRESS, MAX_RULES,
-    PAIRS_CAPACITY, PORT_KEY_FIXED_BITS, PORTS_CAPACITY, PROTO_ICMP, PROTO_ICMPV6, PROTO_OTHER,
-    PROTO_TCP, PROTO_UDP, PairKey, PortKey, RuleAction, SIDE_DST, SIDE_SRC,
+    ADDRS_CAPACITY, AddrKey, Counters, FAMILY_V4, FAMILY_V6, HOOK_EGRESS, HOOK_INGRESS, MAX_RULES, PAIRS_CAPACITY,
+    PORT_KEY_FIXED_BITS, PORTS_CAPACITY, PROTO_ICMP, PROTO_ICMPV6, PROTO_OTHER, PROTO_TCP, PROTO_UDP, PairKey, PortKey,
+    RuleAction, SIDE_DST, SIDE_SRC,
 };
 
 #[map]
@@ -78,14 +78,7 @@ fn try_classify(ctx: &TcContext, hook: u8) -> Option<bool> {
 
     let mut addr = Key::new(
         ADDR_LOOKUP_BITS,
-        AddrKey {
-            generation: generation as u8,
-            hook,
-            family: pkt.family,
-            side: SIDE_SRC,
-            ifindex,
-            addr: pkt.src,
-        },
+        AddrKey { generation: generation as u8, hook, family: pkt.family, side: SIDE_SRC, ifindex, addr: pkt.src },
     );
     let src_class = *ADDRS.get(&addr)?;
     addr.data.side = SIDE_DST;
@@ -95,14 +88,10 @@ fn try_classify(ctx: &TcContext, hook: u8) -> Option<bool> {
     let pair_class = *unsafe { PAIRS.get(&PairKey { src_class, dst_class }) }?;
 
     let full = PORT_KEY_FIXED_BITS + 16;
-    let dport_class = *PORTS.get(&Key::new(
-        full,
-        PortKey { class: pair_class, proto: pkt.proto, side: SIDE_DST, port: pkt.dport },
-    ))?;
-    let slot = *PORTS.get(&Key::new(
-        full,
-        PortKey { class: dport_class, proto: 0, side: SIDE_SRC, port: pkt.sport },
-    ))?;
+    let dport_class = *PORTS
+        .get(&Key::new(full, PortKey { class: pair_class, proto: pkt.proto, side: SIDE_DST, port: pkt.dport }))?;
+    let slot =
+        *PORTS.get(&Key::new(full, PortKey { class: dport_class, proto: 0, side: SIDE_SRC, port: pkt.sport }))?;
 
     let action = RULES.get(slot)?;
     let counters = COUNTERS.get_ptr_mut(slot)?;

@@ -26,7 +26,9 @@ pub fn attached(ns: &Netns, interface: &str) -> anyhow::Result<Vec<u32>> {
     })?;
     for hook in ["ingress", "egress"] {
         let filters = crate::run("tc", &["-n", &ns.name, "filter", "show", "dev", interface, hook]).unwrap_or_default();
-        ids.extend(filters.split_whitespace().filter_map(|w| w.strip_prefix("id")).filter_map(|n| n.parse::<u32>().ok()));
+        ids.extend(
+            filters.split_whitespace().filter_map(|w| w.strip_prefix("id")).filter_map(|n| n.parse::<u32>().ok()),
+        );
         // `tc` prints "id 42" as two words.
         let words: Vec<&str> = filters.split_whitespace().collect();
         ids.extend(words.windows(2).filter(|w| w[0] == "id").filter_map(|w| w[1].parse::<u32>().ok()));
@@ -46,7 +48,10 @@ pub fn map_loaded(id: u32) -> bool {
 
 /// Ids of the maps program `id` uses.
 pub fn maps_of(id: u32) -> anyhow::Result<Vec<u32>> {
-    let prog = loaded_programs().filter_map(Result::ok).find(|p| p.id() == id).ok_or_else(|| anyhow::anyhow!("program {id} not loaded"))?;
+    let prog = loaded_programs()
+        .filter_map(Result::ok)
+        .find(|p| p.id() == id)
+        .ok_or_else(|| anyhow::anyhow!("program {id} not loaded"))?;
     Ok(prog.map_ids()?.unwrap_or_default())
 }
 
@@ -66,9 +71,17 @@ pub fn map_contents(id: u32) -> anyhow::Result<BTreeMap<String, Vec<String>>> {
                 .iter()
                 .map(|r| r.map(|(k, v)| format!("{}/{:?}={v}", k.prefix_len(), k.data())))
                 .collect::<Result<_, _>>()?,
-            "PAIRS" => HashMap::<_, PairKey, u32>::try_from(map)?.iter().map(|r| r.map(|(k, v)| format!("{k:?}={v}"))).collect::<Result<_, _>>()?,
-            "RULES" => Array::<_, RuleAction>::try_from(map)?.iter().map(|r| r.map(|v| format!("{v:?}"))).collect::<Result<_, _>>()?,
-            "ACTIVE" => Array::<_, u32>::try_from(map)?.iter().map(|r| r.map(|v| v.to_string())).collect::<Result<_, _>>()?,
+            "PAIRS" => HashMap::<_, PairKey, u32>::try_from(map)?
+                .iter()
+                .map(|r| r.map(|(k, v)| format!("{k:?}={v}")))
+                .collect::<Result<_, _>>()?,
+            "RULES" => Array::<_, RuleAction>::try_from(map)?
+                .iter()
+                .map(|r| r.map(|v| format!("{v:?}")))
+                .collect::<Result<_, _>>()?,
+            "ACTIVE" => {
+                Array::<_, u32>::try_from(map)?.iter().map(|r| r.map(|v| v.to_string())).collect::<Result<_, _>>()?
+            }
             "COUNTERS" => PerCpuArray::<_, Counters>::try_from(map)?
                 .iter()
                 .map(|r| r.map(|v| format!("{:?}", v.iter().collect::<Vec<_>>())))

@@ -28,11 +28,22 @@ impl Lab {
         let a = Netns::new(unique("cda"))?;
         let b = Netns::new(unique("cdb"))?;
         let (a_if, b_if) = (unique("va"), unique("vb"));
-        crate::run("ip", &["link", "add", &a_if, "netns", &a.name, "type", "veth", "peer", "name", &b_if, "netns", &b.name])?;
+        crate::run(
+            "ip",
+            &["link", "add", &a_if, "netns", &a.name, "type", "veth", "peer", "name", &b_if, "netns", &b.name],
+        )?;
         let lab = Self { a_if, b_if, a, b };
         for (ns, dev, addrs) in [
             (&lab.a, &lab.a_if, [format!("{A4}/24"), format!("{A6}/64")].to_vec()),
-            (&lab.b, &lab.b_if, [B4, B4_OTHER].map(|x| format!("{x}/24")).into_iter().chain([B6, B6_OTHER].map(|x| format!("{x}/64"))).collect()),
+            (
+                &lab.b,
+                &lab.b_if,
+                [B4, B4_OTHER]
+                    .map(|x| format!("{x}/24"))
+                    .into_iter()
+                    .chain([B6, B6_OTHER].map(|x| format!("{x}/64")))
+                    .collect(),
+            ),
         ] {
             for addr in &addrs {
                 // nodad: IPv6 addresses are usable at once instead of after duplicate detection.

@@ -29,7 +29,9 @@ fn state(lab: &Lab, daemon: &Daemon) -> State {
 fn bad_inputs_are_refused_and_change_nothing() {
     let lab = Lab::new().unwrap();
     let daemon = Daemon::start(&lab.a).unwrap();
-    daemon.ctl_ok(&["apply", "--name", "good", "-i", &lab.a_if, "--loss", "10", "-p", "udp", "--dport", "9000", "-d", "both"]);
+    daemon.ctl_ok(&[
+        "apply", "--name", "good", "-i", &lab.a_if, "--loss", "10", "-p", "udp", "--dport", "9000", "-d", "both",
+    ]);
     let before = state(&lab, &daemon);
     assert!(before.attached_lo.is_empty());
 
@@ -47,9 +49,15 @@ fn bad_inputs_are_refused_and_change_nothing() {
     let a = lab.a_if.as_str();
     let cases: Vec<(Vec<&str>, &str)> = vec![
         (vec!["apply", "-i", "nope0", "--loss", "10"], "interface: no such interface 'nope0'"),
-        (vec!["apply", "-i", a, "--loss", "10", "--dst", "10.0.0.300/24"], "dst: '10.0.0.300/24' is not an IP address or CIDR"),
+        (
+            vec!["apply", "-i", a, "--loss", "10", "--dst", "10.0.0.300/24"],
+            "dst: '10.0.0.300/24' is not an IP address or CIDR",
+        ),
         (vec!["apply", "-i", a, "--loss", "10", "--src", "10.0.0.1/8"], "src: '10.0.0.1/8' has host bits set"),
-        (vec!["apply", "-i", a, "--loss", "10", "-p", "udp", "--dport", "70000"], "dport: 70000 is not a port (0-65535)"),
+        (
+            vec!["apply", "-i", a, "--loss", "10", "-p", "udp", "--dport", "70000"],
+            "dport: 70000 is not a port (0-65535)",
+        ),
         (vec!["apply", "-i", a, "--loss", "150%"], "loss: 150% is outside 0-100%"),
         (vec!["apply", "-i", a, "--loss", "10", "--name", "good"], "name: a fault named 'good' already exists"),
         (vec!["apply", "-i", a, "--loss", "10", "-d", "up"], "direction: 'up' is not a direction"),
@@ -79,7 +87,10 @@ fn bad_inputs_are_refused_and_change_nothing() {
             .unwrap();
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert!(!out.status.success());
-        assert!(stderr.contains("cannot connect to chaos-daemon") && stderr.contains("is chaos-daemon running?"), "{stderr}");
+        assert!(
+            stderr.contains("cannot connect to chaos-daemon") && stderr.contains("is chaos-daemon running?"),
+            "{stderr}"
+        );
     }
     assert_eq!(state(&lab, &daemon), before);
 }

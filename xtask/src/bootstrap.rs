@@ -25,11 +25,15 @@ pub fn ensure() -> anyhow::Result<()> {
         .and_then(|v| v.split('.').next())
         .context("rustc +nightly -vV printed no LLVM version")?
         .to_owned();
-    let prefix = PathBuf::from(std::env::var("HOME").unwrap_or_else(|_| "/root".into())).join(".local/share/bpf-linker-llvm");
+    let prefix =
+        PathBuf::from(std::env::var("HOME").unwrap_or_else(|_| "/root".into())).join(".local/share/bpf-linker-llvm");
     let marker = prefix.join("llvm-major");
     let installed_for = std::fs::read_to_string(&marker).ok();
     // bpf-linker finds libLLVM through `rustup run nightly`, as aya-build invokes it.
-    let works = Command::new("rustup").args(["run", "nightly", "bpf-linker", "--version"]).output().is_ok_and(|o| o.status.success());
+    let works = Command::new("rustup")
+        .args(["run", "nightly", "bpf-linker", "--version"])
+        .output()
+        .is_ok_and(|o| o.status.success());
     if works && installed_for.as_deref().is_none_or(|v| v.trim() == llvm) {
         return Ok(());
     }

@@ -16,23 +16,89 @@ const MAX_INSNS: usize = 4096;
 /// BPF helpers by id, as in include/uapi/linux/bpf.h. 4.19 ends at 83
 /// (skb_ancestor_cgroup_id); sk_lookup_tcp (84) and everything after came with 4.20 or later.
 const HELPERS_4_19: [&str; 84] = [
-    "unspec", "map_lookup_elem", "map_update_elem", "map_delete_elem", "probe_read", "ktime_get_ns",
-    "trace_printk", "get_prandom_u32", "get_smp_processor_id", "skb_store_bytes", "l3_csum_replace",
-    "l4_csum_replace", "tail_call", "clone_redirect", "get_current_pid_tgid", "get_current_uid_gid",
-    "get_current_comm", "get_cgroup_classid", "skb_vlan_push", "skb_vlan_pop", "skb_get_tunnel_key",
-    "skb_set_tunnel_key", "perf_event_read", "redirect", "get_route_realm", "perf_event_output",
-    "skb_load_bytes", "get_stackid", "csum_diff", "skb_get_tunnel_opt", "skb_set_tunnel_opt",
-    "skb_change_proto", "skb_change_type", "skb_under_cgroup", "get_hash_recalc", "get_current_task",
-    "probe_write_user", "current_task_under_cgroup", "skb_change_tail", "skb_pull_data", "csum_update",
-    "set_hash_invalid", "get_numa_node_id", "skb_change_head", "xdp_adjust_head", "probe_read_str",
-    "get_socket_cookie", "get_socket_uid", "set_hash", "setsockopt", "skb_adjust_room", "redirect_map",
-    "sk_redirect_map", "sock_map_update", "xdp_adjust_meta", "perf_event_read_value",
-    "perf_prog_read_value", "getsockopt", "override_return", "sock_ops_cb_flags_set",
-    "msg_redirect_map", "msg_apply_bytes", "msg_cork_bytes", "msg_pull_data", "bind",
-    "xdp_adjust_tail", "skb_get_xfrm_state", "get_stack", "skb_load_bytes_relative", "fib_lookup",
-    "sock_hash_update", "msg_redirect_hash", "sk_redirect_hash", "lwt_push_encap",
-    "lwt_seg6_store_bytes", "lwt_seg6_adjust_srh", "lwt_seg6_action", "rc_repeat", "rc_keydown",
-    "skb_cgroup_id", "get_current_cgroup_id", "get_local_storage", "sk_select_reuseport",
+    "unspec",
+    "map_lookup_elem",
+    "map_update_elem",
+    "map_delete_elem",
+    "probe_read",
+    "ktime_get_ns",
+    "trace_printk",
+    "get_prandom_u32",
+    "get_smp_processor_id",
+    "skb_store_bytes",
+    "l3_csum_replace",
+    "l4_csum_replace",
+    "tail_call",
+    "clone_redirect",
+    "get_current_pid_tgid",
+    "get_current_uid_gid",
+    "get_current_comm",
+    "get_cgroup_classid",
+    "skb_vlan_push",
+    "skb_vlan_pop",
+    "skb_get_tunnel_key",
+    "skb_set_tunnel_key",
+    "perf_event_read",
+    "redirect",
+    "get_route_realm",
+    "perf_event_output",
+    "skb_load_bytes",
+    "get_stackid",
+    "csum_diff",
+    "skb_get_tunnel_opt",
+    "skb_set_tunnel_opt",
+    "skb_change_proto",
+    "skb_change_type",
+    "skb_under_cgroup",
+    "get_hash_recalc",
+    "get_current_task",
+    "probe_write_user",
+    "current_task_under_cgroup",
+    "skb_change_tail",
+    "skb_pull_data",
+    "csum_update",
+    "set_hash_invalid",
+    "get_numa_node_id",
+    "skb_change_head",
+    "xdp_adjust_head",
+    "probe_read_str",
+    "get_socket_cookie",
+    "get_socket_uid",
+    "set_hash",
+    "setsockopt",
+    "skb_adjust_room",
+    "redirect_map",
+    "sk_redirect_map",
+    "sock_map_update",
+    "xdp_adjust_meta",
+    "perf_event_read_value",
+    "perf_prog_read_value",
+    "getsockopt",
+    "override_return",
+    "sock_ops_cb_flags_set",
+    "msg_redirect_map",
+    "msg_apply_bytes",
+    "msg_cork_bytes",
+    "msg_pull_data",
+    "bind",
+    "xdp_adjust_tail",
+    "skb_get_xfrm_state",
+    "get_stack",
+    "skb_load_bytes_relative",
+    "fib_lookup",
+    "sock_hash_update",
+    "msg_redirect_hash",
+    "sk_redirect_hash",
+    "lwt_push_encap",
+    "lwt_seg6_store_bytes",
+    "lwt_seg6_adjust_srh",
+    "lwt_seg6_action",
+    "rc_repeat",
+    "rc_keydown",
+    "skb_cgroup_id",
+    "get_current_cgroup_id",
+    "get_local_storage",
+    "sk_select_reuseport",
     "skb_ancestor_cgroup_id",
 ];
 
@@ -65,7 +131,8 @@ pub fn check(path: &Path) -> anyhow::Result<()> {
 
     for section in file.sections() {
         let name = section.name().unwrap_or("");
-        if (name.starts_with(".data") || name.starts_with(".bss") || name.starts_with(".rodata")) && section.size() > 0 {
+        if (name.starts_with(".data") || name.starts_with(".bss") || name.starts_with(".rodata")) && section.size() > 0
+        {
             problems.push(format!("section {name}: global data needs 5.2; use an Array map"));
         }
         if name == "maps" {
@@ -81,11 +148,15 @@ pub fn check(path: &Path) -> anyhow::Result<()> {
     let funcs: BTreeMap<String, Func> = file
         .symbols()
         .filter(|s| s.kind() == SymbolKind::Text && s.size() > 0)
-        .filter_map(|s| Some((s.name().ok()?.to_owned(), Func { section: s.section_index()?, start: s.address(), size: s.size() })))
+        .filter_map(|s| {
+            Some((s.name().ok()?.to_owned(), Func { section: s.section_index()?, start: s.address(), size: s.size() }))
+        })
         .collect();
     let programs: Vec<&String> = funcs
         .iter()
-        .filter(|(_, f)| file.section_by_index(f.section).ok().and_then(|s| s.name().ok().map(|n| n != ".text")).unwrap_or(false))
+        .filter(|(_, f)| {
+            file.section_by_index(f.section).ok().and_then(|s| s.name().ok().map(|n| n != ".text")).unwrap_or(false)
+        })
         .map(|(n, _)| n)
         .collect();
     if programs.is_empty() {
@@ -118,7 +189,9 @@ pub fn check(path: &Path) -> anyhow::Result<()> {
                 let class = op & 0x07;
                 let at = func.start + 8 * i as u64;
                 match (class, op & 0xf0) {
-                    (0x06, _) => problems.push(format!("{name}: JMP32 instruction at {f}+{i} needs 5.1 (build with cpu v2)")),
+                    (0x06, _) => {
+                        problems.push(format!("{name}: JMP32 instruction at {f}+{i} needs 5.1 (build with cpu v2)"))
+                    }
                     (0x05, 0x80) if regs >> 4 == 1 => {
                         // bpf-to-bpf call: follow it through its relocation.
                         match relocs.get(&at) {
@@ -150,7 +223,9 @@ pub fn check(path: &Path) -> anyhow::Result<()> {
     if !problems.is_empty() {
         bail!("{} is not loadable on 4.19:\n  {}", path.display(), problems.join("\n  "));
     }
-    println!("ok: every program fits 4.19 (< {MAX_INSNS} instructions, 4.19 helpers, no loops, no JMP32, no global data)");
+    println!(
+        "ok: every program fits 4.19 (< {MAX_INSNS} instructions, 4.19 helpers, no loops, no JMP32, no global data)"
+    );
     Ok(())
 }
 
@@ -166,9 +241,9 @@ fn find_loop(code: &[u8]) -> Option<usize> {
         match (op & 0x07, op & 0xf0) {
             // ld_imm64 takes two slots.
             (0x00, _) if op == 0x18 => vec![i + 2],
-            (0x05 | 0x06, 0x90) => vec![],                           // exit
-            (0x05 | 0x06, 0x80) => vec![i + 1],                      // call
-            (0x05, 0x00) => target().into_iter().collect(),          // ja
+            (0x05 | 0x06, 0x90) => vec![],                  // exit
+            (0x05 | 0x06, 0x80) => vec![i + 1],             // call
+            (0x05, 0x00) => target().into_iter().collect(), // ja
             (0x05 | 0x06, _) => [Some(i + 1), target()].into_iter().flatten().collect(),
             _ => vec![i + 1],
         }

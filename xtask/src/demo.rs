@@ -4,8 +4,8 @@
 use std::{net::SocketAddr, process::Command, time::Duration};
 
 use anyhow::{Context as _, bail};
-use nix::sys::wait::{WaitPidFlag, waitpid};
 use chaos_tests::{Daemon, Lab, lab, traffic};
+use nix::sys::wait::{WaitPidFlag, waitpid};
 
 const DATAGRAMS: u32 = 20_000;
 const PORT: u16 = 9000;
@@ -19,7 +19,10 @@ pub fn run() -> anyhow::Result<()> {
 
     let a_if = lab.a_if.as_str();
     let port = PORT.to_string();
-    ctl(&daemon, &["apply", "--name", "demo-loss", "--interface", a_if, "--loss", "20%", "--protocol", "udp", "--dport", &port])?;
+    ctl(
+        &daemon,
+        &["apply", "--name", "demo-loss", "--interface", a_if, "--loss", "20%", "--protocol", "udp", "--dport", &port],
+    )?;
     measure(&lab, "with the fault", 20.0)?;
     ctl(&daemon, &["list"])?;
     ctl(&daemon, &["rm", "demo-loss"])?;
@@ -44,7 +47,9 @@ fn measure(lab: &Lab, label: &str, asked: f64) -> anyhow::Result<()> {
     let lost = 100.0 * f64::from(DATAGRAMS - got) / f64::from(DATAGRAMS);
     // One standard deviation of a binomial rate over DATAGRAMS packets.
     let sd = 100.0 * (asked / 100.0 * (1.0 - asked / 100.0) / f64::from(DATAGRAMS)).sqrt();
-    println!("{label}: {got} of {DATAGRAMS} UDP datagrams to {dst} arrived: loss asked {asked:.1}%, measured {lost:.2}% (sd {sd:.2})");
+    println!(
+        "{label}: {got} of {DATAGRAMS} UDP datagrams to {dst} arrived: loss asked {asked:.1}%, measured {lost:.2}% (sd {sd:.2})"
+    );
     Ok(())
 }
 

@@ -110,7 +110,11 @@ fn bin_dir() -> PathBuf {
 
 /// Builds the host crates; chaos-daemon's build.rs builds and embeds the eBPF object.
 fn build() -> anyhow::Result<()> {
-    let status = Command::new(cargo()).args(["build", "--quiet"]).current_dir(workspace()).status().context("running cargo build")?;
+    let status = Command::new(cargo())
+        .args(["build", "--quiet"])
+        .current_dir(workspace())
+        .status()
+        .context("running cargo build")?;
     if !status.success() {
         bail!("cargo build failed");
     }

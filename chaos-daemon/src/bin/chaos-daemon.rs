@@ -44,7 +44,8 @@ fn run() -> anyhow::Result<()> {
     if let Some(socket) = args.socket {
         config.socket = socket;
     }
-    let filter = EnvFilter::try_from_default_env().or_else(|_| EnvFilter::try_new(&config.log)).context("log filter")?;
+    let filter =
+        EnvFilter::try_from_default_env().or_else(|_| EnvFilter::try_new(&config.log)).context("log filter")?;
     tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
 
     if !nix::unistd::geteuid().is_root() {
@@ -96,7 +97,8 @@ fn bind(config: &Config) -> anyhow::Result<UnixListener> {
     let listener = UnixListener::bind(path).with_context(|| format!("binding {}", path.display()))?;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660))?;
     if let Some(group) = &config.socket_group {
-        let gid = nix::unistd::Group::from_name(group)?.with_context(|| format!("socket_group: no group '{group}'"))?.gid;
+        let gid =
+            nix::unistd::Group::from_name(group)?.with_context(|| format!("socket_group: no group '{group}'"))?.gid;
         nix::unistd::chown(path, None, Some(gid)).with_context(|| format!("chown {}", path.display()))?;
     }
     Ok(listener)

@@ -25,7 +25,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Apply one fault from flags, or every [[fault]] of a TOML file (all or none).
-    Apply(ApplyArgs),
+    Apply(Box<ApplyArgs>),
     /// List active faults with their counters.
     List {
         #[arg(short, long, value_enum, default_value_t = Output::Table)]
@@ -111,7 +111,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     let client = Client::new(&cli.socket);
     match cli.command {
         Command::Apply(args) => {
-            let faults = specs(args)?;
+            let faults = specs(*args)?;
             let applied: Faults = client.post("/v1/faults", &Apply { faults }).await?;
             for f in applied.faults {
                 println!("applied {}", f.name);
@@ -163,7 +163,11 @@ fn specs(args: ApplyArgs) -> anyhow::Result<Vec<FaultSpec>> {
     let loss = args
         .loss
         .map(|l| {
-            l.trim().trim_end_matches('%').trim().parse::<f64>().map_err(|_| anyhow::anyhow!("--loss: '{l}' is not a percentage"))
+            l.trim()
+                .trim_end_matches('%')
+                .trim()
+                .parse::<f64>()
+                .map_err(|_| anyhow::anyhow!("--loss: '{l}' is not a percentage"))
         })
         .transpose()?;
     let action = if args.partition { "partition" } else { "loss" };
@@ -211,7 +215,9 @@ fn print_table(faults: &[FaultView]) {
             ]
         })
         .collect();
-    let header = ["NAME", "INTERFACE", "ACTION", "DIRECTION", "PROTO", "SRC -> DST", "SPORT", "DPORT", "MATCHED", "DROPPED"].map(String::from);
+    let header =
+        ["NAME", "INTERFACE", "ACTION", "DIRECTION", "PROTO", "SRC -> DST", "SPORT", "DPORT", "MATCHED", "DROPPED"]
+            .map(String::from);
     let mut widths = header.clone().map(|h| h.len());
     for row in &rows {
         for (w, cell) in widths.iter_mut().zip(row) {

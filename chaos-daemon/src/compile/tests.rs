@@ -51,7 +51,8 @@ fn port_bytes(k: &PortKey) -> Vec<u8> {
 /// The program's lookup chain over `t`.
 fn kernel(t: &Tables, generation: u8, p: Pkt) -> Option<u32> {
     let words = |a: [u8; 16]| std::array::from_fn(|i| u32::from_ne_bytes(a[4 * i..4 * i + 4].try_into().unwrap()));
-    let mut key = AddrKey { generation, hook: p.hook, family: p.family, side: SIDE_SRC, ifindex: p.ifindex, addr: words(p.src) };
+    let mut key =
+        AddrKey { generation, hook: p.hook, family: p.family, side: SIDE_SRC, ifindex: p.ifindex, addr: words(p.src) };
     let s = lpm(&t.addrs, &key, addr_bytes)?;
     key.side = SIDE_DST;
     key.addr = words(p.dst);
@@ -250,7 +251,8 @@ fn random_rule_sets_agree_with_the_rules() {
     let cidrs4 = ["10.0.0.0/8", "10.0.0.0/16", "10.0.0.2/32", "10.0.0.0/31", "192.168.0.0/16"];
     let cidrs6 = ["fd00::/8", "fd00::2/128"];
     let ports = [0u16, 1, 53, 80, 81, 443, 1000, 5000, 65535];
-    let ranges = [PortRange::ANY, PortRange { lo: 80, hi: 80 }, PortRange { lo: 1, hi: 1000 }, PortRange { lo: 443, hi: 65535 }];
+    let ranges =
+        [PortRange::ANY, PortRange { lo: 80, hi: 80 }, PortRange { lo: 1, hi: 1000 }, PortRange { lo: 443, hi: 65535 }];
     for round in 0..300 {
         let n = 1 + rng.next() % 6;
         let rules: Vec<Rule> = (0..n as u32)
@@ -259,9 +261,9 @@ fn random_rule_sets_agree_with_the_rules() {
                 r.ifindex = rng.pick(&[2, 3]);
                 r.direction = rng.pick(&[Direction::Egress, Direction::Ingress, Direction::Both]);
                 r.protocol = rng.pick(&[Protocol::Tcp, Protocol::Udp, Protocol::Icmp, Protocol::Any]);
-                let v6 = rng.next() % 4 == 0;
+                let v6 = rng.next().is_multiple_of(4);
                 let cidr = |rng: &mut Rng| {
-                    if rng.next() % 3 == 0 {
+                    if rng.next().is_multiple_of(3) {
                         None
                     } else if v6 {
                         Some(rng.pick(&cidrs6).parse::<Cidr>().unwrap())
@@ -294,7 +296,12 @@ fn random_rule_sets_agree_with_the_rules() {
                     }
                 }
             };
-            let proto = rng.pick(&[PROTO_TCP, PROTO_UDP, if family == FAMILY_V4 { PROTO_ICMP } else { PROTO_ICMPV6 }, PROTO_OTHER]);
+            let proto = rng.pick(&[
+                PROTO_TCP,
+                PROTO_UDP,
+                if family == FAMILY_V4 { PROTO_ICMP } else { PROTO_ICMPV6 },
+                PROTO_OTHER,
+            ]);
             let has_ports = matches!(proto, PROTO_TCP | PROTO_UDP);
             let p = Pkt {
                 ifindex: rng.pick(&[2, 3]),
