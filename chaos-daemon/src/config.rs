@@ -5,6 +5,8 @@ use std::path::{Path, PathBuf};
 use anyhow::Context as _;
 use serde::Deserialize;
 
+use crate::kernel::AttachMode;
+
 #[derive(Clone, Debug, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
@@ -15,6 +17,9 @@ pub struct Config {
     pub socket_group: Option<String>,
     /// Most faults active at once. Default 10000 (the kernel maps hold 16384 rule slots).
     pub max_faults: usize,
+    /// How TC programs are attached: `auto` (TCX links where the kernel has them, else cls_bpf
+    /// under clsact), `tcx` or `netlink`. Default `auto`.
+    pub tc_attach: AttachMode,
     /// Log filter, in `RUST_LOG` syntax; `RUST_LOG` overrides it. Default `info`.
     pub log: String,
 }
@@ -23,7 +28,13 @@ pub const DEFAULT_SOCKET: &str = "/run/chaos-daemon.sock";
 
 impl Default for Config {
     fn default() -> Self {
-        Self { socket: DEFAULT_SOCKET.into(), socket_group: None, max_faults: 10_000, log: "info".into() }
+        Self {
+            socket: DEFAULT_SOCKET.into(),
+            socket_group: None,
+            max_faults: 10_000,
+            tc_attach: AttachMode::Auto,
+            log: "info".into(),
+        }
     }
 }
 

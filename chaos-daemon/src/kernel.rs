@@ -2,7 +2,10 @@
 //! written as a whole new generation of entries, made live by one write to `ACTIVE`, and the
 //! old generation is deleted after: packets see the old rule set or the new one, never a mix.
 
-use std::{collections::BTreeMap, io};
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    io,
+};
 
 use aya::{
     Ebpf,
@@ -46,6 +49,17 @@ pub struct Attachment {
     pub mode: String,
 }
 
+/// How programs are attached: `auto` tries TCX and falls back to netlink; the others force one
+/// (`netlink` is how kernels before 6.6 are tested on newer ones).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AttachMode {
+    #[default]
+    Auto,
+    Tcx,
+    Netlink,
+}
+
 struct Link {
     interface: String,
     id: SchedClassifierLinkId,
@@ -64,6 +78,9 @@ pub struct Kernel {
     /// The live generation's entries, so they can be deleted exactly.
     live: Tables,
     links: BTreeMap<(u32, u8), Link>,
+    mode: AttachMode,
+    /// Interfaces whose clsact qdisc this daemon added, removed with their last filter.
+    our_clsact: BTreeSet<u32>,
 }
 
 /// What `chaosctl status` reports about the kernel, found by loading tiny probes.
@@ -88,7 +105,7 @@ where
 
 impl Kernel {
     /// Loads the object and its programs; nothing is attached until a fault needs it.
-    pub fn load() -> Result<Self, KernelError> {
+    pub fn load(mode: AttachMode) -> Result<Self, KernelError> {
         for (feature, ok) in features() {
             if !ok {
                 return Err(KernelError::Missing(match feature {
@@ -125,6 +142,8 @@ impl Kernel {
             generation: 0,
             live: Tables::default(),
             links: BTreeMap::new(),
+            mode,
+            our_clsact: BTreeSet::new(),
         };
         kernel.active.set(0, 0, 0).map_err(|source| KernelError::Map { map: map_names::ACTIVE, source })?;
         Ok(kernel)
@@ -147,7 +166,7 @@ impl Kernel {
             if self.links.contains_key(&(ifindex, hook)) {
                 continue;
             }
-            match self.attach(interface, hook) {
+            match self.attach(ifindex, interface, hook) {
                 Ok(link) => {
                     self.links.insert((ifindex, hook), link);
                     attached.push((ifindex, hook));
@@ -202,29 +221,37 @@ impl Kernel {
             .collect()
     }
 
-    fn attach(&mut self, interface: &str, hook: u8) -> Result<Link, KernelError> {
+    fn attach(&mut self, ifindex: u32, interface: &str, hook: u8) -> Result<Link, KernelError> {
         let (name, attach_type) = if hook == HOOK_EGRESS {
             (PROG_EGRESS, TcAttachType::Egress)
         } else {
             (PROG_INGRESS, TcAttachType::Ingress)
         };
         let what = || format!("attaching {name} to {interface}");
-        let prog: &mut SchedClassifier = program(&mut self.ebpf, name)?;
         // Probe TCX by trying it: kernels without it (before 6.6, or vendor kernels that lack
         // the backport) refuse the link type, and then a cls_bpf filter under clsact is used.
-        match prog.attach_with_options(interface, attach_type, TcAttachOptions::TcxOrder(LinkOrder::default())) {
-            Ok(id) => return Ok(Link { interface: interface.into(), id, tcx: true }),
-            Err(e) if is_missing_interface(&e) => return Err(KernelError::Program { what: what(), source: e }),
-            Err(e) => tracing::debug!(interface, "TCX attach failed ({e}); using netlink"),
+        if self.mode != AttachMode::Netlink {
+            let tcx = TcAttachOptions::TcxOrder(LinkOrder::default());
+            let prog = program(&mut self.ebpf, name)?;
+            match prog.attach_with_options(interface, attach_type, tcx) {
+                Ok(id) => return Ok(Link { interface: interface.into(), id, tcx: true }),
+                Err(e) if self.mode == AttachMode::Tcx || is_missing_interface(&e) => {
+                    return Err(KernelError::Program { what: what(), source: e });
+                }
+                Err(e) => tracing::debug!(interface, "TCX attach failed ({e}); using netlink"),
+            }
         }
         match tc::qdisc_add_clsact(interface) {
-            Ok(()) => tracing::info!(interface, "added clsact qdisc"),
+            Ok(()) => {
+                tracing::info!(interface, "added clsact qdisc");
+                self.our_clsact.insert(ifindex);
+            }
             Err(TcError::NetlinkError(e)) if e.raw_os_error() == Some(libc::EEXIST) => {}
             Err(e) => {
                 return Err(KernelError::Program { what: format!("adding clsact to {interface}"), source: e.into() });
             }
         }
-        let id = prog
+        let id = program(&mut self.ebpf, name)?
             .attach_with_options(interface, attach_type, TcAttachOptions::Netlink(NlOptions::default()))
             .map_err(|source| KernelError::Program { what: what(), source })?;
         Ok(Link { interface: interface.into(), id, tcx: false })
@@ -239,6 +266,14 @@ impl Kernel {
             });
             if let Err(e) = result {
                 tracing::warn!(interface = link.interface, "{e}");
+            }
+            // Never delete a qdisc we did not create, nor one still holding our filters.
+            let in_use = self.links.keys().any(|(ifindex, _)| *ifindex == key.0);
+            if !in_use && self.our_clsact.remove(&key.0) {
+                match crate::netlink::delete_clsact(key.0) {
+                    Ok(()) => tracing::info!(interface = link.interface, "removed the clsact qdisc it added"),
+                    Err(e) => tracing::warn!(interface = link.interface, "removing clsact: {e}"),
+                }
             }
         }
     }

@@ -10,6 +10,7 @@ pub mod compile;
 pub mod config;
 pub mod engine;
 pub mod kernel;
+mod netlink;
 pub mod server;
 pub mod spec;
 

@@ -29,13 +29,21 @@ pub struct Daemon {
 impl Daemon {
     /// Starts the daemon in `ns` with its own socket, and waits until it answers.
     pub fn start(ns: &Netns) -> anyhow::Result<Self> {
+        Self::start_with(ns, "")
+    }
+
+    /// Same, with `config` as its TOML configuration file.
+    pub fn start_with(ns: &Netns, config: &str) -> anyhow::Result<Self> {
         let dir = std::env::temp_dir().join(unique("chaos-test-"));
         std::fs::create_dir_all(&dir)?;
         let socket = dir.join("chaos.sock");
         let log = std::fs::File::create(dir.join("daemon.log"))?;
+        std::fs::write(dir.join("config.toml"), config)?;
         let child = Command::new("ip")
             .args(["netns", "exec", &ns.name])
             .arg(bin("chaos-daemon"))
+            .arg("--config")
+            .arg(dir.join("config.toml"))
             .arg("--socket")
             .arg(&socket)
             .env("RUST_LOG", "info")

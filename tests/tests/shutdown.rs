@@ -1,17 +1,32 @@
 //! SIGTERM removes every fault and leaves no program, link, map, qdisc or pin behind: checked
-//! by reading the kernel, not by asking the daemon.
+//! by reading the kernel, not by asking the daemon. Both attach modes: TCX links, and cls_bpf
+//! filters under a clsact qdisc the daemon adds (how kernels before 6.6 run).
 
-use std::time::{Duration, Instant};
+use std::{
+    net::SocketAddr,
+    time::{Duration, Instant},
+};
 
-use chaos_tests::{Daemon, Lab, kernel};
+use chaos_tests::{Daemon, Lab, kernel, lab, traffic};
 
-#[test]
-fn sigterm_leaves_nothing_behind() {
+fn sigterm_leaves_nothing_behind(mode: &str) {
     let lab = Lab::new().unwrap();
     let qdiscs_before = kernel::qdiscs(&lab.a, &lab.a_if);
-    let mut daemon = Daemon::start(&lab.a).unwrap();
-    daemon.ctl_ok(&["apply", "-i", &lab.a_if, "--partition", "-d", "both", "--dst", "10.200.0.4"]);
+    assert!(!qdiscs_before.contains("clsact"), "{qdiscs_before}");
+    let mut daemon = Daemon::start_with(&lab.a, &format!("tc_attach = \"{mode}\"")).unwrap();
+    daemon.ctl_ok(&["apply", "-i", &lab.a_if, "--partition", "-d", "both", "--dst", lab::B4_OTHER]);
     daemon.ctl_ok(&["apply", "-i", "lo", "--loss", "50", "-p", "udp"]);
+
+    let status: serde_json::Value = serde_json::from_str(&daemon.ctl_ok(&["status", "-o", "json"])).unwrap();
+    for a in status["attachments"].as_array().unwrap() {
+        assert_eq!(a["mode"], mode, "{status}");
+    }
+    if mode == "netlink" {
+        assert!(kernel::qdiscs(&lab.a, &lab.a_if).contains("clsact"));
+    }
+    // The fault is in effect in this mode too.
+    let dst = SocketAddr::new(lab::B4_OTHER.parse().unwrap(), 7001);
+    assert_eq!(traffic::udp(&lab.a, None, &lab.b, dst, 100).unwrap(), 0);
 
     let mut programs = kernel::attached(&lab.a, &lab.a_if).unwrap();
     programs.extend(kernel::attached(&lab.a, "lo").unwrap());
@@ -36,9 +51,20 @@ fn sigterm_leaves_nothing_behind() {
         std::thread::sleep(Duration::from_millis(50));
     }
     assert_eq!(kernel::qdiscs(&lab.a, &lab.a_if), qdiscs_before);
+    assert!(!kernel::qdiscs(&lab.a, "lo").contains("clsact"));
     assert!(!daemon.socket.exists(), "the socket should be removed");
     let pins: Vec<_> = std::fs::read_dir("/sys/fs/bpf")
         .map(|d| d.filter_map(Result::ok).map(|e| e.path()).filter(|p| p.to_string_lossy().contains("chaos")).collect())
         .unwrap_or_default();
     assert!(pins.is_empty(), "pins left: {pins:?}");
+}
+
+#[test]
+fn sigterm_leaves_nothing_behind_tcx() {
+    sigterm_leaves_nothing_behind("tcx");
+}
+
+#[test]
+fn sigterm_leaves_nothing_behind_netlink() {
+    sigterm_leaves_nothing_behind("netlink");
 }

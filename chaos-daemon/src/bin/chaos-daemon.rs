@@ -51,7 +51,7 @@ fn run() -> anyhow::Result<()> {
     if !nix::unistd::geteuid().is_root() {
         bail!("chaos-daemon must run as root: it loads eBPF programs and attaches them to interfaces");
     }
-    let kernel = Kernel::load().context("loading the eBPF programs")?;
+    let kernel = Kernel::load(config.tc_attach).context("loading the eBPF programs")?;
     let engine = Arc::new(Mutex::new(Engine::new(kernel, config.max_faults)));
 
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
