@@ -20,7 +20,7 @@ use chaos_common::{
     PairKey, PortKey, SIDE_DST, SIDE_SRC,
 };
 
-use crate::spec::{Cidr, Direction, Families, PortRange, Protocol, mask};
+use crate::spec::{Cidr, Direction, Match, PortRange, Protocol, mask};
 
 /// One rule as the compiler needs it.
 #[derive(Clone, Debug)]
@@ -28,13 +28,7 @@ pub struct Rule {
     /// Index into `RULES`/`COUNTERS`: what a packet's lookup chain ends in.
     pub slot: u32,
     pub ifindex: u32,
-    pub direction: Direction,
-    pub families: Families,
-    pub protocol: Protocol,
-    pub src: Option<Cidr>,
-    pub dst: Option<Cidr>,
-    pub sport: PortRange,
-    pub dport: PortRange,
+    pub matches: Match,
     /// Drop threshold (see chaos-common `RuleAction`): the precedence between rules.
     pub threshold: u64,
 }
@@ -81,21 +75,21 @@ pub fn compile(rules: &[Rule], generation: u8) -> Result<Tables, CompileError> {
     let mut scopes: BTreeMap<(u32, u8, u8), Vec<Eff>> = BTreeMap::new();
     for (rank, &i) in order.iter().enumerate() {
         let r = &rules[i];
-        let hooks: &[(u8, bool)] = match r.direction {
+        let hooks: &[(u8, bool)] = match r.matches.direction {
             Direction::Egress => &[(HOOK_EGRESS, false)],
             Direction::Ingress => &[(HOOK_INGRESS, false)],
             Direction::Both => &[(HOOK_EGRESS, false), (HOOK_INGRESS, true)],
         };
-        let families = [(FAMILY_V4, r.families.v4), (FAMILY_V6, r.families.v6)];
+        let families = [(FAMILY_V4, r.matches.families.v4), (FAMILY_V6, r.matches.families.v6)];
         for &(hook, mirror) in hooks {
             for (family, _) in families.iter().filter(|f| f.1) {
                 let prefix = |c: Option<Cidr>| c.map_or(([0; 16], 0), |c| (mask(c.bytes(), c.len), c.len));
                 let (src, dst, sport, dport) = if mirror {
-                    (prefix(r.dst), prefix(r.src), r.dport, r.sport)
+                    (prefix(r.matches.dst), prefix(r.matches.src), r.matches.dport, r.matches.sport)
                 } else {
-                    (prefix(r.src), prefix(r.dst), r.sport, r.dport)
+                    (prefix(r.matches.src), prefix(r.matches.dst), r.matches.sport, r.matches.dport)
                 };
-                let protos = protos(r.protocol, *family, sport.is_any() && dport.is_any());
+                let protos = protos(r.matches.protocol, *family, sport.is_any() && dport.is_any());
                 let eff = Eff { rank: rank as u32, src, dst, protos, sport, dport };
                 scopes.entry((r.ifindex, hook, *family)).or_default().push(eff);
             }

@@ -173,7 +173,7 @@ fn plan(faults: &[&Active]) -> (Vec<Rule>, BTreeMap<(u32, u8), String>) {
         .iter()
         .map(|a| {
             let f = &a.fault;
-            let needs: &[u8] = match f.direction {
+            let needs: &[u8] = match f.matches.direction {
                 Direction::Egress => &[HOOK_EGRESS],
                 Direction::Ingress => &[HOOK_INGRESS],
                 Direction::Both => &[HOOK_EGRESS, HOOK_INGRESS],
@@ -181,18 +181,7 @@ fn plan(faults: &[&Active]) -> (Vec<Rule>, BTreeMap<(u32, u8), String>) {
             for hook in needs {
                 hooks.insert((a.ifindex, *hook), f.interface.clone());
             }
-            Rule {
-                slot: a.slot,
-                ifindex: a.ifindex,
-                direction: f.direction,
-                families: f.families,
-                protocol: f.protocol,
-                src: f.src,
-                dst: f.dst,
-                sport: f.sport,
-                dport: f.dport,
-                threshold: f.action.drop_threshold(),
-            }
+            Rule { slot: a.slot, ifindex: a.ifindex, matches: f.matches, threshold: f.action.drop_threshold() }
         })
         .collect();
     (rules, hooks)

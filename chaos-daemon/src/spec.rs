@@ -203,6 +203,12 @@ pub struct Fault {
     pub name: Option<String>,
     pub interface: String,
     pub action: Action,
+    pub matches: Match,
+}
+
+/// Which packets a fault applies to.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Match {
     pub direction: Direction,
     pub families: Families,
     pub protocol: Protocol,
@@ -287,7 +293,8 @@ impl FaultSpec {
                 }
             }
         }
-        Ok(Fault { name: self.name.clone(), interface, action, direction, families, protocol, src, dst, sport, dport })
+        let matches = Match { direction, families, protocol, src, dst, sport, dport };
+        Ok(Fault { name: self.name.clone(), interface, action, matches })
     }
 }
 
@@ -385,10 +392,10 @@ mod tests {
     #[test]
     fn defaults() {
         let f = spec().validate().unwrap();
-        assert_eq!(f.direction, Direction::Egress);
-        assert_eq!(f.protocol, Protocol::Any);
-        assert_eq!(f.families, Families { v4: true, v6: true });
-        assert_eq!((f.sport, f.dport), (PortRange::ANY, PortRange::ANY));
+        assert_eq!(f.matches.direction, Direction::Egress);
+        assert_eq!(f.matches.protocol, Protocol::Any);
+        assert_eq!(f.matches.families, Families { v4: true, v6: true });
+        assert_eq!((f.matches.sport, f.matches.dport), (PortRange::ANY, PortRange::ANY));
         assert_eq!(f.action, Action::Loss(0.3));
     }
 
@@ -417,10 +424,10 @@ mod tests {
         )
         .unwrap();
         let a = file.fault[0].validate().unwrap();
-        assert_eq!(a.dport, PortRange { lo: 9000, hi: 9000 });
+        assert_eq!(a.matches.dport, PortRange { lo: 9000, hi: 9000 });
         let b = file.fault[1].validate().unwrap();
-        assert_eq!(b.families, Families { v4: false, v6: true });
-        assert_eq!(b.sport, PortRange { lo: 1000, hi: 2000 });
+        assert_eq!(b.matches.families, Families { v4: false, v6: true });
+        assert_eq!(b.matches.sport, PortRange { lo: 1000, hi: 2000 });
         assert_eq!(b.action.drop_threshold(), 1 << 32);
     }
 

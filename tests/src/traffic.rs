@@ -3,6 +3,10 @@
 use std::{
     net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, UdpSocket},
     os::fd::AsFd,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
     time::Duration,
 };
 
@@ -23,6 +27,8 @@ pub fn udp(from: &Netns, src: Option<IpAddr>, to: &Netns, dst: SocketAddr, count
     })??;
     let any: IpAddr = if dst.is_ipv4() { Ipv4Addr::UNSPECIFIED.into() } else { Ipv6Addr::UNSPECIFIED.into() };
     let tx = from.enter(move || UdpSocket::bind(SocketAddr::new(src.unwrap_or(any), 0)))??;
+    let sent = Arc::new(AtomicBool::new(false));
+    let done = sent.clone();
     let receiver = std::thread::spawn(move || {
         let mut seen = vec![false; count as usize];
         let mut buf = [0u8; 64];
@@ -38,13 +44,12 @@ pub fn udp(from: &Netns, src: Option<IpAddr>, to: &Netns, dst: SocketAddr, count
                 }
                 Ok(_) => {}
                 // Idle: done once the sender has finished (or never reached us).
-                Err(_) if started || SENT.load(std::sync::atomic::Ordering::SeqCst) => break,
+                Err(_) if started || done.load(Ordering::SeqCst) => break,
                 Err(_) => {}
             }
         }
         seen.iter().filter(|s| **s).count() as u32
     });
-    SENT.store(false, std::sync::atomic::Ordering::SeqCst);
     for seq in 0..count {
         // A datagram dropped on egress may fail the send (ENOBUFS): the receiver counts anyway.
         let _ = tx.send_to(&seq.to_be_bytes(), dst);
@@ -52,11 +57,9 @@ pub fn udp(from: &Netns, src: Option<IpAddr>, to: &Netns, dst: SocketAddr, count
             std::thread::sleep(Duration::from_millis(1));
         }
     }
-    SENT.store(true, std::sync::atomic::Ordering::SeqCst);
+    sent.store(true, Ordering::SeqCst);
     receiver.join().map_err(|_| anyhow::anyhow!("receiver panicked"))
 }
-
-static SENT: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 
 /// Whether a TCP connection from `from` (bound to `src` if given) to `dst` (an address in
 /// `to`) is established within one second.

@@ -89,9 +89,12 @@ fn preflight(what: &str) -> anyhow::Result<()> {
             bail!("`{tool}` is missing: install iproute2 (apt-get install iproute2)");
         }
     }
-    let bpffs = std::fs::read_to_string("/proc/filesystems").unwrap_or_default();
-    if !bpffs.contains("bpf") {
-        bail!("this kernel has no BPF filesystem support, so it cannot run eBPF programs");
+    use aya::{maps::MapType, programs::ProgramType, sys};
+    if !sys::is_program_supported(ProgramType::SchedClassifier).unwrap_or(false) {
+        bail!("this kernel cannot load TC eBPF programs (BPF_PROG_TYPE_SCHED_CLS), which chaos-daemon needs");
+    }
+    if !sys::is_map_supported(MapType::LpmTrie).unwrap_or(false) {
+        bail!("this kernel has no LPM trie maps (4.11+), which chaos-daemon needs");
     }
     bootstrap::ensure()
 }

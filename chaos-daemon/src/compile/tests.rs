@@ -5,7 +5,7 @@
 use std::net::IpAddr;
 
 use super::*;
-use crate::spec::Action;
+use crate::spec::{Action, Families};
 
 /// What the program extracts from a packet.
 #[derive(Clone, Copy, Debug)]
@@ -74,17 +74,20 @@ fn contains(c: Option<Cidr>, family: u8, addr: [u8; 16]) -> bool {
 /// The rules read directly: which one acts on `p`.
 fn reference(rules: &[Rule], p: Pkt) -> Option<u32> {
     let matches = |r: &Rule| {
-        let fam = if p.family == FAMILY_V4 { r.families.v4 } else { r.families.v6 };
-        let mirrored = match (r.direction, p.hook) {
+        let fam = if p.family == FAMILY_V4 { r.matches.families.v4 } else { r.matches.families.v6 };
+        let mirrored = match (r.matches.direction, p.hook) {
             (Direction::Egress, HOOK_EGRESS) | (Direction::Ingress, HOOK_INGRESS) => false,
             (Direction::Both, HOOK_EGRESS) => false,
             (Direction::Both, HOOK_INGRESS) => true,
             _ => return false,
         };
-        let (src, dst, sport, dport) =
-            if mirrored { (r.dst, r.src, r.dport, r.sport) } else { (r.src, r.dst, r.sport, r.dport) };
+        let (src, dst, sport, dport) = if mirrored {
+            (r.matches.dst, r.matches.src, r.matches.dport, r.matches.sport)
+        } else {
+            (r.matches.src, r.matches.dst, r.matches.sport, r.matches.dport)
+        };
         let has_ports = matches!(p.proto, PROTO_TCP | PROTO_UDP);
-        let proto_ok = match r.protocol {
+        let proto_ok = match r.matches.protocol {
             Protocol::Tcp => p.proto == PROTO_TCP,
             Protocol::Udp => p.proto == PROTO_UDP,
             Protocol::Icmp => p.proto == if p.family == FAMILY_V4 { PROTO_ICMP } else { PROTO_ICMPV6 },
@@ -113,13 +116,15 @@ fn rule(slot: u32) -> Rule {
     Rule {
         slot,
         ifindex: 2,
-        direction: Direction::Egress,
-        families: Families { v4: true, v6: true },
-        protocol: Protocol::Any,
-        src: None,
-        dst: None,
-        sport: PortRange::ANY,
-        dport: PortRange::ANY,
+        matches: Match {
+            direction: Direction::Egress,
+            families: Families { v4: true, v6: true },
+            protocol: Protocol::Any,
+            src: None,
+            dst: None,
+            sport: PortRange::ANY,
+            dport: PortRange::ANY,
+        },
         threshold: Action::Loss(0.5).drop_threshold(),
     }
 }
@@ -137,8 +142,8 @@ fn pkt(src: [u8; 4], dst: [u8; 4], proto: u8, sport: u16, dport: u16) -> Pkt {
 #[test]
 fn udp_port_rule() {
     let mut r = rule(7);
-    r.protocol = Protocol::Udp;
-    r.dport = PortRange { lo: 9000, hi: 9000 };
+    r.matches.protocol = Protocol::Udp;
+    r.matches.dport = PortRange { lo: 9000, hi: 9000 };
     let t = compile(&[r], 0).unwrap();
     assert_eq!(kernel(&t, 0, pkt([1, 1, 1, 1], [2, 2, 2, 2], PROTO_UDP, 5, 9000)), Some(7));
     assert_eq!(kernel(&t, 0, pkt([1, 1, 1, 1], [2, 2, 2, 2], PROTO_UDP, 5, 9001)), None);
@@ -156,8 +161,8 @@ fn udp_port_rule() {
 #[test]
 fn both_directions_mirror() {
     let mut r = rule(1);
-    r.direction = Direction::Both;
-    r.dst = Some("10.0.0.2/32".parse().unwrap());
+    r.matches.direction = Direction::Both;
+    r.matches.dst = Some("10.0.0.2/32".parse().unwrap());
     r.threshold = Action::Partition.drop_threshold();
     let t = compile(&[r], 1).unwrap();
     let out = pkt([10, 0, 0, 1], [10, 0, 0, 2], PROTO_TCP, 40000, 80);
@@ -174,7 +179,7 @@ fn strongest_rule_wins_then_oldest() {
     let mut weak = rule(1);
     weak.threshold = Action::Loss(0.1).drop_threshold();
     let mut strong = rule(2);
-    strong.dst = Some("10.0.0.0/8".parse().unwrap());
+    strong.matches.dst = Some("10.0.0.0/8".parse().unwrap());
     strong.threshold = Action::Loss(0.9).drop_threshold();
     let mut equal = rule(3);
     equal.threshold = strong.threshold;
@@ -203,11 +208,11 @@ fn ten_thousand_rules_fit() {
     let rules: Vec<Rule> = (0..10_000u32)
         .map(|i| {
             let mut r = rule(i);
-            r.direction = Direction::Both;
-            r.protocol = Protocol::Udp;
-            r.dst = Some(format!("10.{}.{}.0/24", i / 256, i % 256).parse().unwrap());
-            r.families = Families { v4: true, v6: false };
-            r.dport = PortRange { lo: 9000, hi: 9100 };
+            r.matches.direction = Direction::Both;
+            r.matches.protocol = Protocol::Udp;
+            r.matches.dst = Some(format!("10.{}.{}.0/24", i / 256, i % 256).parse().unwrap());
+            r.matches.families = Families { v4: true, v6: false };
+            r.matches.dport = PortRange { lo: 9000, hi: 9100 };
             r
         })
         .collect();
@@ -222,8 +227,8 @@ fn too_large_is_refused() {
     let mut rules = vec![rule(0)];
     for i in 0..1000u32 {
         let mut r = rule(i + 1);
-        r.src = Some(format!("10.{}.{}.0/24", i / 256, i % 256).parse().unwrap());
-        r.dst = Some(format!("11.{}.{}.0/24", i / 256, i % 256).parse().unwrap());
+        r.matches.src = Some(format!("10.{}.{}.0/24", i / 256, i % 256).parse().unwrap());
+        r.matches.dst = Some(format!("11.{}.{}.0/24", i / 256, i % 256).parse().unwrap());
         rules.push(r);
     }
     let err = compile(&rules, 0).unwrap_err();
@@ -259,8 +264,8 @@ fn random_rule_sets_agree_with_the_rules() {
             .map(|i| {
                 let mut r = rule(100 + i);
                 r.ifindex = rng.pick(&[2, 3]);
-                r.direction = rng.pick(&[Direction::Egress, Direction::Ingress, Direction::Both]);
-                r.protocol = rng.pick(&[Protocol::Tcp, Protocol::Udp, Protocol::Icmp, Protocol::Any]);
+                r.matches.direction = rng.pick(&[Direction::Egress, Direction::Ingress, Direction::Both]);
+                r.matches.protocol = rng.pick(&[Protocol::Tcp, Protocol::Udp, Protocol::Icmp, Protocol::Any]);
                 let v6 = rng.next().is_multiple_of(4);
                 let cidr = |rng: &mut Rng| {
                     if rng.next().is_multiple_of(3) {
@@ -271,13 +276,13 @@ fn random_rule_sets_agree_with_the_rules() {
                         Some(rng.pick(&cidrs4).parse::<Cidr>().unwrap())
                     }
                 };
-                r.src = cidr(&mut rng);
-                r.dst = cidr(&mut rng);
-                let has_cidr = r.src.is_some() || r.dst.is_some();
-                r.families = if has_cidr { Families { v4: !v6, v6 } } else { Families { v4: true, v6: true } };
-                if r.protocol != Protocol::Icmp {
-                    r.sport = rng.pick(&ranges);
-                    r.dport = rng.pick(&ranges);
+                r.matches.src = cidr(&mut rng);
+                r.matches.dst = cidr(&mut rng);
+                let has_cidr = r.matches.src.is_some() || r.matches.dst.is_some();
+                r.matches.families = if has_cidr { Families { v4: !v6, v6 } } else { Families { v4: true, v6: true } };
+                if r.matches.protocol != Protocol::Icmp {
+                    r.matches.sport = rng.pick(&ranges);
+                    r.matches.dport = rng.pick(&ranges);
                 }
                 r.threshold = rng.pick(&[0, 1 << 30, 1 << 31, 1 << 32]);
                 r
