@@ -62,7 +62,8 @@ impl Engine {
             )
             .into());
         }
-        let mut used: BTreeSet<u32> = self.faults.values().map(|a| a.slot).collect();
+        let used: BTreeSet<u32> = self.faults.values().map(|a| a.slot).collect();
+        let mut free = (0..MAX_RULES).filter(|s| !used.contains(s));
         let mut names: BTreeSet<String> = self.faults.keys().cloned().collect();
         let mut next_id = self.next_id;
         let mut batch = Vec::new();
@@ -86,8 +87,7 @@ impl Engine {
                 },
             };
             names.insert(name.clone());
-            let slot = (0..MAX_RULES).find(|s| !used.contains(s)).expect("room was checked");
-            used.insert(slot);
+            let slot = free.next().expect("room was checked");
             let mut spec = spec.clone();
             spec.name = Some(name.clone());
             let applied_at = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());

@@ -159,7 +159,9 @@ impl Kernel {
         hooks: &BTreeMap<(u32, u8), String>,
     ) -> Result<(), KernelError> {
         let next = 1 - self.generation;
+        let started = std::time::Instant::now();
         let tables = compile::compile(rules, next)?;
+        let compiled = started.elapsed();
 
         let mut attached = Vec::new();
         for (&(ifindex, hook), interface) in hooks {
@@ -187,9 +189,19 @@ impl Kernel {
             self.detach_all(&attached);
             return Err(KernelError::Map { map: map_names::ACTIVE, source });
         }
+        let written = started.elapsed();
         let old = std::mem::replace(&mut self.live, tables);
         self.generation = next;
         self.delete(&old);
+        let t = &self.live;
+        tracing::info!(
+            rules = rules.len(),
+            entries = t.addrs.len() + t.pairs.len() + t.ports.len(),
+            ?compiled,
+            ?written,
+            total = ?started.elapsed(),
+            "rule set live"
+        );
         let unused: Vec<_> = self.links.keys().filter(|k| !hooks.contains_key(k)).copied().collect();
         self.detach_all(&unused);
         Ok(())

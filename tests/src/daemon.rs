@@ -34,9 +34,14 @@ impl Daemon {
 
     /// Same, with `config` as its TOML configuration file.
     pub fn start_with(ns: &Netns, config: &str) -> anyhow::Result<Self> {
+        Self::start_at(ns, config, None)
+    }
+
+    /// Same, with the socket at `socket` (default: in the daemon's own temporary directory).
+    pub fn start_at(ns: &Netns, config: &str, socket: Option<PathBuf>) -> anyhow::Result<Self> {
         let dir = std::env::temp_dir().join(unique("chaos-test-"));
         std::fs::create_dir_all(&dir)?;
-        let socket = dir.join("chaos.sock");
+        let socket = socket.unwrap_or_else(|| dir.join("chaos.sock"));
         let log = std::fs::File::create(dir.join("daemon.log"))?;
         std::fs::write(dir.join("config.toml"), config)?;
         let child = Command::new("ip")
