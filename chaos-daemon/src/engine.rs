@@ -21,6 +21,9 @@ pub enum EngineError {
     /// Bad input: the field and why.
     #[error(transparent)]
     Invalid(#[from] SpecError),
+    /// A name already taken.
+    #[error(transparent)]
+    Conflict(SpecError),
     #[error("no fault named '{0}'")]
     NotFound(String),
     #[error(transparent)]
@@ -74,7 +77,10 @@ impl Engine {
                 .map_err(|_| at(SpecError::new("interface", format!("no such interface '{}'", fault.interface))))?;
             let name = match &fault.name {
                 Some(n) if names.contains(n) => {
-                    return Err(at(SpecError::new("name", format!("a fault named '{n}' already exists"))).into());
+                    return Err(EngineError::Conflict(at(SpecError::new(
+                        "name",
+                        format!("a fault named '{n}' already exists"),
+                    ))));
                 }
                 Some(n) => n.clone(),
                 None => loop {

@@ -124,7 +124,7 @@ where
         Ok(Ok(value)) => json(ok, &value),
         Ok(Err(e)) => {
             let status = match &e {
-                EngineError::Invalid(s) if s.reason.contains("already exists") => StatusCode::CONFLICT,
+                EngineError::Conflict(_) => StatusCode::CONFLICT,
                 EngineError::Invalid(_) | EngineError::Kernel(KernelError::Compile(_)) => StatusCode::BAD_REQUEST,
                 EngineError::NotFound(_) => StatusCode::NOT_FOUND,
                 EngineError::Kernel(_) => StatusCode::INTERNAL_SERVER_ERROR,
