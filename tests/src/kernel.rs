@@ -26,10 +26,7 @@ pub fn attached(ns: &Netns, interface: &str) -> anyhow::Result<Vec<u32>> {
     })?;
     for hook in ["ingress", "egress"] {
         let filters = crate::run("tc", &["-n", &ns.name, "filter", "show", "dev", interface, hook]).unwrap_or_default();
-        ids.extend(
-            filters.split_whitespace().filter_map(|w| w.strip_prefix("id")).filter_map(|n| n.parse::<u32>().ok()),
-        );
-        // `tc` prints "id 42" as two words.
+        // `tc` prints a cls_bpf filter's program as "... id 42 tag ...".
         let words: Vec<&str> = filters.split_whitespace().collect();
         ids.extend(words.windows(2).filter(|w| w[0] == "id").filter_map(|w| w[1].parse::<u32>().ok()));
     }
