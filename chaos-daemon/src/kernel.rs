@@ -179,15 +179,13 @@ impl Kernel {
                 }
             }
         }
-        if let Err(e) = self.write_slots(new_slots).and_then(|()| self.write(&tables)) {
+        let made_live = self.write_slots(new_slots).and_then(|()| self.write(&tables)).and_then(|()| {
+            self.active.set(0, u32::from(next), 0).map_err(|source| KernelError::Map { map: map_names::ACTIVE, source })
+        });
+        if let Err(e) = made_live {
             self.delete(&tables);
             self.detach_all(&attached);
             return Err(e);
-        }
-        if let Err(source) = self.active.set(0, u32::from(next), 0) {
-            self.delete(&tables);
-            self.detach_all(&attached);
-            return Err(KernelError::Map { map: map_names::ACTIVE, source });
         }
         let written = started.elapsed();
         let old = std::mem::replace(&mut self.live, tables);
@@ -234,11 +232,7 @@ impl Kernel {
     }
 
     fn attach(&mut self, ifindex: u32, interface: &str, hook: u8) -> Result<Link, KernelError> {
-        let (name, attach_type) = if hook == HOOK_EGRESS {
-            (PROG_EGRESS, TcAttachType::Egress)
-        } else {
-            (PROG_INGRESS, TcAttachType::Ingress)
-        };
+        let (name, attach_type) = program_for(hook);
         let what = || format!("attaching {name} to {interface}");
         // Probe TCX by trying it: kernels without it (before 6.6, or vendor kernels that lack
         // the backport) refuse the link type, and then a cls_bpf filter under clsact is used.
@@ -272,7 +266,7 @@ impl Kernel {
     fn detach_all(&mut self, keys: &[(u32, u8)]) {
         for key in keys {
             let Some(link) = self.links.remove(key) else { continue };
-            let name = if key.1 == HOOK_EGRESS { PROG_EGRESS } else { PROG_INGRESS };
+            let (name, _) = program_for(key.1);
             let result = program(&mut self.ebpf, name).and_then(|p: &mut SchedClassifier| {
                 p.detach(link.id).map_err(|source| KernelError::Program { what: format!("detaching {name}"), source })
             });
@@ -339,6 +333,11 @@ fn program<'a>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut SchedCl
         .ok_or_else(|| KernelError::Program { what: what(), source: ProgramError::NotLoaded })?
         .try_into()
         .map_err(|source| KernelError::Program { what: what(), source })
+}
+
+/// The program for a hook, and the hook as aya names it.
+fn program_for(hook: u8) -> (&'static str, TcAttachType) {
+    if hook == HOOK_EGRESS { (PROG_EGRESS, TcAttachType::Egress) } else { (PROG_INGRESS, TcAttachType::Ingress) }
 }
 
 fn is_missing_interface(e: &ProgramError) -> bool {
