@@ -11,7 +11,8 @@
 //! 3. `PAIRS` (hash) with [`PairKey`] gives the class of the (source, destination) pair.
 //! 4. `PORTS` (LPM trie) with [`PortKey`] for protocol and destination port, then for the source
 //!    port: the last gives the rule slot.
-//! 5. `RULES[slot]` gives the [`RuleAction`]; `COUNTERS[slot]` (per CPU) counts it.
+//! 5. `RULES[slot]` gives the [`RuleAction`]; a rule past its deadline is ignored. `COUNTERS[slot]`
+//!    (per CPU) counts it.
 //!
 //! User space (chaos-daemon's `compile` module) precomputes the classes so that each lookup's
 //! longest match already stands for every rule that can still match.
@@ -45,6 +46,14 @@ pub const PORT_KEY_FIXED_BITS: u32 = 48;
 /// Class ids carry the generation in their top bit, so the two generations' `PAIRS` and `PORTS`
 /// entries never collide and need no generation field of their own.
 pub const CLASS_GEN_BIT: u32 = 1 << 31;
+
+/// Version of this ABI, kept in `ACTIVE[`[`ACTIVE_ABI`]`]` of the pinned maps: a daemon finding
+/// pinned maps of another version does not reuse them. Bump it with any layout change here.
+pub const ABI_VERSION: u32 = 2;
+/// Indexes of `ACTIVE`.
+pub const ACTIVE_GENERATION: u32 = 0;
+pub const ACTIVE_ABI: u32 = 1;
+pub const ACTIVE_LEN: u32 = 2;
 
 /// Rule slots: `RULES` and `COUNTERS` are arrays of this length.
 pub const MAX_RULES: u32 = 16_384;
@@ -118,7 +127,13 @@ pub struct RuleAction {
     pub kind: u32,
     pub _pad: u32,
     pub drop_threshold: u64,
+    /// `bpf_ktime_get_ns()` (CLOCK_MONOTONIC) from which the rule is ignored, so a fault ends on
+    /// time even when the daemon is stopped or dead; [`NO_DEADLINE`] for none.
+    pub deadline_ns: u64,
 }
+
+/// [`RuleAction::deadline_ns`] of a fault that runs until removed.
+pub const NO_DEADLINE: u64 = u64::MAX;
 
 /// Value of `COUNTERS` (per CPU; user space sums the CPUs).
 #[repr(C)]
@@ -145,6 +160,6 @@ const _: () = {
     assert!(core::mem::size_of::<AddrKey>() == 24);
     assert!(core::mem::size_of::<PairKey>() == 8);
     assert!(core::mem::size_of::<PortKey>() == 8);
-    assert!(core::mem::size_of::<RuleAction>() == 16);
+    assert!(core::mem::size_of::<RuleAction>() == 24);
     assert!(core::mem::size_of::<Counters>() == 16);
 };

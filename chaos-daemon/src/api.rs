@@ -8,20 +8,34 @@
 //! | POST | `/v1/faults` | [`Apply`] | 201, [`Faults`] (all applied, or none and an error) |
 //! | GET | `/v1/faults/{name}` | | [`FaultView`] |
 //! | DELETE | `/v1/faults/{name}` | | [`FaultView`] (final counters) |
-//! | DELETE | `/v1/faults` | | [`Faults`] removed |
+//! | DELETE | `/v1/faults` | | [`Faults`] removed (scheduled ones too) |
+//! | DELETE | `/v1/experiments/{name}` | | [`Faults`] removed |
+//! | GET | `/v1/history?limit=N` | | [`History`] (audit trail, newest last; default 100) |
 //!
-//! Errors are `{"error": "..."}` with 400 (bad input, naming the field), 404 (no such fault or
-//! path), 409 (duplicate name), 500 (the kernel refused).
+//! Errors are `{"error": "..."}` with 400 (bad input, naming the field), 403 (the peer may not
+//! do this, and why), 404 (no such fault, experiment or path), 409 (duplicate name),
+//! 500 (the kernel refused).
 
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use crate::{kernel::Attachment, spec::FaultSpec};
+use crate::{
+    kernel::Attachment,
+    spec::FaultSpec,
+    state::{Actor, Event},
+};
 
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct Apply {
     pub faults: Vec<FaultSpec>,
+    /// Names the batch as an experiment, removed together with `DELETE /v1/experiments/{name}`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub experiment: Option<String>,
+    /// Apply even faults that would touch protected flows (SSH sessions, configured destinations).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub force: bool,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -34,8 +48,21 @@ pub struct Faults {
 pub struct FaultView {
     pub name: String,
     pub spec: FaultSpec,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub experiment: Option<String>,
+    /// `scheduled` (waiting for its start) or `active`.
+    pub state: String,
     /// Unix time, seconds.
     pub applied_at: u64,
+    pub applied_by: Actor,
+    /// Unix time in milliseconds at which it starts (started).
+    pub starts_at: u64,
+    /// Unix time in milliseconds at which it ends; absent when unlimited.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_at: Option<u64>,
+    /// The same deadline as the kernel holds it: CLOCK_MONOTONIC nanoseconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deadline_ns: Option<u64>,
     /// Packets this fault was chosen for.
     pub matched: u64,
     /// Of those, packets it dropped.
@@ -50,6 +77,14 @@ pub struct Status {
     pub features: BTreeMap<String, bool>,
     pub attachments: Vec<Attachment>,
     pub faults: usize,
+    pub max_faults: usize,
+    pub max_duration_ms: u64,
+    pub allow_unlimited: bool,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct History {
+    pub events: Vec<Event>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]

@@ -1,27 +1,70 @@
 //! Daemon configuration: TOML, every field optional, so the daemon runs with no file at all.
 
-use std::path::{Path, PathBuf};
+use std::{
+    path::{Path, PathBuf},
+    time::Duration,
+};
 
 use anyhow::Context as _;
 use serde::Deserialize;
 
-use crate::kernel::AttachMode;
+use crate::{
+    engine::{Guard, Limits},
+    kernel::AttachMode,
+    spec::parse_duration,
+};
 
 #[derive(Clone, Debug, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
     /// Control socket path. Default `/run/chaos-daemon.sock`.
     pub socket: PathBuf,
-    /// Group that owns the socket, so its members may use chaosctl (mode is 0660).
-    /// Default: none (root only).
+    /// Group that owns the socket, so its members can connect to it. Default: none (root).
     pub socket_group: Option<String>,
-    /// Most faults active at once. Default 10000 (the kernel maps hold 16384 rule slots).
+    /// Socket file mode, in octal. Default `0660`: owner and `socket_group` only.
+    pub socket_mode: String,
+    /// Group whose members may change faults, besides root (checked with SO_PEERCRED and
+    /// SO_PEERGROUPS on every request). Default: none (root only).
+    pub admin_group: Option<String>,
+    /// Who may use the read-only endpoints (status, list, history): `admins` (those who may
+    /// change faults) or `any` (anyone who can connect to the socket). Default `admins`.
+    pub readers: Readers,
+    /// Most faults at once (scheduled ones included). Default 10000 (the kernel maps hold
+    /// 16384 rule slots).
     pub max_faults: usize,
+    /// Longest fault, and the duration of a fault given none. Default `1h`.
+    pub max_duration: String,
+    /// Whether a fault may ask for `duration = "unlimited"`. Default false.
+    pub allow_unlimited: bool,
+    /// Longest `start_after` of a scheduled fault. Default `24h`.
+    pub max_start_after: String,
+    /// Destinations no fault may touch without `--force`, besides SSH sessions: `CIDR`,
+    /// `ADDRESS:PORT` or `[IPV6]:PORT`, optionally prefixed by `tcp:` or `udp:`.
+    /// Default: none.
+    pub protected: Vec<String>,
+    /// Local TCP ports whose established sessions (SSH) no fault may touch without `--force`.
+    /// Default `[22]`; `[]` turns the check off.
+    pub ssh_ports: Vec<u16>,
+    /// Where the state file and the audit trail are kept. Default `/var/lib/chaos-daemon`.
+    pub state_dir: PathBuf,
+    /// The daemon's bpffs directory for pinned maps, programs and links.
+    /// Default `/sys/fs/bpf/chaos-daemon`.
+    pub bpffs_dir: PathBuf,
+    /// Audit events kept in the history. Default 10000.
+    pub history_limit: usize,
     /// How TC programs are attached: `auto` (TCX links where the kernel has them, else cls_bpf
     /// under clsact), `tcx` or `netlink`. Default `auto`.
     pub tc_attach: AttachMode,
     /// Log filter, in `RUST_LOG` syntax; `RUST_LOG` overrides it. Default `info`.
     pub log: String,
+}
+
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Readers {
+    #[default]
+    Admins,
+    Any,
 }
 
 pub const DEFAULT_SOCKET: &str = "/run/chaos-daemon.sock";
@@ -31,7 +74,18 @@ impl Default for Config {
         Self {
             socket: DEFAULT_SOCKET.into(),
             socket_group: None,
+            socket_mode: "0660".into(),
+            admin_group: None,
+            readers: Readers::Admins,
             max_faults: 10_000,
+            max_duration: "1h".into(),
+            allow_unlimited: false,
+            max_start_after: "24h".into(),
+            protected: Vec::new(),
+            ssh_ports: vec![22],
+            state_dir: "/var/lib/chaos-daemon".into(),
+            bpffs_dir: "/sys/fs/bpf/chaos-daemon".into(),
+            history_limit: 10_000,
             tc_attach: AttachMode::Auto,
             log: "info".into(),
         }
@@ -42,10 +96,46 @@ impl Config {
     pub fn load(path: &Path) -> anyhow::Result<Self> {
         let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
         let config: Self = toml::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
-        if config.max_faults == 0 || config.max_faults > chaos_common::MAX_RULES as usize {
-            anyhow::bail!("{}: max_faults must be 1-{}", path.display(), chaos_common::MAX_RULES);
-        }
+        config.check().with_context(|| format!("{}", path.display()))?;
         Ok(config)
+    }
+
+    /// Every setting a TOML type cannot check.
+    pub fn check(&self) -> anyhow::Result<()> {
+        if self.max_faults == 0 || self.max_faults > chaos_common::MAX_RULES as usize {
+            anyhow::bail!("max_faults must be 1-{}", chaos_common::MAX_RULES);
+        }
+        self.limits()?;
+        self.guard()?;
+        self.socket_mode()?;
+        Ok(())
+    }
+
+    pub fn limits(&self) -> anyhow::Result<Limits> {
+        let d = |field: &str, v: &str| parse_duration(v).map_err(|e| anyhow::anyhow!("{field}: {e}"));
+        let max_duration = d("max_duration", &self.max_duration)?;
+        if max_duration == Duration::ZERO {
+            anyhow::bail!("max_duration must be more than 0");
+        }
+        Ok(Limits {
+            max_faults: self.max_faults,
+            max_duration,
+            allow_unlimited: self.allow_unlimited,
+            max_start_after: d("max_start_after", &self.max_start_after)?,
+        })
+    }
+
+    pub fn guard(&self) -> anyhow::Result<Guard> {
+        let protected =
+            crate::guard::parse_protected(&self.protected).map_err(|e| anyhow::anyhow!("protected: {e}"))?;
+        Ok(Guard { protected, ssh_ports: self.ssh_ports.clone() })
+    }
+
+    pub fn socket_mode(&self) -> anyhow::Result<u32> {
+        u32::from_str_radix(self.socket_mode.trim_start_matches("0o"), 8)
+            .ok()
+            .filter(|m| *m <= 0o777)
+            .ok_or_else(|| anyhow::anyhow!("socket_mode: '{}' is not an octal file mode", self.socket_mode))
     }
 }
 
@@ -56,8 +146,25 @@ mod tests {
     #[test]
     fn empty_file_is_the_defaults() {
         assert_eq!(toml::from_str::<Config>("").unwrap(), Config::default());
+        Config::default().check().unwrap();
         let c: Config = toml::from_str("max_faults = 5\nsocket = \"/tmp/x.sock\"").unwrap();
         assert_eq!((c.max_faults, c.socket), (5, PathBuf::from("/tmp/x.sock")));
         assert!(toml::from_str::<Config>("sockt = 1").is_err());
+    }
+
+    #[test]
+    fn bad_values_are_named() {
+        for (text, field) in [
+            ("max_duration = \"forever\"", "max_duration"),
+            ("max_duration = \"0s\"", "max_duration"),
+            ("max_start_after = \"1x\"", "max_start_after"),
+            ("socket_mode = \"0999\"", "socket_mode"),
+            ("max_faults = 0", "max_faults"),
+        ] {
+            let c: Config = toml::from_str(text).unwrap();
+            let e = c.check().unwrap_err().to_string();
+            assert!(e.contains(field), "{text}: {e}");
+        }
+        assert!(toml::from_str::<Config>("readers = \"everyone\"").is_err());
     }
 }

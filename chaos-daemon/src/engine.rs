@@ -1,19 +1,24 @@
-//! The set of active faults: checks a batch, gives each fault a name and a rule slot, and has
-//! the kernel make the whole set live. Every change is all-or-nothing: a refused batch leaves
-//! both this state and the kernel as they were.
+//! The set of faults: checks a batch, gives each fault a name, a rule slot and a deadline, has
+//! the kernel make the whole set live, starts scheduled faults and reaps ended ones, and keeps
+//! the state file and the audit trail. Every change is all-or-nothing: a refused batch leaves
+//! this state, the state file and the kernel as they were.
+
+mod lifecycle;
 
 use std::{
     collections::{BTreeMap, BTreeSet, HashSet},
-    time::{SystemTime, UNIX_EPOCH},
+    time::Duration,
 };
 
-use chaos_common::{ACTION_LOSS, ACTION_PARTITION, HOOK_EGRESS, HOOK_INGRESS, MAX_RULES, RuleAction};
+use chaos_common::{ACTION_LOSS, ACTION_PARTITION, HOOK_EGRESS, HOOK_INGRESS, MAX_RULES, NO_DEADLINE, RuleAction};
 
 use crate::{
-    api::{FaultView, Status},
+    api::{Apply, FaultView, Status},
     compile::Rule,
+    guard::Protected,
     kernel::{Kernel, KernelError},
-    spec::{Action, Direction, Fault, FaultSpec, SpecError},
+    spec::{Action, Direction, Fault, Lifetime, SpecError, validate_name},
+    state::{Actor, Ended, Event, Record, State, Store, mono_ns, unix_ms},
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -24,18 +29,34 @@ pub enum EngineError {
     /// A name already taken.
     #[error(transparent)]
     Conflict(SpecError),
-    #[error("no fault named '{0}'")]
+    #[error("no {0}")]
     NotFound(String),
     #[error(transparent)]
     Kernel(#[from] KernelError),
+    #[error("writing the state file: {0}")]
+    State(std::io::Error),
+}
+
+/// Limits from the config.
+#[derive(Clone, Debug)]
+pub struct Limits {
+    pub max_faults: usize,
+    pub max_duration: Duration,
+    pub allow_unlimited: bool,
+    pub max_start_after: Duration,
+}
+
+/// Flows faults must not touch without `force`: configured ones, and sessions to these ports.
+#[derive(Clone, Debug, Default)]
+pub struct Guard {
+    pub protected: Vec<Protected>,
+    pub ssh_ports: Vec<u16>,
 }
 
 struct Active {
-    spec: FaultSpec,
+    record: Record,
     fault: Fault,
     ifindex: u32,
-    slot: u32,
-    applied_at: u64,
 }
 
 pub struct Engine {
@@ -43,38 +64,153 @@ pub struct Engine {
     /// By name; `order` keeps the order of application, which breaks precedence ties.
     faults: BTreeMap<String, Active>,
     order: Vec<String>,
-    max_faults: usize,
+    limits: Limits,
+    guard: Guard,
+    store: Store,
     next_id: u64,
+    boot_id: String,
+    /// Set by [`Self::shutdown`].
+    closed: bool,
 }
 
 impl Engine {
-    pub fn new(kernel: Kernel, max_faults: usize) -> Self {
-        Self { kernel, faults: BTreeMap::new(), order: Vec::new(), max_faults, next_id: 1 }
+    /// Applies a batch (all or none) on behalf of `actor`, and records it in the audit trail.
+    pub fn apply(&mut self, req: &Apply, actor: &Actor) -> Result<Vec<FaultView>, EngineError> {
+        let result = self.try_apply(req, actor);
+        let names = match &result {
+            Ok(views) => views.iter().map(|v| v.name.clone()).collect(),
+            Err(_) => req.faults.iter().filter_map(|f| f.name.clone()).collect(),
+        };
+        self.audit(actor, "apply", names, &result, vec![]);
+        result
     }
 
-    /// Applies every spec or none.
-    pub fn apply(&mut self, specs: &[FaultSpec]) -> Result<Vec<FaultView>, EngineError> {
+    /// Removes the named faults (all must exist) and returns their final state.
+    pub fn remove(&mut self, names: &[String], actor: &Actor) -> Result<Vec<FaultView>, EngineError> {
+        let result = match names.iter().find(|n| !self.faults.contains_key(*n)) {
+            Some(missing) => Err(EngineError::NotFound(format!("fault named '{missing}'"))),
+            None => self.remove_now(names),
+        };
+        self.audit_removal(actor, "remove", names.to_vec(), result)
+    }
+
+    /// Removes every fault of an experiment.
+    pub fn remove_experiment(&mut self, experiment: &str, actor: &Actor) -> Result<Vec<FaultView>, EngineError> {
+        let names: Vec<String> = self
+            .order
+            .iter()
+            .filter(|n| self.faults[*n].record.experiment.as_deref() == Some(experiment))
+            .cloned()
+            .collect();
+        let result = if names.is_empty() {
+            Err(EngineError::NotFound(format!("experiment named '{experiment}'")))
+        } else {
+            self.remove_now(&names)
+        };
+        self.audit_removal(actor, "remove-experiment", vec![experiment.into()], result)
+    }
+
+    /// Removes every fault (scheduled ones too) and detaches every program.
+    pub fn clear(&mut self, actor: &Actor) -> Result<Vec<FaultView>, EngineError> {
+        let names = self.order.clone();
+        let result = self.remove_now(&names);
+        self.audit_removal(actor, "clear", vec![], result)
+    }
+
+    /// Records a refused request (the engine never saw it) in the audit trail.
+    pub fn refused(&mut self, actor: &Actor, action: &str, why: &str) {
+        let result: Result<(), EngineError> = Err(EngineError::Invalid(SpecError::new("request", why)));
+        self.audit(actor, action, vec![], &result, vec![]);
+    }
+
+    pub fn list(&self) -> Vec<FaultView> {
+        self.order.iter().map(|n| self.view(n)).collect()
+    }
+
+    pub fn get(&self, name: &str) -> Result<FaultView, EngineError> {
+        if self.faults.contains_key(name) {
+            Ok(self.view(name))
+        } else {
+            Err(EngineError::NotFound(format!("fault named '{name}'")))
+        }
+    }
+
+    pub fn history(&self, limit: usize) -> Vec<Event> {
+        self.store.history(limit)
+    }
+
+    pub fn status(&self) -> Status {
+        Status {
+            version: env!("CARGO_PKG_VERSION").into(),
+            kernel: nix::sys::utsname::uname().map(|u| u.release().to_string_lossy().into_owned()).unwrap_or_default(),
+            features: crate::kernel::features().into_iter().map(|(k, v)| (k.to_owned(), v)).collect(),
+            attachments: self.kernel.attachments(),
+            faults: self.faults.len(),
+            max_faults: self.limits.max_faults,
+            max_duration_ms: self.limits.max_duration.as_millis() as u64,
+            allow_unlimited: self.limits.allow_unlimited,
+        }
+    }
+
+    /// Removes every fault and every pin: the daemon's clean exit. Later changes are refused.
+    pub fn shutdown(&mut self, actor: &Actor) {
+        match self.clear(actor) {
+            Ok(removed) => tracing::info!(removed = removed.len(), "faults removed, programs detached"),
+            Err(e) => tracing::error!("removing faults: {e}"),
+        }
+        self.kernel.unpin();
+        self.closed = true;
+    }
+
+    fn try_apply(&mut self, req: &Apply, actor: &Actor) -> Result<Vec<FaultView>, EngineError> {
+        let specs = &req.faults;
+        if self.closed {
+            return Err(SpecError::new("request", "chaos-daemon is shutting down").into());
+        }
         if specs.is_empty() {
             return Err(SpecError::new("fault", "no faults given").into());
         }
-        let room = self.max_faults.min(MAX_RULES as usize).saturating_sub(self.faults.len());
+        let room = self.limits.max_faults.min(MAX_RULES as usize).saturating_sub(self.faults.len());
         if specs.len() > room {
             return Err(SpecError::new(
                 "fault",
-                format!("{} more faults would pass the limit of {} (max_faults)", specs.len(), self.max_faults),
+                format!("{} more faults would pass the limit of {} (max_faults)", specs.len(), self.limits.max_faults),
             )
             .into());
         }
-        let used: BTreeSet<u32> = self.faults.values().map(|a| a.slot).collect();
+        if let Some(e) = &req.experiment {
+            validate_name(e).map_err(|err| SpecError::new("experiment", err.reason))?;
+            if self.faults.values().any(|a| a.record.experiment.as_ref() == Some(e)) {
+                return Err(EngineError::Conflict(SpecError::new(
+                    "experiment",
+                    format!("an experiment named '{e}' is running"),
+                )));
+            }
+        }
+        let sessions = if req.force { Vec::new() } else { self.guard.sessions() };
+        let used: BTreeSet<u32> = self.faults.values().map(|a| a.record.slot).collect();
         let mut free = (0..MAX_RULES).filter(|s| !used.contains(s));
         let mut names: BTreeSet<String> = self.faults.keys().cloned().collect();
         let mut next_id = self.next_id;
+        let (now, now_ms) = (mono_ns(), unix_ms());
         let mut batch = Vec::new();
         for (i, spec) in specs.iter().enumerate() {
             let at = |e: SpecError| if specs.len() > 1 { e.within(&format!("fault[{i}].")) } else { e };
             let fault = spec.validate().map_err(at)?;
             let ifindex = nix::net::if_::if_nametoindex(fault.interface.as_str())
                 .map_err(|_| at(SpecError::new("interface", format!("no such interface '{}'", fault.interface))))?;
+            let duration = self.lifetime(&fault).map_err(at)?;
+            if fault.start_after > self.limits.max_start_after {
+                return Err(at(SpecError::new(
+                    "start_after",
+                    format!("is more than the limit of {:?} (max_start_after)", self.limits.max_start_after),
+                ))
+                .into());
+            }
+            if !req.force {
+                crate::guard::check(&fault, &self.guard.protected).map_err(at)?;
+                crate::guard::check(&fault, &sessions).map_err(at)?;
+            }
             let name = match &fault.name {
                 Some(n) if names.contains(n) => {
                     return Err(EngineError::Conflict(at(SpecError::new(
@@ -93,92 +229,174 @@ impl Engine {
                 },
             };
             names.insert(name.clone());
-            let slot = free.next().expect("room was checked");
+            let start_ns = now + fault.start_after.as_nanos() as u64;
+            let starts_at = now_ms + fault.start_after.as_millis() as u64;
             let mut spec = spec.clone();
             spec.name = Some(name.clone());
-            let applied_at = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
-            batch.push((name, Active { spec, fault, ifindex, slot, applied_at }));
+            let record = Record {
+                name: name.clone(),
+                spec,
+                slot: free.next().expect("room was checked"),
+                experiment: req.experiment.clone(),
+                applied_by: actor.clone(),
+                applied_at: now_ms,
+                start_ns,
+                deadline_ns: duration.map_or(NO_DEADLINE, |d| start_ns + d.as_nanos() as u64),
+                starts_at,
+                expires_at: duration.map(|d| starts_at + d.as_millis() as u64),
+                started: fault.start_after.is_zero(),
+            };
+            batch.push(Active { record, fault, ifindex });
         }
 
-        let new_slots: Vec<(u32, RuleAction)> = batch.iter().map(|(_, a)| (a.slot, action(a.fault.action))).collect();
-        let all: Vec<&Active> =
-            self.order.iter().map(|n| &self.faults[n]).chain(batch.iter().map(|(_, a)| a)).collect();
+        let new_slots: Vec<(u32, RuleAction)> =
+            batch.iter().filter(|a| a.record.started).map(|a| (a.record.slot, rule_action(a))).collect();
+        let all: Vec<&Active> = self.order.iter().map(|n| &self.faults[n]).chain(batch.iter()).collect();
         let (rules, hooks) = plan(&all);
         self.kernel.sync(&rules, &new_slots, &hooks)?;
 
         self.next_id = next_id;
-        let names: Vec<String> = batch.iter().map(|(n, _)| n.clone()).collect();
-        for (name, active) in batch {
-            self.order.push(name.clone());
-            self.faults.insert(name, active);
+        let names: Vec<String> = batch.iter().map(|a| a.record.name.clone()).collect();
+        for active in batch {
+            self.order.push(active.record.name.clone());
+            self.faults.insert(active.record.name.clone(), active);
         }
+        self.save();
         Ok(names.iter().map(|n| self.view(n)).collect())
     }
 
-    /// Removes the named faults (all must exist) and returns their final state.
-    pub fn remove(&mut self, names: &[String]) -> Result<Vec<FaultView>, EngineError> {
-        if let Some(missing) = names.iter().find(|n| !self.faults.contains_key(*n)) {
-            return Err(EngineError::NotFound(missing.clone()));
+    /// The fault's duration under the config's limits; `None` for unlimited.
+    fn lifetime(&self, fault: &Fault) -> Result<Option<Duration>, SpecError> {
+        match fault.lifetime {
+            Lifetime::Default => Ok(Some(self.limits.max_duration)),
+            Lifetime::For(d) if d > self.limits.max_duration => Err(SpecError::new(
+                "duration",
+                format!("{d:?} is more than the limit of {:?} (max_duration)", self.limits.max_duration),
+            )),
+            Lifetime::For(d) => Ok(Some(d)),
+            Lifetime::Unlimited if self.limits.allow_unlimited => Ok(None),
+            Lifetime::Unlimited => {
+                Err(SpecError::new("duration", "'unlimited' is not allowed by this daemon's config (allow_unlimited)"))
+            }
         }
+    }
+
+    /// Takes `names` out of the kernel and of the set; returns their final views.
+    fn remove_now(&mut self, names: &[String]) -> Result<Vec<FaultView>, EngineError> {
         let views: Vec<FaultView> = names.iter().map(|n| self.view(n)).collect();
         // A set, so that clearing 10,000 faults is not 10,000 x 10,000 comparisons.
-        let names: HashSet<&String> = names.iter().collect();
+        let gone: HashSet<&String> = names.iter().collect();
         let remaining: Vec<&Active> =
-            self.order.iter().filter(|n| !names.contains(n)).map(|n| &self.faults[n]).collect();
+            self.order.iter().filter(|n| !gone.contains(n)).map(|n| &self.faults[n]).collect();
         let (rules, hooks) = plan(&remaining);
         self.kernel.sync(&rules, &[], &hooks)?;
-        self.order.retain(|n| !names.contains(n));
-        self.faults.retain(|n, _| !names.contains(n));
+        self.order.retain(|n| !gone.contains(n));
+        self.faults.retain(|n, _| !gone.contains(n));
+        self.save();
         Ok(views)
     }
 
-    /// Removes every fault and detaches every program.
-    pub fn clear(&mut self) -> Result<Vec<FaultView>, EngineError> {
-        let names = self.order.clone();
-        self.remove(&names)
+    fn audit_removal(
+        &mut self,
+        actor: &Actor,
+        action: &str,
+        names: Vec<String>,
+        result: Result<Vec<FaultView>, EngineError>,
+    ) -> Result<Vec<FaultView>, EngineError> {
+        let reason = if action == "clear" { "cleared" } else { "removed" };
+        let ended = match &result {
+            Ok(views) => views.iter().map(|v| ended(v, reason)).collect(),
+            Err(_) => vec![],
+        };
+        self.audit(actor, action, names, &result, ended);
+        result
     }
 
-    pub fn list(&self) -> Vec<FaultView> {
-        self.order.iter().map(|n| self.view(n)).collect()
+    fn audit<T>(
+        &mut self,
+        actor: &Actor,
+        action: &str,
+        faults: Vec<String>,
+        result: &Result<T, EngineError>,
+        ended: Vec<Ended>,
+    ) {
+        let result = match result {
+            Ok(_) => "ok".to_owned(),
+            Err(EngineError::Invalid(e) | EngineError::Conflict(e)) if e.field == "request" => {
+                format!("refused: {}", e.reason)
+            }
+            Err(e) => format!("error: {e}"),
+        };
+        tracing::info!(target: "audit", %actor, action, ?faults, result, ended = ended.len(), "audit");
+        let event = Event { at: unix_ms(), actor: actor.clone(), action: action.into(), faults, result, ended };
+        if let Err(e) = self.store.append(&event) {
+            tracing::error!("writing the audit trail: {e}");
+        }
     }
 
-    pub fn get(&self, name: &str) -> Result<FaultView, EngineError> {
-        if self.faults.contains_key(name) { Ok(self.view(name)) } else { Err(EngineError::NotFound(name.into())) }
-    }
-
-    pub fn status(&self) -> Status {
-        Status {
-            version: env!("CARGO_PKG_VERSION").into(),
-            kernel: nix::sys::utsname::uname().map(|u| u.release().to_string_lossy().into_owned()).unwrap_or_default(),
-            features: crate::kernel::features().into_iter().map(|(k, v)| (k.to_owned(), v)).collect(),
-            attachments: self.kernel.attachments(),
-            faults: self.faults.len(),
+    /// Writes the state file. The kernel change it follows has happened: a failure here is
+    /// logged, not returned (the faults are live; the next write catches up).
+    fn save(&self) {
+        let state = State {
+            boot_id: self.boot_id.clone(),
+            next_id: self.next_id,
+            faults: self.order.iter().map(|n| self.faults[n].record.clone()).collect(),
+            filters: self.kernel.netlink_filters(),
+        };
+        if let Err(e) = self.store.save(&state) {
+            tracing::error!("{}", EngineError::State(e));
         }
     }
 
     fn view(&self, name: &str) -> FaultView {
         let a = &self.faults[name];
-        let c = self.kernel.counters(a.slot);
+        let r = &a.record;
+        let c = self.kernel.counters(r.slot);
         FaultView {
             name: name.into(),
-            spec: a.spec.clone(),
-            applied_at: a.applied_at,
+            spec: r.spec.clone(),
+            experiment: r.experiment.clone(),
+            state: if r.started { "active" } else { "scheduled" }.into(),
+            applied_at: r.applied_at / 1000,
+            applied_by: r.applied_by.clone(),
+            starts_at: r.starts_at,
+            expires_at: r.expires_at,
+            deadline_ns: (r.deadline_ns != NO_DEADLINE).then_some(r.deadline_ns),
             matched: c.matched,
             dropped: c.dropped,
         }
     }
 }
 
-fn action(a: Action) -> RuleAction {
-    let kind = if a == Action::Partition { ACTION_PARTITION } else { ACTION_LOSS };
-    RuleAction { kind, _pad: 0, drop_threshold: a.drop_threshold() }
+impl Guard {
+    /// The configured flows and the SSH sessions open now.
+    fn sessions(&self) -> Vec<Protected> {
+        if self.ssh_ports.is_empty() {
+            return Vec::new();
+        }
+        crate::guard::ssh_sessions(&self.ssh_ports).unwrap_or_else(|e| {
+            tracing::warn!("reading SSH sessions: {e}");
+            Vec::new()
+        })
+    }
 }
 
-/// The compiler's rules and the hooks they need, in order of application.
+fn ended(v: &FaultView, reason: &str) -> Ended {
+    Ended { name: v.name.clone(), reason: reason.into(), matched: v.matched, dropped: v.dropped }
+}
+
+fn rule_action(a: &Active) -> RuleAction {
+    let kind = if a.fault.action == Action::Partition { ACTION_PARTITION } else { ACTION_LOSS };
+    RuleAction { kind, _pad: 0, drop_threshold: a.fault.action.drop_threshold(), deadline_ns: a.record.deadline_ns }
+}
+
+/// The compiler's rules and the hooks they need, in order of application. Scheduled faults
+/// not yet started take no part.
 fn plan(faults: &[&Active]) -> (Vec<Rule>, BTreeMap<(u32, u8), String>) {
     let mut hooks = BTreeMap::new();
     let rules = faults
         .iter()
+        .filter(|a| a.record.started)
         .map(|a| {
             let f = &a.fault;
             let needs: &[u8] = match f.matches.direction {
@@ -189,7 +407,7 @@ fn plan(faults: &[&Active]) -> (Vec<Rule>, BTreeMap<(u32, u8), String>) {
             for hook in needs {
                 hooks.insert((a.ifindex, *hook), f.interface.clone());
             }
-            Rule { slot: a.slot, ifindex: a.ifindex, matches: f.matches, threshold: f.action.drop_threshold() }
+            Rule { slot: a.record.slot, ifindex: a.ifindex, matches: f.matches, threshold: f.action.drop_threshold() }
         })
         .collect();
     (rules, hooks)

@@ -1,27 +1,35 @@
 //! The kernel side: the loaded object, its maps, and the TC attachments. Rule changes are
 //! written as a whole new generation of entries, made live by one write to `ACTIVE`, and the
 //! old generation is deleted after: packets see the old rule set or the new one, never a mix.
+//! Maps, programs and links are pinned (see [`pins`]) and re-adopted by the next daemon.
+
+mod attach;
+pub mod pins;
 
 use std::{
     collections::{BTreeMap, BTreeSet},
     io,
 };
 
+pub use attach::NlFilter;
+use attach::{Handle, Link};
 use aya::{
-    Ebpf,
+    Ebpf, EbpfLoader,
     maps::{Array, HashMap, LpmTrie, MapData, MapError, PerCpuArray, PerCpuValues, lpm_trie::Key},
-    programs::{
-        LinkOrder, ProgramError, SchedClassifier, TcAttachType,
-        tc::{self, NlOptions, SchedClassifierLinkId, TcAttachOptions, TcError},
-    },
+    programs::{ProgramError, SchedClassifier, tc::SchedClassifierLink},
     sys::{is_map_supported, is_program_supported},
 };
 use chaos_common::{
-    AddrKey, Counters, HOOK_EGRESS, PROG_EGRESS, PROG_INGRESS, PairKey, PortKey, RuleAction, map_names,
+    ABI_VERSION, ACTIVE_ABI, ACTIVE_GENERATION, AddrKey, CLASS_GEN_BIT, Counters, HOOK_EGRESS, PROG_EGRESS,
+    PROG_INGRESS, PairKey, PortKey, RuleAction, map_names,
 };
+use pins::Pins;
 use serde::{Deserialize, Serialize};
 
 use crate::compile::{self, CompileError, Rule, Tables};
+
+const MAPS: [&str; 6] =
+    [map_names::ACTIVE, map_names::ADDRS, map_names::PAIRS, map_names::PORTS, map_names::RULES, map_names::COUNTERS];
 
 #[derive(Debug, thiserror::Error)]
 pub enum KernelError {
@@ -37,6 +45,8 @@ pub enum KernelError {
     Map { map: &'static str, source: MapError },
     #[error(transparent)]
     Compile(#[from] CompileError),
+    #[error("bpffs: {0}")]
+    Pins(String),
 }
 
 /// How one hook of one interface is attached.
@@ -60,12 +70,6 @@ pub enum AttachMode {
     Netlink,
 }
 
-struct Link {
-    interface: String,
-    id: SchedClassifierLinkId,
-    tcx: bool,
-}
-
 pub struct Kernel {
     ebpf: Ebpf,
     active: Array<MapData, u32>,
@@ -75,12 +79,14 @@ pub struct Kernel {
     rules: Array<MapData, RuleAction>,
     counters: PerCpuArray<MapData, Counters>,
     generation: u8,
-    /// The live generation's entries, so they can be deleted exactly.
-    live: Tables,
+    /// The live generation's entries, so they can be deleted exactly; `None` after adopting a
+    /// previous daemon's maps, whose entries are then found by scanning.
+    live: Option<Tables>,
     links: BTreeMap<(u32, u8), Link>,
     mode: AttachMode,
     /// Interfaces whose clsact qdisc this daemon added, removed with their last filter.
     our_clsact: BTreeSet<u32>,
+    pins: Pins,
 }
 
 /// What `chaosctl status` reports about the kernel, found by loading tiny probes.
@@ -104,8 +110,11 @@ where
 }
 
 impl Kernel {
-    /// Loads the object and its programs; nothing is attached until a fault needs it.
-    pub fn load(mode: AttachMode) -> Result<Self, KernelError> {
+    /// Loads the object and its programs, with the maps pinned in `pins` (reused when a previous
+    /// daemon left them), and re-adopts that daemon's attachments (its pinned TCX links and the
+    /// cls_bpf `filters` it recorded). Returns whether previous maps were adopted: only then do
+    /// the previous rule slots and counters still exist.
+    pub fn load(mode: AttachMode, pins: Pins, filters: &[NlFilter]) -> Result<(Self, bool), KernelError> {
         for (feature, ok) in features() {
             if !ok {
                 return Err(KernelError::Missing(match feature {
@@ -121,16 +130,35 @@ impl Kernel {
         if unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &unlimited) } != 0 {
             tracing::debug!("could not raise RLIMIT_MEMLOCK: {}", io::Error::last_os_error());
         }
-        let mut ebpf = Ebpf::load(crate::EBPF_OBJECT)?;
+        pins.prepare()?;
+        if !pins.compatible() {
+            return Err(KernelError::Pins(format!(
+                "{} holds maps of another chaos-daemon version; run `chaos-daemon cleanup` to remove them",
+                pins.dir.display()
+            )));
+        }
+        let adopting = pins.map(map_names::ACTIVE).exists();
+        let mut loader = EbpfLoader::new();
+        let paths: Vec<_> = MAPS.iter().map(|name| (*name, pins.map(name))).collect();
+        for (name, path) in &paths {
+            loader.map_pin_path(name, path.as_path());
+        }
+        let mut ebpf = loader.load(crate::EBPF_OBJECT)?;
         for name in [PROG_INGRESS, PROG_EGRESS] {
-            let prog: &mut SchedClassifier = program(&mut ebpf, name)?;
+            let prog: &mut SchedClassifier = attach::program(&mut ebpf, name)?;
             prog.load().map_err(|e| match e {
                 ProgramError::LoadError { io_error, verifier_log } => {
                     KernelError::Verifier { program: name, source: io_error, log: verifier_log.to_string() }
                 }
                 e => KernelError::Program { what: format!("loading {name}"), source: e },
             })?;
+            // A previous daemon's program stays pinned until replaced: the kernel frees it once
+            // its links have moved to ours.
+            let path = pins.program(name);
+            let _ = std::fs::remove_file(&path);
+            prog.pin(&path).map_err(|e| KernelError::Pins(format!("pinning {}: {e}", path.display())))?;
         }
+        let links = attach::adopt(&mut ebpf, &pins, filters);
         let mut kernel = Self {
             active: map(&mut ebpf, map_names::ACTIVE)?,
             addrs: map(&mut ebpf, map_names::ADDRS)?,
@@ -140,13 +168,28 @@ impl Kernel {
             counters: map(&mut ebpf, map_names::COUNTERS)?,
             ebpf,
             generation: 0,
-            live: Tables::default(),
-            links: BTreeMap::new(),
+            live: None,
+            our_clsact: filters
+                .iter()
+                .filter(|f| f.added_clsact && links.contains_key(&(f.ifindex, f.hook)))
+                .map(|f| f.ifindex)
+                .collect(),
+            links,
             mode,
-            our_clsact: BTreeSet::new(),
+            pins,
         };
-        kernel.active.set(0, 0, 0).map_err(|source| KernelError::Map { map: map_names::ACTIVE, source })?;
-        Ok(kernel)
+        let active_err = |source| KernelError::Map { map: map_names::ACTIVE, source };
+        if adopting {
+            kernel.generation = kernel.active.get(&ACTIVE_GENERATION, 0).map_err(active_err)? as u8 & 1;
+            // A daemon killed in the middle of a change may have left part of the next
+            // generation written: clear it before anything is written there.
+            kernel.purge(1 - kernel.generation);
+        } else {
+            kernel.active.set(ACTIVE_GENERATION, 0, 0).map_err(active_err)?;
+            kernel.active.set(ACTIVE_ABI, ABI_VERSION, 0).map_err(active_err)?;
+            kernel.live = Some(Tables::default());
+        }
+        Ok((kernel, adopting))
     }
 
     /// Makes `rules` the live rule set. `new_slots` are slots not in use before, with their
@@ -168,8 +211,13 @@ impl Kernel {
             if self.links.contains_key(&(ifindex, hook)) {
                 continue;
             }
-            match self.attach(ifindex, interface, hook) {
+            match attach::attach(&mut self.ebpf, &self.pins, self.mode, ifindex, interface, hook) {
                 Ok(link) => {
+                    if let Handle::Netlink { filter, .. } = &link.handle
+                        && filter.added_clsact
+                    {
+                        self.our_clsact.insert(ifindex);
+                    }
                     self.links.insert((ifindex, hook), link);
                     attached.push((ifindex, hook));
                 }
@@ -180,7 +228,9 @@ impl Kernel {
             }
         }
         let made_live = self.write_slots(new_slots).and_then(|()| self.write(&tables)).and_then(|()| {
-            self.active.set(0, u32::from(next), 0).map_err(|source| KernelError::Map { map: map_names::ACTIVE, source })
+            self.active
+                .set(ACTIVE_GENERATION, u32::from(next), 0)
+                .map_err(|source| KernelError::Map { map: map_names::ACTIVE, source })
         });
         if let Err(e) = made_live {
             self.delete(&tables);
@@ -188,10 +238,13 @@ impl Kernel {
             return Err(e);
         }
         let written = started.elapsed();
-        let old = std::mem::replace(&mut self.live, tables);
-        self.generation = next;
-        self.delete(&old);
-        let t = &self.live;
+        let old = self.live.replace(tables);
+        let old_generation = std::mem::replace(&mut self.generation, next);
+        match old {
+            Some(old) => self.delete(&old),
+            None => self.purge(old_generation),
+        }
+        let t = self.live.as_ref().expect("just set");
         tracing::info!(
             rules = rules.len(),
             entries = t.addrs.len() + t.pairs.len() + t.ports.len(),
@@ -226,61 +279,50 @@ impl Kernel {
                 interface: l.interface.clone(),
                 ifindex,
                 hook: if hook == HOOK_EGRESS { "egress" } else { "ingress" }.into(),
-                mode: if l.tcx { "tcx" } else { "netlink" }.into(),
+                mode: if l.is_tcx() { "tcx" } else { "netlink" }.into(),
             })
             .collect()
     }
 
-    fn attach(&mut self, ifindex: u32, interface: &str, hook: u8) -> Result<Link, KernelError> {
-        let (name, attach_type) = program_for(hook);
-        let what = || format!("attaching {name} to {interface}");
-        // Probe TCX by trying it: kernels without it (before 6.6, or vendor kernels that lack
-        // the backport) refuse the link type, and then a cls_bpf filter under clsact is used.
-        if self.mode != AttachMode::Netlink {
-            let tcx = TcAttachOptions::TcxOrder(LinkOrder::default());
-            let prog = program(&mut self.ebpf, name)?;
-            match prog.attach_with_options(interface, attach_type, tcx) {
-                Ok(id) => return Ok(Link { interface: interface.into(), id, tcx: true }),
-                Err(e) if self.mode == AttachMode::Tcx || is_missing_interface(&e) => {
-                    return Err(KernelError::Program { what: what(), source: e });
+    /// The cls_bpf filters attached now, for the state file (TCX links are pinned instead).
+    pub fn netlink_filters(&self) -> Vec<NlFilter> {
+        self.links
+            .values()
+            .filter_map(|l| match &l.handle {
+                Handle::Netlink { filter, .. } => {
+                    Some(NlFilter { added_clsact: self.our_clsact.contains(&filter.ifindex), ..filter.clone() })
                 }
-                Err(e) => tracing::debug!(interface, "TCX attach failed ({e}); using netlink"),
-            }
+                Handle::Tcx { .. } => None,
+            })
+            .collect()
+    }
+
+    /// Rewrites the actions of existing slots, keeping their counters (re-adopted faults).
+    pub fn set_rules(&mut self, slots: &[(u32, RuleAction)]) -> Result<(), KernelError> {
+        for (slot, action) in slots {
+            self.rules.set(*slot, *action, 0).map_err(|source| KernelError::Map { map: map_names::RULES, source })?;
         }
-        match tc::qdisc_add_clsact(interface) {
-            Ok(()) => {
-                tracing::info!(interface, "added clsact qdisc");
-                self.our_clsact.insert(ifindex);
-            }
-            Err(TcError::NetlinkError(e)) if e.raw_os_error() == Some(libc::EEXIST) => {}
-            Err(e) => {
-                return Err(KernelError::Program { what: format!("adding clsact to {interface}"), source: e.into() });
-            }
+        Ok(())
+    }
+
+    /// Detaches everything and removes every pin and the pin directory: the daemon's clean exit.
+    /// Call with no faults left (after the engine's clear).
+    pub fn unpin(&mut self) {
+        let keys: Vec<_> = self.links.keys().copied().collect();
+        self.detach_all(&keys);
+        match self.pins.remove_all() {
+            Ok(removed) => tracing::info!(pins = removed.len(), "removed pins"),
+            Err(e) => tracing::warn!("removing pins in {}: {e}", self.pins.dir.display()),
         }
-        let id = program(&mut self.ebpf, name)?
-            .attach_with_options(interface, attach_type, TcAttachOptions::Netlink(NlOptions::default()))
-            .map_err(|source| KernelError::Program { what: what(), source })?;
-        Ok(Link { interface: interface.into(), id, tcx: false })
     }
 
     fn detach_all(&mut self, keys: &[(u32, u8)]) {
         for key in keys {
             let Some(link) = self.links.remove(key) else { continue };
-            let (name, _) = program_for(key.1);
-            let result = program(&mut self.ebpf, name).and_then(|p: &mut SchedClassifier| {
-                p.detach(link.id).map_err(|source| KernelError::Program { what: format!("detaching {name}"), source })
-            });
-            if let Err(e) = result {
-                tracing::warn!(interface = link.interface, "{e}");
-            }
             // Never delete a qdisc we did not create, nor one still holding our filters.
             let in_use = self.links.keys().any(|(ifindex, _)| *ifindex == key.0);
-            if !in_use && self.our_clsact.remove(&key.0) {
-                match crate::netlink::delete_clsact(key.0) {
-                    Ok(()) => tracing::info!(interface = link.interface, "removed the clsact qdisc it added"),
-                    Err(e) => tracing::warn!(interface = link.interface, "removing clsact: {e}"),
-                }
-            }
+            let remove_clsact = !in_use && self.our_clsact.remove(&key.0);
+            attach::detach(link, remove_clsact);
         }
     }
 
@@ -313,6 +355,27 @@ impl Kernel {
         Ok(())
     }
 
+    /// Deletes every entry of `generation`, found by scanning the maps.
+    fn purge(&mut self, generation: u8) {
+        let bit = if generation == 1 { CLASS_GEN_BIT } else { 0 };
+        let addrs: Vec<_> =
+            self.addrs.keys().filter_map(Result::ok).filter(|k| k.data().generation == generation).collect();
+        for k in &addrs {
+            let _ = self.addrs.remove(k);
+        }
+        let pairs: Vec<_> =
+            self.pairs.keys().filter_map(Result::ok).filter(|k| k.src_class & CLASS_GEN_BIT == bit).collect();
+        for k in &pairs {
+            let _ = self.pairs.remove(k);
+        }
+        let ports: Vec<_> =
+            self.ports.keys().filter_map(Result::ok).filter(|k| k.data().class & CLASS_GEN_BIT == bit).collect();
+        for k in &ports {
+            let _ = self.ports.remove(k);
+        }
+        tracing::debug!(generation, entries = addrs.len() + pairs.len() + ports.len(), "purged a generation");
+    }
+
     /// Deletes `t`'s entries; missing ones (a partial write) are fine.
     fn delete(&mut self, t: &Tables) {
         for (len, key, _) in &t.addrs {
@@ -327,19 +390,30 @@ impl Kernel {
     }
 }
 
-fn program<'a>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut SchedClassifier, KernelError> {
-    let what = || format!("program {name}");
-    ebpf.program_mut(name)
-        .ok_or_else(|| KernelError::Program { what: what(), source: ProgramError::NotLoaded })?
-        .try_into()
-        .map_err(|source| KernelError::Program { what: what(), source })
-}
-
-/// The program for a hook, and the hook as aya names it.
-fn program_for(hook: u8) -> (&'static str, TcAttachType) {
-    if hook == HOOK_EGRESS { (PROG_EGRESS, TcAttachType::Egress) } else { (PROG_INGRESS, TcAttachType::Ingress) }
-}
-
-fn is_missing_interface(e: &ProgramError) -> bool {
-    matches!(e, ProgramError::TcError(TcError::IoError(_)))
+/// `chaos-daemon cleanup`: removes every attachment, pin and qdisc of the daemon in this network
+/// namespace without loading anything: the recorded cls_bpf `filters`, any other filter running
+/// our programs, the pinned links, programs and maps. Returns what it removed.
+pub fn cleanup(pins: &Pins, filters: &[NlFilter]) -> Vec<String> {
+    let mut removed = Vec::new();
+    for f in filters {
+        let (_, attach_type) = attach::program_for(f.hook);
+        let handle = aya::programs::tc::TcHandle::from(f.handle);
+        if let Ok(link) = SchedClassifierLink::attached(&f.interface, attach_type, f.priority, handle, None) {
+            // Dropping the link deletes the filter.
+            drop(link);
+            removed.push(format!("cls_bpf filter on {} (recorded)", f.interface));
+        }
+    }
+    removed.extend(attach::detach_filters_by_name());
+    let clsact: BTreeSet<u32> = filters.iter().filter(|f| f.added_clsact).map(|f| f.ifindex).collect();
+    for ifindex in clsact {
+        if crate::netlink::delete_clsact(ifindex).is_ok() {
+            removed.push(format!("clsact qdisc on ifindex {ifindex}"));
+        }
+    }
+    match pins.remove_all() {
+        Ok(paths) => removed.extend(paths.iter().map(|p| format!("pin {}", p.display()))),
+        Err(e) => tracing::warn!("removing pins in {}: {e}", pins.dir.display()),
+    }
+    removed
 }

@@ -1,18 +1,23 @@
 //! chaos-daemon: node-local network fault injection on eBPF.
 //!
 //! One concern per module: [`spec`] (what users write, validated), [`compile`] (rules into map
-//! entries), [`kernel`] (programs, maps, attachments), [`engine`] (the set of faults),
-//! [`api`] (the HTTP control socket), [`client`] (chaosctl's side of it), [`config`].
+//! entries), [`kernel`] (programs, maps, attachments, pins), [`engine`] (the set of faults and
+//! their lifecycle), [`state`] (state file and audit trail), [`guard`] (flows faults must not
+//! cut), [`api`] and [`server`] (the HTTP control socket, who may use it), [`client`]
+//! (chaosctl's side of it), [`config`].
 
+pub mod access;
 pub mod api;
 pub mod client;
 pub mod compile;
 pub mod config;
 pub mod engine;
+pub mod guard;
 pub mod kernel;
 mod netlink;
 pub mod server;
 pub mod spec;
+pub mod state;
 
 /// The eBPF object built from chaos-ebpf by build.rs.
 pub static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/chaos"));

@@ -1,8 +1,10 @@
 //! Serves the API (see [`crate::api`]) on the control socket. Engine calls make syscalls, so
-//! they run on the blocking pool, one at a time behind a mutex.
+//! they run on the blocking pool, one at a time behind a mutex. Every request is checked
+//! against the access policy first; refusals of changes are audited like changes.
 
 use std::{
     convert::Infallible,
+    os::fd::AsFd as _,
     sync::{Arc, Mutex},
 };
 
@@ -10,10 +12,14 @@ use http_body_util::{BodyExt as _, Full, Limited};
 use hyper::{Method, Request, Response, StatusCode, body::Bytes, service::service_fn};
 use hyper_util::rt::TokioIo;
 use serde::Serialize;
-use tokio::{net::UnixListener, sync::broadcast};
+use tokio::{
+    net::UnixListener,
+    sync::{Notify, broadcast},
+};
 
 use crate::{
-    api::{ApiError, Apply, Faults},
+    access::{Access, Peer},
+    api::{ApiError, Apply, Faults, History},
     engine::{Engine, EngineError},
     kernel::KernelError,
 };
@@ -23,14 +29,15 @@ const MAX_BODY: usize = 16 << 20;
 
 type Reply = Response<Full<Bytes>>;
 
-/// Who is on the other end of a connection, for the log.
-#[derive(Clone, Copy, Debug)]
-struct Peer {
-    uid: u32,
-    pid: Option<i32>,
+/// What every request handler shares.
+pub struct Shared {
+    pub engine: Arc<Mutex<Engine>>,
+    pub access: Access,
+    /// Woken after every change, so the lifecycle task recomputes its next wake-up.
+    pub changed: Arc<Notify>,
 }
 
-pub async fn serve(listener: UnixListener, engine: Arc<Mutex<Engine>>, mut shutdown: broadcast::Receiver<()>) {
+pub async fn serve(listener: UnixListener, shared: Arc<Shared>, mut shutdown: broadcast::Receiver<()>) {
     loop {
         let stream = tokio::select! {
             _ = shutdown.recv() => return,
@@ -42,10 +49,10 @@ pub async fn serve(listener: UnixListener, engine: Arc<Mutex<Engine>>, mut shutd
                 }
             },
         };
-        let peer = stream.peer_cred().map(|c| Peer { uid: c.uid(), pid: c.pid() }).ok();
-        let engine = engine.clone();
+        let peer = Peer::of(stream.as_fd()).map_err(|e| tracing::warn!("SO_PEERCRED: {e}")).ok();
+        let shared = shared.clone();
         tokio::spawn(async move {
-            let service = service_fn(move |req| handle(req, engine.clone(), peer));
+            let service = service_fn(move |req| handle(req, shared.clone(), peer.clone()));
             if let Err(e) =
                 hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), service).await
             {
@@ -57,48 +64,89 @@ pub async fn serve(listener: UnixListener, engine: Arc<Mutex<Engine>>, mut shutd
 
 async fn handle(
     req: Request<hyper::body::Incoming>,
-    engine: Arc<Mutex<Engine>>,
+    shared: Arc<Shared>,
     peer: Option<Peer>,
 ) -> Result<Reply, Infallible> {
     let method = req.method().clone();
     let path = req.uri().path().trim_end_matches('/').to_owned();
+    let query = req.uri().query().unwrap_or_default().to_owned();
+    let mutating = method != Method::GET;
+    let actor = peer.as_ref().map(Peer::actor).unwrap_or_default();
+    if let Err(why) = shared.access.check(peer.as_ref(), mutating) {
+        tracing::warn!(%actor, %method, path, "{why}");
+        if mutating {
+            let (action, audited) = (format!("{method} {path}"), why.clone());
+            run(&shared.engine, move |e| {
+                e.refused(&actor, &action, &audited);
+                Ok(())
+            })
+            .await;
+        }
+        return Ok(error(StatusCode::FORBIDDEN, why));
+    }
     let body = match Limited::new(req.into_body(), MAX_BODY).collect().await {
         Ok(b) => b.to_bytes(),
         Err(e) => return Ok(error(StatusCode::BAD_REQUEST, format!("reading the request body: {e}"))),
     };
     let segments: Vec<&str> = path.split('/').skip(1).collect();
-    let mutating = method != Method::GET;
+    let engine = &shared.engine;
     let reply = match (&method, segments.as_slice()) {
-        (&Method::GET, ["v1", "status"]) => run(&engine, |e| Ok(e.status())).await,
-        (&Method::GET, ["v1", "faults"]) => run(&engine, |e| Ok(Faults { faults: e.list() })).await,
+        (&Method::GET, ["v1", "status"]) => run(engine, |e| Ok(e.status())).await,
+        (&Method::GET, ["v1", "faults"]) => run(engine, |e| Ok(Faults { faults: e.list() })).await,
         (&Method::GET, ["v1", "faults", name]) => {
             let name = name.to_string();
-            run(&engine, move |e| e.get(&name)).await
+            run(engine, move |e| e.get(&name)).await
         }
+        (&Method::GET, ["v1", "history"]) => match history_limit(&query) {
+            Ok(limit) => run(engine, move |e| Ok(History { events: e.history(limit) })).await,
+            Err(why) => error(StatusCode::BAD_REQUEST, why),
+        },
         (&Method::POST, ["v1", "faults"]) => match serde_json::from_slice::<Apply>(&body) {
             Ok(apply) => {
-                run_status(&engine, StatusCode::CREATED, move |e| {
-                    e.apply(&apply.faults).map(|faults| Faults { faults })
+                run_status(engine, StatusCode::CREATED, move |e| {
+                    e.apply(&apply, &actor).map(|faults| Faults { faults })
                 })
                 .await
             }
-            Err(e) => error(StatusCode::BAD_REQUEST, format!("request body: {e}")),
+            Err(e) => {
+                let why = format!("request body: {e}");
+                let refused = why.clone();
+                run(engine, move |e| {
+                    e.refused(&actor, "apply", &refused);
+                    Ok(())
+                })
+                .await;
+                error(StatusCode::BAD_REQUEST, why)
+            }
         },
-        (&Method::DELETE, ["v1", "faults"]) => run(&engine, |e| e.clear().map(|faults| Faults { faults })).await,
+        (&Method::DELETE, ["v1", "faults"]) => {
+            run(engine, move |e| e.clear(&actor).map(|faults| Faults { faults })).await
+        }
         (&Method::DELETE, ["v1", "faults", name]) => {
             let name = name.to_string();
-            run(&engine, move |e| e.remove(&[name]).map(|mut v| v.remove(0))).await
+            run(engine, move |e| e.remove(&[name], &actor).map(|mut v| v.remove(0))).await
         }
-        (_, ["v1", "status" | "faults"] | ["v1", "faults", _]) => {
+        (&Method::DELETE, ["v1", "experiments", name]) => {
+            let name = name.to_string();
+            run(engine, move |e| e.remove_experiment(&name, &actor).map(|faults| Faults { faults })).await
+        }
+        (_, ["v1", "status" | "faults" | "history"] | ["v1", "faults" | "experiments", _]) => {
             error(StatusCode::METHOD_NOT_ALLOWED, format!("{method} is not allowed on {path}"))
         }
         _ => error(StatusCode::NOT_FOUND, format!("no endpoint {path} (see the API reference in docs/api.md)")),
     };
-    if mutating {
-        let (uid, pid) = peer.map_or((None, None), |p| (Some(p.uid), p.pid));
-        tracing::info!(?uid, ?pid, %method, path, status = reply.status().as_u16(), "control request");
+    if mutating && reply.status().is_success() {
+        shared.changed.notify_one();
     }
     Ok(reply)
+}
+
+/// `limit=N` of `GET /v1/history`: default 100.
+fn history_limit(query: &str) -> Result<usize, String> {
+    match query.split('&').find_map(|kv| kv.strip_prefix("limit=")) {
+        None => Ok(100),
+        Some(n) => n.parse().map_err(|_| format!("limit: '{n}' is not a number")),
+    }
 }
 
 async fn run<T, F>(engine: &Arc<Mutex<Engine>>, f: F) -> Reply
@@ -127,7 +175,7 @@ where
                 EngineError::Conflict(_) => StatusCode::CONFLICT,
                 EngineError::Invalid(_) | EngineError::Kernel(KernelError::Compile(_)) => StatusCode::BAD_REQUEST,
                 EngineError::NotFound(_) => StatusCode::NOT_FOUND,
-                EngineError::Kernel(_) => StatusCode::INTERNAL_SERVER_ERROR,
+                EngineError::Kernel(_) | EngineError::State(_) => StatusCode::INTERNAL_SERVER_ERROR,
             };
             if status.is_server_error() {
                 tracing::error!("{e}");

@@ -2,7 +2,7 @@
 //! their validated form ([`Fault`]). Validation is the one place that decides what is accepted;
 //! each refusal names the field and the reason.
 
-use std::{fmt, net::IpAddr, str::FromStr};
+use std::{fmt, net::IpAddr, str::FromStr, time::Duration};
 
 use serde::{Deserialize, Serialize};
 
@@ -44,6 +44,30 @@ pub struct FaultSpec {
     /// Destination port or range `lo-hi` (default: any).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dport: Option<PortSpec>,
+    /// How long the fault lasts: `30s`, `5m`, `1h30m`, `500ms` (a bare number is seconds), or
+    /// `unlimited` where the daemon's config allows it. Default: the config's `max_duration`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub duration: Option<DurationSpec>,
+    /// Start this long after being applied (same syntax). Default: at once.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub start_after: Option<DurationSpec>,
+}
+
+/// A duration as written: `30` (seconds) or `"1m30s"`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum DurationSpec {
+    Seconds(f64),
+    Text(String),
+}
+
+/// How long a validated fault lasts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Lifetime {
+    /// None given: the daemon's maximum applies.
+    Default,
+    For(Duration),
+    Unlimited,
 }
 
 /// A port as written: `8080`, `"8080"` or `"8000-8100"`.
@@ -204,6 +228,8 @@ pub struct Fault {
     pub interface: String,
     pub action: Action,
     pub matches: Match,
+    pub lifetime: Lifetime,
+    pub start_after: Duration,
 }
 
 /// Which packets a fault applies to.
@@ -294,7 +320,17 @@ impl FaultSpec {
             }
         }
         let matches = Match { direction, families, protocol, src, dst, sport, dport };
-        Ok(Fault { name: self.name.clone(), interface, action, matches })
+        let lifetime = match &self.duration {
+            None => Lifetime::Default,
+            Some(DurationSpec::Text(t)) if t.trim() == "unlimited" => Lifetime::Unlimited,
+            Some(d) => match duration("duration", d)? {
+                Duration::ZERO => return Err(SpecError::new("duration", "must be more than 0 (or 'unlimited')")),
+                d => Lifetime::For(d),
+            },
+        };
+        let start_after =
+            self.start_after.as_ref().map(|d| duration("start_after", d)).transpose()?.unwrap_or_default();
+        Ok(Fault { name: self.name.clone(), interface, action, matches, lifetime, start_after })
     }
 }
 
@@ -340,6 +376,53 @@ fn families(family: Option<&str>, src: Option<Cidr>, dst: Option<Cidr>) -> Resul
         fam = Families { v4, v6 };
     }
     Ok(fam)
+}
+
+/// Longest duration accepted anywhere (the config's limits are checked by the engine): keeps
+/// deadline arithmetic far from overflow.
+const MAX_DURATION: Duration = Duration::from_secs(365 * 24 * 3600);
+
+fn duration(field: &str, spec: &DurationSpec) -> Result<Duration, SpecError> {
+    let d = match spec {
+        DurationSpec::Seconds(s) if s.is_finite() && *s >= 0.0 && *s <= MAX_DURATION.as_secs_f64() => {
+            Duration::from_secs_f64(*s)
+        }
+        DurationSpec::Seconds(s) => return Err(SpecError::new(field, format!("{s} is not a number of seconds"))),
+        DurationSpec::Text(t) => parse_duration(t).map_err(|e| SpecError::new(field, e))?,
+    };
+    if d > MAX_DURATION {
+        return Err(SpecError::new(field, "is longer than a year"));
+    }
+    Ok(d)
+}
+
+/// Parses `1h30m`, `90s`, `500ms`, `2d`: numbers each followed by a unit.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let bad = || format!("'{text}' is not a duration (e.g. 30s, 5m, 1h30m, 500ms)");
+    let mut rest = text.trim();
+    if rest.is_empty() {
+        return Err(bad());
+    }
+    let mut total = Duration::ZERO;
+    while !rest.is_empty() {
+        let digits = rest.find(|c: char| !c.is_ascii_digit()).ok_or_else(bad)?;
+        let n: u64 = rest[..digits].parse().map_err(|_| bad())?;
+        rest = &rest[digits..];
+        let unit = rest.find(|c: char| c.is_ascii_digit()).unwrap_or(rest.len());
+        let scale = match &rest[..unit] {
+            "ms" => Duration::from_millis(1),
+            "s" => Duration::from_secs(1),
+            "m" => Duration::from_secs(60),
+            "h" => Duration::from_secs(3600),
+            "d" => Duration::from_secs(86_400),
+            _ => return Err(bad()),
+        };
+        rest = &rest[unit..];
+        let part = u32::try_from(n).ok().and_then(|n| scale.checked_mul(n)).ok_or_else(bad)?;
+        total =
+            total.checked_add(part).filter(|t| *t <= MAX_DURATION).ok_or_else(|| format!("'{text}' is too long"))?;
+    }
+    Ok(total)
 }
 
 fn port_range(field: &str, spec: Option<&PortSpec>) -> Result<PortRange, SpecError> {
@@ -492,6 +575,22 @@ mod tests {
         assert_eq!(mask([0xff; 16], 12)[..3], [0xff, 0xf0, 0]);
         assert_eq!(mask([0xff; 16], 0), [0; 16]);
         assert_eq!(mask([0xff; 16], 128), [0xff; 16]);
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("1h30m"), Ok(Duration::from_secs(5400)));
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration(" 2d "), Ok(Duration::from_secs(172_800)));
+        for bad in ["", "30", "s", "5x", "1h30", "-5s", "99999999999999999999s", "400d"] {
+            assert!(parse_duration(bad).is_err(), "{bad}");
+        }
+        let f = |d: DurationSpec| FaultSpec { duration: Some(d), ..spec() }.validate();
+        assert_eq!(f(DurationSpec::Seconds(3.0)).unwrap().lifetime, Lifetime::For(Duration::from_secs(3)));
+        assert_eq!(f(DurationSpec::Text("unlimited".into())).unwrap().lifetime, Lifetime::Unlimited);
+        assert_eq!(f(DurationSpec::Text("0s".into())).unwrap_err().field, "duration");
+        assert_eq!(f(DurationSpec::Seconds(f64::NAN)).unwrap_err().field, "duration");
+        assert_eq!(spec().validate().unwrap().lifetime, Lifetime::Default);
     }
 
     #[test]

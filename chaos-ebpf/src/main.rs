@@ -2,25 +2,25 @@
 //! per packet a fixed chain of eight map lookups, whatever the number of rules.
 //!
 //! Kept loadable by 4.19 kernels: no loops, no global data, helpers from 4.19 only
-//! (map_lookup_elem, get_prandom_u32, skb_load_bytes), and `cargo xtask check-ebpf` proves it.
+//! (map_lookup_elem, get_prandom_u32, ktime_get_ns, skb_load_bytes), and `cargo xtask check-ebpf` proves it.
 #![no_std]
 #![no_main]
 
 use aya_ebpf::{
     bindings::{TC_ACT_SHOT, TC_ACT_UNSPEC},
-    helpers::bpf_get_prandom_u32,
+    helpers::{bpf_get_prandom_u32, bpf_ktime_get_ns},
     macros::{classifier, map},
     maps::{Array, HashMap, LpmTrie, PerCpuArray, lpm_trie::Key},
     programs::TcContext,
 };
 use chaos_common::{
-    ADDRS_CAPACITY, AddrKey, Counters, FAMILY_V4, FAMILY_V6, HOOK_EGRESS, HOOK_INGRESS, MAX_RULES, PAIRS_CAPACITY,
-    PORT_KEY_FIXED_BITS, PORTS_CAPACITY, PROTO_ICMP, PROTO_ICMPV6, PROTO_OTHER, PROTO_TCP, PROTO_UDP, PairKey, PortKey,
-    RuleAction, SIDE_DST, SIDE_SRC,
+    ACTIVE_GENERATION, ACTIVE_LEN, ADDRS_CAPACITY, AddrKey, Counters, FAMILY_V4, FAMILY_V6, HOOK_EGRESS, HOOK_INGRESS,
+    MAX_RULES, PAIRS_CAPACITY, PORT_KEY_FIXED_BITS, PORTS_CAPACITY, PROTO_ICMP, PROTO_ICMPV6, PROTO_OTHER, PROTO_TCP,
+    PROTO_UDP, PairKey, PortKey, RuleAction, SIDE_DST, SIDE_SRC,
 };
 
 #[map]
-static ACTIVE: Array<u32> = Array::with_max_entries(1, 0);
+static ACTIVE: Array<u32> = Array::with_max_entries(ACTIVE_LEN, 0);
 #[map]
 static ADDRS: LpmTrie<AddrKey, u32> = LpmTrie::with_max_entries(ADDRS_CAPACITY, 0);
 #[map]
@@ -71,7 +71,7 @@ struct Packet {
 /// `Some(drop?)` when a rule chose the packet, `None` when none did.
 #[inline(always)]
 fn try_classify(ctx: &TcContext, hook: u8) -> Option<bool> {
-    let generation = *ACTIVE.get(0)?;
+    let generation = *ACTIVE.get(ACTIVE_GENERATION)?;
     let pkt = parse(ctx)?;
     // SAFETY: the skb pointer is the program's context, valid for the whole run.
     let ifindex = unsafe { (*ctx.skb.skb).ifindex };
@@ -94,6 +94,13 @@ fn try_classify(ctx: &TcContext, hook: u8) -> Option<bool> {
         *PORTS.get(&Key::new(full, PortKey { class: dport_class, proto: 0, side: SIDE_SRC, port: pkt.sport }))?;
 
     let action = RULES.get(slot)?;
+    // The deadline is kept here, not only by the daemon, so that a fault ends on time even when
+    // the daemon is frozen or killed. bpf_ktime_get_ns is CLOCK_MONOTONIC (4.1+), the clock the
+    // daemon computes deadlines on.
+    // SAFETY: bpf_ktime_get_ns has no preconditions.
+    if unsafe { bpf_ktime_get_ns() } >= action.deadline_ns {
+        return None;
+    }
     let counters = COUNTERS.get_ptr_mut(slot)?;
     // Compared in 64 bits so that DROP_ALWAYS (2^32) drops every packet.
     // SAFETY: bpf_get_prandom_u32 has no preconditions.

@@ -6,6 +6,8 @@ use std::{
     time::{Duration, Instant},
 };
 
+use std::os::unix::process::CommandExt as _;
+
 use crate::{Netns, unique};
 
 /// Where the binaries are: `CHAOS_BIN_DIR` (set by `cargo xtask`), else the workspace's
@@ -19,11 +21,16 @@ pub fn bin(name: &str) -> PathBuf {
     path
 }
 
-/// A running daemon; stopped with SIGTERM on drop (SIGKILL if it hangs), its files removed.
+/// A running daemon; stopped with SIGTERM on drop (SIGKILL if it hangs), then
+/// `chaos-daemon cleanup` runs so that nothing it pinned or attached survives the test, and its
+/// files are removed.
 pub struct Daemon {
     pub child: Option<Child>,
     pub dir: PathBuf,
     pub socket: PathBuf,
+    /// Its bpffs directory (unique per daemon, on the host's bpffs).
+    pub bpffs: PathBuf,
+    netns: PathBuf,
 }
 
 impl Daemon {
@@ -38,35 +45,78 @@ impl Daemon {
     }
 
     /// Same, with the socket at `socket` (default: in the daemon's own temporary directory).
+    /// The state directory is in that temporary directory too.
     pub fn start_at(ns: &Netns, config: &str, socket: Option<PathBuf>) -> anyhow::Result<Self> {
-        let dir = std::env::temp_dir().join(unique("chaos-test-"));
+        let name = unique("chaos-test-");
+        let dir = std::env::temp_dir().join(&name);
         std::fs::create_dir_all(&dir)?;
         let socket = socket.unwrap_or_else(|| dir.join("chaos.sock"));
-        let log = std::fs::File::create(dir.join("daemon.log"))?;
+        let bpffs = Path::new("/sys/fs/bpf").join(&name);
+        let config =
+            format!("state_dir = \"{}\"\nbpffs_dir = \"{}\"\n{config}", dir.join("state").display(), bpffs.display());
         std::fs::write(dir.join("config.toml"), config)?;
-        let child = Command::new("ip")
-            .args(["netns", "exec", &ns.name])
-            .arg(bin("chaos-daemon"))
-            .arg("--config")
-            .arg(dir.join("config.toml"))
-            .arg("--socket")
-            .arg(&socket)
+        let netns = PathBuf::from(format!("/run/netns/{}", ns.name));
+        let mut daemon = Self { child: None, dir, socket, bpffs, netns };
+        daemon.restart()?;
+        Ok(daemon)
+    }
+
+    /// `chaos-daemon --config <its config> args...`, run inside its network namespace. The
+    /// namespace is entered with setns(2) rather than `ip netns exec`, which would also remount
+    /// /sys and hide the host's bpffs, where the daemon pins its objects.
+    pub fn command(&self, args: &[&str]) -> Command {
+        let mut cmd = Command::new(bin("chaos-daemon"));
+        cmd.arg("--config").arg(self.dir.join("config.toml")).args(args);
+        let netns = std::fs::File::open(&self.netns).expect("the lab namespace exists");
+        // SAFETY: setns is async-signal-safe; the closure only makes that one call.
+        unsafe {
+            cmd.pre_exec(move || nix::sched::setns(&netns, nix::sched::CloneFlags::CLONE_NEWNET).map_err(Into::into));
+        }
+        cmd
+    }
+
+    /// Starts the daemon (again, after [`Self::signal`] killed it), with the same files, and
+    /// waits until it answers.
+    pub fn restart(&mut self) -> anyhow::Result<()> {
+        anyhow::ensure!(self.child.is_none(), "the daemon is running");
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(self.dir.join("daemon.log"))?;
+        let child = self
+            .command(&["--socket", &self.socket.to_string_lossy()])
             .env("RUST_LOG", "info")
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()?;
-        let mut daemon = Self { child: Some(child), dir, socket };
+        self.child = Some(child);
         let deadline = Instant::now() + Duration::from_secs(20);
-        while std::os::unix::net::UnixStream::connect(&daemon.socket).is_err() {
-            if let Some(status) = daemon.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
-                anyhow::bail!("chaos-daemon exited with {status}:\n{}", daemon.log());
+        while std::os::unix::net::UnixStream::connect(&self.socket).is_err() {
+            if let Some(status) = self.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
+                self.child = None;
+                anyhow::bail!("chaos-daemon exited with {status}:\n{}", self.log());
             }
             if Instant::now() > deadline {
-                anyhow::bail!("chaos-daemon did not open its socket within 20 s:\n{}", daemon.log());
+                anyhow::bail!("chaos-daemon did not open its socket within 20 s:\n{}", self.log());
             }
             std::thread::sleep(Duration::from_millis(20));
         }
-        Ok(daemon)
+        Ok(())
+    }
+
+    pub fn pid(&self) -> Option<nix::unistd::Pid> {
+        self.child.as_ref().map(|c| nix::unistd::Pid::from_raw(c.id() as i32))
+    }
+
+    /// Sends `signal`; for SIGKILL, also waits for the process to be gone.
+    pub fn signal(&mut self, signal: nix::sys::signal::Signal) -> anyhow::Result<()> {
+        nix::sys::signal::kill(self.pid().ok_or_else(|| anyhow::anyhow!("not running"))?, signal)?;
+        if signal == nix::sys::signal::Signal::SIGKILL {
+            self.child.take().expect("running").wait()?;
+        }
+        Ok(())
+    }
+
+    /// Runs `chaos-daemon cleanup` with this daemon's config, in its namespace.
+    pub fn cleanup(&self) -> Output {
+        self.command(&["cleanup"]).output().expect("running chaos-daemon cleanup")
     }
 
     pub fn log(&self) -> String {
@@ -114,6 +164,11 @@ impl Drop for Daemon {
             && let Err(e) = self.stop()
         {
             eprintln!("cleanup: {e}");
+        }
+        // Whatever a killed daemon left; a daemon stopped with SIGTERM left nothing.
+        let out = self.cleanup();
+        if !out.status.success() {
+            eprintln!("cleanup: {}", String::from_utf8_lossy(&out.stderr));
         }
         if std::thread::panicking() {
             eprintln!("daemon log:\n{}", self.log());

@@ -1,19 +1,30 @@
 //! chaos-daemon: loads the programs, owns the maps, serves the control socket. On SIGINT or
-//! SIGTERM it removes every fault and detaches every program before exiting.
+//! SIGTERM it removes every fault, detaches every program and removes its pins before exiting.
+//! Killed any other way, it leaves its pinned state for the next daemon to re-adopt (faults
+//! still end at their deadlines, in the kernel); `chaos-daemon cleanup` removes it instead.
 
 use std::{
+    fs::File,
     os::unix::fs::PermissionsExt as _,
     path::{Path, PathBuf},
     sync::{Arc, Mutex},
+    time::Duration,
 };
 
 use anyhow::{Context as _, bail};
-use chaos_daemon::{config::Config, engine::Engine, kernel::Kernel, server};
-use clap::Parser;
+use chaos_daemon::{
+    access::Access,
+    config::Config,
+    engine::Engine,
+    kernel::{self, Kernel, pins::Pins},
+    server::{self, Shared},
+    state::{Actor, Ended, Event, State, Store, mono_ns, unix_ms},
+};
+use clap::{Parser, Subcommand};
 use tokio::{
     net::UnixListener,
     signal::unix::{SignalKind, signal},
-    sync::broadcast,
+    sync::{Notify, broadcast},
 };
 use tracing_subscriber::EnvFilter;
 
@@ -21,11 +32,20 @@ use tracing_subscriber::EnvFilter;
 #[command(version, about = "Network fault injection in the kernel, driven by chaosctl")]
 struct Args {
     /// TOML configuration file (optional: every setting has a default).
-    #[arg(long)]
+    #[arg(long, global = true)]
     config: Option<PathBuf>,
     /// Control socket path (overrides the config file).
     #[arg(long)]
     socket: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Remove everything a daemon left on this node (after a crash or before uninstalling):
+    /// its TC filters and links, pinned programs and maps, and the qdiscs it added.
+    Cleanup,
 }
 
 fn main() {
@@ -51,15 +71,45 @@ fn run() -> anyhow::Result<()> {
     if !nix::unistd::geteuid().is_root() {
         bail!("chaos-daemon must run as root: it loads eBPF programs and attaches them to interfaces");
     }
-    let kernel = Kernel::load(config.tc_attach).context("loading the eBPF programs")?;
-    let engine = Arc::new(Mutex::new(Engine::new(kernel, config.max_faults)));
+    std::fs::create_dir_all(&config.state_dir).with_context(|| format!("creating {}", config.state_dir.display()))?;
+    let _lock = lock(&config.state_dir)?;
+    match args.command {
+        Some(Command::Cleanup) => cleanup(&config),
+        None => serve(config),
+    }
+}
+
+fn serve(config: Config) -> anyhow::Result<()> {
+    if std::os::unix::net::UnixStream::connect(&config.socket).is_ok() {
+        bail!("another chaos-daemon is already serving {}", config.socket.display());
+    }
+    let store = Store::open(&config.state_dir, config.history_limit)
+        .with_context(|| format!("opening the state directory {}", config.state_dir.display()))?;
+    let previous = store.load().context("reading the state file")?.unwrap_or_default();
+    let (kernel, adopted) = Kernel::load(config.tc_attach, Pins::new(&config.bpffs_dir), &previous.filters)
+        .context("loading the eBPF programs")?;
+    let engine = Engine::new(kernel, adopted, config.limits()?, config.guard()?, store).context("starting")?;
+    let admin_group = match &config.admin_group {
+        Some(name) => {
+            let group =
+                nix::unistd::Group::from_name(name)?.with_context(|| format!("admin_group: no group '{name}'"))?;
+            Some((name.clone(), group.gid.as_raw()))
+        }
+        None => None,
+    };
+    let shared = Arc::new(Shared {
+        engine: Arc::new(Mutex::new(engine)),
+        access: Access { admin_group, readers: config.readers },
+        changed: Arc::new(Notify::new()),
+    });
 
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
     runtime.block_on(async {
         let listener = bind(&config)?;
         tracing::info!(socket = %config.socket.display(), "chaos-daemon ready");
         let (shutdown, _) = broadcast::channel(1);
-        let server = tokio::spawn(server::serve(listener, engine.clone(), shutdown.subscribe()));
+        let server = tokio::spawn(server::serve(listener, shared.clone(), shutdown.subscribe()));
+        let lifecycle = tokio::spawn(lifecycle(shared.clone(), shutdown.subscribe()));
         let mut term = signal(SignalKind::terminate())?;
         let mut int = signal(SignalKind::interrupt())?;
         tokio::select! {
@@ -68,34 +118,85 @@ fn run() -> anyhow::Result<()> {
         }
         let _ = shutdown.send(());
         let _ = server.await;
+        let _ = lifecycle.await;
         anyhow::Ok(())
     })?;
 
     let _ = std::fs::remove_file(&config.socket);
-    let mut engine = engine.lock().unwrap_or_else(|p| p.into_inner());
-    match engine.clear() {
-        Ok(removed) => tracing::info!(removed = removed.len(), "faults removed, programs detached"),
-        Err(e) => tracing::error!("removing faults: {e}"),
-    }
-    // Dropping the engine drops the Ebpf object: every remaining link and program goes with it.
-    drop(engine);
+    // Connections still open keep their handlers alive: shut the engine down in place.
+    shared.engine.lock().unwrap_or_else(|p| p.into_inner()).shutdown(&Actor::default());
     Ok(())
 }
 
-/// Binds the control socket with mode 0660, replacing a stale socket but never a live one.
+/// Starts scheduled faults and reaps ended ones at their times. The kernel already ignores a
+/// rule past its deadline; this frees its slot and records its end.
+async fn lifecycle(shared: Arc<Shared>, mut shutdown: broadcast::Receiver<()>) {
+    loop {
+        let engine = shared.engine.clone();
+        let next = tokio::task::spawn_blocking(move || engine.lock().unwrap_or_else(|p| p.into_inner()).tick())
+            .await
+            .unwrap_or(None);
+        let wait = next.map_or(Duration::from_secs(3600), |at| Duration::from_nanos(at.saturating_sub(mono_ns())));
+        tokio::select! {
+            _ = shutdown.recv() => return,
+            _ = shared.changed.notified() => {}
+            _ = tokio::time::sleep(wait) => {}
+        }
+    }
+}
+
+/// `chaos-daemon cleanup`: everything the state file records and everything pinned, removed
+/// without loading any program.
+fn cleanup(config: &Config) -> anyhow::Result<()> {
+    let mut store = Store::open(&config.state_dir, config.history_limit)?;
+    let state = store.load().unwrap_or_else(|e| {
+        eprintln!("chaos-daemon: warning: {e}; removing what is pinned and attached by name");
+        None
+    });
+    let state = state.unwrap_or_default();
+    let removed = kernel::cleanup(&Pins::new(&config.bpffs_dir), &state.filters);
+    for r in &removed {
+        println!("removed {r}");
+    }
+    let ended: Vec<Ended> = state
+        .faults
+        .iter()
+        .map(|r| Ended { name: r.name.clone(), reason: "removed by cleanup".into(), matched: 0, dropped: 0 })
+        .collect();
+    store.save(&State { boot_id: state.boot_id, next_id: state.next_id, faults: vec![], filters: vec![] })?;
+    store.append(&Event {
+        at: unix_ms(),
+        actor: Actor { uid: Some(nix::unistd::getuid().as_raw()), pid: Some(std::process::id() as i32), comm: None },
+        action: "cleanup".into(),
+        faults: vec![],
+        result: format!("ok: {} objects removed", removed.len()),
+        ended,
+    })?;
+    println!("cleanup done: {} objects removed", removed.len());
+    Ok(())
+}
+
+/// One daemon (or cleanup) per state directory: an exclusive flock, released at exit.
+fn lock(dir: &Path) -> anyhow::Result<nix::fcntl::Flock<File>> {
+    let path = dir.join("lock");
+    let file = File::create(&path).with_context(|| format!("creating {}", path.display()))?;
+    nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusiveNonblock).map_err(|(_, e)| {
+        anyhow::anyhow!("{} is locked ({e}): another chaos-daemon is running with this state directory", path.display())
+    })
+}
+
+/// Binds the control socket with the configured mode, replacing a stale socket (checked before
+/// anything was loaded) but never a live one.
 fn bind(config: &Config) -> anyhow::Result<UnixListener> {
     let path: &Path = &config.socket;
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     }
     if path.exists() {
-        if std::os::unix::net::UnixStream::connect(path).is_ok() {
-            bail!("another chaos-daemon is already serving {}", path.display());
-        }
         std::fs::remove_file(path).with_context(|| format!("removing stale socket {}", path.display()))?;
     }
     let listener = UnixListener::bind(path).with_context(|| format!("binding {}", path.display()))?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(config.socket_mode()?))?;
     if let Some(group) = &config.socket_group {
         let gid =
             nix::unistd::Group::from_name(group)?.with_context(|| format!("socket_group: no group '{group}'"))?.gid;

@@ -4,10 +4,11 @@ use std::path::PathBuf;
 
 use anyhow::Context as _;
 use chaos_daemon::{
-    api::{Apply, FaultView, Faults, Status},
+    api::{Apply, FaultView, Faults, History, Status},
     client::Client,
     config::DEFAULT_SOCKET,
-    spec::{FaultSpec, PortSpec},
+    spec::{DurationSpec, FaultSpec, PortSpec},
+    state::unix_ms,
 };
 use clap::{Args as ClapArgs, Parser, Subcommand, ValueEnum};
 use serde::Deserialize;
@@ -26,18 +27,29 @@ struct Cli {
 enum Command {
     /// Apply one fault from flags, or every [[fault]] of a TOML file (all or none).
     Apply(Box<ApplyArgs>),
+    /// The audit trail: every change, who made it and how it ended (oldest first).
+    History {
+        /// How many of the newest events.
+        #[arg(short = 'n', long, default_value_t = 50)]
+        limit: usize,
+        #[arg(short, long, value_enum, default_value_t = Output::Table)]
+        output: Output,
+    },
     /// List active faults with their counters.
     List {
         #[arg(short, long, value_enum, default_value_t = Output::Table)]
         output: Output,
     },
-    /// Remove faults by name.
+    /// Remove faults by name, or every fault of an experiment.
     #[command(alias = "remove")]
     Rm {
-        #[arg(required = true)]
+        #[arg(required_unless_present = "experiment")]
         names: Vec<String>,
+        /// Remove every fault of this experiment.
+        #[arg(short, long, conflicts_with = "names")]
+        experiment: Option<String>,
     },
-    /// Remove every fault.
+    /// Remove every fault (scheduled ones too).
     Clear,
     /// Kernel features found, interfaces attached.
     Status {
@@ -90,11 +102,27 @@ struct ApplyArgs {
     /// Destination port or range lo-hi.
     #[arg(long)]
     dport: Option<String>,
+    /// How long the fault lasts (30s, 5m, 1h30m, or unlimited if the daemon allows it).
+    /// Default: the daemon's max_duration.
+    #[arg(long = "for", visible_alias = "duration", value_name = "DURATION")]
+    duration: Option<String>,
+    /// Start after this long (30s, 5m...) instead of at once.
+    #[arg(long, value_name = "DURATION")]
+    start_after: Option<String>,
+    /// Name the batch as an experiment, removed together with `rm -e NAME`.
+    #[arg(short, long)]
+    experiment: Option<String>,
+    /// Apply even if a fault would touch a protected flow (an SSH session, a configured
+    /// destination).
+    #[arg(long)]
+    force: bool,
 }
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct FaultFile {
+    /// The file's faults form this experiment (the --experiment flag overrides it).
+    experiment: Option<String>,
     fault: Vec<FaultSpec>,
 }
 
@@ -111,10 +139,34 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     let client = Client::new(&cli.socket);
     match cli.command {
         Command::Apply(args) => {
-            let faults = specs(*args)?;
-            let applied: Faults = client.post("/v1/faults", &Apply { faults }).await?;
+            let force = args.force;
+            let (faults, experiment) = specs(*args)?;
+            let applied: Faults = client.post("/v1/faults", &Apply { faults, experiment, force }).await?;
             for f in applied.faults {
-                println!("applied {}", f.name);
+                let until = f.expires_at.map_or("until removed".into(), |t| format!("for {}", left(t)));
+                let when =
+                    if f.state == "scheduled" { format!("starting in {}, ", left(f.starts_at)) } else { "".into() };
+                println!("applied {} ({when}{until})", f.name);
+            }
+        }
+        Command::History { limit, output } => {
+            let history: History = client.get(&format!("/v1/history?limit={limit}")).await?;
+            match output {
+                Output::Json => println!("{}", serde_json::to_string_pretty(&history)?),
+                Output::Table => {
+                    for e in history.events {
+                        let secs = e.at / 1000;
+                        let faults =
+                            if e.faults.is_empty() { String::new() } else { format!(" {}", e.faults.join(",")) };
+                        println!("{secs}.{:03}  {}  {}{faults}: {}", e.at % 1000, e.actor, e.action, e.result);
+                        for x in e.ended {
+                            println!(
+                                "    {} ended ({}): matched {}, dropped {}",
+                                x.name, x.reason, x.matched, x.dropped
+                            );
+                        }
+                    }
+                }
             }
         }
         Command::List { output } => {
@@ -124,7 +176,13 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 Output::Table => print_table(&list.faults),
             }
         }
-        Command::Rm { names } => {
+        Command::Rm { experiment: Some(e), .. } => {
+            let removed: Faults = client.delete(&format!("/v1/experiments/{e}")).await?;
+            for f in removed.faults {
+                println!("removed {} (matched {}, dropped {})", f.name, f.matched, f.dropped);
+            }
+        }
+        Command::Rm { names, experiment: None } => {
             for name in names {
                 let removed: FaultView = client.delete(&format!("/v1/faults/{name}")).await?;
                 println!("removed {} (matched {}, dropped {})", removed.name, removed.matched, removed.dropped);
@@ -154,11 +212,12 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn specs(args: ApplyArgs) -> anyhow::Result<Vec<FaultSpec>> {
+/// The faults to apply and the experiment they form.
+fn specs(args: ApplyArgs) -> anyhow::Result<(Vec<FaultSpec>, Option<String>)> {
     if let Some(path) = args.file {
         let text = std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
         let file: FaultFile = toml::from_str(&text).with_context(|| format!("{}", path.display()))?;
-        return Ok(file.fault);
+        return Ok((file.fault, args.experiment.or(file.experiment)));
     }
     let loss = args
         .loss
@@ -171,7 +230,7 @@ fn specs(args: ApplyArgs) -> anyhow::Result<Vec<FaultSpec>> {
         })
         .transpose()?;
     let action = if args.partition { "partition" } else { "loss" };
-    Ok(vec![FaultSpec {
+    let spec = FaultSpec {
         name: args.name,
         interface: args.interface,
         action: Some(action.into()),
@@ -183,11 +242,24 @@ fn specs(args: ApplyArgs) -> anyhow::Result<Vec<FaultSpec>> {
         dst: args.dst,
         sport: args.sport.map(PortSpec::Text),
         dport: args.dport.map(PortSpec::Text),
-    }])
+        duration: args.duration.map(DurationSpec::Text),
+        start_after: args.start_after.map(DurationSpec::Text),
+    };
+    Ok((vec![spec], args.experiment))
+}
+
+/// Time from now until `unix_ms`, as `1h2m3s`.
+fn left(at_ms: u64) -> String {
+    let s = at_ms.saturating_sub(unix_ms()).div_ceil(1000);
+    match (s / 3600, s / 60 % 60, s % 60) {
+        (0, 0, s) => format!("{s}s"),
+        (0, m, s) => format!("{m}m{s}s"),
+        (h, m, s) => format!("{h}h{m}m{s}s"),
+    }
 }
 
 fn print_table(faults: &[FaultView]) {
-    let rows: Vec<[String; 10]> = faults
+    let rows: Vec<[String; 12]> = faults
         .iter()
         .map(|f| {
             let s = &f.spec;
@@ -201,8 +273,15 @@ fn print_table(faults: &[FaultView]) {
                 Some(l) => format!("loss {l}%"),
                 None => or_any(&s.action),
             };
+            let state = match (f.state.as_str(), f.expires_at) {
+                ("scheduled", _) => format!("in {}", left(f.starts_at)),
+                (_, Some(t)) => format!("{} left", left(t)),
+                (_, None) => "unlimited".into(),
+            };
             [
                 f.name.clone(),
+                f.experiment.clone().unwrap_or_else(|| "-".into()),
+                state,
                 or_any(&s.interface),
                 action,
                 s.direction.clone().unwrap_or_else(|| "egress".into()),
@@ -215,9 +294,21 @@ fn print_table(faults: &[FaultView]) {
             ]
         })
         .collect();
-    let header =
-        ["NAME", "INTERFACE", "ACTION", "DIRECTION", "PROTO", "SRC -> DST", "SPORT", "DPORT", "MATCHED", "DROPPED"]
-            .map(String::from);
+    let header = [
+        "NAME",
+        "EXPERIMENT",
+        "STATE",
+        "INTERFACE",
+        "ACTION",
+        "DIRECTION",
+        "PROTO",
+        "SRC -> DST",
+        "SPORT",
+        "DPORT",
+        "MATCHED",
+        "DROPPED",
+    ]
+    .map(String::from);
     let mut widths = header.clone().map(|h| h.len());
     for row in &rows {
         for (w, cell) in widths.iter_mut().zip(row) {

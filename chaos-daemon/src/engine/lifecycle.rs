@@ -1,0 +1,141 @@
+//! Faults over time: re-adopting a previous daemon's faults at start, starting scheduled faults
+//! when due, and reaping faults whose deadline has passed. The kernel ignores a rule from its
+//! deadline on by itself; reaping frees its slot and entries and records its final counters.
+
+use std::collections::{BTreeMap, HashSet};
+
+use chaos_common::NO_DEADLINE;
+
+use super::{Active, Engine, EngineError, Guard, Limits, ended, plan, rule_action};
+use crate::{
+    kernel::Kernel,
+    state::{Actor, Ended, Store, boot_id, mono_ns},
+};
+
+impl Engine {
+    /// Builds the engine over `kernel`. When the kernel re-adopted a previous daemon's pinned
+    /// maps (`adopted`), the faults of the state file that are still due are re-adopted with
+    /// their slots, so their counters continue; the others are recorded as ended.
+    pub fn new(kernel: Kernel, adopted: bool, limits: Limits, guard: Guard, store: Store) -> Result<Self, EngineError> {
+        let state = store.load().map_err(EngineError::State)?.unwrap_or_default();
+        let mut engine = Self {
+            kernel,
+            faults: BTreeMap::new(),
+            order: Vec::new(),
+            limits,
+            guard,
+            store,
+            next_id: state.next_id.max(1),
+            boot_id: boot_id(),
+            closed: false,
+        };
+        let same_boot = state.boot_id == engine.boot_id;
+        let now = mono_ns();
+        let mut gone = Vec::new();
+        let mut kept = Vec::new();
+        for record in state.faults {
+            let fault = record.spec.validate();
+            let ifindex = nix::net::if_::if_nametoindex(record.spec.interface.as_deref().unwrap_or_default());
+            let reason = if !same_boot {
+                Some("the node rebooted")
+            } else if !adopted {
+                Some("its kernel objects were gone (removed by cleanup?)")
+            } else if record.deadline_ns <= now {
+                Some("expired")
+            } else if ifindex.is_err() {
+                Some("its interface is gone")
+            } else {
+                None
+            };
+            match (reason, fault, ifindex) {
+                (None, Ok(fault), Ok(ifindex)) => kept.push(Active { record, fault, ifindex }),
+                (reason, _, _) => {
+                    let counters =
+                        if same_boot && adopted { engine.kernel.counters(record.slot) } else { Default::default() };
+                    gone.push(Ended {
+                        name: record.name,
+                        reason: reason.unwrap_or("its definition is no longer valid").into(),
+                        matched: counters.matched,
+                        dropped: counters.dropped,
+                    });
+                }
+            }
+        }
+        let started: Vec<_> =
+            kept.iter().filter(|a| a.record.started).map(|a| (a.record.slot, rule_action(a))).collect();
+        engine.kernel.set_rules(&started)?;
+        let (rules, hooks) = plan(&kept.iter().collect::<Vec<_>>());
+        engine.kernel.sync(&rules, &[], &hooks)?;
+        let names: Vec<String> = kept.iter().map(|a| a.record.name.clone()).collect();
+        for active in kept {
+            engine.order.push(active.record.name.clone());
+            engine.faults.insert(active.record.name.clone(), active);
+        }
+        engine.save();
+        if !names.is_empty() || !gone.is_empty() {
+            tracing::info!(adopted = names.len(), ended = gone.len(), "re-adopted the previous daemon's faults");
+            engine.audit(&Actor::default(), "adopt", names, &Ok::<_, EngineError>(()), gone);
+        }
+        Ok(engine)
+    }
+
+    /// Starts scheduled faults that are due and removes those past their deadline. Returns the
+    /// CLOCK_MONOTONIC time of the next start or deadline, if any.
+    pub fn tick(&mut self) -> Option<u64> {
+        let now = mono_ns();
+        let expired: Vec<String> =
+            self.order.iter().filter(|n| self.faults[*n].record.deadline_ns <= now).cloned().collect();
+        let due: Vec<String> = self
+            .order
+            .iter()
+            .filter(|n| {
+                let r = &self.faults[*n].record;
+                !r.started && r.start_ns <= now && r.deadline_ns > now
+            })
+            .cloned()
+            .collect();
+        if (!expired.is_empty() || !due.is_empty())
+            && let Err(e) = self.advance(&expired, &due)
+        {
+            tracing::error!("starting or ending faults: {e}; retrying in 1 s");
+            return Some(now + 1_000_000_000);
+        }
+        self.faults
+            .values()
+            .filter_map(|a| match a.record.started {
+                false => Some(a.record.start_ns),
+                true if a.record.deadline_ns != NO_DEADLINE => Some(a.record.deadline_ns),
+                true => None,
+            })
+            .min()
+    }
+
+    fn advance(&mut self, expired: &[String], due: &[String]) -> Result<(), EngineError> {
+        let ended: Vec<Ended> = expired.iter().map(|n| ended(&self.view(n), "expired")).collect();
+        for n in due {
+            self.faults.get_mut(n).expect("listed").record.started = true;
+        }
+        let gone: HashSet<&String> = expired.iter().collect();
+        let remaining: Vec<&Active> =
+            self.order.iter().filter(|n| !gone.contains(n)).map(|n| &self.faults[n]).collect();
+        let new_slots: Vec<_> = due.iter().map(|n| &self.faults[n]).map(|a| (a.record.slot, rule_action(a))).collect();
+        let (rules, hooks) = plan(&remaining);
+        if let Err(e) = self.kernel.sync(&rules, &new_slots, &hooks) {
+            for n in due {
+                self.faults.get_mut(n).expect("listed").record.started = false;
+            }
+            return Err(e.into());
+        }
+        self.order.retain(|n| !gone.contains(n));
+        self.faults.retain(|n, _| !gone.contains(n));
+        self.save();
+        let daemon = Actor::default();
+        if !due.is_empty() {
+            self.audit(&daemon, "start", due.to_vec(), &Ok::<_, EngineError>(()), vec![]);
+        }
+        if !expired.is_empty() {
+            self.audit(&daemon, "expire", expired.to_vec(), &Ok::<_, EngineError>(()), ended);
+        }
+        Ok(())
+    }
+}

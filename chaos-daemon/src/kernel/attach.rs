@@ -1,0 +1,227 @@
+//! Attaching the programs to interfaces, detaching them, and re-adopting what a previous daemon
+//! left attached. TCX links (6.6+) are pinned; netlink cls_bpf filters (older kernels) cannot
+//! be, and are described by [`NlFilter`] records the daemon keeps in its state file.
+
+use std::{collections::BTreeMap, path::PathBuf};
+
+use aya::{
+    Ebpf,
+    programs::{
+        LinkOrder, ProgramError, SchedClassifier, TcAttachType,
+        links::{FdLink, PinnedLink},
+        tc::{self, NlOptions, SchedClassifierLink, TcAttachOptions, TcError, TcHandle},
+    },
+};
+use chaos_common::{HOOK_EGRESS, PROG_EGRESS, PROG_INGRESS};
+use serde::{Deserialize, Serialize};
+
+use super::{AttachMode, KernelError, pins::Pins};
+
+/// A cls_bpf filter of ours, enough to find it again after a restart.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NlFilter {
+    pub ifindex: u32,
+    pub interface: String,
+    pub hook: u8,
+    pub priority: u16,
+    pub handle: u32,
+    /// Whether the daemon added the clsact qdisc this filter sits on (and so removes it).
+    pub added_clsact: bool,
+}
+
+pub(super) enum Handle {
+    /// A TCX link, pinned at `pin`.
+    Tcx { link: FdLink, pin: PathBuf },
+    /// A cls_bpf filter, detached when `link` is dropped.
+    Netlink { link: SchedClassifierLink, filter: NlFilter },
+}
+
+pub(super) struct Link {
+    pub interface: String,
+    pub handle: Handle,
+}
+
+impl Link {
+    pub fn is_tcx(&self) -> bool {
+        matches!(self.handle, Handle::Tcx { .. })
+    }
+}
+
+/// The program for a hook, and the hook as aya names it.
+pub(super) fn program_for(hook: u8) -> (&'static str, TcAttachType) {
+    if hook == HOOK_EGRESS { (PROG_EGRESS, TcAttachType::Egress) } else { (PROG_INGRESS, TcAttachType::Ingress) }
+}
+
+pub(super) fn program<'a>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut SchedClassifier, KernelError> {
+    let what = || format!("program {name}");
+    ebpf.program_mut(name)
+        .ok_or_else(|| KernelError::Program { what: what(), source: ProgramError::NotLoaded })?
+        .try_into()
+        .map_err(|source| KernelError::Program { what: what(), source })
+}
+
+pub(super) fn attach(
+    ebpf: &mut Ebpf,
+    pins: &Pins,
+    mode: AttachMode,
+    ifindex: u32,
+    interface: &str,
+    hook: u8,
+) -> Result<Link, KernelError> {
+    let (name, attach_type) = program_for(hook);
+    let what = || format!("attaching {name} to {interface}");
+    let prog = program(ebpf, name)?;
+    // Probe TCX by trying it: kernels without it (before 6.6, or vendor kernels that lack the
+    // backport) refuse the link type, and then a cls_bpf filter under clsact is used.
+    if mode != AttachMode::Netlink {
+        let tcx = TcAttachOptions::TcxOrder(LinkOrder::default());
+        match prog.attach_with_options(interface, attach_type, tcx) {
+            Ok(id) => {
+                let pin = pins.link(ifindex, hook);
+                let link = prog.take_link(id).map_err(|source| KernelError::Program { what: what(), source })?;
+                let pinned = FdLink::try_from(link)
+                    .map_err(|e| KernelError::Pins(format!("{}: {e}", what())))?
+                    .pin(&pin)
+                    .map_err(|e| KernelError::Pins(format!("pinning {}: {e}", pin.display())))?;
+                return Ok(Link { interface: interface.into(), handle: Handle::Tcx { link: pinned.into(), pin } });
+            }
+            Err(e) if mode == AttachMode::Tcx || is_missing_interface(&e) => {
+                return Err(KernelError::Program { what: what(), source: e });
+            }
+            Err(e) => tracing::debug!(interface, "TCX attach failed ({e}); using netlink"),
+        }
+    }
+    let added_clsact = match tc::qdisc_add_clsact(interface) {
+        Ok(()) => {
+            tracing::info!(interface, "added clsact qdisc");
+            true
+        }
+        Err(TcError::NetlinkError(e)) if e.raw_os_error() == Some(libc::EEXIST) => false,
+        Err(e) => {
+            return Err(KernelError::Program { what: format!("adding clsact to {interface}"), source: e.into() });
+        }
+    };
+    let prog = program(ebpf, name)?;
+    let attached = prog
+        .attach_with_options(interface, attach_type, TcAttachOptions::Netlink(NlOptions::default()))
+        .and_then(|id| {
+            let link = prog.take_link(id)?;
+            let filter = NlFilter {
+                ifindex,
+                interface: interface.into(),
+                hook,
+                priority: link.priority()?,
+                handle: link.handle()?.into(),
+                added_clsact,
+            };
+            Ok((link, filter))
+        });
+    match attached {
+        Ok((link, filter)) => Ok(Link { interface: interface.into(), handle: Handle::Netlink { link, filter } }),
+        Err(source) => {
+            if added_clsact {
+                let _ = crate::netlink::delete_clsact(ifindex);
+            }
+            Err(KernelError::Program { what: what(), source })
+        }
+    }
+}
+
+/// Detaches `link`; with `remove_clsact` (the last of ours on an interface whose clsact qdisc
+/// the daemon added) the qdisc goes too. Never a qdisc the daemon did not add.
+pub(super) fn detach(link: Link, remove_clsact: bool) {
+    let interface = link.interface;
+    match link.handle {
+        Handle::Tcx { link, pin } => {
+            if let Err(e) = std::fs::remove_file(&pin) {
+                tracing::warn!(interface, "unpinning {}: {e}", pin.display());
+            }
+            // The link goes with its last reference: the pin (removed) and this fd.
+            drop(link);
+        }
+        Handle::Netlink { link, filter } => {
+            // Dropping the link deletes the filter (aya's link wrapper detaches on drop).
+            drop(link);
+            if remove_clsact {
+                match crate::netlink::delete_clsact(filter.ifindex) {
+                    Ok(()) => tracing::info!(interface, "removed the clsact qdisc it added"),
+                    Err(e) => tracing::warn!(interface, "removing clsact: {e}"),
+                }
+            }
+        }
+    }
+}
+
+/// Re-adopts a previous daemon's attachments: pinned TCX links and recorded cls_bpf filters
+/// are switched to this daemon's programs in place (`bpf_link_update` for TCX, a filter
+/// replace for cls_bpf), so traffic never sees a gap or two programs at once.
+pub(super) fn adopt(ebpf: &mut Ebpf, pins: &Pins, filters: &[NlFilter]) -> BTreeMap<(u32, u8), Link> {
+    let mut links = BTreeMap::new();
+    for (ifindex, hook, pin) in pins.links() {
+        let (name, _) = program_for(hook);
+        let adopted = PinnedLink::from_pin(&pin)
+            .map_err(|e| e.to_string())
+            .and_then(|p| SchedClassifierLink::try_from(FdLink::from(p)).map_err(|e| e.to_string()))
+            .and_then(|l| program(ebpf, name).map_err(|e| e.to_string()).map(|p| (p, l)))
+            .and_then(|(p, l)| {
+                let id = p.attach_to_link(l).map_err(|e| e.to_string())?;
+                let l = p.take_link(id).map_err(|e| e.to_string())?;
+                FdLink::try_from(l).map_err(|e| e.to_string())
+            });
+        let interface = nix::net::if_::if_indextoname(ifindex).map(|s| s.to_string_lossy().into_owned());
+        match (adopted, interface) {
+            (Ok(link), Ok(interface)) => {
+                tracing::info!(interface, hook, "re-adopted pinned TCX link");
+                links.insert((ifindex, hook), Link { interface, handle: Handle::Tcx { link, pin } });
+            }
+            (result, interface) => {
+                // Gone interface (the kernel already detached the link) or unusable pin.
+                tracing::warn!(ifindex, hook, ?interface, error = ?result.err(), "dropping pinned link");
+                let _ = std::fs::remove_file(&pin);
+            }
+        }
+    }
+    for f in filters {
+        let (name, attach_type) = program_for(f.hook);
+        let adopted =
+            SchedClassifierLink::attached(&f.interface, attach_type, f.priority, TcHandle::from(f.handle), None)
+                .map_err(|e| e.to_string())
+                .and_then(|l| {
+                    let p = program(ebpf, name).map_err(|e| e.to_string())?;
+                    let id = p.attach_to_link(l).map_err(|e| e.to_string())?;
+                    p.take_link(id).map_err(|e| e.to_string())
+                });
+        match adopted {
+            Ok(link) => {
+                tracing::info!(interface = f.interface, hook = f.hook, "re-adopted cls_bpf filter");
+                links.insert(
+                    (f.ifindex, f.hook),
+                    Link { interface: f.interface.clone(), handle: Handle::Netlink { link, filter: f.clone() } },
+                );
+            }
+            Err(e) => tracing::warn!(interface = f.interface, hook = f.hook, "cannot re-adopt filter: {e}"),
+        }
+    }
+    links
+}
+
+/// Removes every cls_bpf filter running one of our programs on any interface of this network
+/// namespace: the fallback of `cleanup` for filters no record names.
+pub fn detach_filters_by_name() -> Vec<String> {
+    let mut removed = Vec::new();
+    let Ok(interfaces) = nix::net::if_::if_nameindex() else { return removed };
+    for iface in interfaces.iter() {
+        let interface = iface.name().to_string_lossy().into_owned();
+        for hook in [chaos_common::HOOK_INGRESS, HOOK_EGRESS] {
+            let (name, attach_type) = program_for(hook);
+            if tc::qdisc_detach_program(&interface, attach_type, name).is_ok() {
+                removed.push(format!("cls_bpf filter {name} on {interface}"));
+            }
+        }
+    }
+    removed
+}
+
+fn is_missing_interface(e: &ProgramError) -> bool {
+    matches!(e, ProgramError::TcError(TcError::IoError(_)))
+}

@@ -1,0 +1,123 @@
+//! The daemon's bpffs directory. Maps, programs and TCX links pinned there outlive the daemon
+//! (a pin is a reference, like an open fd), so faults keep running after a crash until their
+//! in-kernel deadlines, a restarted daemon re-adopts them, and `chaos-daemon cleanup` finds
+//! everything without trusting any other record.
+//!
+//! Names are flat: `map_<NAME>`, `prog_<name>`, `link_<ifindex>_<hook>` (TCX links only:
+//! netlink cls_bpf filters cannot be pinned; they stay on their qdisc when the daemon dies and
+//! are recorded in the state file instead).
+
+use std::{
+    io,
+    path::{Path, PathBuf},
+};
+
+use aya::maps::{Array, MapData};
+use chaos_common::{ABI_VERSION, ACTIVE_ABI, map_names};
+use nix::sys::statfs::{BPF_FS_MAGIC, statfs};
+
+use super::KernelError;
+
+/// Where bpffs is mounted on every distribution chaos-daemon supports.
+const BPFFS: &str = "/sys/fs/bpf";
+
+#[derive(Clone, Debug)]
+pub struct Pins {
+    pub dir: PathBuf,
+}
+
+impl Pins {
+    pub fn new(dir: impl Into<PathBuf>) -> Self {
+        Self { dir: dir.into() }
+    }
+
+    pub fn map(&self, name: &str) -> PathBuf {
+        self.dir.join(format!("map_{name}"))
+    }
+
+    pub fn program(&self, name: &str) -> PathBuf {
+        self.dir.join(format!("prog_{name}"))
+    }
+
+    pub fn link(&self, ifindex: u32, hook: u8) -> PathBuf {
+        self.dir.join(format!("link_{ifindex}_{hook}"))
+    }
+
+    /// Makes the directory, mounting bpffs at /sys/fs/bpf first when nothing is mounted there
+    /// (as bpftool does: minimal hosts and some containers lack the mount).
+    pub fn prepare(&self) -> Result<(), KernelError> {
+        let err = |what: String, e: io::Error| KernelError::Pins(format!("{what}: {e}"));
+        let mut existing = self.dir.as_path();
+        while !existing.exists() {
+            existing = existing.parent().unwrap_or(Path::new("/"));
+        }
+        if !is_bpffs(existing) {
+            if existing != Path::new(BPFFS) {
+                return Err(KernelError::Pins(format!(
+                    "{} is not on a bpf filesystem (mount one: mount -t bpf bpf {BPFFS}), \
+                     so pinned faults could not survive a restart",
+                    self.dir.display()
+                )));
+            }
+            nix::mount::mount(Some("bpf"), BPFFS, Some("bpf"), nix::mount::MsFlags::empty(), None::<&str>)
+                .map_err(|e| err(format!("mounting bpffs at {BPFFS}"), e.into()))?;
+            tracing::info!("mounted bpffs at {BPFFS}");
+        }
+        std::fs::create_dir_all(&self.dir).map_err(|e| err(format!("creating {}", self.dir.display()), e))
+    }
+
+    /// Whether maps pinned here (if any) have this build's ABI: maps of another layout must not
+    /// be reused by the programs of this build.
+    pub fn compatible(&self) -> bool {
+        let path = self.map(map_names::ACTIVE);
+        if !path.exists() {
+            return true;
+        }
+        let abi = MapData::from_pin(&path)
+            .ok()
+            .and_then(|m| Array::<MapData, u32>::try_from(aya::maps::Map::Array(m)).ok())
+            .and_then(|a| a.get(&ACTIVE_ABI, 0).ok());
+        abi == Some(ABI_VERSION)
+    }
+
+    /// Whether anything is pinned here.
+    pub fn any(&self) -> bool {
+        std::fs::read_dir(&self.dir).is_ok_and(|mut d| d.next().is_some())
+    }
+
+    /// Pinned TCX links: `(ifindex, hook, path)`.
+    pub fn links(&self) -> Vec<(u32, u8, PathBuf)> {
+        let Ok(dir) = std::fs::read_dir(&self.dir) else { return Vec::new() };
+        dir.filter_map(Result::ok)
+            .filter_map(|e| {
+                let name = e.file_name().into_string().ok()?;
+                let (ifindex, hook) = name.strip_prefix("link_")?.split_once('_')?;
+                Some((ifindex.parse().ok()?, hook.parse().ok()?, e.path()))
+            })
+            .collect()
+    }
+
+    /// Unpins everything (TCX links detach when their pin and last fd go) and removes the
+    /// directory. Returns what was removed.
+    pub fn remove_all(&self) -> io::Result<Vec<PathBuf>> {
+        let mut removed = Vec::new();
+        let dir = match std::fs::read_dir(&self.dir) {
+            Ok(d) => d,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(removed),
+            Err(e) => return Err(e),
+        };
+        let mut paths: Vec<PathBuf> = dir.filter_map(Result::ok).map(|e| e.path()).collect();
+        // Links first, so programs are never pinned-but-detached halfway through.
+        paths.sort_by_key(|p| !p.file_name().is_some_and(|n| n.to_string_lossy().starts_with("link_")));
+        for path in paths {
+            std::fs::remove_file(&path)?;
+            removed.push(path);
+        }
+        std::fs::remove_dir(&self.dir)?;
+        Ok(removed)
+    }
+}
+
+fn is_bpffs(path: &Path) -> bool {
+    statfs(path).is_ok_and(|s| s.filesystem_type() == BPF_FS_MAGIC)
+}
