@@ -75,3 +75,57 @@ pub fn tcp_connects(from: &Netns, src: Option<IpAddr>, to: &Netns, dst: SocketAd
     drop(listener);
     Ok(ok)
 }
+
+/// CLOCK_MONOTONIC in ns: the clock of the kernel's `bpf_ktime_get_ns` and of fault deadlines.
+pub fn mono_ns() -> u64 {
+    let t = nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC).expect("CLOCK_MONOTONIC");
+    t.tv_sec() as u64 * 1_000_000_000 + t.tv_nsec() as u64
+}
+
+/// A stream of UDP datagrams from `from` to `dst` (in `to`), one every `interval` until
+/// CLOCK_MONOTONIC reaches `until_ns`, each carrying its send time. Returns the send times of
+/// all datagrams, and of those that arrived.
+pub fn udp_stream(
+    from: &Netns,
+    to: &Netns,
+    dst: SocketAddr,
+    interval: Duration,
+    until_ns: u64,
+) -> anyhow::Result<(Vec<u64>, Vec<u64>)> {
+    let rx = to.enter(move || -> std::io::Result<UdpSocket> {
+        let s = UdpSocket::bind(dst)?;
+        s.set_read_timeout(Some(Duration::from_millis(300)))?;
+        Ok(s)
+    })??;
+    let any: IpAddr = if dst.is_ipv4() { Ipv4Addr::UNSPECIFIED.into() } else { Ipv6Addr::UNSPECIFIED.into() };
+    let tx = from.enter(move || UdpSocket::bind(SocketAddr::new(any, 0)))??;
+    let done = Arc::new(AtomicBool::new(false));
+    let finished = done.clone();
+    let receiver = std::thread::spawn(move || {
+        let mut arrived = Vec::new();
+        let mut buf = [0u8; 64];
+        loop {
+            match rx.recv(&mut buf) {
+                Ok(8) => arrived.push(u64::from_be_bytes(buf[..8].try_into().unwrap())),
+                Ok(_) => {}
+                Err(_) if finished.load(Ordering::SeqCst) => break,
+                Err(_) => {}
+            }
+        }
+        arrived
+    });
+    let mut sent = Vec::new();
+    loop {
+        let now = mono_ns();
+        if now >= until_ns {
+            break;
+        }
+        // A datagram dropped on egress may fail the send: it was still sent at `now`.
+        let _ = tx.send_to(&now.to_be_bytes(), dst);
+        sent.push(now);
+        std::thread::sleep(interval);
+    }
+    done.store(true, Ordering::SeqCst);
+    let arrived = receiver.join().map_err(|_| anyhow::anyhow!("receiver panicked"))?;
+    Ok((sent, arrived))
+}
