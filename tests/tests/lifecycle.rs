@@ -1,0 +1,107 @@
+//! Durations, limits, scheduled starts and experiments, end to end:
+//! - a fault without a duration gets the configured maximum; a longer one, or `unlimited`
+//!   where the config does not allow it, is refused by name and changes nothing;
+//! - a scheduled experiment waits, then starts as a whole, and is removed as a whole;
+//! - an experiment with one bad fault applies none;
+//! - `clear` removes scheduled faults too.
+
+use std::{net::SocketAddr, time::Duration};
+
+use chaos_tests::{Daemon, Lab, lab, traffic};
+
+#[test]
+fn durations_and_limits_come_from_config() {
+    let lab = Lab::new().unwrap();
+    let daemon = Daemon::start_with(&lab.a, "max_duration = \"10m\"").unwrap();
+    daemon.ctl_ok(&["apply", "--name", "default", "-i", &lab.a_if, "--loss", "5"]);
+    let f = &daemon.list()["faults"][0];
+    let lasts = f["expires_at"].as_u64().unwrap() - f["starts_at"].as_u64().unwrap();
+    assert_eq!(lasts, 600_000, "no duration given: max_duration applies ({f})");
+    let before = daemon.list();
+
+    for (args, error) in [
+        (&["--for", "11m"][..], "duration: 660s is more than the limit of 600s (max_duration)"),
+        (&["--for", "unlimited"][..], "duration: 'unlimited' is not allowed by this daemon's config (allow_unlimited)"),
+        (&["--for", "soon"][..], "duration: 'soon' is not a duration"),
+        (&["--start-after", "2d"][..], "start_after: is more than the limit of 86400s (max_start_after)"),
+    ] {
+        let mut all = vec!["apply", "-i", &lab.a_if, "--loss", "5"];
+        all.extend_from_slice(args);
+        let out = daemon.ctl(&all);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success() && stderr.contains(error), "{args:?}: {stderr}");
+    }
+    assert_eq!(daemon.list(), before);
+
+    let open = Daemon::start_with(&lab.a, "allow_unlimited = true").unwrap();
+    open.ctl_ok(&["apply", "--name", "forever", "-i", "lo", "--loss", "5", "--for", "unlimited"]);
+    let f = &open.list()["faults"][0];
+    assert!(f.get("expires_at").is_none() && f.get("deadline_ns").is_none(), "{f}");
+}
+
+#[test]
+fn scheduled_experiment_starts_and_ends_as_a_whole() {
+    let lab = Lab::new().unwrap();
+    let daemon = Daemon::start(&lab.a).unwrap();
+    let file = daemon.dir.join("experiment.toml");
+    std::fs::write(
+        &file,
+        format!(
+            "experiment = \"db-outage\"\n\
+             [[fault]]\nname = \"cut-db\"\ninterface = \"{i}\"\naction = \"partition\"\nprotocol = \"udp\"\ndport = 7300\nstart_after = \"1500ms\"\n\
+             [[fault]]\nname = \"cut-cache\"\ninterface = \"{i}\"\naction = \"partition\"\nprotocol = \"udp\"\ndport = 7301\nstart_after = \"1500ms\"\n",
+            i = lab.a_if
+        ),
+    )
+    .unwrap();
+    daemon.ctl_ok(&["apply", "-f", file.to_str().unwrap()]);
+    let to = |port| SocketAddr::new(lab::B4.parse().unwrap(), port);
+    let list = daemon.list();
+    for f in list["faults"].as_array().unwrap() {
+        assert_eq!((f["state"].as_str(), f["experiment"].as_str()), (Some("scheduled"), Some("db-outage")), "{f}");
+    }
+    // Not in effect before its start.
+    assert_eq!(traffic::udp(&lab.a, None, &lab.b, to(7300), 100).unwrap(), 100);
+
+    let start = list["faults"][0]["starts_at"].as_u64().unwrap();
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as u64;
+    std::thread::sleep(Duration::from_millis(start.saturating_sub(now) + 200));
+    for f in daemon.list()["faults"].as_array().unwrap() {
+        assert_eq!(f["state"], "active", "{f}");
+    }
+    assert_eq!(traffic::udp(&lab.a, None, &lab.b, to(7300), 100).unwrap(), 0);
+    assert_eq!(traffic::udp(&lab.a, None, &lab.b, to(7301), 100).unwrap(), 0);
+
+    // The name is taken while it runs.
+    let again = daemon.ctl(&["apply", "-i", "lo", "--loss", "1", "-e", "db-outage"]);
+    assert!(String::from_utf8_lossy(&again.stderr).contains("experiment: an experiment named 'db-outage' is running"));
+
+    let removed = daemon.ctl_ok(&["rm", "-e", "db-outage"]);
+    assert!(removed.contains("removed cut-db") && removed.contains("removed cut-cache"), "{removed}");
+    assert_eq!(daemon.list()["faults"], serde_json::json!([]));
+    assert_eq!(traffic::udp(&lab.a, None, &lab.b, to(7300), 100).unwrap(), 100);
+}
+
+#[test]
+fn experiment_with_a_bad_fault_applies_nothing_and_clear_takes_scheduled_faults() {
+    let lab = Lab::new().unwrap();
+    let daemon = Daemon::start(&lab.a).unwrap();
+    let file = daemon.dir.join("bad.toml");
+    std::fs::write(
+        &file,
+        format!(
+            "[[fault]]\ninterface = \"{i}\"\naction = \"partition\"\n\
+             [[fault]]\ninterface = \"{i}\"\naction = \"loss\"\nloss = 5\nduration = \"-1s\"\n",
+            i = lab.a_if
+        ),
+    )
+    .unwrap();
+    let out = daemon.ctl(&["apply", "-f", file.to_str().unwrap(), "-e", "half"]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("fault[1].duration: '-1s' is not a duration"));
+    assert_eq!(daemon.list()["faults"], serde_json::json!([]));
+
+    daemon.ctl_ok(&["apply", "-i", &lab.a_if, "--partition", "--start-after", "1h"]);
+    daemon.ctl_ok(&["apply", "-i", &lab.a_if, "--loss", "20"]);
+    assert!(daemon.ctl_ok(&["clear"]).contains("removed 2 faults"));
+    assert_eq!(daemon.list()["faults"], serde_json::json!([]));
+}
