@@ -201,7 +201,13 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     let features: Vec<String> =
                         status.features.iter().map(|(k, v)| format!("{k}={}", if *v { "yes" } else { "no" })).collect();
                     println!("features: {}", features.join(" "));
-                    println!("faults: {}", status.faults);
+                    println!(
+                        "faults: {} (max {}), max duration {}s{}",
+                        status.faults,
+                        status.max_faults,
+                        status.max_duration_ms / 1000,
+                        if status.allow_unlimited { ", unlimited allowed" } else { "" }
+                    );
                     for a in &status.attachments {
                         println!("attached: {} {} ({})", a.interface, a.hook, a.mode);
                     }
