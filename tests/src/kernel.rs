@@ -52,10 +52,29 @@ pub fn maps_of(id: u32) -> anyhow::Result<Vec<u32>> {
     Ok(prog.map_ids()?.unwrap_or_default())
 }
 
+/// Ids of the BPF maps process `pid` holds open, read from `/proc/<pid>/fdinfo`: the daemon's
+/// own maps, found whether or not any program is attached (with no fault, none is).
+pub fn maps_of_process(pid: u32) -> anyhow::Result<Vec<u32>> {
+    let mut ids = Vec::new();
+    for entry in std::fs::read_dir(format!("/proc/{pid}/fdinfo"))? {
+        // An fd closed since the listing has no fdinfo any more: skip it.
+        let Ok(info) = std::fs::read_to_string(entry?.path()) else { continue };
+        ids.extend(info.lines().filter_map(|l| l.strip_prefix("map_id:")?.trim().parse::<u32>().ok()));
+    }
+    ids.sort_unstable();
+    ids.dedup();
+    Ok(ids)
+}
+
 /// Every entry of the maps of program `id`, by map name, in a comparable form.
 pub fn map_contents(id: u32) -> anyhow::Result<BTreeMap<String, Vec<String>>> {
+    maps_contents(&maps_of(id)?)
+}
+
+/// Every entry of these maps (the daemon's), by map name, in a comparable form.
+pub fn maps_contents(ids: &[u32]) -> anyhow::Result<BTreeMap<String, Vec<String>>> {
     let mut out = BTreeMap::new();
-    for map_id in maps_of(id)? {
+    for &map_id in ids {
         let data = MapData::from_id(map_id)?;
         let name = data.info()?.name_as_str().unwrap_or("?").to_owned();
         let map = Map::from_map_data(data)?;

@@ -3,6 +3,7 @@
 //! whose `Drop` removes it, so a failing test leaves nothing behind.
 
 pub mod daemon;
+pub mod http;
 pub mod kernel;
 pub mod lab;
 pub mod netns;

@@ -1,0 +1,263 @@
+//! Request decoding (`Apply` from the body of `POST /v1/faults`) and fault validation never
+//! panic, whatever the input: arbitrary bytes, arbitrary JSON mixing the spec's keys, future
+//! keys and random ones, and edits of it. Every refusal is a clean client error: a non-empty
+//! message, and for validation a field that exists and a reason. A valid spec with one field
+//! changed is accepted or refused naming that field (or, for the few rules between two fields,
+//! the other one). Cases per property: `PROPTEST_CASES`, default 4,000 (a few seconds).
+
+mod fuzz_input;
+
+use chaos_daemon::{
+    api::Apply,
+    spec::{Action, Cidr, FaultSpec, PortRange, mask},
+};
+use fuzz_input::Interface;
+use proptest::{
+    option,
+    prelude::*,
+    sample::select,
+    test_runner::{Config, TestCaseError},
+};
+use serde_json::{Map, Value};
+
+/// The fields a refusal may name.
+const FIELDS: &[&str] = fuzz_input::SPEC_KEYS;
+
+fn config() -> Config {
+    let cases = std::env::var("PROPTEST_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(4_000);
+    // No regression files: a failure prints the smallest failing input, which is what to keep.
+    Config { cases, failure_persistence: None, ..Config::default() }
+}
+
+/// Decodes a body the way the server does, and validates what decodes.
+fn check_body(body: &[u8]) -> Result<(), TestCaseError> {
+    match serde_json::from_slice::<Apply>(body) {
+        Err(e) => prop_assert!(!e.to_string().trim().is_empty()),
+        Ok(apply) => {
+            for spec in &apply.faults {
+                check_spec(spec)?;
+            }
+        }
+    }
+    Ok(())
+}
+
+fn check_spec(spec: &FaultSpec) -> Result<(), TestCaseError> {
+    match spec.validate() {
+        Err(e) => {
+            prop_assert!(FIELDS.contains(&e.field.as_str()), "refusal names no field: {e:?}");
+            prop_assert!(!e.reason.trim().is_empty(), "refusal without a reason: {e:?}");
+            prop_assert_eq!(e.to_string(), format!("{}: {}", e.field, e.reason));
+        }
+        Ok(fault) => {
+            // What validation lets through is what the kernel side can take as is.
+            if let Action::Loss(p) = fault.action {
+                prop_assert!((0.0..=1.0).contains(&p), "{fault:?}");
+            }
+            prop_assert!(fault.action.drop_threshold() <= chaos_common::DROP_ALWAYS);
+            let m = fault.matches;
+            prop_assert!(m.sport.lo <= m.sport.hi && m.dport.lo <= m.dport.hi, "{fault:?}");
+            prop_assert!(m.families.v4 || m.families.v6, "{fault:?}");
+            // The daemon echoes accepted specs back (list, get): they must read back the same.
+            let echoed: FaultSpec = serde_json::from_str(&serde_json::to_string(spec).unwrap()).unwrap();
+            prop_assert_eq!(&echoed, spec);
+        }
+    }
+    Ok(())
+}
+
+proptest! {
+    #![proptest_config(config())]
+
+    #[test]
+    fn arbitrary_bytes(body in proptest::collection::vec(any::<u8>(), 0..512)) {
+        check_body(&body)?;
+    }
+
+    #[test]
+    fn arbitrary_json(body in fuzz_input::apply(Interface::Any)) {
+        check_body(body.as_bytes())?;
+    }
+
+    #[test]
+    fn edited_json(body in fuzz_input::mutated(Interface::Any)) {
+        check_body(&body)?;
+    }
+
+    #[test]
+    fn one_field_changed((base, key, value) in perturbed()) {
+        check_perturbed(&base, key, value.as_deref())?;
+    }
+}
+
+/// Nesting far past serde_json's recursion limit is refused, not a stack overflow.
+#[test]
+fn deep_nesting() {
+    for body in ["[".repeat(100_000), format!("{{\"faults\":{}", "[".repeat(100_000)), "{\"a\":".repeat(50_000)] {
+        assert!(serde_json::from_str::<Apply>(&body).is_err());
+    }
+}
+
+/// A prefix with host bits cleared, so it is valid.
+fn cidr(v6: bool) -> impl Strategy<Value = String> {
+    let max: u8 = if v6 { 128 } else { 32 };
+    (any::<[u8; 16]>(), 0..=max).prop_map(move |(bytes, len)| {
+        let b = mask(bytes, len);
+        let addr = if v6 { b.into() } else { std::net::IpAddr::from([b[0], b[1], b[2], b[3]]) };
+        Cidr { addr, len }.to_string()
+    })
+}
+
+/// A port range as the API takes it: a number, `"n"` or `"lo-hi"`.
+fn ports() -> impl Strategy<Value = Value> {
+    (any::<u16>(), any::<u16>(), 0..3).prop_map(|(a, b, form)| match form {
+        0 => Value::from(a),
+        1 => Value::from(a.to_string()),
+        _ => Value::from(format!("{}-{}", a.min(b), a.max(b))),
+    })
+}
+
+/// A valid spec, with every field present or absent, consistent with each other.
+fn valid_spec() -> impl Strategy<Value = Map<String, Value>> {
+    let family = option::of(select(&["ipv4", "ipv6", "any"][..]));
+    let addrs = (family, any::<bool>()).prop_flat_map(|(family, v6)| {
+        let v6 = match family {
+            Some("ipv4") => false,
+            Some("ipv6") => true,
+            _ => v6,
+        };
+        (Just(family), option::of(cidr(v6)), option::of(cidr(v6)))
+    });
+    let protocol = option::of(select(&["tcp", "udp", "icmp", "any"][..]));
+    (
+        option::of("[a-zA-Z0-9_][a-zA-Z0-9_.-]{0,20}"),
+        "[a-z][a-z0-9-]{0,14}",
+        option::of(0.0..=100.0f64),
+        option::of(select(&["egress", "ingress", "both"][..])),
+        addrs,
+        protocol,
+        option::of(ports()),
+        option::of(ports()),
+    )
+        .prop_map(|(name, interface, loss, direction, (family, src, dst), protocol, sport, dport)| {
+            let mut m = Map::new();
+            let mut set = |k: &str, v: Option<Value>| {
+                if let Some(v) = v {
+                    m.insert(k.into(), v);
+                }
+            };
+            set("name", name.map(Value::from));
+            set("interface", Some(interface.into()));
+            // A loss percentage makes it a loss fault; without one, a partition.
+            set("action", Some(if loss.is_some() { "loss" } else { "partition" }.into()));
+            set("loss", loss.map(Value::from));
+            set("direction", direction.map(Value::from));
+            set("family", family.map(Value::from));
+            set("src", src.map(Value::from));
+            set("dst", dst.map(Value::from));
+            set("protocol", protocol.map(Value::from));
+            // Ports only apply to tcp and udp.
+            if protocol != Some("icmp") {
+                set("sport", sport);
+                set("dport", dport);
+            }
+            m
+        })
+}
+
+/// A valid spec, a key of it, and new JSON text for that key (`None`: the key removed).
+fn perturbed() -> impl Strategy<Value = (Map<String, Value>, &'static str, Option<String>)> {
+    (valid_spec(), select(FIELDS)).prop_flat_map(|(base, key)| {
+        let value = prop_oneof![
+            1 => Just(None),
+            // Values of the field's type, near its valid ones; or any JSON at all.
+            4 => near(key).prop_map(Some),
+            2 => fuzz_input::json(Interface::Any).prop_map(Some),
+        ];
+        (Just(base), Just(key), value)
+    })
+}
+
+/// JSON text for `key`, mostly of the type it takes.
+fn near(key: &'static str) -> BoxedStrategy<String> {
+    match key {
+        "loss" => fuzz_input::number(),
+        "sport" | "dport" => {
+            prop_oneof![fuzz_input::number(), fuzz_input::port_like().prop_map(|s| fuzz_input::quote(&s))].boxed()
+        }
+        "src" | "dst" => fuzz_input::cidr_like().prop_map(|s| fuzz_input::quote(&s)).boxed(),
+        _ => fuzz_input::text().prop_map(|s| fuzz_input::quote(&s)).boxed(),
+    }
+}
+
+/// Whether a spec field decodes from this JSON: the wire types are exactly these.
+fn decodes_as(key: &str, value: &Value) -> bool {
+    match key {
+        // Option<f64>: any JSON number (serde_json reads integers as floats too), or null.
+        "loss" => value.is_number() || value.is_null(),
+        // Option<PortSpec>: an i64 or a string, or null.
+        "sport" | "dport" => value.as_i64().is_some() || value.is_string() || value.is_null(),
+        // Option<String>.
+        _ => value.is_string() || value.is_null(),
+    }
+}
+
+/// Rules between two fields: a change to the key may be refused naming the other field.
+fn related(key: &str, named: &str) -> bool {
+    matches!(
+        (key, named),
+        // partition refuses a loss percentage; loss requires one.
+        ("action", "loss")
+        // icmp refuses ports.
+        | ("protocol", "sport" | "dport")
+        // An address must be of the family.
+        | ("family", "src" | "dst")
+        // src and dst must be of one family.
+        | ("src", "dst")
+    )
+}
+
+fn check_perturbed(base: &Map<String, Value>, key: &str, value: Option<&str>) -> Result<(), TestCaseError> {
+    let spec: FaultSpec = serde_json::from_value(Value::Object(base.clone())).unwrap();
+    prop_assert!(spec.validate().is_ok(), "the generated base must be valid: {:?}", spec.validate());
+
+    // Built as text: the new value may not be JSON at all.
+    let mut rest = base.clone();
+    rest.remove(key);
+    let mut members: Vec<String> = rest.iter().map(|(k, v)| format!("{}:{v}", fuzz_input::quote(k))).collect();
+    if let Some(v) = value {
+        members.push(format!("{}:{v}", fuzz_input::quote(key)));
+    }
+    let body = format!("{{\"faults\":[{{{}}}]}}", members.join(","));
+
+    let expected = value.is_none_or(|v| serde_json::from_str::<Value>(v).is_ok_and(|v| decodes_as(key, &v)));
+    let apply = match serde_json::from_str::<Apply>(&body) {
+        Ok(apply) => apply,
+        Err(e) => {
+            prop_assert!(!expected, "{key} = {value:?} should decode: {e}");
+            prop_assert!(!e.to_string().trim().is_empty());
+            return Ok(());
+        }
+    };
+    prop_assert!(expected, "{key} = {value:?} should not decode");
+    let spec = &apply.faults[0];
+    check_spec(spec)?;
+    if let Err(e) = spec.validate() {
+        let named = e.field.as_str();
+        prop_assert!(
+            named == key || (related(key, named) && (base.contains_key(named) || key == "action")),
+            "changing {key} to {value:?} was refused naming {named}: {e}"
+        );
+    }
+    Ok(())
+}
+
+/// The generator's notion of "valid" matches validation's on the edges.
+#[test]
+fn valid_edges() {
+    let spec = |json: &str| serde_json::from_str::<FaultSpec>(json).unwrap().validate();
+    let f = spec(r#"{"interface":"x","action":"loss","loss":100,"sport":"0-65535","dport":0}"#).unwrap();
+    assert_eq!((f.matches.sport, f.matches.dport), (PortRange::ANY, PortRange { lo: 0, hi: 0 }));
+    assert!(spec(r#"{"interface":"x","action":"partition","src":"::/0","dst":"::1"}"#).is_ok());
+    assert!(spec(r#"{"interface":"x","action":"partition","src":"0.0.0.0/0","protocol":"icmp"}"#).is_ok());
+}
