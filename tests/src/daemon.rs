@@ -119,11 +119,6 @@ impl Daemon {
         self.command(&["cleanup"]).output().expect("running chaos-daemon cleanup")
     }
 
-    /// The daemon's process id: `ip netns exec` execs the daemon in place of itself.
-    pub fn pid(&self) -> u32 {
-        self.child.as_ref().expect("the daemon is running").id()
-    }
-
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.dir.join("daemon.log")).unwrap_or_default()
     }

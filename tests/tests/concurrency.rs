@@ -45,7 +45,7 @@ fn remove(socket: &Path, name: &str) {
 fn concurrent_clients_leave_nothing_behind() {
     let lab = Lab::new().unwrap();
     let daemon = Daemon::start(&lab.a).unwrap();
-    let pid = daemon.pid();
+    let pid = daemon.pid().expect("running").as_raw() as u32;
     let exe = std::fs::read_link(format!("/proc/{pid}/exe")).unwrap();
     assert!(exe.ends_with("chaos-daemon"), "pid {pid} is {}, not the daemon", exe.display());
     // Its maps, found through its file descriptors: no fault is active, so no program is
