@@ -38,9 +38,10 @@ pub struct Config {
     pub allow_unlimited: bool,
     /// Longest `start_after` of a scheduled fault. Default `24h`.
     pub max_start_after: String,
-    /// Destinations no fault may touch without `--force`, besides SSH sessions: `CIDR`,
-    /// `ADDRESS:PORT` or `[IPV6]:PORT`, optionally prefixed by `tcp:` or `udp:`.
-    /// Default: none.
+    /// Servers this host talks to that no fault may touch without `--force`, besides SSH
+    /// sessions: `ADDRESS[/LEN]` (all ports), `IPV4[/LEN]:PORT` or `[IPV6[/LEN]]:PORT`, each
+    /// optionally prefixed by `tcp:` or `udp:` (`icmp:` without a port). The host's side is its
+    /// ephemeral port range. Default: none.
     pub protected: Vec<String>,
     /// Local TCP ports whose established sessions (SSH) no fault may touch without `--force`.
     /// Default `[22]`; `[]` turns the check off.
@@ -126,8 +127,9 @@ impl Config {
     }
 
     pub fn guard(&self) -> anyhow::Result<Guard> {
+        let ephemeral = crate::guard::ephemeral_ports().context("reading net.ipv4.ip_local_port_range")?;
         let protected =
-            crate::guard::parse_protected(&self.protected).map_err(|e| anyhow::anyhow!("protected: {e}"))?;
+            crate::guard::parse_protected(&self.protected, ephemeral).map_err(|e| anyhow::anyhow!("protected: {e}"))?;
         Ok(Guard { protected, ssh_ports: self.ssh_ports.clone() })
     }
 
@@ -160,6 +162,7 @@ mod tests {
             ("max_start_after = \"1x\"", "max_start_after"),
             ("socket_mode = \"0999\"", "socket_mode"),
             ("max_faults = 0", "max_faults"),
+            ("protected = [\"10.0.0.1:http\"]", "protected"),
         ] {
             let c: Config = toml::from_str(text).unwrap();
             let e = c.check().unwrap_err().to_string();

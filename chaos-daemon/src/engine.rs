@@ -29,6 +29,9 @@ pub enum EngineError {
     /// A name already taken.
     #[error(transparent)]
     Conflict(SpecError),
+    /// A fault would touch a protected flow, and `force` was not given.
+    #[error(transparent)]
+    Protected(SpecError),
     #[error("no {0}")]
     NotFound(String),
     #[error(transparent)]
@@ -187,7 +190,7 @@ impl Engine {
                 )));
             }
         }
-        let sessions = if req.force { Vec::new() } else { self.guard.sessions() };
+        let sessions = if req.force { Vec::new() } else { self.guard.flows() };
         let used: BTreeSet<u32> = self.faults.values().map(|a| a.record.slot).collect();
         let mut free = (0..MAX_RULES).filter(|s| !used.contains(s));
         let mut names: BTreeSet<String> = self.faults.keys().cloned().collect();
@@ -208,8 +211,7 @@ impl Engine {
                 .into());
             }
             if !req.force {
-                crate::guard::check(&fault, &self.guard.protected).map_err(at)?;
-                crate::guard::check(&fault, &sessions).map_err(at)?;
+                crate::guard::check(&fault, &sessions).map_err(|e| EngineError::Protected(at(e)))?;
             }
             let name = match &fault.name {
                 Some(n) if names.contains(n) => {
@@ -369,15 +371,19 @@ impl Engine {
 }
 
 impl Guard {
-    /// The configured flows and the SSH sessions open now.
-    fn sessions(&self) -> Vec<Protected> {
-        if self.ssh_ports.is_empty() {
-            return Vec::new();
-        }
-        crate::guard::ssh_sessions(&self.ssh_ports).unwrap_or_else(|e| {
-            tracing::warn!("reading SSH sessions: {e}");
+    /// The SSH sessions open now, then the configured flows.
+    fn flows(&self) -> Vec<Protected> {
+        let mut flows = if self.ssh_ports.is_empty() {
             Vec::new()
-        })
+        } else {
+            // Fail closed would block every fault on a host without /proc/net: warn and go on.
+            crate::guard::ssh_sessions(&self.ssh_ports).unwrap_or_else(|e| {
+                tracing::warn!("reading SSH sessions: {e}");
+                Vec::new()
+            })
+        };
+        flows.extend(self.protected.iter().cloned());
+        flows
     }
 }
 

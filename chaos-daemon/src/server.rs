@@ -172,7 +172,7 @@ where
         Ok(Ok(value)) => json(ok, &value),
         Ok(Err(e)) => {
             let status = match &e {
-                EngineError::Conflict(_) => StatusCode::CONFLICT,
+                EngineError::Conflict(_) | EngineError::Protected(_) => StatusCode::CONFLICT,
                 EngineError::Invalid(_) | EngineError::Kernel(KernelError::Compile(_)) => StatusCode::BAD_REQUEST,
                 EngineError::NotFound(_) => StatusCode::NOT_FOUND,
                 EngineError::Kernel(_) | EngineError::State(_) => StatusCode::INTERNAL_SERVER_ERROR,
