@@ -10,7 +10,7 @@ use std::{
 
 use http_body_util::{BodyExt as _, Full, Limited};
 use hyper::{Method, Request, Response, StatusCode, body::Bytes, service::service_fn};
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioIo, TokioTimer};
 use serde::Serialize;
 use tokio::{
     net::UnixListener,
@@ -26,6 +26,9 @@ use crate::{
 
 /// Largest request body: 10,000 faults in JSON fit well within it.
 const MAX_BODY: usize = 16 << 20;
+/// A client that stalls in its request headers or body is dropped after this, so it cannot
+/// hold a connection (and a daemon file descriptor) forever.
+const READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
 type Reply = Response<Full<Bytes>>;
 
@@ -53,8 +56,11 @@ pub async fn serve(listener: UnixListener, shared: Arc<Shared>, mut shutdown: br
         let shared = shared.clone();
         tokio::spawn(async move {
             let service = service_fn(move |req| handle(req, shared.clone(), peer.clone()));
-            if let Err(e) =
-                hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), service).await
+            if let Err(e) = hyper::server::conn::http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(READ_TIMEOUT)
+                .serve_connection(TokioIo::new(stream), service)
+                .await
             {
                 tracing::debug!("connection: {e}");
             }
@@ -84,9 +90,10 @@ async fn handle(
         }
         return Ok(error(StatusCode::FORBIDDEN, why));
     }
-    let body = match Limited::new(req.into_body(), MAX_BODY).collect().await {
-        Ok(b) => b.to_bytes(),
-        Err(e) => return Ok(error(StatusCode::BAD_REQUEST, format!("reading the request body: {e}"))),
+    let body = match tokio::time::timeout(READ_TIMEOUT, Limited::new(req.into_body(), MAX_BODY).collect()).await {
+        Ok(Ok(b)) => b.to_bytes(),
+        Ok(Err(e)) => return Ok(error(StatusCode::BAD_REQUEST, format!("reading the request body: {e}"))),
+        Err(_) => return Ok(error(StatusCode::REQUEST_TIMEOUT, "the request body did not arrive in time".into())),
     };
     let segments: Vec<&str> = path.split('/').skip(1).collect();
     let engine = &shared.engine;
