@@ -39,6 +39,21 @@ pub fn program_loaded(id: u32) -> bool {
     loaded_programs().filter_map(Result::ok).any(|p| p.id() == id)
 }
 
+/// Fails unless every program and map id is gone from the kernel. The kernel frees them after
+/// an RCU grace period: this allows it two seconds.
+pub fn assert_unloaded(programs: &[u32], maps: &[u32]) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
+    loop {
+        let left: Vec<u32> = programs.iter().copied().filter(|p| program_loaded(*p)).collect();
+        let maps_left: Vec<u32> = maps.iter().copied().filter(|m| map_loaded(*m)).collect();
+        if left.is_empty() && maps_left.is_empty() {
+            return;
+        }
+        assert!(std::time::Instant::now() < deadline, "still loaded: programs {left:?}, maps {maps_left:?}");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
+
 pub fn map_loaded(id: u32) -> bool {
     loaded_maps().filter_map(Result::ok).any(|m| m.id() == id)
 }

@@ -3,10 +3,7 @@
 //! program, link, map, pin and qdisc, checked by reading the kernel, not by asking the daemon.
 //! Both attach modes: TCX links (pinned) and cls_bpf filters (recorded in the state file).
 
-use std::{
-    net::SocketAddr,
-    time::{Duration, Instant},
-};
+use std::net::SocketAddr;
 
 use chaos_tests::{Daemon, Lab, kernel, lab, traffic};
 use nix::sys::signal::Signal;
@@ -73,17 +70,7 @@ fn killed_daemon_is_readopted_then_cleaned_up(mode: &str) {
 
     assert_eq!(kernel::attached(&lab.a, &lab.a_if).unwrap(), Vec::<u32>::new());
     assert!(!daemon.bpffs.exists(), "pins left in {}", daemon.bpffs.display());
-    // The kernel frees programs and maps after an RCU grace period: allow it two seconds.
-    let deadline = Instant::now() + Duration::from_secs(2);
-    loop {
-        let left: Vec<u32> = programs.iter().copied().filter(|p| kernel::program_loaded(*p)).collect();
-        let maps_left: Vec<u32> = maps.iter().copied().filter(|m| kernel::map_loaded(*m)).collect();
-        if left.is_empty() && maps_left.is_empty() {
-            break;
-        }
-        assert!(Instant::now() < deadline, "still loaded: programs {left:?}, maps {maps_left:?}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    kernel::assert_unloaded(&programs, &maps);
     assert_eq!(kernel::qdiscs(&lab.a, &lab.a_if), qdiscs_before);
     assert_eq!(send(200), 200, "traffic flows after cleanup");
 }

@@ -2,10 +2,7 @@
 //! by reading the kernel, not by asking the daemon. Both attach modes: TCX links, and cls_bpf
 //! filters under a clsact qdisc the daemon adds (how kernels before 6.6 run).
 
-use std::{
-    net::SocketAddr,
-    time::{Duration, Instant},
-};
+use std::net::SocketAddr;
 
 use chaos_tests::{Daemon, Lab, kernel, lab, traffic};
 
@@ -39,17 +36,7 @@ fn sigterm_leaves_nothing_behind(mode: &str) {
 
     assert_eq!(kernel::attached(&lab.a, &lab.a_if).unwrap(), Vec::<u32>::new());
     assert_eq!(kernel::attached(&lab.a, "lo").unwrap(), Vec::<u32>::new());
-    // The kernel frees programs and maps after an RCU grace period: allow it two seconds.
-    let deadline = Instant::now() + Duration::from_secs(2);
-    loop {
-        let left: Vec<u32> = programs.iter().copied().filter(|p| kernel::program_loaded(*p)).collect();
-        let maps_left: Vec<u32> = maps.iter().copied().filter(|m| kernel::map_loaded(*m)).collect();
-        if left.is_empty() && maps_left.is_empty() {
-            break;
-        }
-        assert!(Instant::now() < deadline, "still loaded: programs {left:?}, maps {maps_left:?}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    kernel::assert_unloaded(&programs, &maps);
     assert_eq!(kernel::qdiscs(&lab.a, &lab.a_if), qdiscs_before);
     assert!(!kernel::qdiscs(&lab.a, "lo").contains("clsact"));
     assert!(!daemon.socket.exists(), "the socket should be removed");
