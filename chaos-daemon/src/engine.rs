@@ -84,7 +84,7 @@ impl Engine {
             Ok(views) => views.iter().map(|v| v.name.clone()).collect(),
             Err(_) => req.faults.iter().filter_map(|f| f.name.clone()).collect(),
         };
-        self.audit(actor, "apply", names, &result, vec![]);
+        self.audit(actor, "apply", names, outcome(&result), vec![]);
         result
     }
 
@@ -122,8 +122,7 @@ impl Engine {
 
     /// Records a refused request (the engine never saw it) in the audit trail.
     pub fn refused(&mut self, actor: &Actor, action: &str, why: &str) {
-        let result: Result<(), EngineError> = Err(EngineError::Invalid(SpecError::new("request", why)));
-        self.audit(actor, action, vec![], &result, vec![]);
+        self.audit(actor, action, vec![], format!("refused: {why}"), vec![]);
     }
 
     pub fn list(&self) -> Vec<FaultView> {
@@ -168,7 +167,7 @@ impl Engine {
     fn try_apply(&mut self, req: &Apply, actor: &Actor) -> Result<Vec<FaultView>, EngineError> {
         let specs = &req.faults;
         if self.closed {
-            return Err(SpecError::new("request", "chaos-daemon is shutting down").into());
+            return Err(SpecError::new("faults", "chaos-daemon is shutting down").into());
         }
         if specs.is_empty() {
             return Err(SpecError::new("fault", "no faults given").into());
@@ -310,25 +309,11 @@ impl Engine {
             Ok(views) => views.iter().map(|v| ended(v, reason)).collect(),
             Err(_) => vec![],
         };
-        self.audit(actor, action, names, &result, ended);
+        self.audit(actor, action, names, outcome(&result), ended);
         result
     }
 
-    fn audit<T>(
-        &mut self,
-        actor: &Actor,
-        action: &str,
-        faults: Vec<String>,
-        result: &Result<T, EngineError>,
-        ended: Vec<Ended>,
-    ) {
-        let result = match result {
-            Ok(_) => "ok".to_owned(),
-            Err(EngineError::Invalid(e) | EngineError::Conflict(e)) if e.field == "request" => {
-                format!("refused: {}", e.reason)
-            }
-            Err(e) => format!("error: {e}"),
-        };
+    fn audit(&mut self, actor: &Actor, action: &str, faults: Vec<String>, result: String, ended: Vec<Ended>) {
         tracing::info!(target: "audit", %actor, action, ?faults, result, ended = ended.len(), "audit");
         let event = Event { at: unix_ms(), actor: actor.clone(), action: action.into(), faults, result, ended };
         if let Err(e) = self.store.append(&event) {
@@ -384,6 +369,14 @@ impl Guard {
         };
         flows.extend(self.protected.iter().cloned());
         flows
+    }
+}
+
+/// `ok` or `error: why`, as the audit trail records a result.
+fn outcome<T>(result: &Result<T, EngineError>) -> String {
+    match result {
+        Ok(_) => "ok".into(),
+        Err(e) => format!("error: {e}"),
     }
 }
 

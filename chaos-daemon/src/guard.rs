@@ -66,6 +66,21 @@ pub struct Protected {
     pub path: Path,
 }
 
+impl Protected {
+    /// An SSH session as the host sees it: `local` is the host's end (sshd's port).
+    pub fn session(local: SocketAddr, remote: SocketAddr, path: Path) -> Self {
+        Self {
+            what: format!("SSH session {remote} -> {local}"),
+            protocol: Protocol::Tcp,
+            local: Some(local.ip()),
+            local_ports: port(local.port()),
+            remote: host(remote.ip()),
+            remote_ports: port(remote.port()),
+            path,
+        }
+    }
+}
+
 /// Which interfaces can carry a protected flow.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Path {
@@ -102,15 +117,7 @@ pub fn ssh_sessions(ports: &[u16]) -> io::Result<Vec<Protected>> {
     Ok(sessions
         .map(|Row { local, remote, .. }| {
             let to_self = remote.ip().is_loopback() || remote.ip() == local.ip() || own.contains(&remote.ip());
-            Protected {
-                what: format!("SSH session {remote} -> {local}"),
-                protocol: Protocol::Tcp,
-                local: Some(local.ip()),
-                local_ports: port(local.port()),
-                remote: host(remote.ip()),
-                remote_ports: port(remote.port()),
-                path: if to_self { Path::Loopback } else { Path::Network },
-            }
+            Protected::session(local, remote, if to_self { Path::Loopback } else { Path::Network })
         })
         .collect())
 }

@@ -176,3 +176,27 @@ impl Drop for Daemon {
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
+
+/// A daemon's faults and everything the kernel holds for them on the lab's host a, to compare
+/// before and after a request that must change nothing.
+#[derive(Debug, PartialEq)]
+pub struct Snapshot {
+    pub list: serde_json::Value,
+    pub attached: Vec<u32>,
+    pub attached_lo: Vec<u32>,
+    pub maps: std::collections::BTreeMap<String, Vec<String>>,
+}
+
+impl Snapshot {
+    /// Needs a fault applied on `lab.a_if`, whose program leads to the maps.
+    pub fn of(lab: &crate::Lab, daemon: &Daemon) -> Self {
+        let attached = crate::kernel::attached(&lab.a, &lab.a_if).unwrap();
+        assert!(!attached.is_empty(), "a fault should have attached a program");
+        Self {
+            list: daemon.list(),
+            maps: crate::kernel::map_contents(attached[0]).unwrap(),
+            attached,
+            attached_lo: crate::kernel::attached(&lab.a, "lo").unwrap(),
+        }
+    }
+}

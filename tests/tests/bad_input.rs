@@ -1,29 +1,7 @@
 //! Every bad input is refused with an error naming the field and the reason, a non-zero exit,
 //! and no change: neither in the daemon's list nor in the kernel (read independently).
 
-use std::collections::BTreeMap;
-
-use chaos_tests::{Daemon, Lab, kernel};
-
-/// The daemon's faults and everything the kernel holds for them.
-#[derive(Debug, PartialEq)]
-struct State {
-    list: serde_json::Value,
-    attached: Vec<u32>,
-    attached_lo: Vec<u32>,
-    maps: BTreeMap<String, Vec<String>>,
-}
-
-fn state(lab: &Lab, daemon: &Daemon) -> State {
-    let attached = kernel::attached(&lab.a, &lab.a_if).unwrap();
-    assert!(!attached.is_empty(), "the good fault should have attached a program");
-    State {
-        list: daemon.list(),
-        maps: kernel::map_contents(attached[0]).unwrap(),
-        attached,
-        attached_lo: kernel::attached(&lab.a, "lo").unwrap(),
-    }
-}
+use chaos_tests::{Daemon, Lab, daemon::Snapshot};
 
 #[test]
 fn bad_inputs_are_refused_and_change_nothing() {
@@ -32,7 +10,7 @@ fn bad_inputs_are_refused_and_change_nothing() {
     daemon.ctl_ok(&[
         "apply", "--name", "good", "-i", &lab.a_if, "--loss", "10", "-p", "udp", "--dport", "9000", "-d", "both",
     ]);
-    let before = state(&lab, &daemon);
+    let before = Snapshot::of(&lab, &daemon);
     assert!(before.attached_lo.is_empty());
 
     // The daemon guard's directory, removed with it.
@@ -71,7 +49,7 @@ fn bad_inputs_are_refused_and_change_nothing() {
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert!(!out.status.success(), "chaosctl {args:?} should fail");
         assert!(stderr.contains(expected), "chaosctl {args:?}: expected '{expected}' in:\n{stderr}");
-        assert_eq!(state(&lab, &daemon), before, "chaosctl {args:?} changed something");
+        assert_eq!(Snapshot::of(&lab, &daemon), before, "chaosctl {args:?} changed something");
     }
 
     // No daemon behind the socket: a missing path, then a stale socket file.
@@ -92,5 +70,5 @@ fn bad_inputs_are_refused_and_change_nothing() {
             "{stderr}"
         );
     }
-    assert_eq!(state(&lab, &daemon), before);
+    assert_eq!(Snapshot::of(&lab, &daemon), before);
 }

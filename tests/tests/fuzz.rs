@@ -7,9 +7,9 @@
 #[path = "../../chaos-daemon/tests/fuzz_input/mod.rs"]
 mod fuzz_input;
 
-use std::{collections::BTreeMap, fmt, path::Path, time::Instant};
+use std::{fmt, path::Path, time::Instant};
 
-use chaos_tests::{Daemon, Lab, http, kernel};
+use chaos_tests::{Daemon, Lab, daemon::Snapshot, http};
 use fuzz_input::Interface;
 use proptest::{
     collection::vec,
@@ -21,26 +21,6 @@ use proptest::{
 /// The only interface a generated spec names. It does not exist, so no generated request is
 /// valid: any 2xx to a POST or DELETE is a bug, and no case needs cleaning up after.
 const NO_SUCH_INTERFACE: &str = "fz-none0";
-
-/// The daemon's faults and everything the kernel holds for them.
-#[derive(Debug, PartialEq)]
-struct State {
-    list: serde_json::Value,
-    attached: Vec<u32>,
-    attached_lo: Vec<u32>,
-    maps: BTreeMap<String, Vec<String>>,
-}
-
-fn state(lab: &Lab, daemon: &Daemon) -> State {
-    let attached = kernel::attached(&lab.a, &lab.a_if).unwrap();
-    assert!(!attached.is_empty(), "the good fault should have attached a program");
-    State {
-        list: daemon.list(),
-        maps: kernel::map_contents(attached[0]).unwrap(),
-        attached,
-        attached_lo: kernel::attached(&lab.a, "lo").unwrap(),
-    }
-}
 
 /// A body, shown as text with escapes when a case fails.
 #[derive(Clone)]
@@ -171,7 +151,7 @@ fn arbitrary_requests_are_client_errors_and_change_nothing() {
     daemon.ctl_ok(&[
         "apply", "--name", "good", "-i", &lab.a_if, "--loss", "10", "-p", "udp", "--dport", "9000", "-d", "both",
     ]);
-    let before = state(&lab, &daemon);
+    let before = Snapshot::of(&lab, &daemon);
     let socket = daemon.socket.as_path();
     // The list as the API gives it: checked after every case (cheap), so a change is caught
     // at the case that made it.
@@ -201,7 +181,7 @@ fn arbitrary_requests_are_client_errors_and_change_nothing() {
     }
     eprintln!("{cases} generated requests in {:?}", started.elapsed());
 
-    assert_eq!(state(&lab, &daemon), before, "the fuzzing changed the daemon's or the kernel's state");
+    assert_eq!(Snapshot::of(&lab, &daemon), before, "the fuzzing changed the daemon's or the kernel's state");
     let status = http::request(socket, "GET", "/v1/status", b"").unwrap();
     assert_eq!((status.status, status.json()["faults"].as_u64()), (200, Some(1)));
     let log = daemon.log();

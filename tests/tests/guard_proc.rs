@@ -7,10 +7,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use chaos_daemon::{
-    guard::{self, Path, Protected},
-    spec::{Cidr, PortRange, Protocol},
-};
+use chaos_daemon::guard::{self, Path, Protected};
 use chaos_tests::{Lab, lab};
 use socket2::{Domain, Socket, Type};
 
@@ -41,18 +38,7 @@ fn connect(from: Option<&str>, to: SocketAddr) -> TcpStream {
 
 /// What `ssh_sessions` should report for the server side of `client`'s connection.
 fn expected(client: &TcpStream, path: Path) -> Protected {
-    let (local, remote) = (client.peer_addr().unwrap(), client.local_addr().unwrap());
-    let host = |ip: IpAddr| Cidr { addr: ip, len: if ip.is_ipv4() { 32 } else { 128 } };
-    let port = |p: u16| PortRange { lo: p, hi: p };
-    Protected {
-        what: format!("SSH session {remote} -> {local}"),
-        protocol: Protocol::Tcp,
-        local: Some(local.ip()),
-        local_ports: port(local.port()),
-        remote: host(remote.ip()),
-        remote_ports: port(remote.port()),
-        path,
-    }
+    Protected::session(client.peer_addr().unwrap(), client.local_addr().unwrap(), path)
 }
 
 #[test]

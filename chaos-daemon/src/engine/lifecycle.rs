@@ -74,7 +74,7 @@ impl Engine {
         engine.save();
         if !names.is_empty() || !gone.is_empty() {
             tracing::info!(adopted = names.len(), ended = gone.len(), "re-adopted the previous daemon's faults");
-            engine.audit(&Actor::default(), "adopt", names, &Ok::<_, EngineError>(()), gone);
+            engine.audit(&Actor::default(), "adopt", names, "ok".into(), gone);
         }
         Ok(engine)
     }
@@ -131,10 +131,10 @@ impl Engine {
         self.save();
         let daemon = Actor::default();
         if !due.is_empty() {
-            self.audit(&daemon, "start", due.to_vec(), &Ok::<_, EngineError>(()), vec![]);
+            self.audit(&daemon, "start", due.to_vec(), "ok".into(), vec![]);
         }
         if !expired.is_empty() {
-            self.audit(&daemon, "expire", expired.to_vec(), &Ok::<_, EngineError>(()), ended);
+            self.audit(&daemon, "expire", expired.to_vec(), "ok".into(), ended);
         }
         Ok(())
     }

@@ -150,16 +150,7 @@ fn fault(text: &str) -> Fault {
 }
 
 fn session(local: &str, remote: &str, path: Path) -> Protected {
-    let (local, remote): (SocketAddr, SocketAddr) = (local.parse().unwrap(), remote.parse().unwrap());
-    Protected {
-        what: format!("SSH session {remote} -> {local}"),
-        protocol: Protocol::Tcp,
-        local: Some(local.ip()),
-        local_ports: port(local.port()),
-        remote: host(remote.ip()),
-        remote_ports: port(remote.port()),
-        path,
-    }
+    Protected::session(local.parse().unwrap(), remote.parse().unwrap(), path)
 }
 
 fn table(p: &Protected, cases: &[(&str, bool)]) {
