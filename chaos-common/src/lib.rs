@@ -13,6 +13,8 @@
 //!    port: the last gives the rule slot.
 //! 5. `RULES[slot]` gives the [`RuleAction`]; a rule past its deadline is ignored. `COUNTERS[slot]`
 //!    (per CPU) counts it.
+//! 6. Only for a rule that shapes (delay, jitter, rate): `SHAPES[slot]` keeps its mutable
+//!    state, and `DIST` holds the jitter distribution table.
 //!
 //! User space (chaos-daemon's `compile` module) precomputes the classes so that each lookup's
 //! longest match already stands for every rule that can still match.
@@ -49,7 +51,7 @@ pub const CLASS_GEN_BIT: u32 = 1 << 31;
 
 /// Version of this ABI, kept in `ACTIVE[`[`ACTIVE_ABI`]`]` of the pinned maps: a daemon finding
 /// pinned maps of another version does not reuse them. Bump it with any layout change here.
-pub const ABI_VERSION: u32 = 2;
+pub const ABI_VERSION: u32 = 3;
 /// Indexes of `ACTIVE`.
 pub const ACTIVE_GENERATION: u32 = 0;
 pub const ACTIVE_ABI: u32 = 1;
@@ -66,6 +68,23 @@ pub const PORTS_CAPACITY: u32 = 524_288;
 /// [`RuleAction::kind`] values.
 pub const ACTION_LOSS: u32 = 1;
 pub const ACTION_PARTITION: u32 = 2;
+/// Delay, jitter and/or rate, with an optional loss (`drop_threshold`).
+pub const ACTION_SHAPE: u32 = 3;
+
+/// [`RuleAction::distribution`] values: how jitter is spread around the delay, as netem does it.
+/// Uniform: `delay - jitter + rnd % (2 * jitter)`.
+pub const DIST_UNIFORM: u32 = 0;
+/// From the `DIST` table: `delay + jitter * DIST[rnd % DIST_SIZE] / DIST_SCALE`.
+pub const DIST_TABLE: u32 = 1;
+/// Entries of the `DIST` table (netem's distribution tables have 4096 too).
+pub const DIST_SIZE: u32 = 4096;
+/// `DIST` entries are standard deviations times this (netem's `NETEM_DIST_SCALE`).
+pub const DIST_SCALE: i64 = 8192;
+/// The longest jitter: `rnd % (2 * jitter)` needs `2 * jitter` to fit the 32 bits of `rnd`.
+pub const MAX_JITTER_NS: u64 = 2_000_000_000;
+/// The major number of the netem backend's root qdisc (`cd:`): a rule steers a packet into its
+/// class by writing `skb->priority = ROOT_MAJOR << 16 | minor` (HTB classifies by it first).
+pub const ROOT_MAJOR: u32 = 0xcd;
 
 /// A packet is dropped when `bpf_get_prandom_u32() < drop_threshold`: `p * 2^32` for loss, and
 /// `2^32` (always) for a partition.
@@ -79,11 +98,21 @@ pub mod map_names {
     pub const PORTS: &str = "PORTS";
     pub const RULES: &str = "RULES";
     pub const COUNTERS: &str = "COUNTERS";
+    pub const SHAPES: &str = "SHAPES";
+    pub const DIST: &str = "DIST";
 }
 
 /// Program names in the object (also the names the kernel reports, truncated to 15 bytes).
+/// Ingress never shapes (ingress has no queue): ingress shaping runs on an IFB device's egress.
 pub const PROG_INGRESS: &str = "chaos_ingress";
+/// Egress, steering shaped packets into netem classes (`skb->priority`): every kernel.
 pub const PROG_EGRESS: &str = "chaos_egress";
+/// Egress, giving shaped packets a departure time (`skb->tstamp`, for `fq`): 5.0+ only, as
+/// earlier verifiers refuse the write; loaded only when the edt backend is in use.
+pub const PROG_EGRESS_EDT: &str = "chaos_egress_edt";
+/// On an IFB device's egress, for ingress shaping: rules are matched as ingress rules.
+pub const PROG_IFB: &str = "chaos_ifb";
+pub const PROG_IFB_EDT: &str = "chaos_ifb_edt";
 
 /// Data of an `ADDRS` LPM key. The prefix covers `generation..ifindex` fully, then the CIDR bits
 /// of `addr`. `addr` holds the address bytes in wire order (IPv4 in the first word, the rest
@@ -120,16 +149,45 @@ pub struct PortKey {
     pub port: u16,
 }
 
-/// Value of `RULES`.
+/// Value of `RULES`. The shaping fields matter only for [`ACTION_SHAPE`]; the edt backend reads
+/// `delay_ns..queue_ns`, the netem backend only `priority` (the qdisc class does the rest).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct RuleAction {
     pub kind: u32,
-    pub _pad: u32,
+    /// netem backend: the `skb->priority` (HTB class id) for shaped packets; 0 for none.
+    pub priority: u32,
     pub drop_threshold: u64,
     /// `bpf_ktime_get_ns()` (CLOCK_MONOTONIC) from which the rule is ignored, so a fault ends on
     /// time even when the daemon is stopped or dead; [`NO_DEADLINE`] for none.
     pub deadline_ns: u64,
+    pub delay_ns: u64,
+    /// At most [`MAX_JITTER_NS`]; 0 for none.
+    pub jitter_ns: u32,
+    /// netem's correlation: `rho` with 2^32 meaning 100% (`u32::MAX` is the largest).
+    pub correlation: u32,
+    /// [`DIST_UNIFORM`] or [`DIST_TABLE`].
+    pub distribution: u32,
+    pub _pad: u32,
+    /// Rate in bytes per second; 0 for no rate limit.
+    pub rate_bytes: u64,
+    /// Burst: how far (ns) a rule's departure clock may lag `now`, i.e. burst bytes at the rate.
+    pub burst_ns: u64,
+    /// The rate's queue: a packet whose departure would be more than this (ns) ahead is dropped.
+    pub queue_ns: u64,
+}
+
+/// Value of `SHAPES` (one per rule slot, shared by all CPUs: a rate is an aggregate). Written
+/// without locks (4.19 has no bpf_spin_lock): concurrent CPUs may lose an update, which lets a
+/// little more through than the rate, as in Cilium's EDT rate limiter.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ShapeState {
+    /// Departure time of the rule's last packet (rate limiting).
+    pub t_last: u64,
+    /// Last correlated random number (netem's `crndstate.last`).
+    pub last_rnd: u32,
+    pub _pad: u32,
 }
 
 /// [`RuleAction::deadline_ns`] of a fault that runs until removed.
@@ -153,6 +211,7 @@ mod pod {
     unsafe impl aya::Pod for super::PortKey {}
     unsafe impl aya::Pod for super::RuleAction {}
     unsafe impl aya::Pod for super::Counters {}
+    unsafe impl aya::Pod for super::ShapeState {}
 }
 
 // The layouts are the ABI: a change here must be a conscious one on both sides.
@@ -160,6 +219,7 @@ const _: () = {
     assert!(core::mem::size_of::<AddrKey>() == 24);
     assert!(core::mem::size_of::<PairKey>() == 8);
     assert!(core::mem::size_of::<PortKey>() == 8);
-    assert!(core::mem::size_of::<RuleAction>() == 24);
+    assert!(core::mem::size_of::<RuleAction>() == 72);
     assert!(core::mem::size_of::<Counters>() == 16);
+    assert!(core::mem::size_of::<ShapeState>() == 16);
 };

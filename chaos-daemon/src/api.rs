@@ -14,7 +14,7 @@
 //!
 //! Errors are `{"error": "..."}` with 400 (bad input, naming the field), 403 (the peer may not
 //! do this, and why), 404 (no such fault, experiment or path), 409 (duplicate name),
-//! 500 (the kernel refused).
+//! 422 (this kernel lacks what the fault needs, naming it), 500 (the kernel refused).
 
 use std::collections::BTreeMap;
 
@@ -75,6 +75,8 @@ pub struct Status {
     pub kernel: String,
     /// Kernel features found by probing.
     pub features: BTreeMap<String, bool>,
+    /// `edt` or `netem`, or `none (why)`: how delay and bandwidth faults hold packets.
+    pub delay_backend: String,
     pub attachments: Vec<Attachment>,
     pub faults: usize,
     pub max_faults: usize,

@@ -10,7 +10,7 @@ use serde::Deserialize;
 
 use crate::{
     engine::{Guard, Limits},
-    kernel::AttachMode,
+    kernel::{AttachMode, BackendChoice},
     spec::parse_duration,
 };
 
@@ -56,6 +56,9 @@ pub struct Config {
     /// How TC programs are attached: `auto` (TCX links where the kernel has them, else cls_bpf
     /// under clsact), `tcx` or `netlink`. Default `auto`.
     pub tc_attach: AttachMode,
+    /// How delay and bandwidth faults hold packets: `auto` (edt where the kernel has fq and
+    /// lets TC programs set departure times, 5.0+; else netem), `edt` or `netem`. Default `auto`.
+    pub delay_backend: BackendChoice,
     /// Log filter, in `RUST_LOG` syntax; `RUST_LOG` overrides it. Default `info`.
     pub log: String,
 }
@@ -88,6 +91,7 @@ impl Default for Config {
             bpffs_dir: "/sys/fs/bpf/chaos-daemon".into(),
             history_limit: 10_000,
             tc_attach: AttachMode::Auto,
+            delay_backend: BackendChoice::Auto,
             log: "info".into(),
         }
     }

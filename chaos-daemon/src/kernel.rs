@@ -5,6 +5,7 @@
 
 mod attach;
 pub mod pins;
+mod shaper;
 
 use std::{
     collections::{BTreeMap, BTreeSet},
@@ -21,15 +22,32 @@ use aya::{
 };
 use chaos_common::{
     ABI_VERSION, ACTIVE_ABI, ACTIVE_GENERATION, AddrKey, CLASS_GEN_BIT, Counters, HOOK_EGRESS, PROG_EGRESS,
-    PROG_INGRESS, PairKey, PortKey, RuleAction, map_names,
+    PROG_EGRESS_EDT, PROG_IFB, PROG_IFB_EDT, PROG_INGRESS, PairKey, PortKey, RuleAction, ShapeState, map_names,
 };
 use pins::Pins;
 use serde::{Deserialize, Serialize};
+use shaper::Shaper;
+pub use shaper::{DeviceRecord, FQ_FLOW_LIMIT, ShapeNeed, ShapingRecord};
 
-use crate::compile::{self, CompileError, Rule, Tables};
+use crate::{
+    compile::{self, CompileError, Rule, Tables},
+    shaping::{Backend, ShapingError},
+};
 
-const MAPS: [&str; 6] =
-    [map_names::ACTIVE, map_names::ADDRS, map_names::PAIRS, map_names::PORTS, map_names::RULES, map_names::COUNTERS];
+const MAPS: [&str; 8] = [
+    map_names::ACTIVE,
+    map_names::ADDRS,
+    map_names::PAIRS,
+    map_names::PORTS,
+    map_names::RULES,
+    map_names::COUNTERS,
+    map_names::SHAPES,
+    map_names::DIST,
+];
+
+/// The attachment of an IFB device's egress that shapes an interface's ingress. Only a key of
+/// the daemon's attachments: its rules are matched as [`chaos_common::HOOK_INGRESS`] rules.
+pub const HOOK_IFB: u8 = 2;
 
 #[derive(Debug, thiserror::Error)]
 pub enum KernelError {
@@ -47,6 +65,11 @@ pub enum KernelError {
     Compile(#[from] CompileError),
     #[error("bpffs: {0}")]
     Pins(String),
+    /// The kernel lacks what a fault needs: the text names the missing piece.
+    #[error("{0}")]
+    Unsupported(String),
+    #[error(transparent)]
+    Shaping(#[from] ShapingError),
 }
 
 /// How one hook of one interface is attached.
@@ -78,6 +101,7 @@ pub struct Kernel {
     ports: LpmTrie<MapData, PortKey, u32>,
     rules: Array<MapData, RuleAction>,
     counters: PerCpuArray<MapData, Counters>,
+    shapes: Array<MapData, ShapeState>,
     generation: u8,
     /// The live generation's entries, so they can be deleted exactly; `None` after adopting a
     /// previous daemon's maps, whose entries are then found by scanning.
@@ -87,6 +111,18 @@ pub struct Kernel {
     /// Interfaces whose clsact qdisc this daemon added, removed with their last filter.
     our_clsact: BTreeSet<u32>,
     pins: Pins,
+    shaper: Shaper,
+}
+
+/// Which delay backend to use: `auto` picks edt where the kernel has it, else netem; the others
+/// force one (`netem` is how 4.19 kernels are tested on newer ones).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BackendChoice {
+    #[default]
+    Auto,
+    Edt,
+    Netem,
 }
 
 /// What `chaosctl status` reports about the kernel, found by loading tiny probes.
@@ -114,7 +150,15 @@ impl Kernel {
     /// daemon left them), and re-adopts that daemon's attachments (its pinned TCX links and the
     /// cls_bpf `filters` it recorded). Returns whether previous maps were adopted: only then do
     /// the previous rule slots and counters still exist.
-    pub fn load(mode: AttachMode, pins: Pins, filters: &[NlFilter]) -> Result<(Self, bool), KernelError> {
+    /// `shaping` is what a previous daemon recorded of its qdiscs: while it holds devices, its
+    /// backend is kept (their qdiscs are that backend's).
+    pub fn load(
+        mode: AttachMode,
+        pins: Pins,
+        filters: &[NlFilter],
+        choice: BackendChoice,
+        shaping: ShapingRecord,
+    ) -> Result<(Self, bool), KernelError> {
         for (feature, ok) in features() {
             if !ok {
                 return Err(KernelError::Missing(match feature {
@@ -144,21 +188,17 @@ impl Kernel {
             loader.map_pin_path(name, path.as_path());
         }
         let mut ebpf = loader.load(crate::EBPF_OBJECT)?;
-        for name in [PROG_INGRESS, PROG_EGRESS] {
-            let prog: &mut SchedClassifier = attach::program(&mut ebpf, name)?;
-            prog.load().map_err(|e| match e {
-                ProgramError::LoadError { io_error, verifier_log } => {
-                    KernelError::Verifier { program: name, source: io_error, log: verifier_log.to_string() }
-                }
-                e => KernelError::Program { what: format!("loading {name}"), source: e },
-            })?;
-            // A previous daemon's program stays pinned until replaced: the kernel frees it once
-            // its links have moved to ours.
-            let path = pins.program(name);
-            let _ = std::fs::remove_file(&path);
-            prog.pin(&path).map_err(|e| KernelError::Pins(format!("pinning {}: {e}", path.display())))?;
+        for name in [PROG_INGRESS, PROG_EGRESS, PROG_IFB] {
+            load_program(&mut ebpf, &pins, name)?;
         }
-        let links = attach::adopt(&mut ebpf, &pins, filters);
+        let probe = crate::shaping::probe();
+        let backend = select_backend(&mut ebpf, &pins, choice, shaping.backend, &probe);
+        match &backend {
+            Ok(b) => tracing::info!(backend = ?b, "delay backend"),
+            Err(why) => tracing::warn!("no delay backend: {why}"),
+        }
+        let edt = backend == Ok(Backend::Edt);
+        let links = attach::adopt(&mut ebpf, &pins, filters, edt);
         let mut kernel = Self {
             active: map(&mut ebpf, map_names::ACTIVE)?,
             addrs: map(&mut ebpf, map_names::ADDRS)?,
@@ -166,6 +206,7 @@ impl Kernel {
             ports: map(&mut ebpf, map_names::PORTS)?,
             rules: map(&mut ebpf, map_names::RULES)?,
             counters: map(&mut ebpf, map_names::COUNTERS)?,
+            shapes: map(&mut ebpf, map_names::SHAPES)?,
             ebpf,
             generation: 0,
             live: None,
@@ -177,7 +218,12 @@ impl Kernel {
             links,
             mode,
             pins,
+            shaper: Shaper::new(backend, probe.ifb.and(probe.mirred), shaping),
         };
+        let mut dist: Array<MapData, i32> = map(&mut kernel.ebpf, map_names::DIST)?;
+        for (i, v) in crate::shaping::normal_table().into_iter().enumerate() {
+            dist.set(i as u32, i32::from(v), 0).map_err(|source| KernelError::Map { map: map_names::DIST, source })?;
+        }
         let active_err = |source| KernelError::Map { map: map_names::ACTIVE, source };
         if adopting {
             kernel.generation = kernel.active.get(&ACTIVE_GENERATION, 0).map_err(active_err)? as u8 & 1;
@@ -211,7 +257,8 @@ impl Kernel {
             if self.links.contains_key(&(ifindex, hook)) {
                 continue;
             }
-            match attach::attach(&mut self.ebpf, &self.pins, self.mode, ifindex, interface, hook) {
+            let edt = self.shaper.backend == Ok(Backend::Edt);
+            match attach::attach(&mut self.ebpf, &self.pins, self.mode, ifindex, interface, hook, edt) {
                 Ok(link) => {
                     if let Handle::Netlink { filter, .. } = &link.handle
                         && filter.added_clsact
@@ -258,6 +305,43 @@ impl Kernel {
         Ok(())
     }
 
+    /// Makes the qdiscs for `needs` ready before rules use them; on error, undoes what it
+    /// added (`keep`: what the live rules need). Returns each ingress-shaped interface's IFB
+    /// (ifindex and name), where its ingress rules go.
+    pub fn prepare_shaping(
+        &mut self,
+        needs: &[ShapeNeed],
+        keep: &[ShapeNeed],
+    ) -> Result<BTreeMap<u32, (u32, String)>, KernelError> {
+        self.shaper.prepare(needs, keep)?;
+        Ok(self.shaper.ifbs())
+    }
+
+    /// Gives back the qdiscs, classes and IFBs the live rules (`needs`) no longer use.
+    pub fn settle_shaping(&mut self, needs: &[ShapeNeed]) {
+        self.shaper.settle(needs);
+    }
+
+    pub fn shaping_record(&self) -> ShapingRecord {
+        self.shaper.record()
+    }
+
+    /// Whether this kernel can hold packets for a delay or bandwidth fault (on ingress too, when
+    /// `ingress`), or the missing piece, named.
+    pub fn can_shape(&self, ingress: bool) -> Result<(), KernelError> {
+        let why = match (&self.shaper.backend, &self.shaper.ingress) {
+            (Err(why), _) => format!("delay and bandwidth faults cannot run here: {why}"),
+            (Ok(_), Err(why)) if ingress => format!("ingress delay and bandwidth need an IFB device: {why}"),
+            _ => return Ok(()),
+        };
+        Err(KernelError::Unsupported(why))
+    }
+
+    /// The delay backend, or why there is none.
+    pub fn backend(&self) -> Result<Backend, String> {
+        self.shaper.backend.clone()
+    }
+
     /// Per-rule counters, summed over CPUs.
     pub fn counters(&self, slot: u32) -> Counters {
         let values = self.counters.get(&slot, 0);
@@ -278,7 +362,12 @@ impl Kernel {
             .map(|(&(ifindex, hook), l)| Attachment {
                 interface: l.interface.clone(),
                 ifindex,
-                hook: if hook == HOOK_EGRESS { "egress" } else { "ingress" }.into(),
+                hook: match hook {
+                    HOOK_EGRESS => "egress",
+                    HOOK_IFB => "ifb-egress",
+                    _ => "ingress",
+                }
+                .into(),
                 mode: if l.is_tcx() { "tcx" } else { "netlink" }.into(),
             })
             .collect()
@@ -333,6 +422,7 @@ impl Kernel {
             let zero = PerCpuValues::try_from(vec![Counters::default(); cpus])
                 .map_err(|e| err(map_names::COUNTERS, MapError::IoError(e)))?;
             self.counters.set(*slot, zero, 0).map_err(|e| err(map_names::COUNTERS, e))?;
+            self.shapes.set(*slot, ShapeState::default(), 0).map_err(|e| err(map_names::SHAPES, e))?;
             self.rules.set(*slot, *action, 0).map_err(|e| err(map_names::RULES, e))?;
         }
         Ok(())
@@ -390,13 +480,68 @@ impl Kernel {
     }
 }
 
+/// Loads and pins one program; the verifier's log is in the error.
+fn load_program(ebpf: &mut Ebpf, pins: &Pins, name: &'static str) -> Result<(), KernelError> {
+    let prog: &mut SchedClassifier = attach::program(ebpf, name)?;
+    prog.load().map_err(|e| match e {
+        ProgramError::LoadError { io_error, verifier_log } => {
+            KernelError::Verifier { program: name, source: io_error, log: verifier_log.to_string() }
+        }
+        e => KernelError::Program { what: format!("loading {name}"), source: e },
+    })?;
+    // A previous daemon's program stays pinned until replaced: the kernel frees it once its
+    // links have moved to ours.
+    let path = pins.program(name);
+    let _ = std::fs::remove_file(&path);
+    prog.pin(&path).map_err(|e| KernelError::Pins(format!("pinning {}: {e}", path.display())))
+}
+
+/// The delay backend: found by trying (the qdiscs in a scratch namespace, the edt programs by
+/// loading them), never by kernel version. `previous` (a backend whose qdiscs are still in
+/// place) wins over the config.
+fn select_backend(
+    ebpf: &mut Ebpf,
+    pins: &Pins,
+    choice: BackendChoice,
+    previous: Option<Backend>,
+    probe: &crate::shaping::Probe,
+) -> Result<Backend, String> {
+    let mut edt = || -> Result<Backend, String> {
+        probe.fq.clone().map_err(|e| format!("edt needs the fq qdisc: {e}"))?;
+        for name in [PROG_EGRESS_EDT, PROG_IFB_EDT] {
+            load_program(ebpf, pins, name).map_err(|e| {
+                format!("edt needs TC programs that may write skb->tstamp (Linux 5.0+), which this kernel refuses: {e}")
+            })?;
+        }
+        Ok(Backend::Edt)
+    };
+    let netem = || -> Result<Backend, String> {
+        probe.netem.clone().map_err(|e| format!("netem needs the netem qdisc: {e}"))?;
+        probe.htb.clone().map_err(|e| format!("netem needs the htb qdisc: {e}"))?;
+        Ok(Backend::Netem)
+    };
+    let forced = |r: Result<Backend, String>, name| r.map_err(|e| format!("{e} (delay_backend = \"{name}\")"));
+    match previous {
+        Some(Backend::Edt) => forced(edt(), "edt, kept from the previous daemon"),
+        Some(Backend::Netem) => forced(netem(), "netem, kept from the previous daemon"),
+        None => match choice {
+            BackendChoice::Edt => forced(edt(), "edt"),
+            BackendChoice::Netem => forced(netem(), "netem"),
+            BackendChoice::Auto => {
+                edt().or_else(|e1| netem().map_err(|e2| format!("this kernel has no delay backend: {e1}; {e2}")))
+            }
+        },
+    }
+}
+
 /// `chaos-daemon cleanup`: removes every attachment, pin and qdisc of the daemon in this network
-/// namespace without loading anything: the recorded cls_bpf `filters`, any other filter running
-/// our programs, the pinned links, programs and maps. Returns what it removed.
-pub fn cleanup(pins: &Pins, filters: &[NlFilter]) -> Vec<String> {
-    let mut removed = Vec::new();
+/// namespace without loading anything: the recorded qdiscs (restoring what was there) and IFBs,
+/// the recorded cls_bpf `filters`, any other filter running our programs, the pinned links,
+/// programs and maps. Returns what it removed.
+pub fn cleanup(pins: &Pins, filters: &[NlFilter], shaping: &ShapingRecord) -> Vec<String> {
+    let mut removed = shaper::cleanup(shaping);
     for f in filters {
-        let (_, attach_type) = attach::program_for(f.hook);
+        let (_, attach_type) = attach::program_for(f.hook, false);
         let handle = aya::programs::tc::TcHandle::from(f.handle);
         if let Ok(link) = SchedClassifierLink::attached(&f.interface, attach_type, f.priority, handle, None) {
             // Dropping the link deletes the filter.

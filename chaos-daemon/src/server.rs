@@ -182,6 +182,7 @@ where
                 EngineError::Conflict(_) | EngineError::Protected(_) => StatusCode::CONFLICT,
                 EngineError::Invalid(_) | EngineError::Kernel(KernelError::Compile(_)) => StatusCode::BAD_REQUEST,
                 EngineError::NotFound(_) => StatusCode::NOT_FOUND,
+                EngineError::Kernel(KernelError::Unsupported(_)) => StatusCode::UNPROCESSABLE_ENTITY,
                 EngineError::Kernel(_) | EngineError::State(_) => StatusCode::INTERNAL_SERVER_ERROR,
             };
             if status.is_server_error() {

@@ -17,12 +17,33 @@ pub struct FaultSpec {
     /// Interface the fault applies to (required).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub interface: Option<String>,
-    /// `loss` or `partition` (required).
+    /// `loss`, `partition`, `delay` or `bandwidth` (required).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub action: Option<String>,
-    /// Loss probability in percent, 0 to 100 (required for `loss`).
+    /// Loss probability in percent, 0 to 100 (required for `loss`; optional with `delay` and
+    /// `bandwidth`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub loss: Option<f64>,
+    /// Added latency, with a unit: `50ms`, `1s`, `250us` (required for `delay`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub delay: Option<DurationSpec>,
+    /// Latency variation around `delay`, with a unit (default: none; at most 2s).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub jitter: Option<DurationSpec>,
+    /// How much each packet's jitter depends on the previous one's, percent (netem's meaning).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub correlation: Option<f64>,
+    /// How jitter is spread: `uniform` (default) or `normal`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub distribution: Option<String>,
+    /// Bandwidth limit: `10mbit`, `1gbit`, `500kbit` (bits per second; tc's units, so `mbps`
+    /// is megabytes per second); a bare number is bits per second (required for `bandwidth`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate: Option<RateSpec>,
+    /// Bytes that may leave at once above the rate: `32kb`, `1mb`, a bare number is bytes
+    /// (default: 10 ms at the rate, at least two full-size frames).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub burst: Option<RateSpec>,
     /// `egress` (default), `ingress` or `both`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub direction: Option<String>,
@@ -70,6 +91,14 @@ pub enum Lifetime {
     Unlimited,
 }
 
+/// A rate or size as written: a number or text with a unit.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum RateSpec {
+    Number(f64),
+    Text(String),
+}
+
 /// A port as written: `8080`, `"8080"` or `"8000-8100"`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(untagged)]
@@ -104,16 +133,65 @@ pub enum Action {
     Loss(f64),
     /// Drop every matching packet.
     Partition,
+    /// Delay and/or limit the rate of matching packets (`delay` and `bandwidth`).
+    Shape(Shape),
 }
+
+/// What a `delay` or `bandwidth` fault does to each matching packet, as netem would.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Shape {
+    pub delay: Duration,
+    pub jitter: Duration,
+    /// 0.0 to 1.0.
+    pub correlation: f64,
+    pub distribution: Distribution,
+    /// Bits per second.
+    pub rate: Option<u64>,
+    /// Bytes.
+    pub burst: Option<u64>,
+    /// Loss probability, 0.0 to 1.0.
+    pub loss: f64,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Distribution {
+    Uniform,
+    Normal,
+}
+
+/// The longest delay accepted: the edt backend's fq horizon must cover delay plus jitter.
+pub const MAX_DELAY: Duration = Duration::from_secs(10);
+/// See chaos-common's `MAX_JITTER_NS`.
+pub const MAX_JITTER: Duration = Duration::from_nanos(chaos_common::MAX_JITTER_NS);
+/// Rates accepted, bits per second.
+pub const MIN_RATE: u64 = 1_000;
+pub const MAX_RATE: u64 = 1_000_000_000_000;
+/// The largest burst, bytes.
+pub const MAX_BURST: u64 = 64 << 20;
 
 impl Action {
     /// Packets are dropped when a 32-bit random number is below this.
     pub fn drop_threshold(self) -> u64 {
         match self {
-            Self::Loss(p) => (p * 4_294_967_296.0).round() as u64,
+            Self::Loss(p) => probability_threshold(p),
             Self::Partition => chaos_common::DROP_ALWAYS,
+            Self::Shape(s) => probability_threshold(s.loss),
         }
     }
+
+    /// The name generated names start with.
+    pub fn kind(self) -> &'static str {
+        match self {
+            Self::Loss(_) => "loss",
+            Self::Partition => "partition",
+            Self::Shape(s) if s.delay.is_zero() && s.jitter.is_zero() => "bandwidth",
+            Self::Shape(_) => "delay",
+        }
+    }
+}
+
+fn probability_threshold(p: f64) -> u64 {
+    (p * 4_294_967_296.0).round() as u64
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -257,30 +335,7 @@ impl FaultSpec {
             }
             Some(i) => i.to_owned(),
         };
-        let action = match self.action.as_deref() {
-            Some("loss") => {
-                let p = self
-                    .loss
-                    .ok_or_else(|| SpecError::new("loss", "is required for action 'loss' (percent, 0-100)"))?;
-                if !(0.0..=100.0).contains(&p) {
-                    return Err(SpecError::new("loss", format!("{p}% is outside 0-100%")));
-                }
-                Action::Loss(p / 100.0)
-            }
-            Some("partition") => {
-                if self.loss.is_some() {
-                    return Err(SpecError::new("loss", "does not apply to action 'partition'"));
-                }
-                Action::Partition
-            }
-            None => return Err(SpecError::new("action", "is required ('loss' or 'partition')")),
-            Some(other) => {
-                return Err(SpecError::new(
-                    "action",
-                    format!("'{other}' is not an action (expected 'loss' or 'partition')"),
-                ));
-            }
-        };
+        let action = self.action()?;
         let direction = match self.direction.as_deref().unwrap_or("egress") {
             "egress" => Direction::Egress,
             "ingress" => Direction::Ingress,
@@ -332,6 +387,184 @@ impl FaultSpec {
             self.start_after.as_ref().map(|d| duration("start_after", d)).transpose()?.unwrap_or_default();
         Ok(Fault { name: self.name.clone(), interface, action, matches, lifetime, start_after })
     }
+}
+
+impl FaultSpec {
+    fn action(&self) -> Result<Action, SpecError> {
+        let shaping = [
+            ("delay", self.delay.is_some()),
+            ("jitter", self.jitter.is_some()),
+            ("correlation", self.correlation.is_some()),
+            ("distribution", self.distribution.is_some()),
+            ("rate", self.rate.is_some()),
+            ("burst", self.burst.is_some()),
+        ];
+        let action = self.action.as_deref();
+        if !matches!(action, Some("delay" | "bandwidth"))
+            && let Some((field, _)) = shaping.iter().find(|(_, given)| *given)
+        {
+            let what = action.map_or("no action".to_owned(), |a| format!("action '{a}'"));
+            return Err(SpecError::new(*field, format!("applies to actions 'delay' and 'bandwidth', not {what}")));
+        }
+        let loss = |required: bool| match self.loss {
+            None if required => Err(SpecError::new("loss", "is required for action 'loss' (percent, 0-100)")),
+            None => Ok(0.0),
+            Some(p) if !(0.0..=100.0).contains(&p) => Err(SpecError::new("loss", format!("{p}% is outside 0-100%"))),
+            Some(p) => Ok(p / 100.0),
+        };
+        match action {
+            Some("loss") => Ok(Action::Loss(loss(true)?)),
+            Some("partition") => match self.loss {
+                Some(_) => Err(SpecError::new("loss", "does not apply to action 'partition'")),
+                None => Ok(Action::Partition),
+            },
+            Some(a @ ("delay" | "bandwidth")) => {
+                let delay = match &self.delay {
+                    None if a == "delay" => {
+                        return Err(SpecError::new("delay", "is required for action 'delay' (e.g. 50ms)"));
+                    }
+                    None => Duration::ZERO,
+                    Some(d) => latency("delay", d, MAX_DELAY)?,
+                };
+                let jitter = self.jitter.as_ref().map(|j| latency("jitter", j, MAX_JITTER)).transpose()?;
+                let needs_jitter = |field: &str| SpecError::new(field, "has no effect without jitter");
+                let correlation = match self.correlation {
+                    None => 0.0,
+                    Some(_) if jitter.is_none() => return Err(needs_jitter("correlation")),
+                    Some(c) if (0.0..=100.0).contains(&c) => c / 100.0,
+                    Some(c) => return Err(SpecError::new("correlation", format!("{c}% is outside 0-100%"))),
+                };
+                let distribution = match self.distribution.as_deref() {
+                    None => Distribution::Uniform,
+                    Some(_) if jitter.is_none() => return Err(needs_jitter("distribution")),
+                    Some("uniform") => Distribution::Uniform,
+                    Some("normal") => Distribution::Normal,
+                    Some(other) => {
+                        return Err(SpecError::new(
+                            "distribution",
+                            format!("'{other}' is not a distribution (expected uniform or normal)"),
+                        ));
+                    }
+                };
+                let rate = match &self.rate {
+                    None if a == "bandwidth" => {
+                        return Err(SpecError::new("rate", "is required for action 'bandwidth' (e.g. 10mbit)"));
+                    }
+                    None => None,
+                    Some(r) => Some(rate(r)?),
+                };
+                let burst = match &self.burst {
+                    Some(_) if rate.is_none() => return Err(SpecError::new("burst", "has no effect without rate")),
+                    b => b.as_ref().map(burst).transpose()?,
+                };
+                let jitter = jitter.unwrap_or_default();
+                if delay.is_zero() && jitter.is_zero() && rate.is_none() {
+                    return Err(SpecError::new("delay", "0 with no jitter and no rate does nothing"));
+                }
+                Ok(Action::Shape(Shape { delay, jitter, correlation, distribution, rate, burst, loss: loss(false)? }))
+            }
+            None => Err(SpecError::new("action", "is required ('loss', 'partition', 'delay' or 'bandwidth')")),
+            Some(other) => Err(SpecError::new(
+                "action",
+                format!("'{other}' is not an action (expected 'loss', 'partition', 'delay' or 'bandwidth')"),
+            )),
+        }
+    }
+}
+
+/// A delay or jitter: text with a unit (a bare number is refused: seconds or milliseconds?).
+fn latency(field: &str, spec: &DurationSpec, max: Duration) -> Result<Duration, SpecError> {
+    let d = match spec {
+        DurationSpec::Seconds(n) => {
+            return Err(SpecError::new(field, format!("{n} needs a unit (e.g. {n}ms): a bare number is ambiguous")));
+        }
+        DurationSpec::Text(t) if t.trim().parse::<f64>().is_ok() => {
+            let t = t.trim();
+            return Err(SpecError::new(field, format!("{t} needs a unit (e.g. {t}ms): a bare number is ambiguous")));
+        }
+        DurationSpec::Text(t) => parse_duration(t).map_err(|e| SpecError::new(field, e))?,
+    };
+    if d > max {
+        return Err(SpecError::new(field, format!("{d:?} is more than the largest accepted, {max:?}")));
+    }
+    Ok(d)
+}
+
+/// A rate in bits per second, with tc's units: `bit`, `kbit`, `mbit`, `gbit`, `tbit` (powers of
+/// 1000; `kibit`... powers of 1024) and `bps`, `kbps`, `mbps`, `gbps`, `tbps` (bytes per second).
+pub fn parse_rate(text: &str) -> Result<u64, String> {
+    let bad = || format!("'{text}' is not a rate (e.g. 10mbit, 500kbit, 1gbit)");
+    let t = text.trim().to_ascii_lowercase();
+    let split = t.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(t.len());
+    let n: f64 = t[..split].parse().map_err(|_| bad())?;
+    let unit = t[split..].trim();
+    let (prefix, bytes) = if let Some(p) = unit.strip_suffix("bps") {
+        (p, true)
+    } else if let Some(p) = unit.strip_suffix("bit") {
+        (p, false)
+    } else if unit.is_empty() {
+        ("", false)
+    } else {
+        return Err(bad());
+    };
+    let scale: f64 = match prefix {
+        "" => 1.0,
+        "k" => 1e3,
+        "m" => 1e6,
+        "g" => 1e9,
+        "t" => 1e12,
+        "ki" => 1024.0,
+        "mi" => 1024.0 * 1024.0,
+        "gi" => 1024.0 * 1024.0 * 1024.0,
+        "ti" => 1024.0f64.powi(4),
+        _ => return Err(bad()),
+    };
+    let bits = n * scale * if bytes { 8.0 } else { 1.0 };
+    check_rate(bits)
+}
+
+fn check_rate(bits: f64) -> Result<u64, String> {
+    if !(bits.is_finite() && (MIN_RATE as f64..=MAX_RATE as f64).contains(&bits)) {
+        return Err(format!("{bits} bit/s is outside 1kbit-1tbit"));
+    }
+    Ok(bits.round() as u64)
+}
+
+fn rate(spec: &RateSpec) -> Result<u64, SpecError> {
+    match spec {
+        RateSpec::Number(n) => check_rate(*n),
+        RateSpec::Text(t) => parse_rate(t),
+    }
+    .map_err(|e| SpecError::new("rate", e))
+}
+
+/// A size in bytes, with tc's units: `b`, `k`/`kb`, `m`/`mb`, `g`/`gb` (powers of 1024).
+pub fn parse_size(text: &str) -> Result<u64, String> {
+    let bad = || format!("'{text}' is not a size (e.g. 32kb, 1mb, 1500)");
+    let t = text.trim().to_ascii_lowercase();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let n: u64 = t[..split].parse().map_err(|_| bad())?;
+    let scale: u64 = match t[split..].trim() {
+        "" | "b" => 1,
+        "k" | "kb" => 1 << 10,
+        "m" | "mb" => 1 << 20,
+        "g" | "gb" => 1 << 30,
+        _ => return Err(bad()),
+    };
+    n.checked_mul(scale).ok_or_else(bad)
+}
+
+fn burst(spec: &RateSpec) -> Result<u64, SpecError> {
+    let bytes = match spec {
+        RateSpec::Number(n) if n.is_finite() && *n >= 0.0 && n.fract() == 0.0 => Ok(*n as u64),
+        RateSpec::Number(n) => Err(format!("{n} is not a number of bytes")),
+        RateSpec::Text(t) => parse_size(t),
+    }
+    .map_err(|e| SpecError::new("burst", e))?;
+    if !(1..=MAX_BURST).contains(&bytes) {
+        return Err(SpecError::new("burst", format!("{bytes} bytes is outside 1 byte-64mb")));
+    }
+    Ok(bytes)
 }
 
 /// Names are what `chaosctl rm` and URLs take: keep them to a safe alphabet.
@@ -398,7 +631,7 @@ fn duration(field: &str, spec: &DurationSpec) -> Result<Duration, SpecError> {
 
 /// Parses `1h30m`, `90s`, `500ms`, `2d`: numbers each followed by a unit.
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
-    let bad = || format!("'{text}' is not a duration (e.g. 30s, 5m, 1h30m, 500ms)");
+    let bad = || format!("'{text}' is not a duration (e.g. 30s, 5m, 1h30m, 500ms, 250us)");
     let mut rest = text.trim();
     if rest.is_empty() {
         return Err(bad());
@@ -410,6 +643,7 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
         rest = &rest[digits..];
         let unit = rest.find(|c: char| c.is_ascii_digit()).unwrap_or(rest.len());
         let scale = match &rest[..unit] {
+            "us" | "µs" => Duration::from_micros(1),
             "ms" => Duration::from_millis(1),
             "s" => Duration::from_secs(1),
             "m" => Duration::from_secs(60),
@@ -591,6 +825,122 @@ mod tests {
         assert_eq!(f(DurationSpec::Text("0s".into())).unwrap_err().field, "duration");
         assert_eq!(f(DurationSpec::Seconds(f64::NAN)).unwrap_err().field, "duration");
         assert_eq!(spec().validate().unwrap().lifetime, Lifetime::Default);
+    }
+
+    fn delay_spec() -> FaultSpec {
+        FaultSpec {
+            interface: Some("eth0".into()),
+            action: Some("delay".into()),
+            delay: Some(DurationSpec::Text("50ms".into())),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn delay_and_bandwidth() {
+        let text = |t: &str| Some(DurationSpec::Text(t.into()));
+        let f = FaultSpec {
+            jitter: text("10ms"),
+            correlation: Some(25.0),
+            distribution: Some("normal".into()),
+            rate: Some(RateSpec::Text("10mbit".into())),
+            burst: Some(RateSpec::Text("32kb".into())),
+            loss: Some(1.0),
+            ..delay_spec()
+        };
+        let Action::Shape(s) = f.validate().unwrap().action else { panic!("not a shape") };
+        assert_eq!(s.delay, Duration::from_millis(50));
+        assert_eq!(s.jitter, Duration::from_millis(10));
+        assert_eq!((s.correlation, s.distribution), (0.25, Distribution::Normal));
+        assert_eq!((s.rate, s.burst, s.loss), (Some(10_000_000), Some(32 * 1024), 0.01));
+        let bw = FaultSpec {
+            action: Some("bandwidth".into()),
+            rate: Some(RateSpec::Number(1e6)),
+            delay: None,
+            ..delay_spec()
+        };
+        assert_eq!(bw.validate().unwrap().action.kind(), "bandwidth");
+        assert_eq!(delay_spec().validate().unwrap().action.kind(), "delay");
+
+        assert_eq!(parse_rate("10mbit"), Ok(10_000_000));
+        assert_eq!(parse_rate("1.5Gbit"), Ok(1_500_000_000));
+        assert_eq!(parse_rate("100kbps"), Ok(800_000));
+        assert_eq!(parse_rate("1mibit"), Ok(1 << 20));
+        assert_eq!(parse_rate("64000"), Ok(64_000));
+        for bad in ["", "10", "fast", "10mbits", "-1mbit", "2tbit"] {
+            assert!(parse_rate(bad).is_err(), "{bad}");
+        }
+        assert_eq!(parse_size("32kb"), Ok(32 * 1024));
+        assert_eq!(parse_size("1500"), Ok(1500));
+        assert!(parse_size("1.5k").is_err());
+        assert_eq!(parse_duration("250us"), Ok(Duration::from_micros(250)));
+    }
+
+    #[test]
+    fn delay_refusals_name_the_field() {
+        let d = |f: &dyn Fn(&mut FaultSpec)| {
+            let mut s = delay_spec();
+            f(&mut s);
+            s.validate().unwrap_err()
+        };
+        let text = |t: &str| Some(DurationSpec::Text(t.into()));
+        let cases: Vec<(SpecError, &str, &str)> = vec![
+            (d(&|s| s.delay = None), "delay", "is required"),
+            (d(&|s| s.delay = text("50")), "delay", "needs a unit"),
+            (d(&|s| s.delay = Some(DurationSpec::Seconds(50.0))), "delay", "needs a unit"),
+            (d(&|s| s.delay = text("11s")), "delay", "largest"),
+            (d(&|s| s.jitter = text("3s")), "jitter", "largest"),
+            (d(&|s| s.correlation = Some(10.0)), "correlation", "without jitter"),
+            (d(&|s| s.distribution = Some("normal".into())), "distribution", "without jitter"),
+            (
+                d(&|s| {
+                    s.jitter = text("1ms");
+                    s.distribution = Some("pareto".into());
+                }),
+                "distribution",
+                "not a distribution",
+            ),
+            (
+                d(&|s| {
+                    s.jitter = text("1ms");
+                    s.correlation = Some(101.0);
+                }),
+                "correlation",
+                "outside",
+            ),
+            (d(&|s| s.burst = Some(RateSpec::Text("1kb".into()))), "burst", "without rate"),
+            (d(&|s| s.rate = Some(RateSpec::Number(10.0))), "rate", "outside"),
+            (
+                d(&|s| {
+                    s.rate = Some(RateSpec::Text("1mbit".into()));
+                    s.burst = Some(RateSpec::Text("1gb".into()));
+                }),
+                "burst",
+                "outside",
+            ),
+            (d(&|s| s.loss = Some(200.0)), "loss", "outside"),
+            (d(&|s| s.delay = text("0ms")), "delay", "does nothing"),
+            (
+                d(&|s| {
+                    s.action = Some("bandwidth".into());
+                    s.delay = None;
+                }),
+                "rate",
+                "is required",
+            ),
+            (
+                d(&|s| {
+                    s.action = Some("loss".into());
+                    s.loss = Some(1.0);
+                }),
+                "delay",
+                "not action 'loss'",
+            ),
+        ];
+        for (e, field, reason) in cases {
+            assert_eq!(e.field, field, "{e}");
+            assert!(e.reason.contains(reason), "{e}");
+        }
     }
 
     #[test]

@@ -16,7 +16,10 @@ use std::{
 
 use serde::{Deserialize, Serialize};
 
-use crate::{kernel::NlFilter, spec::FaultSpec};
+use crate::{
+    kernel::{NlFilter, ShapingRecord},
+    spec::FaultSpec,
+};
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct State {
@@ -27,6 +30,9 @@ pub struct State {
     /// In order of application (which breaks precedence ties).
     pub faults: Vec<Record>,
     pub filters: Vec<NlFilter>,
+    /// The qdiscs delay and bandwidth faults took, with what was there before.
+    #[serde(default)]
+    pub shaping: ShapingRecord,
 }
 
 /// One fault as the daemon keeps it.

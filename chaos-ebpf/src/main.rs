@@ -1,8 +1,11 @@
-//! TC programs that drop packets by rule. All behaviour comes from maps (see chaos-common):
-//! per packet a fixed chain of eight map lookups, whatever the number of rules.
+//! TC programs that drop and shape packets by rule. All behaviour comes from maps (see
+//! chaos-common): per packet a fixed chain of eight map lookups, whatever the number of rules,
+//! and for a shaping rule two more.
 //!
 //! Kept loadable by 4.19 kernels: no loops, no global data, helpers from 4.19 only
-//! (map_lookup_elem, get_prandom_u32, ktime_get_ns, skb_load_bytes), and `cargo xtask check-ebpf` proves it.
+//! (map_lookup_elem, get_prandom_u32, ktime_get_ns, skb_load_bytes), and `cargo xtask
+//! check-ebpf` proves it. The `_edt` programs also write `skb->tstamp`, which needs 5.0: the
+//! daemon loads them only when its probe found the edt backend.
 #![no_std]
 #![no_main]
 
@@ -14,9 +17,10 @@ use aya_ebpf::{
     programs::TcContext,
 };
 use chaos_common::{
-    ACTIVE_GENERATION, ACTIVE_LEN, ADDRS_CAPACITY, AddrKey, Counters, FAMILY_V4, FAMILY_V6, HOOK_EGRESS, HOOK_INGRESS,
-    MAX_RULES, PAIRS_CAPACITY, PORT_KEY_FIXED_BITS, PORTS_CAPACITY, PROTO_ICMP, PROTO_ICMPV6, PROTO_OTHER, PROTO_TCP,
-    PROTO_UDP, PairKey, PortKey, RuleAction, SIDE_DST, SIDE_SRC,
+    ACTION_SHAPE, ACTIVE_GENERATION, ACTIVE_LEN, ADDRS_CAPACITY, AddrKey, Counters, DIST_SCALE, DIST_SIZE,
+    DIST_UNIFORM, FAMILY_V4, FAMILY_V6, HOOK_EGRESS, HOOK_INGRESS, MAX_RULES, PAIRS_CAPACITY, PORT_KEY_FIXED_BITS,
+    PORTS_CAPACITY, PROTO_ICMP, PROTO_ICMPV6, PROTO_OTHER, PROTO_TCP, PROTO_UDP, PairKey, PortKey, RuleAction,
+    SIDE_DST, SIDE_SRC, ShapeState,
 };
 
 #[map]
@@ -31,6 +35,10 @@ static PORTS: LpmTrie<PortKey, u32> = LpmTrie::with_max_entries(PORTS_CAPACITY, 
 static RULES: Array<RuleAction> = Array::with_max_entries(MAX_RULES, 0);
 #[map]
 static COUNTERS: PerCpuArray<Counters> = PerCpuArray::with_max_entries(MAX_RULES, 0);
+#[map]
+static SHAPES: Array<ShapeState> = Array::with_max_entries(MAX_RULES, 0);
+#[map]
+static DIST: Array<i32> = Array::with_max_entries(DIST_SIZE, 0);
 
 const ETH_HLEN: usize = 14;
 const ETH_P_IP: u16 = 0x0800;
@@ -40,22 +48,79 @@ const ADDR_LOOKUP_BITS: u32 = chaos_common::ADDR_KEY_FIXED_BITS + 128;
 
 #[classifier]
 pub fn chaos_ingress(ctx: TcContext) -> i32 {
-    verdict(try_classify(&ctx, HOOK_INGRESS))
+    run(&ctx, HOOK_INGRESS, Shaping::None)
 }
 
 #[classifier]
 pub fn chaos_egress(ctx: TcContext) -> i32 {
-    verdict(try_classify(&ctx, HOOK_EGRESS))
+    run(&ctx, HOOK_EGRESS, Shaping::Priority)
+}
+
+#[classifier]
+pub fn chaos_egress_edt(ctx: TcContext) -> i32 {
+    run(&ctx, HOOK_EGRESS, Shaping::Edt)
+}
+
+/// On an IFB device's egress: the packets are the interface's ingress, redirected there so
+/// that a qdisc can hold them; they are matched as ingress packets.
+#[classifier]
+pub fn chaos_ifb(ctx: TcContext) -> i32 {
+    run(&ctx, HOOK_INGRESS, Shaping::Priority)
+}
+
+#[classifier]
+pub fn chaos_ifb_edt(ctx: TcContext) -> i32 {
+    run(&ctx, HOOK_INGRESS, Shaping::EdtIfb)
+}
+
+/// How a program hands shaped packets to the qdisc (see chaos-common's program names).
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Shaping {
+    /// Ingress of a real interface: no queue, no shaping.
+    None,
+    /// netem backend: `skb->priority` picks the rule's HTB class.
+    Priority,
+    /// edt backend: `skb->tstamp` is the departure time `fq` holds the packet until.
+    Edt,
+    /// edt on an IFB: as `Edt`, and a timestamp the packet brought with it (a receive time, on
+    /// CLOCK_REALTIME) is cleared, or `fq` would take it for a departure time years ahead.
+    EdtIfb,
 }
 
 /// TC_ACT_UNSPEC, not TC_ACT_OK, for packets we leave alone: under TCX it is TCX_NEXT and
 /// under cls_bpf "continue", so programs attached after ours (a CNI's) still run.
 #[inline(always)]
-fn verdict(drop: Option<bool>) -> i32 {
-    match drop {
-        Some(true) => TC_ACT_SHOT,
-        _ => TC_ACT_UNSPEC,
+fn run(ctx: &TcContext, hook: u8, shaping: Shaping) -> i32 {
+    let skb = ctx.skb.skb;
+    // SAFETY: bpf_ktime_get_ns has no preconditions.
+    let now = unsafe { bpf_ktime_get_ns() };
+    let verdict = match find_rule(ctx, hook, now) {
+        Some((slot, action)) => act(ctx, slot, action, now, shaping),
+        None => None,
+    };
+    match verdict {
+        Some(Verdict::Drop) => TC_ACT_SHOT,
+        Some(Verdict::Depart(t)) => {
+            // SAFETY: the context pointer is valid for the whole run; tstamp is writable from
+            // TC programs since 5.0 (this path is only in the edt programs).
+            unsafe { (*skb).tstamp = t };
+            TC_ACT_UNSPEC
+        }
+        _ => {
+            // SAFETY: as above.
+            if shaping == Shaping::EdtIfb && unsafe { (*skb).tstamp } > now {
+                unsafe { (*skb).tstamp = 0 };
+            }
+            TC_ACT_UNSPEC
+        }
     }
+}
+
+enum Verdict {
+    Drop,
+    Pass,
+    /// edt: leave at this CLOCK_MONOTONIC time.
+    Depart(u64),
 }
 
 /// What the rules look at; addresses and ports as raw words, in wire byte order.
@@ -68,9 +133,9 @@ struct Packet {
     dport: u16,
 }
 
-/// `Some(drop?)` when a rule chose the packet, `None` when none did.
+/// The slot and action of the rule that acts on the packet, if any.
 #[inline(always)]
-fn try_classify(ctx: &TcContext, hook: u8) -> Option<bool> {
+fn find_rule(ctx: &TcContext, hook: u8, now: u64) -> Option<(u32, &'static RuleAction)> {
     let generation = *ACTIVE.get(ACTIVE_GENERATION)?;
     let pkt = parse(ctx)?;
     // SAFETY: the skb pointer is the program's context, valid for the whole run.
@@ -97,14 +162,41 @@ fn try_classify(ctx: &TcContext, hook: u8) -> Option<bool> {
     // The deadline is kept here, not only by the daemon, so that a fault ends on time even when
     // the daemon is frozen or killed. bpf_ktime_get_ns is CLOCK_MONOTONIC (4.1+), the clock the
     // daemon computes deadlines on.
-    // SAFETY: bpf_ktime_get_ns has no preconditions.
-    if unsafe { bpf_ktime_get_ns() } >= action.deadline_ns {
+    if now >= action.deadline_ns {
         return None;
     }
+    Some((slot, action))
+}
+
+/// Counts the packet for the rule, and drops, shapes or passes it.
+#[inline(always)]
+fn act(ctx: &TcContext, slot: u32, action: &RuleAction, now: u64, shaping: Shaping) -> Option<Verdict> {
     let counters = COUNTERS.get_ptr_mut(slot)?;
     // Compared in 64 bits so that DROP_ALWAYS (2^32) drops every packet.
     // SAFETY: bpf_get_prandom_u32 has no preconditions.
-    let drop = u64::from(unsafe { bpf_get_prandom_u32() }) < action.drop_threshold;
+    let mut drop = u64::from(unsafe { bpf_get_prandom_u32() }) < action.drop_threshold;
+    let mut verdict = Verdict::Pass;
+    if !drop && action.kind == ACTION_SHAPE {
+        let skb = ctx.skb.skb;
+        match shaping {
+            Shaping::None => {}
+            // SAFETY: the context pointer is valid for the whole run; priority is writable.
+            Shaping::Priority => unsafe { (*skb).priority = action.priority },
+            Shaping::Edt | Shaping::EdtIfb => {
+                // A departure time already set (TCP's pacing, 4.20+) is kept when it is ahead
+                // of now by less than a second; anything else (a receive time) is not one.
+                // SAFETY: as above; tstamp is readable since 5.0, like the write in `run`.
+                let ts = unsafe { (*skb).tstamp };
+                let start = if shaping == Shaping::Edt && ts > now && ts - now < NSEC_PER_SEC { ts } else { now };
+                // SAFETY: as above.
+                let len = u64::from(unsafe { (*skb).len });
+                match depart(slot, action, start, len) {
+                    Some(t) => verdict = Verdict::Depart(t),
+                    None => drop = true,
+                }
+            }
+        }
+    }
     // SAFETY: a per-CPU slot, only written from this CPU with preemption off (TC runs in softirq
     // or with BH disabled).
     unsafe {
@@ -113,7 +205,65 @@ fn try_classify(ctx: &TcContext, hook: u8) -> Option<bool> {
             (*counters).dropped += 1;
         }
     }
-    Some(drop)
+    Some(if drop { Verdict::Drop } else { verdict })
+}
+
+const NSEC_PER_SEC: u64 = 1_000_000_000;
+
+/// The departure time of a packet of `len` bytes that could leave at `start`, or `None` when
+/// the rate's queue is full. Rate first (a bottleneck link), then delay and jitter (the path).
+#[inline(always)]
+fn depart(slot: u32, action: &RuleAction, start: u64, len: u64) -> Option<u64> {
+    let state = SHAPES.get_ptr_mut(slot)?;
+    let mut t = start;
+    if action.rate_bytes != 0 {
+        // A token bucket in time: the rule's clock may lag `start` by the burst, never more.
+        let floor = start.saturating_sub(action.burst_ns);
+        // SAFETY: a map value valid for the run; races between CPUs are tolerated (ShapeState).
+        let last = unsafe { (*state).t_last };
+        let next = if last > floor { last } else { floor } + len * NSEC_PER_SEC / action.rate_bytes;
+        if next > start + action.queue_ns {
+            return None;
+        }
+        // SAFETY: as above.
+        unsafe { (*state).t_last = next };
+        if next > t {
+            t = next;
+        }
+    }
+    Some(t + delay(action, state))
+}
+
+/// The delay for one packet: `delay_ns` plus jitter drawn as netem's `tabledist` does, with
+/// netem's correlation (`get_crandom`), never below zero.
+#[inline(always)]
+fn delay(action: &RuleAction, state: *mut ShapeState) -> u64 {
+    let jitter = u64::from(action.jitter_ns);
+    if jitter == 0 {
+        return action.delay_ns;
+    }
+    // SAFETY: bpf_get_prandom_u32 has no preconditions.
+    let mut rnd = u64::from(unsafe { bpf_get_prandom_u32() });
+    if action.correlation != 0 {
+        let rho = u64::from(action.correlation) + 1;
+        // SAFETY: a map value valid for the run (see `depart`).
+        let last = u64::from(unsafe { (*state).last_rnd });
+        // Fits 64 bits: at most (2^32 - 1) * 2^32.
+        rnd = (rnd * ((1 << 32) - rho) + last * rho) >> 32;
+        // SAFETY: as above.
+        unsafe { (*state).last_rnd = rnd as u32 };
+    }
+    if action.distribution == DIST_UNIFORM {
+        // jitter <= MAX_JITTER_NS, so 2 * jitter fits the 32 bits rnd has.
+        return (action.delay_ns + rnd % (2 * jitter)).saturating_sub(jitter);
+    }
+    let Some(&t) = DIST.get((rnd as u32) % DIST_SIZE) else { return action.delay_ns };
+    // netem's `x / NETEM_DIST_SCALE + (sigma / NETEM_DIST_SCALE) * t`, rounded, on magnitudes
+    // (the BPF ISA before v4 has no signed division); DIST_SCALE is 2^13.
+    let scale = DIST_SCALE as u64;
+    let magnitude = u64::from(t.unsigned_abs());
+    let x = ((jitter % scale) * magnitude + scale / 2) / scale + (jitter / scale) * magnitude;
+    if t >= 0 { action.delay_ns + x } else { action.delay_ns.saturating_sub(x) }
 }
 
 /// Reads the IP header and, for TCP/UDP first fragments, the ports. Assumes an Ethernet device

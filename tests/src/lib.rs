@@ -7,6 +7,7 @@ pub mod http;
 pub mod kernel;
 pub mod lab;
 pub mod netns;
+pub mod stats;
 pub mod traffic;
 
 pub use daemon::Daemon;

@@ -126,3 +126,145 @@ pub fn udp_stream(
     let arrived = receiver.join().map_err(|_| anyhow::anyhow!("receiver panicked"))?;
     Ok((sent, arrived))
 }
+
+/// One-way latencies (ns) of timestamped UDP datagrams from `from` to each of `dsts` (in
+/// `to`): one datagram to each every `interval`, `rounds` times. Both ends read CLOCK_MONOTONIC
+/// of the same kernel, so a latency is the receive time minus the send time it carries; lost
+/// datagrams are simply missing.
+pub fn udp_latencies(
+    from: &Netns,
+    to: &Netns,
+    dsts: &[SocketAddr],
+    interval: Duration,
+    rounds: usize,
+) -> anyhow::Result<Vec<Vec<u64>>> {
+    udp_latencies_from(from, 0, to, dsts, interval, rounds)
+}
+
+/// [`udp_latencies`] from source port `sport` (0: any).
+pub fn udp_latencies_from(
+    from: &Netns,
+    sport: u16,
+    to: &Netns,
+    dsts: &[SocketAddr],
+    interval: Duration,
+    rounds: usize,
+) -> anyhow::Result<Vec<Vec<u64>>> {
+    let done = Arc::new(AtomicBool::new(false));
+    let mut receivers = Vec::new();
+    for &dst in dsts {
+        let rx = to.enter(move || -> std::io::Result<UdpSocket> {
+            let s = UdpSocket::bind(dst)?;
+            s.set_read_timeout(Some(Duration::from_millis(100)))?;
+            Ok(s)
+        })??;
+        let finished = done.clone();
+        receivers.push(std::thread::spawn(move || {
+            let (mut latencies, mut buf, mut idle) = (Vec::new(), [0u8; 64], 0);
+            // After the sender is done, wait out the longest delay a test applies (a few
+            // seconds of silence) before giving up on stragglers.
+            while idle < 30 {
+                match rx.recv(&mut buf) {
+                    Ok(8) => {
+                        let sent = u64::from_be_bytes(buf[..8].try_into().unwrap());
+                        latencies.push(mono_ns().saturating_sub(sent));
+                        idle = 0;
+                    }
+                    Ok(_) => {}
+                    Err(_) if finished.load(Ordering::SeqCst) => idle += 1,
+                    Err(_) => {}
+                }
+            }
+            latencies
+        }));
+    }
+    let any: IpAddr = if dsts[0].is_ipv4() { Ipv4Addr::UNSPECIFIED.into() } else { Ipv6Addr::UNSPECIFIED.into() };
+    let tx = from.enter(move || UdpSocket::bind(SocketAddr::new(any, sport)))??;
+    for _ in 0..rounds {
+        for dst in dsts {
+            let _ = tx.send_to(&mono_ns().to_be_bytes(), dst);
+        }
+        std::thread::sleep(interval);
+    }
+    done.store(true, Ordering::SeqCst);
+    receivers.into_iter().map(|r| r.join().map_err(|_| anyhow::anyhow!("receiver panicked"))).collect()
+}
+
+/// Goodput (bits of payload per second) of one TCP connection from `from` to `dst` (in `to`)
+/// sending as fast as it can: measured at the receiver over `measure`, after `warmup` (slow
+/// start, queues filling) is left out.
+pub fn tcp_goodput(
+    from: &Netns,
+    to: &Netns,
+    dst: SocketAddr,
+    warmup: Duration,
+    measure: Duration,
+) -> anyhow::Result<f64> {
+    use std::io::{Read, Write};
+    let listener = to.enter(move || TcpListener::bind(dst))??;
+    let total = warmup + measure;
+    let sender = {
+        let stream = from.enter(move || std::net::TcpStream::connect_timeout(&dst, Duration::from_secs(5)))??;
+        std::thread::spawn(move || {
+            let mut stream = stream;
+            let chunk = [0u8; 64 * 1024];
+            let start = std::time::Instant::now();
+            while start.elapsed() < total + Duration::from_millis(500) {
+                if stream.write_all(&chunk).is_err() {
+                    break;
+                }
+            }
+        })
+    };
+    let (mut conn, _) = listener.accept()?;
+    conn.set_read_timeout(Some(Duration::from_secs(5)))?;
+    let mut buf = vec![0u8; 256 * 1024];
+    let start = std::time::Instant::now();
+    let (mut bytes, mut at_warmup) = (0u64, None);
+    let result = loop {
+        let elapsed = start.elapsed();
+        if at_warmup.is_none() && elapsed >= warmup {
+            at_warmup = Some((bytes, elapsed));
+        }
+        if elapsed >= total {
+            let (b0, t0) = at_warmup.expect("set at warmup");
+            break Ok((bytes - b0) as f64 * 8.0 / (elapsed - t0).as_secs_f64());
+        }
+        match conn.read(&mut buf) {
+            Ok(0) => break Err(anyhow::anyhow!("the sender closed early")),
+            Ok(n) => bytes += n as u64,
+            Err(e) => break Err(anyhow::anyhow!("reading: {e}")),
+        }
+    };
+    drop(conn);
+    sender.join().map_err(|_| anyhow::anyhow!("sender panicked"))?;
+    result
+}
+
+/// Background UDP traffic: `pps` datagrams of 1200 bytes a second from `from` to `dst` (in
+/// `to`, where a socket takes them and never reads) for `duration`.
+pub fn udp_flood(
+    from: &Netns,
+    to: &Netns,
+    dst: SocketAddr,
+    pps: u32,
+    duration: Duration,
+) -> std::thread::JoinHandle<()> {
+    let sink = to.enter(move || UdpSocket::bind(dst)).expect("entering the namespace").expect("binding the sink");
+    let any: IpAddr = if dst.is_ipv4() { Ipv4Addr::UNSPECIFIED.into() } else { Ipv6Addr::UNSPECIFIED.into() };
+    let tx = from.enter(move || UdpSocket::bind(SocketAddr::new(any, 0))).expect("entering").expect("binding");
+    std::thread::spawn(move || {
+        let start = std::time::Instant::now();
+        let payload = [0u8; 1200];
+        let mut sent = 0u64;
+        while start.elapsed() < duration {
+            let due = (start.elapsed().as_secs_f64() * f64::from(pps)) as u64;
+            while sent < due {
+                let _ = tx.send_to(&payload, dst);
+                sent += 1;
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        drop(sink);
+    })
+}

@@ -86,8 +86,14 @@ fn serve(config: Config) -> anyhow::Result<()> {
     let store = Store::open(&config.state_dir, config.history_limit)
         .with_context(|| format!("opening the state directory {}", config.state_dir.display()))?;
     let previous = store.load().context("reading the state file")?.unwrap_or_default();
-    let (kernel, adopted) = Kernel::load(config.tc_attach, Pins::new(&config.bpffs_dir), &previous.filters)
-        .context("loading the eBPF programs")?;
+    let (kernel, adopted) = Kernel::load(
+        config.tc_attach,
+        Pins::new(&config.bpffs_dir),
+        &previous.filters,
+        config.delay_backend,
+        previous.shaping.clone(),
+    )
+    .context("loading the eBPF programs")?;
     let engine = Engine::new(kernel, adopted, config.limits()?, config.guard()?, store).context("starting")?;
     let admin_group = match &config.admin_group {
         Some(name) => {
@@ -154,7 +160,7 @@ fn cleanup(config: &Config) -> anyhow::Result<()> {
         None
     });
     let state = state.unwrap_or_default();
-    let removed = kernel::cleanup(&Pins::new(&config.bpffs_dir), &state.filters);
+    let removed = kernel::cleanup(&Pins::new(&config.bpffs_dir), &state.filters, &state.shaping);
     for r in &removed {
         println!("removed {r}");
     }
@@ -163,7 +169,7 @@ fn cleanup(config: &Config) -> anyhow::Result<()> {
         .iter()
         .map(|r| Ended { name: r.name.clone(), reason: "removed by cleanup".into(), matched: 0, dropped: 0 })
         .collect();
-    store.save(&State { boot_id: state.boot_id, next_id: state.next_id, faults: vec![], filters: vec![] })?;
+    store.save(&State { boot_id: state.boot_id, next_id: state.next_id, ..Default::default() })?;
     store.append(&Event {
         at: unix_ms(),
         actor: Actor { uid: Some(nix::unistd::getuid().as_raw()), pid: Some(std::process::id() as i32), comm: None },

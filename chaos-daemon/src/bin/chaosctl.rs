@@ -7,7 +7,7 @@ use chaos_daemon::{
     api::{Apply, FaultView, Faults, History, Status},
     client::Client,
     config::DEFAULT_SOCKET,
-    spec::{DurationSpec, FaultSpec, PortSpec},
+    spec::{DurationSpec, FaultSpec, PortSpec, RateSpec},
     state::unix_ms,
 };
 use clap::{Args as ClapArgs, Parser, Subcommand, ValueEnum};
@@ -67,7 +67,7 @@ enum Output {
 #[derive(ClapArgs)]
 struct ApplyArgs {
     /// TOML file with [[fault]] tables (same fields as the flags).
-    #[arg(short = 'f', long = "file", conflicts_with_all = ["name", "interface", "loss", "partition"])]
+    #[arg(short = 'f', long = "file", conflicts_with_all = ["name", "interface", "loss", "partition", "delay", "rate"])]
     file: Option<PathBuf>,
     /// Fault name (default: generated).
     #[arg(long)]
@@ -75,12 +75,30 @@ struct ApplyArgs {
     /// Interface to act on.
     #[arg(short, long, required_unless_present = "file")]
     interface: Option<String>,
-    /// Drop this percentage of matching packets, e.g. 20 or 20%.
-    #[arg(long, required_unless_present_any = ["file", "partition"], conflicts_with = "partition")]
+    /// Drop this percentage of matching packets, e.g. 20 or 20% (with --delay or --rate too).
+    #[arg(long, required_unless_present_any = ["file", "partition", "delay", "rate"], conflicts_with = "partition")]
     loss: Option<String>,
     /// Drop every matching packet.
-    #[arg(long)]
+    #[arg(long, conflicts_with_all = ["delay", "rate"])]
     partition: bool,
+    /// Delay matching packets by this much, e.g. 50ms.
+    #[arg(long, value_name = "DURATION")]
+    delay: Option<String>,
+    /// Vary the delay by up to this much, e.g. 10ms.
+    #[arg(long, value_name = "DURATION", requires = "delay")]
+    jitter: Option<String>,
+    /// Percent by which each packet's jitter follows the previous one's (netem's correlation).
+    #[arg(long, value_name = "PERCENT", requires = "jitter")]
+    correlation: Option<String>,
+    /// How jitter is spread: uniform (default) or normal.
+    #[arg(long, requires = "jitter")]
+    distribution: Option<String>,
+    /// Limit matching traffic to this rate, e.g. 10mbit (tc's units).
+    #[arg(long)]
+    rate: Option<String>,
+    /// Bytes that may pass at once above the rate, e.g. 32kb.
+    #[arg(long, requires = "rate")]
+    burst: Option<String>,
     /// ingress, egress (default) or both (both mirrors the addresses and ports for replies).
     #[arg(short, long)]
     direction: Option<String>,
@@ -201,6 +219,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     let features: Vec<String> =
                         status.features.iter().map(|(k, v)| format!("{k}={}", if *v { "yes" } else { "no" })).collect();
                     println!("features: {}", features.join(" "));
+                    println!("delay backend: {}", status.delay_backend);
                     println!(
                         "faults: {} (max {}), max duration {}s{}",
                         status.faults,
@@ -225,22 +244,33 @@ fn specs(args: ApplyArgs) -> anyhow::Result<(Vec<FaultSpec>, Option<String>)> {
         let file: FaultFile = toml::from_str(&text).with_context(|| format!("{}", path.display()))?;
         return Ok((file.fault, args.experiment.or(file.experiment)));
     }
-    let loss = args
-        .loss
-        .map(|l| {
+    let percent = |flag: &str, v: Option<String>| {
+        v.map(|l| {
             l.trim()
                 .trim_end_matches('%')
                 .trim()
                 .parse::<f64>()
-                .map_err(|_| anyhow::anyhow!("--loss: '{l}' is not a percentage"))
+                .map_err(|_| anyhow::anyhow!("--{flag}: '{l}' is not a percentage"))
         })
-        .transpose()?;
-    let action = if args.partition { "partition" } else { "loss" };
+        .transpose()
+    };
+    let action = match (args.partition, &args.delay, &args.rate) {
+        (true, _, _) => "partition",
+        (_, Some(_), _) => "delay",
+        (_, None, Some(_)) => "bandwidth",
+        _ => "loss",
+    };
     let spec = FaultSpec {
         name: args.name,
         interface: args.interface,
         action: Some(action.into()),
-        loss,
+        loss: percent("loss", args.loss)?,
+        delay: args.delay.map(DurationSpec::Text),
+        jitter: args.jitter.map(DurationSpec::Text),
+        correlation: percent("correlation", args.correlation)?,
+        distribution: args.distribution,
+        rate: args.rate.map(RateSpec::Text),
+        burst: args.burst.map(RateSpec::Text),
         direction: args.direction,
         family: args.family,
         protocol: args.protocol,
@@ -252,6 +282,32 @@ fn specs(args: ApplyArgs) -> anyhow::Result<(Vec<FaultSpec>, Option<String>)> {
         start_after: args.start_after.map(DurationSpec::Text),
     };
     Ok((vec![spec], args.experiment))
+}
+
+/// The action as a short phrase: `loss 20%`, `delay 50ms±10ms rate 10mbit`.
+fn describe(s: &FaultSpec) -> String {
+    let text = |d: &DurationSpec| match d {
+        DurationSpec::Seconds(n) => n.to_string(),
+        DurationSpec::Text(t) => t.clone(),
+    };
+    let mut parts = Vec::new();
+    if let Some(d) = &s.delay {
+        let jitter = s.jitter.as_ref().map(|j| format!("±{}", text(j))).unwrap_or_default();
+        parts.push(format!("delay {}{jitter}", text(d)));
+    }
+    if let Some(r) = &s.rate {
+        parts.push(match r {
+            RateSpec::Number(n) => format!("rate {n}bit"),
+            RateSpec::Text(t) => format!("rate {t}"),
+        });
+    }
+    if let Some(l) = s.loss {
+        parts.push(format!("loss {l}%"));
+    }
+    if parts.is_empty() {
+        parts.push(s.action.clone().unwrap_or_else(|| "?".into()));
+    }
+    parts.join(" ")
 }
 
 /// Time from now until `unix_ms`, as `1h2m3s`.
@@ -275,10 +331,7 @@ fn print_table(faults: &[FaultView]) {
                 Some(PortSpec::Number(n)) => n.to_string(),
                 Some(PortSpec::Text(t)) => t.clone(),
             };
-            let action = match s.loss {
-                Some(l) => format!("loss {l}%"),
-                None => or_any(&s.action),
-            };
+            let action = describe(s);
             let state = match (f.state.as_str(), f.expires_at) {
                 ("scheduled", _) => format!("in {}", left(f.starts_at)),
                 (_, Some(t)) => format!("{} left", left(t)),

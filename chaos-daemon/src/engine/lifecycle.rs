@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, HashSet};
 
 use chaos_common::NO_DEADLINE;
 
-use super::{Active, Engine, EngineError, Guard, Limits, ended, plan, rule_action};
+use super::{Active, Engine, EngineError, Guard, Limits, commit, ended, rule_action};
 use crate::{
     kernel::Kernel,
     state::{Actor, Ended, Store, boot_id, mono_ns},
@@ -64,8 +64,8 @@ impl Engine {
         let started: Vec<_> =
             kept.iter().filter(|a| a.record.started).map(|a| (a.record.slot, rule_action(a))).collect();
         engine.kernel.set_rules(&started)?;
-        let (rules, hooks) = plan(&kept.iter().collect::<Vec<_>>());
-        engine.kernel.sync(&rules, &[], &hooks)?;
+        let kept_refs: Vec<&Active> = kept.iter().collect();
+        commit(&mut engine.kernel, &kept_refs, &[], &kept_refs)?;
         let names: Vec<String> = kept.iter().map(|a| a.record.name.clone()).collect();
         for active in kept {
             engine.order.push(active.record.name.clone());
@@ -119,12 +119,13 @@ impl Engine {
         let remaining: Vec<&Active> =
             self.order.iter().filter(|n| !gone.contains(n)).map(|n| &self.faults[n]).collect();
         let new_slots: Vec<_> = due.iter().map(|n| &self.faults[n]).map(|a| (a.record.slot, rule_action(a))).collect();
-        let (rules, hooks) = plan(&remaining);
-        if let Err(e) = self.kernel.sync(&rules, &new_slots, &hooks) {
+        let before: Vec<&Active> =
+            self.order.iter().map(|n| &self.faults[n]).filter(|a| !due.contains(&a.record.name)).collect();
+        if let Err(e) = commit(&mut self.kernel, &remaining, &new_slots, &before) {
             for n in due {
                 self.faults.get_mut(n).expect("listed").record.started = false;
             }
-            return Err(e.into());
+            return Err(e);
         }
         self.order.retain(|n| !gone.contains(n));
         self.faults.retain(|n, _| !gone.contains(n));

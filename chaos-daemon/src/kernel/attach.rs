@@ -12,10 +12,10 @@ use aya::{
         tc::{self, NlOptions, SchedClassifierLink, TcAttachOptions, TcError, TcHandle},
     },
 };
-use chaos_common::{HOOK_EGRESS, PROG_EGRESS, PROG_INGRESS};
+use chaos_common::{HOOK_EGRESS, PROG_EGRESS, PROG_EGRESS_EDT, PROG_IFB, PROG_IFB_EDT, PROG_INGRESS};
 use serde::{Deserialize, Serialize};
 
-use super::{AttachMode, KernelError, pins::Pins};
+use super::{AttachMode, HOOK_IFB, KernelError, pins::Pins};
 
 /// A cls_bpf filter of ours, enough to find it again after a restart.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -47,10 +47,25 @@ impl Link {
     }
 }
 
-/// The program for a hook, and the hook as aya names it.
-pub(super) fn program_for(hook: u8) -> (&'static str, TcAttachType) {
-    if hook == HOOK_EGRESS { (PROG_EGRESS, TcAttachType::Egress) } else { (PROG_INGRESS, TcAttachType::Ingress) }
+/// The program for a hook (with the edt backend or not), and the hook as aya names it.
+pub(super) fn program_for(hook: u8, edt: bool) -> (&'static str, TcAttachType) {
+    match (hook, edt) {
+        (HOOK_EGRESS, false) => (PROG_EGRESS, TcAttachType::Egress),
+        (HOOK_EGRESS, true) => (PROG_EGRESS_EDT, TcAttachType::Egress),
+        (HOOK_IFB, false) => (PROG_IFB, TcAttachType::Egress),
+        (HOOK_IFB, true) => (PROG_IFB_EDT, TcAttachType::Egress),
+        _ => (PROG_INGRESS, TcAttachType::Ingress),
+    }
 }
+
+/// Every (program, hook) pair that can be attached, for `cleanup`.
+const ALL_PROGRAMS: [(&str, TcAttachType); 5] = [
+    (PROG_INGRESS, TcAttachType::Ingress),
+    (PROG_EGRESS, TcAttachType::Egress),
+    (PROG_EGRESS_EDT, TcAttachType::Egress),
+    (PROG_IFB, TcAttachType::Egress),
+    (PROG_IFB_EDT, TcAttachType::Egress),
+];
 
 pub(super) fn program<'a>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut SchedClassifier, KernelError> {
     let what = || format!("program {name}");
@@ -67,8 +82,9 @@ pub(super) fn attach(
     ifindex: u32,
     interface: &str,
     hook: u8,
+    edt: bool,
 ) -> Result<Link, KernelError> {
-    let (name, attach_type) = program_for(hook);
+    let (name, attach_type) = program_for(hook, edt);
     let what = || format!("attaching {name} to {interface}");
     let prog = program(ebpf, name)?;
     // Probe TCX by trying it: kernels without it (before 6.6, or vendor kernels that lack the
@@ -155,10 +171,10 @@ pub(super) fn detach(link: Link, remove_clsact: bool) {
 /// Re-adopts a previous daemon's attachments: pinned TCX links and recorded cls_bpf filters
 /// are switched to this daemon's programs in place (`bpf_link_update` for TCX, a filter
 /// replace for cls_bpf), so traffic never sees a gap or two programs at once.
-pub(super) fn adopt(ebpf: &mut Ebpf, pins: &Pins, filters: &[NlFilter]) -> BTreeMap<(u32, u8), Link> {
+pub(super) fn adopt(ebpf: &mut Ebpf, pins: &Pins, filters: &[NlFilter], edt: bool) -> BTreeMap<(u32, u8), Link> {
     let mut links = BTreeMap::new();
     for (ifindex, hook, pin) in pins.links() {
-        let (name, _) = program_for(hook);
+        let (name, _) = program_for(hook, edt);
         let adopted = PinnedLink::from_pin(&pin)
             .map_err(|e| e.to_string())
             .and_then(|p| SchedClassifierLink::try_from(FdLink::from(p)).map_err(|e| e.to_string()))
@@ -182,7 +198,7 @@ pub(super) fn adopt(ebpf: &mut Ebpf, pins: &Pins, filters: &[NlFilter]) -> BTree
         }
     }
     for f in filters {
-        let (name, attach_type) = program_for(f.hook);
+        let (name, attach_type) = program_for(f.hook, edt);
         let adopted =
             SchedClassifierLink::attached(&f.interface, attach_type, f.priority, TcHandle::from(f.handle), None)
                 .map_err(|e| e.to_string())
@@ -212,8 +228,7 @@ pub fn detach_filters_by_name() -> Vec<String> {
     let Ok(interfaces) = nix::net::if_::if_nameindex() else { return removed };
     for iface in interfaces.iter() {
         let interface = iface.name().to_string_lossy().into_owned();
-        for hook in [chaos_common::HOOK_INGRESS, HOOK_EGRESS] {
-            let (name, attach_type) = program_for(hook);
+        for (name, attach_type) in ALL_PROGRAMS {
             if tc::qdisc_detach_program(&interface, attach_type, name).is_ok() {
                 removed.push(format!("cls_bpf filter {name} on {interface}"));
             }

@@ -1,0 +1,169 @@
+//! Delay and jitter, measured as one-way latency at the receiver (both ends read the same
+//! CLOCK_MONOTONIC), against a no-fault baseline taken in the same lab just before.
+//!
+//! Needs a kernel with a delay backend: `cargo xtask vm-test` runs this file on a Debian 6.1
+//! kernel once per backend (`CHAOS_TEST_BACKEND=edt` and `=netem`). Without that variable these
+//! tests check nothing and say so: the host kernel has neither fq nor netem (see
+//! `delay_refused.rs` for what happens there).
+//!
+//! Tolerance: a measured median may differ from the expected one by the baseline's own spread
+//! (its 10th to 90th percentile: scheduling and, in a VM, emulation noise) plus 1 ms (the
+//! qdisc watchdog's timer slack and the receiver's wake-up).
+
+use std::{net::SocketAddr, time::Duration};
+
+use chaos_tests::{
+    Daemon, Lab, lab,
+    stats::{ms, quantile, std_dev},
+    traffic,
+};
+
+const MS: u64 = 1_000_000;
+const ROUNDS: usize = 400;
+const INTERVAL: Duration = Duration::from_millis(2);
+
+/// The daemon with the backend under test, or `None` (and a note) when none is asked for.
+fn start(lab: &Lab) -> Option<Daemon> {
+    let Ok(backend) = std::env::var("CHAOS_TEST_BACKEND") else {
+        eprintln!("skipped: set CHAOS_TEST_BACKEND=edt|netem on a kernel with fq/netem (`cargo xtask vm-test` does)");
+        return None;
+    };
+    let daemon = Daemon::start_with(&lab.a, &format!("delay_backend = \"{backend}\"")).unwrap();
+    let status: serde_json::Value = serde_json::from_str(&daemon.ctl_ok(&["status", "-o", "json"])).unwrap();
+    assert_eq!(status["delay_backend"], backend.as_str(), "{status}");
+    Some(daemon)
+}
+
+fn addr(ip: &str, port: u16) -> SocketAddr {
+    SocketAddr::new(ip.parse().unwrap(), port)
+}
+
+/// The baseline's noise: see the module's comment.
+fn tolerance(baseline: &[Vec<u64>]) -> u64 {
+    MS + baseline.iter().map(|b| quantile(b, 0.9) - quantile(b, 0.1)).max().unwrap()
+}
+
+fn assert_shifted(name: &str, base: &[u64], with: &[u64], by: u64, tol: u64) {
+    let (b, w) = (quantile(base, 0.5), quantile(with, 0.5));
+    let shift = w as i64 - b as i64;
+    assert!(
+        (shift - by as i64).unsigned_abs() <= tol,
+        "{name}: median {} -> {} (shift {}), expected a shift of {} within {}",
+        ms(b as f64),
+        ms(w as f64),
+        ms(shift as f64),
+        ms(by as f64),
+        ms(tol as f64)
+    );
+}
+
+/// Acceptance 1: 50 ms on UDP to one port (IPv4 and IPv6) shifts its latency by 50 ms, other
+/// ports keep theirs even while delayed traffic is queued (no head-of-line blocking), and
+/// jitter 10 ms spreads the latency as a uniform +/-10 ms does.
+#[test]
+fn egress_delay_and_jitter() {
+    let lab = Lab::new().unwrap();
+    let Some(daemon) = start(&lab) else { return };
+    // 9002: delayed; 9001: not; 9003: delayed bulk traffic queued in the same qdisc.
+    let dsts = [addr(lab::B4, 9002), addr(lab::B4, 9001), addr(lab::B6, 9002)];
+    let measure = || traffic::udp_latencies(&lab.a, &lab.b, &dsts, INTERVAL, ROUNDS).unwrap();
+    let base = measure();
+    let tol = tolerance(&base);
+
+    daemon.ctl_ok(&[
+        "apply",
+        "--name",
+        "slow",
+        "-i",
+        &lab.a_if,
+        "--delay",
+        "50ms",
+        "-p",
+        "udp",
+        "--dport",
+        "9002-9003",
+    ]);
+    let bulk = traffic::udp_flood(&lab.a, &lab.b, addr(lab::B4, 9003), 1000, Duration::from_secs(3));
+    let with = measure();
+    bulk.join().unwrap();
+    for (i, name) in ["IPv4 delayed port", "other port", "IPv6 delayed port"].iter().enumerate() {
+        assert_eq!(with[i].len(), ROUNDS, "{name}: datagrams lost");
+    }
+    assert_shifted("IPv4 delayed port", &base[0], &with[0], 50 * MS, tol);
+    assert_shifted("other port", &base[1], &with[1], 0, tol);
+    assert_shifted("IPv6 delayed port", &base[2], &with[2], 50 * MS, tol);
+    daemon.ctl_ok(&["rm", "slow"]);
+
+    daemon.ctl_ok(&[
+        "apply", "--name", "jittery", "-i", &lab.a_if, "--delay", "50ms", "--jitter", "10ms", "-p", "udp", "--dport",
+        "9002",
+    ]);
+    let with = measure();
+    assert_shifted("jittered port", &base[0], &with[0], 50 * MS, tol);
+    // Uniform on [40, 60] ms: standard deviation 20/sqrt(12) = 5.77 ms, added in quadrature to
+    // the baseline's. With 400 samples the estimate's standard error is about 3.5%; 20% allows
+    // for the baseline's own variation between the two runs.
+    let expected = ((20.0 * MS as f64).powi(2) / 12.0 + std_dev(&base[0]).powi(2)).sqrt();
+    let measured = std_dev(&with[0]);
+    assert!(
+        (measured / expected - 1.0).abs() < 0.2,
+        "jitter: standard deviation {} where {} was expected",
+        ms(measured),
+        ms(expected)
+    );
+    // And bounded as uniform: the 2nd and 98th percentiles sit 0.4 ms inside 40 and 60 ms.
+    let b = quantile(&base[0], 0.5);
+    let (lo, hi) = (quantile(&with[0], 0.02) - b, quantile(&with[0], 0.98) - b);
+    assert!(
+        lo + tol >= 40 * MS && hi <= 60 * MS + tol,
+        "jitter: 2nd-98th percentile {}..{}",
+        ms(lo as f64),
+        ms(hi as f64)
+    );
+    assert_shifted("other port, jitter on", &base[1], &with[1], 0, tol);
+}
+
+/// Acceptance 3: ingress delay (through the IFB), measured the same way.
+#[test]
+fn ingress_delay() {
+    let lab = Lab::new().unwrap();
+    let Some(daemon) = start(&lab) else { return };
+    let dsts = [addr(lab::A4, 9102), addr(lab::A4, 9101), addr(lab::A6, 9102)];
+    let measure = || traffic::udp_latencies(&lab.b, &lab.a, &dsts, INTERVAL, ROUNDS).unwrap();
+    let base = measure();
+    let tol = tolerance(&base);
+    daemon.ctl_ok(&[
+        "apply", "--name", "slow-in", "-i", &lab.a_if, "-d", "ingress", "--delay", "50ms", "-p", "udp", "--dport",
+        "9102",
+    ]);
+    let with = measure();
+    for (i, name) in ["IPv4 delayed port", "other port", "IPv6 delayed port"].iter().enumerate() {
+        assert_eq!(with[i].len(), ROUNDS, "{name}: datagrams lost");
+    }
+    assert_shifted("IPv4 delayed port", &base[0], &with[0], 50 * MS, tol);
+    assert_shifted("other port", &base[1], &with[1], 0, tol);
+    assert_shifted("IPv6 delayed port", &base[2], &with[2], 50 * MS, tol);
+    daemon.ctl_ok(&["rm", "slow-in"]);
+    let after = measure();
+    assert_shifted("after removal", &base[0], &after[0], 0, tol);
+}
+
+/// `both` delays the requests on egress and the replies on ingress: a round trip to the
+/// delayed port gains 100 ms (two one-way measurements here, one each way).
+#[test]
+fn both_directions() {
+    let lab = Lab::new().unwrap();
+    let Some(daemon) = start(&lab) else { return };
+    let out = [addr(lab::B4, 9202), addr(lab::B4, 9201)];
+    // Replies: from b's port 9202 to a. `both` mirrors ports, so a's side is matched by sport.
+    let back = [addr(lab::A4, 9203)];
+    let base_out = traffic::udp_latencies(&lab.a, &lab.b, &out, INTERVAL, ROUNDS).unwrap();
+    let base_back = traffic::udp_latencies_from(&lab.b, 9202, &lab.a, &back, INTERVAL, ROUNDS).unwrap();
+    let tol = tolerance(&base_out).max(tolerance(&base_back));
+    daemon.ctl_ok(&["apply", "--name", "rtt", "-i", &lab.a_if, "-d", "both", "--delay", "50ms", "--dport", "9202"]);
+    let with_out = traffic::udp_latencies(&lab.a, &lab.b, &out, INTERVAL, ROUNDS).unwrap();
+    let with_back = traffic::udp_latencies_from(&lab.b, 9202, &lab.a, &back, INTERVAL, ROUNDS).unwrap();
+    assert_shifted("requests", &base_out[0], &with_out[0], 50 * MS, tol);
+    assert_shifted("other port", &base_out[1], &with_out[1], 0, tol);
+    assert_shifted("replies", &base_back[0], &with_back[0], 50 * MS, tol);
+}
