@@ -40,6 +40,10 @@ fn bad_inputs_are_refused_and_change_nothing() {
         (vec!["apply", "-i", a, "--loss", "10", "--name", "good"], "name: a fault named 'good' already exists"),
         (vec!["apply", "-i", a, "--loss", "10", "-d", "up"], "direction: 'up' is not a direction"),
         (vec!["apply", "-i", a, "--loss", "10", "-p", "sctp"], "protocol: 'sctp' is not a protocol"),
+        (vec!["apply", "-i", a, "--delay", "50"], "delay: 50 needs a unit (e.g. 50ms)"),
+        (vec!["apply", "-i", a, "--delay", "50ms", "--jitter", "3s"], "jitter: 3s is more than the largest"),
+        (vec!["apply", "-i", a, "--rate", "10xbit"], "rate: '10xbit' is not a rate"),
+        (vec!["apply", "-i", a, "--rate", "1mbit", "--burst", "2gb"], "burst: 2147483648 bytes is outside"),
         // All or nothing: the first fault of the file is fine, the second is not.
         (vec!["apply", "-f", batch], "fault[1].dport: 70000 is not a port (0-65535)"),
         (vec!["rm", "missing"], "no fault named 'missing'"),
