@@ -64,7 +64,8 @@ const GUEST_PATH: &str = "/usr/sbin:/usr/bin:/sbin:/bin";
 pub fn run(names: &[String], timeout: Duration) -> anyhow::Result<()> {
     let started = Instant::now();
     let suites = select(names)?;
-    qemu::ensure_installed()?;
+    apt::ensure_program(qemu::QEMU, "qemu-system-x86")?;
+    apt::ensure_program("objcopy", "binutils")?;
     let kernel = kernel::ensure()?;
     println!("== guest kernel: {} {}", kernel.package, kernel.version);
     crate::bootstrap::ensure()?;
@@ -86,7 +87,7 @@ pub fn run(names: &[String], timeout: Duration) -> anyhow::Result<()> {
 
     let dir = crate::workspace().join("target/vm-test");
     let initrd = dir.join("initramfs.cpio");
-    let size = initramfs(&kernel, &tests, &dir.join("stage"), &initrd)?;
+    let size = build_initramfs(&kernel, &tests, &dir.join("stage"), &initrd)?;
     println!("== initramfs: {} MB; booting under qemu (TCG)", size >> 20);
     let outcome = qemu::run(&kernel.vmlinuz, &initrd, timeout)?;
     report(&suites, &outcome, started.elapsed())
@@ -131,7 +132,7 @@ fn test_executables() -> anyhow::Result<BTreeMap<String, PathBuf>> {
 
 /// Writes the initramfs: the init, the daemon and CLI, the test binaries, iproute2, the
 /// modules, and the plan the init follows (`/vmtest/plan.json`).
-fn initramfs(
+fn build_initramfs(
     kernel: &kernel::Kernel,
     tests: &[(&Suite, PathBuf)],
     stage: &std::path::Path,

@@ -104,6 +104,8 @@ fn run_suite(name: &str, suite: &Value, path: &str, timeout: Duration) -> anyhow
     println!("==== VM test suite {name}: {exe} {}", args.join(" "));
     let mut cmd = Command::new(exe);
     cmd.args(&args).env_clear().env("PATH", path).env("HOME", "/root").env("RUST_BACKTRACE", "1");
+    // The console ends up in a log file: no colour codes from the daemon's log lines.
+    cmd.env("NO_COLOR", "1");
     for kv in suite["env"].as_array().into_iter().flatten() {
         cmd.env(kv[0].as_str().unwrap_or_default(), kv[1].as_str().unwrap_or_default());
     }

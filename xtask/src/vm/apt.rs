@@ -33,6 +33,15 @@ pub fn field(package: &str, field: &str) -> anyhow::Result<String> {
     })
 }
 
+/// Installs `package` unless `program` runs.
+pub fn ensure_program(program: &str, package: &str) -> anyhow::Result<()> {
+    if Command::new(program).arg("--version").output().is_ok_and(|o| o.status.success()) {
+        return Ok(());
+    }
+    eprintln!("xtask: installing {package} (for {program})");
+    install(package)
+}
+
 pub fn install(package: &str) -> anyhow::Result<()> {
     let install = || {
         run(Command::new("apt-get")

@@ -78,7 +78,11 @@ fn fetch(package: &str, version: &str, cache: &Path, dir: &Path) -> anyhow::Resu
         if !status.success() {
             bail!("dpkg-deb -x {} failed", deb.display());
         }
-        std::fs::rename(&root, dir).with_context(|| format!("moving the kernel into {}", dir.display()))
+        match std::fs::rename(&root, dir) {
+            // Another run fetched the same kernel meanwhile.
+            Err(_) if dir.is_dir() => Ok(()),
+            r => r.with_context(|| format!("moving the kernel into {}", dir.display())),
+        }
     })();
     let _ = std::fs::remove_dir_all(&tmp);
     result?;

@@ -11,16 +11,7 @@ use std::{
 
 use anyhow::Context as _;
 
-const QEMU: &str = "qemu-system-x86_64";
-
-/// Installs Debian's qemu when it is missing.
-pub fn ensure_installed() -> anyhow::Result<()> {
-    if Command::new(QEMU).arg("--version").output().is_ok_and(|o| o.status.success()) {
-        return Ok(());
-    }
-    eprintln!("xtask: installing qemu-system-x86");
-    super::apt::install("qemu-system-x86")
-}
+pub const QEMU: &str = "qemu-system-x86_64";
 
 /// One `VMTEST RESULT <suite> PASS|FAIL <exit> <seconds>` line.
 pub struct SuiteResult {
