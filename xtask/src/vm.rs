@@ -27,7 +27,9 @@ pub struct Suite {
     pub env: &'static [(&'static str, &'static str)],
 }
 
-/// What `cargo xtask vm-test` runs, in this order (`-- <names>` picks some).
+/// What `cargo xtask vm-test` runs, in this order (`-- <names>` picks some). A test target run
+/// under several backends is one line each, e.g.
+/// `Suite { name: "delay-netem", target: "delay", args: &[], env: &[("CHAOS_TEST_BACKEND", "netem")] }`.
 const SUITES: &[Suite] = &[
     Suite { name: "loss", target: "loss", args: &[], env: &[] },
     Suite { name: "partition", target: "partition", args: &[], env: &[] },
