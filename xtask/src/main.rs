@@ -3,8 +3,9 @@
 mod bootstrap;
 mod check_ebpf;
 mod demo;
+mod vm;
 
-use std::{path::PathBuf, process::Command};
+use std::{path::PathBuf, process::Command, time::Duration};
 
 use anyhow::{Context as _, bail};
 use clap::{Parser, Subcommand};
@@ -32,6 +33,16 @@ enum Task {
     },
     /// Two hosts in network namespaces, 20% UDP loss applied and removed with chaosctl.
     Demo,
+    /// End-to-end test suites inside a Debian 6.1 kernel under qemu (installs qemu, downloads
+    /// the kernel once).
+    VmTest {
+        /// Minutes before the VM is stopped and the run fails.
+        #[arg(long, default_value_t = 40)]
+        timeout: u64,
+        /// Suites to run (default: all).
+        #[arg(last = true)]
+        suites: Vec<String>,
+    },
 }
 
 fn main() {
@@ -76,6 +87,7 @@ fn run(task: Task) -> anyhow::Result<()> {
             build()?;
             demo::run()
         }
+        Task::VmTest { timeout, suites } => vm::run(&suites, Duration::from_secs(timeout * 60)),
     }
 }
 

@@ -1,0 +1,105 @@
+//! Boots the guest under qemu (TCG: KVM hung on these machines), streams its console to
+//! stdout, and collects the init's `VMTEST` lines, within an overall time limit.
+
+use std::{
+    io::{BufRead as _, BufReader, Write as _},
+    path::Path,
+    process::{Command, Stdio},
+    sync::mpsc,
+    time::{Duration, Instant},
+};
+
+use anyhow::Context as _;
+
+pub const QEMU: &str = "qemu-system-x86_64";
+
+/// One `VMTEST RESULT <suite> PASS|FAIL <exit> <seconds>` line.
+pub struct SuiteResult {
+    pub suite: String,
+    pub pass: bool,
+    pub exit: String,
+    pub seconds: String,
+}
+
+pub struct Outcome {
+    pub results: Vec<SuiteResult>,
+    /// The init printed `VMTEST DONE`.
+    pub done: bool,
+    pub timed_out: bool,
+    /// From starting qemu to the init's first line.
+    pub boot: Option<Duration>,
+}
+
+pub fn run(kernel: &Path, initrd: &Path, timeout: Duration) -> anyhow::Result<Outcome> {
+    let started = Instant::now();
+    let mut child = Command::new(QEMU)
+        .args(["-accel", "tcg", "-m", "4096", "-smp", "2", "-no-reboot"])
+        // The serial port on stdout and nothing else: with -nographic's default devices the
+        // firmware also writes there (a NIC's boot ROM banner, escape codes that reset the
+        // terminal).
+        .args(["-nodefaults", "-display", "none", "-serial", "stdio", "-kernel"])
+        .arg(kernel)
+        .arg("-initrd")
+        .arg(initrd)
+        // panic=-1: a kernel panic (or an init that exits) reboots at once, which -no-reboot
+        // turns into qemu exiting.
+        .args(["-append", "console=ttyS0 panic=-1 quiet"])
+        // No stdin: qemu would take the terminal over, and Ctrl-C should stop the run.
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .spawn()
+        .with_context(|| format!("starting {QEMU}"))?;
+    let console = child.stdout.take().unwrap();
+    let (tx, rx) = mpsc::channel();
+    let reader = std::thread::spawn(move || {
+        let mut console = BufReader::new(console);
+        let mut line = Vec::new();
+        while console.read_until(b'\n', &mut line).is_ok_and(|n| n > 0) {
+            let text = String::from_utf8_lossy(&line);
+            let text = text.trim_end_matches(['\r', '\n']);
+            let mut out = std::io::stdout().lock();
+            let _ = writeln!(out, "{text}");
+            let _ = out.flush();
+            // Kernel messages may share a line with ours: look for the marker anywhere.
+            if let Some(i) = text.find("VMTEST ") {
+                let _ = tx.send(text[i + 7..].to_owned());
+            }
+            line.clear();
+        }
+    });
+
+    let mut outcome = Outcome { results: Vec::new(), done: false, timed_out: false, boot: None };
+    let deadline = started + timeout;
+    loop {
+        match rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+            Ok(msg) => {
+                let words: Vec<&str> = msg.split_whitespace().collect();
+                match words.as_slice() {
+                    ["START", ..] => outcome.boot = Some(started.elapsed()),
+                    ["DONE", ..] => outcome.done = true,
+                    ["RESULT", suite, result, exit, seconds, ..] => outcome.results.push(SuiteResult {
+                        suite: (*suite).into(),
+                        pass: *result == "PASS",
+                        exit: (*exit).into(),
+                        seconds: (*seconds).into(),
+                    }),
+                    _ => {}
+                }
+            }
+            Err(mpsc::RecvTimeoutError::Timeout) => {
+                println!("xtask: the VM did not finish within {} min: stopping it", timeout.as_secs() / 60);
+                outcome.timed_out = true;
+                let _ = child.kill();
+                break;
+            }
+            // The console closed: qemu has exited.
+            Err(mpsc::RecvTimeoutError::Disconnected) => break,
+        }
+    }
+    let status = child.wait()?;
+    let _ = reader.join();
+    if !status.success() && !outcome.timed_out {
+        println!("xtask: {QEMU} exited with {status}");
+    }
+    Ok(outcome)
+}
