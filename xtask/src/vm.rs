@@ -36,6 +36,13 @@ const SUITES: &[Suite] = &[
     // 6.1 has no TCX (6.6+): the variants forcing it cannot pass there, the netlink ones run.
     Suite { name: "restart", target: "restart", args: &["--skip", "_tcx"], env: &[] },
     Suite { name: "shutdown", target: "shutdown", args: &["--skip", "_tcx"], env: &[] },
+    // Delay and bandwidth, once per backend: netem stands for the 4.19 tier.
+    Suite { name: "delay-edt", target: "delay", args: &[], env: &[("CHAOS_TEST_BACKEND", "edt")] },
+    Suite { name: "delay-netem", target: "delay", args: &[], env: &[("CHAOS_TEST_BACKEND", "netem")] },
+    Suite { name: "rate-edt", target: "rate", args: &[], env: &[("CHAOS_TEST_BACKEND", "edt")] },
+    Suite { name: "rate-netem", target: "rate", args: &[], env: &[("CHAOS_TEST_BACKEND", "netem")] },
+    Suite { name: "qdisc-edt", target: "qdisc_restore", args: &[], env: &[("CHAOS_TEST_BACKEND", "edt")] },
+    Suite { name: "qdisc-netem", target: "qdisc_restore", args: &[], env: &[("CHAOS_TEST_BACKEND", "netem")] },
 ];
 
 /// Loaded in the guest before the suites, with their dependencies: the lab's veth pairs,
