@@ -16,6 +16,7 @@ pub mod guard;
 pub mod kernel;
 pub mod netlink;
 pub mod server;
+pub mod shaping;
 pub mod spec;
 pub mod state;
 
