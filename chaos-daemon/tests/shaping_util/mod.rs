@@ -1,0 +1,43 @@
+//! A network namespace per test on a dedicated thread, and iproute2 to set up and read back.
+
+use std::{process::Command, thread};
+
+use chaos_daemon::netlink::link;
+
+/// Runs `f` on a fresh thread in a new network namespace (unshare is per thread; the
+/// namespace goes when the thread ends). Commands run from that thread run in it too.
+pub fn in_netns<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
+    assert!(nix::unistd::geteuid().is_root(), "the shaping tests need root (they make network namespaces)");
+    thread::spawn(move || {
+        nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET).expect("unshare(CLONE_NEWNET)");
+        f()
+    })
+    .join()
+    .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+}
+
+/// Runs a command (split on spaces); its stdout, or its stderr as the error.
+pub fn try_run(cmd: &str) -> Result<String, String> {
+    let args: Vec<_> = cmd.split_whitespace().collect();
+    let out = Command::new(args[0]).args(&args[1..]).output().map_err(|e| format!("{cmd}: {e}"))?;
+    if out.status.success() {
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    } else {
+        Err(format!("{cmd}: {}", String::from_utf8_lossy(&out.stderr)))
+    }
+}
+
+pub fn run(cmd: &str) -> String {
+    try_run(cmd).unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// A veth pair, both ends up.
+pub fn veth(a: &str, b: &str) {
+    run(&format!("ip link add {a} type veth peer name {b}"));
+    run(&format!("ip link set {a} up"));
+    run(&format!("ip link set {b} up"));
+}
+
+pub fn index(name: &str) -> u32 {
+    link::by_name(name).unwrap().unwrap_or_else(|| panic!("no interface {name}")).ifindex
+}
