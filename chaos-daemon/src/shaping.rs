@@ -14,14 +14,18 @@
 mod class;
 mod fq;
 mod htb;
+mod ingress;
 mod netem;
 mod normal;
+mod probe;
 mod root;
 
 pub use class::{Distribution, NetemClass, remove_class, set_class};
 pub use fq::FqParams;
+pub use ingress::{IfbRedirect, REDIRECT_PRIORITY, ifb_name, redirect_ingress, unredirect_ingress};
 pub use netem::{NetemOptions, percent};
 pub use normal::{NETEM_DIST_SCALE, normal_table};
+pub use probe::{Probe, probe};
 pub use root::{Saved, SavedRoot, remove_our_root, restore, take};
 use serde::{Deserialize, Serialize};
 

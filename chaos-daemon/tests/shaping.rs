@@ -5,8 +5,11 @@
 
 mod shaping_util;
 
-use chaos_daemon::shaping::{self, Backend, FqParams, NetemClass, Saved, ShapingError};
-use shaping_util::{in_netns, index, run, try_run, veth};
+use chaos_daemon::{
+    netlink::link,
+    shaping::{self, Backend, FqParams, NetemClass, Saved, ShapingError},
+};
+use shaping_util::{in_netns, index, run, send_frames, try_run, veth};
 
 fn take_netem(ifindex: u32) -> Result<Saved, ShapingError> {
     shaping::take(ifindex, Backend::Netem, FqParams::default(), 1000)
@@ -254,4 +257,85 @@ fn delay_class_uses_netem_or_fails_whole() {
         }
         shaping::restore(index("va"), &saved).unwrap();
     });
+}
+
+#[test]
+fn ingress_is_redirected_through_the_ifb() {
+    in_netns(|| {
+        veth("va", "vb");
+        let (va, vb) = (index("va"), index("vb"));
+        let before = qdiscs("va");
+        let r = shaping::redirect_ingress(va).unwrap();
+        assert_eq!(r.ifb_name, format!("chaos-ifb{va}"));
+        assert!(r.added_clsact);
+        let ifb = link::by_name(&r.ifb_name).unwrap().unwrap();
+        assert_eq!((ifb.ifindex, ifb.kind.as_deref(), ifb.up), (r.ifb_ifindex, Some("ifb"), true));
+        let filters = run("tc filter show dev va ingress");
+        assert!(filters.contains("filter protocol all pref 49374 u32"), "{filters}");
+        assert!(filters.contains(&format!("mirred (Egress Redirect to device {})", r.ifb_name)), "{filters}");
+        // Asking again re-uses everything.
+        let again = shaping::redirect_ingress(va).unwrap();
+        assert_eq!(again, shaping::IfbRedirect { added_clsact: false, ..r.clone() });
+
+        // The IFB can be shaped like any device.
+        let saved = take_netem(r.ifb_ifindex).unwrap();
+        shaping::set_class(r.ifb_ifindex, &rate_class(1, 50_000_000)).unwrap();
+
+        let sent_before = link::by_index(r.ifb_ifindex).unwrap().unwrap().tx_packets;
+        send_frames(vb, 5);
+        let sent = link::by_index(r.ifb_ifindex).unwrap().unwrap().tx_packets - sent_before;
+        assert!(sent >= 5, "the IFB sent {sent} packets");
+        let _ = saved;
+
+        shaping::unredirect_ingress(&r).unwrap();
+        assert_eq!(run("tc filter show dev va ingress"), "");
+        assert!(link::by_name(&r.ifb_name).unwrap().is_none());
+        assert_eq!(qdiscs("va"), before);
+        shaping::unredirect_ingress(&r).unwrap();
+    });
+}
+
+/// A clsact that was there (with someone's filter) stays, and so does that filter; a filter
+/// that is not ours at our priority is refused and nothing is left behind.
+#[test]
+fn ingress_redirect_respects_what_was_there() {
+    in_netns(|| {
+        veth("va", "vb");
+        let va = index("va");
+        run("tc qdisc add dev va clsact");
+        run("tc filter add dev va ingress protocol ip prio 7 u32 match ip dst 10.9.9.9/32 flowid 1:1");
+        let before = qdiscs("va") + &run("tc filter show dev va ingress");
+        let r = shaping::redirect_ingress(va).unwrap();
+        assert!(!r.added_clsact);
+        shaping::unredirect_ingress(&r).unwrap();
+        assert_eq!(qdiscs("va") + &run("tc filter show dev va ingress"), before);
+
+        run("tc filter add dev va ingress protocol all prio 49374 u32 match u32 0 0 flowid 1:1");
+        let before = qdiscs("va") + &run("tc filter show dev va ingress");
+        let e = shaping::redirect_ingress(va).unwrap_err().to_string();
+        assert_eq!(e, "va: ingress filter priority 0xc0de is taken by a u32 filter");
+        assert_eq!(qdiscs("va") + &run("tc filter show dev va ingress"), before);
+        assert!(link::by_name(&shaping::ifb_name(va)).unwrap().is_none());
+    });
+}
+
+#[test]
+fn probe_reports_what_this_kernel_has() {
+    let p = shaping::probe();
+    assert_eq!(p.htb, Ok(()));
+    assert_eq!(p.ifb, Ok(()));
+    assert_eq!(p.mirred, Ok(()));
+    // iproute2 in a namespace of its own is the independent judge of fq and netem.
+    let (fq, netem) = in_netns(|| {
+        (try_run("tc qdisc add dev lo root fq").is_ok(), try_run("tc qdisc add dev lo root netem delay 1ms").is_ok())
+    });
+    for (found, expected, kind, module) in [(&p.fq, fq, "fq", "sch_fq"), (&p.netem, netem, "netem", "sch_netem")] {
+        match found {
+            Ok(()) => assert!(expected, "{kind}"),
+            Err(e) => {
+                assert!(!expected, "{kind}: {e}");
+                assert_eq!(e, &format!("{module} is not available (qdisc kind '{kind}' unknown to this kernel)"));
+            }
+        }
+    }
 }

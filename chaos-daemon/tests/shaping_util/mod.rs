@@ -1,4 +1,5 @@
-//! A network namespace per test on a dedicated thread, and iproute2 to set up and read back.
+//! A network namespace per test on a dedicated thread, iproute2 to set up and read back, and
+//! raw frames to send.
 
 use std::{process::Command, thread};
 
@@ -40,4 +41,34 @@ pub fn veth(a: &str, b: &str) {
 
 pub fn index(name: &str) -> u32 {
     link::by_name(name).unwrap().unwrap_or_else(|| panic!("no interface {name}")).ifindex
+}
+
+/// Sends `n` broadcast Ethernet frames (local experimental ethertype 0x88b5) out of
+/// `ifindex` through an AF_PACKET socket, so they reach the veth peer's ingress.
+pub fn send_frames(ifindex: u32, n: usize) {
+    // SAFETY: socket, sendto with a live buffer and sockaddr_ll, close of the socket made here.
+    unsafe {
+        let fd = libc::socket(libc::AF_PACKET, libc::SOCK_RAW, 0);
+        assert!(fd >= 0, "AF_PACKET socket: {}", std::io::Error::last_os_error());
+        let mut frame = vec![0xffu8; 6];
+        frame.extend_from_slice(&[0x02, 0, 0, 0, 0, 1, 0x88, 0xb5]);
+        frame.resize(60, 0);
+        let mut addr: libc::sockaddr_ll = std::mem::zeroed();
+        addr.sll_family = libc::AF_PACKET as u16;
+        addr.sll_ifindex = ifindex as i32;
+        addr.sll_halen = 6;
+        addr.sll_addr[..6].fill(0xff);
+        for _ in 0..n {
+            let sent = libc::sendto(
+                fd,
+                frame.as_ptr().cast(),
+                frame.len(),
+                0,
+                (&raw const addr).cast(),
+                size_of::<libc::sockaddr_ll>() as u32,
+            );
+            assert_eq!(sent, frame.len() as isize, "sendto: {}", std::io::Error::last_os_error());
+        }
+        libc::close(fd);
+    }
 }
