@@ -91,10 +91,24 @@ fn user_pfifo_roots_round_trip() {
         // A handle the kernel picked (8001:), and a bfifo.
         run("tc qdisc replace dev va root bfifo limit 12345");
         round_trip("va", 2);
+        run("tc qdisc replace dev va root handle 4: pfifo_head_drop limit 33");
+        round_trip("va", 4);
+        run("tc qdisc replace dev va root handle 5: pfifo_fast");
+        round_trip("va", 5);
         // A size table without data (overhead only) comes back with it.
         run("tc qdisc replace dev va root handle 9: stab overhead 20 linklayer ethernet pfifo limit 100");
         assert!(qdiscs("va").contains("linklayer ethernet overhead 20"));
         round_trip("va", 9);
+    });
+}
+
+/// An htb root without classes is all in its options (r2q, default class, direct_qlen).
+#[test]
+fn user_htb_root_without_classes_round_trips() {
+    in_netns(|| {
+        veth("va", "vb");
+        run("tc qdisc add dev va root handle 1: htb default 10 r2q 5 direct_qlen 77");
+        round_trip("va", 1);
     });
 }
 

@@ -35,6 +35,27 @@ pub fn root_options(direct_qlen: u32) -> Attrs {
     a
 }
 
+/// A user's htb root options as dumped, made acceptable to htb_init: htb_dump writes
+/// `tc_htb_glob.version = HTB_VER` (0x30011) but htb_init refuses any version but
+/// `HTB_VER >> 16` (3), with EINVAL. The rest (r2q, defcls, direct_qlen) goes back as is;
+/// direct_pkts is a counter, which htb_init ignores and a new qdisc starts at 0.
+pub fn restorable(options: &[u8]) -> Vec<u8> {
+    let mut o = options.to_vec();
+    let mut at = 0;
+    while at + 8 <= o.len() {
+        let len = usize::from(u16::from_ne_bytes([o[at], o[at + 1]]));
+        let ty = u16::from_ne_bytes([o[at + 2], o[at + 3]]) & 0x3fff;
+        if len < 4 {
+            break;
+        }
+        if ty == TCA_HTB_INIT && len >= 8 {
+            o[at + 4..at + 8].copy_from_slice(&TC_HTB_PROTOVER.to_ne_bytes());
+        }
+        at += (len + 3) & !3;
+    }
+    o
+}
+
 /// A leaf class with `rate == ceil` (it never borrows): `tc_htb_opt { rate, ceil, buffer,
 /// cbuffer, quantum, level, prio }`, with `TCA_HTB_RATE64/CEIL64` first when the rate does not
 /// fit the ratespec's u32 (which then holds ~0, as iproute2 sends it).
@@ -94,6 +115,13 @@ mod tests {
         let spec = "00010000ffff0000ffffffff";
         let expected = format!("4c000200{rate64}30000100{spec}{spec}093d0000093d0000400d03000000000000000000");
         assert_eq!(hex(class_options(12_500_000_000, 12_500_000).as_bytes()), expected);
+    }
+
+    #[test]
+    fn dumped_htb_version_is_made_acceptable() {
+        let mut dumped = root_options(77).as_bytes()[4..].to_vec();
+        dumped[4..8].copy_from_slice(&0x30011u32.to_ne_bytes());
+        assert_eq!(restorable(&dumped), &root_options(77).as_bytes()[4..]);
     }
 
     #[test]
