@@ -102,6 +102,23 @@ fn user_pfifo_roots_round_trip() {
     });
 }
 
+/// A leaf of another kind or handle under our class (a qdisc cannot change kind in place) is
+/// replaced by the one asked for.
+#[test]
+fn set_class_replaces_a_foreign_leaf() {
+    in_netns(|| {
+        veth("va", "vb");
+        let saved = take_netem(index("va")).unwrap();
+        shaping::set_class(index("va"), &rate_class(5, 1_000_000)).unwrap();
+        run("tc qdisc del dev va parent cd:5 handle 5:");
+        run("tc qdisc add dev va parent cd:5 handle 77: bfifo limit 100");
+        shaping::set_class(index("va"), &rate_class(5, 2_000_000)).unwrap();
+        let q = run("tc qdisc show dev va");
+        assert!(q.contains("qdisc pfifo 5: parent cd:5 limit 1000p") && !q.contains("bfifo"), "{q}");
+        shaping::restore(index("va"), &saved).unwrap();
+    });
+}
+
 /// An htb root without classes is all in its options (r2q, default class, direct_qlen).
 #[test]
 fn user_htb_root_without_classes_round_trips() {

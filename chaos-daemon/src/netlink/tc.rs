@@ -103,6 +103,17 @@ pub fn qdiscs(ifindex: u32) -> Result<Vec<TcObject>, NlError> {
     Ok(dump(libc::RTM_GETQDISC, ifindex, 0)?.into_iter().filter(|q| q.ifindex == ifindex).collect())
 }
 
+/// The qdisc at `parent` (TC_H_ROOT, or a class) of `ifindex`, asked for alone (tc_get_qdisc)
+/// rather than picked from a dump of every device's qdiscs. None when there is none, or when it
+/// is one the kernel does not show (noop, invisible defaults).
+pub fn qdisc_at(ifindex: u32, parent: u32) -> Result<Option<TcObject>, NlError> {
+    match Socket::open()?.request(libc::RTM_GETQDISC, 0, &tcmsg(ifindex, 0, parent, 0), &Attrs::new()) {
+        Ok(answer) => Ok(answer.iter().find_map(|m| TcObject::parse(&m.payload))),
+        Err(e) if e.is(libc::ENOENT) => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
 /// The classes of every qdisc of `ifindex` (empty when the device does not exist).
 pub fn classes(ifindex: u32) -> Result<Vec<TcObject>, NlError> {
     dump(libc::RTM_GETTCLASS, ifindex, 0)

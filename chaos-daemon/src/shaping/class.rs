@@ -108,8 +108,7 @@ fn set_leaf(ifindex: u32, interface: &str, class: &NetemClass, classid: u32) -> 
     let leaf = tc::handle(class.minor, 0);
     let (kind, options) = class.leaf();
     let what = format!("setting the {kind} leaf {} of class {}", fmt_handle(leaf), fmt_handle(classid));
-    let current =
-        tc::qdiscs(ifindex).map_err(kernel(interface, "listing qdiscs"))?.into_iter().find(|q| q.parent == classid);
+    let current = tc::qdisc_at(ifindex, classid).map_err(kernel(interface, what.clone()))?;
     // A qdisc cannot change kind in place (tc_modify_qdisc: "Invalid qdisc name: must match
     // existing qdisc"): the old leaf goes first, and HTB grafts its default pfifo meanwhile.
     // A handle-0 leaf is that default, which the replace below grafts over.

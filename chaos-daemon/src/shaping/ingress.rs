@@ -200,7 +200,8 @@ fn ingress_filters(ifindex: u32) -> Result<Vec<TcObject>, NlError> {
 /// is our IFB: ifindexes are reused), and clsact if we added it and no filter is left on it.
 /// Missing pieces: Ok.
 pub fn unredirect_ingress(r: &IfbRedirect) -> Result<(), ShapingError> {
-    let device = link::by_index(r.ifindex).map_err(kernel(&r.ifb_name, "looking up the redirected interface"))?;
+    let device =
+        link::by_index(r.ifindex).map_err(kernel(&format!("ifindex {}", r.ifindex), "looking up the interface"))?;
     if let Some(dev) = &device {
         let filters = ingress_filters(r.ifindex).map_err(kernel(&dev.name, "listing ingress filters"))?;
         let ours = filters.iter().any(|f| f.priority() == r.priority && mirred_target(f) == Some(r.ifb_ifindex));
