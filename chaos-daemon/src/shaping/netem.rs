@@ -136,6 +136,22 @@ mod tests {
         assert_eq!(options(&o).as_bytes().len(), 4 + 24);
     }
 
+    /// Rates from 2^32 bytes/s on go in TCA_NETEM_RATE64 first, with ~0 in tc_netem_rate (as
+    /// q_netem.c sends them); jitter not a multiple of 64 ns in TCA_NETEM_JITTER64.
+    #[test]
+    fn big_rates_and_fine_jitter_use_the_64_bit_attributes() {
+        let o = NetemOptions { latency_ns: 64, jitter_ns: 100, rate_bytes: Some(5_000_000_000), ..Default::default() };
+        let b = options(&o);
+        let attrs: Vec<_> = crate::netlink::attrs(&b.as_bytes()[4 + 24..]).collect();
+        let types: Vec<_> = attrs.iter().map(|(t, _)| *t).collect();
+        assert_eq!(types, [TCA_NETEM_JITTER64, TCA_NETEM_RATE64, TCA_NETEM_RATE]);
+        assert_eq!(attrs[0].1, 100u64.to_ne_bytes());
+        assert_eq!(attrs[1].1, 5_000_000_000u64.to_ne_bytes());
+        assert_eq!(hex(attrs[2].1), "ffffffff000000000000000000000000");
+        // qopt: latency 1 tick, jitter 1 tick (100 >> 6).
+        assert_eq!(hex(&b.as_bytes()[4..28]), "010000000000000000000000000000000000000001000000");
+    }
+
     #[test]
     fn percent_like_tc() {
         assert_eq!(percent(25.0), 0x4000_0000);
