@@ -11,6 +11,12 @@ pub fn in_netns<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T 
     assert!(nix::unistd::geteuid().is_root(), "the shaping tests need root (they make network namespaces)");
     thread::spawn(move || {
         nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET).expect("unshare(CLONE_NEWNET)");
+        // No IPv6 on new devices, so no autoconfiguration packets (router solicitations, MLD
+        // reports) move the counters `tc qdisc show` prints, such as htb's
+        // direct_packets_stat. Net sysctls are those of the writing thread's namespace.
+        for conf in ["all", "default"] {
+            let _ = std::fs::write(format!("/proc/sys/net/ipv6/conf/{conf}/disable_ipv6"), "1");
+        }
         f()
     })
     .join()
