@@ -14,7 +14,7 @@ pub mod config;
 pub mod engine;
 pub mod guard;
 pub mod kernel;
-mod netlink;
+pub mod netlink;
 pub mod server;
 pub mod shaping;
 pub mod spec;
