@@ -214,6 +214,7 @@ impl Kernel {
                 .iter()
                 .filter(|f| f.added_clsact && links.contains_key(&(f.ifindex, f.hook)))
                 .map(|f| f.ifindex)
+                .chain(shaping.ifbs.iter().filter(|r| r.added_clsact).map(|r| r.ifindex))
                 .collect(),
             links,
             mode,
@@ -313,13 +314,18 @@ impl Kernel {
         needs: &[ShapeNeed],
         keep: &[ShapeNeed],
     ) -> Result<BTreeMap<u32, (u32, String)>, KernelError> {
-        self.shaper.prepare(needs, keep)?;
+        let result = self.shaper.prepare(needs, keep);
+        // The shaper's redirects share the clsact qdisc with the daemon's filters: one record.
+        self.our_clsact.extend(self.shaper.clsact_added());
+        self.release_clsact();
+        result?;
         Ok(self.shaper.ifbs())
     }
 
     /// Gives back the qdiscs, classes and IFBs the live rules (`needs`) no longer use.
     pub fn settle_shaping(&mut self, needs: &[ShapeNeed]) {
         self.shaper.settle(needs);
+        self.release_clsact();
     }
 
     pub fn shaping_record(&self) -> ShapingRecord {
@@ -407,11 +413,40 @@ impl Kernel {
 
     fn detach_all(&mut self, keys: &[(u32, u8)]) {
         for key in keys {
-            let Some(link) = self.links.remove(key) else { continue };
-            // Never delete a qdisc we did not create, nor one still holding our filters.
-            let in_use = self.links.keys().any(|(ifindex, _)| *ifindex == key.0);
-            let remove_clsact = !in_use && self.our_clsact.remove(&key.0);
-            attach::detach(link, remove_clsact);
+            if let Some(link) = self.links.remove(key) {
+                attach::detach(link);
+            }
+        }
+        self.release_clsact();
+    }
+
+    /// Removes the clsact qdiscs the daemon added (for its filters or an ingress redirect) that
+    /// nothing of its own uses any more, unless a filter is left on them: one someone else
+    /// added since keeps the qdisc, which is never ours to take away with it.
+    fn release_clsact(&mut self) {
+        use crate::netlink::tc::{CLSACT_EGRESS, CLSACT_INGRESS, filters};
+        let redirected = self.shaper.ifbs();
+        let idle: Vec<u32> = self
+            .our_clsact
+            .iter()
+            .filter(|i| !redirected.contains_key(i) && !self.links.keys().any(|(l, _)| l == *i))
+            .copied()
+            .collect();
+        for ifindex in idle {
+            self.our_clsact.remove(&ifindex);
+            let left =
+                filters(ifindex, CLSACT_INGRESS).and_then(|i| Ok(i.len() + filters(ifindex, CLSACT_EGRESS)?.len()));
+            match left {
+                Ok(0) => match crate::netlink::delete_clsact(ifindex) {
+                    Ok(()) => tracing::info!(ifindex, "removed the clsact qdisc it added"),
+                    Err(e) => tracing::warn!(ifindex, "removing clsact: {e}"),
+                },
+                Ok(n) => {
+                    tracing::info!(ifindex, filters = n, "kept the clsact qdisc it added: others' filters are on it")
+                }
+                // The interface is gone, and its qdiscs with it.
+                Err(e) => tracing::debug!(ifindex, "listing clsact filters: {e}"),
+            }
         }
     }
 

@@ -178,11 +178,20 @@ pub fn udp_latencies_from(
             latencies
         }));
     }
-    let any: IpAddr = if dsts[0].is_ipv4() { Ipv4Addr::UNSPECIFIED.into() } else { Ipv6Addr::UNSPECIFIED.into() };
-    let tx = from.enter(move || UdpSocket::bind(SocketAddr::new(any, sport)))??;
+    // One sender per IP version in `dsts` (an IPv6 socket bound to the same port as an IPv4
+    // one would collide with it).
+    let mut senders = Vec::new();
+    for any in [IpAddr::from(Ipv4Addr::UNSPECIFIED), IpAddr::from(Ipv6Addr::UNSPECIFIED)] {
+        if dsts.iter().any(|d| d.is_ipv4() == any.is_ipv4()) {
+            senders.push(from.enter(move || UdpSocket::bind(SocketAddr::new(any, sport)))??);
+        }
+    }
+    let sender = |dst: &SocketAddr| {
+        senders.iter().find(|s| s.local_addr().is_ok_and(|a| a.is_ipv4() == dst.is_ipv4())).expect("bound above")
+    };
     for _ in 0..rounds {
         for dst in dsts {
-            let _ = tx.send_to(&mono_ns().to_be_bytes(), dst);
+            let _ = sender(dst).send_to(&mono_ns().to_be_bytes(), dst);
         }
         std::thread::sleep(interval);
     }

@@ -143,9 +143,8 @@ pub(super) fn attach(
     }
 }
 
-/// Detaches `link`; with `remove_clsact` (the last of ours on an interface whose clsact qdisc
-/// the daemon added) the qdisc goes too. Never a qdisc the daemon did not add.
-pub(super) fn detach(link: Link, remove_clsact: bool) {
+/// Detaches `link` (the clsact qdisc it may sit on is the caller's concern).
+pub(super) fn detach(link: Link) {
     let interface = link.interface;
     match link.handle {
         Handle::Tcx { link, pin } => {
@@ -155,16 +154,8 @@ pub(super) fn detach(link: Link, remove_clsact: bool) {
             // The link goes with its last reference: the pin (removed) and this fd.
             drop(link);
         }
-        Handle::Netlink { link, filter } => {
-            // Dropping the link deletes the filter (aya's link wrapper detaches on drop).
-            drop(link);
-            if remove_clsact {
-                match crate::netlink::delete_clsact(filter.ifindex) {
-                    Ok(()) => tracing::info!(interface, "removed the clsact qdisc it added"),
-                    Err(e) => tracing::warn!(interface, "removing clsact: {e}"),
-                }
-            }
-        }
+        // Dropping the link deletes the filter (aya's link wrapper detaches on drop).
+        Handle::Netlink { link, .. } => drop(link),
     }
 }
 

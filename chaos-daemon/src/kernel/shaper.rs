@@ -8,7 +8,7 @@ use std::collections::{BTreeMap, BTreeSet, btree_map::Entry};
 use serde::{Deserialize, Serialize};
 
 use super::KernelError;
-use crate::shaping::{self, Backend, FqParams, IfbRedirect, NetemClass, Saved};
+use crate::shaping::{self, Backend, FqParams, IfbRedirect, NetemClass, Saved, ShapingError};
 
 /// One shaping rule as the qdiscs need it.
 #[derive(Clone, Debug)]
@@ -43,7 +43,7 @@ pub struct ShapingRecord {
 
 /// Enough for every delayed packet of a busy flow: fq's defaults (10000 packets, 100 per flow)
 /// would drop a 50 ms delayed stream of more than 2000 packets per second.
-pub const FQ: FqParams = FqParams { limit: 100_000, flow_limit: FQ_FLOW_LIMIT, horizon_ns: 20_000_000_000 };
+pub const FQ: FqParams = FqParams { plimit: 100_000, flow_plimit: FQ_FLOW_LIMIT, horizon_ns: 20_000_000_000 };
 /// Per flow; also the limit of the netem backend's delay leaves.
 pub const FQ_FLOW_LIMIT: u32 = 20_000;
 /// HTB's direct queue (traffic no rule shapes) on the netem backend.
@@ -76,6 +76,12 @@ impl Shaper {
             devices: self.devices.values().cloned().collect(),
             ifbs: self.ifbs.values().cloned().collect(),
         }
+    }
+
+    /// Interfaces whose clsact qdisc a redirect added: the kernel module keeps that record
+    /// with its own (see `Kernel::release_clsact`).
+    pub fn clsact_added(&self) -> Vec<u32> {
+        self.ifbs.values().filter(|r| r.added_clsact).map(|r| r.ifindex).collect()
     }
 
     /// The IFB standing for each redirected interface (by ifindex).
@@ -120,7 +126,17 @@ impl Shaper {
                 let device = match self.devices.entry(ifindex) {
                     Entry::Occupied(d) => d.into_mut(),
                     Entry::Vacant(slot) => {
-                        let saved = shaping::take(ifindex, backend, FQ, DIRECT_QLEN)?;
+                        let saved = match shaping::take(ifindex, backend, FQ, DIRECT_QLEN) {
+                            // A root of ours no record names: a daemon died between taking the
+                            // device and saving its state. What it replaced is unknown; the
+                            // kernel default is what `cleanup` would give back too.
+                            Err(ShapingError::AlreadyOurs { .. }) => {
+                                tracing::warn!(interface, "unrecorded cd: root qdisc found: replacing it");
+                                shaping::remove_our_root(ifindex)?;
+                                shaping::take(ifindex, backend, FQ, DIRECT_QLEN)?
+                            }
+                            taken => taken?,
+                        };
                         tracing::info!(interface, ?backend, ?saved, "took the root qdisc");
                         slot.insert(DeviceRecord { ifindex, interface, saved, classes: BTreeSet::new(), ifb })
                     }
@@ -178,7 +194,8 @@ impl Shaper {
         let gone: Vec<u32> = self.ifbs.keys().filter(|k| !redirected.contains(k)).copied().collect();
         for ifindex in gone {
             let r = self.ifbs.remove(&ifindex).expect("listed");
-            match shaping::unredirect_ingress(&r) {
+            // clsact stays for the kernel module to remove, with the daemon's own record.
+            match shaping::unredirect_ingress(&IfbRedirect { added_clsact: false, ..r.clone() }) {
                 Ok(()) => tracing::info!(ifb = r.ifb_name, "removed the ingress redirect and its IFB"),
                 Err(e) => tracing::error!(ifb = r.ifb_name, "removing the ingress redirect: {e}"),
             }
@@ -199,6 +216,40 @@ pub fn cleanup(record: &ShapingRecord) -> Vec<String> {
         match shaping::unredirect_ingress(r) {
             Ok(()) => removed.push(format!("IFB {} and the ingress redirect to it", r.ifb_name)),
             Err(e) => tracing::warn!(ifb = r.ifb_name, "removing the ingress redirect: {e}"),
+        }
+    }
+    removed.extend(cleanup_unrecorded());
+    removed
+}
+
+/// What no record names (a daemon died before saving its state): our `cd:` root qdiscs, given
+/// back to the kernel default, and our IFBs with the redirects to them (the redirect first: a
+/// mirred action whose device is gone drops every packet).
+fn cleanup_unrecorded() -> Vec<String> {
+    let mut removed = Vec::new();
+    let Ok(interfaces) = nix::net::if_::if_nameindex() else { return removed };
+    for iface in interfaces.iter() {
+        let (ifindex, name) = (iface.index(), iface.name().to_string_lossy().into_owned());
+        let redirected =
+            name.strip_prefix("chaos-ifb").or_else(|| name.strip_prefix("cifb")).and_then(|n| n.parse().ok());
+        let ifb = crate::netlink::link::by_index(ifindex).ok().flatten().and_then(|l| l.kind) == Some("ifb".into());
+        if let (Some(of), true) = (redirected, ifb) {
+            let r = IfbRedirect {
+                ifindex: of,
+                ifb_ifindex: ifindex,
+                ifb_name: name.clone(),
+                priority: shaping::REDIRECT_PRIORITY,
+                handle: 0,
+                added_clsact: false,
+            };
+            match shaping::unredirect_ingress(&r) {
+                Ok(()) => removed.push(format!("IFB {name} and the ingress redirect to it (unrecorded)")),
+                Err(e) => tracing::warn!(ifb = name, "removing an unrecorded IFB: {e}"),
+            }
+            continue;
+        }
+        if let Ok(true) = shaping::remove_our_root(ifindex) {
+            removed.push(format!("root qdisc cd: on {name} (unrecorded: the kernel default is back)"));
         }
     }
     removed
