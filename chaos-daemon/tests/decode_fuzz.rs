@@ -117,6 +117,35 @@ fn ports() -> impl Strategy<Value = Value> {
     })
 }
 
+/// The fields of a valid delay or bandwidth fault (action included), or none.
+fn shaping() -> impl Strategy<Value = Option<Vec<(&'static str, Value)>>> {
+    let jitter =
+        option::of((1..=2_000_000u64, option::of(0.0..=100.0f64), option::of(select(&["uniform", "normal"][..]))));
+    let rate = option::of((1_000..=1_000_000_000_000u64, option::of(1..=(64u64 << 20))));
+    option::of((option::of(1..=10_000_000u64), jitter, rate)).prop_map(|shape| {
+        let (delay_us, jitter, rate) = shape?;
+        // Without a delay it is a bandwidth fault, which needs a rate.
+        let (delay_us, rate) = match (delay_us, rate) {
+            (None, None) => (None, Some((10_000_000, None))),
+            other => other,
+        };
+        let mut fields = vec![("action", Value::from(if delay_us.is_some() { "delay" } else { "bandwidth" }))];
+        if let Some(d) = delay_us {
+            fields.push(("delay", Value::from(format!("{d}us"))));
+            if let Some((j, correlation, distribution)) = jitter {
+                fields.push(("jitter", Value::from(format!("{j}us"))));
+                fields.extend(correlation.map(|c| ("correlation", Value::from(c))));
+                fields.extend(distribution.map(|d| ("distribution", Value::from(d))));
+            }
+        }
+        if let Some((r, burst)) = rate {
+            fields.push(("rate", Value::from(format!("{r}bit"))));
+            fields.extend(burst.map(|b| ("burst", Value::from(b))));
+        }
+        Some(fields)
+    })
+}
+
 /// A valid spec, with every field present or absent, consistent with each other.
 fn valid_spec() -> impl Strategy<Value = Map<String, Value>> {
     let family = option::of(select(&["ipv4", "ipv6", "any"][..]));
@@ -138,8 +167,9 @@ fn valid_spec() -> impl Strategy<Value = Map<String, Value>> {
         protocol,
         option::of(ports()),
         option::of(ports()),
+        shaping(),
     )
-        .prop_map(|(name, interface, loss, direction, (family, src, dst), protocol, sport, dport)| {
+        .prop_map(|(name, interface, loss, direction, (family, src, dst), protocol, sport, dport, shaping)| {
             let mut m = Map::new();
             let mut set = |k: &str, v: Option<Value>| {
                 if let Some(v) = v {
@@ -161,6 +191,10 @@ fn valid_spec() -> impl Strategy<Value = Map<String, Value>> {
                 set("sport", sport);
                 set("dport", dport);
             }
+            // A delay or bandwidth fault (its own action), with or without a loss.
+            for (k, v) in shaping.into_iter().flatten() {
+                set(k, Some(v));
+            }
             m
         })
 }
@@ -181,7 +215,14 @@ fn perturbed() -> impl Strategy<Value = (Map<String, Value>, &'static str, Optio
 /// JSON text for `key`, mostly of the type it takes.
 fn near(key: &'static str) -> BoxedStrategy<String> {
     match key {
-        "loss" => fuzz_input::number(),
+        "loss" | "correlation" => fuzz_input::number(),
+        "delay" | "jitter" | "rate" | "burst" => prop_oneof![
+            fuzz_input::number(),
+            (fuzz_input::number(), select(&["", "ms", "us", "s", "mbit", "kbit", "kb", "x"][..]))
+                .prop_map(|(n, unit)| fuzz_input::quote(&format!("{n}{unit}"))),
+            fuzz_input::text().prop_map(|s| fuzz_input::quote(&s)),
+        ]
+        .boxed(),
         "sport" | "dport" => {
             prop_oneof![fuzz_input::number(), fuzz_input::port_like().prop_map(|s| fuzz_input::quote(&s))].boxed()
         }
@@ -194,7 +235,9 @@ fn near(key: &'static str) -> BoxedStrategy<String> {
 fn decodes_as(key: &str, value: &Value) -> bool {
     match key {
         // Option<f64>: any JSON number (serde_json reads integers as floats too), or null.
-        "loss" => value.is_number() || value.is_null(),
+        "loss" | "correlation" => value.is_number() || value.is_null(),
+        // Option<DurationSpec> and Option<RateSpec>: a number or a string, or null.
+        "delay" | "jitter" | "rate" | "burst" => value.is_number() || value.is_string() || value.is_null(),
         // Option<PortSpec>: an i64 or a string, or null.
         "sport" | "dport" => value.as_i64().is_some() || value.is_string() || value.is_null(),
         // Option<String>.
@@ -206,8 +249,13 @@ fn decodes_as(key: &str, value: &Value) -> bool {
 fn related(key: &str, named: &str) -> bool {
     matches!(
         (key, named),
-        // partition refuses a loss percentage; loss requires one.
-        ("action", "loss")
+        // partition refuses a loss percentage; loss requires one; the shaping fields belong to
+        // delay and bandwidth, which each require one of them.
+        ("action", "loss" | "delay" | "jitter" | "correlation" | "distribution" | "rate" | "burst")
+        // correlation and distribution need jitter; burst needs a rate; a fault that shapes
+        // nothing is refused naming its delay.
+        | ("jitter", "correlation" | "distribution" | "delay")
+        | ("rate", "burst" | "delay")
         // icmp refuses ports.
         | ("protocol", "sport" | "dport")
         // An address must be of the family.

@@ -188,8 +188,13 @@ fn act(ctx: &TcContext, slot: u32, action: &RuleAction, now: u64, shaping: Shapi
                 // SAFETY: as above; tstamp is readable since 5.0, like the write in `run`.
                 let ts = unsafe { (*skb).tstamp };
                 let start = if shaping == Shaping::Edt && ts > now && ts - now < NSEC_PER_SEC { ts } else { now };
+                // The length on the wire, as qdiscs count it (qdisc_pkt_len_init, before the
+                // TC egress hook): a GSO packet's headers once per segment. `len` counts them
+                // once, which would let GSO traffic pass ~4% above the rate. wire_len is 5.0+,
+                // like the tstamp write; 0 where it was not computed.
                 // SAFETY: as above.
-                let len = u64::from(unsafe { (*skb).len });
+                let wire = unsafe { (*skb).wire_len };
+                let len = u64::from(if wire != 0 { wire } else { unsafe { (*skb).len } });
                 match depart(slot, action, start, len) {
                     Some(t) => verdict = Verdict::Depart(t),
                     None => drop = true,

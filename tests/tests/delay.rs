@@ -46,6 +46,17 @@ fn tolerance(baseline: &[Vec<u64>]) -> u64 {
 fn assert_shifted(name: &str, base: &[u64], with: &[u64], by: u64, tol: u64) {
     let (b, w) = (quantile(base, 0.5), quantile(with, 0.5));
     let shift = w as i64 - b as i64;
+    // Printed for docs/delay.md (the VM suites run with --nocapture).
+    println!(
+        "{name}: median {} -> {}, shift {} (expected {} within {}), p10-p90 {}..{}",
+        ms(b as f64),
+        ms(w as f64),
+        ms(shift as f64),
+        ms(by as f64),
+        ms(tol as f64),
+        ms(quantile(with, 0.1) as f64),
+        ms(quantile(with, 0.9) as f64)
+    );
     assert!(
         (shift - by as i64).unsigned_abs() <= tol,
         "{name}: median {} -> {} (shift {}), expected a shift of {} within {}",
@@ -108,6 +119,7 @@ fn egress_delay_and_jitter() {
     // for the baseline's own variation between the two runs.
     let expected = ((20.0 * MS as f64).powi(2) / 12.0 + std_dev(&base[0]).powi(2)).sqrt();
     let measured = std_dev(&with[0]);
+    println!("jitter: standard deviation {} (expected {})", ms(measured), ms(expected));
     assert!(
         (measured / expected - 1.0).abs() < 0.2,
         "jitter: standard deviation {} where {} was expected",

@@ -33,6 +33,12 @@ fn rate_limits_tcp_and_nothing_else() {
         (goodput, other.join().unwrap())
     });
     let expected = RATE * PAYLOAD_SHARE;
+    println!(
+        "limited flow {:.2} Mbit/s (expected {:.2}), other flow {:.2} Mbit/s",
+        goodput / 1e6,
+        expected / 1e6,
+        other / 1e6
+    );
     assert!(
         (goodput - expected).abs() <= 0.1 * RATE,
         "limited flow: {:.2} Mbit/s of payload, expected {:.2} (10 Mbit/s of frames) within 1 Mbit/s",

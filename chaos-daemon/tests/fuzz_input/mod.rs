@@ -9,8 +9,25 @@
 use proptest::{collection::vec, option, prelude::*, sample::select};
 
 /// The keys of a fault spec today.
-pub const SPEC_KEYS: &[&str] =
-    &["name", "interface", "action", "loss", "direction", "family", "protocol", "src", "dst", "sport", "dport"];
+pub const SPEC_KEYS: &[&str] = &[
+    "name",
+    "interface",
+    "action",
+    "loss",
+    "direction",
+    "family",
+    "protocol",
+    "src",
+    "dst",
+    "sport",
+    "dport",
+    "delay",
+    "jitter",
+    "correlation",
+    "distribution",
+    "rate",
+    "burst",
+];
 
 /// Keys about to be added: unknown today, so refused by decoding; validated once they exist.
 pub const FUTURE_KEYS: &[&str] = &["duration", "start_after", "experiment", "force"];
