@@ -1,8 +1,8 @@
 //! Bandwidth: a 10 Mbit/s rule holds a TCP transfer to 10 Mbit/s; another flow at the same
 //! time is not limited. Needs a delay backend: see `delay.rs` (`CHAOS_TEST_BACKEND`).
 //!
-//! The rate counts whole frames (Ethernet, IP and TCP headers included: `skb->len` on the edt
-//! backend, HTB's packet length on netem). A full-size TCP segment carries 1448 payload bytes
+//! The rate counts whole frames (Ethernet, IP and TCP headers included, per segment: the
+//! qdisc length `wire_len` on the edt backend, HTB's packet length on netem). A full-size TCP segment carries 1448 payload bytes
 //! (timestamps on) in a 1514-byte frame, so the payload goodput of a 10 Mbit/s link is
 //! 9.56 Mbit/s; the acceptance bound is 10% of the rate around that, measured over 4 s after
 //! 1 s of slow start.
