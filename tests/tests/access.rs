@@ -27,7 +27,8 @@ fn non_allowed_uid_is_refused_and_audited() {
     let daemon = Daemon::start_with(&lab.a, "socket_mode = \"0666\"\nreaders = \"any\"").unwrap();
     // The daemon's directory must be reachable by uid 65534 to reach the socket.
     std::fs::set_permissions(&daemon.dir, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
-    daemon.ctl_ok(&["apply", "--name", "kept", "-i", &lab.a_if, "--loss", "10"]);
+    // Narrow, so that no stray packet (IPv6 router solicitations) moves its counters.
+    daemon.ctl_ok(&["apply", "--name", "kept", "-i", &lab.a_if, "--loss", "10", "-p", "udp", "--dport", "9999"]);
     let before = daemon.list();
 
     let mutating: [&[&str]; 4] = [
