@@ -4,6 +4,7 @@
 //! Maps, programs and links are pinned (see [`pins`]) and re-adopted by the next daemon.
 
 mod attach;
+mod backend;
 pub mod pins;
 mod shaper;
 
@@ -17,12 +18,14 @@ use attach::{Handle, Link};
 use aya::{
     Ebpf, EbpfLoader,
     maps::{Array, HashMap, LpmTrie, MapData, MapError, PerCpuArray, PerCpuValues, lpm_trie::Key},
-    programs::{ProgramError, SchedClassifier, tc::SchedClassifierLink},
+    programs::{ProgramError, tc::SchedClassifierLink},
     sys::{is_map_supported, is_program_supported},
 };
+pub use backend::BackendChoice;
+use backend::{load_program, select_backend};
 use chaos_common::{
-    ABI_VERSION, ACTIVE_ABI, ACTIVE_GENERATION, AddrKey, CLASS_GEN_BIT, Counters, HOOK_EGRESS, PROG_EGRESS,
-    PROG_EGRESS_EDT, PROG_IFB, PROG_IFB_EDT, PROG_INGRESS, PairKey, PortKey, RuleAction, ShapeState, map_names,
+    ABI_VERSION, ACTIVE_ABI, ACTIVE_GENERATION, AddrKey, CLASS_GEN_BIT, Counters, HOOK_EGRESS, PROG_EGRESS, PROG_IFB,
+    PROG_INGRESS, PairKey, PortKey, RuleAction, ShapeState, map_names,
 };
 use pins::Pins;
 use serde::{Deserialize, Serialize};
@@ -112,17 +115,6 @@ pub struct Kernel {
     our_clsact: BTreeSet<u32>,
     pins: Pins,
     shaper: Shaper,
-}
-
-/// Which delay backend to use: `auto` picks edt where the kernel has it, else netem; the others
-/// force one (`netem` is how 4.19 kernels are tested on newer ones).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum BackendChoice {
-    #[default]
-    Auto,
-    Edt,
-    Netem,
 }
 
 /// What `chaosctl status` reports about the kernel, found by loading tiny probes.
@@ -512,60 +504,6 @@ impl Kernel {
         for (len, key, _) in &t.ports {
             let _ = self.ports.remove(&Key::new(*len, *key));
         }
-    }
-}
-
-/// Loads and pins one program; the verifier's log is in the error.
-fn load_program(ebpf: &mut Ebpf, pins: &Pins, name: &'static str) -> Result<(), KernelError> {
-    let prog: &mut SchedClassifier = attach::program(ebpf, name)?;
-    prog.load().map_err(|e| match e {
-        ProgramError::LoadError { io_error, verifier_log } => {
-            KernelError::Verifier { program: name, source: io_error, log: verifier_log.to_string() }
-        }
-        e => KernelError::Program { what: format!("loading {name}"), source: e },
-    })?;
-    // A previous daemon's program stays pinned until replaced: the kernel frees it once its
-    // links have moved to ours.
-    let path = pins.program(name);
-    let _ = std::fs::remove_file(&path);
-    prog.pin(&path).map_err(|e| KernelError::Pins(format!("pinning {}: {e}", path.display())))
-}
-
-/// The delay backend: found by trying (the qdiscs in a scratch namespace, the edt programs by
-/// loading them), never by kernel version. `previous` (a backend whose qdiscs are still in
-/// place) wins over the config.
-fn select_backend(
-    ebpf: &mut Ebpf,
-    pins: &Pins,
-    choice: BackendChoice,
-    previous: Option<Backend>,
-    probe: &crate::shaping::Probe,
-) -> Result<Backend, String> {
-    let mut edt = || -> Result<Backend, String> {
-        probe.fq.clone().map_err(|e| format!("edt needs the fq qdisc: {e}"))?;
-        for name in [PROG_EGRESS_EDT, PROG_IFB_EDT] {
-            load_program(ebpf, pins, name).map_err(|e| {
-                format!("edt needs TC programs that may write skb->tstamp (Linux 5.0+), which this kernel refuses: {e}")
-            })?;
-        }
-        Ok(Backend::Edt)
-    };
-    let netem = || -> Result<Backend, String> {
-        probe.netem.clone().map_err(|e| format!("netem needs the netem qdisc: {e}"))?;
-        probe.htb.clone().map_err(|e| format!("netem needs the htb qdisc: {e}"))?;
-        Ok(Backend::Netem)
-    };
-    let forced = |r: Result<Backend, String>, name| r.map_err(|e| format!("{e} (delay_backend = \"{name}\")"));
-    match previous {
-        Some(Backend::Edt) => forced(edt(), "edt, kept from the previous daemon"),
-        Some(Backend::Netem) => forced(netem(), "netem, kept from the previous daemon"),
-        None => match choice {
-            BackendChoice::Edt => forced(edt(), "edt"),
-            BackendChoice::Netem => forced(netem(), "netem"),
-            BackendChoice::Auto => {
-                edt().or_else(|e1| netem().map_err(|e2| format!("this kernel has no delay backend: {e1}; {e2}")))
-            }
-        },
     }
 }
 

@@ -1,0 +1,171 @@
+//! From faults to what the kernel runs: each fault's rule action, the compiler's rules and the
+//! hooks they need, and the qdiscs shaping faults need, made live together by [`commit`].
+
+use std::collections::BTreeMap;
+
+use chaos_common::{
+    ACTION_LOSS, ACTION_PARTITION, ACTION_SHAPE, DIST_TABLE, DIST_UNIFORM, HOOK_EGRESS, HOOK_INGRESS, ROOT_MAJOR,
+    RuleAction,
+};
+
+use super::{Active, EngineError};
+use crate::{
+    compile::Rule,
+    kernel::{HOOK_IFB, Kernel, ShapeNeed},
+    shaping::NetemClass,
+    spec::{Action, Direction, Distribution, Match, Shape},
+};
+
+pub(super) fn rule_action(a: &Active) -> RuleAction {
+    let base = RuleAction {
+        drop_threshold: a.fault.action.drop_threshold(),
+        deadline_ns: a.record.deadline_ns,
+        ..Default::default()
+    };
+    match a.fault.action {
+        Action::Loss(_) => RuleAction { kind: ACTION_LOSS, ..base },
+        Action::Partition => RuleAction { kind: ACTION_PARTITION, ..base },
+        Action::Shape(s) => {
+            let rate_bytes = s.rate.map_or(0, |r| r / 8);
+            let burst_ns = (burst(&s) * 1_000_000_000).checked_div(rate_bytes).unwrap_or(0);
+            RuleAction {
+                kind: ACTION_SHAPE,
+                priority: ROOT_MAJOR << 16 | u32::from(minor(a.record.slot)),
+                delay_ns: s.delay.as_nanos() as u64,
+                // Validation keeps jitter within chaos_common::MAX_JITTER_NS.
+                jitter_ns: s.jitter.as_nanos() as u32,
+                correlation: correlation(s.correlation),
+                distribution: if s.distribution == Distribution::Normal { DIST_TABLE } else { DIST_UNIFORM },
+                rate_bytes,
+                burst_ns,
+                queue_ns: QUEUE_NS.max(burst_ns),
+                ..base
+            }
+        }
+    }
+}
+
+/// How long a packet may wait for the rate (edt) before it is dropped; the netem backend's
+/// leaf queues are sized to about the same.
+const QUEUE_NS: u64 = 100_000_000;
+
+/// The netem backend's class of a rule: minor 0 is the root's own.
+fn minor(slot: u32) -> u16 {
+    // Slots are below MAX_RULES (16384).
+    (slot + 1) as u16
+}
+
+/// netem's correlation scale: 100% is 2^32 - 1 (tc's get_percent).
+fn correlation(fraction: f64) -> u32 {
+    (fraction * f64::from(u32::MAX)).round() as u32
+}
+
+/// The burst in bytes: as given, else 10 ms at the rate and at least two full-size frames.
+fn burst(s: &Shape) -> u64 {
+    s.burst.unwrap_or_else(|| (s.rate.unwrap_or(0) / 8 / 100).max(2 * 1514))
+}
+
+/// The qdiscs each started shaping fault needs.
+fn shape_needs(faults: &[&Active]) -> Vec<ShapeNeed> {
+    faults
+        .iter()
+        .filter(|a| a.record.started)
+        .filter_map(|a| {
+            let Action::Shape(s) = a.fault.action else { return None };
+            let direction = a.fault.matches.direction;
+            let queue_packets = match s.rate {
+                Some(bits) if s.delay.is_zero() && s.jitter.is_zero() => {
+                    (bits / 8 * QUEUE_NS / 1_000_000_000 / 1514).max(16) as u32
+                }
+                // Delayed packets wait in the leaf: as fq's per-flow limit on edt.
+                _ => crate::kernel::FQ_FLOW_LIMIT,
+            };
+            Some(ShapeNeed {
+                ifindex: a.ifindex,
+                interface: a.fault.interface.clone(),
+                egress: direction != Direction::Ingress,
+                ingress: direction != Direction::Egress,
+                class: NetemClass {
+                    minor: minor(a.record.slot),
+                    delay_ns: s.delay.as_nanos() as u64,
+                    jitter_ns: s.jitter.as_nanos() as u64,
+                    correlation: correlation(s.correlation),
+                    distribution: (s.distribution == Distribution::Normal)
+                        .then_some(crate::shaping::Distribution::Normal),
+                    rate_bps: s.rate,
+                    burst_bytes: s.rate.map(|_| burst(&s) as u32),
+                    limit_packets: queue_packets,
+                },
+            })
+        })
+        .collect()
+}
+
+/// Makes `faults` the live set: qdiscs for new shaping first, then the rules, then the qdiscs
+/// no rule uses any more are given back. `before` is the live set until now, kept on error.
+pub(super) fn commit(
+    kernel: &mut Kernel,
+    faults: &[&Active],
+    new_slots: &[(u32, RuleAction)],
+    before: &[&Active],
+) -> Result<(), EngineError> {
+    let (needs, kept) = (shape_needs(faults), shape_needs(before));
+    let ifbs = kernel.prepare_shaping(&needs, &kept)?;
+    let (rules, hooks) = plan(faults, &ifbs);
+    if let Err(e) = kernel.sync(&rules, new_slots, &hooks) {
+        kernel.settle_shaping(&kept);
+        return Err(e.into());
+    }
+    kernel.settle_shaping(&needs);
+    Ok(())
+}
+
+fn hooks_of(direction: Direction) -> &'static [u8] {
+    match direction {
+        Direction::Egress => &[HOOK_EGRESS],
+        Direction::Ingress => &[HOOK_INGRESS],
+        Direction::Both => &[HOOK_EGRESS, HOOK_INGRESS],
+    }
+}
+
+/// The compiler's rules and the hooks they need, in order of application. Scheduled faults
+/// not yet started take no part. A shaping fault's ingress half goes to its interface's IFB
+/// (`ifbs`), whose egress program matches it as an ingress rule.
+fn plan(faults: &[&Active], ifbs: &BTreeMap<u32, (u32, String)>) -> (Vec<Rule>, BTreeMap<(u32, u8), String>) {
+    let mut hooks = BTreeMap::new();
+    let mut rules = Vec::new();
+    for a in faults.iter().filter(|a| a.record.started) {
+        let f = &a.fault;
+        let rule =
+            |ifindex, matches| Rule { slot: a.record.slot, ifindex, matches, threshold: f.action.drop_threshold() };
+        let ifb = match (f.action, f.matches.direction) {
+            (Action::Shape(_), Direction::Ingress | Direction::Both) => ifbs.get(&a.ifindex),
+            _ => None,
+        };
+        let Some((ifb, ifb_name)) = ifb else {
+            for hook in hooks_of(f.matches.direction) {
+                hooks.insert((a.ifindex, *hook), f.interface.clone());
+            }
+            rules.push(rule(a.ifindex, f.matches));
+            continue;
+        };
+        let mut ingress = f.matches;
+        if f.matches.direction == Direction::Both {
+            hooks.insert((a.ifindex, HOOK_EGRESS), f.interface.clone());
+            rules.push(rule(a.ifindex, Match { direction: Direction::Egress, ..f.matches }));
+            // The ingress half of `both` sees the replies: addresses and ports swap, as the
+            // compiler does for an ingress hook of `both`.
+            ingress = Match {
+                direction: Direction::Ingress,
+                src: f.matches.dst,
+                dst: f.matches.src,
+                sport: f.matches.dport,
+                dport: f.matches.sport,
+                ..f.matches
+            };
+        }
+        hooks.insert((*ifb, HOOK_IFB), ifb_name.clone());
+        rules.push(rule(*ifb, ingress));
+    }
+    (rules, hooks)
+}
