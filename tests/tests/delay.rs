@@ -182,3 +182,51 @@ fn both_directions() {
     assert_shifted("other port", &base_out[1], &with_out[1], 0, tol);
     assert_shifted("replies", &base_back[0], &with_back[0], 50 * MS, tol);
 }
+
+/// `--distribution normal`: jitter is the standard deviation, drawn from netem's table. The
+/// shape is checked, not only the spread: about 68% of a normal lies within one standard
+/// deviation of its median (a uniform of the same spread puts 58% there). With 400 samples the
+/// binomial standard error of that share is 2.3%; the bound is three of them.
+#[test]
+fn normal_jitter() {
+    let lab = Lab::new().unwrap();
+    let Some(daemon) = start(&lab) else { return };
+    let dsts = [addr(lab::B4, 9402)];
+    let measure = || traffic::udp_latencies(&lab.a, &lab.b, &dsts, INTERVAL, ROUNDS).unwrap();
+    let base = measure();
+    let tol = tolerance(&base);
+    daemon.ctl_ok(&[
+        "apply",
+        "--name",
+        "normal",
+        "-i",
+        &lab.a_if,
+        "--delay",
+        "50ms",
+        "--jitter",
+        "10ms",
+        "--distribution",
+        "normal",
+        "-p",
+        "udp",
+        "--dport",
+        "9402",
+    ]);
+    let with = measure().remove(0);
+    assert_eq!(with.len(), ROUNDS, "datagrams lost");
+    // The median of n normal draws has a standard error of 1.2533 sigma / sqrt(n): 0.63 ms.
+    assert_shifted("normal jitter", &base[0], &with, 50 * MS, tol + 4 * 627_000);
+    let expected = ((10.0 * MS as f64).powi(2) + std_dev(&base[0]).powi(2)).sqrt();
+    let measured = std_dev(&with);
+    println!("normal jitter: standard deviation {} (expected {})", ms(measured), ms(expected));
+    assert!(
+        (measured / expected - 1.0).abs() < 0.2,
+        "standard deviation {} where {} was expected",
+        ms(measured),
+        ms(expected)
+    );
+    let median = quantile(&with, 0.5) as f64;
+    let within = with.iter().filter(|&&x| (x as f64 - median).abs() <= measured).count() as f64 / with.len() as f64;
+    println!("normal jitter: {:.1}% within one standard deviation", within * 100.0);
+    assert!((within - 0.683).abs() <= 3.0 * 0.023, "{:.1}% within one standard deviation: not normal", within * 100.0);
+}
