@@ -184,7 +184,9 @@ impl Kernel {
             load_program(&mut ebpf, &pins, name)?;
         }
         let probe = crate::shaping::probe();
-        let backend = select_backend(&mut ebpf, &pins, choice, shaping.backend, &probe);
+        // Only qdiscs still in place bind the backend; otherwise the config decides.
+        let held = shaping.backend.filter(|_| !shaping.devices.is_empty());
+        let backend = select_backend(&mut ebpf, &pins, choice, held, &probe);
         match &backend {
             Ok(b) => tracing::info!(backend = ?b, "delay backend"),
             Err(why) => tracing::warn!("no delay backend: {why}"),

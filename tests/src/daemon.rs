@@ -39,6 +39,22 @@ impl Daemon {
         Self::start_with(ns, "")
     }
 
+    /// The daemon in `lab.a` with the delay backend `CHAOS_TEST_BACKEND` names (`edt` or
+    /// `netem`; `cargo xtask vm-test` sets it on a kernel that has both), checked in its status;
+    /// `None`, with a note, when the variable is not set (the host kernel has no backend).
+    pub fn with_test_backend(lab: &crate::Lab) -> Option<Self> {
+        let Ok(backend) = std::env::var("CHAOS_TEST_BACKEND") else {
+            eprintln!(
+                "skipped: set CHAOS_TEST_BACKEND=edt|netem on a kernel with fq/netem (`cargo xtask vm-test` does)"
+            );
+            return None;
+        };
+        let daemon = Self::start_with(&lab.a, &format!("delay_backend = \"{backend}\"")).unwrap();
+        let status: serde_json::Value = serde_json::from_str(&daemon.ctl_ok(&["status", "-o", "json"])).unwrap();
+        assert_eq!(status["delay_backend"], backend.as_str(), "{status}");
+        Some(daemon)
+    }
+
     /// Same, with `config` as its TOML configuration file.
     pub fn start_with(ns: &Netns, config: &str) -> anyhow::Result<Self> {
         Self::start_at(ns, config, None)

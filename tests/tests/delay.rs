@@ -22,18 +22,6 @@ const MS: u64 = 1_000_000;
 const ROUNDS: usize = 400;
 const INTERVAL: Duration = Duration::from_millis(2);
 
-/// The daemon with the backend under test, or `None` (and a note) when none is asked for.
-fn start(lab: &Lab) -> Option<Daemon> {
-    let Ok(backend) = std::env::var("CHAOS_TEST_BACKEND") else {
-        eprintln!("skipped: set CHAOS_TEST_BACKEND=edt|netem on a kernel with fq/netem (`cargo xtask vm-test` does)");
-        return None;
-    };
-    let daemon = Daemon::start_with(&lab.a, &format!("delay_backend = \"{backend}\"")).unwrap();
-    let status: serde_json::Value = serde_json::from_str(&daemon.ctl_ok(&["status", "-o", "json"])).unwrap();
-    assert_eq!(status["delay_backend"], backend.as_str(), "{status}");
-    Some(daemon)
-}
-
 fn addr(ip: &str, port: u16) -> SocketAddr {
     SocketAddr::new(ip.parse().unwrap(), port)
 }
@@ -68,13 +56,24 @@ fn assert_shifted(name: &str, base: &[u64], with: &[u64], by: u64, tol: u64) {
     );
 }
 
+/// For [IPv4 delayed port, other port, IPv6 delayed port]: nothing lost, the delayed ports
+/// shifted by 50 ms, the other one not at all.
+fn assert_delayed_50ms(base: &[Vec<u64>], with: &[Vec<u64>], tol: u64) {
+    for (i, (name, by)) in
+        [("IPv4 delayed port", 50 * MS), ("other port", 0), ("IPv6 delayed port", 50 * MS)].into_iter().enumerate()
+    {
+        assert_eq!(with[i].len(), ROUNDS, "{name}: datagrams lost");
+        assert_shifted(name, &base[i], &with[i], by, tol);
+    }
+}
+
 /// Acceptance 1: 50 ms on UDP to one port (IPv4 and IPv6) shifts its latency by 50 ms, other
 /// ports keep theirs even while delayed traffic is queued (no head-of-line blocking), and
 /// jitter 10 ms spreads the latency as a uniform +/-10 ms does.
 #[test]
 fn egress_delay_and_jitter() {
     let lab = Lab::new().unwrap();
-    let Some(daemon) = start(&lab) else { return };
+    let Some(daemon) = Daemon::with_test_backend(&lab) else { return };
     // 9002: delayed; 9001: not; 9003: delayed bulk traffic queued in the same qdisc.
     let dsts = [addr(lab::B4, 9002), addr(lab::B4, 9001), addr(lab::B6, 9002)];
     let measure = || traffic::udp_latencies(&lab.a, &lab.b, &dsts, INTERVAL, ROUNDS).unwrap();
@@ -97,12 +96,7 @@ fn egress_delay_and_jitter() {
     let bulk = traffic::udp_flood(&lab.a, &lab.b, addr(lab::B4, 9003), 1000, Duration::from_secs(3));
     let with = measure();
     bulk.join().unwrap();
-    for (i, name) in ["IPv4 delayed port", "other port", "IPv6 delayed port"].iter().enumerate() {
-        assert_eq!(with[i].len(), ROUNDS, "{name}: datagrams lost");
-    }
-    assert_shifted("IPv4 delayed port", &base[0], &with[0], 50 * MS, tol);
-    assert_shifted("other port", &base[1], &with[1], 0, tol);
-    assert_shifted("IPv6 delayed port", &base[2], &with[2], 50 * MS, tol);
+    assert_delayed_50ms(&base, &with, tol);
     daemon.ctl_ok(&["rm", "slow"]);
 
     daemon.ctl_ok(&[
@@ -142,7 +136,7 @@ fn egress_delay_and_jitter() {
 #[test]
 fn ingress_delay() {
     let lab = Lab::new().unwrap();
-    let Some(daemon) = start(&lab) else { return };
+    let Some(daemon) = Daemon::with_test_backend(&lab) else { return };
     let dsts = [addr(lab::A4, 9102), addr(lab::A4, 9101), addr(lab::A6, 9102)];
     let measure = || traffic::udp_latencies(&lab.b, &lab.a, &dsts, INTERVAL, ROUNDS).unwrap();
     let base = measure();
@@ -152,12 +146,7 @@ fn ingress_delay() {
         "9102",
     ]);
     let with = measure();
-    for (i, name) in ["IPv4 delayed port", "other port", "IPv6 delayed port"].iter().enumerate() {
-        assert_eq!(with[i].len(), ROUNDS, "{name}: datagrams lost");
-    }
-    assert_shifted("IPv4 delayed port", &base[0], &with[0], 50 * MS, tol);
-    assert_shifted("other port", &base[1], &with[1], 0, tol);
-    assert_shifted("IPv6 delayed port", &base[2], &with[2], 50 * MS, tol);
+    assert_delayed_50ms(&base, &with, tol);
     daemon.ctl_ok(&["rm", "slow-in"]);
     let after = measure();
     assert_shifted("after removal", &base[0], &after[0], 0, tol);
@@ -168,7 +157,7 @@ fn ingress_delay() {
 #[test]
 fn both_directions() {
     let lab = Lab::new().unwrap();
-    let Some(daemon) = start(&lab) else { return };
+    let Some(daemon) = Daemon::with_test_backend(&lab) else { return };
     let out = [addr(lab::B4, 9202), addr(lab::B4, 9201)];
     // Replies: from b's port 9202 to a. `both` mirrors ports, so a's side is matched by sport.
     let back = [addr(lab::A4, 9203)];
@@ -190,7 +179,7 @@ fn both_directions() {
 #[test]
 fn normal_jitter() {
     let lab = Lab::new().unwrap();
-    let Some(daemon) = start(&lab) else { return };
+    let Some(daemon) = Daemon::with_test_backend(&lab) else { return };
     let dsts = [addr(lab::B4, 9402)];
     let measure = || traffic::udp_latencies(&lab.a, &lab.b, &dsts, INTERVAL, ROUNDS).unwrap();
     let base = measure();

@@ -9,14 +9,6 @@ use std::time::Duration;
 use chaos_tests::{Daemon, Lab, kernel};
 use nix::sys::signal::Signal;
 
-fn start(lab: &Lab) -> Option<Daemon> {
-    let Ok(backend) = std::env::var("CHAOS_TEST_BACKEND") else {
-        eprintln!("skipped: set CHAOS_TEST_BACKEND=edt|netem on a kernel with fq/netem (`cargo xtask vm-test` does)");
-        return None;
-    };
-    Some(Daemon::start_with(&lab.a, &format!("delay_backend = \"{backend}\"")).unwrap())
-}
-
 fn ifbs(lab: &Lab) -> usize {
     lab.a.ip(&["-o", "link", "show"]).unwrap().lines().filter(|l| l.contains("chaos-ifb")).count()
 }
@@ -39,7 +31,7 @@ fn assert_restored(lab: &Lab, before: &str, when: &str) {
 fn qdiscs_are_restored() {
     let lab = Lab::new().unwrap();
     let before = kernel::qdiscs(&lab.a, &lab.a_if);
-    let Some(mut daemon) = start(&lab) else { return };
+    let Some(mut daemon) = Daemon::with_test_backend(&lab) else { return };
 
     apply(&daemon, &lab, &before, &[]);
     daemon.ctl_ok(&["rm", "slow"]);
@@ -69,6 +61,16 @@ fn qdiscs_are_restored() {
     apply(&daemon, &lab, &before, &[]);
     daemon.stop().unwrap();
     assert_restored(&lab, &before, "after SIGTERM");
+
+    // Nothing is held any more: the config decides the backend again at the next start.
+    let backend = std::env::var("CHAOS_TEST_BACKEND").unwrap();
+    let other = if backend == "edt" { "netem" } else { "edt" };
+    let config = daemon.dir.join("config.toml");
+    let text = std::fs::read_to_string(&config).unwrap().replace(&backend, other);
+    std::fs::write(&config, text).unwrap();
+    daemon.restart().unwrap();
+    let status: serde_json::Value = serde_json::from_str(&daemon.ctl_ok(&["status", "-o", "json"])).unwrap();
+    assert_eq!(status["delay_backend"], other, "{status}");
 }
 
 #[test]
@@ -84,7 +86,7 @@ fn a_users_root_qdisc_is_put_back() {
         "40ms",
     ]);
     let before = kernel::qdiscs(&lab.a, &lab.a_if);
-    let Some(daemon) = start(&lab) else { return };
+    let Some(daemon) = Daemon::with_test_backend(&lab) else { return };
     apply(&daemon, &lab, &before, &[]);
     daemon.ctl_ok(&["rm", "slow"]);
     assert_restored(&lab, &before, "after rm (a user's tbf root)");

@@ -17,11 +17,7 @@ const PAYLOAD_SHARE: f64 = 1448.0 / 1514.0;
 #[test]
 fn rate_limits_tcp_and_nothing_else() {
     let lab = Lab::new().unwrap();
-    let Ok(backend) = std::env::var("CHAOS_TEST_BACKEND") else {
-        eprintln!("skipped: set CHAOS_TEST_BACKEND=edt|netem on a kernel with fq/netem (`cargo xtask vm-test` does)");
-        return;
-    };
-    let daemon = Daemon::start_with(&lab.a, &format!("delay_backend = \"{backend}\"")).unwrap();
+    let Some(daemon) = Daemon::with_test_backend(&lab) else { return };
     let limited = SocketAddr::new(lab::B4.parse().unwrap(), 5001);
     let free = SocketAddr::new(lab::B4.parse().unwrap(), 5002);
     daemon.ctl_ok(&["apply", "--name", "thin", "-i", &lab.a_if, "--rate", "10mbit", "-p", "tcp", "--dport", "5001"]);
