@@ -84,11 +84,8 @@ pub fn compile(rules: &[Rule], generation: u8) -> Result<Tables, CompileError> {
         for &(hook, mirror) in hooks {
             for (family, _) in families.iter().filter(|f| f.1) {
                 let prefix = |c: Option<Cidr>| c.map_or(([0; 16], 0), |c| (mask(c.bytes(), c.len), c.len));
-                let (src, dst, sport, dport) = if mirror {
-                    (prefix(r.matches.dst), prefix(r.matches.src), r.matches.dport, r.matches.sport)
-                } else {
-                    (prefix(r.matches.src), prefix(r.matches.dst), r.matches.sport, r.matches.dport)
-                };
+                let m = if mirror { r.matches.reply() } else { r.matches };
+                let (src, dst, sport, dport) = (prefix(m.src), prefix(m.dst), m.sport, m.dport);
                 let protos = protos(r.matches.protocol, *family, sport.is_any() && dport.is_any());
                 let eff = Eff { rank: rank as u32, src, dst, protos, sport, dport };
                 scopes.entry((r.ifindex, hook, *family)).or_default().push(eff);

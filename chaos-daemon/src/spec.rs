@@ -261,6 +261,14 @@ pub struct Match {
     pub dport: PortRange,
 }
 
+impl Match {
+    /// The same match seen from the replies: source and destination (addresses and ports)
+    /// swapped. What `both` matches on the ingress side.
+    pub fn reply(self) -> Self {
+        Self { src: self.dst, dst: self.src, sport: self.dport, dport: self.sport, ..self }
+    }
+}
+
 impl FaultSpec {
     /// Checks every field and returns the typed fault, or the first field that is wrong.
     pub fn validate(&self) -> Result<Fault, SpecError> {

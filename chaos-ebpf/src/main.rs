@@ -92,10 +92,8 @@ enum Shaping {
 #[inline(always)]
 fn run(ctx: &TcContext, hook: u8, shaping: Shaping) -> i32 {
     let skb = ctx.skb.skb;
-    // SAFETY: bpf_ktime_get_ns has no preconditions.
-    let now = unsafe { bpf_ktime_get_ns() };
-    let verdict = match find_rule(ctx, hook, now) {
-        Some((slot, action)) => act(ctx, slot, action, now, shaping),
+    let verdict = match find_rule(ctx, hook) {
+        Some((slot, action, now)) => act(ctx, slot, action, now, shaping),
         None => None,
     };
     match verdict {
@@ -107,8 +105,9 @@ fn run(ctx: &TcContext, hook: u8, shaping: Shaping) -> i32 {
             TC_ACT_UNSPEC
         }
         _ => {
-            // SAFETY: as above.
-            if shaping == Shaping::EdtIfb && unsafe { (*skb).tstamp } > now {
+            // Only here is the clock read for a packet no rule acts on.
+            // SAFETY: as above; bpf_ktime_get_ns has no preconditions.
+            if shaping == Shaping::EdtIfb && unsafe { (*skb).tstamp > bpf_ktime_get_ns() } {
                 unsafe { (*skb).tstamp = 0 };
             }
             TC_ACT_UNSPEC
@@ -133,9 +132,9 @@ struct Packet {
     dport: u16,
 }
 
-/// The slot and action of the rule that acts on the packet, if any.
+/// The slot and action of the rule that acts on the packet, if any, and the time it was read.
 #[inline(always)]
-fn find_rule(ctx: &TcContext, hook: u8, now: u64) -> Option<(u32, &'static RuleAction)> {
+fn find_rule(ctx: &TcContext, hook: u8) -> Option<(u32, &'static RuleAction, u64)> {
     let generation = *ACTIVE.get(ACTIVE_GENERATION)?;
     let pkt = parse(ctx)?;
     // SAFETY: the skb pointer is the program's context, valid for the whole run.
@@ -162,10 +161,12 @@ fn find_rule(ctx: &TcContext, hook: u8, now: u64) -> Option<(u32, &'static RuleA
     // The deadline is kept here, not only by the daemon, so that a fault ends on time even when
     // the daemon is frozen or killed. bpf_ktime_get_ns is CLOCK_MONOTONIC (4.1+), the clock the
     // daemon computes deadlines on.
+    // SAFETY: bpf_ktime_get_ns has no preconditions.
+    let now = unsafe { bpf_ktime_get_ns() };
     if now >= action.deadline_ns {
         return None;
     }
-    Some((slot, action))
+    Some((slot, action, now))
 }
 
 /// Counts the packet for the rule, and drops, shapes or passes it.

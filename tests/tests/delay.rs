@@ -26,6 +26,13 @@ fn addr(ip: &str, port: u16) -> SocketAddr {
     SocketAddr::new(ip.parse().unwrap(), port)
 }
 
+/// The no-fault measurement and the tolerance it gives.
+fn baseline(measure: &dyn Fn() -> Vec<Vec<u64>>) -> (Vec<Vec<u64>>, u64) {
+    let base = measure();
+    let tol = tolerance(&base);
+    (base, tol)
+}
+
 /// The baseline's noise: see the module's comment.
 fn tolerance(baseline: &[Vec<u64>]) -> u64 {
     MS + baseline.iter().map(|b| quantile(b, 0.9) - quantile(b, 0.1)).max().unwrap()
@@ -77,8 +84,7 @@ fn egress_delay_and_jitter() {
     // 9002: delayed; 9001: not; 9003: delayed bulk traffic queued in the same qdisc.
     let dsts = [addr(lab::B4, 9002), addr(lab::B4, 9001), addr(lab::B6, 9002)];
     let measure = || traffic::udp_latencies(&lab.a, &lab.b, &dsts, INTERVAL, ROUNDS).unwrap();
-    let base = measure();
-    let tol = tolerance(&base);
+    let (base, tol) = baseline(&measure);
 
     daemon.ctl_ok(&[
         "apply",
@@ -139,8 +145,7 @@ fn ingress_delay() {
     let Some(daemon) = Daemon::with_test_backend(&lab) else { return };
     let dsts = [addr(lab::A4, 9102), addr(lab::A4, 9101), addr(lab::A6, 9102)];
     let measure = || traffic::udp_latencies(&lab.b, &lab.a, &dsts, INTERVAL, ROUNDS).unwrap();
-    let base = measure();
-    let tol = tolerance(&base);
+    let (base, tol) = baseline(&measure);
     daemon.ctl_ok(&[
         "apply", "--name", "slow-in", "-i", &lab.a_if, "-d", "ingress", "--delay", "50ms", "-p", "udp", "--dport",
         "9102",
@@ -182,8 +187,7 @@ fn normal_jitter() {
     let Some(daemon) = Daemon::with_test_backend(&lab) else { return };
     let dsts = [addr(lab::B4, 9402)];
     let measure = || traffic::udp_latencies(&lab.a, &lab.b, &dsts, INTERVAL, ROUNDS).unwrap();
-    let base = measure();
-    let tol = tolerance(&base);
+    let (base, tol) = baseline(&measure);
     daemon.ctl_ok(&[
         "apply",
         "--name",

@@ -153,16 +153,8 @@ fn plan(faults: &[&Active], ifbs: &BTreeMap<u32, (u32, String)>) -> (Vec<Rule>, 
         if f.matches.direction == Direction::Both {
             hooks.insert((a.ifindex, HOOK_EGRESS), f.interface.clone());
             rules.push(rule(a.ifindex, Match { direction: Direction::Egress, ..f.matches }));
-            // The ingress half of `both` sees the replies: addresses and ports swap, as the
-            // compiler does for an ingress hook of `both`.
-            ingress = Match {
-                direction: Direction::Ingress,
-                src: f.matches.dst,
-                dst: f.matches.src,
-                sport: f.matches.dport,
-                dport: f.matches.sport,
-                ..f.matches
-            };
+            // The ingress half of `both` sees the replies, as the compiler's ingress hook does.
+            ingress = Match { direction: Direction::Ingress, ..f.matches.reply() };
         }
         hooks.insert((*ifb, HOOK_IFB), ifb_name.clone());
         rules.push(rule(*ifb, ingress));
