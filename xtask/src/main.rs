@@ -1,5 +1,6 @@
 //! `cargo xtask <task>`: everything a developer or CI runs, from a fresh machine.
 
+mod bench;
 mod bootstrap;
 mod check_ebpf;
 mod demo;
@@ -33,6 +34,21 @@ enum Task {
     },
     /// Two hosts in network namespaces, 20% UDP loss applied and removed with chaosctl.
     Demo,
+    /// Benchmarks next to iptables, ipset and tc: per-packet cost, throughput, control-plane
+    /// latency, footprint, accuracy. Writes target/bench/results.{json,md}.
+    Bench {
+        /// Small counts, for CI: checks the harness, the numbers are rough.
+        #[arg(long)]
+        quick: bool,
+        /// Skip the VM part (delay and rate, both backends).
+        #[arg(long)]
+        no_vm: bool,
+        /// Also replace the table in docs/benchmarks.md.
+        #[arg(long)]
+        docs: bool,
+        /// Host sections to run (default: all): per-packet, throughput, control, footprint, accuracy.
+        sections: Vec<String>,
+    },
     /// End-to-end test suites inside a Debian 6.1 kernel under qemu (installs qemu, downloads
     /// the kernel once).
     VmTest {
@@ -86,6 +102,9 @@ fn run(task: Task) -> anyhow::Result<()> {
             preflight("cargo xtask demo")?;
             build()?;
             demo::run()
+        }
+        Task::Bench { quick, no_vm, docs, sections } => {
+            bench::run(&bench::Options { quick, vm: !no_vm, docs, sections })
         }
         Task::VmTest { timeout, suites } => vm::run(&suites, Duration::from_secs(timeout * 60)),
     }

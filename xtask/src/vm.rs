@@ -2,12 +2,12 @@
 //! for what this host's kernel cannot show (no sch_netem or sch_fq here; no TCX there, so the
 //! daemon's cls_bpf attachment is what runs). The guest's init is `src/bin/vm-init.rs`.
 
-mod apt;
+pub mod apt;
 mod cpio;
 mod initramfs;
 mod kernel;
 mod modules;
-mod qemu;
+pub mod qemu;
 
 use std::{
     collections::BTreeMap,
@@ -69,21 +69,17 @@ const MODULES: &[&str] = &[
 const SUITE_TIMEOUT: Duration = Duration::from_secs(20 * 60);
 
 /// Where things are in the guest.
-const GUEST_BIN: &str = "/chaos/bin";
+pub const GUEST_BIN: &str = "/chaos/bin";
 const GUEST_TESTS: &str = "/tests";
 const GUEST_PATH: &str = "/usr/sbin:/usr/bin:/sbin:/bin";
 
 pub fn run(names: &[String], timeout: Duration) -> anyhow::Result<()> {
     let started = Instant::now();
     let suites = select(names)?;
-    apt::ensure_program(qemu::QEMU, "qemu-system-x86")?;
-    apt::ensure_program("objcopy", "binutils")?;
-    let kernel = kernel::ensure()?;
-    println!("== guest kernel: {} {}", kernel.package, kernel.version);
     crate::bootstrap::ensure()?;
     crate::build()?;
     let executables = test_executables()?;
-    let mut tests = Vec::new();
+    let mut runs = Vec::new();
     for &suite in &suites {
         let exe = executables.get(suite.target).with_context(|| {
             let known: Vec<&str> = executables.keys().map(String::as_str).collect();
@@ -94,15 +90,44 @@ pub fn run(names: &[String], timeout: Duration) -> anyhow::Result<()> {
                 known.join(", ")
             )
         })?;
-        tests.push((suite, exe.clone()));
+        let mut args = vec!["--test-threads=1".to_owned()];
+        args.extend(suite.args.iter().map(|a| a.to_string()));
+        runs.push(GuestRun {
+            name: suite.name.into(),
+            exe: exe.clone(),
+            guest: format!("{GUEST_TESTS}/{}", suite.target),
+            args,
+            env: suite.env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+        });
     }
+    let outcome = boot(&runs, &crate::bin_dir(), timeout)?;
+    report(&suites, &outcome, started.elapsed())
+}
 
+/// A program the guest's init runs (its output on the console), with `CHAOS_BIN_DIR` and
+/// `env` in its environment.
+pub struct GuestRun {
+    pub name: String,
+    /// On the host.
+    pub exe: PathBuf,
+    /// Where it goes in the guest.
+    pub guest: String,
+    pub args: Vec<String>,
+    pub env: Vec<(String, String)>,
+}
+
+/// Boots the guest with the daemon, CLI and init from `bin` (a cargo target directory) and
+/// `runs`, and returns what its console said.
+pub fn boot(runs: &[GuestRun], bin: &std::path::Path, timeout: Duration) -> anyhow::Result<qemu::Outcome> {
+    apt::ensure_program(qemu::QEMU, "qemu-system-x86")?;
+    apt::ensure_program("objcopy", "binutils")?;
+    let kernel = kernel::ensure()?;
+    println!("== guest kernel: {} {}", kernel.package, kernel.version);
     let dir = crate::workspace().join("target/vm-test");
     let initrd = dir.join("initramfs.cpio");
-    let size = build_initramfs(&kernel, &tests, &dir.join("stage"), &initrd)?;
+    let size = build_initramfs(&kernel, bin, runs, &dir.join("stage"), &initrd)?;
     println!("== initramfs: {} MB; booting under qemu (TCG)", size >> 20);
-    let outcome = qemu::run(&kernel.vmlinuz, &initrd, timeout)?;
-    report(&suites, &outcome, started.elapsed())
+    qemu::run(&kernel.vmlinuz, &initrd, timeout)
 }
 
 fn select(names: &[String]) -> anyhow::Result<Vec<&'static Suite>> {
@@ -142,16 +167,16 @@ fn test_executables() -> anyhow::Result<BTreeMap<String, PathBuf>> {
     Ok(exes)
 }
 
-/// Writes the initramfs: the init, the daemon and CLI, the test binaries, iproute2, the
+/// Writes the initramfs: the init, the daemon and CLI, the programs to run, iproute2, the
 /// modules, and the plan the init follows (`/vmtest/plan.json`).
 fn build_initramfs(
     kernel: &kernel::Kernel,
-    tests: &[(&Suite, PathBuf)],
+    bin: &std::path::Path,
+    runs: &[GuestRun],
     stage: &std::path::Path,
     out: &std::path::Path,
 ) -> anyhow::Result<u64> {
     let mut fs = initramfs::Initramfs::new(stage)?;
-    let bin = crate::bin_dir();
     fs.binary(&bin.join("vm-init"), "/init", true)?;
     for name in ["chaos-daemon", "chaosctl"] {
         fs.binary(&bin.join(name), &format!("{GUEST_BIN}/{name}"), true)?;
@@ -173,14 +198,11 @@ fn build_initramfs(
     }
 
     let mut suites = Vec::new();
-    for (suite, exe) in tests {
-        let guest = format!("{GUEST_TESTS}/{}", suite.target);
-        fs.binary(exe, &guest, true)?;
-        let mut args = vec!["--test-threads=1"];
-        args.extend(suite.args);
-        let mut env = vec![("CHAOS_BIN_DIR", GUEST_BIN)];
-        env.extend(suite.env);
-        suites.push(serde_json::json!({ "name": suite.name, "exe": guest, "args": args, "env": env }));
+    for run in runs {
+        fs.binary(&run.exe, &run.guest, true)?;
+        let mut env = vec![("CHAOS_BIN_DIR".to_owned(), GUEST_BIN.to_owned())];
+        env.extend(run.env.iter().cloned());
+        suites.push(serde_json::json!({ "name": run.name, "exe": run.guest, "args": run.args, "env": env }));
     }
     let plan = serde_json::json!({
         "modules": modules,

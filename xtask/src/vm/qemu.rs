@@ -1,5 +1,5 @@
 //! Boots the guest under qemu (TCG: KVM hung on these machines), streams its console to
-//! stdout, and collects the init's `VMTEST` lines, within an overall time limit.
+//! stdout, and collects the init's `VMTEST` lines (and chaos-bench's `BENCH` ones), within an overall time limit.
 
 use std::{
     io::{BufRead as _, BufReader, Write as _},
@@ -28,6 +28,8 @@ pub struct Outcome {
     pub timed_out: bool,
     /// From starting qemu to the init's first line.
     pub boot: Option<Duration>,
+    /// The JSON of each `BENCH <json>` line (chaos-bench's results).
+    pub bench: Vec<String>,
 }
 
 pub fn run(kernel: &Path, initrd: &Path, timeout: Duration) -> anyhow::Result<Outcome> {
@@ -63,16 +65,22 @@ pub fn run(kernel: &Path, initrd: &Path, timeout: Duration) -> anyhow::Result<Ou
             // Kernel messages may share a line with ours: look for the marker anywhere.
             if let Some(i) = text.find("VMTEST ") {
                 let _ = tx.send(text[i + 7..].to_owned());
+            } else if let Some(i) = text.find("BENCH {") {
+                let _ = tx.send(format!("BENCH {}", &text[i + 6..]));
             }
             line.clear();
         }
     });
 
-    let mut outcome = Outcome { results: Vec::new(), done: false, timed_out: false, boot: None };
+    let mut outcome = Outcome { results: Vec::new(), done: false, timed_out: false, boot: None, bench: Vec::new() };
     let deadline = started + timeout;
     loop {
         match rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
             Ok(msg) => {
+                if let Some(json) = msg.strip_prefix("BENCH ") {
+                    outcome.bench.push(json.to_owned());
+                    continue;
+                }
                 let words: Vec<&str> = msg.split_whitespace().collect();
                 match words.as_slice() {
                     ["START", ..] => outcome.boot = Some(started.elapsed()),

@@ -1,0 +1,156 @@
+//! Control-plane latency: from a request to the fault being in the kernel, and from its removal
+//! to it being gone, through the socket and through `chaosctl`; next to it the same change with
+//! the `iptables` command (and, for delay, in the VM, with `tc`). Each daemon operation is
+//! checked right after its answer: the daemon's own pinned program, run on a matching packet
+//! with BPF_PROG_TEST_RUN, must drop it after an apply and pass it after a removal.
+
+use std::{net::IpAddr, os::fd::OwnedFd, process::Command, time::Instant};
+
+use anyhow::{Context as _, bail, ensure};
+use chaos_tests::{Daemon, Lab, daemon::bin, lab};
+use serde_json::{Value, json};
+
+use crate::{Scale, bpf, faults, packets};
+
+pub fn run(scale: Scale) -> anyhow::Result<Value> {
+    let ops = scale.pick(1000, 50);
+    let lab = Lab::new()?;
+    let daemon = Daemon::start(&lab.a)?;
+    let prog = bpf::pinned(&daemon.bpffs.join("prog_chaos_egress"))?;
+    let (a, b): (IpAddr, IpAddr) = (lab::A4.parse().unwrap(), lab::B4.parse().unwrap());
+    let check = Check { prog, frame: packets::frame(a, b, packets::Proto::Udp, 40000, 7001), ifindex: 0 };
+    let spec = json!({ "name": "cp", "interface": lab.a_if, "action": "partition", "dst": lab::B4 });
+    let flags = ["apply", "--name", "cp", "-i", &lab.a_if, "--partition", "--dst", lab::B4].map(str::to_owned);
+    let iface = lab.a_if.clone();
+    let socket = daemon.socket.clone();
+
+    // Everything runs on a thread inside host a: the check's ifindex is a's, and the commands
+    // started from there (iptables) inherit its namespace.
+    let results = lab.a.enter(move || -> anyhow::Result<Value> {
+        let mut check = check;
+        check.ifindex = nix::net::if_::if_nametoindex(iface.as_str())?;
+        let through_socket =
+            |n| timed_pairs(n, &check, || faults::apply(&socket, vec![spec.clone()]), || faults::remove(&socket, "cp"));
+        eprintln!("   socket");
+        let socket_times = through_socket(ops)?;
+        eprintln!("   chaosctl");
+        let ctl = |args: &[String]| run_ok(Command::new(bin("chaosctl")).arg("--socket").arg(&socket).args(args));
+        let ctl_times = timed_pairs(ops, &check, || ctl(&flags), || ctl(&["rm".into(), "cp".into()]))?;
+        eprintln!("   socket, with 9,999 other faults");
+        faults::apply(&socket, faults::non_matching(&iface, 9_999))?;
+        let crowded = through_socket(ops / 10)?;
+        faults::clear(&socket)?;
+        eprintln!("   iptables");
+        let rule = |op: &'static str| {
+            let args = [op, "OUTPUT", "-d", lab::B4, "-j", "DROP"];
+            move || run_ok(Command::new("iptables").args(args))
+        };
+        let iptables = timed(ops, rule("-A"), rule("-D"))?;
+        Ok(json!({
+            "ops": ops,
+            "fault": "partition of one destination",
+            "rows": [
+                row("chaos-daemon, socket (HTTP on the Unix socket)", &socket_times),
+                row("chaos-daemon, chaosctl (a new process each time)", &ctl_times),
+                row("chaos-daemon, socket, next to 9,999 other faults", &crowded),
+                row("iptables -A / -D (one DROP rule)", &iptables),
+            ],
+        }))
+    })??;
+    Ok(results)
+}
+
+/// The delay fault applied and removed in the guest, next to `tc qdisc add ... netem` / `del`.
+pub fn delay(scale: Scale, backend: &str) -> anyhow::Result<Value> {
+    let ops = scale.pick(200, 10);
+    let lab = Lab::new()?;
+    let daemon = Daemon::start_with(&lab.a, &format!("delay_backend = \"{backend}\""))?;
+    let spec = json!({ "name": "cp", "interface": lab.a_if, "action": "delay", "delay": "50ms", "dst": lab::B4 });
+    let flags = ["apply", "--name", "cp", "-i", &lab.a_if, "--delay", "50ms", "--dst", lab::B4].map(str::to_owned);
+    let (iface, socket) = (lab.a_if.clone(), daemon.socket.clone());
+    lab.a.enter(move || -> anyhow::Result<Value> {
+        eprintln!("   socket");
+        let socket_times = timed(ops, || faults::apply(&socket, vec![spec.clone()]), || faults::remove(&socket, "cp"))?;
+        eprintln!("   chaosctl");
+        let ctl = |args: &[String]| run_ok(Command::new(bin("chaosctl")).arg("--socket").arg(&socket).args(args));
+        let ctl_times = timed(ops, || ctl(&flags), || ctl(&["rm".into(), "cp".into()]))?;
+        eprintln!("   tc");
+        let tc_add = ["qdisc", "add", "dev", &iface, "root", "netem", "delay", "50ms"].map(str::to_owned);
+        let tc_del = ["qdisc", "del", "dev", &iface, "root"].map(str::to_owned);
+        let tc = timed(ops, || run_ok(Command::new("tc").args(&tc_add)), || run_ok(Command::new("tc").args(&tc_del)))?;
+        Ok(json!({
+            "ops": ops,
+            "fault": "50ms delay to one destination",
+            "rows": [
+                row("chaos-daemon, socket", &socket_times),
+                row("chaos-daemon, chaosctl", &ctl_times),
+                row("tc qdisc add root netem / del", &tc),
+            ],
+        }))
+    })?
+}
+
+/// The daemon's egress program, a packet the fault under test matches, and a's device.
+struct Check {
+    prog: OwnedFd,
+    frame: Vec<u8>,
+    ifindex: u32,
+}
+
+impl Check {
+    /// Whether the program, with the maps as they are now, drops the packet.
+    fn drops(&self) -> anyhow::Result<bool> {
+        Ok(bpf::test_run(&self.prog, &self.frame, self.ifindex, 1)?.0 == 2)
+    }
+}
+
+/// `n` applies and removals, each timed, each checked in the kernel after its answer.
+fn timed_pairs(
+    n: usize,
+    check: &Check,
+    apply: impl Fn() -> anyhow::Result<()>,
+    remove: impl Fn() -> anyhow::Result<()>,
+) -> anyhow::Result<(Vec<u64>, Vec<u64>)> {
+    let (mut applied, mut removed) = (Vec::with_capacity(n), Vec::with_capacity(n));
+    for i in 0..n {
+        let t = Instant::now();
+        apply()?;
+        applied.push(t.elapsed().as_nanos() as u64);
+        ensure!(check.drops()?, "operation {i}: the fault was not in the kernel when the apply returned");
+        let t = Instant::now();
+        remove()?;
+        removed.push(t.elapsed().as_nanos() as u64);
+        ensure!(!check.drops()?, "operation {i}: the fault was still in the kernel when the removal returned");
+    }
+    Ok((applied, removed))
+}
+
+/// Same, for changes this benchmark has no check of its own for.
+fn timed(
+    n: usize,
+    apply: impl Fn() -> anyhow::Result<()>,
+    remove: impl Fn() -> anyhow::Result<()>,
+) -> anyhow::Result<(Vec<u64>, Vec<u64>)> {
+    let (mut applied, mut removed) = (Vec::with_capacity(n), Vec::with_capacity(n));
+    for _ in 0..n {
+        let t = Instant::now();
+        apply()?;
+        applied.push(t.elapsed().as_nanos() as u64);
+        let t = Instant::now();
+        remove()?;
+        removed.push(t.elapsed().as_nanos() as u64);
+    }
+    Ok((applied, removed))
+}
+
+fn row(how: &str, (applied, removed): &(Vec<u64>, Vec<u64>)) -> Value {
+    json!({ "how": how, "apply": faults::latency_summary(applied), "remove": faults::latency_summary(removed) })
+}
+
+fn run_ok(cmd: &mut Command) -> anyhow::Result<()> {
+    let out = cmd.output().with_context(|| format!("running {:?}", cmd.get_program()))?;
+    if !out.status.success() {
+        bail!("{:?} failed: {}", cmd.get_program(), String::from_utf8_lossy(&out.stderr).trim());
+    }
+    Ok(())
+}
