@@ -31,11 +31,20 @@ pub fn run(scale: Scale) -> anyhow::Result<Value> {
         check.ifindex = nix::net::if_::if_nametoindex(iface.as_str())?;
         let through_socket =
             |n| timed_pairs(n, &check, || faults::apply(&socket, vec![spec.clone()]), || faults::remove(&socket, "cp"));
-        eprintln!("   socket");
-        let socket_times = through_socket(ops)?;
-        eprintln!("   chaosctl");
         let ctl = |args: &[String]| run_ok(Command::new(bin("chaosctl")).arg("--socket").arg(&socket).args(args));
-        let ctl_times = timed_pairs(ops, &check, || ctl(&flags), || ctl(&["rm".into(), "cp".into()]))?;
+        let through_ctl = |n| timed_pairs(n, &check, || ctl(&flags), || ctl(&["rm".into(), "cp".into()]));
+        // Cold: the interface has no other fault, so each apply attaches the programs and each
+        // removal detaches them. Warm: another fault keeps them attached.
+        eprintln!("   socket");
+        let socket_cold = through_socket(ops)?;
+        eprintln!("   chaosctl");
+        let ctl_cold = through_ctl(ops)?;
+        faults::apply(&socket, faults::non_matching(&iface, 1))?;
+        eprintln!("   socket, warm");
+        let socket_warm = through_socket(ops)?;
+        eprintln!("   chaosctl, warm");
+        let ctl_warm = through_ctl(ops)?;
+        faults::clear(&socket)?;
         eprintln!("   socket, with 9,999 other faults");
         faults::apply(&socket, faults::non_matching(&iface, 9_999))?;
         let crowded = through_socket(ops / 10)?;
@@ -50,8 +59,10 @@ pub fn run(scale: Scale) -> anyhow::Result<Value> {
             "ops": ops,
             "fault": "partition of one destination",
             "rows": [
-                row("chaos-daemon, socket (HTTP on the Unix socket)", &socket_times),
-                row("chaos-daemon, chaosctl (a new process each time)", &ctl_times),
+                row("chaos-daemon, socket, cold (attaches and detaches)", &socket_cold),
+                row("chaos-daemon, chaosctl, cold", &ctl_cold),
+                row("chaos-daemon, socket, warm (another fault on the interface)", &socket_warm),
+                row("chaos-daemon, chaosctl, warm", &ctl_warm),
                 row("chaos-daemon, socket, next to 9,999 other faults", &crowded),
                 row("iptables -A / -D (one DROP rule)", &iptables),
             ],

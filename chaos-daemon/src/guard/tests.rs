@@ -314,3 +314,32 @@ fn refusal_names_the_flow_and_the_ways_out() {
     assert_eq!(check(&fault("p=udp dport=53"), &protected), Ok(()));
     assert_eq!(check(&fault(""), &[]), Ok(()));
 }
+
+/// sock_diag and the /proc tables must agree: live connections over IPv4, IPv6 and a
+/// v4-mapped dual-stack socket, read both ways in this thread's namespace.
+#[test]
+fn sock_diag_sees_what_proc_sees() {
+    use std::net::{TcpListener, TcpStream};
+    let mut keep = Vec::new();
+    for (listen, connect) in [("127.0.0.1:0", "127.0.0.1"), ("[::1]:0", "::1"), ("[::]:0", "127.0.0.1")] {
+        let Ok(listener) = TcpListener::bind(listen) else { continue }; // no IPv6 here
+        let port = listener.local_addr().unwrap().port();
+        let client = TcpStream::connect((connect, port)).unwrap();
+        let (server, _) = listener.accept().unwrap();
+        keep.push((listener, client, server));
+    }
+    let ours: Vec<u16> = keep.iter().flat_map(|(_, c, s)| [c, s]).map(|x| x.local_addr().unwrap().port()).collect();
+    let established = |rows: Vec<Row>| {
+        let mut mine: Vec<(SocketAddr, SocketAddr)> = rows
+            .into_iter()
+            .filter(|r| r.state == TCP_ESTABLISHED && ours.contains(&r.local.port()))
+            .map(|r| (r.local, r.remote))
+            .collect();
+        mine.sort();
+        mine
+    };
+    let by_diag = established(established_by_diag().unwrap());
+    assert_eq!(by_diag, established(established_by_proc().unwrap()));
+    assert_eq!(by_diag.len(), 2 * keep.len(), "{by_diag:?}");
+    assert!(by_diag.iter().all(|(l, _)| !matches!(l.ip(), IpAddr::V6(v6) if v6.to_ipv4_mapped().is_some())));
+}

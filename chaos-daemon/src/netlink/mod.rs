@@ -55,6 +55,12 @@ impl fmt::Display for NlError {
 
 impl std::error::Error for NlError {}
 
+impl From<NlError> for io::Error {
+    fn from(e: NlError) -> Self {
+        io::Error::new(io::Error::from_raw_os_error(e.errno).kind(), e.to_string())
+    }
+}
+
 /// One message of an answer: its type and the bytes after `struct nlmsghdr`.
 #[derive(Debug)]
 pub struct Message {
@@ -72,7 +78,8 @@ const NLM_F_ACK_TLVS: u16 = 0x200;
 const NLMSGERR_ATTR_MSG: u16 = 1;
 const NLM_F_DUMP_INTR: u16 = 0x10;
 
-/// A NETLINK_ROUTE socket in the calling thread's network namespace.
+/// A netlink socket (NETLINK_ROUTE unless opened with [`Socket::open_protocol`]) in the calling
+/// thread's network namespace.
 pub struct Socket {
     fd: OwnedFd,
     seq: u32,
@@ -80,8 +87,12 @@ pub struct Socket {
 
 impl Socket {
     pub fn open() -> Result<Self, NlError> {
+        Self::open_protocol(libc::NETLINK_ROUTE)
+    }
+
+    pub fn open_protocol(protocol: i32) -> Result<Self, NlError> {
         // SAFETY: plain socket syscall; the descriptor is owned by the OwnedFd at once.
-        let fd = unsafe { libc::socket(libc::AF_NETLINK, libc::SOCK_RAW | libc::SOCK_CLOEXEC, libc::NETLINK_ROUTE) };
+        let fd = unsafe { libc::socket(libc::AF_NETLINK, libc::SOCK_RAW | libc::SOCK_CLOEXEC, protocol) };
         if fd < 0 {
             return Err(NlError::last_os());
         }
