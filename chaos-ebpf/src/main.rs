@@ -273,7 +273,9 @@ fn delay(action: &RuleAction, state: *mut ShapeState) -> u64 {
 }
 
 /// Reads the IP header and, for TCP/UDP first fragments, the ports. Assumes an Ethernet device
-/// (TC gives the program the frame from the MAC header on both hooks).
+/// (TC gives the program the frame from the MAC header on both hooks). Each header is copied in
+/// one `bpf_skb_load_bytes` (the ports in another): a helper call is the main per-packet cost
+/// of an unmatched packet, and field by field it took 7 calls for IPv4 and 11 for IPv6.
 #[inline(always)]
 fn parse(ctx: &TcContext) -> Option<Packet> {
     let family;
@@ -281,32 +283,29 @@ fn parse(ctx: &TcContext) -> Option<Packet> {
     let mut src = [0u32; 4];
     let mut dst = [0u32; 4];
     let l4;
+    // Addresses stay raw words in wire byte order, as the map keys hold them.
+    let word = |b: &[u8], at: usize| u32::from_ne_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]]);
     // skb->protocol is the frame's L3 protocol, big-endian in the low 16 bits.
     match u16::from_be(ctx.skb.protocol() as u16) {
         ETH_P_IP => {
-            let vihl: u8 = ctx.load(ETH_HLEN).ok()?;
-            let frag: u16 = u16::from_be(ctx.load(ETH_HLEN + 6).ok()?);
+            let h: [u8; 20] = ctx.load(ETH_HLEN).ok()?;
+            let frag = u16::from_be_bytes([h[6], h[7]]);
             family = FAMILY_V4;
-            proto = ctx.load(ETH_HLEN + 9).ok()?;
-            src[0] = ctx.load(ETH_HLEN + 12).ok()?;
-            dst[0] = ctx.load(ETH_HLEN + 16).ok()?;
+            proto = h[9];
+            src[0] = word(&h, 12);
+            dst[0] = word(&h, 16);
             // Later fragments carry no L4 header: they are matched as port 0.
             let first_fragment = frag & 0x1fff == 0;
-            l4 = if first_fragment { Some(ETH_HLEN + usize::from(vihl & 0x0f) * 4) } else { None };
+            l4 = if first_fragment { Some(ETH_HLEN + usize::from(h[0] & 0x0f) * 4) } else { None };
         }
         ETH_P_IPV6 => {
+            let h: [u8; 40] = ctx.load(ETH_HLEN).ok()?;
             family = FAMILY_V6;
             // Only the fixed header's next header is read (no loops on 4.19): a packet with
             // extension headers is matched as protocol "other".
-            proto = ctx.load(ETH_HLEN + 6).ok()?;
-            src[0] = ctx.load(ETH_HLEN + 8).ok()?;
-            src[1] = ctx.load(ETH_HLEN + 12).ok()?;
-            src[2] = ctx.load(ETH_HLEN + 16).ok()?;
-            src[3] = ctx.load(ETH_HLEN + 20).ok()?;
-            dst[0] = ctx.load(ETH_HLEN + 24).ok()?;
-            dst[1] = ctx.load(ETH_HLEN + 28).ok()?;
-            dst[2] = ctx.load(ETH_HLEN + 32).ok()?;
-            dst[3] = ctx.load(ETH_HLEN + 36).ok()?;
+            proto = h[6];
+            src = [word(&h, 8), word(&h, 12), word(&h, 16), word(&h, 20)];
+            dst = [word(&h, 24), word(&h, 28), word(&h, 32), word(&h, 36)];
             l4 = Some(ETH_HLEN + 40);
         }
         _ => return None,
@@ -315,8 +314,10 @@ fn parse(ctx: &TcContext) -> Option<Packet> {
     match proto {
         PROTO_TCP | PROTO_UDP => {
             if let Some(off) = l4 {
-                sport = ctx.load(off).ok()?;
-                dport = ctx.load(off + 2).ok()?;
+                // Raw, in wire byte order, like the addresses.
+                let p: [u8; 4] = ctx.load(off).ok()?;
+                sport = u16::from_ne_bytes([p[0], p[1]]);
+                dport = u16::from_ne_bytes([p[2], p[3]]);
             }
         }
         PROTO_ICMP if family == FAMILY_V4 => {}
