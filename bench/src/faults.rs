@@ -98,16 +98,30 @@ pub fn rss_kib(daemon: &Daemon) -> anyhow::Result<u64> {
         .context("no VmRSS")
 }
 
-/// CPU time (ns) all of the daemon's threads have run, from their schedstat.
-pub fn cpu_ns(daemon: &Daemon) -> anyhow::Result<u64> {
+/// CPU time (ns) each of the daemon's threads has run, by thread id, from their schedstat.
+pub fn cpu_ns(daemon: &Daemon) -> anyhow::Result<std::collections::BTreeMap<u32, u64>> {
     let pid = daemon.pid().context("the daemon is not running")?;
-    let mut total = 0;
+    let mut threads = std::collections::BTreeMap::new();
     for task in std::fs::read_dir(format!("/proc/{pid}/task"))? {
+        let task = task?;
         // A thread that ended since the listing has no schedstat any more.
-        let Ok(stat) = std::fs::read_to_string(task?.path().join("schedstat")) else { continue };
-        total += stat.split_whitespace().next().and_then(|x| x.parse::<u64>().ok()).unwrap_or(0);
+        let Ok(stat) = std::fs::read_to_string(task.path().join("schedstat")) else { continue };
+        let (Some(tid), Some(ns)) = (
+            task.file_name().to_str().and_then(|t| t.parse().ok()),
+            stat.split_whitespace().next().and_then(|x| x.parse::<u64>().ok()),
+        ) else {
+            continue;
+        };
+        threads.insert(tid, ns);
     }
-    Ok(total)
+    Ok(threads)
+}
+
+/// CPU time used between two [`cpu_ns`] readings: by the threads alive at the second, from the
+/// first (or from their start). A thread that ended in between (tokio ends idle blocking
+/// threads after 10 s) is not counted after its last reading.
+pub fn cpu_used(before: &std::collections::BTreeMap<u32, u64>, after: &std::collections::BTreeMap<u32, u64>) -> u64 {
+    after.iter().map(|(tid, ns)| ns.saturating_sub(*before.get(tid).unwrap_or(&0))).sum()
 }
 
 /// Kernel memory the daemon's BPF maps hold (bytes; `memlock` of each map fd, once per map).

@@ -88,7 +88,7 @@ fn measure_idle(daemon: &Daemon, window: Duration) -> anyhow::Result<Value> {
     std::thread::sleep(Duration::from_secs(1));
     let before = faults::cpu_ns(daemon)?;
     std::thread::sleep(window);
-    let used = faults::cpu_ns(daemon)? - before;
+    let used = faults::cpu_used(&before, &faults::cpu_ns(daemon)?);
     Ok(json!({
         "rss_mb": (faults::rss_kib(daemon)? as f64 * 1024.0 / 1e5).round() / 10.0,
         "maps_mb": (faults::map_memory(daemon)? as f64 / 1e5).round() / 10.0,

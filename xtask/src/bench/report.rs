@@ -74,9 +74,13 @@ fn targets(md: &mut String, h: &Value) {
         ));
     }
     if let Some(rows_cp) = h["control"]["rows"].as_array() {
-        for (prefix, target, name) in
-            [("chaos-daemon, socket (", 2000.0, "socket"), ("chaos-daemon, chaosctl", 10_000.0, "chaosctl")]
-        {
+        let targets = [
+            ("chaos-daemon, socket, cold", 2000.0, "the socket, cold (the first fault on an interface)"),
+            ("chaos-daemon, socket, warm", 2000.0, "the socket, warm (the interface has a fault)"),
+            ("chaos-daemon, chaosctl, cold", 10_000.0, "chaosctl, cold"),
+            ("chaos-daemon, chaosctl, warm", 10_000.0, "chaosctl, warm"),
+        ];
+        for (prefix, target, name) in targets {
             if let Some(row) = rows_cp.iter().find(|r| r["how"].as_str().is_some_and(|h| h.starts_with(prefix))) {
                 let worst = f(&row["apply"]["p99_us"]).max(f(&row["remove"]["p99_us"]));
                 rows.push((
