@@ -15,7 +15,25 @@ use crate::{Scale, bpf, faults, packets};
 pub fn run(scale: Scale) -> anyhow::Result<Value> {
     let ops = scale.pick(1000, 50);
     let lab = Lab::new()?;
-    let daemon = Daemon::start(&lab.a)?;
+    let mut rows = partitions(&lab, "", ops, true)?;
+    // The attachment kernels before 6.6 get (Kylin's 4.19, UOS's 5.10): cls_bpf under clsact.
+    rows.extend(partitions(&lab, "tc_attach = \"netlink\"", ops, false)?);
+    let iptables = lab.a.enter(move || {
+        eprintln!("   iptables");
+        let rule = |op: &'static str| {
+            let args = [op, "OUTPUT", "-d", lab::B4, "-j", "DROP"];
+            move || run_ok(Command::new("iptables").args(args))
+        };
+        timed(ops, rule("-A"), rule("-D"))
+    })??;
+    rows.push(row("iptables -A / -D (one DROP rule)", &iptables));
+    Ok(json!({ "ops": ops, "fault": "partition of one destination", "rows": rows }))
+}
+
+/// Rows for a daemon with `config`: cold through the socket, and if `full` also cold through
+/// chaosctl, warm through both, and next to 9,999 other faults.
+fn partitions(lab: &Lab, config: &str, ops: usize, full: bool) -> anyhow::Result<Vec<Value>> {
+    let daemon = Daemon::start_with(&lab.a, config)?;
     let prog = bpf::pinned(&daemon.bpffs.join("prog_chaos_egress"))?;
     let (a, b): (IpAddr, IpAddr) = (lab::A4.parse().unwrap(), lab::B4.parse().unwrap());
     let check = Check { prog, frame: packets::frame(a, b, packets::Proto::Udp, 40000, 7001), ifindex: 0 };
@@ -24,9 +42,8 @@ pub fn run(scale: Scale) -> anyhow::Result<Value> {
     let iface = lab.a_if.clone();
     let socket = daemon.socket.clone();
 
-    // Everything runs on a thread inside host a: the check's ifindex is a's, and the commands
-    // started from there (iptables) inherit its namespace.
-    let results = lab.a.enter(move || -> anyhow::Result<Value> {
+    // Everything runs on a thread inside host a, whose device the check's ifindex names.
+    let rows = lab.a.enter(move || -> anyhow::Result<Vec<Value>> {
         let mut check = check;
         check.ifindex = nix::net::if_::if_nametoindex(iface.as_str())?;
         let through_socket =
@@ -35,41 +52,29 @@ pub fn run(scale: Scale) -> anyhow::Result<Value> {
         let through_ctl = |n| timed_pairs(n, &check, || ctl(&flags), || ctl(&["rm".into(), "cp".into()]));
         // Cold: the interface has no other fault, so each apply attaches the programs and each
         // removal detaches them. Warm: another fault keeps them attached.
-        eprintln!("   socket");
-        let socket_cold = through_socket(ops)?;
-        eprintln!("   chaosctl");
-        let ctl_cold = through_ctl(ops)?;
+        let mut rows = Vec::new();
+        let attach = if full { "TCX" } else { "cls_bpf" };
+        eprintln!("   socket, cold, {attach}");
+        rows.push(row(&format!("chaos-daemon, socket, cold: attaches with {attach}"), &through_socket(ops)?));
+        if !full {
+            return Ok(rows);
+        }
+        eprintln!("   chaosctl, cold");
+        rows.push(row(&format!("chaos-daemon, chaosctl, cold: attaches with {attach}"), &through_ctl(ops)?));
         faults::apply(&socket, faults::non_matching(&iface, 1))?;
         eprintln!("   socket, warm");
-        let socket_warm = through_socket(ops)?;
+        rows.push(row("chaos-daemon, socket, warm: another fault on the interface", &through_socket(ops)?));
         eprintln!("   chaosctl, warm");
-        let ctl_warm = through_ctl(ops)?;
+        rows.push(row("chaos-daemon, chaosctl, warm", &through_ctl(ops)?));
         faults::clear(&socket)?;
         eprintln!("   socket, with 9,999 other faults");
         faults::apply(&socket, faults::non_matching(&iface, 9_999))?;
         // Each change rewrites the whole rule set (see docs/benchmarks.md): fewer rounds here.
-        let crowded = through_socket((ops / 50).max(5))?;
+        rows.push(row("chaos-daemon, socket, next to 9,999 other faults", &through_socket((ops / 50).max(5))?));
         faults::clear(&socket)?;
-        eprintln!("   iptables");
-        let rule = |op: &'static str| {
-            let args = [op, "OUTPUT", "-d", lab::B4, "-j", "DROP"];
-            move || run_ok(Command::new("iptables").args(args))
-        };
-        let iptables = timed(ops, rule("-A"), rule("-D"))?;
-        Ok(json!({
-            "ops": ops,
-            "fault": "partition of one destination",
-            "rows": [
-                row("chaos-daemon, socket, cold (attaches and detaches)", &socket_cold),
-                row("chaos-daemon, chaosctl, cold", &ctl_cold),
-                row("chaos-daemon, socket, warm (another fault on the interface)", &socket_warm),
-                row("chaos-daemon, chaosctl, warm", &ctl_warm),
-                row("chaos-daemon, socket, next to 9,999 other faults", &crowded),
-                row("iptables -A / -D (one DROP rule)", &iptables),
-            ],
-        }))
+        Ok(rows)
     })??;
-    Ok(results)
+    Ok(rows)
 }
 
 /// The delay fault applied and removed in the guest, next to `tc qdisc add ... netem` / `del`.

@@ -75,7 +75,11 @@ fn targets(md: &mut String, h: &Value) {
     }
     if let Some(rows_cp) = h["control"]["rows"].as_array() {
         let targets = [
-            ("chaos-daemon, socket, cold", 2000.0, "the socket, cold (the first fault on an interface)"),
+            (
+                "chaos-daemon, socket, cold: attaches with TCX",
+                2000.0,
+                "the socket, cold (the first fault on an interface)",
+            ),
             ("chaos-daemon, socket, warm", 2000.0, "the socket, warm (the interface has a fault)"),
             ("chaos-daemon, chaosctl, cold", 10_000.0, "chaosctl, cold"),
             ("chaos-daemon, chaosctl, warm", 10_000.0, "chaosctl, warm"),
