@@ -38,7 +38,7 @@ const CASES: [(Case, &str); 5] = [
 ];
 
 pub fn run(scale: Scale) -> anyhow::Result<Value> {
-    let rounds = scale.pick(5, 2);
+    let rounds = scale.pick(7, 2);
     let (warmup, window) = scale.pick(
         (Duration::from_millis(1000), Duration::from_secs(3)),
         (Duration::from_millis(300), Duration::from_millis(700)),
