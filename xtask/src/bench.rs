@@ -157,7 +157,7 @@ fn meta(quick: bool, took: Duration) -> anyhow::Result<Value> {
 }
 
 /// Replaces the generated block of the docs with `table`.
-fn splice_docs(path: &PathBuf, table: &str) -> anyhow::Result<()> {
+fn splice_docs(path: &Path, table: &str) -> anyhow::Result<()> {
     let text = std::fs::read_to_string(path).with_context(|| format!("{}", path.display()))?;
     let (Some(b), Some(e)) = (text.find(BEGIN), text.find(END)) else {
         bail!("{} has no `{BEGIN}` ... `{END}` block to replace", path.display());
