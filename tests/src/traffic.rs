@@ -77,7 +77,12 @@ pub fn tcp_connects(from: &Netns, src: Option<IpAddr>, to: &Netns, dst: SocketAd
 }
 
 /// CLOCK_MONOTONIC in ns: the clock of the kernel's `bpf_ktime_get_ns` and of fault deadlines.
-pub use chaos_daemon::state::mono_ns;
+/// (Its own copy, not chaos-daemon's: this library must build without the daemon, whose build
+/// script compiles the eBPF object, because xtask uses it to install that toolchain.)
+pub fn mono_ns() -> u64 {
+    let t = nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC).expect("CLOCK_MONOTONIC");
+    t.tv_sec() as u64 * 1_000_000_000 + t.tv_nsec() as u64
+}
 
 /// A stream of UDP datagrams from `from` to `dst` (in `to`), one every `interval` until
 /// CLOCK_MONOTONIC reaches `until_ns`, each carrying its send time. Returns the send times of
