@@ -13,8 +13,9 @@
 //!    port: the last gives the rule slot.
 //! 5. `RULES[slot]` gives the [`RuleAction`]; a rule past its deadline is ignored. `COUNTERS[slot]`
 //!    (per CPU) counts it.
-//! 6. Only for a rule that shapes (delay, jitter, rate): `SHAPES[slot]` keeps its mutable
-//!    state, and `DIST` holds the jitter distribution table.
+//! 6. Only for a rule with memory (correlation, Gilbert–Elliott): `CHAINS[slot]` (per CPU) holds
+//!    its state. Only for a rule that shapes (delay, jitter, rate): `SHAPES[slot]` keeps its
+//!    mutable state, and `DIST` holds the jitter distribution table.
 //!
 //! User space (chaos-daemon's `compile` module) precomputes the classes so that each lookup's
 //! longest match already stands for every rule that can still match.
@@ -51,7 +52,7 @@ pub const CLASS_GEN_BIT: u32 = 1 << 31;
 
 /// Version of this ABI, kept in `ACTIVE[`[`ACTIVE_ABI`]`]` of the pinned maps: a daemon finding
 /// pinned maps of another version does not reuse them. Bump it with any layout change here.
-pub const ABI_VERSION: u32 = 3;
+pub const ABI_VERSION: u32 = 4;
 /// Indexes of `ACTIVE`.
 pub const ACTIVE_GENERATION: u32 = 0;
 pub const ACTIVE_ABI: u32 = 1;
@@ -68,8 +69,27 @@ pub const PORTS_CAPACITY: u32 = 524_288;
 /// [`RuleAction::kind`] values.
 pub const ACTION_LOSS: u32 = 1;
 pub const ACTION_PARTITION: u32 = 2;
-/// Delay, jitter and/or rate, with an optional loss (`drop_threshold`).
+/// Delay, jitter and/or rate, with an optional loss (the rule's event is a drop).
 pub const ACTION_SHAPE: u32 = 3;
+/// The event is a copy of the packet, sent once more on the same device and hook.
+pub const ACTION_DUPLICATE: u32 = 4;
+/// The event is one flipped bit in the TCP or UDP payload.
+pub const ACTION_CORRUPT: u32 = 5;
+
+/// [`RuleAction::chain`] values: what a rule remembers between packets (per CPU, in `CHAINS`).
+/// Nothing: every packet is an independent draw with `chance[0]`.
+pub const CHAIN_NONE: u32 = 0;
+/// The state is whether the event happened to the last packet: `chance[1]` after a hit,
+/// `chance[0]` after a miss (correlation that keeps the mean: see the daemon's `Odds`).
+pub const CHAIN_OUTCOME: u32 = 1;
+/// Gilbert–Elliott, as netem's `loss_gilb_ell`: state 0 is good, 1 bad; the event happens with
+/// `chance[state]`, then the state flips when a second draw is below `flip[state]`.
+pub const CHAIN_GE: u32 = 2;
+
+/// [`RuleAction::flags`] of a corrupt rule: fix the L4 checksum for the flipped bit (the
+/// application receives the damaged data). Without it the checksum is left wrong, also where
+/// the stack or the NIC computes it later (`CHECKSUM_PARTIAL`), so the receiver drops the packet.
+pub const CORRUPT_FIX_CHECKSUM: u32 = 1;
 
 /// [`RuleAction::distribution`] values: how jitter is spread around the delay, as netem does it.
 /// Uniform: `delay - jitter + rnd % (2 * jitter)`.
@@ -86,8 +106,8 @@ pub const MAX_JITTER_NS: u64 = 2_000_000_000;
 /// class by writing `skb->priority = ROOT_MAJOR << 16 | minor` (HTB classifies by it first).
 pub const ROOT_MAJOR: u32 = 0xcd;
 
-/// A packet is dropped when `bpf_get_prandom_u32() < drop_threshold`: `p * 2^32` for loss, and
-/// `2^32` (always) for a partition.
+/// A probability as the programs compare it: an event happens when `bpf_get_prandom_u32()` is
+/// below `p * 2^32`, so this (2^32) is "always" (a partition).
 pub const DROP_ALWAYS: u64 = 1 << 32;
 
 /// Map names, shared so the daemon and tests open exactly what the program declares.
@@ -99,6 +119,7 @@ pub mod map_names {
     pub const RULES: &str = "RULES";
     pub const COUNTERS: &str = "COUNTERS";
     pub const SHAPES: &str = "SHAPES";
+    pub const CHAINS: &str = "CHAINS";
     pub const DIST: &str = "DIST";
 }
 
@@ -157,7 +178,16 @@ pub struct RuleAction {
     pub kind: u32,
     /// netem backend: the `skb->priority` (HTB class id) for shaped packets; 0 for none.
     pub priority: u32,
-    pub drop_threshold: u64,
+    /// The rule's event (a drop for loss, partition and shape; a copy; a flipped bit) happens
+    /// to a packet when `bpf_get_prandom_u32() < chance[state]`; the state is 0 unless `chain`
+    /// says otherwise. [`DROP_ALWAYS`] is always, 0 never.
+    pub chance: [u64; 2],
+    /// [`CHAIN_GE`]: after a packet the state flips when a second draw is below `flip[state]`.
+    pub flip: [u64; 2],
+    /// [`CHAIN_NONE`], [`CHAIN_OUTCOME`] or [`CHAIN_GE`].
+    pub chain: u32,
+    /// duplicate: the `skb->mark` bit that marks a copy, so it is never copied again.
+    pub mark: u32,
     /// `bpf_ktime_get_ns()` (CLOCK_MONOTONIC) from which the rule is ignored, so a fault ends on
     /// time even when the daemon is stopped or dead; [`NO_DEADLINE`] for none.
     pub deadline_ns: u64,
@@ -168,7 +198,8 @@ pub struct RuleAction {
     pub correlation: u32,
     /// [`DIST_UNIFORM`] or [`DIST_TABLE`].
     pub distribution: u32,
-    pub _pad: u32,
+    /// corrupt: [`CORRUPT_FIX_CHECKSUM`] or 0.
+    pub flags: u32,
     /// Rate in bytes per second; 0 for no rate limit.
     pub rate_bytes: u64,
     /// Burst: how far (ns) a rule's departure clock may lag `now`, i.e. burst bytes at the rate.
@@ -197,10 +228,14 @@ pub const NO_DEADLINE: u64 = u64::MAX;
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Counters {
-    /// Packets this rule was chosen for.
+    /// Packets this rule was chosen for (a duplicate rule's copies are not counted again).
     pub matched: u64,
     /// Of those, packets it dropped.
     pub dropped: u64,
+    /// Copies it sent (duplicate).
+    pub duplicated: u64,
+    /// Packets it flipped a bit in (corrupt).
+    pub corrupted: u64,
 }
 
 #[cfg(feature = "user")]
@@ -219,7 +254,7 @@ const _: () = {
     assert!(core::mem::size_of::<AddrKey>() == 24);
     assert!(core::mem::size_of::<PairKey>() == 8);
     assert!(core::mem::size_of::<PortKey>() == 8);
-    assert!(core::mem::size_of::<RuleAction>() == 72);
-    assert!(core::mem::size_of::<Counters>() == 16);
+    assert!(core::mem::size_of::<RuleAction>() == 104);
+    assert!(core::mem::size_of::<Counters>() == 32);
     assert!(core::mem::size_of::<ShapeState>() == 16);
 };

@@ -67,6 +67,12 @@ pub struct FaultView {
     pub matched: u64,
     /// Of those, packets it dropped.
     pub dropped: u64,
+    /// Copies it sent (duplicate).
+    #[serde(default)]
+    pub duplicated: u64,
+    /// Packets it flipped a payload bit in (corrupt).
+    #[serde(default)]
+    pub corrupted: u64,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]

@@ -59,6 +59,11 @@ pub struct Config {
     /// How delay and bandwidth faults hold packets: `auto` (edt where the kernel has fq and
     /// lets TC programs set departure times, 5.0+; else netem), `edt` or `netem`. Default `auto`.
     pub delay_backend: BackendChoice,
+    /// The `skb->mark` bit a duplicate fault sets on its copies, so that a copy passing the
+    /// hook again is not copied again (the bit is cleared then). It must be one bit no one else
+    /// on the host uses (a CNI, kube-proxy's 0x4000 and 0x8000, policy routing). Default
+    /// `0x10000000`.
+    pub duplicate_mark: u32,
     /// Log filter, in `RUST_LOG` syntax; `RUST_LOG` overrides it. Default `info`.
     pub log: String,
 }
@@ -92,6 +97,7 @@ impl Default for Config {
             history_limit: 10_000,
             tc_attach: AttachMode::Auto,
             delay_backend: BackendChoice::Auto,
+            duplicate_mark: 0x1000_0000,
             log: "info".into(),
         }
     }
@@ -122,11 +128,15 @@ impl Config {
         if max_duration == Duration::ZERO {
             anyhow::bail!("max_duration must be more than 0");
         }
+        if !self.duplicate_mark.is_power_of_two() {
+            anyhow::bail!("duplicate_mark: {:#x} is not a single bit (e.g. 0x10000000)", self.duplicate_mark);
+        }
         Ok(Limits {
             max_faults: self.max_faults,
             max_duration,
             allow_unlimited: self.allow_unlimited,
             max_start_after: d("max_start_after", &self.max_start_after)?,
+            duplicate_mark: self.duplicate_mark,
         })
     }
 
@@ -166,6 +176,8 @@ mod tests {
             ("max_start_after = \"1x\"", "max_start_after"),
             ("socket_mode = \"0999\"", "socket_mode"),
             ("max_faults = 0", "max_faults"),
+            ("duplicate_mark = 0x3000", "duplicate_mark"),
+            ("duplicate_mark = 0", "duplicate_mark"),
             ("protected = [\"10.0.0.1:http\"]", "protected"),
         ] {
             let c: Config = toml::from_str(text).unwrap();

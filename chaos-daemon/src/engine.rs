@@ -49,6 +49,8 @@ pub struct Limits {
     pub max_duration: Duration,
     pub allow_unlimited: bool,
     pub max_start_after: Duration,
+    /// Not a limit, but the config's word for how duplicate faults mark their copies.
+    pub duplicate_mark: u32,
 }
 
 /// Flows faults must not touch without `force`: configured ones, and sessions to these ports.
@@ -259,8 +261,11 @@ impl Engine {
             batch.push(Active { record, fault, ifindex });
         }
 
-        let new_slots: Vec<(u32, RuleAction)> =
-            batch.iter().filter(|a| a.record.started).map(|a| (a.record.slot, rule_action(a))).collect();
+        let new_slots: Vec<(u32, RuleAction)> = batch
+            .iter()
+            .filter(|a| a.record.started)
+            .map(|a| (a.record.slot, rule_action(a, self.limits.duplicate_mark)))
+            .collect();
         let before: Vec<&Active> = self.order.iter().map(|n| &self.faults[n]).collect();
         let all: Vec<&Active> = before.iter().copied().chain(batch.iter()).collect();
         commit(&mut self.kernel, &all, &new_slots, &before)?;
@@ -361,6 +366,8 @@ impl Engine {
             deadline_ns: (r.deadline_ns != NO_DEADLINE).then_some(r.deadline_ns),
             matched: c.matched,
             dropped: c.dropped,
+            duplicated: c.duplicated,
+            corrupted: c.corrupted,
         }
     }
 }
@@ -391,5 +398,11 @@ fn outcome<T>(result: &Result<T, EngineError>) -> String {
 }
 
 fn ended(v: &FaultView, reason: &str) -> Ended {
-    Ended { name: v.name.clone(), reason: reason.into(), matched: v.matched, dropped: v.dropped }
+    let counters = chaos_common::Counters {
+        matched: v.matched,
+        dropped: v.dropped,
+        duplicated: v.duplicated,
+        corrupted: v.corrupted,
+    };
+    Ended::new(&v.name, reason, &counters)
 }

@@ -37,7 +37,7 @@ use crate::{
     shaping::{Backend, ShapingError},
 };
 
-const MAPS: [&str; 8] = [
+const MAPS: [&str; 9] = [
     map_names::ACTIVE,
     map_names::ADDRS,
     map_names::PAIRS,
@@ -46,6 +46,7 @@ const MAPS: [&str; 8] = [
     map_names::COUNTERS,
     map_names::SHAPES,
     map_names::DIST,
+    map_names::CHAINS,
 ];
 
 /// The attachment of an IFB device's egress that shapes an interface's ingress. Only a key of
@@ -105,6 +106,7 @@ pub struct Kernel {
     rules: Array<MapData, RuleAction>,
     counters: PerCpuArray<MapData, Counters>,
     shapes: Array<MapData, ShapeState>,
+    chains: PerCpuArray<MapData, u32>,
     generation: u8,
     /// The live generation's entries, so they can be deleted exactly; `None` after adopting a
     /// previous daemon's maps, whose entries are then found by scanning.
@@ -201,6 +203,7 @@ impl Kernel {
             rules: map(&mut ebpf, map_names::RULES)?,
             counters: map(&mut ebpf, map_names::COUNTERS)?,
             shapes: map(&mut ebpf, map_names::SHAPES)?,
+            chains: map(&mut ebpf, map_names::CHAINS)?,
             ebpf,
             generation: 0,
             live: None,
@@ -351,6 +354,8 @@ impl Kernel {
                 v.iter().fold(Counters::default(), |a, c| Counters {
                     matched: a.matched + c.matched,
                     dropped: a.dropped + c.dropped,
+                    duplicated: a.duplicated + c.duplicated,
+                    corrupted: a.corrupted + c.corrupted,
                 })
             },
         )
@@ -451,6 +456,10 @@ impl Kernel {
             let zero = PerCpuValues::try_from(vec![Counters::default(); cpus])
                 .map_err(|e| err(map_names::COUNTERS, MapError::IoError(e)))?;
             self.counters.set(*slot, zero, 0).map_err(|e| err(map_names::COUNTERS, e))?;
+            // A new fault's chains start in the good state (no event last) on every CPU.
+            let good =
+                PerCpuValues::try_from(vec![0u32; cpus]).map_err(|e| err(map_names::CHAINS, MapError::IoError(e)))?;
+            self.chains.set(*slot, good, 0).map_err(|e| err(map_names::CHAINS, e))?;
             self.shapes.set(*slot, ShapeState::default(), 0).map_err(|e| err(map_names::SHAPES, e))?;
             self.rules.set(*slot, *action, 0).map_err(|e| err(map_names::RULES, e))?;
         }

@@ -9,7 +9,8 @@ use serde::{Deserialize, Serialize};
 mod action;
 
 pub use action::{
-    Action, Distribution, MAX_BURST, MAX_DELAY, MAX_JITTER, MAX_RATE, MIN_RATE, Shape, parse_rate, parse_size,
+    Action, Checksum, Distribution, MAX_BURST, MAX_DELAY, MAX_JITTER, MAX_RATE, MIN_RATE, Odds, Shape, gemodel,
+    parse_rate, parse_size, threshold,
 };
 
 /// A fault as submitted. Fields are loosely typed on purpose: validation, not the parser,
@@ -23,20 +24,36 @@ pub struct FaultSpec {
     /// Interface the fault applies to (required).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub interface: Option<String>,
-    /// `loss`, `partition`, `delay` or `bandwidth` (required).
+    /// `loss`, `partition`, `delay`, `bandwidth`, `duplicate` or `corrupt` (required).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub action: Option<String>,
-    /// Loss probability in percent, 0 to 100 (required for `loss`; optional with `delay` and
-    /// `bandwidth`).
+    /// Loss probability in percent, 0 to 100 (`loss` needs it or `gemodel`; optional with
+    /// `delay` and `bandwidth`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub loss: Option<f64>,
+    /// Gilbert–Elliott loss as netem's `loss gemodel`: `"P [R [1-H [1-K]]]"`, percentages
+    /// (defaults R 100, 1-H 100, 1-K 0). For `loss`, instead of `loss`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gemodel: Option<String>,
+    /// Percent of matching packets sent twice (required for `duplicate`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub duplicate: Option<f64>,
+    /// Percent of matching packets with one payload bit flipped (required for `corrupt`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub corrupt: Option<f64>,
+    /// `corrupt`: `broken` (default: the L4 checksum stays wrong, receivers drop the packet) or
+    /// `fixed` (the checksum is fixed, the application receives the damaged bytes).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub checksum: Option<String>,
     /// Added latency, with a unit: `50ms`, `1s`, `250us` (required for `delay`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub delay: Option<DurationSpec>,
     /// Latency variation around `delay`, with a unit (default: none; at most 2s).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub jitter: Option<DurationSpec>,
-    /// How much each packet's jitter depends on the previous one's, percent (netem's meaning).
+    /// Percent by which each packet follows the previous one: for `loss`, `duplicate` and
+    /// `corrupt` its outcome (the rate stays as given, bursts grow), for `delay` its jitter
+    /// (netem's meaning).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub correlation: Option<f64>,
     /// How jitter is spread: `uniform` (default) or `normal`.
@@ -315,6 +332,12 @@ impl FaultSpec {
         let sport = port_range("sport", self.sport.as_ref())?;
         let dport = port_range("dport", self.dport.as_ref())?;
         if protocol == Protocol::Icmp {
+            if let Action::Corrupt(..) = action {
+                return Err(SpecError::new(
+                    "protocol",
+                    "icmp: corrupt flips bits in TCP and UDP payloads only (use tcp, udp or any)",
+                ));
+            }
             for (field, range) in [("sport", sport), ("dport", dport)] {
                 if !range.is_any() {
                     return Err(SpecError::new(field, "ports apply to tcp and udp, not icmp"));

@@ -110,6 +110,27 @@ pub struct Ended {
     pub reason: String,
     pub matched: u64,
     pub dropped: u64,
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub duplicated: u64,
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub corrupted: u64,
+}
+
+impl Ended {
+    pub fn new(name: &str, reason: &str, c: &chaos_common::Counters) -> Self {
+        Self {
+            name: name.into(),
+            reason: reason.into(),
+            matched: c.matched,
+            dropped: c.dropped,
+            duplicated: c.duplicated,
+            corrupted: c.corrupted,
+        }
+    }
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 pub struct Store {

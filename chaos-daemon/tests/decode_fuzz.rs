@@ -9,7 +9,7 @@ mod fuzz_input;
 
 use chaos_daemon::{
     api::Apply,
-    spec::{Action, Cidr, FaultSpec, PortRange, mask},
+    spec::{Action, Cidr, FaultSpec, Odds, PortRange, mask},
 };
 use fuzz_input::Interface;
 use proptest::{
@@ -51,8 +51,17 @@ fn check_spec(spec: &FaultSpec) -> Result<(), TestCaseError> {
         }
         Ok(fault) => {
             // What validation lets through is what the kernel side can take as is.
-            if let Action::Loss(p) = fault.action {
-                prop_assert!((0.0..=1.0).contains(&p), "{fault:?}");
+            let odds = match fault.action {
+                Action::Loss(o) | Action::Duplicate(o) | Action::Corrupt(o, _) => Some(o),
+                _ => None,
+            };
+            let unit = |x: f64| (0.0..=1.0).contains(&x);
+            match odds {
+                Some(Odds::Random { p, correlation }) => prop_assert!(unit(p) && unit(correlation), "{fault:?}"),
+                Some(Odds::GilbertElliott { p, r, loss_bad, loss_good }) => {
+                    prop_assert!([p, r, loss_bad, loss_good].into_iter().all(unit) && p + r > 0.0, "{fault:?}")
+                }
+                None => {}
             }
             prop_assert!(fault.action.drop_threshold() <= chaos_common::DROP_ALWAYS);
             let m = fault.matches;
@@ -146,6 +155,42 @@ fn shaping() -> impl Strategy<Value = Option<Vec<(&'static str, Value)>>> {
     })
 }
 
+/// The action and fields of a valid loss (a percentage with or without correlation, or
+/// gemodel), partition, duplicate or corrupt fault.
+fn event() -> impl Strategy<Value = Vec<(&'static str, Value)>> {
+    let percent = 0.0..=100.0f64;
+    let correlation = option::of(0.0..=100.0f64);
+    prop_oneof![
+        Just(vec![("action", Value::from("partition"))]),
+        (percent.clone(), correlation.clone()).prop_map(|(p, c)| {
+            let mut v = vec![("action", Value::from("loss")), ("loss", Value::from(p))];
+            v.extend(c.map(|c| ("correlation", Value::from(c))));
+            v
+        }),
+        (0.1..=100.0f64, option::of((0.0..=100.0f64, option::of((0.0..=100.0f64, option::of(0.0..=100.0f64))))))
+            .prop_map(|(p, rest)| {
+                let mut words = vec![format!("{p}%")];
+                if let Some((r, rest)) = rest {
+                    words.push(r.to_string());
+                    if let Some((h, k)) = rest {
+                        words.push(format!("{h}%"));
+                        words.extend(k.map(|k| k.to_string()));
+                    }
+                }
+                vec![("action", Value::from("loss")), ("gemodel", Value::from(words.join(" ")))]
+            }),
+        (select(&["duplicate", "corrupt"][..]), percent, correlation, option::of(select(&["broken", "fixed"][..])))
+            .prop_map(|(action, p, c, checksum)| {
+                let mut v = vec![("action", Value::from(action)), (action, Value::from(p))];
+                v.extend(c.map(|c| ("correlation", Value::from(c))));
+                if action == "corrupt" {
+                    v.extend(checksum.map(|c| ("checksum", Value::from(c))));
+                }
+                v
+            }),
+    ]
+}
+
 /// A valid spec, with every field present or absent, consistent with each other.
 fn valid_spec() -> impl Strategy<Value = Map<String, Value>> {
     let family = option::of(select(&["ipv4", "ipv6", "any"][..]));
@@ -161,7 +206,7 @@ fn valid_spec() -> impl Strategy<Value = Map<String, Value>> {
     (
         option::of("[a-zA-Z0-9_][a-zA-Z0-9_.-]{0,20}"),
         "[a-z][a-z0-9-]{0,14}",
-        option::of(0.0..=100.0f64),
+        event(),
         option::of(select(&["egress", "ingress", "both"][..])),
         addrs,
         protocol,
@@ -169,7 +214,7 @@ fn valid_spec() -> impl Strategy<Value = Map<String, Value>> {
         option::of(ports()),
         shaping(),
     )
-        .prop_map(|(name, interface, loss, direction, (family, src, dst), protocol, sport, dport, shaping)| {
+        .prop_map(|(name, interface, event, direction, (family, src, dst), protocol, sport, dport, shaping)| {
             let mut m = Map::new();
             let mut set = |k: &str, v: Option<Value>| {
                 if let Some(v) = v {
@@ -178,15 +223,20 @@ fn valid_spec() -> impl Strategy<Value = Map<String, Value>> {
             };
             set("name", name.map(Value::from));
             set("interface", Some(interface.into()));
-            // A loss percentage makes it a loss fault; without one, a partition.
-            set("action", Some(if loss.is_some() { "loss" } else { "partition" }.into()));
-            set("loss", loss.map(Value::from));
+            // With shaping fields it is a delay or bandwidth fault, which keeps only a loss.
+            let corrupting = shaping.is_none() && event.iter().any(|(k, _)| *k == "corrupt");
+            for (k, v) in event {
+                if shaping.is_none() || k == "loss" {
+                    set(k, Some(v));
+                }
+            }
             set("direction", direction.map(Value::from));
             set("family", family.map(Value::from));
             set("src", src.map(Value::from));
             set("dst", dst.map(Value::from));
+            // Ports only apply to tcp and udp, and so does corruption.
+            let protocol = if corrupting && protocol == Some("icmp") { Some("udp") } else { protocol };
             set("protocol", protocol.map(Value::from));
-            // Ports only apply to tcp and udp.
             if protocol != Some("icmp") {
                 set("sport", sport);
                 set("dport", dport);
@@ -215,7 +265,12 @@ fn perturbed() -> impl Strategy<Value = (Map<String, Value>, &'static str, Optio
 /// JSON text for `key`, mostly of the type it takes.
 fn near(key: &'static str) -> BoxedStrategy<String> {
     match key {
-        "loss" | "correlation" => fuzz_input::number(),
+        "loss" | "correlation" | "duplicate" | "corrupt" => fuzz_input::number(),
+        "gemodel" => prop_oneof![
+            "[0-9]{1,3}(\\.[0-9])?%?( -?[0-9]{1,3}%?){0,4}".prop_map(|s| fuzz_input::quote(&s)),
+            fuzz_input::text().prop_map(|s| fuzz_input::quote(&s)),
+        ]
+        .boxed(),
         "delay" | "jitter" | "rate" | "burst" => prop_oneof![
             fuzz_input::number(),
             (fuzz_input::number(), select(&["", "ms", "us", "s", "mbit", "kbit", "kb", "x"][..]))
@@ -235,7 +290,7 @@ fn near(key: &'static str) -> BoxedStrategy<String> {
 fn decodes_as(key: &str, value: &Value) -> bool {
     match key {
         // Option<f64>: any JSON number (serde_json reads integers as floats too), or null.
-        "loss" | "correlation" => value.is_number() || value.is_null(),
+        "loss" | "correlation" | "duplicate" | "corrupt" => value.is_number() || value.is_null(),
         // Option<DurationSpec> and Option<RateSpec>: a number or a string, or null.
         "delay" | "jitter" | "rate" | "burst" => value.is_number() || value.is_string() || value.is_null(),
         // Option<PortSpec>: an i64 or a string, or null.
@@ -251,13 +306,17 @@ fn related(key: &str, named: &str) -> bool {
         (key, named),
         // partition refuses a loss percentage; loss requires one; the shaping fields belong to
         // delay and bandwidth, which each require one of them.
-        ("action", "loss" | "delay" | "jitter" | "correlation" | "distribution" | "rate" | "burst")
+        // The same for the fields of loss, duplicate and corrupt, and corrupt refuses icmp.
+        ("action", _)
+        // A loss model is a percentage or gemodel, not both.
+        | ("loss" | "gemodel", "loss" | "gemodel")
+        | ("gemodel", "correlation")
         // correlation and distribution need jitter; burst needs a rate; a fault that shapes
         // nothing is refused naming its delay.
         | ("jitter", "correlation" | "distribution" | "delay")
         | ("rate", "burst" | "delay")
-        // icmp refuses ports.
-        | ("protocol", "sport" | "dport")
+        // icmp refuses ports, and corruption.
+        | ("protocol", "sport" | "dport" | "corrupt")
         // An address must be of the family.
         | ("family", "src" | "dst")
         // src and dst must be of one family.
@@ -293,7 +352,10 @@ fn check_perturbed(base: &Map<String, Value>, key: &str, value: Option<&str>) ->
     if let Err(e) = spec.validate() {
         let named = e.field.as_str();
         prop_assert!(
-            named == key || (related(key, named) && (base.contains_key(named) || key == "action")),
+            // Without gemodel a loss fault asks for its percentage.
+            named == key
+                || (related(key, named) && (base.contains_key(named) || key == "action"))
+                || (key, named) == ("gemodel", "loss"),
             "changing {key} to {value:?} was refused naming {named}: {e}"
         );
     }

@@ -1,26 +1,29 @@
-//! TC programs that drop and shape packets by rule. All behaviour comes from maps (see
-//! chaos-common): per packet a fixed chain of eight map lookups, whatever the number of rules,
-//! and for a shaping rule two more.
+//! TC programs that drop, shape, duplicate and corrupt packets by rule. All behaviour comes
+//! from maps (see chaos-common): per packet a fixed chain of eight map lookups, whatever the
+//! number of rules, one more for a rule with memory (correlation, Gilbert–Elliott) and two
+//! more for a shaping rule.
 //!
 //! Kept loadable by 4.19 kernels: no loops, no global data, helpers from 4.19 only
-//! (map_lookup_elem, get_prandom_u32, ktime_get_ns, skb_load_bytes), and `cargo xtask
-//! check-ebpf` proves it. The `_edt` programs also write `skb->tstamp`, which needs 5.0: the
+//! (map_lookup_elem, get_prandom_u32, ktime_get_ns, skb_load_bytes, skb_store_bytes,
+//! l4_csum_replace, clone_redirect), and `cargo xtask check-ebpf` proves it. The `_edt` programs also write `skb->tstamp`, which needs 5.0: the
 //! daemon loads them only when its probe found the edt backend.
 #![no_std]
 #![no_main]
 
 use aya_ebpf::{
-    bindings::{TC_ACT_SHOT, TC_ACT_UNSPEC},
+    bindings::{
+        BPF_F_INGRESS, BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR, BPF_F_RECOMPUTE_CSUM, TC_ACT_SHOT, TC_ACT_UNSPEC,
+    },
     helpers::{bpf_get_prandom_u32, bpf_ktime_get_ns},
     macros::{classifier, map},
     maps::{Array, HashMap, LpmTrie, PerCpuArray, lpm_trie::Key},
     programs::TcContext,
 };
 use chaos_common::{
-    ACTION_SHAPE, ACTIVE_GENERATION, ACTIVE_LEN, ADDRS_CAPACITY, AddrKey, Counters, DIST_SCALE, DIST_SIZE,
-    DIST_UNIFORM, FAMILY_V4, FAMILY_V6, HOOK_EGRESS, HOOK_INGRESS, MAX_RULES, PAIRS_CAPACITY, PORT_KEY_FIXED_BITS,
-    PORTS_CAPACITY, PROTO_ICMP, PROTO_ICMPV6, PROTO_OTHER, PROTO_TCP, PROTO_UDP, PairKey, PortKey, RuleAction,
-    SIDE_DST, SIDE_SRC, ShapeState,
+    ACTION_CORRUPT, ACTION_DUPLICATE, ACTION_SHAPE, ACTIVE_GENERATION, ACTIVE_LEN, ADDRS_CAPACITY, AddrKey, CHAIN_GE,
+    CHAIN_NONE, CHAIN_OUTCOME, CORRUPT_FIX_CHECKSUM, Counters, DIST_SCALE, DIST_SIZE, DIST_UNIFORM, FAMILY_V4,
+    FAMILY_V6, HOOK_EGRESS, HOOK_INGRESS, MAX_RULES, PAIRS_CAPACITY, PORT_KEY_FIXED_BITS, PORTS_CAPACITY, PROTO_ICMP,
+    PROTO_ICMPV6, PROTO_OTHER, PROTO_TCP, PROTO_UDP, PairKey, PortKey, RuleAction, SIDE_DST, SIDE_SRC, ShapeState,
 };
 
 #[map]
@@ -39,6 +42,10 @@ static COUNTERS: PerCpuArray<Counters> = PerCpuArray::with_max_entries(MAX_RULES
 static SHAPES: Array<ShapeState> = Array::with_max_entries(MAX_RULES, 0);
 #[map]
 static DIST: Array<i32> = Array::with_max_entries(DIST_SIZE, 0);
+/// Per CPU, so a chain is stepped without locks (4.19 has no bpf_spin_lock): each CPU's packets
+/// follow the rule's model exactly.
+#[map]
+static CHAINS: PerCpuArray<u32> = PerCpuArray::with_max_entries(MAX_RULES, 0);
 
 const ETH_HLEN: usize = 14;
 const ETH_P_IP: u16 = 0x0800;
@@ -93,7 +100,7 @@ enum Shaping {
 fn run(ctx: &TcContext, hook: u8, shaping: Shaping) -> i32 {
     let skb = ctx.skb.skb;
     let verdict = match find_rule(ctx, hook) {
-        Some((slot, action, now)) => act(ctx, slot, action, now, shaping),
+        Some((slot, action, now, l4)) => act(ctx, hook, slot, action, now, l4, shaping),
         None => None,
     };
     match verdict {
@@ -130,11 +137,21 @@ struct Packet {
     dst: [u32; 4],
     sport: u16,
     dport: u16,
+    /// Where the TCP or UDP header starts, for a first fragment; 0 otherwise.
+    l4: usize,
 }
 
-/// The slot and action of the rule that acts on the packet, if any, and the time it was read.
+/// Where the TCP or UDP header of a packet starts (0: none) and its protocol.
+#[derive(Clone, Copy)]
+struct L4 {
+    proto: u8,
+    offset: usize,
+}
+
+/// The slot and action of the rule that acts on the packet, if any, the time it was read, and
+/// the packet's transport header.
 #[inline(always)]
-fn find_rule(ctx: &TcContext, hook: u8) -> Option<(u32, &'static RuleAction, u64)> {
+fn find_rule(ctx: &TcContext, hook: u8) -> Option<(u32, &'static RuleAction, u64, L4)> {
     let generation = *ACTIVE.get(ACTIVE_GENERATION)?;
     let pkt = parse(ctx)?;
     // SAFETY: the skb pointer is the program's context, valid for the whole run.
@@ -166,16 +183,44 @@ fn find_rule(ctx: &TcContext, hook: u8) -> Option<(u32, &'static RuleAction, u64
     if now >= action.deadline_ns {
         return None;
     }
-    Some((slot, action, now))
+    Some((slot, action, now, L4 { proto: pkt.proto, offset: pkt.l4 }))
 }
 
-/// Counts the packet for the rule, and drops, shapes or passes it.
+/// Counts the packet for the rule, and drops, shapes, copies, corrupts or passes it.
 #[inline(always)]
-fn act(ctx: &TcContext, slot: u32, action: &RuleAction, now: u64, shaping: Shaping) -> Option<Verdict> {
+fn act(
+    ctx: &TcContext,
+    hook: u8,
+    slot: u32,
+    action: &RuleAction,
+    now: u64,
+    l4: L4,
+    shaping: Shaping,
+) -> Option<Verdict> {
     let counters = COUNTERS.get_ptr_mut(slot)?;
-    // Compared in 64 bits so that DROP_ALWAYS (2^32) drops every packet.
-    // SAFETY: bpf_get_prandom_u32 has no preconditions.
-    let mut drop = u64::from(unsafe { bpf_get_prandom_u32() }) < action.drop_threshold;
+    // SAFETY: the context pointer is valid for the whole run; mark is readable and writable.
+    let mark = unsafe { (*ctx.skb.skb).mark };
+    if action.kind == ACTION_DUPLICATE && mark & action.mark != 0 {
+        // Our own copy, back through this hook (a clone redirected to the same device runs its
+        // TC programs again): take the mark off and let it go, uncounted.
+        ctx.set_mark(mark & !action.mark);
+        return Some(Verdict::Pass);
+    }
+    let event = happens(slot, action);
+    let (mut drop, mut copied, mut corrupted) = (false, false, false);
+    match action.kind {
+        ACTION_DUPLICATE if event => {
+            // The clone carries the mark (skb_clone copies it), the original gets its own back.
+            ctx.set_mark(mark | action.mark);
+            let flags = if hook == HOOK_INGRESS { u64::from(BPF_F_INGRESS) } else { 0 };
+            // SAFETY: as above; ifindex is the device the packet is on.
+            copied = ctx.clone_redirect(unsafe { (*ctx.skb.skb).ifindex }, flags).is_ok();
+            ctx.set_mark(mark);
+        }
+        ACTION_CORRUPT if event => corrupted = corrupt(ctx, action, l4).is_some(),
+        ACTION_DUPLICATE | ACTION_CORRUPT => {}
+        _ => drop = event,
+    }
     let mut verdict = Verdict::Pass;
     if !drop && action.kind == ACTION_SHAPE {
         let skb = ctx.skb.skb;
@@ -210,8 +255,93 @@ fn act(ctx: &TcContext, slot: u32, action: &RuleAction, now: u64, shaping: Shapi
         if drop {
             (*counters).dropped += 1;
         }
+        if copied {
+            (*counters).duplicated += 1;
+        }
+        if corrupted {
+            (*counters).corrupted += 1;
+        }
     }
     Some(if drop { Verdict::Drop } else { verdict })
+}
+
+/// Whether the rule's event happens to this packet, stepping the rule's chain on this CPU.
+/// Probabilities are compared in 64 bits so that DROP_ALWAYS (2^32) is always.
+#[inline(always)]
+fn happens(slot: u32, action: &RuleAction) -> bool {
+    // SAFETY: bpf_get_prandom_u32 has no preconditions.
+    let rnd = u64::from(unsafe { bpf_get_prandom_u32() });
+    if action.chain == CHAIN_NONE {
+        return rnd < action.chance[0];
+    }
+    let Some(state) = CHAINS.get_ptr_mut(slot) else { return rnd < action.chance[0] };
+    // SAFETY: a per-CPU slot, only used from this CPU with preemption off (see `act`).
+    let bad = unsafe { *state } != 0;
+    let hit = rnd < if bad { action.chance[1] } else { action.chance[0] };
+    let next = if action.chain == CHAIN_OUTCOME {
+        hit
+    } else if action.chain == CHAIN_GE {
+        // SAFETY: as above.
+        let flip = u64::from(unsafe { bpf_get_prandom_u32() }) < if bad { action.flip[1] } else { action.flip[0] };
+        bad != flip
+    } else {
+        bad
+    };
+    // SAFETY: as above.
+    unsafe { *state = u32::from(next) };
+    hit
+}
+
+/// Flips one random bit of the TCP or UDP payload, then either fixes the L4 checksum for it or
+/// makes sure it stays wrong. `None` when there is no payload to corrupt (a pure ACK, a later
+/// fragment, another protocol) or the packet could not be written.
+///
+/// The checksum is updated for the 16-bit word holding the bit (the internet checksum sums
+/// words from the start of the L4 header). `bpf_l4_csum_replace` without BPF_F_PSEUDO_HDR fixes
+/// a complete checksum and leaves a CHECKSUM_PARTIAL one alone (the stack or NIC will sum the
+/// damaged payload: fixed either way). To break it, the change is undone in the checksum as if
+/// the pseudo-header had changed the other way: a complete checksum then misses the flip, and a
+/// CHECKSUM_PARTIAL seed is offset so that the checksum computed later is the undamaged one's.
+#[inline(always)]
+fn corrupt(ctx: &TcContext, action: &RuleAction, l4: L4) -> Option<()> {
+    if l4.offset == 0 {
+        return None;
+    }
+    // The header's length and where its checksum is.
+    let (header, check) = match l4.proto {
+        // TCP's data offset: the high nibble of byte 12, in 32-bit words.
+        PROTO_TCP => (usize::from(ctx.load::<u8>(l4.offset + 12).ok()? >> 4) * 4, 16),
+        PROTO_UDP => (8, 6),
+        _ => return None,
+    };
+    let start = l4.offset + header;
+    let len = ctx.len() as usize;
+    if start >= len {
+        return None;
+    }
+    // SAFETY: bpf_get_prandom_u32 has no preconditions.
+    let bit = unsafe { bpf_get_prandom_u32() } as usize % ((len - start) * 8);
+    let at = start + bit / 8;
+    let odd = (at - l4.offset) & 1 == 1;
+    let word_at = if odd { at - 1 } else { at };
+    // The last byte of an odd-length payload is summed as a word padded with a zero byte.
+    let old: [u8; 2] = if word_at + 2 <= len { ctx.load(word_at).ok()? } else { [ctx.load::<u8>(word_at).ok()?, 0] };
+    let flip = 1u8 << (bit % 8);
+    let new = if odd { [old[0], old[1] ^ flip] } else { [old[0] ^ flip, old[1]] };
+    let byte = if odd { new[1] } else { new[0] };
+    let (from, to) = (u64::from(u16::from_ne_bytes(old)), u64::from(u16::from_ne_bytes(new)));
+    // UDP over IPv4 may carry no checksum (0): keep it so; a computed 0 is written as 0xffff.
+    let mangled = if l4.proto == PROTO_UDP { u64::from(BPF_F_MARK_MANGLED_0) } else { 0 };
+    if action.flags & CORRUPT_FIX_CHECKSUM != 0 {
+        // The payload and the checksum change by opposite amounts: skb->csum (CHECKSUM_COMPLETE,
+        // the sum of the whole packet) stays right without recomputing.
+        ctx.store(at, &byte, 0).ok()?;
+        ctx.l4_csum_replace(l4.offset + check, from, to, mangled | 2).ok()?;
+    } else {
+        ctx.store(at, &byte, u64::from(BPF_F_RECOMPUTE_CSUM)).ok()?;
+        ctx.l4_csum_replace(l4.offset + check, to, from, u64::from(BPF_F_PSEUDO_HDR) | mangled | 2).ok()?;
+    }
+    Some(())
 }
 
 const NSEC_PER_SEC: u64 = 1_000_000_000;
@@ -310,7 +440,7 @@ fn parse(ctx: &TcContext) -> Option<Packet> {
         }
         _ => return None,
     }
-    let (mut sport, mut dport) = (0, 0);
+    let (mut sport, mut dport, mut l4_offset) = (0, 0, 0);
     match proto {
         PROTO_TCP | PROTO_UDP => {
             if let Some(off) = l4 {
@@ -318,13 +448,14 @@ fn parse(ctx: &TcContext) -> Option<Packet> {
                 let p: [u8; 4] = ctx.load(off).ok()?;
                 sport = u16::from_ne_bytes([p[0], p[1]]);
                 dport = u16::from_ne_bytes([p[2], p[3]]);
+                l4_offset = off;
             }
         }
         PROTO_ICMP if family == FAMILY_V4 => {}
         PROTO_ICMPV6 if family == FAMILY_V6 => {}
         _ => proto = PROTO_OTHER,
     }
-    Some(Packet { family, proto, src, dst, sport, dport })
+    Some(Packet { family, proto, src, dst, sport, dport, l4: l4_offset })
 }
 
 #[cfg(not(test))]

@@ -42,6 +42,35 @@ impl Netns {
     }
 }
 
+impl Netns {
+    /// Turns TX checksum offload of `dev` (in this namespace) on or off, as `ethtool -K dev tx
+    /// off` does (the legacy ETHTOOL_STXCSUM ioctl, so no ethtool binary is needed). Off, the
+    /// stack completes every checksum before the packet leaves, as for a NIC without offload.
+    pub fn set_tx_checksum(&self, dev: &str, on: bool) -> anyhow::Result<()> {
+        let dev = dev.to_owned();
+        self.enter(move || -> anyhow::Result<()> {
+            // struct ethtool_value { __u32 cmd; __u32 data; }; ETHTOOL_STXCSUM is 0x17.
+            let mut value: [u32; 2] = [0x17, u32::from(on)];
+            // SAFETY: a zeroed ifreq is valid; the name fits (interface names are < 16 bytes).
+            let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
+            for (d, s) in req.ifr_name.iter_mut().zip(dev.bytes()) {
+                *d = s as libc::c_char;
+            }
+            req.ifr_ifru.ifru_data = value.as_mut_ptr().cast();
+            // SAFETY: plain socket; the ioctl reads the ifreq and the value it points to.
+            let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM, 0) };
+            anyhow::ensure!(fd >= 0, "socket: {}", std::io::Error::last_os_error());
+            // SAFETY: as above; fd is ours and closed below.
+            let rc = unsafe { libc::ioctl(fd, libc::SIOCETHTOOL, &mut req) };
+            let err = std::io::Error::last_os_error();
+            // SAFETY: fd is open and ours.
+            unsafe { libc::close(fd) };
+            anyhow::ensure!(rc == 0, "SIOCETHTOOL (tx checksum) on {dev}: {err}");
+            Ok(())
+        })?
+    }
+}
+
 impl Drop for Netns {
     fn drop(&mut self) {
         if let Err(e) = run("ip", &["netns", "del", &self.name]) {

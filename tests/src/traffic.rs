@@ -76,6 +76,112 @@ pub fn tcp_connects(from: &Netns, src: Option<IpAddr>, to: &Netns, dst: SocketAd
     Ok(ok)
 }
 
+/// What arrived of a numbered UDP stream ([`udp_copies`]).
+pub struct Arrivals {
+    /// How many intact copies of each datagram arrived, by number.
+    pub copies: Vec<u32>,
+    /// Datagrams whose bytes were not what was sent (their number may be damaged too).
+    pub damaged: u32,
+}
+
+impl Arrivals {
+    /// Datagrams that never arrived intact.
+    pub fn lost(&self) -> u32 {
+        self.copies.iter().filter(|c| **c == 0).count() as u32
+    }
+
+    /// Lengths of the runs of consecutive datagrams that never arrived.
+    pub fn bursts(&self) -> Vec<u32> {
+        let mut runs = Vec::new();
+        let mut run = 0;
+        for &c in &self.copies {
+            if c == 0 {
+                run += 1;
+            } else if run > 0 {
+                runs.push(run);
+                run = 0;
+            }
+        }
+        if run > 0 {
+            runs.push(run);
+        }
+        runs
+    }
+}
+
+/// The bytes of datagram `seq`: its number, then a pattern made from it, so that any flipped
+/// bit (in the number too) shows.
+pub fn datagram(seq: u32, len: usize) -> Vec<u8> {
+    let mut d = seq.to_be_bytes().to_vec();
+    d.extend((4..len).map(|i| (seq.wrapping_mul(131).wrapping_add(i as u32 * 7) >> 3) as u8));
+    d
+}
+
+/// Sends `count` numbered datagrams of `len` bytes (at least 8) from `from` to `dst` (in `to`)
+/// and counts, at the receiver, the intact copies of each and the damaged ones. As [`udp`]:
+/// the receiver's buffer holds everything and the sender pauses every 1000, so every datagram
+/// missing, doubled or damaged is the fault's doing.
+pub fn udp_copies(from: &Netns, to: &Netns, dst: SocketAddr, count: u32, len: usize) -> anyhow::Result<Arrivals> {
+    assert!(len >= 8, "datagrams carry a number and a pattern");
+    let rx = to.enter(move || -> std::io::Result<UdpSocket> {
+        let s = UdpSocket::bind(dst)?;
+        let _ = nix::sys::socket::setsockopt(&s.as_fd(), nix::sys::socket::sockopt::RcvBufForce, &(256 << 20));
+        s.set_read_timeout(Some(Duration::from_millis(300)))?;
+        Ok(s)
+    })??;
+    let any: IpAddr = if dst.is_ipv4() { Ipv4Addr::UNSPECIFIED.into() } else { Ipv6Addr::UNSPECIFIED.into() };
+    let tx = from.enter(move || UdpSocket::bind(SocketAddr::new(any, 0)))??;
+    let sent = Arc::new(AtomicBool::new(false));
+    let done = sent.clone();
+    let receiver = std::thread::spawn(move || {
+        let mut arrivals = Arrivals { copies: vec![0; count as usize], damaged: 0 };
+        let mut buf = vec![0u8; len + 1];
+        let mut started = false;
+        loop {
+            match rx.recv(&mut buf) {
+                Ok(n) => {
+                    started = true;
+                    let seq = u32::from_be_bytes(buf[..4].try_into().unwrap());
+                    match arrivals.copies.get_mut(seq as usize) {
+                        Some(c) if n == len && buf[..n] == datagram(seq, len)[..] => *c += 1,
+                        _ => arrivals.damaged += 1,
+                    }
+                }
+                Err(_) if started || done.load(Ordering::SeqCst) => break,
+                Err(_) => {}
+            }
+        }
+        arrivals
+    });
+    for seq in 0..count {
+        let _ = tx.send_to(&datagram(seq, len), dst);
+        if seq % 1000 == 999 {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+    sent.store(true, Ordering::SeqCst);
+    receiver.join().map_err(|_| anyhow::anyhow!("receiver panicked"))
+}
+
+/// Sends `data` over one TCP connection from `from` to `dst` (in `to`) and returns what the
+/// receiving application read.
+pub fn tcp_transfer(from: &Netns, to: &Netns, dst: SocketAddr, data: Vec<u8>) -> anyhow::Result<Vec<u8>> {
+    use std::io::{Read, Write};
+    let listener = to.enter(move || TcpListener::bind(dst))??;
+    let stream = from.enter(move || std::net::TcpStream::connect_timeout(&dst, Duration::from_secs(5)))??;
+    let sender = std::thread::spawn(move || -> std::io::Result<()> {
+        let mut stream = stream;
+        stream.write_all(&data)?;
+        stream.shutdown(std::net::Shutdown::Write)
+    });
+    let (mut conn, _) = listener.accept()?;
+    conn.set_read_timeout(Some(Duration::from_secs(30)))?;
+    let mut received = Vec::new();
+    conn.read_to_end(&mut received)?;
+    sender.join().map_err(|_| anyhow::anyhow!("sender panicked"))??;
+    Ok(received)
+}
+
 /// CLOCK_MONOTONIC in ns: the clock of the kernel's `bpf_ktime_get_ns` and of fault deadlines.
 /// (Its own copy, not chaos-daemon's: this library must build without the daemon, whose build
 /// script compiles the eBPF object, because xtask uses it to install that toolchain.)

@@ -164,11 +164,8 @@ fn cleanup(config: &Config) -> anyhow::Result<()> {
     for r in &removed {
         println!("removed {r}");
     }
-    let ended: Vec<Ended> = state
-        .faults
-        .iter()
-        .map(|r| Ended { name: r.name.clone(), reason: "removed by cleanup".into(), matched: 0, dropped: 0 })
-        .collect();
+    let ended: Vec<Ended> =
+        state.faults.iter().map(|r| Ended::new(&r.name, "removed by cleanup", &Default::default())).collect();
     store.save(&State { boot_id: state.boot_id, next_id: state.next_id, ..Default::default() })?;
     store.append(&Event {
         at: unix_ms(),

@@ -67,7 +67,11 @@ enum Output {
 #[derive(ClapArgs)]
 struct ApplyArgs {
     /// TOML file with [[fault]] tables (same fields as the flags).
-    #[arg(short = 'f', long = "file", conflicts_with_all = ["name", "interface", "loss", "partition", "delay", "rate"])]
+    #[arg(
+        short = 'f',
+        long = "file",
+        conflicts_with_all = ["name", "interface", "loss", "gemodel", "partition", "delay", "rate", "duplicate", "corrupt"]
+    )]
     file: Option<PathBuf>,
     /// Fault name (default: generated).
     #[arg(long)]
@@ -76,8 +80,25 @@ struct ApplyArgs {
     #[arg(short, long, required_unless_present = "file")]
     interface: Option<String>,
     /// Drop this percentage of matching packets, e.g. 20 or 20% (with --delay or --rate too).
-    #[arg(long, required_unless_present_any = ["file", "partition", "delay", "rate"], conflicts_with = "partition")]
+    #[arg(
+        long,
+        required_unless_present_any = ["file", "partition", "delay", "rate", "gemodel", "duplicate", "corrupt"],
+        conflicts_with = "partition"
+    )]
     loss: Option<String>,
+    /// Gilbert–Elliott loss, as netem's `loss gemodel`: "P [R [1-H [1-K]]]" in percent.
+    #[arg(long, value_name = "\"P [R [1-H [1-K]]]\"", conflicts_with_all = ["loss", "partition"])]
+    gemodel: Option<String>,
+    /// Send this percentage of matching packets twice.
+    #[arg(long, value_name = "PERCENT")]
+    duplicate: Option<String>,
+    /// Flip one payload bit in this percentage of matching TCP/UDP packets.
+    #[arg(long, value_name = "PERCENT")]
+    corrupt: Option<String>,
+    /// With --corrupt: broken (default; receivers drop the packet) or fixed (the application
+    /// gets the damaged bytes).
+    #[arg(long, requires = "corrupt")]
+    checksum: Option<String>,
     /// Drop every matching packet.
     #[arg(long, conflicts_with_all = ["delay", "rate"])]
     partition: bool,
@@ -87,8 +108,9 @@ struct ApplyArgs {
     /// Vary the delay by up to this much, e.g. 10ms.
     #[arg(long, value_name = "DURATION", requires = "delay")]
     jitter: Option<String>,
-    /// Percent by which each packet's jitter follows the previous one's (netem's correlation).
-    #[arg(long, value_name = "PERCENT", requires = "jitter")]
+    /// Percent by which each packet follows the previous one: its loss, copy or corruption
+    /// (bursts; the rate stays as given), or with --delay its jitter (netem's correlation).
+    #[arg(long, value_name = "PERCENT")]
     correlation: Option<String>,
     /// How jitter is spread: uniform (default) or normal.
     #[arg(long, requires = "jitter")]
@@ -179,8 +201,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                         println!("{secs}.{:03}  {}  {}{faults}: {}", e.at % 1000, e.actor, e.action, e.result);
                         for x in e.ended {
                             println!(
-                                "    {} ended ({}): matched {}, dropped {}",
-                                x.name, x.reason, x.matched, x.dropped
+                                "    {} ended ({}): {}",
+                                x.name,
+                                x.reason,
+                                counts(x.matched, x.dropped, x.duplicated, x.corrupted)
                             );
                         }
                     }
@@ -197,13 +221,14 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Rm { experiment: Some(e), .. } => {
             let removed: Faults = client.delete(&format!("/v1/experiments/{e}")).await?;
             for f in removed.faults {
-                println!("removed {} (matched {}, dropped {})", f.name, f.matched, f.dropped);
+                println!("removed {} ({})", f.name, counts(f.matched, f.dropped, f.duplicated, f.corrupted));
             }
         }
         Command::Rm { names, experiment: None } => {
             for name in names {
                 let removed: FaultView = client.delete(&format!("/v1/faults/{name}")).await?;
-                println!("removed {} (matched {}, dropped {})", removed.name, removed.matched, removed.dropped);
+                let r = &removed;
+                println!("removed {} ({})", r.name, counts(r.matched, r.dropped, r.duplicated, r.corrupted));
             }
         }
         Command::Clear => {
@@ -254,17 +279,28 @@ fn specs(args: ApplyArgs) -> anyhow::Result<(Vec<FaultSpec>, Option<String>)> {
         })
         .transpose()
     };
-    let action = match (args.partition, &args.delay, &args.rate) {
-        (true, _, _) => "partition",
-        (_, Some(_), _) => "delay",
-        (_, None, Some(_)) => "bandwidth",
-        _ => "loss",
+    let action = if args.partition {
+        "partition"
+    } else if args.delay.is_some() {
+        "delay"
+    } else if args.rate.is_some() {
+        "bandwidth"
+    } else if args.duplicate.is_some() {
+        "duplicate"
+    } else if args.corrupt.is_some() {
+        "corrupt"
+    } else {
+        "loss"
     };
     let spec = FaultSpec {
         name: args.name,
         interface: args.interface,
         action: Some(action.into()),
         loss: percent("loss", args.loss)?,
+        gemodel: args.gemodel,
+        duplicate: percent("duplicate", args.duplicate)?,
+        corrupt: percent("corrupt", args.corrupt)?,
+        checksum: args.checksum,
         delay: args.delay.map(DurationSpec::Text),
         jitter: args.jitter.map(DurationSpec::Text),
         correlation: percent("correlation", args.correlation)?,
@@ -304,10 +340,33 @@ fn describe(s: &FaultSpec) -> String {
     if let Some(l) = s.loss {
         parts.push(format!("loss {l}%"));
     }
+    if let Some(g) = &s.gemodel {
+        parts.push(format!("loss gemodel {g}"));
+    }
+    if let Some(d) = s.duplicate {
+        parts.push(format!("duplicate {d}%"));
+    }
+    if let Some(c) = s.corrupt {
+        parts.push(format!("corrupt {c}% checksum {}", s.checksum.as_deref().unwrap_or("broken")));
+    }
+    if let (Some(c), None) = (s.correlation, &s.jitter) {
+        parts.push(format!("correlation {c}%"));
+    }
     if parts.is_empty() {
         parts.push(s.action.clone().unwrap_or_else(|| "?".into()));
     }
     parts.join(" ")
+}
+
+/// `matched 10, dropped 2`, with the copies and corruptions when there are any.
+fn counts(matched: u64, dropped: u64, duplicated: u64, corrupted: u64) -> String {
+    let mut text = format!("matched {matched}, dropped {dropped}");
+    for (n, what) in [(duplicated, "duplicated"), (corrupted, "corrupted")] {
+        if n > 0 {
+            text += &format!(", {what} {n}");
+        }
+    }
+    text
 }
 
 /// Time from now until `unix_ms`, as `1h2m3s`.
@@ -349,7 +408,11 @@ fn print_table(faults: &[FaultView]) {
                 port(&s.sport),
                 port(&s.dport),
                 f.matched.to_string(),
-                f.dropped.to_string(),
+                match s.action.as_deref() {
+                    Some("duplicate") => format!("{} copied", f.duplicated),
+                    Some("corrupt") => format!("{} corrupted", f.corrupted),
+                    _ => format!("{} dropped", f.dropped),
+                },
             ]
         })
         .collect();
@@ -365,7 +428,7 @@ fn print_table(faults: &[FaultView]) {
         "SPORT",
         "DPORT",
         "MATCHED",
-        "DROPPED",
+        "EFFECT",
     ]
     .map(String::from);
     let mut widths = header.clone().map(|h| h.len());

@@ -5,7 +5,7 @@
 use std::net::IpAddr;
 
 use super::*;
-use crate::spec::{Action, Families};
+use crate::spec::{Action, Families, Odds};
 
 /// What the program extracts from a packet.
 #[derive(Clone, Copy, Debug)]
@@ -125,7 +125,7 @@ fn rule(slot: u32) -> Rule {
             sport: PortRange::ANY,
             dport: PortRange::ANY,
         },
-        threshold: Action::Loss(0.5).drop_threshold(),
+        threshold: Action::Loss(Odds::random(0.5)).drop_threshold(),
     }
 }
 
@@ -177,10 +177,10 @@ fn both_directions_mirror() {
 #[test]
 fn strongest_rule_wins_then_oldest() {
     let mut weak = rule(1);
-    weak.threshold = Action::Loss(0.1).drop_threshold();
+    weak.threshold = Action::Loss(Odds::random(0.1)).drop_threshold();
     let mut strong = rule(2);
     strong.matches.dst = Some("10.0.0.0/8".parse().unwrap());
-    strong.threshold = Action::Loss(0.9).drop_threshold();
+    strong.threshold = Action::Loss(Odds::random(0.9)).drop_threshold();
     let mut equal = rule(3);
     equal.threshold = strong.threshold;
     let t = compile(&[weak.clone(), strong.clone(), equal.clone()], 0).unwrap();

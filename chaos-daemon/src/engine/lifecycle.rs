@@ -52,17 +52,16 @@ impl Engine {
                 (reason, _, _) => {
                     let counters =
                         if same_boot && adopted { engine.kernel.counters(record.slot) } else { Default::default() };
-                    gone.push(Ended {
-                        name: record.name,
-                        reason: reason.unwrap_or("its definition is no longer valid").into(),
-                        matched: counters.matched,
-                        dropped: counters.dropped,
-                    });
+                    let reason = reason.unwrap_or("its definition is no longer valid");
+                    gone.push(Ended::new(&record.name, reason, &counters));
                 }
             }
         }
-        let started: Vec<_> =
-            kept.iter().filter(|a| a.record.started).map(|a| (a.record.slot, rule_action(a))).collect();
+        let started: Vec<_> = kept
+            .iter()
+            .filter(|a| a.record.started)
+            .map(|a| (a.record.slot, rule_action(a, engine.limits.duplicate_mark)))
+            .collect();
         engine.kernel.set_rules(&started)?;
         let kept_refs: Vec<&Active> = kept.iter().collect();
         commit(&mut engine.kernel, &kept_refs, &[], &kept_refs)?;
@@ -118,7 +117,11 @@ impl Engine {
         let gone: HashSet<&String> = expired.iter().collect();
         let remaining: Vec<&Active> =
             self.order.iter().filter(|n| !gone.contains(n)).map(|n| &self.faults[n]).collect();
-        let new_slots: Vec<_> = due.iter().map(|n| &self.faults[n]).map(|a| (a.record.slot, rule_action(a))).collect();
+        let new_slots: Vec<_> = due
+            .iter()
+            .map(|n| &self.faults[n])
+            .map(|a| (a.record.slot, rule_action(a, self.limits.duplicate_mark)))
+            .collect();
         let before: Vec<&Active> =
             self.order.iter().map(|n| &self.faults[n]).filter(|a| !due.contains(&a.record.name)).collect();
         if let Err(e) = commit(&mut self.kernel, &remaining, &new_slots, &before) {

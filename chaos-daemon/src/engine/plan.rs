@@ -4,8 +4,8 @@
 use std::collections::BTreeMap;
 
 use chaos_common::{
-    ACTION_LOSS, ACTION_PARTITION, ACTION_SHAPE, DIST_TABLE, DIST_UNIFORM, HOOK_EGRESS, HOOK_INGRESS, ROOT_MAJOR,
-    RuleAction,
+    ACTION_CORRUPT, ACTION_DUPLICATE, ACTION_LOSS, ACTION_PARTITION, ACTION_SHAPE, CHAIN_GE, CHAIN_NONE, CHAIN_OUTCOME,
+    CORRUPT_FIX_CHECKSUM, DIST_TABLE, DIST_UNIFORM, DROP_ALWAYS, HOOK_EGRESS, HOOK_INGRESS, ROOT_MAJOR, RuleAction,
 };
 
 use super::{Active, EngineError};
@@ -13,18 +13,21 @@ use crate::{
     compile::Rule,
     kernel::{HOOK_IFB, Kernel, ShapeNeed},
     shaping::NetemClass,
-    spec::{Action, Direction, Distribution, Match, Shape},
+    spec::{Action, Checksum, Direction, Distribution, Match, Odds, Shape, threshold},
 };
 
-pub(super) fn rule_action(a: &Active) -> RuleAction {
-    let base = RuleAction {
-        drop_threshold: a.fault.action.drop_threshold(),
-        deadline_ns: a.record.deadline_ns,
-        ..Default::default()
-    };
+/// What the programs do for a fault; `mark` is the bit a duplicate fault marks its copies with.
+pub(super) fn rule_action(a: &Active, mark: u32) -> RuleAction {
+    let base = RuleAction { deadline_ns: a.record.deadline_ns, ..Default::default() };
     match a.fault.action {
-        Action::Loss(_) => RuleAction { kind: ACTION_LOSS, ..base },
-        Action::Partition => RuleAction { kind: ACTION_PARTITION, ..base },
+        Action::Loss(odds) => RuleAction { kind: ACTION_LOSS, ..chance(odds, base) },
+        Action::Partition => RuleAction { kind: ACTION_PARTITION, chance: [DROP_ALWAYS; 2], ..base },
+        Action::Duplicate(odds) => RuleAction { kind: ACTION_DUPLICATE, mark, ..chance(odds, base) },
+        Action::Corrupt(odds, checksum) => RuleAction {
+            kind: ACTION_CORRUPT,
+            flags: if checksum == Checksum::Fixed { CORRUPT_FIX_CHECKSUM } else { 0 },
+            ..chance(odds, base)
+        },
         Action::Shape(s) => {
             let rate_bytes = s.rate.map_or(0, |r| r / 8);
             let burst_ns = (burst(&s) * 1_000_000_000).checked_div(rate_bytes).unwrap_or(0);
@@ -39,9 +42,29 @@ pub(super) fn rule_action(a: &Active) -> RuleAction {
                 rate_bytes,
                 burst_ns,
                 queue_ns: QUEUE_NS.max(burst_ns),
-                ..base
+                ..chance(Odds::random(s.loss), base)
             }
         }
+    }
+}
+
+/// The chance fields of a rule with `odds` (see chaos-common's CHAIN_* for what they mean).
+fn chance(odds: Odds, base: RuleAction) -> RuleAction {
+    match odds {
+        Odds::Random { p, correlation: 0.0 } => RuleAction { chance: [threshold(p); 2], chain: CHAIN_NONE, ..base },
+        // The last outcome repeats with probability c, else a fresh draw: after a miss the
+        // event happens with (1-c)p, after a hit with c + (1-c)p.
+        Odds::Random { p, correlation: c } => RuleAction {
+            chance: [threshold((1.0 - c) * p), threshold(c + (1.0 - c) * p)],
+            chain: CHAIN_OUTCOME,
+            ..base
+        },
+        Odds::GilbertElliott { p, r, loss_bad, loss_good } => RuleAction {
+            chance: [threshold(loss_good), threshold(loss_bad)],
+            flip: [threshold(p), threshold(r)],
+            chain: CHAIN_GE,
+            ..base
+        },
     }
 }
 

@@ -7,12 +7,56 @@ use super::{DurationSpec, FaultSpec, RateSpec, SpecError, parse_duration};
 
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub enum Action {
-    /// Drop matching packets with this probability (0.0 to 1.0).
-    Loss(f64),
+    /// Drop matching packets with these odds.
+    Loss(Odds),
     /// Drop every matching packet.
     Partition,
     /// Delay and/or limit the rate of matching packets (`delay` and `bandwidth`).
     Shape(Shape),
+    /// Send a copy of matching packets with these odds.
+    Duplicate(Odds),
+    /// Flip one bit of the TCP or UDP payload of matching packets with these odds.
+    Corrupt(Odds, Checksum),
+}
+
+/// How often a fault's event (a drop, a copy, a flipped bit) happens to matching packets.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Odds {
+    /// Probability `p` (0.0 to 1.0) for every packet. With a `correlation` c, a packet repeats
+    /// the last packet's outcome with probability c and is drawn afresh otherwise: the rate
+    /// stays exactly `p` (netem's recurrence lowers it), bursts grow to `1 / ((1-p)(1-c))` on
+    /// average, and c is the correlation coefficient of consecutive outcomes.
+    Random { p: f64, correlation: f64 },
+    /// netem's `gemodel p r 1-h 1-k`: a good and a bad state, moving good to bad with
+    /// probability `p` and back with `r` after each packet; a packet is hit with `loss_bad`
+    /// (1-h) in the bad state and `loss_good` (1-k) in the good one.
+    GilbertElliott { p: f64, r: f64, loss_bad: f64, loss_good: f64 },
+}
+
+impl Odds {
+    pub fn random(p: f64) -> Self {
+        Self::Random { p, correlation: 0.0 }
+    }
+
+    /// The long-run share of packets hit.
+    pub fn mean(self) -> f64 {
+        match self {
+            Self::Random { p, .. } => p,
+            Self::GilbertElliott { p, r, .. } if p + r == 0.0 => 0.0,
+            Self::GilbertElliott { p, r, loss_bad, loss_good } => (r * loss_good + p * loss_bad) / (p + r),
+        }
+    }
+}
+
+/// What a corrupt fault does to the L4 checksum of the packet it damages.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Checksum {
+    /// Left wrong, as netem does: a receiver that checks it drops the packet (TCP sends it
+    /// again), so the application never sees the damage.
+    Broken,
+    /// Fixed for the flipped bit: the receiver's stack accepts the packet and the application
+    /// gets the damaged bytes.
+    Fixed,
 }
 
 /// What a `delay` or `bandwidth` fault does to each matching packet, as netem would.
@@ -48,12 +92,14 @@ pub const MAX_RATE: u64 = 1_000_000_000_000;
 pub const MAX_BURST: u64 = 64 << 20;
 
 impl Action {
-    /// Packets are dropped when a 32-bit random number is below this.
+    /// The precedence between faults matching one packet: its long-run drop probability as a
+    /// threshold on a 32-bit random number (faults that drop nothing rank 0).
     pub fn drop_threshold(self) -> u64 {
         match self {
-            Self::Loss(p) => probability_threshold(p),
+            Self::Loss(odds) => threshold(odds.mean()),
             Self::Partition => chaos_common::DROP_ALWAYS,
-            Self::Shape(s) => probability_threshold(s.loss),
+            Self::Shape(s) => threshold(s.loss),
+            Self::Duplicate(_) | Self::Corrupt(..) => 0,
         }
     }
 
@@ -64,95 +110,176 @@ impl Action {
             Self::Partition => "partition",
             Self::Shape(s) if s.delay.is_zero() && s.jitter.is_zero() => "bandwidth",
             Self::Shape(_) => "delay",
+            Self::Duplicate(_) => "duplicate",
+            Self::Corrupt(..) => "corrupt",
         }
     }
 }
 
-fn probability_threshold(p: f64) -> u64 {
+/// A probability as the programs compare it: a 32-bit random number below `p * 2^32`.
+pub fn threshold(p: f64) -> u64 {
     (p * 4_294_967_296.0).round() as u64
 }
 
+/// The actions, for messages.
+const ACTIONS: &str = "'loss', 'partition', 'delay', 'bandwidth', 'duplicate' or 'corrupt'";
+
 impl FaultSpec {
     pub(super) fn action(&self) -> Result<Action, SpecError> {
-        let shaping = [
-            ("delay", self.delay.is_some()),
-            ("jitter", self.jitter.is_some()),
-            ("correlation", self.correlation.is_some()),
-            ("distribution", self.distribution.is_some()),
-            ("rate", self.rate.is_some()),
-            ("burst", self.burst.is_some()),
-        ];
         let action = self.action.as_deref();
-        if !matches!(action, Some("delay" | "bandwidth"))
-            && let Some((field, _)) = shaping.iter().find(|(_, given)| *given)
-        {
-            let what = action.map_or("no action".to_owned(), |a| format!("action '{a}'"));
-            return Err(SpecError::new(*field, format!("applies to actions 'delay' and 'bandwidth', not {what}")));
+        match action {
+            None => return Err(SpecError::new("action", format!("is required ({ACTIONS})"))),
+            Some("loss" | "partition" | "delay" | "bandwidth" | "duplicate" | "corrupt") => {}
+            Some(other) => {
+                return Err(SpecError::new("action", format!("'{other}' is not an action (expected {ACTIONS})")));
+            }
         }
-        let loss = |required: bool| match self.loss {
-            None if required => Err(SpecError::new("loss", "is required for action 'loss' (percent, 0-100)")),
+        let what = || action.map_or("no action".to_owned(), |a| format!("action '{a}'"));
+        let only = |field: &str, given: bool, allowed: &[&str], names: &str| {
+            if given && !action.is_some_and(|a| allowed.contains(&a)) {
+                return Err(SpecError::new(field, format!("applies to {names}, not {}", what())));
+            }
+            Ok(())
+        };
+        let shaping = "actions 'delay' and 'bandwidth'";
+        only("delay", self.delay.is_some(), &["delay", "bandwidth"], shaping)?;
+        only("jitter", self.jitter.is_some(), &["delay", "bandwidth"], shaping)?;
+        only("distribution", self.distribution.is_some(), &["delay", "bandwidth"], shaping)?;
+        only("rate", self.rate.is_some(), &["delay", "bandwidth"], shaping)?;
+        only("burst", self.burst.is_some(), &["delay", "bandwidth"], shaping)?;
+        only("loss", self.loss.is_some(), &["loss", "delay", "bandwidth"], "actions 'loss', 'delay' and 'bandwidth'")?;
+        only("gemodel", self.gemodel.is_some(), &["loss"], "action 'loss'")?;
+        only("duplicate", self.duplicate.is_some(), &["duplicate"], "action 'duplicate'")?;
+        only("corrupt", self.corrupt.is_some(), &["corrupt"], "action 'corrupt'")?;
+        only("checksum", self.checksum.is_some(), &["corrupt"], "action 'corrupt'")?;
+        only(
+            "correlation",
+            self.correlation.is_some(),
+            &["loss", "duplicate", "corrupt", "delay", "bandwidth"],
+            "actions 'loss', 'duplicate', 'corrupt' (the event) and 'delay' (the jitter)",
+        )?;
+        let correlation = || match self.correlation {
             None => Ok(0.0),
-            Some(p) if !(0.0..=100.0).contains(&p) => Err(SpecError::new("loss", format!("{p}% is outside 0-100%"))),
-            Some(p) => Ok(p / 100.0),
+            Some(c) => percent("correlation", c),
+        };
+        let required = |field: &str, value: Option<f64>, what: &str| match value {
+            None => Err(SpecError::new(field, format!("is required for action '{what}' (percent, 0-100)"))),
+            Some(p) => percent(field, p),
         };
         match action {
-            Some("loss") => Ok(Action::Loss(loss(true)?)),
-            Some("partition") => match self.loss {
-                Some(_) => Err(SpecError::new("loss", "does not apply to action 'partition'")),
-                None => Ok(Action::Partition),
+            Some("loss") => match (&self.gemodel, self.loss) {
+                (Some(_), Some(_)) => Err(SpecError::new("gemodel", "and loss are two loss models: give one")),
+                (Some(_), None) if self.correlation.is_some() => {
+                    Err(SpecError::new("correlation", "does not apply with gemodel (its states are its memory)"))
+                }
+                (Some(text), None) => Ok(Action::Loss(gemodel(text)?)),
+                (None, None) => {
+                    Err(SpecError::new("loss", "is required for action 'loss' (percent, 0-100, or gemodel)"))
+                }
+                (None, Some(p)) => {
+                    Ok(Action::Loss(Odds::Random { p: percent("loss", p)?, correlation: correlation()? }))
+                }
             },
-            Some(a @ ("delay" | "bandwidth")) => {
-                let delay = match &self.delay {
-                    None if a == "delay" => {
-                        return Err(SpecError::new("delay", "is required for action 'delay' (e.g. 50ms)"));
-                    }
-                    None => Duration::ZERO,
-                    Some(d) => latency("delay", d, MAX_DELAY)?,
-                };
-                let jitter = self.jitter.as_ref().map(|j| latency("jitter", j, MAX_JITTER)).transpose()?;
-                let needs_jitter = |field: &str| SpecError::new(field, "has no effect without jitter");
-                let correlation = match self.correlation {
-                    None => 0.0,
-                    Some(_) if jitter.is_none() => return Err(needs_jitter("correlation")),
-                    Some(c) if (0.0..=100.0).contains(&c) => c / 100.0,
-                    Some(c) => return Err(SpecError::new("correlation", format!("{c}% is outside 0-100%"))),
-                };
-                let distribution = match self.distribution.as_deref() {
-                    None => Distribution::Uniform,
-                    Some(_) if jitter.is_none() => return Err(needs_jitter("distribution")),
-                    Some("uniform") => Distribution::Uniform,
-                    Some("normal") => Distribution::Normal,
+            Some("partition") => Ok(Action::Partition),
+            Some("duplicate") => Ok(Action::Duplicate(Odds::Random {
+                p: required("duplicate", self.duplicate, "duplicate")?,
+                correlation: correlation()?,
+            })),
+            Some("corrupt") => {
+                let checksum = match self.checksum.as_deref() {
+                    None | Some("broken") => Checksum::Broken,
+                    Some("fixed") => Checksum::Fixed,
                     Some(other) => {
                         return Err(SpecError::new(
-                            "distribution",
-                            format!("'{other}' is not a distribution (expected uniform or normal)"),
+                            "checksum",
+                            format!("'{other}' is not a checksum choice (expected broken or fixed)"),
                         ));
                     }
                 };
-                let rate = match &self.rate {
-                    None if a == "bandwidth" => {
-                        return Err(SpecError::new("rate", "is required for action 'bandwidth' (e.g. 10mbit)"));
-                    }
-                    None => None,
-                    Some(r) => Some(rate(r)?),
-                };
-                let burst = match &self.burst {
-                    Some(_) if rate.is_none() => return Err(SpecError::new("burst", "has no effect without rate")),
-                    b => b.as_ref().map(burst).transpose()?,
-                };
-                let jitter = jitter.unwrap_or_default();
-                if delay.is_zero() && jitter.is_zero() && rate.is_none() {
-                    return Err(SpecError::new("delay", "0 with no jitter and no rate does nothing"));
-                }
-                Ok(Action::Shape(Shape { delay, jitter, correlation, distribution, rate, burst, loss: loss(false)? }))
+                let odds =
+                    Odds::Random { p: required("corrupt", self.corrupt, "corrupt")?, correlation: correlation()? };
+                Ok(Action::Corrupt(odds, checksum))
             }
-            None => Err(SpecError::new("action", "is required ('loss', 'partition', 'delay' or 'bandwidth')")),
-            Some(other) => Err(SpecError::new(
-                "action",
-                format!("'{other}' is not an action (expected 'loss', 'partition', 'delay' or 'bandwidth')"),
-            )),
+            Some(a) => self.shape(a),
+            None => unreachable!("checked above"),
         }
     }
+
+    /// `delay` or `bandwidth`.
+    fn shape(&self, a: &str) -> Result<Action, SpecError> {
+        let delay = match &self.delay {
+            None if a == "delay" => {
+                return Err(SpecError::new("delay", "is required for action 'delay' (e.g. 50ms)"));
+            }
+            None => Duration::ZERO,
+            Some(d) => latency("delay", d, MAX_DELAY)?,
+        };
+        let jitter = self.jitter.as_ref().map(|j| latency("jitter", j, MAX_JITTER)).transpose()?;
+        let needs_jitter = |field: &str| SpecError::new(field, "has no effect without jitter");
+        let correlation = match self.correlation {
+            None => 0.0,
+            Some(_) if jitter.is_none() => return Err(needs_jitter("correlation")),
+            Some(c) => percent("correlation", c)?,
+        };
+        let distribution = match self.distribution.as_deref() {
+            None => Distribution::Uniform,
+            Some(_) if jitter.is_none() => return Err(needs_jitter("distribution")),
+            Some("uniform") => Distribution::Uniform,
+            Some("normal") => Distribution::Normal,
+            Some(other) => {
+                return Err(SpecError::new(
+                    "distribution",
+                    format!("'{other}' is not a distribution (expected uniform or normal)"),
+                ));
+            }
+        };
+        let rate = match &self.rate {
+            None if a == "bandwidth" => {
+                return Err(SpecError::new("rate", "is required for action 'bandwidth' (e.g. 10mbit)"));
+            }
+            None => None,
+            Some(r) => Some(rate(r)?),
+        };
+        let burst = match &self.burst {
+            Some(_) if rate.is_none() => return Err(SpecError::new("burst", "has no effect without rate")),
+            b => b.as_ref().map(burst).transpose()?,
+        };
+        let jitter = jitter.unwrap_or_default();
+        if delay.is_zero() && jitter.is_zero() && rate.is_none() {
+            return Err(SpecError::new("delay", "0 with no jitter and no rate does nothing"));
+        }
+        let loss = self.loss.map(|p| percent("loss", p)).transpose()?.unwrap_or(0.0);
+        Ok(Action::Shape(Shape { delay, jitter, correlation, distribution, rate, burst, loss }))
+    }
+}
+
+/// A percentage, 0 to 100, as a fraction.
+fn percent(field: &str, p: f64) -> Result<f64, SpecError> {
+    if !(0.0..=100.0).contains(&p) {
+        return Err(SpecError::new(field, format!("{p}% is outside 0-100%")));
+    }
+    Ok(p / 100.0)
+}
+
+/// netem's `gemodel P [R [1-H [1-K]]]`, percentages (a `%` sign optional), with tc's defaults
+/// for the ones left out: R 100%, 1-H 100%, 1-K 0%.
+pub fn gemodel(text: &str) -> Result<Odds, SpecError> {
+    let bad = |why: String| SpecError::new("gemodel", why);
+    let mut values = [None, Some(1.0), Some(1.0), Some(0.0)];
+    let words: Vec<&str> = text.split_whitespace().collect();
+    if words.is_empty() || words.len() > 4 {
+        return Err(bad(format!("'{text}' is not 'P [R [1-H [1-K]]]' (1 to 4 percentages)")));
+    }
+    for (i, w) in words.iter().enumerate() {
+        let n = w.trim_end_matches('%').parse::<f64>().map_err(|_| bad(format!("'{w}' is not a percentage")))?;
+        let name = ["p", "r", "1-h", "1-k"][i];
+        values[i] = Some(percent("gemodel", n).map_err(|_| bad(format!("{name} = {n}% is outside 0-100%")))?);
+    }
+    let [Some(p), Some(r), Some(loss_bad), Some(loss_good)] = values else { unreachable!("all set") };
+    if p + r == 0.0 {
+        return Err(bad("p and r are both 0: the model would never leave its first state".into()));
+    }
+    Ok(Odds::GilbertElliott { p, r, loss_bad, loss_good })
 }
 
 /// A delay or jitter: text with a unit (a bare number is refused: seconds or milliseconds?).

@@ -17,7 +17,7 @@ fn defaults() {
     assert_eq!(f.matches.protocol, Protocol::Any);
     assert_eq!(f.matches.families, Families { v4: true, v6: true });
     assert_eq!((f.matches.sport, f.matches.dport), (PortRange::ANY, PortRange::ANY));
-    assert_eq!(f.action, Action::Loss(0.3));
+    assert_eq!(f.action, Action::Loss(Odds::random(0.3)));
 }
 
 #[test]
@@ -242,7 +242,7 @@ fn delay_refusals_name_the_field() {
 
 #[test]
 fn thresholds() {
-    assert_eq!(Action::Loss(0.0).drop_threshold(), 0);
-    assert_eq!(Action::Loss(1.0).drop_threshold(), 1 << 32);
-    assert_eq!(Action::Loss(0.25).drop_threshold(), 1 << 30);
+    assert_eq!(Action::Loss(Odds::random(0.0)).drop_threshold(), 0);
+    assert_eq!(Action::Loss(Odds::random(1.0)).drop_threshold(), 1 << 32);
+    assert_eq!(Action::Loss(Odds::random(0.25)).drop_threshold(), 1 << 30);
 }

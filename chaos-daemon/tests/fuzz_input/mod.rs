@@ -27,6 +27,10 @@ pub const SPEC_KEYS: &[&str] = &[
     "distribution",
     "rate",
     "burst",
+    "gemodel",
+    "duplicate",
+    "corrupt",
+    "checksum",
 ];
 
 /// Keys about to be added: unknown today, so refused by decoding; validated once they exist.
@@ -196,7 +200,12 @@ fn scalar() -> BoxedStrategy<String> {
 fn plausible(key: &str, interface: Interface) -> BoxedStrategy<String> {
     match (key, interface) {
         ("interface", Interface::Only(name)) => Just(quote(name)).boxed(),
-        ("loss", _) => number(),
+        ("loss" | "duplicate" | "corrupt" | "correlation", _) => number(),
+        ("gemodel", _) => prop_oneof![
+            "[0-9]{1,3}(\\.[0-9])?%?( [0-9]{1,3}%?){0,4}".prop_map(|s| quote(&s)),
+            text().prop_map(|s| quote(&s))
+        ]
+        .boxed(),
         ("sport" | "dport", _) => prop_oneof![number(), port_like().prop_map(|s| quote(&s))].boxed(),
         ("src" | "dst", _) => cidr_like().prop_map(|s| quote(&s)).boxed(),
         _ => text().prop_map(|s| quote(&s)).boxed(),
@@ -255,7 +264,7 @@ pub fn typed_spec(interface: Interface) -> BoxedStrategy<String> {
         (
             option::weighted(0.3, prop_oneof!["[a-zA-Z0-9_][a-zA-Z0-9_.-]{0,20}", text()]),
             interface,
-            option::weighted(0.9, word(&["loss", "partition"])),
+            option::weighted(0.9, word(&["loss", "partition", "duplicate", "corrupt"])),
             option::weighted(0.7, prop_oneof![(-10.0..110.0f64).prop_map(|n| n.to_string()), json_number()]),
         ),
         (
