@@ -109,11 +109,17 @@ impl Arrivals {
     }
 }
 
-/// The bytes of datagram `seq`: its number, then a pattern made from it, so that any flipped
-/// bit (in the number too) shows.
+/// The bytes of datagram `seq`: its number, then bytes hashed from it, so that any flipped bit
+/// shows, in the number too (every byte changes when any bit of the number does).
 pub fn datagram(seq: u32, len: usize) -> Vec<u8> {
+    // splitmix64's finalizer: each input bit flips about half the output bits.
+    let mix = |mut z: u64| {
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    };
     let mut d = seq.to_be_bytes().to_vec();
-    d.extend((4..len).map(|i| (seq.wrapping_mul(131).wrapping_add(i as u32 * 7) >> 3) as u8));
+    d.extend((4..len).map(|i| (mix(u64::from(seq) << 32 | i as u64) >> 56) as u8));
     d
 }
 
