@@ -75,6 +75,8 @@ pub const ACTION_SHAPE: u32 = 3;
 pub const ACTION_DUPLICATE: u32 = 4;
 /// The event is one flipped bit in the TCP or UDP payload.
 pub const ACTION_CORRUPT: u32 = 5;
+/// A TCP segment is turned into a RST back to its sender, as its peer would answer.
+pub const ACTION_RESET: u32 = 6;
 
 /// [`RuleAction::chain`] values: what a rule remembers between packets (per CPU, in `CHAINS`).
 /// Nothing: every packet is an independent draw with `chance[0]`.
@@ -90,6 +92,9 @@ pub const CHAIN_GE: u32 = 2;
 /// application receives the damaged data). Without it the checksum is left wrong, also where
 /// the stack or the NIC computes it later (`CHECKSUM_PARTIAL`), so the receiver drops the packet.
 pub const CORRUPT_FIX_CHECKSUM: u32 = 1;
+/// [`RuleAction::flags`] of a reset rule: only connection attempts (SYN without ACK) are
+/// answered with a RST (refused); established connections go on.
+pub const RESET_NEW_ONLY: u32 = 2;
 
 /// [`RuleAction::distribution`] values: how jitter is spread around the delay, as netem does it.
 /// Uniform: `delay - jitter + rnd % (2 * jitter)`.
@@ -198,7 +203,7 @@ pub struct RuleAction {
     pub correlation: u32,
     /// [`DIST_UNIFORM`] or [`DIST_TABLE`].
     pub distribution: u32,
-    /// corrupt: [`CORRUPT_FIX_CHECKSUM`] or 0.
+    /// corrupt: [`CORRUPT_FIX_CHECKSUM`]; reset: [`RESET_NEW_ONLY`]; else 0.
     pub flags: u32,
     /// Rate in bytes per second; 0 for no rate limit.
     pub rate_bytes: u64,
@@ -236,6 +241,8 @@ pub struct Counters {
     pub duplicated: u64,
     /// Packets it flipped a bit in (corrupt).
     pub corrupted: u64,
+    /// Segments it turned into a RST to their sender (reset).
+    pub reset: u64,
 }
 
 #[cfg(feature = "user")]
@@ -255,6 +262,6 @@ const _: () = {
     assert!(core::mem::size_of::<PairKey>() == 8);
     assert!(core::mem::size_of::<PortKey>() == 8);
     assert!(core::mem::size_of::<RuleAction>() == 104);
-    assert!(core::mem::size_of::<Counters>() == 32);
+    assert!(core::mem::size_of::<Counters>() == 40);
     assert!(core::mem::size_of::<ShapeState>() == 16);
 };

@@ -73,6 +73,9 @@ pub struct FaultView {
     /// Packets it flipped a payload bit in (corrupt).
     #[serde(default)]
     pub corrupted: u64,
+    /// Segments it answered with a RST (reset).
+    #[serde(default)]
+    pub reset: u64,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]

@@ -368,6 +368,7 @@ impl Engine {
             dropped: c.dropped,
             duplicated: c.duplicated,
             corrupted: c.corrupted,
+            reset: c.reset,
         }
     }
 }
@@ -403,6 +404,7 @@ fn ended(v: &FaultView, reason: &str) -> Ended {
         dropped: v.dropped,
         duplicated: v.duplicated,
         corrupted: v.corrupted,
+        reset: v.reset,
     };
     Ended::new(&v.name, reason, &counters)
 }

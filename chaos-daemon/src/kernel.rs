@@ -356,6 +356,7 @@ impl Kernel {
                     dropped: a.dropped + c.dropped,
                     duplicated: a.duplicated + c.duplicated,
                     corrupted: a.corrupted + c.corrupted,
+                    reset: a.reset + c.reset,
                 })
             },
         )

@@ -24,7 +24,7 @@ pub struct FaultSpec {
     /// Interface the fault applies to (required).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub interface: Option<String>,
-    /// `loss`, `partition`, `delay`, `bandwidth`, `duplicate` or `corrupt` (required).
+    /// `loss`, `partition`, `delay`, `bandwidth`, `duplicate`, `corrupt` or `reset` (required).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub action: Option<String>,
     /// Loss probability in percent, 0 to 100 (`loss` needs it or `gemodel`; optional with
@@ -45,6 +45,10 @@ pub struct FaultSpec {
     /// `fixed` (the checksum is fixed, the application receives the damaged bytes).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub checksum: Option<String>,
+    /// `reset`: `all` (default: every matching segment is answered with a RST, so established
+    /// connections are reset and new ones refused) or `new` (only connection attempts).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub connections: Option<String>,
     /// Added latency, with a unit: `50ms`, `1s`, `250us` (required for `delay`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub delay: Option<DurationSpec>,
@@ -73,7 +77,7 @@ pub struct FaultSpec {
     /// `ipv4`, `ipv6` or `any` (default; taken from `src`/`dst` when they are given).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub family: Option<String>,
-    /// `tcp`, `udp`, `icmp` or `any` (default).
+    /// `tcp`, `udp`, `icmp` or `any` (default; `tcp` for `reset`, which takes nothing else).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub protocol: Option<String>,
     /// Source CIDR or address (default: any).
@@ -311,7 +315,8 @@ impl FaultSpec {
                 ));
             }
         };
-        let protocol = match self.protocol.as_deref().unwrap_or("any") {
+        let default_protocol = if let Action::Reset { .. } = action { "tcp" } else { "any" };
+        let protocol = match self.protocol.as_deref().unwrap_or(default_protocol) {
             "tcp" => Protocol::Tcp,
             "udp" => Protocol::Udp,
             "icmp" => Protocol::Icmp,
@@ -331,6 +336,9 @@ impl FaultSpec {
         let families = families(self.family.as_deref(), src, dst)?;
         let sport = port_range("sport", self.sport.as_ref())?;
         let dport = port_range("dport", self.dport.as_ref())?;
+        if let (Action::Reset { .. }, Protocol::Udp | Protocol::Icmp | Protocol::Any) = (action, protocol) {
+            return Err(SpecError::new("protocol", "reset answers TCP segments: it needs protocol tcp (the default)"));
+        }
         if protocol == Protocol::Icmp {
             if let Action::Corrupt(..) = action {
                 return Err(SpecError::new(

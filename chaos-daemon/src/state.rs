@@ -114,6 +114,8 @@ pub struct Ended {
     pub duplicated: u64,
     #[serde(default, skip_serializing_if = "is_zero")]
     pub corrupted: u64,
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub reset: u64,
 }
 
 impl Ended {
@@ -125,6 +127,7 @@ impl Ended {
             dropped: c.dropped,
             duplicated: c.duplicated,
             corrupted: c.corrupted,
+            reset: c.reset,
         }
     }
 }

@@ -162,6 +162,11 @@ fn event() -> impl Strategy<Value = Vec<(&'static str, Value)>> {
     let correlation = option::of(0.0..=100.0f64);
     prop_oneof![
         Just(vec![("action", Value::from("partition"))]),
+        option::of(select(&["all", "new"][..])).prop_map(|connections| {
+            let mut v = vec![("action", Value::from("reset"))];
+            v.extend(connections.map(|c| ("connections", Value::from(c))));
+            v
+        }),
         (percent.clone(), correlation.clone()).prop_map(|(p, c)| {
             let mut v = vec![("action", Value::from("loss")), ("loss", Value::from(p))];
             v.extend(c.map(|c| ("correlation", Value::from(c))));
@@ -225,6 +230,7 @@ fn valid_spec() -> impl Strategy<Value = Map<String, Value>> {
             set("interface", Some(interface.into()));
             // With shaping fields it is a delay or bandwidth fault, which keeps only a loss.
             let corrupting = shaping.is_none() && event.iter().any(|(k, _)| *k == "corrupt");
+            let resetting = shaping.is_none() && event.iter().any(|(_, v)| v == "reset");
             for (k, v) in event {
                 if shaping.is_none() || k == "loss" {
                     set(k, Some(v));
@@ -235,7 +241,11 @@ fn valid_spec() -> impl Strategy<Value = Map<String, Value>> {
             set("src", src.map(Value::from));
             set("dst", dst.map(Value::from));
             // Ports only apply to tcp and udp, and so does corruption.
-            let protocol = if corrupting && protocol == Some("icmp") { Some("udp") } else { protocol };
+            let protocol = match protocol {
+                Some("icmp") if corrupting => Some("udp"),
+                Some(_) if resetting => Some("tcp"),
+                p => p,
+            };
             set("protocol", protocol.map(Value::from));
             if protocol != Some("icmp") {
                 set("sport", sport);
@@ -317,6 +327,8 @@ fn related(key: &str, named: &str) -> bool {
         | ("rate", "burst" | "delay")
         // icmp refuses ports, and corruption.
         | ("protocol", "sport" | "dport" | "corrupt")
+        // reset takes tcp only.
+        | ("protocol", "action")
         // An address must be of the family.
         | ("family", "src" | "dst")
         // src and dst must be of one family.

@@ -12,18 +12,20 @@
 
 use aya_ebpf::{
     bindings::{
-        BPF_F_INGRESS, BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR, BPF_F_RECOMPUTE_CSUM, TC_ACT_SHOT, TC_ACT_UNSPEC,
+        BPF_F_INGRESS, BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR, BPF_F_RECOMPUTE_CSUM, TC_ACT_REDIRECT, TC_ACT_SHOT,
+        TC_ACT_UNSPEC,
     },
-    helpers::{bpf_get_prandom_u32, bpf_ktime_get_ns},
+    helpers::{bpf_get_prandom_u32, bpf_ktime_get_ns, bpf_redirect},
     macros::{classifier, map},
     maps::{Array, HashMap, LpmTrie, PerCpuArray, lpm_trie::Key},
     programs::TcContext,
 };
 use chaos_common::{
-    ACTION_CORRUPT, ACTION_DUPLICATE, ACTION_SHAPE, ACTIVE_GENERATION, ACTIVE_LEN, ADDRS_CAPACITY, AddrKey, CHAIN_GE,
-    CHAIN_NONE, CHAIN_OUTCOME, CORRUPT_FIX_CHECKSUM, Counters, DIST_SCALE, DIST_SIZE, DIST_UNIFORM, FAMILY_V4,
-    FAMILY_V6, HOOK_EGRESS, HOOK_INGRESS, MAX_RULES, PAIRS_CAPACITY, PORT_KEY_FIXED_BITS, PORTS_CAPACITY, PROTO_ICMP,
-    PROTO_ICMPV6, PROTO_OTHER, PROTO_TCP, PROTO_UDP, PairKey, PortKey, RuleAction, SIDE_DST, SIDE_SRC, ShapeState,
+    ACTION_CORRUPT, ACTION_DUPLICATE, ACTION_RESET, ACTION_SHAPE, ACTIVE_GENERATION, ACTIVE_LEN, ADDRS_CAPACITY,
+    AddrKey, CHAIN_GE, CHAIN_NONE, CHAIN_OUTCOME, CORRUPT_FIX_CHECKSUM, Counters, DIST_SCALE, DIST_SIZE, DIST_UNIFORM,
+    FAMILY_V4, FAMILY_V6, HOOK_EGRESS, HOOK_INGRESS, MAX_RULES, PAIRS_CAPACITY, PORT_KEY_FIXED_BITS, PORTS_CAPACITY,
+    PROTO_ICMP, PROTO_ICMPV6, PROTO_OTHER, PROTO_TCP, PROTO_UDP, PairKey, PortKey, RESET_NEW_ONLY, RuleAction,
+    SIDE_DST, SIDE_SRC, ShapeState,
 };
 
 #[map]
@@ -105,6 +107,16 @@ fn run(ctx: &TcContext, hook: u8, shaping: Shaping) -> i32 {
     };
     match verdict {
         Some(Verdict::Drop) => TC_ACT_SHOT,
+        Some(Verdict::Back) => {
+            // Out the way the packet came: a reply to a packet leaving goes up this host's
+            // stack, a reply to a packet arriving leaves on the same device. bpf_redirect's
+            // flags take effect when the program returns TC_ACT_REDIRECT.
+            let flags = if hook == HOOK_EGRESS { u64::from(BPF_F_INGRESS) } else { 0 };
+            // SAFETY: the context pointer is valid for the whole run; bpf_redirect has no
+            // other preconditions.
+            unsafe { bpf_redirect((*skb).ifindex, flags) };
+            TC_ACT_REDIRECT as i32
+        }
         Some(Verdict::Depart(t)) => {
             // SAFETY: the context pointer is valid for the whole run; tstamp is writable from
             // TC programs since 5.0 (this path is only in the edt programs).
@@ -125,6 +137,8 @@ fn run(ctx: &TcContext, hook: u8, shaping: Shaping) -> i32 {
 enum Verdict {
     Drop,
     Pass,
+    /// Rewritten into a reply: send it back where it came from.
+    Back,
     /// edt: leave at this CLOCK_MONOTONIC time.
     Depart(u64),
 }
@@ -207,7 +221,7 @@ fn act(
         return Some(Verdict::Pass);
     }
     let event = happens(slot, action);
-    let (mut drop, mut copied, mut corrupted) = (false, false, false);
+    let (mut drop, mut copied, mut corrupted, mut reset) = (false, false, false, false);
     match action.kind {
         ACTION_DUPLICATE if event => {
             // The clone carries the mark (skb_clone copies it), the original gets its own back.
@@ -218,7 +232,12 @@ fn act(
             ctx.set_mark(mark);
         }
         ACTION_CORRUPT if event => corrupted = corrupt(ctx, action, l4).is_some(),
-        ACTION_DUPLICATE | ACTION_CORRUPT => {}
+        ACTION_RESET if event => match reset_back(ctx, action, l4) {
+            Some(true) => reset = true,
+            Some(false) => drop = true,
+            None => {}
+        },
+        ACTION_DUPLICATE | ACTION_CORRUPT | ACTION_RESET => {}
         _ => drop = event,
     }
     let mut verdict = Verdict::Pass;
@@ -261,8 +280,17 @@ fn act(
         if corrupted {
             (*counters).corrupted += 1;
         }
+        if reset {
+            (*counters).reset += 1;
+        }
     }
-    Some(if drop { Verdict::Drop } else { verdict })
+    Some(if drop {
+        Verdict::Drop
+    } else if reset {
+        Verdict::Back
+    } else {
+        verdict
+    })
 }
 
 /// Whether the rule's event happens to this packet, stepping the rule's chain on this CPU.
@@ -290,6 +318,88 @@ fn happens(slot: u32, action: &RuleAction) -> bool {
     // SAFETY: as above.
     unsafe { *state = u32::from(next) };
     hit
+}
+
+const TCP_FIN: u8 = 0x01;
+const TCP_SYN: u8 = 0x02;
+const TCP_RST: u8 = 0x04;
+const TCP_ACK: u8 = 0x10;
+
+/// Rewrites a TCP segment into the RST its peer would answer it with (RFC 9293 3.10.7.1):
+/// addresses and ports swapped; to a segment with ACK, `seq = SEG.ACK`; to one without (a SYN),
+/// `RST|ACK` with `ack = SEG.SEQ + SYN + FIN`. `None` (left alone) for a RST (never answered,
+/// so our own RSTs pass) or, with [`RESET_NEW_ONLY`], anything but a SYN; `Some(false)` when it
+/// failed half-way (the packet must then be dropped).
+///
+/// Only fixed-size fields change, so the segment keeps its length, options and payload (a RST
+/// may carry data; receivers ignore it) and every checksum stays right through in-place edits:
+/// swaps change no sum, and `bpf_l4_csum_replace` updates the TCP checksum for seq, ack and
+/// flags whatever the skb's checksum state (a CHECKSUM_PARTIAL seed does not cover them).
+#[inline(always)]
+fn reset_back(ctx: &TcContext, action: &RuleAction, l4: L4) -> Option<bool> {
+    if l4.offset == 0 || l4.proto != PROTO_TCP {
+        return None;
+    }
+    // seq (4), ack (4), data offset and flags (2), from byte 4 of the TCP header.
+    let old: [u8; 10] = ctx.load(l4.offset + 4).ok()?;
+    let flags = old[9];
+    let syn_only = flags & (TCP_SYN | TCP_ACK) == TCP_SYN;
+    if flags & TCP_RST != 0 || (action.flags & RESET_NEW_ONLY != 0 && !syn_only) {
+        return None;
+    }
+    let (seq, ack) = ([old[0], old[1], old[2], old[3]], [old[4], old[5], old[6], old[7]]);
+    let (new_seq, new_ack, new_flags) = if flags & TCP_ACK != 0 {
+        (ack, [0; 4], TCP_RST)
+    } else {
+        let step = u32::from(flags & TCP_SYN != 0) + u32::from(flags & TCP_FIN != 0);
+        ([0; 4], u32::from_be_bytes(seq).wrapping_add(step).to_be_bytes(), TCP_RST | TCP_ACK)
+    };
+    let mac: [u8; 12] = ctx.load(0).ok()?;
+    let ports: [u16; 2] = ctx.load(l4.offset).ok()?;
+    let tcp = TcpEdit { offset: l4.offset, ports, seq, ack, new_seq, new_ack, word: old[8], flags, new_flags };
+    // Past the first write the packet is half a reply: on a failure (only an allocation can
+    // fail here) it is dropped rather than sent on.
+    Some(answer(ctx, mac, &tcp).is_some())
+}
+
+/// The TCP fields [`reset_back`] changes: old and new values.
+struct TcpEdit {
+    offset: usize,
+    ports: [u16; 2],
+    seq: [u8; 4],
+    ack: [u8; 4],
+    new_seq: [u8; 4],
+    new_ack: [u8; 4],
+    /// The data offset byte, kept.
+    word: u8,
+    flags: u8,
+    new_flags: u8,
+}
+
+/// Writes the reply: swaps first (Ethernet addresses, as the reply's destination is the sender;
+/// IP addresses; ports), which change no checksum (swapped words sum the same, and the Ethernet
+/// header is in none), then the TCP fields, with the checksum updated for each.
+#[inline(always)]
+fn answer(ctx: &TcContext, mac: [u8; 12], t: &TcpEdit) -> Option<()> {
+    let swapped = [mac[6], mac[7], mac[8], mac[9], mac[10], mac[11], mac[0], mac[1], mac[2], mac[3], mac[4], mac[5]];
+    ctx.store(0, &swapped, 0).ok()?;
+    if u16::from_be(ctx.skb.protocol() as u16) == ETH_P_IP {
+        let a: [u32; 2] = ctx.load(ETH_HLEN + 12).ok()?;
+        ctx.store(ETH_HLEN + 12, &[a[1], a[0]], 0).ok()?;
+    } else {
+        let a: [u32; 8] = ctx.load(ETH_HLEN + 8).ok()?;
+        ctx.store(ETH_HLEN + 8, &[a[4], a[5], a[6], a[7], a[0], a[1], a[2], a[3]], 0).ok()?;
+    }
+    ctx.store(t.offset, &[t.ports[1], t.ports[0]], 0).ok()?;
+    let (s, a) = (t.new_seq, t.new_ack);
+    let fields: [u8; 10] = [s[0], s[1], s[2], s[3], a[0], a[1], a[2], a[3], t.word, t.new_flags];
+    ctx.store(t.offset + 4, &fields, 0).ok()?;
+    let check = t.offset + 16;
+    let word = |b: [u8; 4]| u64::from(u32::from_ne_bytes(b));
+    ctx.l4_csum_replace(check, word(t.seq), word(t.new_seq), 4).ok()?;
+    ctx.l4_csum_replace(check, word(t.ack), word(t.new_ack), 4).ok()?;
+    let (from, to) = (u16::from_ne_bytes([t.word, t.flags]), u16::from_ne_bytes([t.word, t.new_flags]));
+    ctx.l4_csum_replace(check, u64::from(from), u64::from(to), 2).ok()
 }
 
 /// Flips one random bit of the TCP or UDP payload, then either fixes the L4 checksum for it or

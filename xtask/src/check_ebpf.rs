@@ -174,10 +174,10 @@ pub fn check(path: &Path) -> anyhow::Result<()> {
             }
             let func = funcs.get(&f).with_context(|| format!("{name} calls unknown function {f}"))?;
             let section = file.section_by_index(func.section)?;
-            let relocs: BTreeMap<u64, String> = section
+            let relocs: BTreeMap<u64, object::Symbol> = section
                 .relocations()
                 .filter_map(|(off, r)| match r.target() {
-                    RelocationTarget::Symbol(i) => Some((off, file.symbol_by_index(i).ok()?.name().ok()?.to_owned())),
+                    RelocationTarget::Symbol(i) => Some((off, file.symbol_by_index(i).ok()?)),
                     _ => None,
                 })
                 .collect();
@@ -194,8 +194,21 @@ pub fn check(path: &Path) -> anyhow::Result<()> {
                     }
                     (0x05, 0x80) if regs >> 4 == 1 => {
                         // bpf-to-bpf call: follow it through its relocation.
-                        match relocs.get(&at) {
-                            Some(target) => todo.push(target.clone()),
+                        // A call to a static function is relocated against its section's
+                        // symbol, with the callee `imm + 1` instructions into the section.
+                        let target = relocs.get(&at).and_then(|sym| match sym.kind() {
+                            SymbolKind::Section => {
+                                let start = sym.address() + 8 * u64::try_from(i64::from(imm) + 1).ok()?;
+                                let section = sym.section_index()?;
+                                funcs
+                                    .iter()
+                                    .find(|(_, g)| g.section == section && g.start == start)
+                                    .map(|(n, _)| n.clone())
+                            }
+                            _ => sym.name().ok().map(str::to_owned),
+                        });
+                        match target {
+                            Some(target) => todo.push(target),
                             None => problems.push(format!("{name}: unresolved call at {f}+{i}")),
                         }
                     }

@@ -70,7 +70,9 @@ struct ApplyArgs {
     #[arg(
         short = 'f',
         long = "file",
-        conflicts_with_all = ["name", "interface", "loss", "gemodel", "partition", "delay", "rate", "duplicate", "corrupt"]
+        conflicts_with_all = [
+            "name", "interface", "loss", "gemodel", "partition", "delay", "rate", "duplicate", "corrupt", "reset"
+        ]
     )]
     file: Option<PathBuf>,
     /// Fault name (default: generated).
@@ -82,7 +84,7 @@ struct ApplyArgs {
     /// Drop this percentage of matching packets, e.g. 20 or 20% (with --delay or --rate too).
     #[arg(
         long,
-        required_unless_present_any = ["file", "partition", "delay", "rate", "gemodel", "duplicate", "corrupt"],
+        required_unless_present_any = ["file", "partition", "delay", "rate", "gemodel", "duplicate", "corrupt", "reset"],
         conflicts_with = "partition"
     )]
     loss: Option<String>,
@@ -99,6 +101,13 @@ struct ApplyArgs {
     /// gets the damaged bytes).
     #[arg(long, requires = "corrupt")]
     checksum: Option<String>,
+    /// Answer matching TCP segments with a RST from their peer: connections are reset, new
+    /// ones refused.
+    #[arg(long)]
+    reset: bool,
+    /// With --reset: all (default) or new (only refuse new connections).
+    #[arg(long, requires = "reset")]
+    connections: Option<String>,
     /// Drop every matching packet.
     #[arg(long, conflicts_with_all = ["delay", "rate"])]
     partition: bool,
@@ -204,7 +213,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                                 "    {} ended ({}): {}",
                                 x.name,
                                 x.reason,
-                                counts(x.matched, x.dropped, x.duplicated, x.corrupted)
+                                counts(x.matched, x.dropped, [x.duplicated, x.corrupted, x.reset])
                             );
                         }
                     }
@@ -221,14 +230,14 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Rm { experiment: Some(e), .. } => {
             let removed: Faults = client.delete(&format!("/v1/experiments/{e}")).await?;
             for f in removed.faults {
-                println!("removed {} ({})", f.name, counts(f.matched, f.dropped, f.duplicated, f.corrupted));
+                println!("removed {} ({})", f.name, counts(f.matched, f.dropped, [f.duplicated, f.corrupted, f.reset]));
             }
         }
         Command::Rm { names, experiment: None } => {
             for name in names {
                 let removed: FaultView = client.delete(&format!("/v1/faults/{name}")).await?;
                 let r = &removed;
-                println!("removed {} ({})", r.name, counts(r.matched, r.dropped, r.duplicated, r.corrupted));
+                println!("removed {} ({})", r.name, counts(r.matched, r.dropped, [r.duplicated, r.corrupted, r.reset]));
             }
         }
         Command::Clear => {
@@ -289,6 +298,8 @@ fn specs(args: ApplyArgs) -> anyhow::Result<(Vec<FaultSpec>, Option<String>)> {
         "duplicate"
     } else if args.corrupt.is_some() {
         "corrupt"
+    } else if args.reset {
+        "reset"
     } else {
         "loss"
     };
@@ -301,6 +312,7 @@ fn specs(args: ApplyArgs) -> anyhow::Result<(Vec<FaultSpec>, Option<String>)> {
         duplicate: percent("duplicate", args.duplicate)?,
         corrupt: percent("corrupt", args.corrupt)?,
         checksum: args.checksum,
+        connections: args.connections,
         delay: args.delay.map(DurationSpec::Text),
         jitter: args.jitter.map(DurationSpec::Text),
         correlation: percent("correlation", args.correlation)?,
@@ -349,6 +361,9 @@ fn describe(s: &FaultSpec) -> String {
     if let Some(c) = s.corrupt {
         parts.push(format!("corrupt {c}% checksum {}", s.checksum.as_deref().unwrap_or("broken")));
     }
+    if s.action.as_deref() == Some("reset") {
+        parts.push(format!("reset {} connections", s.connections.as_deref().unwrap_or("all")));
+    }
     if let (Some(c), None) = (s.correlation, &s.jitter) {
         parts.push(format!("correlation {c}%"));
     }
@@ -358,10 +373,10 @@ fn describe(s: &FaultSpec) -> String {
     parts.join(" ")
 }
 
-/// `matched 10, dropped 2`, with the copies and corruptions when there are any.
-fn counts(matched: u64, dropped: u64, duplicated: u64, corrupted: u64) -> String {
+/// `matched 10, dropped 2`, with the copies, corruptions and resets when there are any.
+fn counts(matched: u64, dropped: u64, others: [u64; 3]) -> String {
     let mut text = format!("matched {matched}, dropped {dropped}");
-    for (n, what) in [(duplicated, "duplicated"), (corrupted, "corrupted")] {
+    for (n, what) in others.into_iter().zip(["duplicated", "corrupted", "reset"]) {
         if n > 0 {
             text += &format!(", {what} {n}");
         }
@@ -411,6 +426,7 @@ fn print_table(faults: &[FaultView]) {
                 match s.action.as_deref() {
                     Some("duplicate") => format!("{} copied", f.duplicated),
                     Some("corrupt") => format!("{} corrupted", f.corrupted),
+                    Some("reset") => format!("{} reset", f.reset),
                     _ => format!("{} dropped", f.dropped),
                 },
             ]

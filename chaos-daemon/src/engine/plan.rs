@@ -4,8 +4,9 @@
 use std::collections::BTreeMap;
 
 use chaos_common::{
-    ACTION_CORRUPT, ACTION_DUPLICATE, ACTION_LOSS, ACTION_PARTITION, ACTION_SHAPE, CHAIN_GE, CHAIN_NONE, CHAIN_OUTCOME,
-    CORRUPT_FIX_CHECKSUM, DIST_TABLE, DIST_UNIFORM, DROP_ALWAYS, HOOK_EGRESS, HOOK_INGRESS, ROOT_MAJOR, RuleAction,
+    ACTION_CORRUPT, ACTION_DUPLICATE, ACTION_LOSS, ACTION_PARTITION, ACTION_RESET, ACTION_SHAPE, CHAIN_GE, CHAIN_NONE,
+    CHAIN_OUTCOME, CORRUPT_FIX_CHECKSUM, DIST_TABLE, DIST_UNIFORM, DROP_ALWAYS, HOOK_EGRESS, HOOK_INGRESS,
+    RESET_NEW_ONLY, ROOT_MAJOR, RuleAction,
 };
 
 use super::{Active, EngineError};
@@ -22,6 +23,12 @@ pub(super) fn rule_action(a: &Active, mark: u32) -> RuleAction {
     match a.fault.action {
         Action::Loss(odds) => RuleAction { kind: ACTION_LOSS, ..chance(odds, base) },
         Action::Partition => RuleAction { kind: ACTION_PARTITION, chance: [DROP_ALWAYS; 2], ..base },
+        Action::Reset { new_only } => RuleAction {
+            kind: ACTION_RESET,
+            chance: [DROP_ALWAYS; 2],
+            flags: if new_only { RESET_NEW_ONLY } else { 0 },
+            ..base
+        },
         Action::Duplicate(odds) => RuleAction { kind: ACTION_DUPLICATE, mark, ..chance(odds, base) },
         Action::Corrupt(odds, checksum) => RuleAction {
             kind: ACTION_CORRUPT,

@@ -17,6 +17,9 @@ pub enum Action {
     Duplicate(Odds),
     /// Flip one bit of the TCP or UDP payload of matching packets with these odds.
     Corrupt(Odds, Checksum),
+    /// Answer matching TCP segments with a RST from their peer: every one, or only connection
+    /// attempts (`new_only`, which refuses new connections and leaves established ones alone).
+    Reset { new_only: bool },
 }
 
 /// How often a fault's event (a drop, a copy, a flipped bit) happens to matching packets.
@@ -97,7 +100,8 @@ impl Action {
     pub fn drop_threshold(self) -> u64 {
         match self {
             Self::Loss(odds) => threshold(odds.mean()),
-            Self::Partition => chaos_common::DROP_ALWAYS,
+            // A segment answered with a RST never reaches its destination.
+            Self::Partition | Self::Reset { .. } => chaos_common::DROP_ALWAYS,
             Self::Shape(s) => threshold(s.loss),
             Self::Duplicate(_) | Self::Corrupt(..) => 0,
         }
@@ -112,6 +116,7 @@ impl Action {
             Self::Shape(_) => "delay",
             Self::Duplicate(_) => "duplicate",
             Self::Corrupt(..) => "corrupt",
+            Self::Reset { .. } => "reset",
         }
     }
 }
@@ -122,14 +127,14 @@ pub fn threshold(p: f64) -> u64 {
 }
 
 /// The actions, for messages.
-const ACTIONS: &str = "'loss', 'partition', 'delay', 'bandwidth', 'duplicate' or 'corrupt'";
+const ACTIONS: &str = "'loss', 'partition', 'delay', 'bandwidth', 'duplicate', 'corrupt' or 'reset'";
 
 impl FaultSpec {
     pub(super) fn action(&self) -> Result<Action, SpecError> {
         let action = self.action.as_deref();
         match action {
             None => return Err(SpecError::new("action", format!("is required ({ACTIONS})"))),
-            Some("loss" | "partition" | "delay" | "bandwidth" | "duplicate" | "corrupt") => {}
+            Some("loss" | "partition" | "delay" | "bandwidth" | "duplicate" | "corrupt" | "reset") => {}
             Some(other) => {
                 return Err(SpecError::new("action", format!("'{other}' is not an action (expected {ACTIONS})")));
             }
@@ -152,6 +157,7 @@ impl FaultSpec {
         only("duplicate", self.duplicate.is_some(), &["duplicate"], "action 'duplicate'")?;
         only("corrupt", self.corrupt.is_some(), &["corrupt"], "action 'corrupt'")?;
         only("checksum", self.checksum.is_some(), &["corrupt"], "action 'corrupt'")?;
+        only("connections", self.connections.is_some(), &["reset"], "action 'reset'")?;
         only(
             "correlation",
             self.correlation.is_some(),
@@ -181,6 +187,13 @@ impl FaultSpec {
                 }
             },
             Some("partition") => Ok(Action::Partition),
+            Some("reset") => match self.connections.as_deref() {
+                None | Some("all") => Ok(Action::Reset { new_only: false }),
+                Some("new") => Ok(Action::Reset { new_only: true }),
+                Some(other) => {
+                    Err(SpecError::new("connections", format!("'{other}' is not a choice (expected all or new)")))
+                }
+            },
             Some("duplicate") => Ok(Action::Duplicate(Odds::Random {
                 p: required("duplicate", self.duplicate, "duplicate")?,
                 correlation: correlation()?,

@@ -31,6 +31,7 @@ pub const SPEC_KEYS: &[&str] = &[
     "duplicate",
     "corrupt",
     "checksum",
+    "connections",
 ];
 
 /// Keys about to be added: unknown today, so refused by decoding; validated once they exist.
@@ -264,7 +265,7 @@ pub fn typed_spec(interface: Interface) -> BoxedStrategy<String> {
         (
             option::weighted(0.3, prop_oneof!["[a-zA-Z0-9_][a-zA-Z0-9_.-]{0,20}", text()]),
             interface,
-            option::weighted(0.9, word(&["loss", "partition", "duplicate", "corrupt"])),
+            option::weighted(0.9, word(&["loss", "partition", "duplicate", "corrupt", "reset"])),
             option::weighted(0.7, prop_oneof![(-10.0..110.0f64).prop_map(|n| n.to_string()), json_number()]),
         ),
         (
