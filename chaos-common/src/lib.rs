@@ -13,8 +13,8 @@
 //!    port: the last gives the rule slot.
 //! 5. `RULES[slot]` gives the [`RuleAction`]; a rule past its deadline is ignored. `COUNTERS[slot]`
 //!    (per CPU) counts it.
-//! 6. Only for a rule with memory (correlation, Gilbert–Elliott): `CHAINS[slot]` (per CPU) holds
-//!    its state. Only for a rule that shapes (delay, jitter, rate): `SHAPES[slot]` keeps its
+//! 6. Only for a rule with memory (correlation, Gilbert–Elliott, reorder): `CHAINS[slot]` (per
+//!    CPU) holds its [`Chain`]. Only for a rule that shapes (delay, jitter, rate): `SHAPES[slot]` keeps its
 //!    mutable state, and `DIST` holds the jitter distribution table.
 //!
 //! User space (chaos-daemon's `compile` module) precomputes the classes so that each lookup's
@@ -211,6 +211,24 @@ pub struct RuleAction {
     pub burst_ns: u64,
     /// The rate's queue: a packet whose departure would be more than this (ns) ahead is dropped.
     pub queue_ns: u64,
+    /// Reorder (shape rules with a delay), as netem's `reorder ... gap`: once `gap - 1` packets
+    /// in a row have been delayed, a packet skips the delay (overtaking them) when a draw is
+    /// below `reorder[state]`; the state is whether the last draw did (`[0]` = `[1]` without
+    /// correlation). 0: no reordering.
+    pub gap: u32,
+    pub _pad2: u32,
+    pub reorder: [u64; 2],
+}
+
+/// Value of `CHAINS` (per CPU): a rule's memory between packets.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Chain {
+    /// [`CHAIN_OUTCOME`]: whether the last packet was hit; [`CHAIN_GE`]: 1 in the bad state.
+    /// For a reordering shape rule: whether the last reorder draw skipped the delay.
+    pub state: u32,
+    /// Reorder: packets delayed since the last one that skipped the delay.
+    pub count: u32,
 }
 
 /// Value of `SHAPES` (one per rule slot, shared by all CPUs: a rate is an aggregate). Written
@@ -254,6 +272,7 @@ mod pod {
     unsafe impl aya::Pod for super::RuleAction {}
     unsafe impl aya::Pod for super::Counters {}
     unsafe impl aya::Pod for super::ShapeState {}
+    unsafe impl aya::Pod for super::Chain {}
 }
 
 // The layouts are the ABI: a change here must be a conscious one on both sides.
@@ -261,7 +280,8 @@ const _: () = {
     assert!(core::mem::size_of::<AddrKey>() == 24);
     assert!(core::mem::size_of::<PairKey>() == 8);
     assert!(core::mem::size_of::<PortKey>() == 8);
-    assert!(core::mem::size_of::<RuleAction>() == 104);
+    assert!(core::mem::size_of::<RuleAction>() == 128);
+    assert!(core::mem::size_of::<Chain>() == 8);
     assert!(core::mem::size_of::<Counters>() == 40);
     assert!(core::mem::size_of::<ShapeState>() == 16);
 };

@@ -210,8 +210,8 @@ impl Engine {
             let fault = spec.validate().map_err(at)?;
             let ifindex = nix::net::if_::if_nametoindex(fault.interface.as_str())
                 .map_err(|_| at(SpecError::new("interface", format!("no such interface '{}'", fault.interface))))?;
-            if let Action::Shape(_) = fault.action {
-                self.kernel.can_shape(fault.matches.direction != Direction::Egress)?;
+            if let Action::Shape(s) = fault.action {
+                self.kernel.can_shape(fault.matches.direction != Direction::Egress, s.reorder.is_some())?;
             }
             let duration = self.lifetime(&fault).map_err(at)?;
             if fault.start_after > self.limits.max_start_after {

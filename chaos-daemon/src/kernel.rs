@@ -24,8 +24,8 @@ use aya::{
 pub use backend::BackendChoice;
 use backend::{load_program, select_backend};
 use chaos_common::{
-    ABI_VERSION, ACTIVE_ABI, ACTIVE_GENERATION, AddrKey, CLASS_GEN_BIT, Counters, HOOK_EGRESS, PROG_EGRESS, PROG_IFB,
-    PROG_INGRESS, PairKey, PortKey, RuleAction, ShapeState, map_names,
+    ABI_VERSION, ACTIVE_ABI, ACTIVE_GENERATION, AddrKey, CLASS_GEN_BIT, Chain, Counters, HOOK_EGRESS, PROG_EGRESS,
+    PROG_IFB, PROG_INGRESS, PairKey, PortKey, RuleAction, ShapeState, map_names,
 };
 use pins::Pins;
 use serde::{Deserialize, Serialize};
@@ -106,7 +106,7 @@ pub struct Kernel {
     rules: Array<MapData, RuleAction>,
     counters: PerCpuArray<MapData, Counters>,
     shapes: Array<MapData, ShapeState>,
-    chains: PerCpuArray<MapData, u32>,
+    chains: PerCpuArray<MapData, Chain>,
     generation: u8,
     /// The live generation's entries, so they can be deleted exactly; `None` after adopting a
     /// previous daemon's maps, whose entries are then found by scanning.
@@ -216,7 +216,13 @@ impl Kernel {
             links,
             mode,
             pins,
-            shaper: Shaper::new(backend, probe.ifb.and(probe.mirred), shaping),
+            // netem's reordered packets skip their class for HTB's direct queue: any kernel.
+            shaper: Shaper::new(
+                backend,
+                probe.ifb.and(probe.mirred),
+                if edt { probe.fq_orders } else { Ok(()) },
+                shaping,
+            ),
         };
         let mut dist: Array<MapData, i32> = map(&mut kernel.ebpf, map_names::DIST)?;
         for (i, v) in crate::shaping::normal_table().into_iter().enumerate() {
@@ -330,11 +336,15 @@ impl Kernel {
     }
 
     /// Whether this kernel can hold packets for a delay or bandwidth fault (on ingress too, when
-    /// `ingress`), or the missing piece, named.
-    pub fn can_shape(&self, ingress: bool) -> Result<(), KernelError> {
-        let why = match (&self.shaper.backend, &self.shaper.ingress) {
-            (Err(why), _) => format!("delay and bandwidth faults cannot run here: {why}"),
-            (Ok(_), Err(why)) if ingress => format!("ingress delay and bandwidth need an IFB device: {why}"),
+    /// `ingress`; letting some overtake, when `reorder`), or the missing piece, named.
+    pub fn can_shape(&self, ingress: bool, reorder: bool) -> Result<(), KernelError> {
+        let why = match (&self.shaper.backend, &self.shaper.ingress, &self.shaper.reorder) {
+            (Err(why), _, _) => format!("delay and bandwidth faults cannot run here: {why}"),
+            (Ok(_), Err(why), _) if ingress => format!("ingress delay and bandwidth need an IFB device: {why}"),
+            (Ok(b), _, Err(why)) if reorder => {
+                let b = format!("{b:?}").to_lowercase();
+                format!("reorder cannot run on the {b} backend here: {why}; delay_backend = \"netem\" can")
+            }
             _ => return Ok(()),
         };
         Err(KernelError::Unsupported(why))
@@ -458,8 +468,8 @@ impl Kernel {
                 .map_err(|e| err(map_names::COUNTERS, MapError::IoError(e)))?;
             self.counters.set(*slot, zero, 0).map_err(|e| err(map_names::COUNTERS, e))?;
             // A new fault's chains start in the good state (no event last) on every CPU.
-            let good =
-                PerCpuValues::try_from(vec![0u32; cpus]).map_err(|e| err(map_names::CHAINS, MapError::IoError(e)))?;
+            let good = PerCpuValues::try_from(vec![Chain::default(); cpus])
+                .map_err(|e| err(map_names::CHAINS, MapError::IoError(e)))?;
             self.chains.set(*slot, good, 0).map_err(|e| err(map_names::CHAINS, e))?;
             self.shapes.set(*slot, ShapeState::default(), 0).map_err(|e| err(map_names::SHAPES, e))?;
             self.rules.set(*slot, *action, 0).map_err(|e| err(map_names::RULES, e))?;

@@ -9,8 +9,8 @@ use serde::{Deserialize, Serialize};
 mod action;
 
 pub use action::{
-    Action, Checksum, Distribution, MAX_BURST, MAX_DELAY, MAX_JITTER, MAX_RATE, MIN_RATE, Odds, Shape, gemodel,
-    parse_rate, parse_size, threshold,
+    Action, Checksum, Distribution, MAX_BURST, MAX_DELAY, MAX_JITTER, MAX_RATE, MIN_RATE, Odds, Reorder, Shape,
+    gemodel, parse_rate, parse_size, threshold,
 };
 
 /// A fault as submitted. Fields are loosely typed on purpose: validation, not the parser,
@@ -45,6 +45,17 @@ pub struct FaultSpec {
     /// `fixed` (the checksum is fixed, the application receives the damaged bytes).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub checksum: Option<String>,
+    /// `delay`: percent of packets that skip the delay, overtaking delayed ones (netem's
+    /// `reorder`; default none).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reorder: Option<f64>,
+    /// `delay` with `reorder`: percent by which a packet's reorder draw repeats the last one's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reorder_correlation: Option<f64>,
+    /// `delay` with `reorder`: only after this many packets in a row were delayed may one skip
+    /// the delay (netem's `gap`; default 1: any packet).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gap: Option<i64>,
     /// `reset`: `all` (default: every matching segment is answered with a RST, so established
     /// connections are reset and new ones refused) or `new` (only connection attempts).
     #[serde(default, skip_serializing_if = "Option::is_none")]

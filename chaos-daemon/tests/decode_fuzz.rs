@@ -131,8 +131,9 @@ fn shaping() -> impl Strategy<Value = Option<Vec<(&'static str, Value)>>> {
     let jitter =
         option::of((1..=2_000_000u64, option::of(0.0..=100.0f64), option::of(select(&["uniform", "normal"][..]))));
     let rate = option::of((1_000..=1_000_000_000_000u64, option::of(1..=(64u64 << 20))));
-    option::of((option::of(1..=10_000_000u64), jitter, rate)).prop_map(|shape| {
-        let (delay_us, jitter, rate) = shape?;
+    let reorder = option::of((0.0..=100.0f64, option::of(0.0..100.0f64), option::of(1..=1000i64)));
+    option::of((option::of(1..=10_000_000u64), jitter, rate, reorder)).prop_map(|shape| {
+        let (delay_us, jitter, rate, reorder) = shape?;
         // Without a delay it is a bandwidth fault, which needs a rate.
         let (delay_us, rate) = match (delay_us, rate) {
             (None, None) => (None, Some((10_000_000, None))),
@@ -145,6 +146,11 @@ fn shaping() -> impl Strategy<Value = Option<Vec<(&'static str, Value)>>> {
                 fields.push(("jitter", Value::from(format!("{j}us"))));
                 fields.extend(correlation.map(|c| ("correlation", Value::from(c))));
                 fields.extend(distribution.map(|d| ("distribution", Value::from(d))));
+            }
+            if let Some((p, c, gap)) = reorder {
+                fields.push(("reorder", Value::from(p)));
+                fields.extend(c.map(|c| ("reorder_correlation", Value::from(c))));
+                fields.extend(gap.map(|g| ("gap", Value::from(g))));
             }
         }
         if let Some((r, burst)) = rate {
@@ -159,7 +165,7 @@ fn shaping() -> impl Strategy<Value = Option<Vec<(&'static str, Value)>>> {
 /// gemodel), partition, duplicate or corrupt fault.
 fn event() -> impl Strategy<Value = Vec<(&'static str, Value)>> {
     let percent = 0.0..=100.0f64;
-    let correlation = option::of(0.0..=100.0f64);
+    let correlation = option::of(0.0..100.0f64);
     prop_oneof![
         Just(vec![("action", Value::from("partition"))]),
         option::of(select(&["all", "new"][..])).prop_map(|connections| {
@@ -275,7 +281,9 @@ fn perturbed() -> impl Strategy<Value = (Map<String, Value>, &'static str, Optio
 /// JSON text for `key`, mostly of the type it takes.
 fn near(key: &'static str) -> BoxedStrategy<String> {
     match key {
-        "loss" | "correlation" | "duplicate" | "corrupt" => fuzz_input::number(),
+        "loss" | "correlation" | "duplicate" | "corrupt" | "reorder" | "reorder_correlation" | "gap" => {
+            fuzz_input::number()
+        }
         "gemodel" => prop_oneof![
             "[0-9]{1,3}(\\.[0-9])?%?( -?[0-9]{1,3}%?){0,4}".prop_map(|s| fuzz_input::quote(&s)),
             fuzz_input::text().prop_map(|s| fuzz_input::quote(&s)),
@@ -300,7 +308,11 @@ fn near(key: &'static str) -> BoxedStrategy<String> {
 fn decodes_as(key: &str, value: &Value) -> bool {
     match key {
         // Option<f64>: any JSON number (serde_json reads integers as floats too), or null.
-        "loss" | "correlation" | "duplicate" | "corrupt" => value.is_number() || value.is_null(),
+        "loss" | "correlation" | "duplicate" | "corrupt" | "reorder" | "reorder_correlation" => {
+            value.is_number() || value.is_null()
+        }
+        // Option<i64>.
+        "gap" => value.as_i64().is_some() || value.is_null(),
         // Option<DurationSpec> and Option<RateSpec>: a number or a string, or null.
         "delay" | "jitter" | "rate" | "burst" => value.is_number() || value.is_string() || value.is_null(),
         // Option<PortSpec>: an i64 or a string, or null.
@@ -321,6 +333,9 @@ fn related(key: &str, named: &str) -> bool {
         // A loss model is a percentage or gemodel, not both.
         | ("loss" | "gemodel", "loss" | "gemodel")
         | ("gemodel", "correlation")
+        // Reordering needs a delay, and its correlation and gap need it.
+        | ("delay", "reorder")
+        | ("reorder", "reorder_correlation" | "gap")
         // correlation and distribution need jitter; burst needs a rate; a fault that shapes
         // nothing is refused naming its delay.
         | ("jitter", "correlation" | "distribution" | "delay")

@@ -22,10 +22,10 @@ use aya_ebpf::{
 };
 use chaos_common::{
     ACTION_CORRUPT, ACTION_DUPLICATE, ACTION_RESET, ACTION_SHAPE, ACTIVE_GENERATION, ACTIVE_LEN, ADDRS_CAPACITY,
-    AddrKey, CHAIN_GE, CHAIN_NONE, CHAIN_OUTCOME, CORRUPT_FIX_CHECKSUM, Counters, DIST_SCALE, DIST_SIZE, DIST_UNIFORM,
-    FAMILY_V4, FAMILY_V6, HOOK_EGRESS, HOOK_INGRESS, MAX_RULES, PAIRS_CAPACITY, PORT_KEY_FIXED_BITS, PORTS_CAPACITY,
-    PROTO_ICMP, PROTO_ICMPV6, PROTO_OTHER, PROTO_TCP, PROTO_UDP, PairKey, PortKey, RESET_NEW_ONLY, RuleAction,
-    SIDE_DST, SIDE_SRC, ShapeState,
+    AddrKey, CHAIN_GE, CHAIN_NONE, CHAIN_OUTCOME, CORRUPT_FIX_CHECKSUM, Chain, Counters, DIST_SCALE, DIST_SIZE,
+    DIST_UNIFORM, FAMILY_V4, FAMILY_V6, HOOK_EGRESS, HOOK_INGRESS, MAX_RULES, PAIRS_CAPACITY, PORT_KEY_FIXED_BITS,
+    PORTS_CAPACITY, PROTO_ICMP, PROTO_ICMPV6, PROTO_OTHER, PROTO_TCP, PROTO_UDP, PairKey, PortKey, RESET_NEW_ONLY,
+    RuleAction, SIDE_DST, SIDE_SRC, ShapeState,
 };
 
 #[map]
@@ -47,7 +47,7 @@ static DIST: Array<i32> = Array::with_max_entries(DIST_SIZE, 0);
 /// Per CPU, so a chain is stepped without locks (4.19 has no bpf_spin_lock): each CPU's packets
 /// follow the rule's model exactly.
 #[map]
-static CHAINS: PerCpuArray<u32> = PerCpuArray::with_max_entries(MAX_RULES, 0);
+static CHAINS: PerCpuArray<Chain> = PerCpuArray::with_max_entries(MAX_RULES, 0);
 
 const ETH_HLEN: usize = 14;
 const ETH_P_IP: u16 = 0x0800;
@@ -243,8 +243,12 @@ fn act(
     let mut verdict = Verdict::Pass;
     if !drop && action.kind == ACTION_SHAPE {
         let skb = ctx.skb.skb;
+        let skip_delay = shaping != Shaping::None && reordered(slot, action);
         match shaping {
             Shaping::None => {}
+            // A reordered packet is left out of the rule's class: HTB sends a packet whose
+            // priority names none of its classes to its direct queue, ahead of the delayed ones.
+            Shaping::Priority if skip_delay => {}
             // SAFETY: the context pointer is valid for the whole run; priority is writable.
             Shaping::Priority => unsafe { (*skb).priority = action.priority },
             Shaping::Edt | Shaping::EdtIfb => {
@@ -260,7 +264,7 @@ fn act(
                 // SAFETY: as above.
                 let wire = unsafe { (*skb).wire_len };
                 let len = u64::from(if wire != 0 { wire } else { unsafe { (*skb).len } });
-                match depart(slot, action, start, len) {
+                match depart(slot, action, start, len, skip_delay) {
                     Some(t) => verdict = Verdict::Depart(t),
                     None => drop = true,
                 }
@@ -302,9 +306,9 @@ fn happens(slot: u32, action: &RuleAction) -> bool {
     if action.chain == CHAIN_NONE {
         return rnd < action.chance[0];
     }
-    let Some(state) = CHAINS.get_ptr_mut(slot) else { return rnd < action.chance[0] };
+    let Some(chain) = CHAINS.get_ptr_mut(slot) else { return rnd < action.chance[0] };
     // SAFETY: a per-CPU slot, only used from this CPU with preemption off (see `act`).
-    let bad = unsafe { *state } != 0;
+    let bad = unsafe { (*chain).state } != 0;
     let hit = rnd < if bad { action.chance[1] } else { action.chance[0] };
     let next = if action.chain == CHAIN_OUTCOME {
         hit
@@ -316,8 +320,31 @@ fn happens(slot: u32, action: &RuleAction) -> bool {
         bad
     };
     // SAFETY: as above.
-    unsafe { *state = u32::from(next) };
+    unsafe { (*chain).state = u32::from(next) };
     hit
+}
+
+/// Whether a shaped packet skips its delay (netem's reorder with gap): only once `gap - 1`
+/// packets in a row were delayed, and then with the rule's reorder odds. Counted per CPU.
+#[inline(always)]
+fn reordered(slot: u32, action: &RuleAction) -> bool {
+    if action.gap == 0 {
+        return false;
+    }
+    let Some(chain) = CHAINS.get_ptr_mut(slot) else { return false };
+    // SAFETY: a per-CPU slot, only used from this CPU with preemption off (see `act`).
+    let (state, count) = unsafe { ((*chain).state, (*chain).count) };
+    let mut skip = false;
+    if count + 1 >= action.gap {
+        // SAFETY: bpf_get_prandom_u32 has no preconditions.
+        let rnd = u64::from(unsafe { bpf_get_prandom_u32() });
+        skip = rnd < if state != 0 { action.reorder[1] } else { action.reorder[0] };
+        // SAFETY: as above.
+        unsafe { (*chain).state = u32::from(skip) };
+    }
+    // SAFETY: as above.
+    unsafe { (*chain).count = if skip { 0 } else { count.saturating_add(1) } };
+    skip
 }
 
 const TCP_FIN: u8 = 0x01;
@@ -457,9 +484,10 @@ fn corrupt(ctx: &TcContext, action: &RuleAction, l4: L4) -> Option<()> {
 const NSEC_PER_SEC: u64 = 1_000_000_000;
 
 /// The departure time of a packet of `len` bytes that could leave at `start`, or `None` when
-/// the rate's queue is full. Rate first (a bottleneck link), then delay and jitter (the path).
+/// the rate's queue is full. Rate first (a bottleneck link), then delay and jitter (the path),
+/// which a reordered packet (`skip_delay`) skips.
 #[inline(always)]
-fn depart(slot: u32, action: &RuleAction, start: u64, len: u64) -> Option<u64> {
+fn depart(slot: u32, action: &RuleAction, start: u64, len: u64, skip_delay: bool) -> Option<u64> {
     let state = SHAPES.get_ptr_mut(slot)?;
     let mut t = start;
     if action.rate_bytes != 0 {
@@ -476,6 +504,9 @@ fn depart(slot: u32, action: &RuleAction, start: u64, len: u64) -> Option<u64> {
         if next > t {
             t = next;
         }
+    }
+    if skip_delay {
+        return Some(t);
     }
     Some(t + delay(action, state))
 }

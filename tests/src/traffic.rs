@@ -128,6 +128,20 @@ pub fn datagram(seq: u32, len: usize) -> Vec<u8> {
 /// the receiver's buffer holds everything and the sender pauses every 1000, so every datagram
 /// missing, doubled or damaged is the fault's doing.
 pub fn udp_copies(from: &Netns, to: &Netns, dst: SocketAddr, count: u32, len: usize) -> anyhow::Result<Arrivals> {
+    udp_segments(from, to, dst, count, len, 1)
+}
+
+/// [`udp_copies`] with UDP GSO: each send carries `segments` datagrams (UDP_SEGMENT, 4.18+),
+/// which leave as one socket buffer through the TC hooks and are cut into datagrams after
+/// them, so `count` should be a multiple of `segments`.
+pub fn udp_segments(
+    from: &Netns,
+    to: &Netns,
+    dst: SocketAddr,
+    count: u32,
+    len: usize,
+    segments: u32,
+) -> anyhow::Result<Arrivals> {
     assert!(len >= 8, "datagrams carry a number and a pattern");
     let rx = to.enter(move || -> std::io::Result<UdpSocket> {
         let s = UdpSocket::bind(dst)?;
@@ -137,6 +151,21 @@ pub fn udp_copies(from: &Netns, to: &Netns, dst: SocketAddr, count: u32, len: us
     })??;
     let any: IpAddr = if dst.is_ipv4() { Ipv4Addr::UNSPECIFIED.into() } else { Ipv6Addr::UNSPECIFIED.into() };
     let tx = from.enter(move || UdpSocket::bind(SocketAddr::new(any, 0)))??;
+    if segments > 1 {
+        // setsockopt(SOL_UDP, UDP_SEGMENT, gso_size): each send is cut into len-byte datagrams.
+        let size = len as libc::c_int;
+        // SAFETY: a valid socket and an int option value of the right size.
+        let rc = unsafe {
+            libc::setsockopt(
+                std::os::fd::AsRawFd::as_raw_fd(&tx),
+                libc::SOL_UDP,
+                libc::UDP_SEGMENT,
+                (&size as *const libc::c_int).cast(),
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        };
+        anyhow::ensure!(rc == 0, "UDP_SEGMENT: {}", std::io::Error::last_os_error());
+    }
     let sent = Arc::new(AtomicBool::new(false));
     let done = sent.clone();
     let receiver = std::thread::spawn(move || {
@@ -159,9 +188,10 @@ pub fn udp_copies(from: &Netns, to: &Netns, dst: SocketAddr, count: u32, len: us
         }
         arrivals
     });
-    for seq in 0..count {
-        let _ = tx.send_to(&datagram(seq, len), dst);
-        if seq % 1000 == 999 {
+    for first in (0..count).step_by(segments as usize) {
+        let batch: Vec<u8> = (first..(first + segments).min(count)).flat_map(|seq| datagram(seq, len)).collect();
+        let _ = tx.send_to(&batch, dst);
+        if first % 1000 + segments > 1000 {
             std::thread::sleep(Duration::from_millis(1));
         }
     }
@@ -314,6 +344,46 @@ pub fn udp_latencies_from(
     }
     done.store(true, Ordering::SeqCst);
     receivers.into_iter().map(|r| r.join().map_err(|_| anyhow::anyhow!("receiver panicked"))).collect()
+}
+
+/// Timestamped UDP datagrams from `from` to `dst` (in `to`), one every `interval`, `rounds`
+/// times, sent from the calling thread: `(sent, received)` CLOCK_MONOTONIC times of those that
+/// arrived, in the order they arrived (lost ones are missing).
+pub fn udp_timed(
+    from: &Netns,
+    to: &Netns,
+    dst: SocketAddr,
+    interval: Duration,
+    rounds: usize,
+) -> anyhow::Result<Vec<(u64, u64)>> {
+    let rx = to.enter(move || -> std::io::Result<UdpSocket> {
+        let s = UdpSocket::bind(dst)?;
+        s.set_read_timeout(Some(Duration::from_millis(100)))?;
+        Ok(s)
+    })??;
+    let any: IpAddr = if dst.is_ipv4() { Ipv4Addr::UNSPECIFIED.into() } else { Ipv6Addr::UNSPECIFIED.into() };
+    let tx = from.enter(move || UdpSocket::bind(SocketAddr::new(any, 0)))??;
+    let done = Arc::new(AtomicBool::new(false));
+    let finished = done.clone();
+    let receiver = std::thread::spawn(move || {
+        let (mut got, mut buf, mut idle) = (Vec::new(), [0u8; 64], 0);
+        // As udp_latencies: a few seconds of silence after the sender is done end it.
+        while idle < 30 {
+            match rx.recv(&mut buf) {
+                Ok(8) => got.push((u64::from_be_bytes(buf[..8].try_into().unwrap()), mono_ns())),
+                Ok(_) => {}
+                Err(_) if finished.load(Ordering::SeqCst) => idle += 1,
+                Err(_) => {}
+            }
+        }
+        got
+    });
+    for _ in 0..rounds {
+        let _ = tx.send_to(&mono_ns().to_be_bytes(), dst);
+        std::thread::sleep(interval);
+    }
+    done.store(true, Ordering::SeqCst);
+    receiver.join().map_err(|_| anyhow::anyhow!("receiver panicked"))
 }
 
 /// Goodput (bits of payload per second) of one TCP connection from `from` to `dst` (in `to`)

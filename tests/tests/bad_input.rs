@@ -46,6 +46,24 @@ fn bad_inputs_are_refused_and_change_nothing() {
         (vec!["apply", "-i", a, "--rate", "1mbit", "--burst", "2gb"], "burst: 2147483648 bytes is outside"),
         // All or nothing: the first fault of the file is fine, the second is not.
         (vec!["apply", "-f", batch], "fault[1].dport: 70000 is not a port (0-65535)"),
+        (vec!["apply", "-i", a, "--gemodel", "150"], "gemodel: p = 150% is outside 0-100%"),
+        (vec!["apply", "-i", a, "--gemodel", "1 30 x"], "gemodel: 'x' is not a percentage"),
+        (vec!["apply", "-i", a, "--gemodel", "0 0"], "gemodel: p and r are both 0"),
+        (vec!["apply", "-i", a, "--gemodel", "1", "--correlation", "10"], "correlation: does not apply with gemodel"),
+        // Refused by chaosctl's flags already.
+        (vec!["apply", "-i", a, "--loss", "5", "--gemodel", "1"], "'--loss <LOSS>' cannot be used with '--gemodel"),
+        (vec!["apply", "-i", a, "--duplicate", "200"], "duplicate: 200% is outside 0-100%"),
+        (vec!["apply", "-i", a, "--duplicate", "10", "--corrupt", "10"], "corrupt: applies to action 'corrupt'"),
+        (vec!["apply", "-i", a, "--corrupt", "10", "-p", "icmp"], "protocol: icmp"),
+        (
+            vec!["apply", "-i", a, "--corrupt", "10", "--checksum", "maybe"],
+            "checksum: 'maybe' is not a checksum choice",
+        ),
+        (vec!["apply", "-i", a, "--corrupt", "10", "--correlation", "101"], "correlation: 101% is outside 0-100%"),
+        (vec!["apply", "-i", a, "--reset", "-p", "udp"], "protocol: reset answers TCP segments"),
+        (vec!["apply", "-i", a, "--reset", "-p", "any"], "protocol: reset answers TCP segments"),
+        (vec!["apply", "-i", a, "--reset", "--connections", "some"], "connections: 'some' is not a choice"),
+        (vec!["apply", "-i", a, "--reset", "--correlation", "10"], "correlation: applies to actions"),
         (vec!["rm", "missing"], "no fault named 'missing'"),
     ];
     for (args, expected) in cases {

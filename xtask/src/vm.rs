@@ -35,6 +35,12 @@ const NOCAPTURE: &[&str] = &["--nocapture"];
 const SUITES: &[Suite] = &[
     Suite { name: "loss", target: "loss", args: &[], env: &[] },
     Suite { name: "partition", target: "partition", args: &[], env: &[] },
+    // The packet-fault catalog through cls_bpf (the attachment of kernels before 6.6).
+    Suite { name: "loss-model", target: "loss_model", args: NOCAPTURE, env: &[] },
+    Suite { name: "duplicate", target: "duplicate", args: &[], env: &[] },
+    Suite { name: "corrupt", target: "corrupt", args: &[], env: &[] },
+    Suite { name: "reset", target: "reset", args: &[], env: &[] },
+    Suite { name: "gso", target: "gso", args: &[], env: &[] },
     // 6.1 has no TCX (6.6+): the variants forcing it cannot pass there, the netlink ones run.
     Suite { name: "restart", target: "restart", args: &["--skip", "_tcx"], env: &[] },
     Suite { name: "shutdown", target: "shutdown", args: &["--skip", "_tcx"], env: &[] },
@@ -44,6 +50,8 @@ const SUITES: &[Suite] = &[
     Suite { name: "delay-netem", target: "delay", args: NOCAPTURE, env: &[("CHAOS_TEST_BACKEND", "netem")] },
     Suite { name: "rate-edt", target: "rate", args: NOCAPTURE, env: &[("CHAOS_TEST_BACKEND", "edt")] },
     Suite { name: "rate-netem", target: "rate", args: NOCAPTURE, env: &[("CHAOS_TEST_BACKEND", "netem")] },
+    Suite { name: "reorder-edt", target: "reorder", args: NOCAPTURE, env: &[("CHAOS_TEST_BACKEND", "edt")] },
+    Suite { name: "reorder-netem", target: "reorder", args: NOCAPTURE, env: &[("CHAOS_TEST_BACKEND", "netem")] },
     Suite { name: "qdisc-edt", target: "qdisc_restore", args: &[], env: &[("CHAOS_TEST_BACKEND", "edt")] },
     Suite { name: "qdisc-netem", target: "qdisc_restore", args: &[], env: &[("CHAOS_TEST_BACKEND", "netem")] },
 ];

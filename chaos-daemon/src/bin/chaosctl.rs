@@ -124,6 +124,16 @@ struct ApplyArgs {
     /// How jitter is spread: uniform (default) or normal.
     #[arg(long, requires = "jitter")]
     distribution: Option<String>,
+    /// With --delay: this percentage of packets skips the delay, overtaking delayed ones.
+    #[arg(long, value_name = "PERCENT", requires = "delay")]
+    reorder: Option<String>,
+    /// With --reorder: percent by which a packet's reorder draw repeats the last one's.
+    #[arg(long, value_name = "PERCENT", requires = "reorder")]
+    reorder_correlation: Option<String>,
+    /// With --reorder: only after this many packets in a row were delayed may one skip (netem's
+    /// gap; default 1).
+    #[arg(long, value_name = "PACKETS", requires = "reorder")]
+    gap: Option<i64>,
     /// Limit matching traffic to this rate, e.g. 10mbit (tc's units).
     #[arg(long)]
     rate: Option<String>,
@@ -313,6 +323,9 @@ fn specs(args: ApplyArgs) -> anyhow::Result<(Vec<FaultSpec>, Option<String>)> {
         corrupt: percent("corrupt", args.corrupt)?,
         checksum: args.checksum,
         connections: args.connections,
+        reorder: percent("reorder", args.reorder)?,
+        reorder_correlation: percent("reorder-correlation", args.reorder_correlation)?,
+        gap: args.gap,
         delay: args.delay.map(DurationSpec::Text),
         jitter: args.jitter.map(DurationSpec::Text),
         correlation: percent("correlation", args.correlation)?,
@@ -342,6 +355,9 @@ fn describe(s: &FaultSpec) -> String {
     if let Some(d) = &s.delay {
         let jitter = s.jitter.as_ref().map(|j| format!("±{}", text(j))).unwrap_or_default();
         parts.push(format!("delay {}{jitter}", text(d)));
+        if let Some(r) = s.reorder {
+            parts.push(format!("reorder {r}% gap {}", s.gap.unwrap_or(1)));
+        }
     }
     if let Some(r) = &s.rate {
         parts.push(match r {

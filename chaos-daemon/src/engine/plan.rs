@@ -49,6 +49,11 @@ pub(super) fn rule_action(a: &Active, mark: u32) -> RuleAction {
                 rate_bytes,
                 burst_ns,
                 queue_ns: QUEUE_NS.max(burst_ns),
+                gap: s.reorder.map_or(0, |r| r.gap),
+                // The same odds as a loss's, in their own fields.
+                reorder: s
+                    .reorder
+                    .map_or([0; 2], |r| chance(Odds::Random { p: r.p, correlation: r.correlation }, base).chance),
                 ..chance(Odds::random(s.loss), base)
             }
         }
@@ -191,3 +196,6 @@ fn plan(faults: &[&Active], ifbs: &BTreeMap<u32, (u32, String)>) -> (Vec<Rule>, 
     }
     (rules, hooks)
 }
+
+#[cfg(test)]
+mod tests;

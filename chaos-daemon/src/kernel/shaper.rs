@@ -54,6 +54,8 @@ pub(super) struct Shaper {
     pub backend: Result<Backend, String>,
     /// Whether ingress can be shaped (IFB and mirred), or why not.
     pub ingress: Result<(), String>,
+    /// Whether a packet can skip its delay and overtake delayed ones (reorder), or why not.
+    pub reorder: Result<(), String>,
     devices: BTreeMap<u32, DeviceRecord>,
     /// By the redirected interface's ifindex.
     ifbs: BTreeMap<u32, IfbRedirect>,
@@ -61,10 +63,16 @@ pub(super) struct Shaper {
 
 impl Shaper {
     /// Takes over what a previous daemon recorded (its qdiscs are still in place).
-    pub fn new(backend: Result<Backend, String>, ingress: Result<(), String>, previous: ShapingRecord) -> Self {
+    pub fn new(
+        backend: Result<Backend, String>,
+        ingress: Result<(), String>,
+        reorder: Result<(), String>,
+        previous: ShapingRecord,
+    ) -> Self {
         Self {
             backend,
             ingress,
+            reorder,
             devices: previous.devices.into_iter().map(|d| (d.ifindex, d)).collect(),
             ifbs: previous.ifbs.into_iter().map(|r| (r.ifindex, r)).collect(),
         }

@@ -41,6 +41,11 @@ pub fn options(p: &FqParams) -> Attrs {
     a
 }
 
+/// Whether fq options as the kernel dumps them carry a horizon (5.7+).
+pub fn has_horizon(options: &[u8]) -> bool {
+    crate::netlink::attr(options, TCA_FQ_HORIZON).is_some()
+}
+
 #[cfg(all(test, target_endian = "little"))]
 mod tests {
     use super::*;

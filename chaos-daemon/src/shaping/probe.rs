@@ -13,6 +13,9 @@ use crate::netlink::{
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Probe {
     pub fq: Result<(), String>,
+    /// Whether fq serves a flow by departure time, so a packet can overtake delayed ones of its
+    /// own flow (reorder on the edt backend).
+    pub fq_orders: Result<(), String>,
     pub netem: Result<(), String>,
     pub htb: Result<(), String>,
     pub ifb: Result<(), String>,
@@ -23,7 +26,7 @@ pub struct Probe {
 impl Probe {
     fn failed(why: &str) -> Self {
         let e = Err(why.to_string());
-        Self { fq: e.clone(), netem: e.clone(), htb: e.clone(), ifb: e.clone(), mirred: e }
+        Self { fq: e.clone(), fq_orders: e.clone(), netem: e.clone(), htb: e.clone(), ifb: e.clone(), mirred: e }
     }
 }
 
@@ -58,12 +61,37 @@ fn probe_here() -> Probe {
         Ok(()) => link::by_name(ifb_name).ok().flatten().map_or(lo, |l| l.ifindex),
         Err(_) => lo,
     };
+    let mut fq_orders = Err("no fq".to_string());
+    let fq = tc::add_qdisc(lo, TC_H_ROOT, ROOT_HANDLE, "fq", &fq::options(&FqParams::default()), Mode::Create)
+        .map(|()| {
+            fq_orders = fq_orders_flows(lo);
+            drop(tc::del_qdisc(lo, TC_H_ROOT, ROOT_HANDLE));
+        })
+        .map_err(|e| missing(&e, "sch_fq", "qdisc kind 'fq'", "adding a fq qdisc"));
     Probe {
-        fq: qdisc("fq", "sch_fq", fq::options(&FqParams::default())),
+        fq,
+        fq_orders,
         netem: qdisc("netem", "sch_netem", netem_options),
         htb: qdisc("htb", "sch_htb", htb::root_options(1000)),
         ifb,
         mirred: redirect(lo, target),
+    }
+}
+
+/// Whether the fq on `lo` reports a horizon. fq has kept each flow's packets ordered by their
+/// departure time since 5.2 (before, a flow is a FIFO: nothing overtakes in it); the horizon
+/// came in 5.7 and is the first trace of it fq shows, so older kernels are refused even where
+/// they could (5.2 to 5.6), never the other way round.
+fn fq_orders_flows(lo: u32) -> Result<(), String> {
+    // From the dump: asked for alone (tc_get_qdisc), a down device's root answers with its
+    // builtin noop qdisc, which is not shown.
+    let qdiscs = tc::qdiscs(lo).map_err(|e| format!("reading fq's options back: {e}"))?;
+    let fq = qdiscs.into_iter().find(|q| q.kind == "fq" && q.parent == TC_H_ROOT);
+    match fq.and_then(|q| q.options).map(|o| fq::has_horizon(&o)) {
+        Some(true) => Ok(()),
+        _ => Err("this kernel's fq serves each flow in arrival order (it has no horizon option, 5.7+), \
+                  so no packet can overtake the delayed ones of its flow"
+            .into()),
     }
 }
 

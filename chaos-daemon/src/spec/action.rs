@@ -76,6 +76,18 @@ pub struct Shape {
     pub burst: Option<u64>,
     /// Loss probability, 0.0 to 1.0.
     pub loss: f64,
+    /// Packets that skip the delay, overtaking delayed ones (netem's `reorder`).
+    pub reorder: Option<Reorder>,
+}
+
+/// netem's `reorder P [CORRELATION] gap G`: once `gap - 1` packets in a row were delayed, a
+/// packet skips the delay with probability `p` (with `correlation` as for loss: the last
+/// draw's outcome repeats with that probability, the rate stays `p`).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Reorder {
+    pub p: f64,
+    pub correlation: f64,
+    pub gap: u32,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -101,7 +113,10 @@ impl Action {
         match self {
             Self::Loss(odds) => threshold(odds.mean()),
             // A segment answered with a RST never reaches its destination.
-            Self::Partition | Self::Reset { .. } => chaos_common::DROP_ALWAYS,
+            Self::Partition | Self::Reset { new_only: false } => chaos_common::DROP_ALWAYS,
+            // Only SYNs: ranked with the faults that drop nothing, so that it never shadows a
+            // loss on the established traffic of its flows (adding a fault never weakens one).
+            Self::Reset { new_only: true } => 0,
             Self::Shape(s) => threshold(s.loss),
             Self::Duplicate(_) | Self::Corrupt(..) => 0,
         }
@@ -158,15 +173,18 @@ impl FaultSpec {
         only("corrupt", self.corrupt.is_some(), &["corrupt"], "action 'corrupt'")?;
         only("checksum", self.checksum.is_some(), &["corrupt"], "action 'corrupt'")?;
         only("connections", self.connections.is_some(), &["reset"], "action 'reset'")?;
+        only("reorder", self.reorder.is_some(), &["delay"], "action 'delay'")?;
+        only("reorder_correlation", self.reorder_correlation.is_some(), &["delay"], "action 'delay'")?;
+        only("gap", self.gap.is_some(), &["delay"], "action 'delay'")?;
         only(
             "correlation",
             self.correlation.is_some(),
             &["loss", "duplicate", "corrupt", "delay", "bandwidth"],
-            "actions 'loss', 'duplicate', 'corrupt' (the event) and 'delay' (the jitter)",
+            "actions 'loss', 'duplicate', 'corrupt' (the event), 'delay' and 'bandwidth' (the jitter)",
         )?;
         let correlation = || match self.correlation {
             None => Ok(0.0),
-            Some(c) => percent("correlation", c),
+            Some(c) => memory("correlation", c),
         };
         let required = |field: &str, value: Option<f64>, what: &str| match value {
             None => Err(SpecError::new(field, format!("is required for action '{what}' (percent, 0-100)"))),
@@ -262,7 +280,34 @@ impl FaultSpec {
             return Err(SpecError::new("delay", "0 with no jitter and no rate does nothing"));
         }
         let loss = self.loss.map(|p| percent("loss", p)).transpose()?.unwrap_or(0.0);
-        Ok(Action::Shape(Shape { delay, jitter, correlation, distribution, rate, burst, loss }))
+        let reorder = self.reorder(delay)?;
+        Ok(Action::Shape(Shape { delay, jitter, correlation, distribution, rate, burst, loss, reorder }))
+    }
+
+    /// `reorder`, `reorder_correlation` and `gap` (the latter two need the first; reordering
+    /// needs a delay to overtake, as tc says).
+    fn reorder(&self, delay: Duration) -> Result<Option<Reorder>, SpecError> {
+        let Some(p) = self.reorder else {
+            for (field, given) in
+                [("reorder_correlation", self.reorder_correlation.is_some()), ("gap", self.gap.is_some())]
+            {
+                if given {
+                    return Err(SpecError::new(field, "has no effect without reorder"));
+                }
+            }
+            return Ok(None);
+        };
+        let p = percent("reorder", p)?;
+        if delay.is_zero() {
+            return Err(SpecError::new("reorder", "needs a delay for packets to overtake"));
+        }
+        let correlation = self.reorder_correlation.map(|c| memory("reorder_correlation", c)).transpose()?;
+        let gap = match self.gap {
+            None => 1,
+            Some(g) if (1..=i64::from(u32::MAX >> 1)).contains(&g) => g as u32,
+            Some(g) => return Err(SpecError::new("gap", format!("{g} is not a number of packets (1 or more)"))),
+        };
+        Ok(Some(Reorder { p, correlation: correlation.unwrap_or(0.0), gap }))
     }
 }
 
@@ -272,6 +317,16 @@ fn percent(field: &str, p: f64) -> Result<f64, SpecError> {
         return Err(SpecError::new(field, format!("{p}% is outside 0-100%")));
     }
     Ok(p / 100.0)
+}
+
+/// The correlation of an event's outcomes, below 100%: at 100% a chain repeats its first
+/// outcome for ever (a miss: a fault that never acts).
+fn memory(field: &str, c: f64) -> Result<f64, SpecError> {
+    let c = percent(field, c)?;
+    if c >= 1.0 {
+        return Err(SpecError::new(field, "100% would repeat the first outcome for ever: give less than 100%"));
+    }
+    Ok(c)
 }
 
 /// netem's `gemodel P [R [1-H [1-K]]]`, percentages (a `%` sign optional), with tc's defaults

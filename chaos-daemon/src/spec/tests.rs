@@ -246,3 +246,327 @@ fn thresholds() {
     assert_eq!(Action::Loss(Odds::random(1.0)).drop_threshold(), 1 << 32);
     assert_eq!(Action::Loss(Odds::random(0.25)).drop_threshold(), 1 << 30);
 }
+
+/// A valid fault of `action` on eth0 (with the percentage it requires).
+fn of(action: &str) -> FaultSpec {
+    let mut s = FaultSpec { interface: Some("eth0".into()), action: Some(action.into()), ..Default::default() };
+    match action {
+        "loss" => s.loss = Some(30.0),
+        "duplicate" => s.duplicate = Some(10.0),
+        "corrupt" => s.corrupt = Some(10.0),
+        _ => {}
+    }
+    s
+}
+
+/// `of(action)` changed by `f`, validated.
+fn with(action: &str, f: impl FnOnce(&mut FaultSpec)) -> Result<Fault, SpecError> {
+    let mut s = of(action);
+    f(&mut s);
+    s.validate()
+}
+
+/// Each case is refused naming `field`, with a reason containing `reason`.
+fn refused(cases: Vec<(Result<Fault, SpecError>, &str, &str)>) {
+    for (result, field, reason) in cases {
+        let e = result.expect_err(&format!("{field}: should be refused"));
+        assert_eq!(e.field, field, "{e}");
+        assert!(e.reason.contains(reason), "'{reason}' not in: {e}");
+    }
+}
+
+fn ge(p: f64, r: f64, loss_bad: f64, loss_good: f64) -> Odds {
+    Odds::GilbertElliott { p, r, loss_bad, loss_good }
+}
+
+#[test]
+fn gemodel_parsing() {
+    // tc's defaults for what is left out: R 100%, 1-H 100%, 1-K 0%.
+    assert_eq!(gemodel("5"), Ok(ge(0.05, 1.0, 1.0, 0.0)));
+    assert_eq!(gemodel("5 20"), Ok(ge(0.05, 0.2, 1.0, 0.0)));
+    assert_eq!(gemodel("5 20 80"), Ok(ge(0.05, 0.2, 0.8, 0.0)));
+    assert_eq!(gemodel("5 20 80 1"), Ok(ge(0.05, 0.2, 0.8, 0.01)));
+    // % signs optional, any whitespace between.
+    assert_eq!(gemodel("5% 20%\t80%  1%"), Ok(ge(0.05, 0.2, 0.8, 0.01)));
+    assert_eq!(gemodel(" 5%  20 "), Ok(ge(0.05, 0.2, 1.0, 0.0)));
+    assert_eq!(gemodel("0.5 12.5"), Ok(ge(0.005, 0.125, 1.0, 0.0)));
+    // Either move may be 0, not both.
+    assert_eq!(gemodel("0 100 50 5"), Ok(ge(0.0, 1.0, 0.5, 0.05)));
+    assert_eq!(gemodel("100 0"), Ok(ge(1.0, 0.0, 1.0, 0.0)));
+    // P alone leaves R at 100%: 0 is a model that never loses (as loss 0 is).
+    assert_eq!(gemodel("0"), Ok(ge(0.0, 1.0, 1.0, 0.0)));
+
+    let cases = [
+        ("", "'' is not 'P [R [1-H [1-K]]]' (1 to 4 percentages)"),
+        ("   ", "is not 'P [R [1-H [1-K]]]'"),
+        ("1 2 3 4 5", "'1 2 3 4 5' is not 'P [R [1-H [1-K]]]' (1 to 4 percentages)"),
+        ("150", "p = 150% is outside 0-100%"),
+        ("-1", "p = -1% is outside 0-100%"),
+        ("5 101", "r = 101% is outside 0-100%"),
+        ("5 20 100.5", "1-h = 100.5% is outside 0-100%"),
+        ("5 20 80 -3", "1-k = -3% is outside 0-100%"),
+        ("five", "'five' is not a percentage"),
+        ("5 20 x", "'x' is not a percentage"),
+        ("5,20", "'5,20' is not a percentage"),
+        ("%", "'%' is not a percentage"),
+        ("5 %", "'%' is not a percentage"),
+        ("nan", "outside 0-100%"),
+        ("inf", "outside 0-100%"),
+        ("0 0", "p and r are both 0"),
+        ("0% 0% 50 50", "p and r are both 0"),
+    ];
+    for (text, reason) in cases {
+        let e = gemodel(text).unwrap_err();
+        assert_eq!(e.field, "gemodel", "{text:?}: {e}");
+        assert!(e.reason.contains(reason), "{text:?}: '{reason}' not in: {e}");
+    }
+
+    // In a fault, instead of loss.
+    let f = with("loss", |s| {
+        s.loss = None;
+        s.gemodel = Some("1 30".into());
+    })
+    .unwrap();
+    assert_eq!(f.action, Action::Loss(ge(0.01, 0.3, 1.0, 0.0)));
+    assert_eq!(f.action.kind(), "loss");
+}
+
+#[test]
+fn loss_models() {
+    assert_eq!(
+        with("loss", |s| s.correlation = Some(25.0)).unwrap().action,
+        Action::Loss(Odds::Random { p: 0.3, correlation: 0.25 })
+    );
+    assert_eq!(with("loss", |_| {}).unwrap().action, Action::Loss(Odds::Random { p: 0.3, correlation: 0.0 }));
+    let gemodel = |s: &mut FaultSpec| {
+        s.loss = None;
+        s.gemodel = Some("1".into());
+    };
+    refused(vec![
+        (with("loss", |s| s.gemodel = Some("1".into())), "gemodel", "and loss are two loss models: give one"),
+        // Even a bad gemodel: the conflict is what is reported.
+        (with("loss", |s| s.gemodel = Some("150".into())), "gemodel", "two loss models"),
+        (
+            with("loss", |s| {
+                gemodel(s);
+                s.correlation = Some(10.0);
+            }),
+            "correlation",
+            "does not apply with gemodel",
+        ),
+        (
+            with("loss", |s| {
+                gemodel(s);
+                s.gemodel = Some("1 2 3 4 5".into());
+            }),
+            "gemodel",
+            "1 to 4 percentages",
+        ),
+        (with("loss", |s| s.loss = None), "loss", "is required for action 'loss' (percent, 0-100, or gemodel)"),
+        (with("loss", |s| s.correlation = Some(101.0)), "correlation", "101% is outside 0-100%"),
+        (with("loss", |s| s.correlation = Some(100.0)), "correlation", "100% would repeat the first outcome"),
+        (with("duplicate", |s| s.correlation = Some(100.0)), "correlation", "100% would repeat the first outcome"),
+        (with("loss", |s| s.correlation = Some(-5.0)), "correlation", "outside"),
+        (with("loss", |s| s.correlation = Some(f64::NAN)), "correlation", "outside"),
+    ]);
+}
+
+#[test]
+fn duplicate_action() {
+    let f = with("duplicate", |_| {}).unwrap();
+    assert_eq!(f.action, Action::Duplicate(Odds::random(0.1)));
+    assert_eq!(f.action.kind(), "duplicate");
+    assert_eq!(f.matches.protocol, Protocol::Any);
+    assert_eq!(
+        with("duplicate", |s| s.correlation = Some(50.0)).unwrap().action,
+        Action::Duplicate(Odds::Random { p: 0.1, correlation: 0.5 })
+    );
+    assert_eq!(with("duplicate", |s| s.duplicate = Some(100.0)).unwrap().action, Action::Duplicate(Odds::random(1.0)));
+    for protocol in ["tcp", "udp", "icmp", "any"] {
+        assert!(with("duplicate", |s| s.protocol = Some(protocol.into())).is_ok(), "{protocol}");
+    }
+    refused(vec![
+        (with("duplicate", |s| s.duplicate = None), "duplicate", "is required for action 'duplicate' (percent, 0-100)"),
+        (with("duplicate", |s| s.duplicate = Some(200.0)), "duplicate", "200% is outside 0-100%"),
+        (with("duplicate", |s| s.duplicate = Some(-1.0)), "duplicate", "-1% is outside 0-100%"),
+        (with("duplicate", |s| s.correlation = Some(150.0)), "correlation", "150% is outside"),
+        (with("duplicate", |s| s.loss = Some(5.0)), "loss", "not action 'duplicate'"),
+        (
+            with("duplicate", |s| s.gemodel = Some("1".into())),
+            "gemodel",
+            "applies to action 'loss', not action 'duplicate'",
+        ),
+        (
+            with("duplicate", |s| s.corrupt = Some(5.0)),
+            "corrupt",
+            "applies to action 'corrupt', not action 'duplicate'",
+        ),
+        (with("duplicate", |s| s.checksum = Some("fixed".into())), "checksum", "applies to action 'corrupt'"),
+        (with("duplicate", |s| s.connections = Some("new".into())), "connections", "applies to action 'reset'"),
+        (with("duplicate", |s| s.jitter = Some(DurationSpec::Text("1ms".into()))), "jitter", "not action 'duplicate'"),
+    ]);
+}
+
+#[test]
+fn corrupt_action() {
+    let f = with("corrupt", |_| {}).unwrap();
+    assert_eq!(f.action, Action::Corrupt(Odds::random(0.1), Checksum::Broken));
+    assert_eq!(f.action.kind(), "corrupt");
+    assert_eq!(f.matches.protocol, Protocol::Any);
+    let checksum = |c: &str| with("corrupt", |s| s.checksum = Some(c.into()));
+    assert_eq!(checksum("broken").unwrap().action, Action::Corrupt(Odds::random(0.1), Checksum::Broken));
+    assert_eq!(checksum("fixed").unwrap().action, Action::Corrupt(Odds::random(0.1), Checksum::Fixed));
+    assert_eq!(
+        with("corrupt", |s| s.correlation = Some(30.0)).unwrap().action,
+        Action::Corrupt(Odds::Random { p: 0.1, correlation: 0.3 }, Checksum::Broken)
+    );
+    for protocol in ["tcp", "udp", "any"] {
+        assert!(with("corrupt", |s| s.protocol = Some(protocol.into())).is_ok(), "{protocol}");
+    }
+    refused(vec![
+        (checksum("maybe"), "checksum", "'maybe' is not a checksum choice (expected broken or fixed)"),
+        (checksum("Fixed"), "checksum", "not a checksum choice"),
+        (
+            with("corrupt", |s| s.protocol = Some("icmp".into())),
+            "protocol",
+            "icmp: corrupt flips bits in TCP and UDP payloads only",
+        ),
+        (with("corrupt", |s| s.corrupt = None), "corrupt", "is required for action 'corrupt' (percent, 0-100)"),
+        (with("corrupt", |s| s.corrupt = Some(100.5)), "corrupt", "100.5% is outside 0-100%"),
+        (with("corrupt", |s| s.correlation = Some(-1.0)), "correlation", "outside"),
+        (
+            with("corrupt", |s| s.duplicate = Some(5.0)),
+            "duplicate",
+            "applies to action 'duplicate', not action 'corrupt'",
+        ),
+        (with("corrupt", |s| s.loss = Some(5.0)), "loss", "not action 'corrupt'"),
+        (with("corrupt", |s| s.connections = Some("all".into())), "connections", "not action 'corrupt'"),
+    ]);
+}
+
+#[test]
+fn reset_action() {
+    // TCP by default: the only protocol it takes.
+    let f = with("reset", |_| {}).unwrap();
+    assert_eq!(f.action, Action::Reset { new_only: false });
+    assert_eq!(f.matches.protocol, Protocol::Tcp);
+    assert_eq!(f.action.kind(), "reset");
+    let connections = |c: &str| with("reset", |s| s.connections = Some(c.into()));
+    assert_eq!(connections("all").unwrap().action, Action::Reset { new_only: false });
+    assert_eq!(connections("new").unwrap().action, Action::Reset { new_only: true });
+    let f = with("reset", |s| {
+        s.protocol = Some("tcp".into());
+        s.dport = Some(PortSpec::Number(443));
+        s.direction = Some("both".into());
+    })
+    .unwrap();
+    assert_eq!((f.matches.protocol, f.matches.dport), (Protocol::Tcp, PortRange { lo: 443, hi: 443 }));
+
+    let protocol = |p: &str| with("reset", |s| s.protocol = Some(p.into()));
+    let tcp_only = "reset answers TCP segments: it needs protocol tcp (the default)";
+    refused(vec![
+        (protocol("udp"), "protocol", tcp_only),
+        (protocol("icmp"), "protocol", tcp_only),
+        (protocol("any"), "protocol", tcp_only),
+        (protocol("sctp"), "protocol", "'sctp' is not a protocol"),
+        (connections("some"), "connections", "'some' is not a choice (expected all or new)"),
+        (connections(""), "connections", "is not a choice"),
+        (with("reset", |s| s.correlation = Some(10.0)), "correlation", "not action 'reset'"),
+        (with("reset", |s| s.loss = Some(10.0)), "loss", "not action 'reset'"),
+        (with("reset", |s| s.gemodel = Some("1".into())), "gemodel", "not action 'reset'"),
+        (with("reset", |s| s.duplicate = Some(10.0)), "duplicate", "not action 'reset'"),
+        (with("reset", |s| s.corrupt = Some(10.0)), "corrupt", "not action 'reset'"),
+        (with("reset", |s| s.checksum = Some("fixed".into())), "checksum", "not action 'reset'"),
+        (with("reset", |s| s.delay = Some(DurationSpec::Text("5ms".into()))), "delay", "not action 'reset'"),
+    ]);
+}
+
+#[test]
+fn fields_of_other_actions_are_refused() {
+    refused(vec![
+        (with("loss", |s| s.duplicate = Some(5.0)), "duplicate", "applies to action 'duplicate', not action 'loss'"),
+        (with("loss", |s| s.corrupt = Some(5.0)), "corrupt", "applies to action 'corrupt', not action 'loss'"),
+        (
+            with("loss", |s| s.checksum = Some("fixed".into())),
+            "checksum",
+            "applies to action 'corrupt', not action 'loss'",
+        ),
+        (
+            with("loss", |s| s.connections = Some("new".into())),
+            "connections",
+            "applies to action 'reset', not action 'loss'",
+        ),
+        (with("partition", |s| s.correlation = Some(5.0)), "correlation", "not action 'partition'"),
+        (with("partition", |s| s.gemodel = Some("1".into())), "gemodel", "not action 'partition'"),
+        (with("partition", |s| s.duplicate = Some(5.0)), "duplicate", "not action 'partition'"),
+        (with("delay", |s| s.gemodel = Some("1".into())), "gemodel", "applies to action 'loss', not action 'delay'"),
+        (with("delay", |s| s.corrupt = Some(5.0)), "corrupt", "not action 'delay'"),
+        (with("bandwidth", |s| s.connections = Some("all".into())), "connections", "not action 'bandwidth'"),
+    ]);
+    // With delay, correlation is still the jitter's, and needs jitter.
+    let delay = |f: &dyn Fn(&mut FaultSpec)| {
+        with("delay", |s| {
+            s.delay = Some(DurationSpec::Text("50ms".into()));
+            f(s);
+        })
+    };
+    refused(vec![(delay(&|s| s.correlation = Some(20.0)), "correlation", "has no effect without jitter")]);
+    let f = delay(&|s| {
+        s.jitter = Some(DurationSpec::Text("10ms".into()));
+        s.correlation = Some(20.0);
+        s.loss = Some(1.0);
+    })
+    .unwrap();
+    let Action::Shape(shape) = f.action else { panic!("not a shape: {:?}", f.action) };
+    assert_eq!((shape.correlation, shape.loss), (0.2, 0.01));
+}
+
+#[test]
+fn gilbert_elliott_mean() {
+    let close = |a: f64, b: f64| (a - b).abs() < 1e-12;
+    // Stationary: in the bad state p/(p+r) of the time.
+    assert!(close(ge(0.01, 0.3, 1.0, 0.0).mean(), 0.01 / 0.31));
+    assert!(close(ge(0.05, 0.2, 0.8, 0.01).mean(), (0.2 * 0.01 + 0.05 * 0.8) / 0.25));
+    assert!(close(ge(0.5, 0.5, 0.6, 0.2).mean(), 0.4));
+    // Never bad; bad for ever once there.
+    assert!(close(ge(0.0, 0.3, 1.0, 0.07).mean(), 0.07));
+    assert!(close(ge(0.2, 0.0, 0.9, 0.07).mean(), 0.9));
+    // Both 0 is refused by gemodel; mean() still answers without dividing by 0.
+    assert_eq!(ge(0.0, 0.0, 1.0, 0.5).mean(), 0.0);
+    // The same loss in both states is that loss, whatever the moves.
+    assert!(close(ge(0.13, 0.71, 0.25, 0.25).mean(), 0.25));
+    // Correlation keeps the rate.
+    assert_eq!(Odds::Random { p: 0.3, correlation: 0.9 }.mean(), 0.3);
+}
+
+#[test]
+fn drop_thresholds_of_the_new_actions() {
+    let action = |action: &str, f: &dyn Fn(&mut FaultSpec)| with(action, f).unwrap().action;
+    // Faults that drop nothing rank 0, whatever their odds.
+    assert_eq!(action("duplicate", &|s| s.duplicate = Some(100.0)).drop_threshold(), 0);
+    assert_eq!(action("corrupt", &|s| s.corrupt = Some(100.0)).drop_threshold(), 0);
+    assert_eq!(action("corrupt", &|s| s.checksum = Some("broken".into())).drop_threshold(), 0);
+    // A segment answered with a RST never arrives: a reset ranks with partition; one that only
+    // answers SYNs ranks 0, so it never shadows a loss on its flows' established traffic.
+    assert_eq!(action("reset", &|_| {}).drop_threshold(), chaos_common::DROP_ALWAYS);
+    assert_eq!(action("reset", &|s| s.connections = Some("new".into())).drop_threshold(), 0);
+    assert_eq!(action("partition", &|_| {}).drop_threshold(), chaos_common::DROP_ALWAYS);
+    // Gilbert–Elliott ranks by its long-run rate.
+    let g = action("loss", &|s| {
+        s.loss = None;
+        s.gemodel = Some("5 20 80 1".into());
+    });
+    let Action::Loss(odds) = g else { panic!("{g:?}") };
+    assert_eq!(g.drop_threshold(), threshold(odds.mean()));
+    assert_eq!(g.drop_threshold(), threshold(0.168));
+    // 1% in and 30% out: about 3.2%, below a 5% loss.
+    let bursty = action("loss", &|s| {
+        s.loss = None;
+        s.gemodel = Some("1 30".into());
+    });
+    assert_eq!(bursty.drop_threshold(), threshold(0.01 / 0.31));
+    assert!(bursty.drop_threshold() < action("loss", &|s| s.loss = Some(5.0)).drop_threshold());
+    // Correlated loss ranks by its rate.
+    let correlated = action("loss", &|s| s.correlation = Some(80.0));
+    assert_eq!(correlated.drop_threshold(), threshold(0.3));
+}

@@ -32,6 +32,9 @@ pub const SPEC_KEYS: &[&str] = &[
     "corrupt",
     "checksum",
     "connections",
+    "reorder",
+    "reorder_correlation",
+    "gap",
 ];
 
 /// Keys about to be added: unknown today, so refused by decoding; validated once they exist.
@@ -201,7 +204,7 @@ fn scalar() -> BoxedStrategy<String> {
 fn plausible(key: &str, interface: Interface) -> BoxedStrategy<String> {
     match (key, interface) {
         ("interface", Interface::Only(name)) => Just(quote(name)).boxed(),
-        ("loss" | "duplicate" | "corrupt" | "correlation", _) => number(),
+        ("loss" | "duplicate" | "corrupt" | "correlation" | "reorder" | "reorder_correlation" | "gap", _) => number(),
         ("gemodel", _) => prop_oneof![
             "[0-9]{1,3}(\\.[0-9])?%?( [0-9]{1,3}%?){0,4}".prop_map(|s| quote(&s)),
             text().prop_map(|s| quote(&s))
