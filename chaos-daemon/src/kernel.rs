@@ -176,6 +176,24 @@ impl Kernel {
             )));
         }
         let adopting = pins.map(map_names::ACTIVE).exists();
+        let fresh = (!adopting).then(|| pins.clone());
+        Self::load_pinned(mode, pins, filters, choice, shaping, adopting).inspect_err(|_| {
+            // A first start that failed half-way (a program refused, a missing capability)
+            // leaves no pins behind to block the next one.
+            if let Some(pins) = fresh {
+                let _ = pins.remove_all();
+            }
+        })
+    }
+
+    fn load_pinned(
+        mode: AttachMode,
+        pins: Pins,
+        filters: &[NlFilter],
+        choice: BackendChoice,
+        shaping: ShapingRecord,
+        adopting: bool,
+    ) -> Result<(Self, bool), KernelError> {
         let mut loader = EbpfLoader::new();
         let paths: Vec<_> = MAPS.iter().map(|name| (*name, pins.map(name))).collect();
         for (name, path) in &paths {

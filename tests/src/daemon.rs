@@ -31,6 +31,8 @@ pub struct Daemon {
     /// Its bpffs directory (unique per daemon, on the host's bpffs).
     pub bpffs: PathBuf,
     netns: PathBuf,
+    /// The only capabilities the daemon (and its cleanup) run with, when set.
+    capabilities: Option<Vec<u32>>,
 }
 
 impl Daemon {
@@ -63,6 +65,18 @@ impl Daemon {
     /// Same, with the socket at `socket` (default: in the daemon's own temporary directory).
     /// The state directory is in that temporary directory too.
     pub fn start_at(ns: &Netns, config: &str, socket: Option<PathBuf>) -> anyhow::Result<Self> {
+        Self::start_capped(ns, config, socket, None)
+    }
+
+    /// Same, keeping only `capabilities` (linux/capability.h numbers) in the daemon's bounding
+    /// set, as a container granted just those has them: root's capabilities after exec are the
+    /// bounding set.
+    pub fn start_capped(
+        ns: &Netns,
+        config: &str,
+        socket: Option<PathBuf>,
+        capabilities: Option<Vec<u32>>,
+    ) -> anyhow::Result<Self> {
         let name = unique("chaos-test-");
         let dir = std::env::temp_dir().join(&name);
         std::fs::create_dir_all(&dir)?;
@@ -72,7 +86,7 @@ impl Daemon {
             format!("state_dir = \"{}\"\nbpffs_dir = \"{}\"\n{config}", dir.join("state").display(), bpffs.display());
         std::fs::write(dir.join("config.toml"), config)?;
         let netns = PathBuf::from(format!("/run/netns/{}", ns.name));
-        let mut daemon = Self { child: None, dir, socket, bpffs, netns };
+        let mut daemon = Self { child: None, dir, socket, bpffs, netns, capabilities };
         daemon.restart()?;
         Ok(daemon)
     }
@@ -84,9 +98,23 @@ impl Daemon {
         let mut cmd = Command::new(bin("chaos-daemon"));
         cmd.arg("--config").arg(self.dir.join("config.toml")).args(args);
         let netns = std::fs::File::open(&self.netns).expect("the lab namespace exists");
-        // SAFETY: setns is async-signal-safe; the closure only makes that one call.
+        let keep = self.capabilities.clone();
+        // SAFETY: setns and prctl are async-signal-safe system calls; the closure makes only
+        // those (`keep` was allocated before the fork).
         unsafe {
-            cmd.pre_exec(move || nix::sched::setns(&netns, nix::sched::CloneFlags::CLONE_NEWNET).map_err(Into::into));
+            cmd.pre_exec(move || {
+                nix::sched::setns(&netns, nix::sched::CloneFlags::CLONE_NEWNET)?;
+                if let Some(keep) = &keep {
+                    // Every capability this kernel knows but those: PR_CAPBSET_DROP fails with
+                    // EINVAL past the last one.
+                    for cap in (0..64).filter(|c| !keep.contains(c)) {
+                        if libc::prctl(libc::PR_CAPBSET_DROP, cap as libc::c_ulong, 0, 0, 0) != 0 {
+                            break;
+                        }
+                    }
+                }
+                Ok(())
+            });
         }
         cmd
     }

@@ -26,7 +26,16 @@ pub(super) fn load_program(ebpf: &mut Ebpf, pins: &Pins, name: &'static str) -> 
     let prog: &mut SchedClassifier = attach::program(ebpf, name)?;
     prog.load().map_err(|e| match e {
         ProgramError::LoadError { io_error, verifier_log } => {
-            KernelError::Verifier { program: name, source: io_error, log: verifier_log.to_string() }
+            let mut log = verifier_log.to_string();
+            // Refused before the verifier ran (an empty log), or for checks only the
+            // unprivileged face ("prohibited for !root": Spectre mitigations CAP_PERFMON lifts):
+            // a matter of capabilities.
+            let denied = matches!(io_error.raw_os_error(), Some(libc::EPERM | libc::EACCES));
+            if denied && (log.trim().is_empty() || log.contains("!root")) {
+                log += "\n(refused for lack of privilege: the daemon needs CAP_BPF, CAP_PERFMON and \
+                        CAP_NET_ADMIN, or CAP_SYS_ADMIN on kernels before 5.8)";
+            }
+            KernelError::Verifier { program: name, source: io_error, log }
         }
         e => KernelError::Program { what: format!("loading {name}"), source: e },
     })?;
