@@ -207,9 +207,9 @@ impl Engine {
         let mut batch = Vec::new();
         for (i, spec) in specs.iter().enumerate() {
             let at = |e: SpecError| if specs.len() > 1 { e.within(&format!("fault[{i}].")) } else { e };
-            let fault = spec.validate().map_err(at)?;
-            let ifindex = nix::net::if_::if_nametoindex(fault.interface.as_str())
-                .map_err(|_| at(SpecError::new("interface", format!("no such interface '{}'", fault.interface))))?;
+            // The fault as the daemon's namespace sees it: its interface there, and turned round
+            // for another namespace's (see `target`).
+            let (fault, ifindex) = crate::target::resolve(spec.validate().map_err(at)?).map_err(at)?;
             if let Action::Shape(s) = fault.action {
                 self.kernel.can_shape(fault.matches.direction != Direction::Egress, s.reorder.is_some())?;
             }

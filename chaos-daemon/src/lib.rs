@@ -19,6 +19,7 @@ pub mod server;
 pub mod shaping;
 pub mod spec;
 pub mod state;
+pub mod target;
 
 /// The eBPF object built from chaos-ebpf by build.rs.
 pub static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/chaos"));

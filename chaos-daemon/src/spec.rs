@@ -21,9 +21,17 @@ pub struct FaultSpec {
     /// Unique name; generated (`loss-1`, `partition-2`, ...) when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub name: Option<String>,
-    /// Interface the fault applies to (required).
+    /// Interface the fault applies to (required; with `netns` or `pid`, the interface in that
+    /// namespace, default `eth0`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub interface: Option<String>,
+    /// Another network namespace, by path (`/run/netns/x`, `/proc/PID/ns/net`): the fault acts
+    /// on its `interface` as seen from inside it, through the host side of its veth.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub netns: Option<String>,
+    /// As `netns`, naming a process in that namespace.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pid: Option<i64>,
     /// `loss`, `partition`, `delay`, `bandwidth`, `duplicate`, `corrupt` or `reset` (required).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub action: Option<String>,
@@ -270,15 +278,25 @@ fn from_bytes(v4: bool, b: [u8; 16]) -> IpAddr {
     if v4 { IpAddr::from([b[0], b[1], b[2], b[3]]) } else { IpAddr::from(b) }
 }
 
-/// A validated fault. The interface is checked to exist by the engine, not here.
+/// A validated fault. The interface (and namespace) are checked to exist by the engine, not
+/// here.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Fault {
     pub name: Option<String>,
     pub interface: String,
+    /// The namespace `interface` is in, when not the daemon's.
+    pub netns: Option<NetnsTarget>,
     pub action: Action,
     pub matches: Match,
     pub lifetime: Lifetime,
     pub start_after: Duration,
+}
+
+/// Another network namespace, and whether the user named it by a process (for messages).
+#[derive(Clone, Debug, PartialEq)]
+pub struct NetnsTarget {
+    pub path: std::path::PathBuf,
+    pub by_pid: bool,
 }
 
 /// Which packets a fault applies to.
@@ -307,7 +325,22 @@ impl FaultSpec {
         if let Some(name) = &self.name {
             validate_name(name)?;
         }
-        let interface = match self.interface.as_deref().map(str::trim) {
+        let netns = match (&self.netns, self.pid) {
+            (Some(_), Some(_)) => {
+                return Err(SpecError::new("pid", "and netns both name a namespace: give one"));
+            }
+            (Some(path), None) if !path.starts_with('/') => {
+                return Err(SpecError::new("netns", format!("'{path}' is not an absolute path (e.g. /run/netns/x)")));
+            }
+            (Some(path), None) => Some(NetnsTarget { path: path.into(), by_pid: false }),
+            (None, Some(pid)) if pid <= 0 || pid > i64::from(i32::MAX) => {
+                return Err(SpecError::new("pid", format!("{pid} is not a process id")));
+            }
+            (None, Some(pid)) => Some(NetnsTarget { path: format!("/proc/{pid}/ns/net").into(), by_pid: true }),
+            (None, None) => None,
+        };
+        let default_interface = netns.as_ref().map(|_| "eth0");
+        let interface = match self.interface.as_deref().map(str::trim).or(default_interface) {
             None | Some("") => return Err(SpecError::new("interface", "is required")),
             Some(i) if i.len() > 15 || i.contains('/') || i.contains(char::is_whitespace) => {
                 return Err(SpecError::new("interface", format!("'{i}' is not an interface name")));
@@ -374,7 +407,7 @@ impl FaultSpec {
         };
         let start_after =
             self.start_after.as_ref().map(|d| duration("start_after", d)).transpose()?.unwrap_or_default();
-        Ok(Fault { name: self.name.clone(), interface, action, matches, lifetime, start_after })
+        Ok(Fault { name: self.name.clone(), interface, netns, action, matches, lifetime, start_after })
     }
 }
 

@@ -281,7 +281,7 @@ fn perturbed() -> impl Strategy<Value = (Map<String, Value>, &'static str, Optio
 /// JSON text for `key`, mostly of the type it takes.
 fn near(key: &'static str) -> BoxedStrategy<String> {
     match key {
-        "loss" | "correlation" | "duplicate" | "corrupt" | "reorder" | "reorder_correlation" | "gap" => {
+        "loss" | "correlation" | "duplicate" | "corrupt" | "reorder" | "reorder_correlation" | "gap" | "pid" => {
             fuzz_input::number()
         }
         "gemodel" => prop_oneof![
@@ -312,7 +312,7 @@ fn decodes_as(key: &str, value: &Value) -> bool {
             value.is_number() || value.is_null()
         }
         // Option<i64>.
-        "gap" => value.as_i64().is_some() || value.is_null(),
+        "gap" | "pid" => value.as_i64().is_some() || value.is_null(),
         // Option<DurationSpec> and Option<RateSpec>: a number or a string, or null.
         "delay" | "jitter" | "rate" | "burst" => value.is_number() || value.is_string() || value.is_null(),
         // Option<PortSpec>: an i64 or a string, or null.
@@ -344,6 +344,8 @@ fn related(key: &str, named: &str) -> bool {
         | ("protocol", "sport" | "dport" | "corrupt")
         // reset takes tcp only.
         | ("protocol", "action")
+        // A namespace is named once.
+        | ("netns", "pid")
         // An address must be of the family.
         | ("family", "src" | "dst")
         // src and dst must be of one family.

@@ -71,16 +71,23 @@ struct ApplyArgs {
         short = 'f',
         long = "file",
         conflicts_with_all = [
-            "name", "interface", "loss", "gemodel", "partition", "delay", "rate", "duplicate", "corrupt", "reset"
+            "name", "interface", "netns", "pid", "loss", "gemodel", "partition", "delay", "rate", "duplicate", "corrupt", "reset"
         ]
     )]
     file: Option<PathBuf>,
     /// Fault name (default: generated).
     #[arg(long)]
     name: Option<String>,
-    /// Interface to act on.
-    #[arg(short, long, required_unless_present = "file")]
+    /// Interface to act on (with --netns or --pid: the one inside that namespace, default eth0).
+    #[arg(short, long, required_unless_present_any = ["file", "netns", "pid"])]
     interface: Option<String>,
+    /// Act on an interface of another network namespace (a container's), by path, e.g.
+    /// /run/netns/x or /proc/PID/ns/net: directions are as seen from inside it.
+    #[arg(long, conflicts_with = "pid")]
+    netns: Option<String>,
+    /// As --netns, naming a process in that namespace.
+    #[arg(long)]
+    pid: Option<i64>,
     /// Drop this percentage of matching packets, e.g. 20 or 20% (with --delay or --rate too).
     #[arg(
         long,
@@ -316,6 +323,8 @@ fn specs(args: ApplyArgs) -> anyhow::Result<(Vec<FaultSpec>, Option<String>)> {
     let spec = FaultSpec {
         name: args.name,
         interface: args.interface,
+        netns: args.netns,
+        pid: args.pid,
         action: Some(action.into()),
         loss: percent("loss", args.loss)?,
         gemodel: args.gemodel,
@@ -431,7 +440,12 @@ fn print_table(faults: &[FaultView]) {
                 f.name.clone(),
                 f.experiment.clone().unwrap_or_else(|| "-".into()),
                 state,
-                or_any(&s.interface),
+                // An interface of another namespace: `eth0@/run/netns/x`, `eth0@pid 42`.
+                match (&s.netns, s.pid) {
+                    (Some(ns), _) => format!("{}@{ns}", s.interface.as_deref().unwrap_or("eth0")),
+                    (None, Some(pid)) => format!("{}@pid {pid}", s.interface.as_deref().unwrap_or("eth0")),
+                    (None, None) => or_any(&s.interface),
+                },
                 action,
                 s.direction.clone().unwrap_or_else(|| "egress".into()),
                 or_any(&s.protocol),

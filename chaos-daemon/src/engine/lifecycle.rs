@@ -35,21 +35,21 @@ impl Engine {
         let mut kept = Vec::new();
         for record in state.faults {
             let fault = record.spec.validate();
-            let ifindex = nix::net::if_::if_nametoindex(record.spec.interface.as_deref().unwrap_or_default());
+            let resolved = fault.clone().map(crate::target::resolve);
             let reason = if !same_boot {
                 Some("the node rebooted")
             } else if !adopted {
                 Some("its kernel objects were gone (removed by cleanup?)")
             } else if record.deadline_ns <= now {
                 Some("expired")
-            } else if ifindex.is_err() {
-                Some("its interface is gone")
+            } else if matches!(resolved, Ok(Err(_))) {
+                Some("its interface (or namespace) is gone")
             } else {
                 None
             };
-            match (reason, fault, ifindex) {
-                (None, Ok(fault), Ok(ifindex)) => kept.push(Active { record, fault, ifindex }),
-                (reason, _, _) => {
+            match (reason, resolved) {
+                (None, Ok(Ok((fault, ifindex)))) => kept.push(Active { record, fault, ifindex }),
+                (reason, _) => {
                     let counters =
                         if same_boot && adopted { engine.kernel.counters(record.slot) } else { Default::default() };
                     let reason = reason.unwrap_or("its definition is no longer valid");

@@ -6,6 +6,9 @@ use super::{Attrs, Bytes, NlError, Socket, attr, str_of, u32_at};
 /// linux/if_link.h: `IFLA_IFNAME`, `IFLA_STATS64` (`struct rtnl_link_stats64`, whose first
 /// two fields are rx_packets and tx_packets), `IFLA_LINKINFO` and its `IFLA_INFO_KIND`.
 const IFLA_IFNAME: u16 = 3;
+/// The peer's ifindex (veth), in the namespace `IFLA_LINK_NETNSID` names when present.
+const IFLA_LINK: u16 = 5;
+const IFLA_LINK_NETNSID: u16 = 37;
 const IFLA_STATS64: u16 = 23;
 const IFLA_LINKINFO: u16 = 18;
 const IFLA_INFO_KIND: u16 = 1;
@@ -19,6 +22,9 @@ pub struct Link {
     pub up: bool,
     pub rx_packets: u64,
     pub tx_packets: u64,
+    /// A veth's peer: its ifindex, and the id of its namespace as this one numbers it (see
+    /// [`nsid`]), when it is in another namespace.
+    pub peer: Option<(u32, Option<i32>)>,
 }
 
 /// `struct ifinfomsg { u8 family, pad; u16 type; int index; u32 flags, change; }`: 16 bytes.
@@ -40,6 +46,9 @@ fn parse(payload: &[u8]) -> Option<Link> {
         up: u32_at(payload, 8)? & libc::IFF_UP as u32 != 0,
         rx_packets: stat(0),
         tx_packets: stat(1),
+        peer: attr(rest, IFLA_LINK)
+            .and_then(|p| u32_at(p, 0))
+            .map(|i| (i, attr(rest, IFLA_LINK_NETNSID).and_then(|n| u32_at(n, 0)).map(|n| n as i32))),
     })
 }
 
@@ -77,6 +86,27 @@ pub fn add_ifb(name: &str) -> Result<(), NlError> {
 pub fn set_up(ifindex: u32) -> Result<(), NlError> {
     let up = libc::IFF_UP as u32;
     Socket::open()?.request(libc::RTM_NEWLINK, 0, &ifinfomsg(ifindex, up, up), &Attrs::new()).map(drop)
+}
+
+/// linux/net_namespace.h: `RTM_GETNSID` takes a `struct rtgenmsg` and `NETNSA_FD`, and answers
+/// with `NETNSA_NSID`.
+const NETNSA_NSID: u16 = 1;
+const NETNSA_FD: u16 = 3;
+
+/// The id this network namespace gives the namespace `fd` refers to (allocating one if it has
+/// none yet, as `ip link` does when it shows a peer there).
+pub fn nsid(fd: std::os::fd::BorrowedFd<'_>) -> Result<i32, NlError> {
+    use std::os::fd::AsRawFd as _;
+    let mut attrs = Attrs::new();
+    attrs.put_u32(NETNSA_FD, fd.as_raw_fd() as u32);
+    // struct rtgenmsg { u8 family } padded to 4.
+    let header = Bytes::default().u8(libc::AF_UNSPEC as u8).u8(0).u16(0).0;
+    let answer = Socket::open()?.request(libc::RTM_GETNSID, 0, &header, &attrs)?;
+    answer
+        .iter()
+        .find_map(|m| attr(m.payload.get(4..)?, NETNSA_NSID).and_then(|n| u32_at(n, 0)))
+        .map(|n| n as i32)
+        .ok_or(NlError { errno: libc::ENOENT, message: Some("RTM_GETNSID gave no id".into()) })
 }
 
 /// Deletes a link; its qdiscs and filters go with it.

@@ -35,6 +35,8 @@ pub const SPEC_KEYS: &[&str] = &[
     "reorder",
     "reorder_correlation",
     "gap",
+    "netns",
+    "pid",
 ];
 
 /// Keys about to be added: unknown today, so refused by decoding; validated once they exist.
@@ -204,7 +206,9 @@ fn scalar() -> BoxedStrategy<String> {
 fn plausible(key: &str, interface: Interface) -> BoxedStrategy<String> {
     match (key, interface) {
         ("interface", Interface::Only(name)) => Just(quote(name)).boxed(),
-        ("loss" | "duplicate" | "corrupt" | "correlation" | "reorder" | "reorder_correlation" | "gap", _) => number(),
+        ("loss" | "duplicate" | "corrupt" | "correlation" | "reorder" | "reorder_correlation" | "gap" | "pid", _) => {
+            number()
+        }
         ("gemodel", _) => prop_oneof![
             "[0-9]{1,3}(\\.[0-9])?%?( [0-9]{1,3}%?){0,4}".prop_map(|s| quote(&s)),
             text().prop_map(|s| quote(&s))

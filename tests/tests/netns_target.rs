@@ -1,0 +1,180 @@
+//! Faults on another network namespace (a container's), named by its path or by a process in
+//! it: the daemon acts on the host side of its veth, directions as seen from inside, and the
+//! neighbour container on the same node is untouched.
+//!
+//! The lab is a node namespace (where the daemon runs, forwarding between its veths) with two
+//! "pods" and a server, each behind a veth whose pod end is called eth0.
+
+use std::{
+    net::{IpAddr, SocketAddr},
+    process::{Child, Command},
+};
+
+use chaos_tests::{Daemon, Netns, traffic, unique};
+
+const SERVER: &str = "10.210.9.2";
+
+fn pod_ip(i: usize) -> String {
+    format!("10.210.{i}.2")
+}
+
+fn addr(ip: &str, port: u16) -> SocketAddr {
+    SocketAddr::new(ip.parse::<IpAddr>().unwrap(), port)
+}
+
+/// The node, and behind it pods 1 and 2 and the server (subnet 9). Field order is drop order:
+/// the namespaces go last, taking the veths with them.
+struct Node {
+    /// The host side of each pod's veth, by pod number (index 0 unused).
+    host_if: Vec<String>,
+    node: Netns,
+    pods: Vec<Netns>,
+    server: Netns,
+}
+
+impl Node {
+    fn new() -> Self {
+        let node = Netns::new(unique("cdn")).unwrap();
+        let pods = vec![Netns::new(unique("cdp")).unwrap(), Netns::new(unique("cdp")).unwrap()];
+        let server = Netns::new(unique("cds")).unwrap();
+        let mut host_if = vec![String::new()];
+        for (i, ns) in [(1, &pods[0]), (2, &pods[1]), (9, &server)] {
+            let host = unique("vh");
+            chaos_tests::run(
+                "ip",
+                &["link", "add", &host, "netns", &node.name, "type", "veth", "peer", "name", "eth0", "netns", &ns.name],
+            )
+            .unwrap();
+            node.ip(&["addr", "add", &format!("10.210.{i}.1/24"), "dev", &host]).unwrap();
+            node.ip(&["link", "set", &host, "up"]).unwrap();
+            ns.ip(&["addr", "add", &format!("10.210.{i}.2/24"), "dev", "eth0"]).unwrap();
+            ns.ip(&["link", "set", "eth0", "up"]).unwrap();
+            ns.ip(&["route", "add", "default", "via", &format!("10.210.{i}.1")]).unwrap();
+            if i != 9 {
+                host_if.push(host);
+            }
+        }
+        chaos_tests::run("ip", &["netns", "exec", &node.name, "sysctl", "-qw", "net.ipv4.ip_forward=1"]).unwrap();
+        let n = Self { host_if, node, pods, server };
+        // Neighbours resolved before anything is measured.
+        for pod in &n.pods {
+            traffic::udp(pod, None, &n.server, addr(SERVER, 9999), 20).unwrap();
+        }
+        n
+    }
+
+    fn pod(&self, i: usize) -> &Netns {
+        &self.pods[i - 1]
+    }
+
+    fn netns_path(&self, i: usize) -> String {
+        format!("/run/netns/{}", self.pod(i).name)
+    }
+}
+
+/// A process living in a namespace, killed on drop.
+struct Sleeper(Child);
+
+impl Sleeper {
+    fn new(ns: &Netns) -> Self {
+        Self(Command::new("ip").args(["netns", "exec", &ns.name, "sleep", "600"]).spawn().unwrap())
+    }
+}
+
+impl Drop for Sleeper {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+const N: u32 = 20_000;
+
+#[test]
+fn loss_on_a_pod_leaves_its_neighbour_alone() {
+    let n = Node::new();
+    let daemon = Daemon::start(&n.node).unwrap();
+    let netns = n.netns_path(1);
+    daemon.ctl_ok(&["apply", "--name", "lossy", "--netns", &netns, "--loss", "30%", "-p", "udp", "--dport", "9000"]);
+
+    let received = traffic::udp(n.pod(1), None, &n.server, addr(SERVER, 9000), N).unwrap();
+    let rate = f64::from(N - received) / f64::from(N);
+    // Binomial: sd sqrt(0.3 * 0.7 / 20,000) = 0.32 points; five of them (±1.62) fail a correct
+    // program about once in 1.7 million runs.
+    let bound = 5.0 * (0.3f64 * 0.7 / f64::from(N)).sqrt();
+    assert!((rate - 0.3).abs() <= bound, "pod 1: {:.2}% lost, asked 30% ± {:.2}", rate * 100.0, bound * 100.0);
+    assert_eq!(traffic::udp(n.pod(2), None, &n.server, addr(SERVER, 9000), N / 4).unwrap(), N / 4, "pod 2 lost");
+    // The pod's egress is what arrives on the host side of its veth.
+    let status: serde_json::Value = serde_json::from_str(&daemon.ctl_ok(&["status", "-o", "json"])).unwrap();
+    let hooks: Vec<(String, String)> = status["attachments"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| (a["interface"].as_str().unwrap().to_owned(), a["hook"].as_str().unwrap().to_owned()))
+        .collect();
+    assert_eq!(hooks, vec![(n.host_if[1].clone(), "ingress".to_owned())]);
+    // Listed as written, with the namespace.
+    let list = daemon.ctl_ok(&["list"]);
+    assert!(list.contains(&format!("eth0@{netns}")), "{list}");
+    let fault = &daemon.list()["faults"][0];
+    assert_eq!(fault["dropped"], u64::from(N - received), "{fault}");
+}
+
+#[test]
+fn a_process_names_its_namespace_and_directions_are_the_pods() {
+    let n = Node::new();
+    let daemon = Daemon::start(&n.node).unwrap();
+    let sleeper = Sleeper::new(n.pod(1));
+    // `ip netns exec` enters the namespace, then execs sleep: wait until it has.
+    let pid = sleeper.0.id();
+    for _ in 0..100 {
+        if std::fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|c| c.trim() == "sleep") {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    let pid = pid.to_string();
+    // Ingress, seen from the pod: what it receives.
+    daemon.ctl_ok(&["apply", "--pid", &pid, "--partition", "-d", "ingress", "-p", "udp", "--dport", "9001"]);
+    assert_eq!(traffic::udp(&n.server, None, n.pod(1), addr(&pod_ip(1), 9001), 2_000).unwrap(), 0);
+    assert_eq!(traffic::udp(&n.server, None, n.pod(2), addr(&pod_ip(2), 9001), 2_000).unwrap(), 2_000);
+    assert_eq!(traffic::udp(n.pod(1), None, &n.server, addr(SERVER, 9001), 2_000).unwrap(), 2_000);
+    daemon.ctl_ok(&["clear"]);
+
+    // Both, seen from the pod: its packets to the server and the server's to it.
+    let server_net = "10.210.9.0/24";
+    daemon.ctl_ok(&["apply", "--pid", &pid, "--partition", "-d", "both", "--dst", server_net, "-p", "udp"]);
+    assert_eq!(traffic::udp(n.pod(1), None, &n.server, addr(SERVER, 9002), 2_000).unwrap(), 0);
+    assert_eq!(traffic::udp(&n.server, None, n.pod(1), addr(&pod_ip(1), 9002), 2_000).unwrap(), 0);
+    assert_eq!(traffic::udp(n.pod(2), None, &n.server, addr(SERVER, 9002), 2_000).unwrap(), 2_000);
+    assert_eq!(traffic::udp(&n.server, None, n.pod(2), addr(&pod_ip(2), 9002), 2_000).unwrap(), 2_000);
+}
+
+#[test]
+fn namespaces_it_cannot_reach_are_refused_by_name() {
+    let n = Node::new();
+    let daemon = Daemon::start(&n.node).unwrap();
+    let missing = format!("/run/netns/{}", unique("none"));
+    let server = format!("/run/netns/{}", n.server.name);
+    let cases: Vec<(Vec<&str>, String)> = vec![
+        (vec!["--netns", &missing], format!("netns: {missing}: No such file or directory")),
+        (vec!["--pid", "99999999999"], "pid: 99999999999 is not a process id".into()),
+        (vec!["--pid", "4000000"], "pid: /proc/4000000/ns/net: no such process".into()),
+        (vec!["--netns", &server, "-i", "lo"], format!("netns: lo in {server} is not a veth")),
+        (vec!["--netns", &server, "-i", "eth9"], format!("netns: no interface 'eth9' in {server}")),
+        (vec!["--netns", "run/netns/x"], "netns: 'run/netns/x' is not an absolute path".into()),
+    ];
+    for (target, expected) in cases {
+        let mut args = vec!["apply", "--loss", "10"];
+        args.extend(target);
+        let out = daemon.ctl(&args);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success() && stderr.contains(&expected), "{args:?}: expected '{expected}' in {stderr}");
+    }
+    assert_eq!(daemon.list()["faults"].as_array().unwrap().len(), 0);
+    // The daemon's own namespace by path: its interfaces as named, not turned round.
+    let own = format!("/run/netns/{}", n.node.name);
+    daemon.ctl_ok(&["apply", "--netns", &own, "-i", &n.host_if[2], "--partition", "-p", "udp", "--dport", "9003"]);
+    assert_eq!(traffic::udp(&n.server, None, n.pod(2), addr(&pod_ip(2), 9003), 500).unwrap(), 0);
+    assert_eq!(traffic::udp(n.pod(2), None, &n.server, addr(SERVER, 9003), 500).unwrap(), 500);
+}
