@@ -62,8 +62,11 @@ pub struct Guard {
 
 struct Active {
     record: Record,
+    /// As the daemon's namespace sees it (see `target`).
     fault: Fault,
     ifindex: u32,
+    /// The namespace it was named by, if another: the fault ends when that goes.
+    watch: Option<crate::target::Watch>,
 }
 
 pub struct Engine {
@@ -209,7 +212,8 @@ impl Engine {
             let at = |e: SpecError| if specs.len() > 1 { e.within(&format!("fault[{i}].")) } else { e };
             // The fault as the daemon's namespace sees it: its interface there, and turned round
             // for another namespace's (see `target`).
-            let (fault, ifindex) = crate::target::resolve(spec.validate().map_err(at)?).map_err(at)?;
+            let crate::target::Resolved { fault, ifindex, watch } =
+                crate::target::resolve(spec.validate().map_err(at)?).map_err(at)?;
             if let Action::Shape(s) = fault.action {
                 self.kernel.can_shape(fault.matches.direction != Direction::Egress, s.reorder.is_some())?;
             }
@@ -258,7 +262,7 @@ impl Engine {
                 expires_at: duration.map(|d| starts_at + d.as_millis() as u64),
                 started: fault.start_after.is_zero(),
             };
-            batch.push(Active { record, fault, ifindex });
+            batch.push(Active { record, fault, ifindex, watch });
         }
 
         let new_slots: Vec<(u32, RuleAction)> = batch

@@ -16,13 +16,44 @@ use crate::{
     spec::{Direction, Fault, Match, SpecError},
 };
 
-/// `fault` as the daemon's namespace sees it (its interface there, its matches turned round
-/// for another namespace's interface), and that interface's ifindex.
-pub fn resolve(fault: Fault) -> Result<(Fault, u32), SpecError> {
+/// A fault as the daemon's namespace sees it.
+#[derive(Clone, Debug)]
+pub struct Resolved {
+    /// Its interface there, its matches turned round for another namespace's interface.
+    pub fault: Fault,
+    pub ifindex: u32,
+    /// What the fault was named by, when another namespace: it ends when that goes.
+    pub watch: Option<Watch>,
+}
+
+/// A namespace file (`/run/netns/x`, `/proc/PID/ns/net`) and the namespace it named.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Watch {
+    pub path: std::path::PathBuf,
+    pub by_pid: bool,
+    /// `(st_dev, st_ino)`: a namespace's identity.
+    id: (u64, u64),
+}
+
+impl Watch {
+    /// Why the fault ends, when the path no longer names that namespace (the process exited,
+    /// or its pid now belongs to another; the namespace was deleted).
+    pub fn gone(&self) -> Option<&'static str> {
+        let now = std::fs::metadata(&self.path).ok().map(|m| (m.dev(), m.ino()));
+        match (now == Some(self.id), self.by_pid) {
+            (true, _) => None,
+            (false, true) => Some("its process exited"),
+            (false, false) => Some("its network namespace is gone"),
+        }
+    }
+}
+
+/// `fault` as the daemon's namespace sees it: see [`Resolved`].
+pub fn resolve(fault: Fault) -> Result<Resolved, SpecError> {
     let Some(ns) = fault.netns.clone() else {
         let ifindex = nix::net::if_::if_nametoindex(fault.interface.as_str())
             .map_err(|_| SpecError::new("interface", format!("no such interface '{}'", fault.interface)))?;
-        return Ok((fault, ifindex));
+        return Ok(Resolved { fault, ifindex, watch: None });
     };
     let (field, netns) = if ns.by_pid { ("pid", ns.path) } else { ("netns", ns.path) };
     let target = File::open(&netns).map_err(|e| {
@@ -36,9 +67,11 @@ pub fn resolve(fault: Fault) -> Result<(Fault, u32), SpecError> {
     let here = File::open("/proc/thread-self/ns/net")
         .map_err(|e| SpecError::new(field, format!("reading the daemon's network namespace: {e}")))?;
     let same = |a: &File, b: &File| matches!((a.metadata(), b.metadata()), (Ok(x), Ok(y)) if (x.dev(), x.ino()) == (y.dev(), y.ino()));
+    let meta = target.metadata().map_err(|e| SpecError::new(field, format!("{}: {e}", netns.display())))?;
+    let watch = Watch { path: netns.clone(), by_pid: ns.by_pid, id: (meta.dev(), meta.ino()) };
     if same(&target, &here) {
         // The daemon's own namespace (a process of the host): the interface as named.
-        return resolve(Fault { netns: None, ..fault });
+        return resolve(Fault { netns: None, ..fault }).map(|r| Resolved { watch: Some(watch), ..r });
     }
     let interface = fault.interface.clone();
     let where_ = netns.display().to_string();
@@ -67,7 +100,11 @@ pub fn resolve(fault: Fault) -> Result<(Fault, u32), SpecError> {
         .map_err(|e| SpecError::new(field, format!("reading the host side of its veth: {e}")))?
         .ok_or_else(|| SpecError::new(field, "the host side of its veth is gone"))?;
     let matches = turned_round(fault.matches);
-    Ok((Fault { interface: host.name, netns: None, matches, ..fault }, peer))
+    Ok(Resolved {
+        fault: Fault { interface: host.name, netns: None, matches, ..fault },
+        ifindex: peer,
+        watch: Some(watch),
+    })
 }
 
 /// A match written from inside a container, as the host side of its veth sees it.

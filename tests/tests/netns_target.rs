@@ -178,3 +178,84 @@ fn namespaces_it_cannot_reach_are_refused_by_name() {
     assert_eq!(traffic::udp(&n.server, None, n.pod(2), addr(&pod_ip(2), 9003), 500).unwrap(), 0);
     assert_eq!(traffic::udp(n.pod(2), None, &n.server, addr(SERVER, 9003), 500).unwrap(), 500);
 }
+
+/// Waits (up to 5 s: the daemon looks every second) until the daemon lists no fault, then
+/// returns the faults its last `end` event ended: (name, reason, dropped).
+fn ended(daemon: &Daemon) -> Vec<(String, String, u64)> {
+    for _ in 0..50 {
+        if daemon.list()["faults"].as_array().unwrap().is_empty() {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    assert!(daemon.list()["faults"].as_array().unwrap().is_empty(), "the fault outlived its target");
+    let history: serde_json::Value = serde_json::from_str(&daemon.ctl_ok(&["history", "-o", "json"])).unwrap();
+    let event =
+        history["events"].as_array().unwrap().iter().rev().find(|e| e["action"] == "end").expect("an end event");
+    event["ended"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| {
+            (e["name"].as_str().unwrap().into(), e["reason"].as_str().unwrap().into(), e["dropped"].as_u64().unwrap())
+        })
+        .collect()
+}
+
+/// No program left on any of the node's interfaces.
+fn nothing_attached(daemon: &Daemon) {
+    let status: serde_json::Value = serde_json::from_str(&daemon.ctl_ok(&["status", "-o", "json"])).unwrap();
+    assert_eq!(status["attachments"], serde_json::json!([]), "{status}");
+}
+
+#[test]
+fn a_fault_ends_with_its_target() {
+    let mut n = Node::new();
+    let daemon = Daemon::start(&n.node).unwrap();
+
+    // A process: when it exits, its fault ends, with its counters.
+    let sleeper = Sleeper::new(n.pod(1));
+    let pid = sleeper.0.id();
+    for _ in 0..100 {
+        if std::fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|c| c.trim() == "sleep") {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    let pid = pid.to_string();
+    daemon.ctl_ok(&["apply", "--name", "by-pid", "--pid", &pid, "--partition", "-p", "udp", "--dport", "9004"]);
+    assert_eq!(traffic::udp(n.pod(1), None, &n.server, addr(SERVER, 9004), 300).unwrap(), 0);
+    drop(sleeper);
+    assert_eq!(ended(&daemon), vec![("by-pid".into(), "its process exited".into(), 300)]);
+    nothing_attached(&daemon);
+
+    // A namespace, deleted: its fault ends too.
+    let netns = n.netns_path(2);
+    daemon.ctl_ok(&["apply", "--name", "by-netns", "--netns", &netns, "--partition", "-p", "udp", "--dport", "9005"]);
+    assert_eq!(traffic::udp(n.pod(2), None, &n.server, addr(SERVER, 9005), 200).unwrap(), 0);
+    drop(n.pods.remove(1));
+    assert_eq!(ended(&daemon), vec![("by-netns".into(), "its network namespace is gone".into(), 200)]);
+    nothing_attached(&daemon);
+
+    // An interface of the node, deleted.
+    let host = n.host_if[1].clone();
+    // (On the host side, a pod's packets arrive: ingress.)
+    daemon.ctl_ok(&[
+        "apply",
+        "--name",
+        "by-if",
+        "-i",
+        &host,
+        "--partition",
+        "-d",
+        "ingress",
+        "-p",
+        "udp",
+        "--dport",
+        "9006",
+    ]);
+    assert_eq!(traffic::udp(n.pod(1), None, &n.server, addr(SERVER, 9006), 100).unwrap(), 0);
+    n.node.ip(&["link", "del", &host]).unwrap();
+    assert_eq!(ended(&daemon), vec![("by-if".into(), "its interface is gone".into(), 100)]);
+    nothing_attached(&daemon);
+}

@@ -1,10 +1,13 @@
 //! Faults over time: re-adopting a previous daemon's faults at start, starting scheduled faults
-//! when due, and reaping faults whose deadline has passed. The kernel ignores a rule from its
-//! deadline on by itself; reaping frees its slot and entries and records its final counters.
+//! when due, and reaping faults whose deadline has passed or whose interface or namespace is
+//! gone. The kernel ignores a rule from its deadline on by itself; reaping frees its slot and
+//! entries and records its final counters.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 
 use chaos_common::NO_DEADLINE;
+
+const SECOND: u64 = 1_000_000_000;
 
 use super::{Active, Engine, EngineError, Guard, Limits, commit, ended, rule_action};
 use crate::{
@@ -48,7 +51,7 @@ impl Engine {
                 None
             };
             match (reason, resolved) {
-                (None, Ok(Ok((fault, ifindex)))) => kept.push(Active { record, fault, ifindex }),
+                (None, Ok(Ok(r))) => kept.push(Active { record, fault: r.fault, ifindex: r.ifindex, watch: r.watch }),
                 (reason, _) => {
                     let counters =
                         if same_boot && adopted { engine.kernel.counters(record.slot) } else { Default::default() };
@@ -78,12 +81,23 @@ impl Engine {
         Ok(engine)
     }
 
-    /// Starts scheduled faults that are due and removes those past their deadline. Returns the
-    /// CLOCK_MONOTONIC time of the next start or deadline, if any.
+    /// Starts scheduled faults that are due and removes those past their deadline or whose
+    /// interface or namespace is gone. Returns the CLOCK_MONOTONIC time to be called again: the
+    /// next start or deadline, and while any fault exists at most a second away (to look at its
+    /// interface and namespace again; a daemon without faults sleeps until a request).
     pub fn tick(&mut self) -> Option<u64> {
         let now = mono_ns();
-        let expired: Vec<String> =
-            self.order.iter().filter(|n| self.faults[*n].record.deadline_ns <= now).cloned().collect();
+        let mut ending: Vec<(String, &'static str)> = self
+            .order
+            .iter()
+            .filter(|n| self.faults[*n].record.deadline_ns <= now)
+            .map(|n| (n.clone(), "expired"))
+            .collect();
+        for (name, why) in self.vanished() {
+            if !ending.iter().any(|(n, _)| *n == name) {
+                ending.push((name, why));
+            }
+        }
         let due: Vec<String> = self
             .order
             .iter()
@@ -93,24 +107,60 @@ impl Engine {
             })
             .cloned()
             .collect();
-        if (!expired.is_empty() || !due.is_empty())
-            && let Err(e) = self.advance(&expired, &due)
+        if (!ending.is_empty() || !due.is_empty())
+            && let Err(e) = self.advance(&ending, &due)
         {
             tracing::error!("starting or ending faults: {e}; retrying in 1 s");
-            return Some(now + 1_000_000_000);
+            return Some(now + SECOND);
         }
-        self.faults
+        let next = self
+            .faults
             .values()
             .filter_map(|a| match a.record.started {
                 false => Some(a.record.start_ns),
                 true if a.record.deadline_ns != NO_DEADLINE => Some(a.record.deadline_ns),
                 true => None,
             })
-            .min()
+            .min();
+        match (self.faults.is_empty(), next) {
+            (true, _) => next,
+            (false, Some(t)) => Some(t.min(now + SECOND)),
+            (false, None) => Some(now + SECOND),
+        }
     }
 
-    fn advance(&mut self, expired: &[String], due: &[String]) -> Result<(), EngineError> {
-        let ended: Vec<Ended> = expired.iter().map(|n| ended(&self.view(n), "expired")).collect();
+    /// Faults whose interface is gone (deleted, or its name now another device's), or whose
+    /// namespace (or process) is, with why. One dump of the links for all of them.
+    fn vanished(&self) -> Vec<(String, &'static str)> {
+        if self.faults.is_empty() {
+            return Vec::new();
+        }
+        let links = match crate::netlink::link::all() {
+            Ok(links) => links,
+            Err(e) => {
+                tracing::debug!("listing links: {e}");
+                return Vec::new();
+            }
+        };
+        let present: HashSet<(u32, &str)> = links.iter().map(|l| (l.ifindex, l.name.as_str())).collect();
+        let mut namespaces: HashMap<&std::path::Path, Option<&'static str>> = HashMap::new();
+        self.order
+            .iter()
+            .filter_map(|n| {
+                let a = &self.faults[n];
+                let namespace =
+                    a.watch.as_ref().and_then(|w| *namespaces.entry(w.path.as_path()).or_insert_with(|| w.gone()));
+                let interface =
+                    (!present.contains(&(a.ifindex, a.fault.interface.as_str()))).then_some("its interface is gone");
+                namespace.or(interface).map(|why| (n.clone(), why))
+            })
+            .collect()
+    }
+
+    /// Ends `ending` (each with why) and starts `due`, in one change of the rule set.
+    fn advance(&mut self, ending: &[(String, &'static str)], due: &[String]) -> Result<(), EngineError> {
+        let expired: Vec<String> = ending.iter().map(|(n, _)| n.clone()).collect();
+        let ended: Vec<Ended> = ending.iter().map(|(n, why)| ended(&self.view(n), why)).collect();
         for n in due {
             self.faults.get_mut(n).expect("listed").record.started = true;
         }
@@ -137,8 +187,13 @@ impl Engine {
         if !due.is_empty() {
             self.audit(&daemon, "start", due.to_vec(), "ok".into(), vec![]);
         }
-        if !expired.is_empty() {
-            self.audit(&daemon, "expire", expired.to_vec(), "ok".into(), ended);
+        // Deadlines are an "expire" event, gone targets an "end" one.
+        let (timed, gone): (Vec<Ended>, Vec<Ended>) = ended.into_iter().partition(|e| e.reason == "expired");
+        for (action, ended) in [("expire", timed), ("end", gone)] {
+            if !ended.is_empty() {
+                let names = ended.iter().map(|e| e.name.clone()).collect();
+                self.audit(&daemon, action, names, "ok".into(), ended);
+            }
         }
         Ok(())
     }

@@ -71,6 +71,12 @@ pub fn by_index(ifindex: u32) -> Result<Option<Link>, NlError> {
     get(ifindex, &Attrs::new())
 }
 
+/// Every link of this network namespace.
+pub fn all() -> Result<Vec<Link>, NlError> {
+    let answer = Socket::open()?.dump(libc::RTM_GETLINK, &ifinfomsg(0, 0, 0), &Attrs::new())?;
+    Ok(answer.iter().filter_map(|m| parse(&m.payload)).collect())
+}
+
 /// Creates an IFB device called `name`, up (the flags of a new link's ifinfomsg are applied
 /// by rtnl_configure_link, as `ip link add ... up` does). EEXIST when the name is taken.
 pub fn add_ifb(name: &str) -> Result<(), NlError> {
