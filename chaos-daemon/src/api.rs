@@ -87,6 +87,9 @@ pub struct Status {
     /// `edt` or `netem`, or `none (why)`: how delay and bandwidth faults hold packets.
     pub delay_backend: String,
     pub attachments: Vec<Attachment>,
+    /// The targets a fault can name here (interface, netns and pid, cgroup), and how.
+    #[serde(default)]
+    pub scoping: BTreeMap<String, String>,
     pub faults: usize,
     pub max_faults: usize,
     pub max_duration_ms: u64,

@@ -159,6 +159,7 @@ impl Engine {
                 Err(why) => format!("none ({why})"),
             },
             attachments: self.kernel.attachments(),
+            scoping: crate::target::scoping(),
             faults: self.faults.len(),
             max_faults: self.limits.max_faults,
             max_duration_ms: self.limits.max_duration.as_millis() as u64,

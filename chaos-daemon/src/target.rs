@@ -117,3 +117,81 @@ pub fn turned_round(m: Match) -> Match {
         Direction::Both => m.reply(),
     }
 }
+
+/// Where cgroup v2 is mounted, from `/proc/self/mountinfo`, and whether cgroup v1 hierarchies are
+/// mounted too (a hybrid host, as Kylin and UOS often are: v2 at /sys/fs/cgroup/unified).
+pub fn cgroup2(mountinfo: &str) -> Option<(std::path::PathBuf, bool)> {
+    // `ID PARENT MAJ:MIN ROOT MOUNTPOINT OPTIONS [OPTIONAL...] - FSTYPE SOURCE SUPER`
+    let mounts: Vec<(&str, &str)> = mountinfo
+        .lines()
+        .filter_map(|l| {
+            let (left, right) = l.split_once(" - ")?;
+            Some((left.split(' ').nth(4)?, right.split(' ').next()?))
+        })
+        .collect();
+    let v1 = mounts.iter().any(|(_, fs)| *fs == "cgroup");
+    // The first one mounted (the host's); more may follow inside containers.
+    mounts.iter().find(|(_, fs)| *fs == "cgroup2").map(|(at, _)| (at.replace("\\040", " ").into(), v1))
+}
+
+/// What `chaosctl status` says of the targets a fault can name here.
+pub fn scoping() -> std::collections::BTreeMap<String, String> {
+    let cgroup = match std::fs::read_to_string("/proc/self/mountinfo").ok().as_deref().and_then(cgroup2) {
+        Some((at, true)) => format!("cgroup2 at {} (hybrid: cgroup v1 hierarchies too)", at.display()),
+        Some((at, false)) => format!("cgroup2 at {}", at.display()),
+        None => "no cgroup2 mounted (cgroup v1 only)".into(),
+    };
+    [
+        ("interface", "yes".to_owned()),
+        ("netns, pid", "yes: through the host side of a veth to this namespace".to_owned()),
+        ("cgroup", cgroup),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), v))
+    .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cgroup2_mounts_are_found() {
+        let hybrid = "\
+25 1 0:23 / /sys/fs/cgroup ro,nosuid - tmpfs tmpfs ro,mode=755
+26 25 0:24 / /sys/fs/cgroup/unified rw,nosuid,nodev,noexec,relatime shared:4 - cgroup2 cgroup2 rw
+27 25 0:25 / /sys/fs/cgroup/systemd rw,nosuid - cgroup cgroup rw,xattr,name=systemd
+";
+        assert_eq!(cgroup2(hybrid), Some(("/sys/fs/cgroup/unified".into(), true)));
+        let unified =
+            "30 1 0:26 / /sys/fs/cgroup rw,nosuid,nodev,noexec,relatime shared:9 - cgroup2 cgroup2 rw,nsdelegate\n";
+        assert_eq!(cgroup2(unified), Some(("/sys/fs/cgroup".into(), false)));
+        let v1 = "27 25 0:25 / /sys/fs/cgroup/memory rw - cgroup cgroup rw,memory\n";
+        assert_eq!(cgroup2(v1), None);
+        assert_eq!(cgroup2(""), None);
+    }
+
+    #[test]
+    fn matches_are_turned_round_for_the_host_side() {
+        use crate::spec::{FaultSpec, Protocol};
+        let m = |direction: &str| {
+            let spec = FaultSpec {
+                interface: Some("eth0".into()),
+                action: Some("partition".into()),
+                direction: Some(direction.into()),
+                protocol: Some("udp".into()),
+                src: Some("10.0.0.1".into()),
+                dport: Some(crate::spec::PortSpec::Number(53)),
+                ..Default::default()
+            };
+            spec.validate().unwrap().matches
+        };
+        // The container's egress arrives on the host side: ingress, as written.
+        assert_eq!(turned_round(m("egress")), Match { direction: Direction::Ingress, ..m("egress") });
+        assert_eq!(turned_round(m("ingress")), Match { direction: Direction::Egress, ..m("ingress") });
+        // Both: the host's egress sees the replies, its ingress the container's packets.
+        let both = turned_round(m("both"));
+        assert_eq!((both.direction, both.dst, both.sport), (Direction::Both, m("both").src, m("both").dport));
+        assert_eq!(both.protocol, Protocol::Udp);
+    }
+}

@@ -271,6 +271,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                         status.features.iter().map(|(k, v)| format!("{k}={}", if *v { "yes" } else { "no" })).collect();
                     println!("features: {}", features.join(" "));
                     println!("delay backend: {}", status.delay_backend);
+                    for (target, how) in &status.scoping {
+                        println!("target {target}: {how}");
+                    }
                     println!(
                         "faults: {} (max {}), max duration {}s{}",
                         status.faults,
