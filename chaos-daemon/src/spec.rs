@@ -32,6 +32,10 @@ pub struct FaultSpec {
     /// As `netns`, naming a process in that namespace.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pid: Option<i64>,
+    /// As `netns`, naming a container by its id (or a unique prefix of 12 or more hex digits),
+    /// found in the processes' cgroups (containerd, CRI-O, Docker; no runtime socket needed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub container: Option<String>,
     /// `loss`, `partition`, `delay`, `bandwidth`, `duplicate`, `corrupt` or `reset` (required).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub action: Option<String>,
@@ -292,11 +296,26 @@ pub struct Fault {
     pub start_after: Duration,
 }
 
-/// Another network namespace, and whether the user named it by a process (for messages).
+/// Another network namespace, as the user named it.
 #[derive(Clone, Debug, PartialEq)]
-pub struct NetnsTarget {
-    pub path: std::path::PathBuf,
-    pub by_pid: bool,
+pub enum NetnsTarget {
+    /// `/run/netns/x`, `/proc/PID/ns/net`.
+    Path(std::path::PathBuf),
+    /// A process's.
+    Pid(i32),
+    /// A container's, by its id or a unique prefix of it (12 to 64 hex digits).
+    Container(String),
+}
+
+impl NetnsTarget {
+    /// The spec field that named it.
+    pub fn field(&self) -> &'static str {
+        match self {
+            Self::Path(_) => "netns",
+            Self::Pid(_) => "pid",
+            Self::Container(_) => "container",
+        }
+    }
 }
 
 /// Which packets a fault applies to.
@@ -325,19 +344,33 @@ impl FaultSpec {
         if let Some(name) = &self.name {
             validate_name(name)?;
         }
-        let netns = match (&self.netns, self.pid) {
-            (Some(_), Some(_)) => {
-                return Err(SpecError::new("pid", "and netns both name a namespace: give one"));
-            }
-            (Some(path), None) if !path.starts_with('/') => {
+        let named = [self.netns.is_some(), self.pid.is_some(), self.container.is_some()];
+        if named.iter().filter(|n| **n).count() > 1 {
+            let field = if self.container.is_some() { "container" } else { "pid" };
+            return Err(SpecError::new(field, "netns, pid and container each name a namespace: give one"));
+        }
+        let netns = match (&self.netns, self.pid, &self.container) {
+            (Some(path), _, _) if !path.starts_with('/') => {
                 return Err(SpecError::new("netns", format!("'{path}' is not an absolute path (e.g. /run/netns/x)")));
             }
-            (Some(path), None) => Some(NetnsTarget { path: path.into(), by_pid: false }),
-            (None, Some(pid)) if pid <= 0 || pid > i64::from(i32::MAX) => {
-                return Err(SpecError::new("pid", format!("{pid} is not a process id")));
+            (Some(path), _, _) => Some(NetnsTarget::Path(path.into())),
+            (_, Some(pid), _) => match i32::try_from(pid) {
+                Ok(pid) if pid > 0 => Some(NetnsTarget::Pid(pid)),
+                _ => return Err(SpecError::new("pid", format!("{pid} is not a process id"))),
+            },
+            (_, _, Some(id)) => {
+                let id = id.trim().to_ascii_lowercase();
+                if !(12..=64).contains(&id.len()) || !id.chars().all(|c| c.is_ascii_hexdigit()) {
+                    return Err(SpecError::new(
+                        "container",
+                        format!(
+                            "'{id}' is not a container id (12 to 64 hex digits, as `crictl ps` or `docker ps` shows)"
+                        ),
+                    ));
+                }
+                Some(NetnsTarget::Container(id))
             }
-            (None, Some(pid)) => Some(NetnsTarget { path: format!("/proc/{pid}/ns/net").into(), by_pid: true }),
-            (None, None) => None,
+            (None, None, None) => None,
         };
         let default_interface = netns.as_ref().map(|_| "eth0");
         let interface = match self.interface.as_deref().map(str::trim).or(default_interface) {

@@ -13,7 +13,7 @@ use std::{
 
 use crate::{
     netlink::link,
-    spec::{Direction, Fault, Match, SpecError},
+    spec::{Direction, Fault, Match, NetnsTarget, SpecError},
 };
 
 /// A fault as the daemon's namespace sees it.
@@ -30,9 +30,10 @@ pub struct Resolved {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Watch {
     pub path: std::path::PathBuf,
-    pub by_pid: bool,
     /// `(st_dev, st_ino)`: a namespace's identity.
     id: (u64, u64),
+    /// Why the fault ends when the path no longer names it.
+    why: &'static str,
 }
 
 impl Watch {
@@ -40,11 +41,7 @@ impl Watch {
     /// or its pid now belongs to another; the namespace was deleted).
     pub fn gone(&self) -> Option<&'static str> {
         let now = std::fs::metadata(&self.path).ok().map(|m| (m.dev(), m.ino()));
-        match (now == Some(self.id), self.by_pid) {
-            (true, _) => None,
-            (false, true) => Some("its process exited"),
-            (false, false) => Some("its network namespace is gone"),
-        }
+        (now != Some(self.id)).then_some(self.why)
     }
 }
 
@@ -55,20 +52,26 @@ pub fn resolve(fault: Fault) -> Result<Resolved, SpecError> {
             .map_err(|_| SpecError::new("interface", format!("no such interface '{}'", fault.interface)))?;
         return Ok(Resolved { fault, ifindex, watch: None });
     };
-    let (field, netns) = if ns.by_pid { ("pid", ns.path) } else { ("netns", ns.path) };
+    let field = ns.field();
+    let (netns, why): (std::path::PathBuf, _) = match &ns {
+        NetnsTarget::Path(path) => (path.clone(), "its network namespace is gone"),
+        NetnsTarget::Pid(pid) => (format!("/proc/{pid}/ns/net").into(), "its process exited"),
+        NetnsTarget::Container(id) => {
+            let pid = container_pid(id).map_err(|e| SpecError::new(field, e))?;
+            (format!("/proc/{pid}/ns/net").into(), "its container stopped")
+        }
+    };
     let target = File::open(&netns).map_err(|e| {
-        let what = if e.kind() == std::io::ErrorKind::NotFound && ns.by_pid { "no such process" } else { "" };
-        SpecError::new(
-            field,
-            format!("{}: {}", netns.display(), if what.is_empty() { e.to_string() } else { what.into() }),
-        )
+        let process = e.kind() == std::io::ErrorKind::NotFound && !matches!(ns, NetnsTarget::Path(_));
+        let what = if process { "no such process".to_owned() } else { e.to_string() };
+        SpecError::new(field, format!("{}: {what}", netns.display()))
     })?;
     // This thread's namespace, the daemon's (`thread-self`: the probe's thread has its own).
     let here = File::open("/proc/thread-self/ns/net")
         .map_err(|e| SpecError::new(field, format!("reading the daemon's network namespace: {e}")))?;
     let same = |a: &File, b: &File| matches!((a.metadata(), b.metadata()), (Ok(x), Ok(y)) if (x.dev(), x.ino()) == (y.dev(), y.ino()));
     let meta = target.metadata().map_err(|e| SpecError::new(field, format!("{}: {e}", netns.display())))?;
-    let watch = Watch { path: netns.clone(), by_pid: ns.by_pid, id: (meta.dev(), meta.ino()) };
+    let watch = Watch { path: netns.clone(), id: (meta.dev(), meta.ino()), why };
     if same(&target, &here) {
         // The daemon's own namespace (a process of the host): the interface as named.
         return resolve(Fault { netns: None, ..fault }).map(|r| Resolved { watch: Some(watch), ..r });
@@ -105,6 +108,39 @@ pub fn resolve(fault: Fault) -> Result<Resolved, SpecError> {
         ifindex: peer,
         watch: Some(watch),
     })
+}
+
+/// The first process (the lowest pid: the container's init) of the container whose id starts
+/// with `id`, found in `/proc/*/cgroup`: the last component of a process's cgroup path is its
+/// container's id, bare (cgroupfs: `/kubepods/.../<id>`, `/docker/<id>`) or in a systemd scope
+/// (`cri-containerd-<id>.scope`, `crio-<id>.scope`, `docker-<id>.scope`, `libpod-<id>.scope`).
+fn container_pid(id: &str) -> Result<u32, String> {
+    let mut found: std::collections::BTreeMap<String, u32> = std::collections::BTreeMap::new();
+    let procs = std::fs::read_dir("/proc").map_err(|e| format!("reading /proc: {e}"))?;
+    for pid in procs.filter_map(Result::ok).filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok()) {
+        let Ok(cgroups) = std::fs::read_to_string(format!("/proc/{pid}/cgroup")) else { continue };
+        if let Some(full) = cgroups.lines().find_map(|l| container_of(l).filter(|c| c.starts_with(id))) {
+            let lowest = found.entry(full.to_owned()).or_insert(pid);
+            *lowest = (*lowest).min(pid);
+        }
+    }
+    match found.len() {
+        0 => Err(format!("no running container has an id starting with {id}")),
+        1 => Ok(*found.values().next().expect("one")),
+        _ => Err(format!(
+            "{id} is the start of several containers' ids ({}): give more of it",
+            found.keys().map(|k| &k[..k.len().min(16)]).collect::<Vec<_>>().join(", ")
+        )),
+    }
+}
+
+/// The container id a `/proc/PID/cgroup` line names, if any.
+fn container_of(line: &str) -> Option<&str> {
+    let last = line.rsplit('/').next()?;
+    let last = last.strip_suffix(".scope").unwrap_or(last);
+    let id =
+        ["cri-containerd-", "crio-", "docker-", "libpod-"].iter().find_map(|p| last.strip_prefix(p)).unwrap_or(last);
+    (id.len() == 64 && id.chars().all(|c| c.is_ascii_hexdigit())).then_some(id)
 }
 
 /// A match written from inside a container, as the host side of its veth sees it.
@@ -154,6 +190,28 @@ pub fn scoping() -> std::collections::BTreeMap<String, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn container_ids_are_read_from_cgroup_paths() {
+        let id = "4f1c0a7e2b9d8c6f5e4d3c2b1a09f8e7d6c5b4a39281706f5e4d3c2b1a098765";
+        for line in [
+            format!("0::/kubepods.slice/kubepods-burstable.slice/kubepods-pod1.slice/cri-containerd-{id}.scope"),
+            format!("0::/system.slice/docker-{id}.scope"),
+            format!("12:pids:/kubepods/burstable/pod0c8e/{id}"),
+            format!("0::/machine.slice/libpod-{id}.scope"),
+            format!("0::/kubepods.slice/crio-{id}.scope"),
+        ] {
+            assert_eq!(container_of(&line), Some(id), "{line}");
+        }
+        for line in [
+            format!("0::/kubepods.slice/crio-conmon-{id}.scope"),
+            "0::/user.slice/user-0.slice/session-1.scope".to_owned(),
+            "0::/".to_owned(),
+            format!("0::/docker/{}", &id[..12]),
+        ] {
+            assert_eq!(container_of(&line), None, "{line}");
+        }
+    }
 
     #[test]
     fn cgroup2_mounts_are_found() {

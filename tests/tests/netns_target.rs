@@ -259,3 +259,63 @@ fn a_fault_ends_with_its_target() {
     assert_eq!(ended(&daemon), vec![("by-if".into(), "its interface is gone".into(), 100)]);
     nothing_attached(&daemon);
 }
+
+/// A cgroup made for a fake container (`docker-<id>.scope`, as Docker's systemd driver names
+/// them) under the host's cgroup2 mount, removed on drop (its processes are gone by then).
+struct ContainerCgroup {
+    dirs: Vec<std::path::PathBuf>,
+}
+
+impl ContainerCgroup {
+    fn new(id: &str, pid: u32) -> Self {
+        let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+        let mount = mountinfo
+            .lines()
+            .find_map(|l| {
+                let (left, right) = l.split_once(" - ")?;
+                right.starts_with("cgroup2 ").then(|| left.split(' ').nth(4).unwrap().to_owned())
+            })
+            .expect("a cgroup2 mount");
+        let parent = std::path::Path::new(&mount).join(unique("cdtest"));
+        let leaf = parent.join(format!("docker-{id}.scope"));
+        std::fs::create_dir_all(&leaf).unwrap();
+        std::fs::write(leaf.join("cgroup.procs"), pid.to_string()).unwrap();
+        Self { dirs: vec![leaf, parent] }
+    }
+}
+
+impl Drop for ContainerCgroup {
+    fn drop(&mut self) {
+        for dir in &self.dirs {
+            let _ = std::fs::remove_dir(dir);
+        }
+    }
+}
+
+#[test]
+fn a_container_is_found_by_its_id() {
+    let n = Node::new();
+    let daemon = Daemon::start(&n.node).unwrap();
+    let sleeper = Sleeper::new(n.pod(1));
+    let pid = sleeper.0.id();
+    for _ in 0..100 {
+        if std::fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|c| c.trim() == "sleep") {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    let id = "c0ffee00d15ea5e5000000000000000000000000000000000000000000000001";
+    let cgroup = ContainerCgroup::new(id, pid);
+    // By a prefix, as `crictl ps` shows ids.
+    daemon.ctl_ok(&["apply", "--name", "ctr", "--container", &id[..13], "--partition", "-p", "udp", "--dport", "9007"]);
+    assert_eq!(traffic::udp(n.pod(1), None, &n.server, addr(SERVER, 9007), 300).unwrap(), 0);
+    assert_eq!(traffic::udp(n.pod(2), None, &n.server, addr(SERVER, 9007), 300).unwrap(), 300);
+    let list = daemon.ctl_ok(&["list"]);
+    assert!(list.contains(&format!("eth0@{}", &id[..12])), "{list}");
+    let out = daemon.ctl(&["apply", "--container", "c0ffee00d15ea5e5ff", "--loss", "1"]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no running container has an id starting with"));
+    // The container stops: its fault ends.
+    drop(sleeper);
+    assert_eq!(ended(&daemon), vec![("ctr".into(), "its container stopped".into(), 300)]);
+    drop(cgroup);
+}

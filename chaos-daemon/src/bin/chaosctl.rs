@@ -71,7 +71,7 @@ struct ApplyArgs {
         short = 'f',
         long = "file",
         conflicts_with_all = [
-            "name", "interface", "netns", "pid", "loss", "gemodel", "partition", "delay", "rate", "duplicate", "corrupt", "reset"
+            "name", "interface", "netns", "pid", "container", "loss", "gemodel", "partition", "delay", "rate", "duplicate", "corrupt", "reset"
         ]
     )]
     file: Option<PathBuf>,
@@ -79,15 +79,19 @@ struct ApplyArgs {
     #[arg(long)]
     name: Option<String>,
     /// Interface to act on (with --netns or --pid: the one inside that namespace, default eth0).
-    #[arg(short, long, required_unless_present_any = ["file", "netns", "pid"])]
+    #[arg(short, long, required_unless_present_any = ["file", "netns", "pid", "container"])]
     interface: Option<String>,
     /// Act on an interface of another network namespace (a container's), by path, e.g.
     /// /run/netns/x or /proc/PID/ns/net: directions are as seen from inside it.
     #[arg(long, conflicts_with = "pid")]
     netns: Option<String>,
     /// As --netns, naming a process in that namespace.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "container")]
     pid: Option<i64>,
+    /// As --netns, naming a container by its id or a unique prefix (12+ hex digits, as
+    /// `crictl ps` or `docker ps` shows).
+    #[arg(long, conflicts_with = "netns")]
+    container: Option<String>,
     /// Drop this percentage of matching packets, e.g. 20 or 20% (with --delay or --rate too).
     #[arg(
         long,
@@ -328,6 +332,7 @@ fn specs(args: ApplyArgs) -> anyhow::Result<(Vec<FaultSpec>, Option<String>)> {
         interface: args.interface,
         netns: args.netns,
         pid: args.pid,
+        container: args.container,
         action: Some(action.into()),
         loss: percent("loss", args.loss)?,
         gemodel: args.gemodel,
@@ -444,10 +449,13 @@ fn print_table(faults: &[FaultView]) {
                 f.experiment.clone().unwrap_or_else(|| "-".into()),
                 state,
                 // An interface of another namespace: `eth0@/run/netns/x`, `eth0@pid 42`.
-                match (&s.netns, s.pid) {
-                    (Some(ns), _) => format!("{}@{ns}", s.interface.as_deref().unwrap_or("eth0")),
-                    (None, Some(pid)) => format!("{}@pid {pid}", s.interface.as_deref().unwrap_or("eth0")),
-                    (None, None) => or_any(&s.interface),
+                match (&s.netns, s.pid, &s.container) {
+                    (Some(ns), _, _) => format!("{}@{ns}", s.interface.as_deref().unwrap_or("eth0")),
+                    (_, Some(pid), _) => format!("{}@pid {pid}", s.interface.as_deref().unwrap_or("eth0")),
+                    (_, _, Some(c)) => {
+                        format!("{}@{}", s.interface.as_deref().unwrap_or("eth0"), &c[..c.len().min(12)])
+                    }
+                    _ => or_any(&s.interface),
                 },
                 action,
                 s.direction.clone().unwrap_or_else(|| "egress".into()),

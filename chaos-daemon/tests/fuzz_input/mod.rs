@@ -37,6 +37,7 @@ pub const SPEC_KEYS: &[&str] = &[
     "gap",
     "netns",
     "pid",
+    "container",
 ];
 
 /// Keys about to be added: unknown today, so refused by decoding; validated once they exist.
