@@ -78,10 +78,14 @@ pub fn resolve(fault: Fault) -> Result<Resolved, SpecError> {
     }
     let interface = fault.interface.clone();
     let where_ = netns.display().to_string();
+    // Without CAP_SYS_ADMIN (setns needs it) the namespace is looked at from outside, below.
+    let outside = target.try_clone().map_err(|e| SpecError::new(field, format!("{where_}: {e}")))?;
     // setns is per thread: a thread of its own enters the namespace and reads the veth there.
-    let peer = std::thread::spawn(move || -> Result<u32, String> {
-        nix::sched::setns(&target, nix::sched::CloneFlags::CLONE_NEWNET)
-            .map_err(|e| format!("entering {where_}: {e}"))?;
+    let peer = std::thread::spawn(move || -> Result<Option<u32>, String> {
+        match nix::sched::setns(&target, nix::sched::CloneFlags::CLONE_NEWNET) {
+            Err(nix::errno::Errno::EPERM) => return Ok(None),
+            r => r.map_err(|e| format!("entering {where_}: {e}"))?,
+        }
         let link = link::by_name(&interface)
             .map_err(|e| format!("reading {interface} in {where_}: {e}"))?
             .ok_or_else(|| format!("no interface '{interface}' in {where_}"))?;
@@ -89,7 +93,7 @@ pub fn resolve(fault: Fault) -> Result<Resolved, SpecError> {
             link.peer.ok_or_else(|| format!("{interface} in {where_} is not a veth: it has no peer on this host"))?;
         let host = link::nsid(here.as_fd()).map_err(|e| format!("naming the daemon's namespace from {where_}: {e}"))?;
         match nsid {
-            Some(n) if n == host => Ok(peer),
+            Some(n) if n == host => Ok(Some(peer)),
             _ => Err(format!(
                 "the peer of {interface} in {where_} is not in the daemon's network namespace (a veth to another \
                  namespace): the daemon can reach only containers wired to its own"
@@ -99,6 +103,10 @@ pub fn resolve(fault: Fault) -> Result<Resolved, SpecError> {
     .join()
     .map_err(|_| SpecError::new(field, "the thread reading its namespace panicked"))?
     .map_err(|e| SpecError::new(field, e))?;
+    let peer = match peer {
+        Some(peer) => peer,
+        None => only_veth_into(&outside, &netns).map_err(|e| SpecError::new(field, e))?,
+    };
     let host = link::by_index(peer)
         .map_err(|e| SpecError::new(field, format!("reading the host side of its veth: {e}")))?
         .ok_or_else(|| SpecError::new(field, "the host side of its veth is gone"))?;
@@ -108,6 +116,27 @@ pub fn resolve(fault: Fault) -> Result<Resolved, SpecError> {
         ifindex: peer,
         watch: Some(watch),
     })
+}
+
+/// The host side of the one veth leading into the namespace `ns`, seen from the daemon's: how a
+/// daemon without CAP_SYS_ADMIN (which setns needs) finds a container's veth. Its name inside
+/// cannot be read from outside, so a namespace with several veths to this one is refused.
+fn only_veth_into(ns: &File, path: &std::path::Path) -> Result<u32, String> {
+    // The dump first: showing a veth's peer gives its namespace an id here (peernet2id_alloc),
+    // which RTM_GETNSID only reads.
+    let links = link::all().map_err(|e| format!("listing links: {e}"))?;
+    let id = link::nsid(ns.as_fd()).map_err(|e| format!("naming {} from here: {e}", path.display()))?;
+    let into: Vec<&link::Link> = links.iter().filter(|l| matches!(l.peer, Some((_, Some(n))) if n == id)).collect();
+    match into.as_slice() {
+        [one] => Ok(one.ifindex),
+        [] => Err(format!("no veth of the daemon's network namespace leads into {}", path.display())),
+        several => Err(format!(
+            "{} veths lead into {} ({}); telling them apart by their name inside needs CAP_SYS_ADMIN",
+            several.len(),
+            path.display(),
+            several.iter().map(|l| l.name.as_str()).collect::<Vec<_>>().join(", ")
+        )),
+    }
 }
 
 /// The first process (the lowest pid: the container's init) of the container whose id starts

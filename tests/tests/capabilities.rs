@@ -57,6 +57,28 @@ fn the_daemonset_capabilities_are_enough() {
     daemon.ctl_ok(&["rm", "cut", "twice"]);
     assert_eq!(traffic::udp(&lab.a, None, &lab.b, dst(9950), 500).unwrap(), 500);
 
+    // Another namespace without setns (which needs CAP_SYS_ADMIN): found from outside, through
+    // the one veth that leads into it. b's egress, as b sees it, arrives on a's interface.
+    let b = format!("/run/netns/{}", lab.b.name);
+    daemon.ctl_ok(&[
+        "apply",
+        "--name",
+        "from-b",
+        "--netns",
+        &b,
+        "-i",
+        &lab.b_if,
+        "--partition",
+        "-p",
+        "udp",
+        "--dport",
+        "9952",
+    ]);
+    let to_a = SocketAddr::new(chaos_tests::lab::A4.parse().unwrap(), 9952);
+    assert_eq!(traffic::udp(&lab.b, None, &lab.a, to_a, 500).unwrap(), 0);
+    assert_eq!(traffic::udp(&lab.a, None, &lab.b, dst(9952), 500).unwrap(), 500);
+    daemon.ctl_ok(&["rm", "from-b"]);
+
     assert!(daemon.stop().unwrap().success(), "{}", daemon.log());
     assert!(!daemon.bpffs.exists(), "pins left in {}", daemon.bpffs.display());
 }

@@ -99,8 +99,8 @@ pub fn set_up(ifindex: u32) -> Result<(), NlError> {
 const NETNSA_NSID: u16 = 1;
 const NETNSA_FD: u16 = 3;
 
-/// The id this network namespace gives the namespace `fd` refers to (allocating one if it has
-/// none yet, as `ip link` does when it shows a peer there).
+/// The id this network namespace gives the namespace `fd` refers to: -1 when it has none yet
+/// (dumping a link whose peer is there gives it one).
 pub fn nsid(fd: std::os::fd::BorrowedFd<'_>) -> Result<i32, NlError> {
     use std::os::fd::AsRawFd as _;
     let mut attrs = Attrs::new();
