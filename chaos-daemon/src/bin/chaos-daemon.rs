@@ -134,9 +134,18 @@ fn serve(config: Config) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Starts scheduled faults and reaps ended ones at their times. The kernel already ignores a
-/// rule past its deadline; this frees its slot and records its end.
+/// Starts scheduled faults and reaps ended ones at their times, and when a link changes (an
+/// interface a fault is on may be gone). The kernel already ignores a rule past its deadline;
+/// this frees its slot and records its end.
 async fn lifecycle(shared: Arc<Shared>, mut shutdown: broadcast::Receiver<()>) {
+    let links = match chaos_daemon::netlink::link::events() {
+        // SAFETY: an OwnedFd's descriptor is valid, open and the same for as long as it lives,
+        // and the AsyncFd owns it.
+        Ok(fd) => unsafe { tokio::io::unix::AsyncFd::register(fd) }.map_err(|e| e.to_string()),
+        Err(e) => Err(e.to_string()),
+    }
+    .inspect_err(|e| tracing::warn!("no link events ({e}): a deleted interface is noticed at the next request"))
+    .ok();
     loop {
         let engine = shared.engine.clone();
         let next = tokio::task::spawn_blocking(move || engine.lock().unwrap_or_else(|p| p.into_inner()).tick())
@@ -146,7 +155,35 @@ async fn lifecycle(shared: Arc<Shared>, mut shutdown: broadcast::Receiver<()>) {
         tokio::select! {
             _ = shutdown.recv() => return,
             _ = shared.changed.notified() => {}
+            _ = link_change(links.as_ref()) => {}
             _ = tokio::time::sleep(wait) => {}
+        }
+    }
+}
+
+/// Returns once a link of the daemon's namespace has changed (never, without the socket),
+/// having read everything the kernel sent: only that something changed matters.
+async fn link_change(links: Option<&tokio::io::unix::AsyncFd<std::os::fd::OwnedFd>>) {
+    use std::os::fd::AsRawFd as _;
+    let Some(fd) = links else { return std::future::pending().await };
+    loop {
+        let Ok(mut ready) = fd.readable().await else { return std::future::pending().await };
+        let mut buf = [0u8; 8192];
+        let mut changed = false;
+        loop {
+            // SAFETY: recv into a live buffer of its size, on a non-blocking socket.
+            let n = unsafe { libc::recv(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
+            if n > 0 {
+                changed = true;
+                continue;
+            }
+            // ENOBUFS (events were lost) counts as a change; EAGAIN is the end of them.
+            changed |= n < 0 && std::io::Error::last_os_error().raw_os_error() != Some(libc::EAGAIN);
+            break;
+        }
+        ready.clear_ready();
+        if changed {
+            return;
         }
     }
 }

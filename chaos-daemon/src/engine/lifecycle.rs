@@ -83,15 +83,17 @@ impl Engine {
 
     /// Starts scheduled faults that are due and removes those past their deadline or whose
     /// interface or namespace is gone. Returns the CLOCK_MONOTONIC time to be called again: the
-    /// next start or deadline, and while any fault exists at most a second away (to look at its
-    /// interface and namespace again; a daemon without faults sleeps until a request).
+    /// next start or deadline, and while a fault names another namespace at most a second away
+    /// (a process can exit without any link changing). Deleted interfaces need no polling: the
+    /// daemon is called on every link change too.
     pub fn tick(&mut self) -> Option<u64> {
         let now = mono_ns();
+        // Over the map itself, not `order` (a lookup by name each): this runs every second.
         let mut ending: Vec<(String, &'static str)> = self
-            .order
+            .faults
             .iter()
-            .filter(|n| self.faults[*n].record.deadline_ns <= now)
-            .map(|n| (n.clone(), "expired"))
+            .filter(|(_, a)| a.record.deadline_ns <= now)
+            .map(|(n, _)| (n.clone(), "expired"))
             .collect();
         for (name, why) in self.vanished() {
             if !ending.iter().any(|(n, _)| *n == name) {
@@ -99,13 +101,10 @@ impl Engine {
             }
         }
         let due: Vec<String> = self
-            .order
+            .faults
             .iter()
-            .filter(|n| {
-                let r = &self.faults[*n].record;
-                !r.started && r.start_ns <= now && r.deadline_ns > now
-            })
-            .cloned()
+            .filter(|(_, a)| !a.record.started && a.record.start_ns <= now && a.record.deadline_ns > now)
+            .map(|(n, _)| n.clone())
             .collect();
         if (!ending.is_empty() || !due.is_empty())
             && let Err(e) = self.advance(&ending, &due)
@@ -122,10 +121,10 @@ impl Engine {
                 true => None,
             })
             .min();
-        match (self.faults.is_empty(), next) {
-            (true, _) => next,
-            (false, Some(t)) => Some(t.min(now + SECOND)),
-            (false, None) => Some(now + SECOND),
+        match (self.faults.values().any(|a| a.watch.is_some()), next) {
+            (false, _) => next,
+            (true, Some(t)) => Some(t.min(now + SECOND)),
+            (true, None) => Some(now + SECOND),
         }
     }
 
@@ -142,16 +141,17 @@ impl Engine {
                 return Vec::new();
             }
         };
-        let present: HashSet<(u32, &str)> = links.iter().map(|l| (l.ifindex, l.name.as_str())).collect();
+        // Once a second over every fault: by ifindex (no string hashing), without looking the
+        // faults up by name, each namespace looked at once.
+        let present: HashMap<u32, &str> = links.iter().map(|l| (l.ifindex, l.name.as_str())).collect();
         let mut namespaces: HashMap<&std::path::Path, Option<&'static str>> = HashMap::new();
-        self.order
+        self.faults
             .iter()
-            .filter_map(|n| {
-                let a = &self.faults[n];
+            .filter_map(|(n, a)| {
                 let namespace =
                     a.watch.as_ref().and_then(|w| *namespaces.entry(w.path.as_path()).or_insert_with(|| w.gone()));
                 let interface =
-                    (!present.contains(&(a.ifindex, a.fault.interface.as_str()))).then_some("its interface is gone");
+                    (present.get(&a.ifindex) != Some(&a.fault.interface.as_str())).then_some("its interface is gone");
                 namespace.or(interface).map(|why| (n.clone(), why))
             })
             .collect()

@@ -71,6 +71,33 @@ pub fn by_index(ifindex: u32) -> Result<Option<Link>, NlError> {
     get(ifindex, &Attrs::new())
 }
 
+/// A non-blocking netlink socket that receives this namespace's link changes (`RTMGRP_LINK`:
+/// links added, changed, deleted), so a deleted interface is noticed without polling.
+pub fn events() -> Result<std::os::fd::OwnedFd, NlError> {
+    use std::os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd};
+    // SAFETY: plain socket syscall; the descriptor is owned by the OwnedFd at once.
+    let fd = unsafe {
+        libc::socket(libc::AF_NETLINK, libc::SOCK_RAW | libc::SOCK_CLOEXEC | libc::SOCK_NONBLOCK, libc::NETLINK_ROUTE)
+    };
+    if fd < 0 {
+        return Err(NlError::last_os());
+    }
+    // SAFETY: `fd` is a fresh descriptor nobody else owns.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    // SAFETY: a zeroed sockaddr_nl is valid; family and groups are set below.
+    let mut addr: libc::sockaddr_nl = unsafe { std::mem::zeroed() };
+    addr.nl_family = libc::AF_NETLINK as u16;
+    addr.nl_groups = libc::RTMGRP_LINK as u32;
+    // SAFETY: bind with a pointer to a live sockaddr_nl and its size.
+    let rc = unsafe {
+        libc::bind(fd.as_raw_fd(), (&raw const addr).cast(), std::mem::size_of::<libc::sockaddr_nl>() as u32)
+    };
+    if rc != 0 {
+        return Err(NlError::last_os());
+    }
+    Ok(fd)
+}
+
 /// Every link of this network namespace.
 pub fn all() -> Result<Vec<Link>, NlError> {
     let answer = Socket::open()?.dump(libc::RTM_GETLINK, &ifinfomsg(0, 0, 0), &Attrs::new())?;
