@@ -64,6 +64,11 @@ pub struct Config {
     /// on the host uses (a CNI, kube-proxy's 0x4000 and 0x8000, policy routing). Default
     /// `0x10000000`.
     pub duplicate_mark: u32,
+    /// Where container runtimes keep the OCI spec of each running container, for faults that
+    /// name a pod (`<dir>/<id>/config.json` or `<dir>/<id>/userdata/config.json`). Default:
+    /// containerd's Kubernetes namespace and CRI-O's, `/run/containerd/io.containerd.runtime.v2.task/k8s.io`
+    /// and `/run/containers/storage/overlay-containers`.
+    pub runtime_dirs: Vec<PathBuf>,
     /// Log filter, in `RUST_LOG` syntax; `RUST_LOG` overrides it. Default `info`.
     pub log: String,
 }
@@ -98,6 +103,10 @@ impl Default for Config {
             tc_attach: AttachMode::Auto,
             delay_backend: BackendChoice::Auto,
             duplicate_mark: 0x1000_0000,
+            runtime_dirs: vec![
+                "/run/containerd/io.containerd.runtime.v2.task/k8s.io".into(),
+                "/run/containers/storage/overlay-containers".into(),
+            ],
             log: "info".into(),
         }
     }
@@ -137,6 +146,7 @@ impl Config {
             allow_unlimited: self.allow_unlimited,
             max_start_after: d("max_start_after", &self.max_start_after)?,
             duplicate_mark: self.duplicate_mark,
+            runtime_dirs: self.runtime_dirs.clone(),
         })
     }
 

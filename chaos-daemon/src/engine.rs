@@ -51,6 +51,8 @@ pub struct Limits {
     pub max_start_after: Duration,
     /// Not a limit, but the config's word for how duplicate faults mark their copies.
     pub duplicate_mark: u32,
+    /// Nor this: where container runtimes keep their containers' specs (for pods).
+    pub runtime_dirs: Vec<std::path::PathBuf>,
 }
 
 /// Flows faults must not touch without `force`: configured ones, and sessions to these ports.
@@ -214,7 +216,7 @@ impl Engine {
             // The fault as the daemon's namespace sees it: its interface there, and turned round
             // for another namespace's (see `target`).
             let crate::target::Resolved { fault, ifindex, watch } =
-                crate::target::resolve(spec.validate().map_err(at)?).map_err(at)?;
+                crate::target::resolve(spec.validate().map_err(at)?, &self.limits.runtime_dirs).map_err(at)?;
             if let Action::Shape(s) = fault.action {
                 self.kernel.can_shape(fault.matches.direction != Direction::Egress, s.reorder.is_some())?;
             }

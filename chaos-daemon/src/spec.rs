@@ -36,6 +36,10 @@ pub struct FaultSpec {
     /// found in the processes' cgroups (containerd, CRI-O, Docker; no runtime socket needed).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub container: Option<String>,
+    /// As `netns`, naming a Kubernetes pod on this node: `NAMESPACE/NAME`, found in the
+    /// container runtime's state files (containerd, CRI-O; no API server needed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod: Option<String>,
     /// `loss`, `partition`, `delay`, `bandwidth`, `duplicate`, `corrupt` or `reset` (required).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub action: Option<String>,
@@ -305,6 +309,8 @@ pub enum NetnsTarget {
     Pid(i32),
     /// A container's, by its id or a unique prefix of it (12 to 64 hex digits).
     Container(String),
+    /// A Kubernetes pod's, by namespace and name, found in the container runtime's state files.
+    Pod { namespace: String, name: String },
 }
 
 impl NetnsTarget {
@@ -314,6 +320,7 @@ impl NetnsTarget {
             Self::Path(_) => "netns",
             Self::Pid(_) => "pid",
             Self::Container(_) => "container",
+            Self::Pod { .. } => "pod",
         }
     }
 }
@@ -344,12 +351,38 @@ impl FaultSpec {
         if let Some(name) = &self.name {
             validate_name(name)?;
         }
-        let named = [self.netns.is_some(), self.pid.is_some(), self.container.is_some()];
+        let named = [self.netns.is_some(), self.pid.is_some(), self.container.is_some(), self.pod.is_some()];
         if named.iter().filter(|n| **n).count() > 1 {
-            let field = if self.container.is_some() { "container" } else { "pid" };
-            return Err(SpecError::new(field, "netns, pid and container each name a namespace: give one"));
+            let field = if self.pod.is_some() {
+                "pod"
+            } else if self.container.is_some() {
+                "container"
+            } else {
+                "pid"
+            };
+            return Err(SpecError::new(field, "netns, pid, container and pod each name a namespace: give one"));
+        }
+        if let Some(pod) = &self.pod {
+            let valid = |s: &str| {
+                !s.is_empty()
+                    && s.len() <= 253
+                    && s.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '.')
+            };
+            match pod.split_once('/') {
+                Some((namespace, name)) if valid(namespace) && valid(name) => {}
+                _ => {
+                    return Err(SpecError::new(
+                        "pod",
+                        format!("'{pod}' is not NAMESPACE/NAME (lowercase letters, digits, '-' and '.')"),
+                    ));
+                }
+            }
         }
         let netns = match (&self.netns, self.pid, &self.container) {
+            _ if self.pod.is_some() => {
+                let (namespace, name) = self.pod.as_deref().and_then(|p| p.split_once('/')).expect("checked above");
+                Some(NetnsTarget::Pod { namespace: namespace.into(), name: name.into() })
+            }
             (Some(path), _, _) if !path.starts_with('/') => {
                 return Err(SpecError::new("netns", format!("'{path}' is not an absolute path (e.g. /run/netns/x)")));
             }

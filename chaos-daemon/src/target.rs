@@ -45,8 +45,9 @@ impl Watch {
     }
 }
 
-/// `fault` as the daemon's namespace sees it: see [`Resolved`].
-pub fn resolve(fault: Fault) -> Result<Resolved, SpecError> {
+/// `fault` as the daemon's namespace sees it: see [`Resolved`]. `runtime_dirs`: where the
+/// container runtimes keep their containers' OCI specs (for pods).
+pub fn resolve(fault: Fault, runtime_dirs: &[std::path::PathBuf]) -> Result<Resolved, SpecError> {
     let Some(ns) = fault.netns.clone() else {
         let ifindex = nix::net::if_::if_nametoindex(fault.interface.as_str())
             .map_err(|_| SpecError::new("interface", format!("no such interface '{}'", fault.interface)))?;
@@ -59,6 +60,10 @@ pub fn resolve(fault: Fault) -> Result<Resolved, SpecError> {
         NetnsTarget::Container(id) => {
             let pid = container_pid(id).map_err(|e| SpecError::new(field, e))?;
             (format!("/proc/{pid}/ns/net").into(), "its container stopped")
+        }
+        NetnsTarget::Pod { namespace, name } => {
+            let pid = pod_pid(runtime_dirs, namespace, name).map_err(|e| SpecError::new(field, e))?;
+            (format!("/proc/{pid}/ns/net").into(), "its pod stopped")
         }
     };
     let target = File::open(&netns).map_err(|e| {
@@ -74,7 +79,7 @@ pub fn resolve(fault: Fault) -> Result<Resolved, SpecError> {
     let watch = Watch { path: netns.clone(), id: (meta.dev(), meta.ino()), why };
     if same(&target, &here) {
         // The daemon's own namespace (a process of the host): the interface as named.
-        return resolve(Fault { netns: None, ..fault }).map(|r| Resolved { watch: Some(watch), ..r });
+        return resolve(Fault { netns: None, ..fault }, runtime_dirs).map(|r| Resolved { watch: Some(watch), ..r });
     }
     let interface = fault.interface.clone();
     let where_ = netns.display().to_string();
@@ -137,6 +142,35 @@ fn only_veth_into(ns: &File, path: &std::path::Path) -> Result<u32, String> {
             several.iter().map(|l| l.name.as_str()).collect::<Vec<_>>().join(", ")
         )),
     }
+}
+
+/// The first process of a running container of the pod `namespace/name`, found through the
+/// annotations of the OCI specs the runtimes keep per container: `<dir>/<id>/config.json`
+/// (containerd's `io.kubernetes.cri.sandbox-namespace` and `-name`) or
+/// `<dir>/<id>/userdata/config.json` (CRI-O's `io.kubernetes.pod.namespace` and `.name`).
+fn pod_pid(dirs: &[std::path::PathBuf], namespace: &str, name: &str) -> Result<u32, String> {
+    let mut ids = Vec::new();
+    for entry in dirs.iter().filter_map(|d| std::fs::read_dir(d).ok()).flatten().flatten() {
+        let spec = ["config.json", "userdata/config.json"]
+            .iter()
+            .find_map(|f| std::fs::read_to_string(entry.path().join(f)).ok())
+            .and_then(|text| serde_json::from_str::<serde_json::Value>(&text).ok());
+        let Some(spec) = spec else { continue };
+        let annotation = |keys: &[&str]| keys.iter().find_map(|k| spec["annotations"][*k].as_str());
+        if annotation(&["io.kubernetes.cri.sandbox-namespace", "io.kubernetes.pod.namespace"]) == Some(namespace)
+            && annotation(&["io.kubernetes.cri.sandbox-name", "io.kubernetes.pod.name"]) == Some(name)
+        {
+            ids.push(entry.file_name().to_string_lossy().into_owned());
+        }
+    }
+    if ids.is_empty() {
+        let dirs: Vec<String> = dirs.iter().map(|d| d.display().to_string()).collect();
+        return Err(format!("no pod {namespace}/{name} on this node (looked in {})", dirs.join(", ")));
+    }
+    // Its containers share the pod's namespace: the first one running will do.
+    ids.iter()
+        .find_map(|id| container_pid(id).ok())
+        .ok_or_else(|| format!("pod {namespace}/{name} has no running container on this node"))
 }
 
 /// The first process (the lowest pid: the container's init) of the container whose id starts

@@ -345,7 +345,7 @@ fn related(key: &str, named: &str) -> bool {
         // reset takes tcp only.
         | ("protocol", "action")
         // A namespace is named once.
-        | ("netns" | "pid" | "container", "netns" | "pid" | "container")
+        | ("netns" | "pid" | "container" | "pod", "netns" | "pid" | "container" | "pod")
         // An address must be of the family.
         | ("family", "src" | "dst")
         // src and dst must be of one family.

@@ -319,3 +319,50 @@ fn a_container_is_found_by_its_id() {
     assert_eq!(ended(&daemon), vec![("ctr".into(), "its container stopped".into(), 300)]);
     drop(cgroup);
 }
+
+#[test]
+fn a_pod_is_found_by_namespace_and_name() {
+    let n = Node::new();
+    // A container runtime's state as containerd keeps it: <dir>/<id>/config.json with the
+    // CRI annotations naming the pod. The daemon is told to look there.
+    let runtime = TempDir(std::env::temp_dir().join(unique("cdrt")));
+    let runtime = &runtime.0;
+    let id = "c0ffee00d15ea5e5000000000000000000000000000000000000000000000002";
+    std::fs::create_dir_all(runtime.join(id)).unwrap();
+    let spec = serde_json::json!({"annotations": {
+        "io.kubernetes.cri.container-type": "sandbox",
+        "io.kubernetes.cri.sandbox-name": "web-0",
+        "io.kubernetes.cri.sandbox-namespace": "shop",
+    }});
+    std::fs::write(runtime.join(id).join("config.json"), spec.to_string()).unwrap();
+    let config = format!("runtime_dirs = [\"{}\"]", runtime.display());
+    let daemon = Daemon::start_with(&n.node, &config).unwrap();
+    let sleeper = Sleeper::new(n.pod(1));
+    let pid = sleeper.0.id();
+    for _ in 0..100 {
+        if std::fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|c| c.trim() == "sleep") {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    let cgroup = ContainerCgroup::new(id, pid);
+
+    daemon.ctl_ok(&["apply", "--name", "web", "--pod", "shop/web-0", "--partition", "-p", "udp", "--dport", "9008"]);
+    assert_eq!(traffic::udp(n.pod(1), None, &n.server, addr(SERVER, 9008), 300).unwrap(), 0);
+    assert_eq!(traffic::udp(n.pod(2), None, &n.server, addr(SERVER, 9008), 300).unwrap(), 300);
+    let out = daemon.ctl(&["apply", "--pod", "shop/web-1", "--loss", "1"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("pod: no pod shop/web-1 on this node"), "{stderr}");
+    drop(sleeper);
+    assert_eq!(ended(&daemon), vec![("web".into(), "its pod stopped".into(), 300)]);
+    drop(cgroup);
+}
+
+/// A directory removed on drop.
+struct TempDir(std::path::PathBuf);
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}

@@ -71,7 +71,7 @@ struct ApplyArgs {
         short = 'f',
         long = "file",
         conflicts_with_all = [
-            "name", "interface", "netns", "pid", "container", "loss", "gemodel", "partition", "delay", "rate", "duplicate", "corrupt", "reset"
+            "name", "interface", "netns", "pid", "container", "pod", "loss", "gemodel", "partition", "delay", "rate", "duplicate", "corrupt", "reset"
         ]
     )]
     file: Option<PathBuf>,
@@ -79,7 +79,7 @@ struct ApplyArgs {
     #[arg(long)]
     name: Option<String>,
     /// Interface to act on (with --netns or --pid: the one inside that namespace, default eth0).
-    #[arg(short, long, required_unless_present_any = ["file", "netns", "pid", "container"])]
+    #[arg(short, long, required_unless_present_any = ["file", "netns", "pid", "container", "pod"])]
     interface: Option<String>,
     /// Act on an interface of another network namespace (a container's), by path, e.g.
     /// /run/netns/x or /proc/PID/ns/net: directions are as seen from inside it.
@@ -92,6 +92,10 @@ struct ApplyArgs {
     /// `crictl ps` or `docker ps` shows).
     #[arg(long, conflicts_with = "netns")]
     container: Option<String>,
+    /// As --netns, naming a Kubernetes pod on this node: NAMESPACE/NAME (found in the container
+    /// runtime's state, no API server needed).
+    #[arg(long, conflicts_with_all = ["netns", "pid", "container"])]
+    pod: Option<String>,
     /// Drop this percentage of matching packets, e.g. 20 or 20% (with --delay or --rate too).
     #[arg(
         long,
@@ -333,6 +337,7 @@ fn specs(args: ApplyArgs) -> anyhow::Result<(Vec<FaultSpec>, Option<String>)> {
         netns: args.netns,
         pid: args.pid,
         container: args.container,
+        pod: args.pod,
         action: Some(action.into()),
         loss: percent("loss", args.loss)?,
         gemodel: args.gemodel,
@@ -450,6 +455,9 @@ fn print_table(faults: &[FaultView]) {
                 state,
                 // An interface of another namespace: `eth0@/run/netns/x`, `eth0@pid 42`.
                 match (&s.netns, s.pid, &s.container) {
+                    _ if s.pod.is_some() => {
+                        format!("{}@{}", s.interface.as_deref().unwrap_or("eth0"), s.pod.as_deref().unwrap_or_default())
+                    }
                     (Some(ns), _, _) => format!("{}@{ns}", s.interface.as_deref().unwrap_or("eth0")),
                     (_, Some(pid), _) => format!("{}@pid {pid}", s.interface.as_deref().unwrap_or("eth0")),
                     (_, _, Some(c)) => {

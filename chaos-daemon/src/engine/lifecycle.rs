@@ -38,7 +38,7 @@ impl Engine {
         let mut kept = Vec::new();
         for record in state.faults {
             let fault = record.spec.validate();
-            let resolved = fault.clone().map(crate::target::resolve);
+            let resolved = fault.clone().map(|f| crate::target::resolve(f, &engine.limits.runtime_dirs));
             let reason = if !same_boot {
                 Some("the node rebooted")
             } else if !adopted {

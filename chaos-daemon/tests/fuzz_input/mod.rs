@@ -38,6 +38,7 @@ pub const SPEC_KEYS: &[&str] = &[
     "netns",
     "pid",
     "container",
+    "pod",
 ];
 
 /// Keys about to be added: unknown today, so refused by decoding; validated once they exist.
