@@ -1,6 +1,7 @@
 //! Where a fault applies. An interface of the daemon's network namespace is used as named. An
-//! interface of another namespace (a container's, named by its netns path or one of its
-//! processes) is reached through the host side of its veth, in the daemon's namespace: what
+//! interface of another namespace (a container's, named by its netns path, one of its
+//! processes, its container id or its pod) is reached through the host side of its veth, in the
+//! daemon's namespace: what
 //! leaves the container arrives there and what arrives left there, so the fault is turned
 //! round (egress becomes ingress, and `both` keeps both with its addresses swapped), and
 //! ifindexes stay those of one namespace, as the programs' keys need. Nothing is attached inside
