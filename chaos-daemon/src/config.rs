@@ -9,7 +9,7 @@ use anyhow::Context as _;
 use serde::Deserialize;
 
 use crate::{
-    engine::{Guard, Limits},
+    engine::{Guard, Settings},
     kernel::{AttachMode, BackendChoice},
     spec::parse_duration,
 };
@@ -125,13 +125,13 @@ impl Config {
         if self.max_faults == 0 || self.max_faults > chaos_common::MAX_RULES as usize {
             anyhow::bail!("max_faults must be 1-{}", chaos_common::MAX_RULES);
         }
-        self.limits()?;
+        self.settings()?;
         self.guard()?;
         self.socket_mode()?;
         Ok(())
     }
 
-    pub fn limits(&self) -> anyhow::Result<Limits> {
+    pub fn settings(&self) -> anyhow::Result<Settings> {
         let d = |field: &str, v: &str| parse_duration(v).map_err(|e| anyhow::anyhow!("{field}: {e}"));
         let max_duration = d("max_duration", &self.max_duration)?;
         if max_duration == Duration::ZERO {
@@ -140,7 +140,7 @@ impl Config {
         if !self.duplicate_mark.is_power_of_two() {
             anyhow::bail!("duplicate_mark: {:#x} is not a single bit (e.g. 0x10000000)", self.duplicate_mark);
         }
-        Ok(Limits {
+        Ok(Settings {
             max_faults: self.max_faults,
             max_duration,
             allow_unlimited: self.allow_unlimited,

@@ -42,16 +42,16 @@ pub enum EngineError {
     State(std::io::Error),
 }
 
-/// Limits from the config.
+/// What the engine takes from the config: its limits, and how faults are carried out.
 #[derive(Clone, Debug)]
-pub struct Limits {
+pub struct Settings {
     pub max_faults: usize,
     pub max_duration: Duration,
     pub allow_unlimited: bool,
     pub max_start_after: Duration,
-    /// Not a limit, but the config's word for how duplicate faults mark their copies.
+    /// The `skb->mark` bit duplicate faults mark their copies with.
     pub duplicate_mark: u32,
-    /// Nor this: where container runtimes keep their containers' specs (for pods).
+    /// Where container runtimes keep their containers' specs (for pods).
     pub runtime_dirs: Vec<std::path::PathBuf>,
 }
 
@@ -76,7 +76,7 @@ pub struct Engine {
     /// By name; `order` keeps the order of application, which breaks precedence ties.
     faults: BTreeMap<String, Active>,
     order: Vec<String>,
-    limits: Limits,
+    settings: Settings,
     guard: Guard,
     store: Store,
     next_id: u64,
@@ -163,9 +163,9 @@ impl Engine {
             attachments: self.kernel.attachments(),
             scoping: crate::target::scoping(),
             faults: self.faults.len(),
-            max_faults: self.limits.max_faults,
-            max_duration_ms: self.limits.max_duration.as_millis() as u64,
-            allow_unlimited: self.limits.allow_unlimited,
+            max_faults: self.settings.max_faults,
+            max_duration_ms: self.settings.max_duration.as_millis() as u64,
+            allow_unlimited: self.settings.allow_unlimited,
         }
     }
 
@@ -187,11 +187,15 @@ impl Engine {
         if specs.is_empty() {
             return Err(SpecError::new("fault", "no faults given").into());
         }
-        let room = self.limits.max_faults.min(MAX_RULES as usize).saturating_sub(self.faults.len());
+        let room = self.settings.max_faults.min(MAX_RULES as usize).saturating_sub(self.faults.len());
         if specs.len() > room {
             return Err(SpecError::new(
                 "fault",
-                format!("{} more faults would pass the limit of {} (max_faults)", specs.len(), self.limits.max_faults),
+                format!(
+                    "{} more faults would pass the limit of {} (max_faults)",
+                    specs.len(),
+                    self.settings.max_faults
+                ),
             )
             .into());
         }
@@ -216,15 +220,15 @@ impl Engine {
             // The fault as the daemon's namespace sees it: its interface there, and turned round
             // for another namespace's (see `target`).
             let crate::target::Resolved { fault, ifindex, watch } =
-                crate::target::resolve(spec.validate().map_err(at)?, &self.limits.runtime_dirs).map_err(at)?;
+                crate::target::resolve(spec.validate().map_err(at)?, &self.settings.runtime_dirs).map_err(at)?;
             if let Action::Shape(s) = fault.action {
                 self.kernel.can_shape(fault.matches.direction != Direction::Egress, s.reorder.is_some())?;
             }
             let duration = self.lifetime(&fault).map_err(at)?;
-            if fault.start_after > self.limits.max_start_after {
+            if fault.start_after > self.settings.max_start_after {
                 return Err(at(SpecError::new(
                     "start_after",
-                    format!("is more than the limit of {:?} (max_start_after)", self.limits.max_start_after),
+                    format!("is more than the limit of {:?} (max_start_after)", self.settings.max_start_after),
                 ))
                 .into());
             }
@@ -271,7 +275,7 @@ impl Engine {
         let new_slots: Vec<(u32, RuleAction)> = batch
             .iter()
             .filter(|a| a.record.started)
-            .map(|a| (a.record.slot, rule_action(a, self.limits.duplicate_mark)))
+            .map(|a| (a.record.slot, rule_action(a, self.settings.duplicate_mark)))
             .collect();
         let before: Vec<&Active> = self.order.iter().map(|n| &self.faults[n]).collect();
         let all: Vec<&Active> = before.iter().copied().chain(batch.iter()).collect();
@@ -290,13 +294,13 @@ impl Engine {
     /// The fault's duration under the config's limits; `None` for unlimited.
     fn lifetime(&self, fault: &Fault) -> Result<Option<Duration>, SpecError> {
         match fault.lifetime {
-            Lifetime::Default => Ok(Some(self.limits.max_duration)),
-            Lifetime::For(d) if d > self.limits.max_duration => Err(SpecError::new(
+            Lifetime::Default => Ok(Some(self.settings.max_duration)),
+            Lifetime::For(d) if d > self.settings.max_duration => Err(SpecError::new(
                 "duration",
-                format!("{d:?} is more than the limit of {:?} (max_duration)", self.limits.max_duration),
+                format!("{d:?} is more than the limit of {:?} (max_duration)", self.settings.max_duration),
             )),
             Lifetime::For(d) => Ok(Some(d)),
-            Lifetime::Unlimited if self.limits.allow_unlimited => Ok(None),
+            Lifetime::Unlimited if self.settings.allow_unlimited => Ok(None),
             Lifetime::Unlimited => {
                 Err(SpecError::new("duration", "'unlimited' is not allowed by this daemon's config (allow_unlimited)"))
             }

@@ -351,60 +351,7 @@ impl FaultSpec {
         if let Some(name) = &self.name {
             validate_name(name)?;
         }
-        let named = [self.netns.is_some(), self.pid.is_some(), self.container.is_some(), self.pod.is_some()];
-        if named.iter().filter(|n| **n).count() > 1 {
-            let field = if self.pod.is_some() {
-                "pod"
-            } else if self.container.is_some() {
-                "container"
-            } else {
-                "pid"
-            };
-            return Err(SpecError::new(field, "netns, pid, container and pod each name a namespace: give one"));
-        }
-        if let Some(pod) = &self.pod {
-            let valid = |s: &str| {
-                !s.is_empty()
-                    && s.len() <= 253
-                    && s.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '.')
-            };
-            match pod.split_once('/') {
-                Some((namespace, name)) if valid(namespace) && valid(name) => {}
-                _ => {
-                    return Err(SpecError::new(
-                        "pod",
-                        format!("'{pod}' is not NAMESPACE/NAME (lowercase letters, digits, '-' and '.')"),
-                    ));
-                }
-            }
-        }
-        let netns = match (&self.netns, self.pid, &self.container) {
-            _ if self.pod.is_some() => {
-                let (namespace, name) = self.pod.as_deref().and_then(|p| p.split_once('/')).expect("checked above");
-                Some(NetnsTarget::Pod { namespace: namespace.into(), name: name.into() })
-            }
-            (Some(path), _, _) if !path.starts_with('/') => {
-                return Err(SpecError::new("netns", format!("'{path}' is not an absolute path (e.g. /run/netns/x)")));
-            }
-            (Some(path), _, _) => Some(NetnsTarget::Path(path.into())),
-            (_, Some(pid), _) => match i32::try_from(pid) {
-                Ok(pid) if pid > 0 => Some(NetnsTarget::Pid(pid)),
-                _ => return Err(SpecError::new("pid", format!("{pid} is not a process id"))),
-            },
-            (_, _, Some(id)) => {
-                let id = id.trim().to_ascii_lowercase();
-                if !(12..=64).contains(&id.len()) || !id.chars().all(|c| c.is_ascii_hexdigit()) {
-                    return Err(SpecError::new(
-                        "container",
-                        format!(
-                            "'{id}' is not a container id (12 to 64 hex digits, as `crictl ps` or `docker ps` shows)"
-                        ),
-                    ));
-                }
-                Some(NetnsTarget::Container(id))
-            }
-            (None, None, None) => None,
-        };
+        let netns = self.netns_target()?;
         let default_interface = netns.as_ref().map(|_| "eth0");
         let interface = match self.interface.as_deref().map(str::trim).or(default_interface) {
             None | Some("") => return Err(SpecError::new("interface", "is required")),
@@ -474,6 +421,63 @@ impl FaultSpec {
         let start_after =
             self.start_after.as_ref().map(|d| duration("start_after", d)).transpose()?.unwrap_or_default();
         Ok(Fault { name: self.name.clone(), interface, netns, action, matches, lifetime, start_after })
+    }
+}
+
+impl FaultSpec {
+    /// The other network namespace `netns`, `pid`, `container` or `pod` names (at most one).
+    fn netns_target(&self) -> Result<Option<NetnsTarget>, SpecError> {
+        let named = [self.netns.is_some(), self.pid.is_some(), self.container.is_some(), self.pod.is_some()];
+        if named.iter().filter(|n| **n).count() > 1 {
+            let field = if self.pod.is_some() {
+                "pod"
+            } else if self.container.is_some() {
+                "container"
+            } else {
+                "pid"
+            };
+            return Err(SpecError::new(field, "netns, pid, container and pod each name a namespace: give one"));
+        }
+        // A Kubernetes namespace or pod name: a DNS subdomain.
+        let k8s_name = |s: &str| {
+            !s.is_empty()
+                && s.len() <= 253
+                && s.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '.')
+        };
+        Ok(match (&self.netns, self.pid, &self.container, &self.pod) {
+            (Some(path), ..) if !path.starts_with('/') => {
+                return Err(SpecError::new("netns", format!("'{path}' is not an absolute path (e.g. /run/netns/x)")));
+            }
+            (Some(path), ..) => Some(NetnsTarget::Path(path.into())),
+            (_, Some(pid), ..) => match i32::try_from(pid) {
+                Ok(pid) if pid > 0 => Some(NetnsTarget::Pid(pid)),
+                _ => return Err(SpecError::new("pid", format!("{pid} is not a process id"))),
+            },
+            (_, _, Some(id), _) => {
+                let id = id.trim().to_ascii_lowercase();
+                if !(12..=64).contains(&id.len()) || !id.chars().all(|c| c.is_ascii_hexdigit()) {
+                    return Err(SpecError::new(
+                        "container",
+                        format!(
+                            "'{id}' is not a container id (12 to 64 hex digits, as `crictl ps` or `docker ps` shows)"
+                        ),
+                    ));
+                }
+                Some(NetnsTarget::Container(id))
+            }
+            (_, _, _, Some(pod)) => match pod.split_once('/') {
+                Some((namespace, name)) if k8s_name(namespace) && k8s_name(name) => {
+                    Some(NetnsTarget::Pod { namespace: namespace.into(), name: name.into() })
+                }
+                _ => {
+                    return Err(SpecError::new(
+                        "pod",
+                        format!("'{pod}' is not NAMESPACE/NAME (lowercase letters, digits, '-' and '.')"),
+                    ));
+                }
+            },
+            (None, None, None, None) => None,
+        })
     }
 }
 

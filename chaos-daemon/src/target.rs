@@ -243,7 +243,7 @@ pub fn scoping() -> std::collections::BTreeMap<String, String> {
     };
     [
         ("interface", "yes".to_owned()),
-        ("netns, pid", "yes: through the host side of a veth to this namespace".to_owned()),
+        ("netns, pid, container, pod", "yes: through the host side of a veth to this namespace".to_owned()),
         ("cgroup", cgroup),
     ]
     .into_iter()

@@ -14,51 +14,11 @@ use socket2::{Domain, Protocol, Socket, Type};
 
 use crate::Netns;
 
-/// Sends `count` numbered UDP datagrams from `from` to `dst` (an address in `to`) and returns
-/// how many distinct ones arrived. The receiver's buffer holds every datagram and the sender
-/// pauses every 1000, so no loss comes from buffers: all of it is the fault's.
+/// Sends `count` numbered UDP datagrams from `from` (bound to `src` if given) to `dst` (an
+/// address in `to`) and returns how many distinct ones arrived, as [`udp_copies`] counts them.
 pub fn udp(from: &Netns, src: Option<IpAddr>, to: &Netns, dst: SocketAddr, count: u32) -> anyhow::Result<u32> {
-    let rx = to.enter(move || -> std::io::Result<UdpSocket> {
-        let s = UdpSocket::bind(dst)?;
-        // SO_RCVBUFFORCE (root) passes rmem_max: 64 MiB holds 20,000 small datagrams.
-        let _ = nix::sys::socket::setsockopt(&s.as_fd(), nix::sys::socket::sockopt::RcvBufForce, &(64 << 20));
-        s.set_read_timeout(Some(Duration::from_millis(300)))?;
-        Ok(s)
-    })??;
-    let any: IpAddr = if dst.is_ipv4() { Ipv4Addr::UNSPECIFIED.into() } else { Ipv6Addr::UNSPECIFIED.into() };
-    let tx = from.enter(move || UdpSocket::bind(SocketAddr::new(src.unwrap_or(any), 0)))??;
-    let sent = Arc::new(AtomicBool::new(false));
-    let done = sent.clone();
-    let receiver = std::thread::spawn(move || {
-        let mut seen = vec![false; count as usize];
-        let mut buf = [0u8; 64];
-        let mut started = false;
-        loop {
-            match rx.recv(&mut buf) {
-                Ok(n) if n >= 4 => {
-                    started = true;
-                    let seq = u32::from_be_bytes(buf[..4].try_into().unwrap()) as usize;
-                    if let Some(s) = seen.get_mut(seq) {
-                        *s = true;
-                    }
-                }
-                Ok(_) => {}
-                // Idle: done once the sender has finished (or never reached us).
-                Err(_) if started || done.load(Ordering::SeqCst) => break,
-                Err(_) => {}
-            }
-        }
-        seen.iter().filter(|s| **s).count() as u32
-    });
-    for seq in 0..count {
-        // A datagram dropped on egress may fail the send (ENOBUFS): the receiver counts anyway.
-        let _ = tx.send_to(&seq.to_be_bytes(), dst);
-        if seq % 1000 == 999 {
-            std::thread::sleep(Duration::from_millis(1));
-        }
-    }
-    sent.store(true, Ordering::SeqCst);
-    receiver.join().map_err(|_| anyhow::anyhow!("receiver panicked"))
+    let got = udp_sent(from, src, to, dst, count, 8, 1)?;
+    Ok(got.copies.iter().filter(|c| **c > 0).count() as u32)
 }
 
 /// Whether a TCP connection from `from` (bound to `src` if given) to `dst` (an address in
@@ -124,9 +84,8 @@ pub fn datagram(seq: u32, len: usize) -> Vec<u8> {
 }
 
 /// Sends `count` numbered datagrams of `len` bytes (at least 8) from `from` to `dst` (in `to`)
-/// and counts, at the receiver, the intact copies of each and the damaged ones. As [`udp`]:
-/// the receiver's buffer holds everything and the sender pauses every 1000, so every datagram
-/// missing, doubled or damaged is the fault's doing.
+/// and counts, at the receiver, the intact copies of each and the damaged ones: every datagram
+/// missing, doubled or damaged is the fault's doing (see [`udp_sent`]).
 pub fn udp_copies(from: &Netns, to: &Netns, dst: SocketAddr, count: u32, len: usize) -> anyhow::Result<Arrivals> {
     udp_segments(from, to, dst, count, len, 1)
 }
@@ -142,6 +101,21 @@ pub fn udp_segments(
     len: usize,
     segments: u32,
 ) -> anyhow::Result<Arrivals> {
+    udp_sent(from, None, to, dst, count, len, segments)
+}
+
+/// What [`udp`], [`udp_copies`] and [`udp_segments`] share: the receiver's buffer holds every
+/// datagram (SO_RCVBUFFORCE passes rmem_max) and the sender pauses every 1000, so no loss comes
+/// from buffers: all of it is the fault's.
+fn udp_sent(
+    from: &Netns,
+    src: Option<IpAddr>,
+    to: &Netns,
+    dst: SocketAddr,
+    count: u32,
+    len: usize,
+    segments: u32,
+) -> anyhow::Result<Arrivals> {
     assert!(len >= 8, "datagrams carry a number and a pattern");
     let rx = to.enter(move || -> std::io::Result<UdpSocket> {
         let s = UdpSocket::bind(dst)?;
@@ -150,7 +124,7 @@ pub fn udp_segments(
         Ok(s)
     })??;
     let any: IpAddr = if dst.is_ipv4() { Ipv4Addr::UNSPECIFIED.into() } else { Ipv6Addr::UNSPECIFIED.into() };
-    let tx = from.enter(move || UdpSocket::bind(SocketAddr::new(any, 0)))??;
+    let tx = from.enter(move || UdpSocket::bind(SocketAddr::new(src.unwrap_or(any), 0)))??;
     if segments > 1 {
         // setsockopt(SOL_UDP, UDP_SEGMENT, gso_size): each send is cut into len-byte datagrams.
         let size = len as libc::c_int;
@@ -297,6 +271,23 @@ pub fn udp_latencies_from(
     interval: Duration,
     rounds: usize,
 ) -> anyhow::Result<Vec<Vec<u64>>> {
+    let times = udp_times(from, sport, to, dsts, interval, rounds)?;
+    Ok(times
+        .into_iter()
+        .map(|t| t.into_iter().map(|(sent, received)| received.saturating_sub(sent)).collect())
+        .collect())
+}
+
+/// What [`udp_latencies_from`] and [`udp_timed`] share: per destination, the `(sent, received)`
+/// times of the datagrams that arrived, in arrival order. Sent from the calling thread.
+fn udp_times(
+    from: &Netns,
+    sport: u16,
+    to: &Netns,
+    dsts: &[SocketAddr],
+    interval: Duration,
+    rounds: usize,
+) -> anyhow::Result<Vec<Vec<(u64, u64)>>> {
     let done = Arc::new(AtomicBool::new(false));
     let mut receivers = Vec::new();
     for &dst in dsts {
@@ -307,14 +298,13 @@ pub fn udp_latencies_from(
         })??;
         let finished = done.clone();
         receivers.push(std::thread::spawn(move || {
-            let (mut latencies, mut buf, mut idle) = (Vec::new(), [0u8; 64], 0);
+            let (mut times, mut buf, mut idle) = (Vec::new(), [0u8; 64], 0);
             // After the sender is done, wait out the longest delay a test applies (a few
             // seconds of silence) before giving up on stragglers.
             while idle < 30 {
                 match rx.recv(&mut buf) {
                     Ok(8) => {
-                        let sent = u64::from_be_bytes(buf[..8].try_into().unwrap());
-                        latencies.push(mono_ns().saturating_sub(sent));
+                        times.push((u64::from_be_bytes(buf[..8].try_into().unwrap()), mono_ns()));
                         idle = 0;
                     }
                     Ok(_) => {}
@@ -322,7 +312,7 @@ pub fn udp_latencies_from(
                     Err(_) => {}
                 }
             }
-            latencies
+            times
         }));
     }
     // One sender per IP version in `dsts` (an IPv6 socket bound to the same port as an IPv4
@@ -356,34 +346,7 @@ pub fn udp_timed(
     interval: Duration,
     rounds: usize,
 ) -> anyhow::Result<Vec<(u64, u64)>> {
-    let rx = to.enter(move || -> std::io::Result<UdpSocket> {
-        let s = UdpSocket::bind(dst)?;
-        s.set_read_timeout(Some(Duration::from_millis(100)))?;
-        Ok(s)
-    })??;
-    let any: IpAddr = if dst.is_ipv4() { Ipv4Addr::UNSPECIFIED.into() } else { Ipv6Addr::UNSPECIFIED.into() };
-    let tx = from.enter(move || UdpSocket::bind(SocketAddr::new(any, 0)))??;
-    let done = Arc::new(AtomicBool::new(false));
-    let finished = done.clone();
-    let receiver = std::thread::spawn(move || {
-        let (mut got, mut buf, mut idle) = (Vec::new(), [0u8; 64], 0);
-        // As udp_latencies: a few seconds of silence after the sender is done end it.
-        while idle < 30 {
-            match rx.recv(&mut buf) {
-                Ok(8) => got.push((u64::from_be_bytes(buf[..8].try_into().unwrap()), mono_ns())),
-                Ok(_) => {}
-                Err(_) if finished.load(Ordering::SeqCst) => idle += 1,
-                Err(_) => {}
-            }
-        }
-        got
-    });
-    for _ in 0..rounds {
-        let _ = tx.send_to(&mono_ns().to_be_bytes(), dst);
-        std::thread::sleep(interval);
-    }
-    done.store(true, Ordering::SeqCst);
-    receiver.join().map_err(|_| anyhow::anyhow!("receiver panicked"))
+    Ok(udp_times(from, 0, to, &[dst], interval, rounds)?.remove(0))
 }
 
 /// Goodput (bits of payload per second) of one TCP connection from `from` to `dst` (in `to`)

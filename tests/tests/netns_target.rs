@@ -76,8 +76,17 @@ impl Node {
 struct Sleeper(Child);
 
 impl Sleeper {
+    /// Returns once the process is in `ns`: `ip netns exec` enters it, then execs sleep.
     fn new(ns: &Netns) -> Self {
-        Self(Command::new("ip").args(["netns", "exec", &ns.name, "sleep", "600"]).spawn().unwrap())
+        let sleeper = Self(Command::new("ip").args(["netns", "exec", &ns.name, "sleep", "600"]).spawn().unwrap());
+        let comm = format!("/proc/{}/comm", sleeper.0.id());
+        for _ in 0..100 {
+            if std::fs::read_to_string(&comm).is_ok_and(|c| c.trim() == "sleep") {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        sleeper
     }
 }
 
@@ -125,14 +134,7 @@ fn a_process_names_its_namespace_and_directions_are_the_pods() {
     let n = Node::new();
     let daemon = Daemon::start(&n.node).unwrap();
     let sleeper = Sleeper::new(n.pod(1));
-    // `ip netns exec` enters the namespace, then execs sleep: wait until it has.
     let pid = sleeper.0.id();
-    for _ in 0..100 {
-        if std::fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|c| c.trim() == "sleep") {
-            break;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(10));
-    }
     let pid = pid.to_string();
     // Ingress, seen from the pod: what it receives.
     daemon.ctl_ok(&["apply", "--pid", &pid, "--partition", "-d", "ingress", "-p", "udp", "--dport", "9001"]);
@@ -216,12 +218,6 @@ fn a_fault_ends_with_its_target() {
     // A process: when it exits, its fault ends, with its counters.
     let sleeper = Sleeper::new(n.pod(1));
     let pid = sleeper.0.id();
-    for _ in 0..100 {
-        if std::fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|c| c.trim() == "sleep") {
-            break;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(10));
-    }
     let pid = pid.to_string();
     daemon.ctl_ok(&["apply", "--name", "by-pid", "--pid", &pid, "--partition", "-p", "udp", "--dport", "9004"]);
     assert_eq!(traffic::udp(n.pod(1), None, &n.server, addr(SERVER, 9004), 300).unwrap(), 0);
@@ -298,12 +294,6 @@ fn a_container_is_found_by_its_id() {
     let daemon = Daemon::start(&n.node).unwrap();
     let sleeper = Sleeper::new(n.pod(1));
     let pid = sleeper.0.id();
-    for _ in 0..100 {
-        if std::fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|c| c.trim() == "sleep") {
-            break;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(10));
-    }
     let id = "c0ffee00d15ea5e5000000000000000000000000000000000000000000000001";
     let cgroup = ContainerCgroup::new(id, pid);
     // By a prefix, as `crictl ps` shows ids.
@@ -339,12 +329,6 @@ fn a_pod_is_found_by_namespace_and_name() {
     let daemon = Daemon::start_with(&n.node, &config).unwrap();
     let sleeper = Sleeper::new(n.pod(1));
     let pid = sleeper.0.id();
-    for _ in 0..100 {
-        if std::fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|c| c.trim() == "sleep") {
-            break;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(10));
-    }
     let cgroup = ContainerCgroup::new(id, pid);
 
     daemon.ctl_ok(&["apply", "--name", "web", "--pod", "shop/web-0", "--partition", "-p", "udp", "--dport", "9008"]);

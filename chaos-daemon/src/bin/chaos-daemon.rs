@@ -94,7 +94,7 @@ fn serve(config: Config) -> anyhow::Result<()> {
         previous.shaping.clone(),
     )
     .context("loading the eBPF programs")?;
-    let engine = Engine::new(kernel, adopted, config.limits()?, config.guard()?, store).context("starting")?;
+    let engine = Engine::new(kernel, adopted, config.settings()?, config.guard()?, store).context("starting")?;
     let admin_group = match &config.admin_group {
         Some(name) => {
             let group =

@@ -9,7 +9,7 @@ use chaos_common::NO_DEADLINE;
 
 const SECOND: u64 = 1_000_000_000;
 
-use super::{Active, Engine, EngineError, Guard, Limits, commit, ended, rule_action};
+use super::{Active, Engine, EngineError, Guard, Settings, commit, ended, rule_action};
 use crate::{
     kernel::Kernel,
     state::{Actor, Ended, Store, boot_id, mono_ns},
@@ -19,13 +19,19 @@ impl Engine {
     /// Builds the engine over `kernel`. When the kernel re-adopted a previous daemon's pinned
     /// maps (`adopted`), the faults of the state file that are still due are re-adopted with
     /// their slots, so their counters continue; the others are recorded as ended.
-    pub fn new(kernel: Kernel, adopted: bool, limits: Limits, guard: Guard, store: Store) -> Result<Self, EngineError> {
+    pub fn new(
+        kernel: Kernel,
+        adopted: bool,
+        settings: Settings,
+        guard: Guard,
+        store: Store,
+    ) -> Result<Self, EngineError> {
         let state = store.load().map_err(EngineError::State)?.unwrap_or_default();
         let mut engine = Self {
             kernel,
             faults: BTreeMap::new(),
             order: Vec::new(),
-            limits,
+            settings,
             guard,
             store,
             next_id: state.next_id.max(1),
@@ -38,7 +44,7 @@ impl Engine {
         let mut kept = Vec::new();
         for record in state.faults {
             let fault = record.spec.validate();
-            let resolved = fault.clone().map(|f| crate::target::resolve(f, &engine.limits.runtime_dirs));
+            let resolved = fault.clone().map(|f| crate::target::resolve(f, &engine.settings.runtime_dirs));
             let reason = if !same_boot {
                 Some("the node rebooted")
             } else if !adopted {
@@ -63,7 +69,7 @@ impl Engine {
         let started: Vec<_> = kept
             .iter()
             .filter(|a| a.record.started)
-            .map(|a| (a.record.slot, rule_action(a, engine.limits.duplicate_mark)))
+            .map(|a| (a.record.slot, rule_action(a, engine.settings.duplicate_mark)))
             .collect();
         engine.kernel.set_rules(&started)?;
         let kept_refs: Vec<&Active> = kept.iter().collect();
@@ -159,18 +165,18 @@ impl Engine {
 
     /// Ends `ending` (each with why) and starts `due`, in one change of the rule set.
     fn advance(&mut self, ending: &[(String, &'static str)], due: &[String]) -> Result<(), EngineError> {
-        let expired: Vec<String> = ending.iter().map(|(n, _)| n.clone()).collect();
+        let names: Vec<String> = ending.iter().map(|(n, _)| n.clone()).collect();
         let ended: Vec<Ended> = ending.iter().map(|(n, why)| ended(&self.view(n), why)).collect();
         for n in due {
             self.faults.get_mut(n).expect("listed").record.started = true;
         }
-        let gone: HashSet<&String> = expired.iter().collect();
+        let gone: HashSet<&String> = names.iter().collect();
         let remaining: Vec<&Active> =
             self.order.iter().filter(|n| !gone.contains(n)).map(|n| &self.faults[n]).collect();
         let new_slots: Vec<_> = due
             .iter()
             .map(|n| &self.faults[n])
-            .map(|a| (a.record.slot, rule_action(a, self.limits.duplicate_mark)))
+            .map(|a| (a.record.slot, rule_action(a, self.settings.duplicate_mark)))
             .collect();
         let before: Vec<&Active> =
             self.order.iter().map(|n| &self.faults[n]).filter(|a| !due.contains(&a.record.name)).collect();
