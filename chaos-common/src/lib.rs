@@ -6,14 +6,17 @@
 //! Lookups are a fixed chain, whatever the number of rules:
 //! 1. [`ACTIVE`](map_names::ACTIVE)`[0]` gives the live generation (rules are swapped by writing a
 //!    whole new generation and flipping this one value, so a change is atomic for packets).
-//! 2. `ADDRS` (LPM trie) with [`AddrKey`] for the source address, then for the destination:
+//! 2. The scope: the interface's ifindex, unless the packet's cgroup has rules of its own there:
+//!    then `SCOPES` with [`ScopeKey`] gives a cgroup scope (egress, when [`ACTIVE_SCOPED`] says
+//!    the generation has any; the cgroup programs always look).
+//! 3. `ADDRS` (LPM trie) with [`AddrKey`] for the source address, then for the destination:
 //!    each gives an address class.
-//! 3. `PAIRS` (hash) with [`PairKey`] gives the class of the (source, destination) pair.
-//! 4. `PORTS` (LPM trie) with [`PortKey`] for protocol and destination port, then for the source
+//! 4. `PAIRS` (hash) with [`PairKey`] gives the class of the (source, destination) pair.
+//! 5. `PORTS` (LPM trie) with [`PortKey`] for protocol and destination port, then for the source
 //!    port: the last gives the rule slot.
-//! 5. `RULES[slot]` gives the [`RuleAction`]; a rule past its deadline is ignored. `COUNTERS[slot]`
+//! 6. `RULES[slot]` gives the [`RuleAction`]; a rule past its deadline is ignored. `COUNTERS[slot]`
 //!    (per CPU) counts it.
-//! 6. Only for a rule with memory (correlation, Gilbert–Elliott, reorder): `CHAINS[slot]` (per
+//! 7. Only for a rule with memory (correlation, Gilbert–Elliott, reorder): `CHAINS[slot]` (per
 //!    CPU) holds its [`Chain`]. Only for a rule that shapes (delay, jitter, rate): `SHAPES[slot]` keeps its
 //!    mutable state, and `DIST` holds the jitter distribution table.
 //!
@@ -24,6 +27,9 @@
 /// TC hook a program runs on; part of [`AddrKey`].
 pub const HOOK_INGRESS: u8 = 0;
 pub const HOOK_EGRESS: u8 = 1;
+/// Not a TC hook: `connect()` of a socket in a cgroup (cgroup/connect4 and connect6 programs),
+/// matched by destination address, protocol and port; its scopes have ifindex 0.
+pub const HOOK_CONNECT: u8 = 3;
 
 /// Address family in [`AddrKey`].
 pub const FAMILY_V4: u8 = 4;
@@ -52,9 +58,13 @@ pub const CLASS_GEN_BIT: u32 = 1 << 31;
 
 /// Version of this ABI, kept in `ACTIVE[`[`ACTIVE_ABI`]`]` of the pinned maps: a daemon finding
 /// pinned maps of another version does not reuse them. Bump it with any layout change here.
-pub const ABI_VERSION: u32 = 4;
+pub const ABI_VERSION: u32 = 5;
 /// Indexes of `ACTIVE`.
+/// The live generation (bit 0), and [`ACTIVE_SCOPED`].
 pub const ACTIVE_GENERATION: u32 = 0;
+/// Bit of `ACTIVE[ACTIVE_GENERATION]`: the live generation has egress cgroup scopes, so egress
+/// programs look the packet's cgroup up in `SCOPES` (no lookup while no cgroup fault exists).
+pub const ACTIVE_SCOPED: u32 = 2;
 pub const ACTIVE_ABI: u32 = 1;
 pub const ACTIVE_LEN: u32 = 2;
 
@@ -65,6 +75,10 @@ pub const MAX_RULES: u32 = 16_384;
 pub const ADDRS_CAPACITY: u32 = 131_072;
 pub const PAIRS_CAPACITY: u32 = 131_072;
 pub const PORTS_CAPACITY: u32 = 524_288;
+pub const SCOPES_CAPACITY: u32 = 65_536;
+/// Scope ids of cgroup scopes have this bit; an ifindex never does (ifindexes are positive
+/// `int`s), so the two kinds share [`AddrKey::scope`].
+pub const SCOPE_CGROUP_BIT: u32 = 1 << 31;
 
 /// [`RuleAction::kind`] values.
 pub const ACTION_LOSS: u32 = 1;
@@ -77,6 +91,8 @@ pub const ACTION_DUPLICATE: u32 = 4;
 pub const ACTION_CORRUPT: u32 = 5;
 /// A TCP segment is turned into a RST back to its sender, as its peer would answer.
 pub const ACTION_RESET: u32 = 6;
+/// `connect()` fails at once with the errno in [`RuleAction::flags`] (the event is a failure).
+pub const ACTION_CONNECT_FAIL: u32 = 7;
 
 /// [`RuleAction::chain`] values: what a rule remembers between packets (per CPU, in `CHAINS`).
 /// Nothing: every packet is an independent draw with `chance[0]`.
@@ -126,6 +142,7 @@ pub mod map_names {
     pub const SHAPES: &str = "SHAPES";
     pub const CHAINS: &str = "CHAINS";
     pub const DIST: &str = "DIST";
+    pub const SCOPES: &str = "SCOPES";
 }
 
 /// Program names in the object (also the names the kernel reports, truncated to 15 bytes).
@@ -139,8 +156,30 @@ pub const PROG_EGRESS_EDT: &str = "chaos_egress_edt";
 /// On an IFB device's egress, for ingress shaping: rules are matched as ingress rules.
 pub const PROG_IFB: &str = "chaos_ifb";
 pub const PROG_IFB_EDT: &str = "chaos_ifb_edt";
+/// cgroup_skb/ingress on a target cgroup: packets as they reach its sockets, which is where a
+/// packet's cgroup is known on ingress. It can only drop: loss and partition.
+pub const PROG_CGROUP_INGRESS: &str = "chaos_cg_ingress";
+/// cgroup/connect4 and connect6, failing `connect()` with EPERM (the only errno before 5.18).
+pub const PROG_CONNECT4: &str = "chaos_connect4";
+pub const PROG_CONNECT6: &str = "chaos_connect6";
+/// The same with `bpf_set_retval` (5.18+) for any errno; loaded where the kernel accepts them.
+pub const PROG_CONNECT4_ERRNO: &str = "chaos_connect4_errno";
+pub const PROG_CONNECT6_ERRNO: &str = "chaos_connect6_errno";
 
-/// Data of an `ADDRS` LPM key. The prefix covers `generation..ifindex` fully, then the CIDR bits
+/// Key of `SCOPES`: a cgroup (its cgroup v2 id, as `bpf_skb_cgroup_id` and
+/// `bpf_get_current_cgroup_id` return it) on an interface and hook. The value is the scope id
+/// (with [`SCOPE_CGROUP_BIT`]) its packets are classified under instead of the ifindex.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ScopeKey {
+    pub generation: u8,
+    pub hook: u8,
+    pub _pad: u16,
+    pub ifindex: u32,
+    pub cgroup: u64,
+}
+
+/// Data of an `ADDRS` LPM key. The prefix covers `generation..scope` fully, then the CIDR bits
 /// of `addr`. `addr` holds the address bytes in wire order (IPv4 in the first word, the rest
 /// zero); it is made of words so the program copies it without byte loops.
 #[repr(C)]
@@ -150,7 +189,8 @@ pub struct AddrKey {
     pub hook: u8,
     pub family: u8,
     pub side: u8,
-    pub ifindex: u32,
+    /// The interface's ifindex, or a cgroup scope (see [`ScopeKey`]).
+    pub scope: u32,
     pub addr: [u32; 4],
 }
 
@@ -203,7 +243,8 @@ pub struct RuleAction {
     pub correlation: u32,
     /// [`DIST_UNIFORM`] or [`DIST_TABLE`].
     pub distribution: u32,
-    /// corrupt: [`CORRUPT_FIX_CHECKSUM`]; reset: [`RESET_NEW_ONLY`]; else 0.
+    /// corrupt: [`CORRUPT_FIX_CHECKSUM`]; reset: [`RESET_NEW_ONLY`]; connect-fail: the errno;
+    /// else 0.
     pub flags: u32,
     /// Rate in bytes per second; 0 for no rate limit.
     pub rate_bytes: u64,
@@ -253,7 +294,7 @@ pub const NO_DEADLINE: u64 = u64::MAX;
 pub struct Counters {
     /// Packets this rule was chosen for (a duplicate rule's copies are not counted again).
     pub matched: u64,
-    /// Of those, packets it dropped.
+    /// Of those, packets it dropped (connect-fail: connects it failed).
     pub dropped: u64,
     /// Copies it sent (duplicate).
     pub duplicated: u64,
@@ -273,12 +314,14 @@ mod pod {
     unsafe impl aya::Pod for super::Counters {}
     unsafe impl aya::Pod for super::ShapeState {}
     unsafe impl aya::Pod for super::Chain {}
+    unsafe impl aya::Pod for super::ScopeKey {}
 }
 
 // The layouts are the ABI: a change here must be a conscious one on both sides.
 const _: () = {
     assert!(core::mem::size_of::<AddrKey>() == 24);
     assert!(core::mem::size_of::<PairKey>() == 8);
+    assert!(core::mem::size_of::<ScopeKey>() == 16);
     assert!(core::mem::size_of::<PortKey>() == 8);
     assert!(core::mem::size_of::<RuleAction>() == 128);
     assert!(core::mem::size_of::<Chain>() == 8);

@@ -6,6 +6,13 @@
 //! (a partition beats any loss), ties going to the rule applied first. So adding a fault never
 //! weakens one already in place, and only the acting rule's counters count the packet.
 //!
+//! # Cgroup scopes
+//! A rule may be limited to cgroups (a target cgroup and those below it). The packets of those
+//! cgroups are classified in a scope of their own, holding their cgroup rules and, on egress,
+//! the interface's other rules, so precedence stays exact; cgroups with the same rules share a
+//! scope. On ingress a cgroup scope holds its cgroup rules only: it is looked at by the cgroup
+//! program, where the packet reaches a socket, after the interface's rules acted at TC.
+//!
 //! # How
 //! Each lookup returns a class standing for the set of rules still possible. For an LPM trie
 //! the class of a prefix is every rule whose prefix contains it, so the longest match is the
@@ -15,9 +22,9 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use chaos_common::{
-    ADDR_KEY_FIXED_BITS, ADDRS_CAPACITY, AddrKey, CLASS_GEN_BIT, FAMILY_V4, FAMILY_V6, HOOK_EGRESS, HOOK_INGRESS,
-    PAIRS_CAPACITY, PORT_KEY_FIXED_BITS, PORTS_CAPACITY, PROTO_ICMP, PROTO_ICMPV6, PROTO_OTHER, PROTO_TCP, PROTO_UDP,
-    PairKey, PortKey, SIDE_DST, SIDE_SRC,
+    ADDR_KEY_FIXED_BITS, ADDRS_CAPACITY, AddrKey, CLASS_GEN_BIT, FAMILY_V4, FAMILY_V6, HOOK_CONNECT, HOOK_EGRESS,
+    HOOK_INGRESS, PAIRS_CAPACITY, PORT_KEY_FIXED_BITS, PORTS_CAPACITY, PROTO_ICMP, PROTO_ICMPV6, PROTO_OTHER,
+    PROTO_TCP, PROTO_UDP, PairKey, PortKey, SCOPE_CGROUP_BIT, SCOPES_CAPACITY, SIDE_DST, SIDE_SRC, ScopeKey,
 };
 
 use crate::spec::{Cidr, Direction, Match, PortRange, Protocol, mask};
@@ -27,10 +34,16 @@ use crate::spec::{Cidr, Direction, Match, PortRange, Protocol, mask};
 pub struct Rule {
     /// Index into `RULES`/`COUNTERS`: what a packet's lookup chain ends in.
     pub slot: u32,
+    /// 0 for a connect rule.
     pub ifindex: u32,
     pub matches: Match,
     /// Drop threshold (see chaos-common `RuleAction`): the precedence between rules.
     pub threshold: u64,
+    /// `None`: every packet of the interface. Else only the packets of these cgroups (by
+    /// cgroup v2 id): a target cgroup and those below it.
+    pub cgroups: Option<Vec<u64>>,
+    /// A connect-fail rule: matched at `connect()` ([`HOOK_CONNECT`]), always with cgroups.
+    pub connect: bool,
 }
 
 /// LPM entries are `(prefix length, key data, value)`.
@@ -39,6 +52,7 @@ pub struct Tables {
     pub addrs: Vec<(u32, AddrKey, u32)>,
     pub pairs: Vec<(PairKey, u32)>,
     pub ports: Vec<(u32, PortKey, u32)>,
+    pub scopes: Vec<(ScopeKey, u32)>,
 }
 
 #[derive(Debug, PartialEq, Eq, thiserror::Error)]
@@ -58,6 +72,7 @@ type Set = Vec<u32>;
 /// What one rule looks like from one hook: for `both` on ingress, mirrored.
 struct Eff {
     rank: u32,
+    family: u8,
     src: Prefix,
     dst: Prefix,
     protos: &'static [u8],
@@ -72,10 +87,13 @@ pub fn compile(rules: &[Rule], generation: u8) -> Result<Tables, CompileError> {
     order.sort_by_key(|&i| std::cmp::Reverse(rules[i].threshold));
     let slots: Vec<u32> = order.iter().map(|&i| rules[i].slot).collect();
 
-    let mut scopes: BTreeMap<(u32, u8, u8), Vec<Eff>> = BTreeMap::new();
+    // Per (ifindex, hook): the interface's rules, and the cgroup rules with their cgroups.
+    type Group<'a> = (Vec<Eff>, Vec<(Eff, &'a [u64])>);
+    let mut groups: BTreeMap<(u32, u8), Group> = BTreeMap::new();
     for (rank, &i) in order.iter().enumerate() {
         let r = &rules[i];
         let hooks: &[(u8, bool)] = match r.matches.direction {
+            _ if r.connect => &[(HOOK_CONNECT, false)],
             Direction::Egress => &[(HOOK_EGRESS, false)],
             Direction::Ingress => &[(HOOK_INGRESS, false)],
             Direction::Both => &[(HOOK_EGRESS, false), (HOOK_INGRESS, true)],
@@ -87,15 +105,45 @@ pub fn compile(rules: &[Rule], generation: u8) -> Result<Tables, CompileError> {
                 let m = if mirror { r.matches.reply() } else { r.matches };
                 let (src, dst, sport, dport) = (prefix(m.src), prefix(m.dst), m.sport, m.dport);
                 let protos = protos(r.matches.protocol, *family, sport.is_any() && dport.is_any());
-                let eff = Eff { rank: rank as u32, src, dst, protos, sport, dport };
-                scopes.entry((r.ifindex, hook, *family)).or_default().push(eff);
+                let eff = Eff { rank: rank as u32, family: *family, src, dst, protos, sport, dport };
+                let group = groups.entry((r.ifindex, hook)).or_default();
+                match &r.cgroups {
+                    None => group.0.push(eff),
+                    Some(ids) => group.1.push((eff, ids)),
+                }
             }
         }
     }
 
     let mut c = Compiler { generation, next_class: 1, out: Tables::default() };
-    for ((ifindex, hook, family), effs) in &scopes {
-        c.scope(*ifindex, *hook, *family, effs, &slots)?;
+    let mut next_scope = 0;
+    for ((ifindex, hook), (plain, scoped)) in &groups {
+        c.families(*ifindex, *hook, plain.iter(), &slots)?;
+        // The cgroups with the same rules share a scope.
+        let mut of_cgroup: BTreeMap<u64, BTreeSet<u32>> = BTreeMap::new();
+        for (eff, ids) in scoped {
+            for id in *ids {
+                of_cgroup.entry(*id).or_default().insert(eff.rank);
+            }
+        }
+        let mut scope_of: BTreeMap<&BTreeSet<u32>, u32> = BTreeMap::new();
+        for (cgroup, ranks) in &of_cgroup {
+            let scope = match scope_of.get(ranks) {
+                Some(s) => *s,
+                None => {
+                    next_scope += 1;
+                    let s = SCOPE_CGROUP_BIT | next_scope;
+                    scope_of.insert(ranks, s);
+                    let own = scoped.iter().filter(|(e, _)| ranks.contains(&e.rank)).map(|(e, _)| e);
+                    let inherited = plain.iter().filter(|_| *hook == HOOK_EGRESS);
+                    c.families(s, *hook, own.chain(inherited), &slots)?;
+                    s
+                }
+            };
+            let key = ScopeKey { generation, hook: *hook, _pad: 0, ifindex: *ifindex, cgroup: *cgroup };
+            c.out.scopes.push((key, scope));
+            check("SCOPES", c.out.scopes.len(), SCOPES_CAPACITY)?;
+        }
     }
     Ok(c.out)
 }
@@ -127,15 +175,33 @@ impl Compiler {
         id
     }
 
-    fn scope(&mut self, ifindex: u32, hook: u8, family: u8, effs: &[Eff], slots: &[u32]) -> Result<(), CompileError> {
-        let by_rank: HashMap<u32, &Eff> = effs.iter().map(|e| (e.rank, e)).collect();
+    /// The entries of one scope (an ifindex or a cgroup scope) on one hook, per family.
+    fn families<'a>(
+        &mut self,
+        scope: u32,
+        hook: u8,
+        effs: impl Iterator<Item = &'a Eff>,
+        slots: &[u32],
+    ) -> Result<(), CompileError> {
+        let effs: Vec<&Eff> = effs.collect();
+        for family in [FAMILY_V4, FAMILY_V6] {
+            let of_family: Vec<&Eff> = effs.iter().filter(|e| e.family == family).copied().collect();
+            if !of_family.is_empty() {
+                self.scope(scope, hook, family, &of_family, slots)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn scope(&mut self, scope: u32, hook: u8, family: u8, effs: &[&Eff], slots: &[u32]) -> Result<(), CompileError> {
+        let by_rank: HashMap<u32, &Eff> = effs.iter().map(|e| (e.rank, *e)).collect();
         let generation = self.generation;
         let key = move |side, addr: [u8; 16]| AddrKey {
             generation,
             hook,
             family,
             side,
-            ifindex,
+            scope,
             addr: std::array::from_fn(|i| u32::from_ne_bytes(addr[4 * i..4 * i + 4].try_into().unwrap())),
         };
         let src_key = |a| key(SIDE_SRC, a);

@@ -67,8 +67,9 @@ struct Active {
     /// As the daemon's namespace sees it (see `target`).
     fault: Fault,
     ifindex: u32,
-    /// The namespace it was named by, if another: the fault ends when that goes.
+    /// The namespace or cgroup it was named by, if any: the fault ends when that goes.
     watch: Option<crate::target::Watch>,
+    cgroup: Option<crate::target::Cgroup>,
 }
 
 pub struct Engine {
@@ -219,10 +220,17 @@ impl Engine {
             let at = |e: SpecError| if specs.len() > 1 { e.within(&format!("fault[{i}].")) } else { e };
             // The fault as the daemon's namespace sees it: its interface there, and turned round
             // for another namespace's (see `target`).
-            let crate::target::Resolved { fault, ifindex, watch } =
+            let crate::target::Resolved { fault, ifindex, watch, cgroup } =
                 crate::target::resolve(spec.validate().map_err(at)?, &self.settings.runtime_dirs).map_err(at)?;
             if let Action::Shape(s) = fault.action {
                 self.kernel.can_shape(fault.matches.direction != Direction::Egress, s.reorder.is_some())?;
+            }
+            if cgroup.is_some() {
+                let connect = match fault.action {
+                    Action::ConnectFail { errno } => Some(errno),
+                    _ => None,
+                };
+                self.kernel.can_scope(connect.is_none() && fault.matches.direction != Direction::Egress, connect)?;
             }
             let duration = self.lifetime(&fault).map_err(at)?;
             if fault.start_after > self.settings.max_start_after {
@@ -269,7 +277,7 @@ impl Engine {
                 expires_at: duration.map(|d| starts_at + d.as_millis() as u64),
                 started: fault.start_after.is_zero(),
             };
-            batch.push(Active { record, fault, ifindex, watch });
+            batch.push(Active { record, fault, ifindex, watch, cgroup });
         }
 
         let new_slots: Vec<(u32, RuleAction)> = batch

@@ -5,12 +5,14 @@
 
 mod attach;
 mod backend;
+mod cgroup;
 pub mod pins;
 mod shaper;
 
 use std::{
     collections::{BTreeMap, BTreeSet},
     io,
+    path::PathBuf,
 };
 
 pub use attach::NlFilter;
@@ -23,9 +25,11 @@ use aya::{
 };
 pub use backend::BackendChoice;
 use backend::{load_program, select_backend};
+use cgroup::CgroupLink;
+pub use cgroup::{CG_CONNECT4, CG_CONNECT6, CG_INGRESS, CgroupSupport};
 use chaos_common::{
-    ABI_VERSION, ACTIVE_ABI, ACTIVE_GENERATION, AddrKey, CLASS_GEN_BIT, Chain, Counters, HOOK_EGRESS, PROG_EGRESS,
-    PROG_IFB, PROG_INGRESS, PairKey, PortKey, RuleAction, ShapeState, map_names,
+    ABI_VERSION, ACTIVE_ABI, ACTIVE_GENERATION, ACTIVE_SCOPED, AddrKey, CLASS_GEN_BIT, Chain, Counters, HOOK_EGRESS,
+    PROG_EGRESS, PROG_IFB, PROG_INGRESS, PairKey, PortKey, RuleAction, ScopeKey, ShapeState, map_names,
 };
 use pins::Pins;
 use serde::{Deserialize, Serialize};
@@ -37,7 +41,8 @@ use crate::{
     shaping::{Backend, ShapingError},
 };
 
-const MAPS: [&str; 9] = [
+const MAPS: [&str; 10] = [
+    map_names::SCOPES,
     map_names::ACTIVE,
     map_names::ADDRS,
     map_names::PAIRS,
@@ -107,11 +112,15 @@ pub struct Kernel {
     counters: PerCpuArray<MapData, Counters>,
     shapes: Array<MapData, ShapeState>,
     chains: PerCpuArray<MapData, Chain>,
+    scopes: HashMap<MapData, ScopeKey, u32>,
     generation: u8,
     /// The live generation's entries, so they can be deleted exactly; `None` after adopting a
     /// previous daemon's maps, whose entries are then found by scanning.
     live: Option<Tables>,
     links: BTreeMap<(u32, u8), Link>,
+    /// By cgroup id and kind (`CG_*`).
+    cgroup_links: BTreeMap<(u64, u8), CgroupLink>,
+    cgroups: CgroupSupport,
     mode: AttachMode,
     /// Interfaces whose clsact qdisc this daemon added, removed with their last filter.
     our_clsact: BTreeSet<u32>,
@@ -203,6 +212,8 @@ impl Kernel {
         for name in [PROG_INGRESS, PROG_EGRESS, PROG_IFB] {
             load_program(&mut ebpf, &pins, name)?;
         }
+        let cgroups = cgroup::load(&mut ebpf, &pins);
+        tracing::info!(ingress = ?cgroups.ingress, connect = ?cgroups.connect, "cgroup programs");
         let probe = crate::shaping::probe();
         // Only qdiscs still in place bind the backend; otherwise the config decides.
         let held = shaping.backend.filter(|_| !shaping.devices.is_empty());
@@ -222,6 +233,9 @@ impl Kernel {
             counters: map(&mut ebpf, map_names::COUNTERS)?,
             shapes: map(&mut ebpf, map_names::SHAPES)?,
             chains: map(&mut ebpf, map_names::CHAINS)?,
+            scopes: map(&mut ebpf, map_names::SCOPES)?,
+            cgroup_links: cgroup::adopt(&pins),
+            cgroups,
             ebpf,
             generation: 0,
             live: None,
@@ -262,12 +276,14 @@ impl Kernel {
 
     /// Makes `rules` the live rule set. `new_slots` are slots not in use before, with their
     /// actions (their counters start at zero); `hooks` is every (ifindex, hook) the rules need,
-    /// with the interface name. On error the previous rule set stays live and untouched.
+    /// with the interface name, and `cgroups` every (cgroup id, `CG_*` kind) with its
+    /// directory. On error the previous rule set stays live and untouched.
     pub fn sync(
         &mut self,
         rules: &[Rule],
         new_slots: &[(u32, RuleAction)],
         hooks: &BTreeMap<(u32, u8), String>,
+        cgroups: &BTreeMap<(u64, u8), PathBuf>,
     ) -> Result<(), KernelError> {
         let next = 1 - self.generation;
         let started = std::time::Instant::now();
@@ -296,14 +312,37 @@ impl Kernel {
                 }
             }
         }
+        let mut attached_cg = Vec::new();
+        for (&(id, kind), dir) in cgroups {
+            if let Some(link) = self.cgroup_links.get_mut(&(id, kind)) {
+                // A re-adopted link learns its directory (for status).
+                link.dir.clone_from(dir);
+                continue;
+            }
+            match cgroup::attach(&mut self.ebpf, &self.pins, &self.cgroups, id, kind, dir) {
+                Ok(link) => {
+                    self.cgroup_links.insert((id, kind), link);
+                    attached_cg.push((id, kind));
+                }
+                Err(e) => {
+                    self.detach_all(&attached);
+                    self.detach_cgroups(&attached_cg);
+                    return Err(e);
+                }
+            }
+        }
+        // Egress programs look cgroups up only while some rule needs it.
+        let scoped = tables.scopes.iter().any(|(k, _)| k.hook == HOOK_EGRESS);
+        let live = u32::from(next) | if scoped { ACTIVE_SCOPED } else { 0 };
         let made_live = self.write_slots(new_slots).and_then(|()| self.write(&tables)).and_then(|()| {
             self.active
-                .set(ACTIVE_GENERATION, u32::from(next), 0)
+                .set(ACTIVE_GENERATION, live, 0)
                 .map_err(|source| KernelError::Map { map: map_names::ACTIVE, source })
         });
         if let Err(e) = made_live {
             self.delete(&tables);
             self.detach_all(&attached);
+            self.detach_cgroups(&attached_cg);
             return Err(e);
         }
         let written = started.elapsed();
@@ -316,7 +355,7 @@ impl Kernel {
         let t = self.live.as_ref().expect("just set");
         tracing::info!(
             rules = rules.len(),
-            entries = t.addrs.len() + t.pairs.len() + t.ports.len(),
+            entries = t.addrs.len() + t.pairs.len() + t.ports.len() + t.scopes.len(),
             ?compiled,
             ?written,
             total = ?started.elapsed(),
@@ -324,7 +363,39 @@ impl Kernel {
         );
         let unused: Vec<_> = self.links.keys().filter(|k| !hooks.contains_key(k)).copied().collect();
         self.detach_all(&unused);
+        let unused: Vec<_> = self.cgroup_links.keys().filter(|k| !cgroups.contains_key(k)).copied().collect();
+        self.detach_cgroups(&unused);
         Ok(())
+    }
+
+    fn detach_cgroups(&mut self, keys: &[(u64, u8)]) {
+        for key in keys {
+            if let Some(link) = self.cgroup_links.remove(key) {
+                cgroup::detach(link);
+            }
+        }
+    }
+
+    /// Whether this kernel can scope a fault to a cgroup on ingress (`ingress`), and fail
+    /// `connect()` with `errno` (`connect`), or the missing piece, named.
+    pub fn can_scope(&self, ingress: bool, connect: Option<i32>) -> Result<(), KernelError> {
+        if ingress && let Err(why) = &self.cgroups.ingress {
+            return Err(KernelError::Unsupported(why.clone()));
+        }
+        match (connect, &self.cgroups.connect) {
+            (Some(_), Err(why)) => Err(KernelError::Unsupported(why.clone())),
+            (Some(errno), Ok(false)) if errno != libc::EPERM => Err(KernelError::Unsupported(format!(
+                "errno {}: this kernel can fail connect() with EPERM only (any other needs bpf_set_retval, \
+                 Linux 5.18+); give errno EPERM",
+                crate::spec::errno_name(errno)
+            ))),
+            _ => Ok(()),
+        }
+    }
+
+    /// What the cgroup programs can do here (for status).
+    pub fn cgroup_support(&self) -> &CgroupSupport {
+        &self.cgroups
     }
 
     /// Makes the qdiscs for `needs` ready before rules use them; on error, undoes what it
@@ -404,6 +475,19 @@ impl Kernel {
                 .into(),
                 mode: if l.is_tcx() { "tcx" } else { "netlink" }.into(),
             })
+            .chain(self.cgroup_links.iter().map(|(&(_, kind), l)| {
+                Attachment {
+                    interface: l.dir.display().to_string(),
+                    ifindex: 0,
+                    hook: match kind {
+                        CG_INGRESS => "cgroup-ingress",
+                        CG_CONNECT4 => "connect4",
+                        _ => "connect6",
+                    }
+                    .into(),
+                    mode: "link".into(),
+                }
+            }))
             .collect()
     }
 
@@ -433,6 +517,8 @@ impl Kernel {
     pub fn unpin(&mut self) {
         let keys: Vec<_> = self.links.keys().copied().collect();
         self.detach_all(&keys);
+        let keys: Vec<_> = self.cgroup_links.keys().copied().collect();
+        self.detach_cgroups(&keys);
         match self.pins.remove_all() {
             Ok(removed) => tracing::info!(pins = removed.len(), "removed pins"),
             Err(e) => tracing::warn!("removing pins in {}: {e}", self.pins.dir.display()),
@@ -509,6 +595,12 @@ impl Kernel {
                 .insert(&Key::new(*len, *key), *value, 0)
                 .map_err(|source| KernelError::Map { map: map_names::PORTS, source })?;
         }
+        // Last: a scope is found only once its entries are all in place.
+        for (key, value) in &t.scopes {
+            self.scopes
+                .insert(*key, *value, 0)
+                .map_err(|source| KernelError::Map { map: map_names::SCOPES, source })?;
+        }
         Ok(())
     }
 
@@ -530,11 +622,19 @@ impl Kernel {
         for k in &ports {
             let _ = self.ports.remove(k);
         }
-        tracing::debug!(generation, entries = addrs.len() + pairs.len() + ports.len(), "purged a generation");
+        let scopes: Vec<_> = self.scopes.keys().filter_map(Result::ok).filter(|k| k.generation == generation).collect();
+        for k in &scopes {
+            let _ = self.scopes.remove(k);
+        }
+        let entries = addrs.len() + pairs.len() + ports.len() + scopes.len();
+        tracing::debug!(generation, entries, "purged a generation");
     }
 
     /// Deletes `t`'s entries; missing ones (a partial write) are fine.
     fn delete(&mut self, t: &Tables) {
+        for (key, _) in &t.scopes {
+            let _ = self.scopes.remove(key);
+        }
         for (len, key, _) in &t.addrs {
             let _ = self.addrs.remove(&Key::new(*len, *key));
         }

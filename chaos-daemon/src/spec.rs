@@ -10,7 +10,7 @@ mod action;
 
 pub use action::{
     Action, Checksum, Distribution, MAX_BURST, MAX_DELAY, MAX_JITTER, MAX_RATE, MIN_RATE, Odds, Reorder, Shape,
-    gemodel, parse_rate, parse_size, threshold,
+    errno_name, gemodel, parse_rate, parse_size, threshold,
 };
 
 /// A fault as submitted. Fields are loosely typed on purpose: validation, not the parser,
@@ -40,7 +40,14 @@ pub struct FaultSpec {
     /// container runtime's state files (containerd, CRI-O; no API server needed).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pod: Option<String>,
-    /// `loss`, `partition`, `delay`, `bandwidth`, `duplicate`, `corrupt` or `reset` (required).
+    /// A cgroup v2 directory: the fault acts only on its processes' packets on `interface`
+    /// (egress: the socket's cgroup, at TC; ingress: where a packet reaches one of its sockets),
+    /// and below it. A path under the cgroup2 mount, or one from its root
+    /// (`/system.slice/x.service`), as `/proc/PID/cgroup` shows it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cgroup: Option<String>,
+    /// `loss`, `partition`, `delay`, `bandwidth`, `duplicate`, `corrupt`, `reset` or
+    /// `connect-fail` (required).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub action: Option<String>,
     /// Loss probability in percent, 0 to 100 (`loss` needs it or `gemodel`; optional with
@@ -76,6 +83,10 @@ pub struct FaultSpec {
     /// connections are reset and new ones refused) or `new` (only connection attempts).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub connections: Option<String>,
+    /// `connect-fail`: what `connect()` fails with: an errno name (`ECONNREFUSED`, the
+    /// default; `ETIMEDOUT`, `EHOSTUNREACH`, ...) or number. Before Linux 5.18 only `EPERM`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub errno: Option<String>,
     /// Added latency, with a unit: `50ms`, `1s`, `250us` (required for `delay`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub delay: Option<DurationSpec>,
@@ -291,9 +302,13 @@ fn from_bytes(v4: bool, b: [u8; 16]) -> IpAddr {
 #[derive(Clone, Debug, PartialEq)]
 pub struct Fault {
     pub name: Option<String>,
+    /// Empty for `connect-fail`, which acts before any interface.
     pub interface: String,
     /// The namespace `interface` is in, when not the daemon's.
     pub netns: Option<NetnsTarget>,
+    /// The cgroup the fault is limited to, as written (absolute, from the cgroup2 root or
+    /// under its mount); found by the engine.
+    pub cgroup: Option<std::path::PathBuf>,
     pub action: Action,
     pub matches: Match,
     pub lifetime: Lifetime,
@@ -352,15 +367,39 @@ impl FaultSpec {
             validate_name(name)?;
         }
         let netns = self.netns_target()?;
+        let cgroup = self.cgroup_target(netns.as_ref())?;
+        let action = self.action()?;
+        let connect = matches!(action, Action::ConnectFail { .. });
         let default_interface = netns.as_ref().map(|_| "eth0");
         let interface = match self.interface.as_deref().map(str::trim).or(default_interface) {
+            Some(_) if connect => {
+                return Err(SpecError::new("interface", "connect-fail acts on connect() calls, before any interface"));
+            }
+            None if connect => String::new(),
+            None | Some("") if cgroup.is_some() => {
+                return Err(SpecError::new("interface", "is required: the interface the cgroup's packets take"));
+            }
             None | Some("") => return Err(SpecError::new("interface", "is required")),
             Some(i) if i.len() > 15 || i.contains('/') || i.contains(char::is_whitespace) => {
                 return Err(SpecError::new("interface", format!("'{i}' is not an interface name")));
             }
             Some(i) => i.to_owned(),
         };
-        let action = self.action()?;
+        if connect {
+            if cgroup.is_none() {
+                return Err(SpecError::new("cgroup", "is required for action 'connect-fail' (whose connect() fails)"));
+            }
+            for (field, given) in
+                [("direction", self.direction.is_some()), ("src", self.src.is_some()), ("sport", self.sport.is_some())]
+            {
+                if given {
+                    return Err(SpecError::new(
+                        field,
+                        "does not apply to connect-fail: it acts at connect(), before a source is chosen",
+                    ));
+                }
+            }
+        }
         let direction = match self.direction.as_deref().unwrap_or("egress") {
             "egress" => Direction::Egress,
             "ingress" => Direction::Ingress,
@@ -373,6 +412,9 @@ impl FaultSpec {
             }
         };
         let default_protocol = if let Action::Reset { .. } = action { "tcp" } else { "any" };
+        if connect && self.protocol.as_deref() == Some("icmp") {
+            return Err(SpecError::new("protocol", "icmp: connect-fail fails tcp and udp connect() calls"));
+        }
         let protocol = match self.protocol.as_deref().unwrap_or(default_protocol) {
             "tcp" => Protocol::Tcp,
             "udp" => Protocol::Udp,
@@ -397,7 +439,7 @@ impl FaultSpec {
             return Err(SpecError::new("protocol", "reset answers TCP segments: it needs protocol tcp (the default)"));
         }
         if protocol == Protocol::Icmp {
-            if let Action::Corrupt(..) = action {
+            if let Action::Corrupt(..) | Action::ConnectFail { .. } = action {
                 return Err(SpecError::new(
                     "protocol",
                     "icmp: corrupt flips bits in TCP and UDP payloads only (use tcp, udp or any)",
@@ -408,6 +450,17 @@ impl FaultSpec {
                     return Err(SpecError::new(field, "ports apply to tcp and udp, not icmp"));
                 }
             }
+        }
+        let drops = matches!(action, Action::Loss(_) | Action::Partition);
+        if cgroup.is_some() && !connect && direction != Direction::Egress && !drops {
+            return Err(SpecError::new(
+                "direction",
+                format!(
+                    "{}: a cgroup's ingress is where packets reach its sockets, where they can only be dropped \
+                     (loss, partition); use direction egress",
+                    self.direction.as_deref().unwrap_or_default()
+                ),
+            ));
         }
         let matches = Match { direction, families, protocol, src, dst, sport, dport };
         let lifetime = match &self.duration {
@@ -420,11 +473,32 @@ impl FaultSpec {
         };
         let start_after =
             self.start_after.as_ref().map(|d| duration("start_after", d)).transpose()?.unwrap_or_default();
-        Ok(Fault { name: self.name.clone(), interface, netns, action, matches, lifetime, start_after })
+        Ok(Fault { name: self.name.clone(), interface, netns, cgroup, action, matches, lifetime, start_after })
     }
 }
 
 impl FaultSpec {
+    /// The cgroup `cgroup` names, checked for form only (the engine finds it).
+    fn cgroup_target(&self, netns: Option<&NetnsTarget>) -> Result<Option<std::path::PathBuf>, SpecError> {
+        let Some(path) = self.cgroup.as_deref().map(str::trim) else { return Ok(None) };
+        if let Some(ns) = netns {
+            return Err(SpecError::new(
+                "cgroup",
+                format!(
+                    "and {} name two targets: give one (a cgroup's packets are on this host's interfaces)",
+                    ns.field()
+                ),
+            ));
+        }
+        if !path.starts_with('/') || path.split('/').any(|c| c == ".." || c == ".") {
+            return Err(SpecError::new(
+                "cgroup",
+                format!("'{path}' is not a cgroup path (absolute, e.g. /sys/fs/cgroup/app or /system.slice/x.service)"),
+            ));
+        }
+        Ok(Some(path.into()))
+    }
+
     /// The other network namespace `netns`, `pid`, `container` or `pod` names (at most one).
     fn netns_target(&self) -> Result<Option<NetnsTarget>, SpecError> {
         let named = [self.netns.is_some(), self.pid.is_some(), self.container.is_some(), self.pod.is_some()];

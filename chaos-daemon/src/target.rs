@@ -10,6 +10,7 @@
 use std::{
     fs::File,
     os::{fd::AsFd as _, unix::fs::MetadataExt as _},
+    path::{Path, PathBuf},
 };
 
 use crate::{
@@ -22,9 +23,33 @@ use crate::{
 pub struct Resolved {
     /// Its interface there, its matches turned round for another namespace's interface.
     pub fault: Fault,
+    /// 0 for connect-fail (no interface).
     pub ifindex: u32,
-    /// What the fault was named by, when another namespace: it ends when that goes.
+    /// What the fault was named by, when another namespace or a cgroup: it ends when that goes.
     pub watch: Option<Watch>,
+    pub cgroup: Option<Cgroup>,
+}
+
+/// A target cgroup, found on the cgroup2 mount.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Cgroup {
+    pub dir: PathBuf,
+    /// Its cgroup v2 id, then those of the cgroups below it: a process there is in the
+    /// target too (a container's processes often sit in a child cgroup).
+    pub ids: Vec<u64>,
+}
+
+impl Cgroup {
+    pub fn id(&self) -> u64 {
+        self.ids[0]
+    }
+
+    /// The ids as they are now (cgroups come and go below a target), `None` if it is gone.
+    pub fn now(&self) -> Option<Vec<u64>> {
+        let mut ids = vec![cgroup_id(&self.dir).ok()?];
+        below(&self.dir, &mut ids);
+        Some(ids)
+    }
 }
 
 /// A namespace file (`/run/netns/x`, `/proc/PID/ns/net`) and the namespace it named.
@@ -49,10 +74,22 @@ impl Watch {
 /// `fault` as the daemon's namespace sees it: see [`Resolved`]. `runtime_dirs`: where the
 /// container runtimes keep their containers' OCI specs (for pods).
 pub fn resolve(fault: Fault, runtime_dirs: &[std::path::PathBuf]) -> Result<Resolved, SpecError> {
+    if let Some(path) = &fault.cgroup {
+        let cgroup = find_cgroup(path).map_err(|e| SpecError::new("cgroup", e))?;
+        let meta = std::fs::metadata(&cgroup.dir)
+            .map_err(|e| SpecError::new("cgroup", format!("{}: {e}", cgroup.dir.display())))?;
+        let watch = Watch { path: cgroup.dir.clone(), id: (meta.dev(), meta.ino()), why: "its cgroup was removed" };
+        let ifindex = match fault.interface.as_str() {
+            "" => 0,
+            name => nix::net::if_::if_nametoindex(name)
+                .map_err(|_| SpecError::new("interface", format!("no such interface '{name}'")))?,
+        };
+        return Ok(Resolved { fault, ifindex, watch: Some(watch), cgroup: Some(cgroup) });
+    }
     let Some(ns) = fault.netns.clone() else {
         let ifindex = nix::net::if_::if_nametoindex(fault.interface.as_str())
             .map_err(|_| SpecError::new("interface", format!("no such interface '{}'", fault.interface)))?;
-        return Ok(Resolved { fault, ifindex, watch: None });
+        return Ok(Resolved { fault, ifindex, watch: None, cgroup: None });
     };
     let field = ns.field();
     let (netns, why): (std::path::PathBuf, _) = match &ns {
@@ -121,6 +158,7 @@ pub fn resolve(fault: Fault, runtime_dirs: &[std::path::PathBuf]) -> Result<Reso
         fault: Fault { interface: host.name, netns: None, matches, ..fault },
         ifindex: peer,
         watch: Some(watch),
+        cgroup: None,
     })
 }
 
@@ -232,6 +270,78 @@ pub fn cgroup2(mountinfo: &str) -> Option<(std::path::PathBuf, bool)> {
     let v1 = mounts.iter().any(|(_, fs)| *fs == "cgroup");
     // The first one mounted (the host's); more may follow inside containers.
     mounts.iter().find(|(_, fs)| *fs == "cgroup2").map(|(at, _)| (at.replace("\\040", " ").into(), v1))
+}
+
+/// Where the daemon mounts cgroup2 on a host that has none mounted (cgroup v1 only).
+const OWN_CGROUP2: &str = "/run/chaos-daemon/cgroup2";
+
+/// The cgroup2 mount, mounting one at [`OWN_CGROUP2`] where there is none.
+fn cgroup2_mount() -> Result<PathBuf, String> {
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").map_err(|e| format!("reading mountinfo: {e}"))?;
+    if let Some((at, _)) = cgroup2(&mountinfo) {
+        return Ok(at);
+    }
+    std::fs::create_dir_all(OWN_CGROUP2).map_err(|e| format!("creating {OWN_CGROUP2}: {e}"))?;
+    nix::mount::mount(Some("cgroup2"), OWN_CGROUP2, Some("cgroup2"), nix::mount::MsFlags::empty(), None::<&str>)
+        .map_err(|e| format!("no cgroup2 is mounted, and mounting one at {OWN_CGROUP2} failed: {e}"))?;
+    tracing::info!("mounted cgroup2 at {OWN_CGROUP2}");
+    Ok(OWN_CGROUP2.into())
+}
+
+/// The cgroup `path` names: under the cgroup2 mount as given, or from its root (as
+/// `/proc/PID/cgroup` shows it), with its id and those below it.
+fn find_cgroup(path: &Path) -> Result<Cgroup, String> {
+    let mount = cgroup2_mount()?;
+    let dir =
+        if path.starts_with(&mount) { path.to_owned() } else { mount.join(path.strip_prefix("/").unwrap_or(path)) };
+    let on_cgroup2 =
+        nix::sys::statfs::statfs(&dir).map(|s| s.filesystem_type() == nix::sys::statfs::CGROUP2_SUPER_MAGIC);
+    match on_cgroup2 {
+        Ok(true) if dir.is_dir() => {}
+        Ok(_) => {
+            return Err(format!("{} is not a cgroup v2 directory (cgroup2 is at {})", dir.display(), mount.display()));
+        }
+        Err(e) => return Err(format!("no cgroup {} ({e}; cgroup2 is at {})", dir.display(), mount.display())),
+    }
+    let mut ids = vec![cgroup_id(&dir).map_err(|e| format!("reading the id of {}: {e}", dir.display()))?];
+    below(&dir, &mut ids);
+    Ok(Cgroup { dir, ids })
+}
+
+/// Adds the ids of every cgroup below `dir`.
+fn below(dir: &Path, ids: &mut Vec<u64>) {
+    let Ok(entries) = std::fs::read_dir(dir) else { return };
+    for entry in entries.flatten() {
+        if entry.file_type().is_ok_and(|t| t.is_dir()) {
+            let path = entry.path();
+            if let Ok(id) = cgroup_id(&path) {
+                ids.push(id);
+                below(&path, ids);
+            }
+        }
+    }
+}
+
+/// A cgroup's v2 id as BPF sees it: its file handle (the kernfs node id), which is the inode
+/// number only since 5.5; before, the id also carries a generation in its high bits.
+fn cgroup_id(dir: &Path) -> std::io::Result<u64> {
+    use std::os::unix::ffi::OsStrExt as _;
+    #[repr(C)]
+    struct Handle {
+        bytes: u32,
+        kind: i32,
+        id: u64,
+    }
+    let path = std::ffi::CString::new(dir.as_os_str().as_bytes())?;
+    let mut handle = Handle { bytes: 8, kind: 0, id: 0 };
+    let mut mount_id = 0;
+    // SAFETY: a NUL-terminated path and a file_handle with room for the 8 bytes it says.
+    let r =
+        unsafe { libc::name_to_handle_at(libc::AT_FDCWD, path.as_ptr(), (&raw mut handle).cast(), &mut mount_id, 0) };
+    if r != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(handle.id)
 }
 
 /// What `chaosctl status` says of the targets a fault can name here.

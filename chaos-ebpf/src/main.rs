@@ -1,12 +1,16 @@
-//! TC programs that drop, shape, duplicate and corrupt packets by rule. All behaviour comes
+//! TC programs that drop, shape, duplicate and corrupt packets by rule, and cgroup programs
+//! that drop packets reaching a cgroup's sockets and fail its `connect()`s. All behaviour comes
 //! from maps (see chaos-common): per packet a fixed chain of eight map lookups, whatever the
 //! number of rules, one more for a rule with memory (correlation, Gilbert–Elliott) and two
 //! more for a shaping rule.
 //!
 //! Kept loadable by 4.19 kernels: no loops, no global data, helpers from 4.19 only
 //! (map_lookup_elem, get_prandom_u32, ktime_get_ns, skb_load_bytes, skb_store_bytes,
-//! l4_csum_replace, clone_redirect), and `cargo xtask check-ebpf` proves it. The `_edt` programs also write `skb->tstamp`, which needs 5.0: the
-//! daemon loads them only when its probe found the edt backend.
+//! l4_csum_replace, clone_redirect, skb_cgroup_id), and `cargo xtask check-ebpf` proves it.
+//! Some programs need more, and the daemon loads them only where the kernel accepts them: the
+//! `_edt` ones write `skb->tstamp` (5.0); `chaos_cg_ingress` calls skb_cgroup_id from a
+//! cgroup_skb program and the connect ones get_current_cgroup_id from cgroup/connect (5.7
+//! era); the `_errno` ones call set_retval (5.18).
 #![no_std]
 #![no_main]
 
@@ -15,17 +19,20 @@ use aya_ebpf::{
         BPF_F_INGRESS, BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR, BPF_F_RECOMPUTE_CSUM, TC_ACT_REDIRECT, TC_ACT_SHOT,
         TC_ACT_UNSPEC,
     },
-    helpers::{bpf_get_prandom_u32, bpf_ktime_get_ns, bpf_redirect},
-    macros::{classifier, map},
+    helpers::{
+        bpf_get_current_cgroup_id, bpf_get_prandom_u32, bpf_ktime_get_ns, bpf_redirect, bpf_set_retval,
+        bpf_skb_cgroup_id,
+    },
+    macros::{cgroup_skb, cgroup_sock_addr, classifier, map},
     maps::{Array, HashMap, LpmTrie, PerCpuArray, lpm_trie::Key},
-    programs::TcContext,
+    programs::{SkBuffContext, SockAddrContext, TcContext, sk_buff::SkBuff},
 };
 use chaos_common::{
-    ACTION_CORRUPT, ACTION_DUPLICATE, ACTION_RESET, ACTION_SHAPE, ACTIVE_GENERATION, ACTIVE_LEN, ADDRS_CAPACITY,
-    AddrKey, CHAIN_GE, CHAIN_NONE, CHAIN_OUTCOME, CORRUPT_FIX_CHECKSUM, Chain, Counters, DIST_SCALE, DIST_SIZE,
-    DIST_UNIFORM, FAMILY_V4, FAMILY_V6, HOOK_EGRESS, HOOK_INGRESS, MAX_RULES, PAIRS_CAPACITY, PORT_KEY_FIXED_BITS,
-    PORTS_CAPACITY, PROTO_ICMP, PROTO_ICMPV6, PROTO_OTHER, PROTO_TCP, PROTO_UDP, PairKey, PortKey, RESET_NEW_ONLY,
-    RuleAction, SIDE_DST, SIDE_SRC, ShapeState,
+    ACTION_CONNECT_FAIL, ACTION_CORRUPT, ACTION_DUPLICATE, ACTION_RESET, ACTION_SHAPE, ACTIVE_GENERATION, ACTIVE_LEN,
+    ACTIVE_SCOPED, ADDRS_CAPACITY, AddrKey, CHAIN_GE, CHAIN_NONE, CHAIN_OUTCOME, CORRUPT_FIX_CHECKSUM, Chain, Counters,
+    DIST_SCALE, DIST_SIZE, DIST_UNIFORM, FAMILY_V4, FAMILY_V6, HOOK_CONNECT, HOOK_EGRESS, HOOK_INGRESS, MAX_RULES,
+    PAIRS_CAPACITY, PORT_KEY_FIXED_BITS, PORTS_CAPACITY, PROTO_ICMP, PROTO_ICMPV6, PROTO_OTHER, PROTO_TCP, PROTO_UDP,
+    PairKey, PortKey, RESET_NEW_ONLY, RuleAction, SCOPES_CAPACITY, SIDE_DST, SIDE_SRC, ScopeKey, ShapeState,
 };
 
 #[map]
@@ -48,6 +55,8 @@ static DIST: Array<i32> = Array::with_max_entries(DIST_SIZE, 0);
 /// follow the rule's model exactly.
 #[map]
 static CHAINS: PerCpuArray<Chain> = PerCpuArray::with_max_entries(MAX_RULES, 0);
+#[map]
+static SCOPES: HashMap<ScopeKey, u32> = HashMap::with_max_entries(SCOPES_CAPACITY, 0);
 
 const ETH_HLEN: usize = 14;
 const ETH_P_IP: u16 = 0x0800;
@@ -166,14 +175,41 @@ struct L4 {
 /// the packet's transport header.
 #[inline(always)]
 fn find_rule(ctx: &TcContext, hook: u8) -> Option<(u32, &'static RuleAction, u64, L4)> {
-    let generation = *ACTIVE.get(ACTIVE_GENERATION)?;
-    let pkt = parse(ctx)?;
+    let live = *ACTIVE.get(ACTIVE_GENERATION)?;
+    let generation = (live & 1) as u8;
+    let pkt = parse(&ctx.skb, ETH_HLEN)?;
+    let skb = ctx.skb.skb;
     // SAFETY: the skb pointer is the program's context, valid for the whole run.
-    let ifindex = unsafe { (*ctx.skb.skb).ifindex };
+    let ifindex = unsafe { (*skb).ifindex };
+    let mut scope = ifindex;
+    if hook == HOOK_EGRESS && live & ACTIVE_SCOPED != 0 {
+        // The cgroup of the socket that sent it (4.18+, cgroup v2); 0 for a packet without a
+        // local socket (forwarded), which no cgroup scope has.
+        // SAFETY: the context pointer, as the helper requires.
+        let cgroup = unsafe { bpf_skb_cgroup_id(skb) };
+        if let Some(s) = cgroup_scope(generation, hook, ifindex, cgroup) {
+            scope = s;
+        }
+    }
+    let (slot, action, now) = classify(generation, hook, scope, &pkt)?;
+    Some((slot, action, now, L4 { proto: pkt.proto, offset: pkt.l4 }))
+}
 
+/// The cgroup scope of `cgroup` on this interface and hook, if it has one.
+#[inline(always)]
+fn cgroup_scope(generation: u8, hook: u8, ifindex: u32, cgroup: u64) -> Option<u32> {
+    let key = ScopeKey { generation, hook, _pad: 0, ifindex, cgroup };
+    // SAFETY: a plain hash lookup; the value is copied out at once.
+    unsafe { SCOPES.get(&key) }.copied()
+}
+
+/// The lookup chain of chaos-common, from the scope on: the acting rule's slot and action, and
+/// the time, unless no rule matches or the rule is past its deadline.
+#[inline(always)]
+fn classify(generation: u8, hook: u8, scope: u32, pkt: &Packet) -> Option<(u32, &'static RuleAction, u64)> {
     let mut addr = Key::new(
         ADDR_LOOKUP_BITS,
-        AddrKey { generation: generation as u8, hook, family: pkt.family, side: SIDE_SRC, ifindex, addr: pkt.src },
+        AddrKey { generation, hook, family: pkt.family, side: SIDE_SRC, scope, addr: pkt.src },
     );
     let src_class = *ADDRS.get(&addr)?;
     addr.data.side = SIDE_DST;
@@ -197,7 +233,113 @@ fn find_rule(ctx: &TcContext, hook: u8) -> Option<(u32, &'static RuleAction, u64
     if now >= action.deadline_ns {
         return None;
     }
-    Some((slot, action, now, L4 { proto: pkt.proto, offset: pkt.l4 }))
+    Some((slot, action, now))
+}
+
+/// cgroup_skb/ingress, attached to the cgroups of ingress cgroup faults: a packet as it reaches
+/// a socket of the cgroup (or of one below it), acted on by the rules of the socket's cgroup
+/// scope only; the interface's own ingress rules acted at TC already. Returns 0 to drop.
+#[cgroup_skb(ingress)]
+pub fn chaos_cg_ingress(ctx: SkBuffContext) -> i32 {
+    i32::from(!cgroup_ingress_drops(&ctx))
+}
+
+#[inline(always)]
+fn cgroup_ingress_drops(ctx: &SkBuffContext) -> bool {
+    let Some(&live) = ACTIVE.get(ACTIVE_GENERATION) else { return false };
+    let generation = (live & 1) as u8;
+    let skb = ctx.skb.skb;
+    // SAFETY: the context pointer, valid for the whole run; bpf_skb_cgroup_id is the socket's
+    // cgroup here (the daemon loads this program only where the kernel allows the helper).
+    let (ifindex, cgroup) = unsafe { ((*skb).ifindex, bpf_skb_cgroup_id(skb)) };
+    let Some(scope) = cgroup_scope(generation, HOOK_INGRESS, ifindex, cgroup) else { return false };
+    // cgroup_skb programs see the packet from its network header.
+    let Some(pkt) = parse(&ctx.skb, 0) else { return false };
+    let Some((slot, action, _)) = classify(generation, HOOK_INGRESS, scope, &pkt) else { return false };
+    // Only dropping rules are given cgroup ingress scopes (the daemon refuses the others).
+    count(slot, action)
+}
+
+/// cgroup/connect4 and connect6: `connect()` in a cgroup with connect-fail faults.
+#[cgroup_sock_addr(connect4)]
+pub fn chaos_connect4(ctx: SockAddrContext) -> i32 {
+    connect(&ctx, FAMILY_V4, false)
+}
+
+#[cgroup_sock_addr(connect6)]
+pub fn chaos_connect6(ctx: SockAddrContext) -> i32 {
+    connect(&ctx, FAMILY_V6, false)
+}
+
+#[cgroup_sock_addr(connect4)]
+pub fn chaos_connect4_errno(ctx: SockAddrContext) -> i32 {
+    connect(&ctx, FAMILY_V4, true)
+}
+
+#[cgroup_sock_addr(connect6)]
+pub fn chaos_connect6_errno(ctx: SockAddrContext) -> i32 {
+    connect(&ctx, FAMILY_V6, true)
+}
+
+/// 1 lets the `connect()` go on; 0 fails it, with EPERM unless `errno` (5.18's
+/// `bpf_set_retval`) sets the rule's errno first. The source is not known yet at connect time:
+/// rules here match destination address, protocol and port only.
+#[inline(always)]
+fn connect(ctx: &SockAddrContext, family: u8, errno: bool) -> i32 {
+    let Some(&live) = ACTIVE.get(ACTIVE_GENERATION) else { return 1 };
+    let generation = (live & 1) as u8;
+    // The task's cgroup: connect() runs in the calling process (5.7+ for this program type).
+    // SAFETY: bpf_get_current_cgroup_id has no preconditions.
+    let cgroup = unsafe { bpf_get_current_cgroup_id() };
+    let Some(scope) = cgroup_scope(generation, HOOK_CONNECT, 0, cgroup) else { return 1 };
+    let a = ctx.sock_addr;
+    // SAFETY: the context pointer, valid for the whole run; user_ip4/user_ip6/user_port hold
+    // the address and port in network byte order, as the packet words do.
+    let (proto, port) = unsafe { ((*a).protocol, (*a).user_port) };
+    let dst = if family == FAMILY_V4 {
+        // SAFETY: as above.
+        [unsafe { (*a).user_ip4 }, 0, 0, 0]
+    } else {
+        // SAFETY: as above; read word by word, the access size the verifier allows.
+        unsafe { [(*a).user_ip6[0], (*a).user_ip6[1], (*a).user_ip6[2], (*a).user_ip6[3]] }
+    };
+    let proto = match proto as u8 {
+        PROTO_TCP => PROTO_TCP,
+        PROTO_UDP => PROTO_UDP,
+        _ => PROTO_OTHER,
+    };
+    // The source is unknown: all zeros, which only rules without a source match. Read through
+    // a volatile load, or LLVM zeroes the key with a memset call, a loop 4.19 refuses.
+    let zero = 0u32;
+    // SAFETY: a read of a local (on the stack: a constant's address would be global data).
+    let zero = unsafe { core::ptr::read_volatile(&raw const zero) };
+    let pkt = Packet { family, proto, src: [zero; 4], dst, sport: 0, dport: port as u16, l4: 0 };
+    let Some((slot, action, _)) = classify(generation, HOOK_CONNECT, scope, &pkt) else { return 1 };
+    if action.kind != ACTION_CONNECT_FAIL || !count(slot, action) {
+        return 1;
+    }
+    if errno {
+        // SAFETY: bpf_set_retval has no preconditions; an errno is a small positive number.
+        unsafe { bpf_set_retval(-(action.flags as i32)) };
+    }
+    0
+}
+
+/// For the programs that can only drop (cgroup ones): counts the packet or connect for its
+/// rule and whether the rule's event (a drop, a failure) happens.
+#[inline(always)]
+fn count(slot: u32, action: &RuleAction) -> bool {
+    let Some(counters) = COUNTERS.get_ptr_mut(slot) else { return false };
+    let event = happens(slot, action);
+    // SAFETY: a per-CPU slot, only written from this CPU with preemption off (softirq, or
+    // BH-disabled process context for connect).
+    unsafe {
+        (*counters).matched += 1;
+        if event {
+            (*counters).dropped += 1;
+        }
+    }
+    event
 }
 
 /// Counts the packet for the rule, and drops, shapes, copies, corrupts or passes it.
@@ -543,12 +685,13 @@ fn delay(action: &RuleAction, state: *mut ShapeState) -> u64 {
     if t >= 0 { action.delay_ns + x } else { action.delay_ns.saturating_sub(x) }
 }
 
-/// Reads the IP header and, for TCP/UDP first fragments, the ports. Assumes an Ethernet device
-/// (TC gives the program the frame from the MAC header on both hooks). Each header is copied in
+/// Reads the IP header (at `l3`: after the Ethernet header for TC, which gives the program the
+/// frame from the MAC header on both hooks; 0 for cgroup programs) and, for TCP/UDP first
+/// fragments, the ports. Each header is copied in
 /// one `bpf_skb_load_bytes` (the ports in another): a helper call is the main per-packet cost
 /// of an unmatched packet, and field by field it took 7 calls for IPv4 and 11 for IPv6.
 #[inline(always)]
-fn parse(ctx: &TcContext) -> Option<Packet> {
+fn parse(skb: &SkBuff, l3: usize) -> Option<Packet> {
     let family;
     let mut proto: u8;
     let mut src = [0u32; 4];
@@ -557,9 +700,9 @@ fn parse(ctx: &TcContext) -> Option<Packet> {
     // Addresses stay raw words in wire byte order, as the map keys hold them.
     let word = |b: &[u8], at: usize| u32::from_ne_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]]);
     // skb->protocol is the frame's L3 protocol, big-endian in the low 16 bits.
-    match u16::from_be(ctx.skb.protocol() as u16) {
+    match u16::from_be(skb.protocol() as u16) {
         ETH_P_IP => {
-            let h: [u8; 20] = ctx.load(ETH_HLEN).ok()?;
+            let h: [u8; 20] = skb.load(l3).ok()?;
             let frag = u16::from_be_bytes([h[6], h[7]]);
             family = FAMILY_V4;
             proto = h[9];
@@ -567,17 +710,17 @@ fn parse(ctx: &TcContext) -> Option<Packet> {
             dst[0] = word(&h, 16);
             // Later fragments carry no L4 header: they are matched as port 0.
             let first_fragment = frag & 0x1fff == 0;
-            l4 = if first_fragment { Some(ETH_HLEN + usize::from(h[0] & 0x0f) * 4) } else { None };
+            l4 = if first_fragment { Some(l3 + usize::from(h[0] & 0x0f) * 4) } else { None };
         }
         ETH_P_IPV6 => {
-            let h: [u8; 40] = ctx.load(ETH_HLEN).ok()?;
+            let h: [u8; 40] = skb.load(l3).ok()?;
             family = FAMILY_V6;
             // Only the fixed header's next header is read (no loops on 4.19): a packet with
             // extension headers is matched as protocol "other".
             proto = h[6];
             src = [word(&h, 8), word(&h, 12), word(&h, 16), word(&h, 20)];
             dst = [word(&h, 24), word(&h, 28), word(&h, 32), word(&h, 36)];
-            l4 = Some(ETH_HLEN + 40);
+            l4 = Some(l3 + 40);
         }
         _ => return None,
     }
@@ -586,7 +729,7 @@ fn parse(ctx: &TcContext) -> Option<Packet> {
         PROTO_TCP | PROTO_UDP => {
             if let Some(off) = l4 {
                 // Raw, in wire byte order, like the addresses.
-                let p: [u8; 4] = ctx.load(off).ok()?;
+                let p: [u8; 4] = skb.load(off).ok()?;
                 sport = u16::from_ne_bytes([p[0], p[1]]);
                 dport = u16::from_ne_bytes([p[2], p[3]]);
                 l4_offset = off;

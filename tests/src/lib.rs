@@ -2,6 +2,7 @@
 //! receiver, and independent reads of kernel state. Every object made here is owned by a guard
 //! whose `Drop` removes it, so a failing test leaves nothing behind.
 
+pub mod cgroup;
 pub mod daemon;
 pub mod http;
 pub mod kernel;

@@ -117,12 +117,7 @@ fn udp_sent(
     segments: u32,
 ) -> anyhow::Result<Arrivals> {
     assert!(len >= 8, "datagrams carry a number and a pattern");
-    let rx = to.enter(move || -> std::io::Result<UdpSocket> {
-        let s = UdpSocket::bind(dst)?;
-        let _ = nix::sys::socket::setsockopt(&s.as_fd(), nix::sys::socket::sockopt::RcvBufForce, &(256 << 20));
-        s.set_read_timeout(Some(Duration::from_millis(300)))?;
-        Ok(s)
-    })??;
+    let rx = to.enter(move || UdpSocket::bind(dst))??;
     let any: IpAddr = if dst.is_ipv4() { Ipv4Addr::UNSPECIFIED.into() } else { Ipv6Addr::UNSPECIFIED.into() };
     let tx = from.enter(move || UdpSocket::bind(SocketAddr::new(src.unwrap_or(any), 0)))??;
     if segments > 1 {
@@ -140,6 +135,27 @@ fn udp_sent(
         };
         anyhow::ensure!(rc == 0, "UDP_SEGMENT: {}", std::io::Error::last_os_error());
     }
+    exchange(tx, rx, dst, count, len, segments)
+}
+
+/// Sends `count` numbered datagrams from `tx` to `dst`, where `rx` (bound there) receives
+/// them, and returns how many distinct ones arrived: for sockets made elsewhere (by a process
+/// of a cgroup, say).
+pub fn udp_via(tx: UdpSocket, rx: UdpSocket, dst: SocketAddr, count: u32) -> anyhow::Result<u32> {
+    let got = exchange(tx, rx, dst, count, 8, 1)?;
+    Ok(got.copies.iter().filter(|c| **c > 0).count() as u32)
+}
+
+fn exchange(
+    tx: UdpSocket,
+    rx: UdpSocket,
+    dst: SocketAddr,
+    count: u32,
+    len: usize,
+    segments: u32,
+) -> anyhow::Result<Arrivals> {
+    let _ = nix::sys::socket::setsockopt(&rx.as_fd(), nix::sys::socket::sockopt::RcvBufForce, &(256 << 20));
+    rx.set_read_timeout(Some(Duration::from_millis(300)))?;
     let sent = Arc::new(AtomicBool::new(false));
     let done = sent.clone();
     let receiver = std::thread::spawn(move || {

@@ -102,6 +102,9 @@ const HELPERS_4_19: [&str; 84] = [
     "skb_ancestor_cgroup_id",
 ];
 
+/// `bpf_set_retval` (5.18), which only the `*_errno` connect programs call.
+const SET_RETVAL: usize = 187;
+
 /// Map types 4.19 lacks that an object could still declare (ringbuf: 5.8).
 const MAP_TYPE_RINGBUF: u32 = 27;
 
@@ -218,6 +221,10 @@ pub fn check(path: &Path) -> anyhow::Result<()> {
                             Some(h) => {
                                 helpers.insert(format!("{h}({id})"));
                             }
+                            // The daemon loads these programs only where the kernel accepts them.
+                            None if name.ends_with("_errno") && id == SET_RETVAL => {
+                                helpers.insert(format!("set_retval({id}, 5.18+)"));
+                            }
                             None => problems.push(format!("{name}: calls helper {imm}, which 4.19 lacks")),
                         }
                     }
@@ -242,6 +249,10 @@ pub fn check(path: &Path) -> anyhow::Result<()> {
     // Writing skb->tstamp is a context access, not a helper: 4.19's verifier refuses it, so the
     // daemon loads the *_edt programs only where it probed the edt backend.
     println!("note: the *_edt programs also write skb->tstamp (5.0+); the daemon loads them only on such kernels");
+    println!(
+        "note: chaos_cg_ingress and the connect programs use helpers 4.19 has but not for their program types \
+         (5.7 era), the *_errno ones set_retval (5.18): the daemon loads them where the kernel accepts them"
+    );
     Ok(())
 }
 

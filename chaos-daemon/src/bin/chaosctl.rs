@@ -71,7 +71,8 @@ struct ApplyArgs {
         short = 'f',
         long = "file",
         conflicts_with_all = [
-            "name", "interface", "netns", "pid", "container", "pod", "loss", "gemodel", "partition", "delay", "rate", "duplicate", "corrupt", "reset"
+            "name", "interface", "netns", "pid", "container", "pod", "cgroup", "loss", "gemodel", "partition", "delay",
+            "rate", "duplicate", "corrupt", "reset", "connect_fail"
         ]
     )]
     file: Option<PathBuf>,
@@ -79,7 +80,7 @@ struct ApplyArgs {
     #[arg(long)]
     name: Option<String>,
     /// Interface to act on (with --netns or --pid: the one inside that namespace, default eth0).
-    #[arg(short, long, required_unless_present_any = ["file", "netns", "pid", "container", "pod"])]
+    #[arg(short, long, required_unless_present_any = ["file", "netns", "pid", "container", "pod", "connect_fail"])]
     interface: Option<String>,
     /// Act on an interface of another network namespace (a container's), by path, e.g.
     /// /run/netns/x or /proc/PID/ns/net: directions are as seen from inside it.
@@ -96,10 +97,16 @@ struct ApplyArgs {
     /// runtime's state, no API server needed).
     #[arg(long, conflicts_with_all = ["netns", "pid", "container"])]
     pod: Option<String>,
+    /// Only the packets of this cgroup's processes (and below) on the interface: a cgroup v2
+    /// path, under its mount or from its root as /proc/PID/cgroup shows it.
+    #[arg(long, conflicts_with_all = ["netns", "pid", "container", "pod"])]
+    cgroup: Option<String>,
     /// Drop this percentage of matching packets, e.g. 20 or 20% (with --delay or --rate too).
     #[arg(
         long,
-        required_unless_present_any = ["file", "partition", "delay", "rate", "gemodel", "duplicate", "corrupt", "reset"],
+        required_unless_present_any = [
+            "file", "partition", "delay", "rate", "gemodel", "duplicate", "corrupt", "reset", "connect_fail"
+        ],
         conflicts_with = "partition"
     )]
     loss: Option<String>,
@@ -123,6 +130,13 @@ struct ApplyArgs {
     /// With --reset: all (default) or new (only refuse new connections).
     #[arg(long, requires = "reset")]
     connections: Option<String>,
+    /// Fail the --cgroup's connect() calls to matching destinations at once, no packet sent.
+    #[arg(long, requires = "cgroup")]
+    connect_fail: bool,
+    /// With --connect-fail: the errno, e.g. ECONNREFUSED (default), ETIMEDOUT, EHOSTUNREACH, or
+    /// a number; before Linux 5.18 only EPERM.
+    #[arg(long, requires = "connect_fail")]
+    errno: Option<String>,
     /// Drop every matching packet.
     #[arg(long, conflicts_with_all = ["delay", "rate"])]
     partition: bool,
@@ -328,6 +342,8 @@ fn specs(args: ApplyArgs) -> anyhow::Result<(Vec<FaultSpec>, Option<String>)> {
         "corrupt"
     } else if args.reset {
         "reset"
+    } else if args.connect_fail {
+        "connect-fail"
     } else {
         "loss"
     };
@@ -338,6 +354,7 @@ fn specs(args: ApplyArgs) -> anyhow::Result<(Vec<FaultSpec>, Option<String>)> {
         pid: args.pid,
         container: args.container,
         pod: args.pod,
+        cgroup: args.cgroup,
         action: Some(action.into()),
         loss: percent("loss", args.loss)?,
         gemodel: args.gemodel,
@@ -345,6 +362,7 @@ fn specs(args: ApplyArgs) -> anyhow::Result<(Vec<FaultSpec>, Option<String>)> {
         corrupt: percent("corrupt", args.corrupt)?,
         checksum: args.checksum,
         connections: args.connections,
+        errno: args.errno,
         reorder: percent("reorder", args.reorder)?,
         reorder_correlation: percent("reorder-correlation", args.reorder_correlation)?,
         gap: args.gap,
@@ -398,6 +416,9 @@ fn describe(s: &FaultSpec) -> String {
     }
     if let Some(c) = s.corrupt {
         parts.push(format!("corrupt {c}% checksum {}", s.checksum.as_deref().unwrap_or("broken")));
+    }
+    if s.action.as_deref() == Some("connect-fail") {
+        parts.push(format!("connect-fail {}", s.errno.as_deref().unwrap_or("ECONNREFUSED")));
     }
     if s.action.as_deref() == Some("reset") {
         parts.push(format!("reset {} connections", s.connections.as_deref().unwrap_or("all")));

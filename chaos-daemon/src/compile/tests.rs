@@ -12,6 +12,8 @@ use crate::spec::{Action, Families, Odds};
 struct Pkt {
     ifindex: u32,
     hook: u8,
+    /// Its socket's cgroup id; 0 for none.
+    cgroup: u64,
     family: u8,
     proto: u8,
     src: [u8; 16],
@@ -36,7 +38,7 @@ fn lpm<K: Copy>(entries: &[(u32, K, u32)], data: &K, as_bytes: impl Fn(&K) -> Ve
 
 fn addr_bytes(k: &AddrKey) -> Vec<u8> {
     let mut v = vec![k.generation, k.hook, k.family, k.side];
-    v.extend_from_slice(&k.ifindex.to_ne_bytes());
+    v.extend_from_slice(&k.scope.to_ne_bytes());
     k.addr.iter().for_each(|w| v.extend_from_slice(&w.to_ne_bytes()));
     v
 }
@@ -48,11 +50,27 @@ fn port_bytes(k: &PortKey) -> Vec<u8> {
     v
 }
 
-/// The program's lookup chain over `t`.
+/// The cgroup scope of the packet's cgroup, as the programs look it up.
+fn cgroup_scope(t: &Tables, generation: u8, p: Pkt) -> Option<u32> {
+    let key = ScopeKey { generation, hook: p.hook, _pad: 0, ifindex: p.ifindex, cgroup: p.cgroup };
+    t.scopes.iter().find(|(k, _)| *k == key).map(|(_, s)| *s)
+}
+
+/// The TC program's lookup chain over `t`: on egress in the packet's cgroup scope if it has
+/// one, else (and always on ingress) in the interface's.
 fn kernel(t: &Tables, generation: u8, p: Pkt) -> Option<u32> {
+    let scoped = if p.hook == HOOK_EGRESS { cgroup_scope(t, generation, p) } else { None };
+    chain(t, generation, p, scoped.unwrap_or(p.ifindex))
+}
+
+/// The cgroup programs' lookup chain (ingress, connect): in the packet's cgroup scope only.
+fn kernel_cgroup(t: &Tables, generation: u8, p: Pkt) -> Option<u32> {
+    chain(t, generation, p, cgroup_scope(t, generation, p)?)
+}
+
+fn chain(t: &Tables, generation: u8, p: Pkt, scope: u32) -> Option<u32> {
     let words = |a: [u8; 16]| std::array::from_fn(|i| u32::from_ne_bytes(a[4 * i..4 * i + 4].try_into().unwrap()));
-    let mut key =
-        AddrKey { generation, hook: p.hook, family: p.family, side: SIDE_SRC, ifindex: p.ifindex, addr: words(p.src) };
+    let mut key = AddrKey { generation, hook: p.hook, family: p.family, side: SIDE_SRC, scope, addr: words(p.src) };
     let s = lpm(&t.addrs, &key, addr_bytes)?;
     key.side = SIDE_DST;
     key.addr = words(p.dst);
@@ -71,11 +89,22 @@ fn contains(c: Option<Cidr>, family: u8, addr: [u8; 16]) -> bool {
     }
 }
 
-/// The rules read directly: which one acts on `p`.
-fn reference(rules: &[Rule], p: Pkt) -> Option<u32> {
+/// The rules read directly: which one acts on `p` at TC (`cgroup_program` false: interface
+/// rules, and on egress the cgroup rules of the packet's cgroup) or in the cgroup programs
+/// (true: the cgroup rules of the packet's cgroup only).
+fn reference(rules: &[Rule], p: Pkt, cgroup_program: bool) -> Option<u32> {
     let matches = |r: &Rule| {
+        let in_cgroup = r.cgroups.as_ref().map(|ids| ids.contains(&p.cgroup));
+        let scope_ok = match (in_cgroup, cgroup_program) {
+            (None, false) => true,
+            (Some(inside), false) => inside && p.hook == HOOK_EGRESS,
+            (Some(inside), true) => inside,
+            (None, true) => false,
+        };
         let fam = if p.family == FAMILY_V4 { r.matches.families.v4 } else { r.matches.families.v6 };
         let mirrored = match (r.matches.direction, p.hook) {
+            _ if r.connect != (p.hook == HOOK_CONNECT) => return false,
+            (_, HOOK_CONNECT) => false,
             (Direction::Egress, HOOK_EGRESS) | (Direction::Ingress, HOOK_INGRESS) => false,
             (Direction::Both, HOOK_EGRESS) => false,
             (Direction::Both, HOOK_INGRESS) => true,
@@ -95,6 +124,7 @@ fn reference(rules: &[Rule], p: Pkt) -> Option<u32> {
         };
         let in_range = |r: PortRange, v: u16| r.lo <= v && v <= r.hi;
         r.ifindex == p.ifindex
+            && scope_ok
             && fam
             && proto_ok
             && contains(src, p.family, p.src)
@@ -126,6 +156,8 @@ fn rule(slot: u32) -> Rule {
             dport: PortRange::ANY,
         },
         threshold: Action::Loss(Odds::random(0.5)).drop_threshold(),
+        cgroups: None,
+        connect: false,
     }
 }
 
@@ -136,7 +168,7 @@ fn v4(a: [u8; 4]) -> [u8; 16] {
 }
 
 fn pkt(src: [u8; 4], dst: [u8; 4], proto: u8, sport: u16, dport: u16) -> Pkt {
-    Pkt { ifindex: 2, hook: HOOK_EGRESS, family: FAMILY_V4, proto, src: v4(src), dst: v4(dst), sport, dport }
+    Pkt { ifindex: 2, hook: HOOK_EGRESS, cgroup: 0, family: FAMILY_V4, proto, src: v4(src), dst: v4(dst), sport, dport }
 }
 
 #[test]
@@ -186,6 +218,54 @@ fn strongest_rule_wins_then_oldest() {
     let t = compile(&[weak.clone(), strong.clone(), equal.clone()], 0).unwrap();
     assert_eq!(kernel(&t, 0, pkt([1, 1, 1, 1], [10, 1, 1, 1], PROTO_UDP, 1, 2)), Some(2));
     assert_eq!(kernel(&t, 0, pkt([1, 1, 1, 1], [11, 1, 1, 1], PROTO_UDP, 1, 2)), Some(3));
+}
+
+#[test]
+fn cgroup_rules_act_on_their_cgroups_only() {
+    // An interface-wide loss, a partition of cgroup 11 (and 12, below it) on egress and ingress.
+    let wide = rule(1);
+    let mut cg = rule(2);
+    cg.matches.direction = Direction::Both;
+    cg.threshold = Action::Partition.drop_threshold();
+    cg.cgroups = Some(vec![11, 12]);
+    let t = compile(&[wide, cg], 0).unwrap();
+    let out = |cgroup| Pkt { cgroup, ..pkt([1, 1, 1, 1], [2, 2, 2, 2], PROTO_UDP, 5, 9000) };
+    assert_eq!(kernel(&t, 0, out(11)), Some(2));
+    assert_eq!(kernel(&t, 0, out(12)), Some(2));
+    // Another cgroup, or none (forwarded), gets the interface's rule.
+    assert_eq!(kernel(&t, 0, out(13)), Some(1));
+    assert_eq!(kernel(&t, 0, out(0)), Some(1));
+    // Ingress: TC sees the interface's rules only; the cgroup program the cgroup's.
+    let back = |cgroup| Pkt { hook: HOOK_INGRESS, ..out(cgroup) };
+    assert_eq!(kernel(&t, 0, back(11)), None);
+    assert_eq!(kernel_cgroup(&t, 0, back(11)), Some(2));
+    assert_eq!(kernel_cgroup(&t, 0, back(13)), None);
+    // 11 and 12 have the same rules: one scope.
+    let scopes: BTreeSet<u32> = t.scopes.iter().map(|(_, s)| *s).collect();
+    assert_eq!(scopes.len(), 2, "{:?}", t.scopes);
+}
+
+#[test]
+fn connect_rules_match_the_destination() {
+    let mut r = rule(4);
+    r.ifindex = 0;
+    r.connect = true;
+    r.cgroups = Some(vec![11]);
+    r.matches.protocol = Protocol::Tcp;
+    r.matches.dst = Some("10.0.0.0/8".parse().unwrap());
+    r.matches.dport = PortRange { lo: 3306, hi: 3306 };
+    r.threshold = Action::ConnectFail { errno: 111 }.drop_threshold();
+    let t = compile(&[r], 1).unwrap();
+    let connect = |cgroup, dst, dport| Pkt {
+        ifindex: 0,
+        hook: HOOK_CONNECT,
+        cgroup,
+        ..pkt([0, 0, 0, 0], dst, PROTO_TCP, 0, dport)
+    };
+    assert_eq!(kernel_cgroup(&t, 1, connect(11, [10, 1, 2, 3], 3306)), Some(4));
+    assert_eq!(kernel_cgroup(&t, 1, connect(12, [10, 1, 2, 3], 3306)), None);
+    assert_eq!(kernel_cgroup(&t, 1, connect(11, [11, 1, 2, 3], 3306)), None);
+    assert_eq!(kernel_cgroup(&t, 1, connect(11, [10, 1, 2, 3], 3307)), None);
 }
 
 #[test]
@@ -285,6 +365,8 @@ fn random_rule_sets_agree_with_the_rules() {
                     r.matches.dport = rng.pick(&ranges);
                 }
                 r.threshold = rng.pick(&[0, 1 << 30, 1 << 31, 1 << 32]);
+                r.cgroups =
+                    rng.pick(&[None, None, Some(&[11u64][..]), Some(&[11, 12]), Some(&[12, 13])]).map(<[u64]>::to_vec);
                 r
             })
             .collect();
@@ -311,6 +393,7 @@ fn random_rule_sets_agree_with_the_rules() {
             let p = Pkt {
                 ifindex: rng.pick(&[2, 3]),
                 hook: rng.pick(&[HOOK_INGRESS, HOOK_EGRESS]),
+                cgroup: rng.pick(&[0, 11, 12, 13, 14]),
                 family,
                 proto,
                 src: addr(&mut rng),
@@ -318,7 +401,12 @@ fn random_rule_sets_agree_with_the_rules() {
                 sport: if has_ports { rng.pick(&ports) } else { 0 },
                 dport: if has_ports { rng.pick(&ports) } else { 0 },
             };
-            assert_eq!(kernel(&t, (round % 2) as u8, p), reference(&rules, p), "round {round}: {p:?}\n{rules:#?}");
+            let g = (round % 2) as u8;
+            assert_eq!(kernel(&t, g, p), reference(&rules, p, false), "round {round}: {p:?}\n{rules:#?}");
+            // The cgroup programs run on ingress (egress cgroup scopes are TC's).
+            if p.hook == HOOK_INGRESS {
+                assert_eq!(kernel_cgroup(&t, g, p), reference(&rules, p, true), "round {round}: {p:?}\n{rules:#?}");
+            }
         }
     }
 }

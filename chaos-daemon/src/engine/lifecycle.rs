@@ -57,7 +57,9 @@ impl Engine {
                 None
             };
             match (reason, resolved) {
-                (None, Ok(Ok(r))) => kept.push(Active { record, fault: r.fault, ifindex: r.ifindex, watch: r.watch }),
+                (None, Ok(Ok(r))) => {
+                    kept.push(Active { record, fault: r.fault, ifindex: r.ifindex, watch: r.watch, cgroup: r.cgroup })
+                }
                 (reason, _) => {
                     let counters =
                         if same_boot && adopted { engine.kernel.counters(record.slot) } else { Default::default() };
@@ -118,6 +120,10 @@ impl Engine {
             tracing::error!("starting or ending faults: {e}; retrying in 1 s");
             return Some(now + SECOND);
         }
+        if let Err(e) = self.follow_cgroups() {
+            tracing::error!("following cgroups below targets: {e}; retrying in 1 s");
+            return Some(now + SECOND);
+        }
         let next = self
             .faults
             .values()
@@ -156,11 +162,46 @@ impl Engine {
             .filter_map(|(n, a)| {
                 let namespace =
                     a.watch.as_ref().and_then(|w| *namespaces.entry(w.path.as_path()).or_insert_with(|| w.gone()));
-                let interface =
-                    (present.get(&a.ifindex) != Some(&a.fault.interface.as_str())).then_some("its interface is gone");
+                // connect-fail (ifindex 0) has no interface.
+                let interface = (a.ifindex != 0 && present.get(&a.ifindex) != Some(&a.fault.interface.as_str()))
+                    .then_some("its interface is gone");
                 namespace.or(interface).map(|why| (n.clone(), why))
             })
             .collect()
+    }
+
+    /// Takes in the cgroups made or removed below target cgroups since the last look (a new
+    /// container's cgroup under a pod's, say): their processes are in the target too.
+    fn follow_cgroups(&mut self) -> Result<(), EngineError> {
+        let mut changed = Vec::new();
+        for (name, a) in &self.faults {
+            let Some(cg) = &a.cgroup else { continue };
+            // A target that is gone ends at the next look (`vanished`).
+            if let Some(ids) = cg.now().filter(|ids| *ids != cg.ids) {
+                changed.push((name.clone(), ids));
+            }
+        }
+        if changed.is_empty() {
+            return Ok(());
+        }
+        let old: Vec<(String, Vec<u64>)> = changed
+            .iter()
+            .map(|(n, ids)| {
+                let cg = self.faults.get_mut(n).and_then(|a| a.cgroup.as_mut()).expect("listed");
+                (n.clone(), std::mem::replace(&mut cg.ids, ids.clone()))
+            })
+            .collect();
+        let all: Vec<&Active> = self.order.iter().map(|n| &self.faults[n]).collect();
+        if let Err(e) = commit(&mut self.kernel, &all, &[], &all) {
+            for (n, ids) in old {
+                if let Some(cg) = self.faults.get_mut(&n).and_then(|a| a.cgroup.as_mut()) {
+                    cg.ids = ids;
+                }
+            }
+            return Err(e);
+        }
+        tracing::info!(faults = changed.len(), "cgroups below targets changed");
+        Ok(())
     }
 
     /// Ends `ending` (each with why) and starts `due`, in one change of the rule set.

@@ -1,18 +1,18 @@
 //! From faults to what the kernel runs: each fault's rule action, the compiler's rules and the
 //! hooks they need, and the qdiscs shaping faults need, made live together by [`commit`].
 
-use std::collections::BTreeMap;
+use std::{collections::BTreeMap, path::PathBuf};
 
 use chaos_common::{
-    ACTION_CORRUPT, ACTION_DUPLICATE, ACTION_LOSS, ACTION_PARTITION, ACTION_RESET, ACTION_SHAPE, CHAIN_GE, CHAIN_NONE,
-    CHAIN_OUTCOME, CORRUPT_FIX_CHECKSUM, DIST_TABLE, DIST_UNIFORM, DROP_ALWAYS, HOOK_EGRESS, HOOK_INGRESS,
-    RESET_NEW_ONLY, ROOT_MAJOR, RuleAction,
+    ACTION_CONNECT_FAIL, ACTION_CORRUPT, ACTION_DUPLICATE, ACTION_LOSS, ACTION_PARTITION, ACTION_RESET, ACTION_SHAPE,
+    CHAIN_GE, CHAIN_NONE, CHAIN_OUTCOME, CORRUPT_FIX_CHECKSUM, DIST_TABLE, DIST_UNIFORM, DROP_ALWAYS, HOOK_EGRESS,
+    HOOK_INGRESS, RESET_NEW_ONLY, ROOT_MAJOR, RuleAction,
 };
 
 use super::{Active, EngineError};
 use crate::{
     compile::Rule,
-    kernel::{HOOK_IFB, Kernel, ShapeNeed},
+    kernel::{CG_CONNECT4, CG_CONNECT6, CG_INGRESS, HOOK_IFB, Kernel, ShapeNeed},
     shaping::NetemClass,
     spec::{Action, Checksum, Direction, Distribution, Match, Odds, Shape, threshold},
 };
@@ -30,6 +30,9 @@ pub(super) fn rule_action(a: &Active, mark: u32) -> RuleAction {
             ..base
         },
         Action::Duplicate(odds) => RuleAction { kind: ACTION_DUPLICATE, mark, ..chance(odds, base) },
+        Action::ConnectFail { errno } => {
+            RuleAction { kind: ACTION_CONNECT_FAIL, chance: [DROP_ALWAYS; 2], flags: errno as u32, ..base }
+        }
         Action::Corrupt(odds, checksum) => RuleAction {
             kind: ACTION_CORRUPT,
             flags: if checksum == Checksum::Fixed { CORRUPT_FIX_CHECKSUM } else { 0 },
@@ -147,7 +150,8 @@ pub(super) fn commit(
     let (needs, kept) = (shape_needs(faults), shape_needs(before));
     let ifbs = kernel.prepare_shaping(&needs, &kept)?;
     let (rules, hooks) = plan(faults, &ifbs);
-    if let Err(e) = kernel.sync(&rules, new_slots, &hooks) {
+    let cgroups = cgroup_hooks(faults);
+    if let Err(e) = kernel.sync(&rules, new_slots, &hooks, &cgroups) {
         kernel.settle_shaping(&kept);
         return Err(e.into());
     }
@@ -163,16 +167,59 @@ fn hooks_of(direction: Direction) -> &'static [u8] {
     }
 }
 
-/// The compiler's rules and the hooks they need, in order of application. Scheduled faults
+/// The cgroup attachments started cgroup faults need: (cgroup id, `CG_*` kind) and its
+/// directory. A program attached to a cgroup runs for the cgroups below it too, so one below
+/// another target of the same kind gets none (it would run twice).
+fn cgroup_hooks(faults: &[&Active]) -> BTreeMap<(u64, u8), PathBuf> {
+    let mut wanted: BTreeMap<u8, BTreeMap<PathBuf, u64>> = BTreeMap::new();
+    for a in faults.iter().filter(|a| a.record.started) {
+        let Some(cg) = &a.cgroup else { continue };
+        let kinds: &[u8] = match (a.fault.action, a.fault.matches.direction) {
+            (Action::ConnectFail { .. }, _) => &[CG_CONNECT4, CG_CONNECT6],
+            (_, Direction::Egress) => &[],
+            _ => &[CG_INGRESS],
+        };
+        for kind in kinds {
+            wanted.entry(*kind).or_default().insert(cg.dir.clone(), cg.id());
+        }
+    }
+    let mut hooks = BTreeMap::new();
+    for (kind, dirs) in &wanted {
+        for (dir, id) in dirs {
+            if !dirs.keys().any(|other| other != dir && dir.starts_with(other)) {
+                hooks.insert((*id, *kind), dir.clone());
+            }
+        }
+    }
+    hooks
+}
+
+/// The compiler's rules and the TC hooks they need, in order of application. Scheduled faults
 /// not yet started take no part. A shaping fault's ingress half goes to its interface's IFB
-/// (`ifbs`), whose egress program matches it as an ingress rule.
+/// (`ifbs`), whose egress program matches it as an ingress rule. A cgroup fault's ingress half
+/// and a connect-fail fault need no TC hook (see [`cgroup_hooks`]).
 fn plan(faults: &[&Active], ifbs: &BTreeMap<u32, (u32, String)>) -> (Vec<Rule>, BTreeMap<(u32, u8), String>) {
     let mut hooks = BTreeMap::new();
     let mut rules = Vec::new();
     for a in faults.iter().filter(|a| a.record.started) {
         let f = &a.fault;
-        let rule =
-            |ifindex, matches| Rule { slot: a.record.slot, ifindex, matches, threshold: f.action.drop_threshold() };
+        let connect = matches!(f.action, Action::ConnectFail { .. });
+        let cgroups = a.cgroup.as_ref().map(|c| c.ids.clone());
+        let rule = |ifindex, matches| Rule {
+            slot: a.record.slot,
+            ifindex,
+            matches,
+            threshold: f.action.drop_threshold(),
+            cgroups: cgroups.clone(),
+            connect,
+        };
+        if a.cgroup.is_some() {
+            if !connect && f.matches.direction != Direction::Ingress {
+                hooks.insert((a.ifindex, HOOK_EGRESS), f.interface.clone());
+            }
+            rules.push(rule(a.ifindex, f.matches));
+            continue;
+        }
         let ifb = match (f.action, f.matches.direction) {
             (Action::Shape(_), Direction::Ingress | Direction::Both) => ifbs.get(&a.ifindex),
             _ => None,

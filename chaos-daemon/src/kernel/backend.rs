@@ -24,7 +24,18 @@ pub enum BackendChoice {
 /// Loads and pins one program; the verifier's log is in the error.
 pub(super) fn load_program(ebpf: &mut Ebpf, pins: &Pins, name: &'static str) -> Result<(), KernelError> {
     let prog: &mut SchedClassifier = attach::program(ebpf, name)?;
-    prog.load().map_err(|e| match e {
+    prog.load().map_err(|e| verifier_error(name, e))?;
+    // A previous daemon's program stays pinned until replaced: the kernel frees it once its
+    // links have moved to ours.
+    let path = pins.program(name);
+    let _ = std::fs::remove_file(&path);
+    prog.pin(&path).map_err(|e| KernelError::Pins(format!("pinning {}: {e}", path.display())))
+}
+
+/// A program the kernel refused, with the verifier's log, and a hint when the refusal is a
+/// matter of capabilities.
+pub(super) fn verifier_error(name: &'static str, e: ProgramError) -> KernelError {
+    match e {
         ProgramError::LoadError { io_error, verifier_log } => {
             let mut log = verifier_log.to_string();
             // Refused before the verifier ran (an empty log), or for checks only the
@@ -38,12 +49,7 @@ pub(super) fn load_program(ebpf: &mut Ebpf, pins: &Pins, name: &'static str) -> 
             KernelError::Verifier { program: name, source: io_error, log }
         }
         e => KernelError::Program { what: format!("loading {name}"), source: e },
-    })?;
-    // A previous daemon's program stays pinned until replaced: the kernel frees it once its
-    // links have moved to ours.
-    let path = pins.program(name);
-    let _ = std::fs::remove_file(&path);
-    prog.pin(&path).map_err(|e| KernelError::Pins(format!("pinning {}: {e}", path.display())))
+    }
 }
 
 /// The delay backend: found by trying (the qdiscs in a scratch namespace, the edt programs by

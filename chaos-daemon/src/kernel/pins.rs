@@ -5,7 +5,7 @@
 //!
 //! Names are flat: `map_<NAME>`, `prog_<name>`, `link_<ifindex>_<hook>` (TCX links only:
 //! netlink cls_bpf filters cannot be pinned; they stay on their qdisc when the daemon dies and
-//! are recorded in the state file instead).
+//! are recorded in the state file instead), `link_cg<cgroup id>_<kind>` (cgroup links).
 
 use std::{
     io,
@@ -41,6 +41,11 @@ impl Pins {
 
     pub fn link(&self, ifindex: u32, hook: u8) -> PathBuf {
         self.dir.join(format!("link_{ifindex}_{hook}"))
+    }
+
+    /// A cgroup link: the cgroup's id and what it runs (see `cgroup::CG_*`).
+    pub fn cgroup_link(&self, cgroup: u64, kind: u8) -> PathBuf {
+        self.dir.join(format!("link_cg{cgroup}_{kind}"))
     }
 
     /// Makes the directory, mounting bpffs at /sys/fs/bpf first when nothing is mounted there
@@ -92,7 +97,22 @@ impl Pins {
             .filter_map(|e| {
                 let name = e.file_name().into_string().ok()?;
                 let (ifindex, hook) = name.strip_prefix("link_")?.split_once('_')?;
+                if ifindex.starts_with("cg") {
+                    return None;
+                }
                 Some((ifindex.parse().ok()?, hook.parse().ok()?, e.path()))
+            })
+            .collect()
+    }
+
+    /// Pinned cgroup links: `(cgroup id, kind, path)`.
+    pub fn cgroup_links(&self) -> Vec<(u64, u8, PathBuf)> {
+        let Ok(dir) = std::fs::read_dir(&self.dir) else { return Vec::new() };
+        dir.filter_map(Result::ok)
+            .filter_map(|e| {
+                let name = e.file_name().into_string().ok()?;
+                let (id, kind) = name.strip_prefix("link_cg")?.split_once('_')?;
+                Some((id.parse().ok()?, kind.parse().ok()?, e.path()))
             })
             .collect()
     }

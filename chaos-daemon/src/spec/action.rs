@@ -20,6 +20,8 @@ pub enum Action {
     /// Answer matching TCP segments with a RST from their peer: every one, or only connection
     /// attempts (`new_only`, which refuses new connections and leaves established ones alone).
     Reset { new_only: bool },
+    /// Fail matching `connect()` calls of a cgroup with this errno (positive).
+    ConnectFail { errno: i32 },
 }
 
 /// How often a fault's event (a drop, a copy, a flipped bit) happens to matching packets.
@@ -113,7 +115,7 @@ impl Action {
         match self {
             Self::Loss(odds) => threshold(odds.mean()),
             // A segment answered with a RST never reaches its destination.
-            Self::Partition | Self::Reset { new_only: false } => chaos_common::DROP_ALWAYS,
+            Self::Partition | Self::Reset { new_only: false } | Self::ConnectFail { .. } => chaos_common::DROP_ALWAYS,
             // Only SYNs: ranked with the faults that drop nothing, so that it never shadows a
             // loss on the established traffic of its flows (adding a fault never weakens one).
             Self::Reset { new_only: true } => 0,
@@ -132,8 +134,48 @@ impl Action {
             Self::Duplicate(_) => "duplicate",
             Self::Corrupt(..) => "corrupt",
             Self::Reset { .. } => "reset",
+            Self::ConnectFail { .. } => "connect-fail",
         }
     }
+}
+
+/// The errnos `connect-fail` takes by name: what a failing `connect()` can return.
+const ERRNOS: [(&str, i32); 12] = [
+    ("EPERM", libc::EPERM),
+    ("EACCES", libc::EACCES),
+    ("EAGAIN", libc::EAGAIN),
+    ("EADDRINUSE", libc::EADDRINUSE),
+    ("EADDRNOTAVAIL", libc::EADDRNOTAVAIL),
+    ("ENETDOWN", libc::ENETDOWN),
+    ("ENETUNREACH", libc::ENETUNREACH),
+    ("ECONNRESET", libc::ECONNRESET),
+    ("ETIMEDOUT", libc::ETIMEDOUT),
+    ("ECONNREFUSED", libc::ECONNREFUSED),
+    ("EHOSTDOWN", libc::EHOSTDOWN),
+    ("EHOSTUNREACH", libc::EHOSTUNREACH),
+];
+
+/// `connect-fail`'s errno: a name of [`ERRNOS`] or a number 1-4095 (default ECONNREFUSED).
+pub fn errno(text: Option<&str>) -> Result<i32, SpecError> {
+    let Some(text) = text.map(str::trim) else { return Ok(libc::ECONNREFUSED) };
+    if let Some((_, n)) = ERRNOS.iter().find(|(name, _)| name.eq_ignore_ascii_case(text)) {
+        return Ok(*n);
+    }
+    match text.parse::<i32>() {
+        Ok(n) if (1..4096).contains(&n) => Ok(n),
+        _ => {
+            let names: Vec<&str> = ERRNOS.iter().map(|(n, _)| *n).collect();
+            Err(SpecError::new(
+                "errno",
+                format!("'{text}' is not an errno (a number 1-4095 or one of {})", names.join(", ")),
+            ))
+        }
+    }
+}
+
+/// The name of an errno [`errno`] takes, else its number.
+pub fn errno_name(n: i32) -> String {
+    ERRNOS.iter().find(|(_, e)| *e == n).map_or_else(|| n.to_string(), |(name, _)| (*name).to_owned())
 }
 
 /// A probability as the programs compare it: a 32-bit random number below `p * 2^32`.
@@ -142,14 +184,15 @@ pub fn threshold(p: f64) -> u64 {
 }
 
 /// The actions, for messages.
-const ACTIONS: &str = "'loss', 'partition', 'delay', 'bandwidth', 'duplicate', 'corrupt' or 'reset'";
+const ACTIONS: &str = "'loss', 'partition', 'delay', 'bandwidth', 'duplicate', 'corrupt', 'reset' or 'connect-fail'";
 
 impl FaultSpec {
     pub(super) fn action(&self) -> Result<Action, SpecError> {
         let action = self.action.as_deref();
         match action {
             None => return Err(SpecError::new("action", format!("is required ({ACTIONS})"))),
-            Some("loss" | "partition" | "delay" | "bandwidth" | "duplicate" | "corrupt" | "reset") => {}
+            Some("loss" | "partition" | "delay" | "bandwidth" | "duplicate" | "corrupt" | "reset" | "connect-fail") => {
+            }
             Some(other) => {
                 return Err(SpecError::new("action", format!("'{other}' is not an action (expected {ACTIONS})")));
             }
@@ -173,6 +216,7 @@ impl FaultSpec {
         only("corrupt", self.corrupt.is_some(), &["corrupt"], "action 'corrupt'")?;
         only("checksum", self.checksum.is_some(), &["corrupt"], "action 'corrupt'")?;
         only("connections", self.connections.is_some(), &["reset"], "action 'reset'")?;
+        only("errno", self.errno.is_some(), &["connect-fail"], "action 'connect-fail'")?;
         only("reorder", self.reorder.is_some(), &["delay"], "action 'delay'")?;
         only("reorder_correlation", self.reorder_correlation.is_some(), &["delay"], "action 'delay'")?;
         only("gap", self.gap.is_some(), &["delay"], "action 'delay'")?;
@@ -205,6 +249,7 @@ impl FaultSpec {
                 }
             },
             Some("partition") => Ok(Action::Partition),
+            Some("connect-fail") => Ok(Action::ConnectFail { errno: errno(self.errno.as_deref())? }),
             Some("reset") => match self.connections.as_deref() {
                 None | Some("all") => Ok(Action::Reset { new_only: false }),
                 Some("new") => Ok(Action::Reset { new_only: true }),

@@ -1,0 +1,282 @@
+//! Faults on a cgroup: two cgroups made by the test, processes of each in the lab's host `a`
+//! (one network namespace), and only the target's traffic touched; connect-fail; the fault
+//! ending with its cgroup. The daemon, the CLI and the kernel are the real ones.
+
+use std::{
+    net::{SocketAddr, TcpListener, UdpSocket},
+    os::fd::OwnedFd,
+};
+
+use chaos_tests::{
+    Daemon, Lab, Netns,
+    cgroup::Cgroup,
+    lab::{A4, A6, B4, B6},
+    traffic,
+};
+
+const N: u32 = 20_000;
+
+fn addr(ip: &str, port: u16) -> SocketAddr {
+    SocketAddr::new(ip.parse().unwrap(), port)
+}
+
+/// A UDP socket of a process of `cgroup` in `ns`, bound to `at`.
+fn udp_socket(cgroup: &Cgroup, ns: &Netns, at: SocketAddr) -> UdpSocket {
+    let domain = if at.is_ipv4() { libc::AF_INET } else { libc::AF_INET6 };
+    let fd: OwnedFd = cgroup.socket(ns, domain, libc::SOCK_DGRAM).unwrap();
+    let socket = UdpSocket::from(fd);
+    let bind = socket2::SockRef::from(&socket).bind(&at.into());
+    bind.unwrap();
+    socket
+}
+
+/// Datagrams from a process of `cgroup` (in lab `a`) to `dst` in lab `b` that arrive.
+fn from_cgroup(lab: &Lab, cgroup: &Cgroup, dst: SocketAddr, count: u32) -> u32 {
+    let any = if dst.is_ipv4() { addr("0.0.0.0", 0) } else { addr("::", 0) };
+    let tx = udp_socket(cgroup, &lab.a, any);
+    let rx = lab.b.enter(move || UdpSocket::bind(dst)).unwrap().unwrap();
+    traffic::udp_via(tx, rx, dst, count).unwrap()
+}
+
+/// Datagrams from lab `b` that reach a socket of `cgroup` bound to `at` (in lab `a`).
+fn to_cgroup(lab: &Lab, cgroup: &Cgroup, at: SocketAddr, count: u32) -> u32 {
+    let rx = udp_socket(cgroup, &lab.a, at);
+    let any = if at.is_ipv4() { addr("0.0.0.0", 0) } else { addr("::", 0) };
+    let tx = lab.b.enter(move || UdpSocket::bind(any)).unwrap().unwrap();
+    traffic::udp_via(tx, rx, at, count).unwrap()
+}
+
+fn fault(daemon: &Daemon, name: &str) -> serde_json::Value {
+    daemon.list()["faults"].as_array().unwrap().iter().find(|f| f["name"] == name).expect("listed").clone()
+}
+
+/// Binomial: the standard deviation of a measured rate p over n trials is sqrt(p(1-p)/n); five
+/// of them (±1.62 points for 30% of 20,000) fail a correct program about once in 1.7 million runs.
+fn assert_rate(lost: u32, n: u32, p: f64, what: &str) {
+    let rate = f64::from(lost) / f64::from(n);
+    let bound = 5.0 * (p * (1.0 - p) / f64::from(n)).sqrt();
+    assert!(
+        (rate - p).abs() <= bound,
+        "{what}: {:.2}% lost, asked {:.0}% ± {:.2}",
+        rate * 100.0,
+        p * 100.0,
+        bound * 100.0
+    );
+}
+
+#[test]
+fn loss_on_a_cgroup_leaves_its_neighbour_alone() {
+    let lab = Lab::new().unwrap();
+    let daemon = Daemon::start(&lab.a).unwrap();
+    let (a, b) = (Cgroup::new("cga").unwrap(), Cgroup::new("cgb").unwrap());
+    daemon.ctl_ok(&[
+        "apply", "--name", "lossy", "--cgroup", &a.path, "-i", &lab.a_if, "--loss", "30%", "-p", "udp", "--dport",
+        "9100",
+    ]);
+
+    let got = from_cgroup(&lab, &a, addr(B4, 9100), N);
+    assert_rate(N - got, N, 0.3, "cgroup A");
+    let f = fault(&daemon, "lossy");
+    // Every datagram of A's was the rule's, and its drops are exactly what went missing.
+    assert_eq!((f["matched"].as_u64(), f["dropped"].as_u64()), (Some(u64::from(N)), Some(u64::from(N - got))));
+    assert_eq!(from_cgroup(&lab, &b, addr(B4, 9100), N / 4), N / 4, "cgroup B lost");
+    // Sockets of the test process (another cgroup) and IPv6 of B: untouched too.
+    assert_eq!(traffic::udp(&lab.a, None, &lab.b, addr(B4, 9100), N / 4).unwrap(), N / 4);
+    assert_eq!(from_cgroup(&lab, &b, addr(B6, 9100), N / 4), N / 4, "cgroup B lost (IPv6)");
+    assert_eq!(fault(&daemon, "lossy")["matched"].as_u64(), Some(u64::from(N)), "others were matched");
+
+    daemon.ctl_ok(&["rm", "lossy"]);
+    assert_eq!(from_cgroup(&lab, &a, addr(B4, 9100), N / 4), N / 4, "A after removal");
+}
+
+#[test]
+fn a_partition_covers_the_cgroups_below_the_target() {
+    let lab = Lab::new().unwrap();
+    let daemon = Daemon::start(&lab.a).unwrap();
+    let a = Cgroup::new("cga").unwrap();
+    let early = a.child("early").unwrap();
+    daemon.ctl_ok(&["apply", "--name", "cut", "--cgroup", &a.path, "-i", &lab.a_if, "--partition", "-p", "udp"]);
+    assert_eq!(from_cgroup(&lab, &a, addr(B4, 9101), 500), 0);
+    assert_eq!(from_cgroup(&lab, &early, addr(B4, 9101), 500), 0, "a cgroup below the target");
+    // One made after the fault (a new container in a pod's cgroup): taken in within a second.
+    let late = a.child("late").unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    assert_eq!(from_cgroup(&lab, &late, addr(B4, 9101), 500), 0, "a cgroup made after the fault");
+    let other = Cgroup::new("cgo").unwrap();
+    assert_eq!(from_cgroup(&lab, &other, addr(B4, 9101), 500), 500);
+}
+
+#[test]
+fn ingress_faults_act_where_packets_reach_the_cgroups_sockets() {
+    let lab = Lab::new().unwrap();
+    let daemon = Daemon::start(&lab.a).unwrap();
+    let (a, b) = (Cgroup::new("cga").unwrap(), Cgroup::new("cgb").unwrap());
+    daemon.ctl_ok(&[
+        "apply",
+        "--name",
+        "deaf",
+        "--cgroup",
+        &a.path,
+        "-i",
+        &lab.a_if,
+        "--direction",
+        "ingress",
+        "--loss",
+        "30%",
+        "-p",
+        "udp",
+    ]);
+    let got = to_cgroup(&lab, &a, addr(A4, 9102), N);
+    assert_rate(N - got, N, 0.3, "cgroup A (ingress)");
+    let f = fault(&daemon, "deaf");
+    assert_eq!((f["matched"].as_u64(), f["dropped"].as_u64()), (Some(u64::from(N)), Some(u64::from(N - got))));
+    // The same port on the same host, another cgroup's socket: nothing lost.
+    assert_eq!(to_cgroup(&lab, &b, addr(A4, 9102), N / 4), N / 4, "cgroup B lost");
+    assert_eq!(to_cgroup(&lab, &b, addr(A6, 9102), N / 4), N / 4, "cgroup B lost (IPv6)");
+
+    // Both directions of a partition: A neither sends nor receives; B does both.
+    daemon.ctl_ok(&["rm", "deaf"]);
+    daemon.ctl_ok(&[
+        "apply",
+        "--name",
+        "cut",
+        "--cgroup",
+        &a.path,
+        "-i",
+        &lab.a_if,
+        "--direction",
+        "both",
+        "--partition",
+    ]);
+    assert_eq!(to_cgroup(&lab, &a, addr(A6, 9103), 300), 0);
+    assert_eq!(from_cgroup(&lab, &a, addr(B6, 9103), 300), 0);
+    assert_eq!(to_cgroup(&lab, &b, addr(A6, 9103), 300), 300);
+    assert_eq!(from_cgroup(&lab, &b, addr(B6, 9103), 300), 300);
+}
+
+#[test]
+fn connect_fail_fails_the_cgroups_connects_only() {
+    let lab = Lab::new().unwrap();
+    let daemon = Daemon::start(&lab.a).unwrap();
+    let (a, b) = (Cgroup::new("cga").unwrap(), Cgroup::new("cgb").unwrap());
+    let (v4, v6) = (addr(B4, 9200), addr(B6, 9200));
+    let listeners: Vec<TcpListener> =
+        [v4, v6].into_iter().map(|at| lab.b.enter(move || TcpListener::bind(at)).unwrap().unwrap()).collect();
+    for l in &listeners {
+        l.set_nonblocking(true).unwrap();
+    }
+    daemon.ctl_ok(&[
+        "apply",
+        "--name",
+        "refused",
+        "--cgroup",
+        &a.path,
+        "--connect-fail",
+        "-p",
+        "tcp",
+        "--dport",
+        "9200",
+    ]);
+
+    let connected = |c: &Cgroup, dst| c.connect(&lab.a, dst).unwrap();
+    assert_eq!(connected(&a, v4), libc::ECONNREFUSED);
+    assert_eq!(connected(&a, v6), libc::ECONNREFUSED);
+    // Failed before any packet left: nothing reached the listeners.
+    for l in &listeners {
+        assert!(l.accept().is_err(), "a connection reached the server");
+    }
+    let f = fault(&daemon, "refused");
+    assert_eq!((f["matched"].as_u64(), f["dropped"].as_u64()), (Some(2), Some(2)));
+    assert_eq!(connected(&b, v4), 0, "cgroup B could not connect");
+    assert_eq!(connected(&b, v6), 0, "cgroup B could not connect (IPv6)");
+    // Another port: A connects (refused by the host itself, as nothing listens there).
+    assert_eq!(connected(&a, addr(B4, 9201)), libc::ECONNREFUSED);
+    assert_eq!(fault(&daemon, "refused")["matched"].as_u64(), Some(2), "another port was matched");
+
+    // Another errno, then removal restores connect().
+    daemon.ctl_ok(&["rm", "refused"]);
+    assert_eq!(connected(&a, v4), 0, "connect after removal");
+    daemon.ctl_ok(&["apply", "--name", "timeout", "--cgroup", &a.path, "--connect-fail", "--errno", "ETIMEDOUT"]);
+    assert_eq!(connected(&a, v4), libc::ETIMEDOUT);
+    assert_eq!(connected(&b, v4), 0);
+    daemon.ctl_ok(&["rm", "timeout"]);
+    assert_eq!(connected(&a, v6), 0, "connect after removal");
+    let status: serde_json::Value = serde_json::from_str(&daemon.ctl_ok(&["status", "-o", "json"])).unwrap();
+    assert_eq!(status["attachments"], serde_json::json!([]), "{status}");
+}
+
+#[test]
+fn a_fault_ends_when_its_cgroup_is_removed() {
+    let lab = Lab::new().unwrap();
+    let daemon = Daemon::start(&lab.a).unwrap();
+    let a = Cgroup::new("cga").unwrap();
+    daemon.ctl_ok(&[
+        "apply",
+        "--name",
+        "gone",
+        "--cgroup",
+        &a.path,
+        "-i",
+        &lab.a_if,
+        "--direction",
+        "both",
+        "--partition",
+        "-p",
+        "udp",
+    ]);
+    daemon.ctl_ok(&["apply", "--name", "gone-too", "--cgroup", &a.path, "--connect-fail"]);
+    assert_eq!(from_cgroup(&lab, &a, addr(B4, 9104), 300), 0);
+    chaos_tests::cgroup::remove(&a.dir);
+    for _ in 0..50 {
+        if daemon.list()["faults"].as_array().unwrap().is_empty() {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    assert_eq!(daemon.list()["faults"], serde_json::json!([]), "the faults outlived their cgroup");
+    let history: serde_json::Value = serde_json::from_str(&daemon.ctl_ok(&["history", "-o", "json"])).unwrap();
+    let event = history["events"].as_array().unwrap().iter().rev().find(|e| e["action"] == "end").expect("an end");
+    let mut ended: Vec<(String, String, u64)> = event["ended"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| {
+            (e["name"].as_str().unwrap().into(), e["reason"].as_str().unwrap().into(), e["dropped"].as_u64().unwrap())
+        })
+        .collect();
+    ended.sort();
+    let why = "its cgroup was removed".to_owned();
+    assert_eq!(ended, vec![("gone".into(), why.clone(), 300), ("gone-too".into(), why, 0)]);
+    let status: serde_json::Value = serde_json::from_str(&daemon.ctl_ok(&["status", "-o", "json"])).unwrap();
+    assert_eq!(status["attachments"], serde_json::json!([]), "{status}");
+}
+
+#[test]
+fn bad_cgroup_faults_are_refused_by_name() {
+    let lab = Lab::new().unwrap();
+    let daemon = Daemon::start(&lab.a).unwrap();
+    let a = Cgroup::new("cga").unwrap();
+    let missing = format!("{}-missing", a.path);
+    for (args, expected) in [
+        (vec!["--cgroup", missing.as_str(), "-i", lab.a_if.as_str(), "--partition"], "cgroup: no cgroup"),
+        (
+            vec!["--cgroup", "relative/path", "-i", lab.a_if.as_str(), "--partition"],
+            "cgroup: 'relative/path' is not a cgroup path",
+        ),
+        (
+            vec!["--cgroup", a.path.as_str(), "-i", lab.a_if.as_str(), "--delay", "10ms", "--direction", "ingress"],
+            "direction: ingress: a cgroup's ingress is where packets reach its sockets",
+        ),
+        // chaosctl's own check; the daemon's says "interface: is required".
+        (vec!["--cgroup", a.path.as_str(), "--partition"], "--interface"),
+        (vec!["--cgroup", a.path.as_str(), "--connect-fail", "--errno", "EWHAT"], "errno: 'EWHAT' is not an errno"),
+        (vec!["--cgroup", a.path.as_str(), "--connect-fail", "--src", A4], "src: does not apply to connect-fail"),
+    ] {
+        let mut all = vec!["apply"];
+        all.extend(args.iter().copied());
+        let out = daemon.ctl(&all);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success() && stderr.contains(expected), "{args:?}: expected '{expected}' in {stderr}");
+    }
+    assert_eq!(daemon.list()["faults"], serde_json::json!([]));
+}
