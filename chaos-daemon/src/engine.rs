@@ -162,7 +162,18 @@ impl Engine {
                 Err(why) => format!("none ({why})"),
             },
             attachments: self.kernel.attachments(),
-            scoping: crate::target::scoping(),
+            scoping: {
+                let mut scoping = crate::target::scoping();
+                let support = self.kernel.cgroup_support();
+                let said = |r: &Result<String, String>| r.clone().unwrap_or_else(|why| format!("no: {why}"));
+                let ingress = support.ingress.clone().map(|()| "yes: where packets reach its sockets".to_owned());
+                let connect = support.connect.clone().map(|any| {
+                    if any { "yes, any errno" } else { "yes, EPERM only (other errnos need 5.18)" }.to_owned()
+                });
+                scoping.insert("cgroup ingress".into(), said(&ingress));
+                scoping.insert("connect-fail".into(), said(&connect));
+                scoping
+            },
             faults: self.faults.len(),
             max_faults: self.settings.max_faults,
             max_duration_ms: self.settings.max_duration.as_millis() as u64,

@@ -349,7 +349,7 @@ pub fn scoping() -> std::collections::BTreeMap<String, String> {
     let cgroup = match std::fs::read_to_string("/proc/self/mountinfo").ok().as_deref().and_then(cgroup2) {
         Some((at, true)) => format!("cgroup2 at {} (hybrid: cgroup v1 hierarchies too)", at.display()),
         Some((at, false)) => format!("cgroup2 at {}", at.display()),
-        None => "no cgroup2 mounted (cgroup v1 only)".into(),
+        None => format!("no cgroup2 mounted (cgroup v1 only): mounted at {OWN_CGROUP2} for the first cgroup fault"),
     };
     [
         ("interface", "yes".to_owned()),

@@ -130,3 +130,24 @@ pub fn maps_contents(ids: &[u32]) -> anyhow::Result<BTreeMap<String, Vec<String>
 pub fn qdiscs(ns: &Netns, interface: &str) -> String {
     crate::run("tc", &["-n", &ns.name, "qdisc", "show", "dev", interface]).unwrap_or_default()
 }
+
+/// Ids of the programs attached directly to the cgroup `dir` for `attach_type` (a `bpf_attach_type`
+/// number), as `bpftool cgroup show` lists them: BPF_PROG_QUERY without the effective flag.
+pub fn cgroup_programs(dir: &std::path::Path, attach_type: u32) -> anyhow::Result<Vec<u32>> {
+    use std::os::fd::AsRawFd as _;
+    const BPF_PROG_QUERY: libc::c_long = 16;
+    let cgroup = std::fs::File::open(dir)?;
+    let mut ids = [0u32; 64];
+    // union bpf_attr's query: target_fd, attach_type, query_flags, attach_flags (u32 each),
+    // prog_ids (u64 pointer), prog_cnt (u32); the rest zero.
+    let mut attr = [0u8; 128];
+    attr[0..4].copy_from_slice(&(cgroup.as_raw_fd() as u32).to_ne_bytes());
+    attr[4..8].copy_from_slice(&attach_type.to_ne_bytes());
+    attr[16..24].copy_from_slice(&(ids.as_mut_ptr() as u64).to_ne_bytes());
+    attr[24..28].copy_from_slice(&(ids.len() as u32).to_ne_bytes());
+    // SAFETY: bpf(2) with a query attr whose prog_ids points at `ids`, of the length it says.
+    let rc = unsafe { libc::syscall(libc::SYS_bpf, BPF_PROG_QUERY, attr.as_mut_ptr(), attr.len()) };
+    anyhow::ensure!(rc == 0, "BPF_PROG_QUERY on {}: {}", dir.display(), std::io::Error::last_os_error());
+    let count = u32::from_ne_bytes(attr[24..28].try_into()?) as usize;
+    Ok(ids[..count.min(ids.len())].to_vec())
+}

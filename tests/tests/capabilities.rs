@@ -1,7 +1,8 @@
 //! The capabilities deploy/daemonset.yaml grants are enough, and each is needed: the daemon runs
 //! with only CAP_BPF, CAP_PERFMON, CAP_NET_ADMIN and CAP_SYS_RESOURCE (no CAP_SYS_ADMIN: its
 //! probe then runs on an IFB device of its own instead of a private namespace), applies and
-//! removes faults that act on packets, and leaves nothing behind; without CAP_PERFMON it refuses
+//! removes faults that act on packets (on a cgroup's too), and leaves nothing behind; without
+//! CAP_PERFMON it refuses
 //! to start, naming what it needs, and leaves no pins.
 
 use std::net::SocketAddr;
@@ -78,6 +79,17 @@ fn the_daemonset_capabilities_are_enough() {
     assert_eq!(traffic::udp(&lab.b, None, &lab.a, to_a, 500).unwrap(), 0);
     assert_eq!(traffic::udp(&lab.a, None, &lab.b, dst(9952), 500).unwrap(), 500);
     daemon.ctl_ok(&["rm", "from-b"]);
+
+    // A cgroup: its egress at TC, its ingress and connect() through programs on the cgroup.
+    let cgroup = chaos_tests::cgroup::Cgroup::new("cgcap").unwrap();
+    daemon.ctl_ok(&["apply", "--name", "cg", "--cgroup", &cgroup.path, "-i", &lab.a_if, "-d", "both", "--partition"]);
+    daemon.ctl_ok(&["apply", "--name", "cf", "--cgroup", &cgroup.path, "--connect-fail", "--dport", "9953"]);
+    let tx = std::net::UdpSocket::from(cgroup.socket(&lab.a, libc::AF_INET, libc::SOCK_DGRAM).unwrap());
+    socket2::SockRef::from(&tx).bind(&SocketAddr::new("0.0.0.0".parse().unwrap(), 0).into()).unwrap();
+    let rx = lab.b.enter(move || std::net::UdpSocket::bind(dst(9954))).unwrap().unwrap();
+    assert_eq!(traffic::udp_via(tx, rx, dst(9954), 500).unwrap(), 0);
+    assert_eq!(cgroup.connect(&lab.a, dst(9953)).unwrap(), libc::ECONNREFUSED);
+    daemon.ctl_ok(&["rm", "cg", "cf"]);
 
     assert!(daemon.stop().unwrap().success(), "{}", daemon.log());
     assert!(!daemon.bpffs.exists(), "pins left in {}", daemon.bpffs.display());

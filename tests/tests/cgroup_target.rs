@@ -280,3 +280,53 @@ fn bad_cgroup_faults_are_refused_by_name() {
     }
     assert_eq!(daemon.list()["faults"], serde_json::json!([]));
 }
+
+/// The programs attached to a cgroup, by id, as the kernel lists them (`bpftool cgroup show`
+/// without bpftool: BPF_PROG_QUERY with the effective flag off).
+fn attached_to(cgroup: &Cgroup) -> usize {
+    [libc::c_uint::from(0u8), 10, 11] // BPF_CGROUP_INET_INGRESS, INET4_CONNECT, INET6_CONNECT
+        .iter()
+        .map(|attach_type| chaos_tests::kernel::cgroup_programs(&cgroup.dir, *attach_type).unwrap().len())
+        .sum()
+}
+
+#[test]
+fn cgroup_faults_survive_a_daemon_crash_and_cleanup_takes_them_back() {
+    let lab = Lab::new().unwrap();
+    let mut daemon = Daemon::start(&lab.a).unwrap();
+    let (a, b) = (Cgroup::new("cga").unwrap(), Cgroup::new("cgb").unwrap());
+    daemon.ctl_ok(&[
+        "apply",
+        "--name",
+        "cut",
+        "--cgroup",
+        &a.path,
+        "-i",
+        &lab.a_if,
+        "--direction",
+        "both",
+        "--partition",
+    ]);
+    daemon.ctl_ok(&["apply", "--name", "refused", "--cgroup", &a.path, "--connect-fail", "--errno", "EHOSTUNREACH"]);
+    assert_eq!(attached_to(&a), 3, "ingress, connect4 and connect6");
+    assert_eq!(attached_to(&b), 0);
+
+    daemon.signal(nix::sys::signal::Signal::SIGKILL).unwrap();
+    // Killed: the pinned links keep the faults acting.
+    assert_eq!(a.connect(&lab.a, addr(B4, 9300)).unwrap(), libc::EHOSTUNREACH);
+    assert_eq!(to_cgroup(&lab, &a, addr(A4, 9301), 300), 0);
+    daemon.restart().unwrap();
+    // Re-adopted: nothing attached twice, the faults still act and are listed.
+    assert_eq!(attached_to(&a), 3);
+    assert_eq!(a.connect(&lab.a, addr(B4, 9300)).unwrap(), libc::EHOSTUNREACH);
+    assert_eq!(to_cgroup(&lab, &a, addr(A4, 9301), 300), 0);
+    assert_eq!(to_cgroup(&lab, &b, addr(A4, 9301), 300), 300);
+    assert_eq!(daemon.list()["faults"].as_array().unwrap().len(), 2);
+
+    // Killed again, then `chaos-daemon cleanup`: nothing of ours stays on the cgroup.
+    daemon.signal(nix::sys::signal::Signal::SIGKILL).unwrap();
+    let out = daemon.cleanup();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(attached_to(&a), 0, "left attached after cleanup");
+    assert_eq!(to_cgroup(&lab, &a, addr(A4, 9301), 300), 300);
+}

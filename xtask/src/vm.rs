@@ -41,6 +41,7 @@ const SUITES: &[Suite] = &[
     Suite { name: "corrupt", target: "corrupt", args: &[], env: &[] },
     Suite { name: "reset", target: "reset", args: &[], env: &[] },
     Suite { name: "gso", target: "gso", args: &[], env: &[] },
+    Suite { name: "cgroup", target: "cgroup_target", args: &[], env: &[] },
     // 6.1 has no TCX (6.6+): the variants forcing it cannot pass there, the netlink ones run.
     Suite { name: "restart", target: "restart", args: &["--skip", "_tcx"], env: &[] },
     Suite { name: "shutdown", target: "shutdown", args: &["--skip", "_tcx"], env: &[] },

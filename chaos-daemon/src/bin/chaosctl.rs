@@ -474,8 +474,16 @@ fn print_table(faults: &[FaultView]) {
                 f.name.clone(),
                 f.experiment.clone().unwrap_or_else(|| "-".into()),
                 state,
-                // An interface of another namespace: `eth0@/run/netns/x`, `eth0@pid 42`.
+                // An interface of another namespace: `eth0@/run/netns/x`, `eth0@pid 42`; a
+                // cgroup's packets on an interface: `eth0@cgroup /app` (connect-fail: the cgroup).
                 match (&s.netns, s.pid, &s.container) {
+                    _ if s.cgroup.is_some() => {
+                        let cgroup = s.cgroup.as_deref().unwrap_or_default();
+                        match &s.interface {
+                            Some(i) => format!("{i}@cgroup {cgroup}"),
+                            None => format!("cgroup {cgroup}"),
+                        }
+                    }
                     _ if s.pod.is_some() => {
                         format!("{}@{}", s.interface.as_deref().unwrap_or("eth0"), s.pod.as_deref().unwrap_or_default())
                     }
@@ -487,7 +495,10 @@ fn print_table(faults: &[FaultView]) {
                     _ => or_any(&s.interface),
                 },
                 action,
-                s.direction.clone().unwrap_or_else(|| "egress".into()),
+                match s.action.as_deref() {
+                    Some("connect-fail") => "connect".into(),
+                    _ => s.direction.clone().unwrap_or_else(|| "egress".into()),
+                },
                 or_any(&s.protocol),
                 format!("{} -> {}", or_any(&s.src), or_any(&s.dst)),
                 port(&s.sport),
@@ -497,6 +508,7 @@ fn print_table(faults: &[FaultView]) {
                     Some("duplicate") => format!("{} copied", f.duplicated),
                     Some("corrupt") => format!("{} corrupted", f.corrupted),
                     Some("reset") => format!("{} reset", f.reset),
+                    Some("connect-fail") => format!("{} failed", f.dropped),
                     _ => format!("{} dropped", f.dropped),
                 },
             ]

@@ -570,3 +570,73 @@ fn drop_thresholds_of_the_new_actions() {
     let correlated = action("loss", &|s| s.correlation = Some(80.0));
     assert_eq!(correlated.drop_threshold(), threshold(0.3));
 }
+
+#[test]
+fn cgroup_targets() {
+    let f = with("partition", |s| {
+        s.cgroup = Some("/kubepods.slice/app".into());
+        s.direction = Some("both".into());
+    })
+    .unwrap();
+    assert_eq!(f.cgroup.as_deref(), Some(std::path::Path::new("/kubepods.slice/app")));
+    // Any action on egress (it acts at TC); ingress only drops.
+    assert!(with("duplicate", |s| s.cgroup = Some("/app".into())).is_ok());
+    assert!(with("loss", |s| (s.cgroup, s.direction) = (Some("/app".into()), Some("ingress".into()))).is_ok());
+    let ingress = "a cgroup's ingress is where packets reach its sockets, where they can only be dropped";
+    refused(vec![
+        (with("loss", |s| s.cgroup = Some("app".into())), "cgroup", "'app' is not a cgroup path"),
+        (with("loss", |s| s.cgroup = Some("/a/../b".into())), "cgroup", "is not a cgroup path"),
+        (with("loss", |s| (s.cgroup, s.pid) = (Some("/app".into()), Some(1))), "cgroup", "and pid name two targets"),
+        (with("loss", |s| (s.cgroup, s.interface) = (Some("/app".into()), None)), "interface", "is required"),
+        (
+            with("corrupt", |s| (s.cgroup, s.direction) = (Some("/app".into()), Some("both".into()))),
+            "direction",
+            ingress,
+        ),
+        (
+            with("reset", |s| (s.cgroup, s.direction) = (Some("/app".into()), Some("ingress".into()))),
+            "direction",
+            ingress,
+        ),
+    ]);
+}
+
+#[test]
+fn connect_fail_action() {
+    let connect = |f: &dyn Fn(&mut FaultSpec)| {
+        let mut s =
+            FaultSpec { action: Some("connect-fail".into()), cgroup: Some("/app".into()), ..Default::default() };
+        f(&mut s);
+        s.validate()
+    };
+    let f = connect(&|_| {}).unwrap();
+    assert_eq!(f.action, Action::ConnectFail { errno: libc::ECONNREFUSED });
+    assert_eq!((f.interface.as_str(), f.action.kind()), ("", "connect-fail"));
+    assert_eq!(f.action.drop_threshold(), chaos_common::DROP_ALWAYS);
+    for (given, errno) in [("ETIMEDOUT", libc::ETIMEDOUT), ("ehostunreach", libc::EHOSTUNREACH), ("13", 13)] {
+        let f = connect(&|s| s.errno = Some(given.into())).unwrap();
+        assert_eq!(f.action, Action::ConnectFail { errno }, "{given}");
+    }
+    assert_eq!(errno_name(libc::ECONNREFUSED), "ECONNREFUSED");
+    assert_eq!(errno_name(200), "200");
+    let f = connect(&|s| {
+        s.protocol = Some("tcp".into());
+        s.dst = Some("10.0.0.0/8".into());
+        s.dport = Some(PortSpec::Number(3306));
+    })
+    .unwrap();
+    assert_eq!(f.matches.dport, PortRange { lo: 3306, hi: 3306 });
+    let before = "it acts at connect(), before a source is chosen";
+    refused(vec![
+        (connect(&|s| s.cgroup = None), "cgroup", "is required for action 'connect-fail'"),
+        (connect(&|s| s.interface = Some("eth0".into())), "interface", "acts on connect() calls"),
+        (connect(&|s| s.src = Some("10.0.0.1".into())), "src", before),
+        (connect(&|s| s.sport = Some(PortSpec::Number(1))), "sport", before),
+        (connect(&|s| s.direction = Some("ingress".into())), "direction", before),
+        (connect(&|s| s.protocol = Some("icmp".into())), "protocol", "connect-fail fails tcp and udp"),
+        (connect(&|s| s.errno = Some("EWHAT".into())), "errno", "'EWHAT' is not an errno"),
+        (connect(&|s| s.errno = Some("0".into())), "errno", "is not an errno"),
+        (connect(&|s| s.errno = Some("4096".into())), "errno", "is not an errno"),
+        (with("loss", |s| s.errno = Some("EPERM".into())), "errno", "applies to action 'connect-fail'"),
+    ]);
+}
