@@ -188,6 +188,7 @@ impl Engine {
             Err(e) => tracing::error!("removing faults: {e}"),
         }
         self.kernel.unpin();
+        crate::target::release_cgroup2();
         self.closed = true;
     }
 

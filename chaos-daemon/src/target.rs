@@ -288,6 +288,30 @@ fn cgroup2_mount() -> Result<PathBuf, String> {
     Ok(OWN_CGROUP2.into())
 }
 
+/// Unmounts the cgroup2 the daemon mounted for itself, if it did: on a clean exit and in
+/// `cleanup`, so that nothing of the daemon stays on the host. Returns what it removed.
+pub fn release_cgroup2() -> Option<String> {
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
+    let ours = mountinfo.lines().any(|l| {
+        l.split_once(" - ")
+            .is_some_and(|(left, right)| right.starts_with("cgroup2 ") && left.split(' ').nth(4) == Some(OWN_CGROUP2))
+    });
+    if !ours {
+        return None;
+    }
+    match nix::mount::umount2(OWN_CGROUP2, nix::mount::MntFlags::MNT_DETACH) {
+        Ok(()) => {
+            let _ = std::fs::remove_dir(OWN_CGROUP2);
+            tracing::info!("unmounted the cgroup2 it mounted at {OWN_CGROUP2}");
+            Some(format!("cgroup2 mount at {OWN_CGROUP2}"))
+        }
+        Err(e) => {
+            tracing::warn!("unmounting {OWN_CGROUP2}: {e}");
+            None
+        }
+    }
+}
+
 /// The cgroup `path` names: under the cgroup2 mount as given, or from its root (as
 /// `/proc/PID/cgroup` shows it), with its id and those below it.
 fn find_cgroup(path: &Path) -> Result<Cgroup, String> {

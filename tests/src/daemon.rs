@@ -33,6 +33,9 @@ pub struct Daemon {
     netns: PathBuf,
     /// The only capabilities the daemon (and its cleanup) run with, when set.
     capabilities: Option<Vec<u32>>,
+    /// Mount points the daemon does not see (in a mount namespace of its own), as on a host
+    /// without them.
+    hidden: Vec<std::ffi::CString>,
 }
 
 impl Daemon {
@@ -77,6 +80,16 @@ impl Daemon {
         socket: Option<PathBuf>,
         capabilities: Option<Vec<u32>>,
     ) -> anyhow::Result<Self> {
+        Self::start_in(ns, config, socket, capabilities, false)
+    }
+
+    fn start_in(
+        ns: &Netns,
+        config: &str,
+        socket: Option<PathBuf>,
+        capabilities: Option<Vec<u32>>,
+        hide_cgroup2: bool,
+    ) -> anyhow::Result<Self> {
         let name = unique("chaos-test-");
         let dir = std::env::temp_dir().join(&name);
         std::fs::create_dir_all(&dir)?;
@@ -86,9 +99,25 @@ impl Daemon {
             format!("state_dir = \"{}\"\nbpffs_dir = \"{}\"\n{config}", dir.join("state").display(), bpffs.display());
         std::fs::write(dir.join("config.toml"), config)?;
         let netns = PathBuf::from(format!("/run/netns/{}", ns.name));
-        let mut daemon = Self { child: None, dir, socket, bpffs, netns, capabilities };
+        let mut daemon = Self { child: None, dir, socket, bpffs, netns, capabilities, hidden: Vec::new() };
+        if hide_cgroup2 {
+            daemon.hidden = std::fs::read_to_string("/proc/self/mountinfo")?
+                .lines()
+                .filter_map(|l| {
+                    let (left, right) = l.split_once(" - ")?;
+                    right.starts_with("cgroup2 ").then(|| left.split(' ').nth(4).map(str::to_owned))?
+                })
+                .map(std::ffi::CString::new)
+                .collect::<Result<_, _>>()?;
+        }
         daemon.restart()?;
         Ok(daemon)
+    }
+
+    /// The daemon in `ns` on what looks like a cgroup v1 host: no cgroup2 mounted anywhere it
+    /// can see (its own mount namespace, without the host's cgroup2 mounts).
+    pub fn start_without_cgroup2(ns: &Netns) -> anyhow::Result<Self> {
+        Self::start_in(ns, "", None, None, true)
     }
 
     /// `chaos-daemon --config <its config> args...`, run inside its network namespace. The
@@ -99,11 +128,23 @@ impl Daemon {
         cmd.arg("--config").arg(self.dir.join("config.toml")).args(args);
         let netns = std::fs::File::open(&self.netns).expect("the lab namespace exists");
         let keep = self.capabilities.clone();
-        // SAFETY: setns and prctl are async-signal-safe system calls; the closure makes only
-        // those (`keep` was allocated before the fork).
+        let hidden = self.hidden.clone();
+        // SAFETY: setns, unshare, mount, umount2 and prctl are async-signal-safe system calls;
+        // the closure makes only those (`keep` and `hidden` were allocated before the fork).
         unsafe {
             cmd.pre_exec(move || {
                 nix::sched::setns(&netns, nix::sched::CloneFlags::CLONE_NEWNET)?;
+                if !hidden.is_empty() {
+                    nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNS)?;
+                    // Private first, so the unmounts below do not reach the host.
+                    let flags = libc::MS_REC | libc::MS_PRIVATE;
+                    if libc::mount(std::ptr::null(), c"/".as_ptr(), std::ptr::null(), flags, std::ptr::null()) != 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    for at in &hidden {
+                        libc::umount2(at.as_ptr(), libc::MNT_DETACH);
+                    }
+                }
                 if let Some(keep) = &keep {
                     // Every capability this kernel knows but those: PR_CAPBSET_DROP fails with
                     // EINVAL past the last one.

@@ -197,7 +197,8 @@ fn cleanup(config: &Config) -> anyhow::Result<()> {
         None
     });
     let state = state.unwrap_or_default();
-    let removed = kernel::cleanup(&Pins::new(&config.bpffs_dir), &state.filters, &state.shaping);
+    let mut removed = kernel::cleanup(&Pins::new(&config.bpffs_dir), &state.filters, &state.shaping);
+    removed.extend(chaos_daemon::target::release_cgroup2());
     for r in &removed {
         println!("removed {r}");
     }
