@@ -92,17 +92,19 @@ pub fn resolve(fault: Fault, runtime_dirs: &[std::path::PathBuf]) -> Result<Reso
         return Ok(Resolved { fault, ifindex, watch: None, cgroup: None });
     };
     let field = ns.field();
-    let (netns, why): (std::path::PathBuf, _) = match &ns {
-        NetnsTarget::Path(path) => (path.clone(), "its network namespace is gone"),
-        NetnsTarget::Pid(pid) => (format!("/proc/{pid}/ns/net").into(), "its process exited"),
+    let (pid, why) = match &ns {
+        NetnsTarget::Path(_) => (None, "its network namespace is gone"),
+        NetnsTarget::Pid(pid) => (Some(*pid as u32), "its process exited"),
         NetnsTarget::Container(id) => {
-            let pid = container_pid(id).map_err(|e| SpecError::new(field, e))?;
-            (format!("/proc/{pid}/ns/net").into(), "its container stopped")
+            (Some(container_pid(id).map_err(|e| SpecError::new(field, e))?), "its container stopped")
         }
         NetnsTarget::Pod { namespace, name } => {
-            let pid = pod_pid(runtime_dirs, namespace, name).map_err(|e| SpecError::new(field, e))?;
-            (format!("/proc/{pid}/ns/net").into(), "its pod stopped")
+            (Some(pod_pid(runtime_dirs, namespace, name).map_err(|e| SpecError::new(field, e))?), "its pod stopped")
         }
+    };
+    let netns: PathBuf = match (&ns, pid) {
+        (NetnsTarget::Path(path), _) => path.clone(),
+        (_, pid) => format!("/proc/{}/ns/net", pid.unwrap_or_default()).into(),
     };
     let target = File::open(&netns).map_err(|e| {
         let process = e.kind() == std::io::ErrorKind::NotFound && !matches!(ns, NetnsTarget::Path(_));
@@ -116,8 +118,23 @@ pub fn resolve(fault: Fault, runtime_dirs: &[std::path::PathBuf]) -> Result<Reso
     let meta = target.metadata().map_err(|e| SpecError::new(field, format!("{}: {e}", netns.display())))?;
     let watch = Watch { path: netns.clone(), id: (meta.dev(), meta.ino()), why };
     if same(&target, &here) {
-        // The daemon's own namespace (a process of the host): the interface as named.
-        return resolve(Fault { netns: None, ..fault }, runtime_dirs).map(|r| Resolved { watch: Some(watch), ..r });
+        // The daemon's own namespace: the interface as named. A process there (of the host, or
+        // a container on the host's network) shares it with every other: the fault is limited
+        // to the process's cgroup, its service's or its container's.
+        let cgroup = match pid {
+            Some(pid) => Some(process_cgroup(pid).map_err(|e| SpecError::new(field, e))?),
+            None => None,
+        };
+        let drops = matches!(fault.action, crate::spec::Action::Loss(_) | crate::spec::Action::Partition);
+        if cgroup.is_some() && fault.matches.direction != Direction::Egress && !drops {
+            return Err(SpecError::new(
+                field,
+                "is a process of the daemon's own network namespace, so the fault is limited to its cgroup, \
+                 whose ingress can only be dropped (loss, partition): use direction egress",
+            ));
+        }
+        return resolve(Fault { netns: None, cgroup, ..fault }, runtime_dirs)
+            .map(|r| Resolved { watch: Some(watch), ..r });
     }
     let interface = fault.interface.clone();
     let where_ = netns.display().to_string();
@@ -160,6 +177,19 @@ pub fn resolve(fault: Fault, runtime_dirs: &[std::path::PathBuf]) -> Result<Reso
         watch: Some(watch),
         cgroup: None,
     })
+}
+
+/// The cgroup v2 path of a process, as `/proc/PID/cgroup` shows it; refused for the root
+/// cgroup, which holds every process where cgroup v2 is not in use.
+fn process_cgroup(pid: u32) -> Result<PathBuf, String> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).map_err(|e| format!("process {pid}: {e}"))?;
+    match text.lines().find_map(|l| l.strip_prefix("0::")) {
+        Some(path) if path != "/" => Ok(path.into()),
+        _ => Err(format!(
+            "process {pid} is in the daemon's network namespace and in the root cgroup v2 (cgroup v2 is not in \
+             use here), so nothing tells its traffic from every other process's: name the interface instead"
+        )),
+    }
 }
 
 /// The host side of the one veth leading into the namespace `ns`, seen from the daemon's: how a

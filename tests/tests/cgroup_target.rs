@@ -350,3 +350,59 @@ fn on_a_host_without_cgroup2_the_daemon_mounts_its_own() {
     assert!(daemon.log().contains("unmounted the cgroup2 it mounted"), "{}", daemon.log());
     assert!(!own.exists(), "{} left behind", own.display());
 }
+
+/// A process in `cgroup` and in `ns`, killed on drop.
+struct Resident(std::process::Child);
+
+impl Resident {
+    fn new(cgroup: &Cgroup, ns: &Netns) -> Self {
+        use std::os::unix::process::CommandExt as _;
+        let procs = cgroup.dir.join("cgroup.procs");
+        let netns = std::fs::File::open(format!("/run/netns/{}", ns.name)).unwrap();
+        let mut cmd = std::process::Command::new("sleep");
+        cmd.arg("600");
+        // SAFETY: setns and a write to cgroup.procs ("0": the writer itself) are system calls
+        // on values made before the fork.
+        unsafe {
+            cmd.pre_exec(move || {
+                nix::sched::setns(&netns, nix::sched::CloneFlags::CLONE_NEWNET)?;
+                std::fs::write(&procs, "0")
+            });
+        }
+        Self(cmd.spawn().unwrap())
+    }
+}
+
+impl Drop for Resident {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+fn a_process_of_the_daemons_namespace_is_scoped_by_its_cgroup() {
+    let lab = Lab::new().unwrap();
+    let daemon = Daemon::start(&lab.a).unwrap();
+    let (a, b) = (Cgroup::new("cga").unwrap(), Cgroup::new("cgb").unwrap());
+    let resident = Resident::new(&a, &lab.a);
+    let pid = resident.0.id().to_string();
+    // The process shares the daemon's namespace (a host process, or a pod on the host's
+    // network): only its cgroup's packets are cut, not the interface's.
+    daemon.ctl_ok(&["apply", "--name", "by-pid", "--pid", &pid, "-i", &lab.a_if, "--partition", "-p", "udp"]);
+    assert_eq!(from_cgroup(&lab, &a, addr(B4, 9106), 300), 0);
+    assert_eq!(from_cgroup(&lab, &b, addr(B4, 9106), 300), 300);
+    assert_eq!(traffic::udp(&lab.a, None, &lab.b, addr(B4, 9106), 300).unwrap(), 300);
+    let out = daemon.ctl(&["apply", "--pid", &pid, "-i", &lab.a_if, "--duplicate", "5", "-d", "ingress"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("so the fault is limited to its cgroup, whose ingress can only be dropped"), "{stderr}");
+    // It ends with the process.
+    drop(resident);
+    for _ in 0..50 {
+        if daemon.list()["faults"].as_array().unwrap().is_empty() {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    assert_eq!(daemon.list()["faults"], serde_json::json!([]), "the fault outlived its process");
+}
