@@ -78,6 +78,19 @@ pub struct FaultView {
     pub reset: u64,
 }
 
+impl FaultView {
+    /// Its counters, as the kernel's map holds them.
+    pub fn counters(&self) -> chaos_common::Counters {
+        chaos_common::Counters {
+            matched: self.matched,
+            dropped: self.dropped,
+            duplicated: self.duplicated,
+            corrupted: self.corrupted,
+            reset: self.reset,
+        }
+    }
+}
+
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Status {
     pub version: String,

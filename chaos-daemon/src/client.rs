@@ -1,8 +1,7 @@
 //! chaosctl's side of the control socket: one HTTP/1.1 request per connection.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
-use anyhow::{Context as _, bail};
 use http_body_util::{BodyExt as _, Full};
 use hyper::{Method, Request, body::Bytes};
 use hyper_util::rt::TokioIo;
@@ -10,6 +9,21 @@ use serde::{Serialize, de::DeserializeOwned};
 use tokio::net::UnixStream;
 
 use crate::api::ApiError;
+
+/// Why a request failed: the three answers a script needs to tell apart (see chaosctl's exit
+/// codes).
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("cannot connect to chaos-daemon at {}: {source}{hint}", socket.display())]
+    Unreachable { socket: PathBuf, source: std::io::Error, hint: &'static str },
+    /// The daemon answered with an error status: its message says what was wrong.
+    #[error("{message}")]
+    Refused { status: u16, message: String },
+    /// The exchange itself failed (the daemon went away mid-request, an answer it cannot have
+    /// sent).
+    #[error("talking to chaos-daemon: {0}")]
+    Exchange(String),
+}
 
 pub struct Client<'a> {
     socket: &'a Path,
@@ -20,15 +34,15 @@ impl<'a> Client<'a> {
         Self { socket }
     }
 
-    pub async fn get<T: DeserializeOwned>(&self, path: &str) -> anyhow::Result<T> {
+    pub async fn get<T: DeserializeOwned>(&self, path: &str) -> Result<T, ClientError> {
         self.request(Method::GET, path, None::<&()>).await
     }
 
-    pub async fn delete<T: DeserializeOwned>(&self, path: &str) -> anyhow::Result<T> {
+    pub async fn delete<T: DeserializeOwned>(&self, path: &str) -> Result<T, ClientError> {
         self.request(Method::DELETE, path, None::<&()>).await
     }
 
-    pub async fn post<B: Serialize, T: DeserializeOwned>(&self, path: &str, body: &B) -> anyhow::Result<T> {
+    pub async fn post<B: Serialize, T: DeserializeOwned>(&self, path: &str, body: &B) -> Result<T, ClientError> {
         self.request(Method::POST, path, Some(body)).await
     }
 
@@ -37,20 +51,21 @@ impl<'a> Client<'a> {
         method: Method,
         path: &str,
         body: Option<&B>,
-    ) -> anyhow::Result<T> {
-        let stream = UnixStream::connect(self.socket).await.map_err(|e| {
-            let hint = match e.kind() {
+    ) -> Result<T, ClientError> {
+        let stream = UnixStream::connect(self.socket).await.map_err(|source| {
+            let hint = match source.kind() {
                 std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused => " (is chaos-daemon running?)",
                 std::io::ErrorKind::PermissionDenied => " (are you root or in the socket's group?)",
                 _ => "",
             };
-            anyhow::anyhow!("cannot connect to chaos-daemon at {}: {e}{hint}", self.socket.display())
+            ClientError::Unreachable { socket: self.socket.to_owned(), source, hint }
         })?;
+        let exchange = |what: &str, e: &dyn std::fmt::Display| ClientError::Exchange(format!("{what}: {e}"));
         let (mut sender, conn) =
-            hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.context("HTTP handshake")?;
+            hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.map_err(|e| exchange("handshake", &e))?;
         tokio::spawn(conn);
         let body = match body {
-            Some(b) => Bytes::from(serde_json::to_vec(b)?),
+            Some(b) => Bytes::from(serde_json::to_vec(b).map_err(|e| exchange("encoding the request", &e))?),
             None => Bytes::new(),
         };
         let req = Request::builder()
@@ -58,16 +73,18 @@ impl<'a> Client<'a> {
             .uri(path)
             .header("host", "chaos-daemon")
             .header("content-type", "application/json")
-            .body(Full::new(body))?;
-        let resp = sender.send_request(req).await.context("sending the request")?;
+            .body(Full::new(body))
+            .map_err(|e| exchange("building the request", &e))?;
+        let resp = sender.send_request(req).await.map_err(|e| exchange("sending the request", &e))?;
         let status = resp.status();
-        let bytes = resp.into_body().collect().await.context("reading the answer")?.to_bytes();
+        let bytes = resp.into_body().collect().await.map_err(|e| exchange("reading the answer", &e))?.to_bytes();
         if !status.is_success() {
-            match serde_json::from_slice::<ApiError>(&bytes) {
-                Ok(e) => bail!("{}", e.error),
-                Err(_) => bail!("chaos-daemon answered {status}: {}", String::from_utf8_lossy(&bytes)),
-            }
+            let message = match serde_json::from_slice::<ApiError>(&bytes) {
+                Ok(e) => e.error,
+                Err(_) => format!("chaos-daemon answered {status}: {}", String::from_utf8_lossy(&bytes)),
+            };
+            return Err(ClientError::Refused { status: status.as_u16(), message });
         }
-        serde_json::from_slice(&bytes).with_context(|| format!("decoding the answer to {path}"))
+        serde_json::from_slice(&bytes).map_err(|e| exchange(&format!("decoding the answer to {path}"), &e))
     }
 }

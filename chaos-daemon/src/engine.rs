@@ -151,6 +151,15 @@ impl Engine {
         self.store.history(limit)
     }
 
+    /// Read-only, for metrics (attachments, delay backend) without `status`'s probes.
+    pub fn kernel(&self) -> &Kernel {
+        &self.kernel
+    }
+
+    pub fn settings(&self) -> &Settings {
+        &self.settings
+    }
+
     pub fn status(&self) -> Status {
         Status {
             version: env!("CARGO_PKG_VERSION").into(),
@@ -430,12 +439,5 @@ fn outcome<T>(result: &Result<T, EngineError>) -> String {
 }
 
 fn ended(v: &FaultView, reason: &str) -> Ended {
-    let counters = chaos_common::Counters {
-        matched: v.matched,
-        dropped: v.dropped,
-        duplicated: v.duplicated,
-        corrupted: v.corrupted,
-        reset: v.reset,
-    };
-    Ended::new(&v.name, reason, &counters)
+    Ended::new(&v.name, reason, &v.counters())
 }

@@ -13,6 +13,10 @@ use chaos_daemon::{
 use clap::{Args as ClapArgs, Parser, Subcommand, ValueEnum};
 use serde::Deserialize;
 
+// Beside this file, not a binary of its own (cargo takes src/bin/NAME/main.rs for one).
+#[path = "chaosctl/live.rs"]
+mod live;
+
 #[derive(Parser)]
 #[command(version, about = "Control chaos-daemon's network faults")]
 struct Cli {
@@ -48,9 +52,29 @@ enum Command {
         /// Remove every fault of this experiment.
         #[arg(short, long, conflicts_with = "names")]
         experiment: Option<String>,
+        #[arg(short, long, value_enum, default_value_t = Output::Table)]
+        output: Output,
     },
     /// Remove every fault (scheduled ones too).
-    Clear,
+    Clear {
+        #[arg(short, long, value_enum, default_value_t = Output::Table)]
+        output: Output,
+    },
+    /// Follow faults as they run: counters, packets per second and time left, refreshed until
+    /// Ctrl-C.
+    Watch {
+        /// Only these faults (default: all).
+        names: Vec<String>,
+        /// Time between refreshes, e.g. 1s, 500ms.
+        #[arg(short = 'n', long, default_value = "1s", value_parser = interval)]
+        interval: std::time::Duration,
+        /// Stop after this many refreshes.
+        #[arg(long)]
+        count: Option<u64>,
+        /// table (redrawn in place on a terminal) or json (one object per refresh and line).
+        #[arg(short, long, value_enum, default_value_t = Output::Table)]
+        output: Output,
+    },
     /// Kernel features found, interfaces attached.
     Status {
         #[arg(short, long, value_enum, default_value_t = Output::Table)]
@@ -204,6 +228,13 @@ struct ApplyArgs {
     /// destination).
     #[arg(long)]
     force: bool,
+    /// Block until the faults end, showing their progress, then print their final counters.
+    /// Ctrl-C removes the faults still running (exit code 130).
+    #[arg(long)]
+    wait: bool,
+    /// table or json: the applied faults (with --wait, their ends).
+    #[arg(short, long, value_enum, default_value_t = Output::Table)]
+    output: Output,
 }
 
 #[derive(Deserialize)]
@@ -214,28 +245,103 @@ struct FaultFile {
     fault: Vec<FaultSpec>,
 }
 
-fn main() {
-    let cli = Cli::parse();
-    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("tokio runtime");
-    if let Err(e) = runtime.block_on(run(cli)) {
-        eprintln!("chaosctl: error: {e:#}");
-        std::process::exit(1);
+/// Exit codes (documented in the README): what a script needs to tell apart.
+mod exit {
+    /// Bad input: flags, a fault file, or a fault the daemon refused as invalid (HTTP 400).
+    pub const BAD_INPUT: i32 = 2;
+    /// chaos-daemon could not be reached (no socket, not running, no permission on it).
+    pub const UNREACHABLE: i32 = 3;
+    /// The daemon refused for its state or policy: not allowed (403), a name taken or a
+    /// protected flow (409), or a fault this kernel cannot run (422).
+    pub const REFUSED: i32 = 4;
+    /// No such fault or experiment (404).
+    pub const NOT_FOUND: i32 = 5;
+    /// `apply --wait` interrupted with Ctrl-C (its faults were removed).
+    pub const INTERRUPTED: i32 = 130;
+}
+
+/// An error in what the user gave chaosctl itself (a flag's value, a fault file).
+#[derive(Debug, thiserror::Error)]
+#[error("{0:#}")]
+struct BadInput(anyhow::Error);
+
+fn exit_code(e: &anyhow::Error) -> i32 {
+    use chaos_daemon::client::ClientError;
+    match (e.downcast_ref::<BadInput>(), e.downcast_ref::<ClientError>()) {
+        (Some(_), _) => exit::BAD_INPUT,
+        (_, Some(ClientError::Unreachable { .. })) => exit::UNREACHABLE,
+        (_, Some(ClientError::Refused { status: 400, .. })) => exit::BAD_INPUT,
+        (_, Some(ClientError::Refused { status: 404, .. })) => exit::NOT_FOUND,
+        (_, Some(ClientError::Refused { status: 403 | 409 | 422, .. })) => exit::REFUSED,
+        _ => 1,
     }
 }
 
-async fn run(cli: Cli) -> anyhow::Result<()> {
+fn main() {
+    let cli = Cli::parse();
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("tokio runtime");
+    match runtime.block_on(run(cli)) {
+        Ok(0) => {}
+        Ok(code) => std::process::exit(code),
+        Err(e) => {
+            eprintln!("chaosctl: error: {e:#}");
+            std::process::exit(exit_code(&e));
+        }
+    }
+}
+
+/// `--interval`: a duration of at least 100 ms.
+fn interval(text: &str) -> Result<std::time::Duration, String> {
+    match chaos_daemon::spec::parse_duration(text)? {
+        d if d < std::time::Duration::from_millis(100) => Err(format!("'{text}' is shorter than 100ms")),
+        d => Ok(d),
+    }
+}
+
+/// Prints `value` as JSON.
+fn json(value: &impl serde::Serialize) -> anyhow::Result<()> {
+    println!("{}", serde_json::to_string_pretty(value)?);
+    Ok(())
+}
+
+/// Runs the command; returns the exit code for an outcome that is not an error.
+async fn run(cli: Cli) -> anyhow::Result<i32> {
     let client = Client::new(&cli.socket);
     match cli.command {
         Command::Apply(args) => {
-            let force = args.force;
-            let (faults, experiment) = specs(*args)?;
+            let (force, wait, output) = (args.force, args.wait, args.output);
+            let (faults, experiment) = specs(*args).map_err(BadInput)?;
             let applied: Faults = client.post("/v1/faults", &Apply { faults, experiment, force }).await?;
-            for f in applied.faults {
-                let until = f.expires_at.map_or("until removed".into(), |t| format!("for {}", left(t)));
-                let when =
-                    if f.state == "scheduled" { format!("starting in {}, ", left(f.starts_at)) } else { "".into() };
-                println!("applied {} ({when}{until})", f.name);
+            if !wait {
+                if let Output::Json = output {
+                    return json(&applied).map(|()| 0);
+                }
+                for f in applied.faults {
+                    let until = f.expires_at.map_or("until removed".into(), |t| format!("for {}", left(t)));
+                    let when =
+                        if f.state == "scheduled" { format!("starting in {}, ", left(f.starts_at)) } else { "".into() };
+                    println!("applied {} ({when}{until})", f.name);
+                }
+                return Ok(0);
             }
+            let names: Vec<String> = applied.faults.iter().map(|f| f.name.clone()).collect();
+            let (ended, code) = match live::wait(&client, &names).await? {
+                live::Waited::Ended(ended) => (ended, 0),
+                live::Waited::Interrupted(ended) => (ended, exit::INTERRUPTED),
+            };
+            match output {
+                Output::Json => json(&serde_json::json!({ "ended": ended }))?,
+                Output::Table => {
+                    for x in &ended {
+                        let c = counts(x.matched, x.dropped, [x.duplicated, x.corrupted, x.reset]);
+                        println!("{} ended ({}): {c}", x.name, x.reason);
+                    }
+                }
+            }
+            return Ok(code);
+        }
+        Command::Watch { names, interval, count, output } => {
+            live::watch(&client, &names, interval, count, output).await?
         }
         Command::History { limit, output } => {
             let history: History = client.get(&format!("/v1/history?limit={limit}")).await?;
@@ -266,22 +372,33 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 Output::Table => print_table(&list.faults),
             }
         }
-        Command::Rm { experiment: Some(e), .. } => {
-            let removed: Faults = client.delete(&format!("/v1/experiments/{e}")).await?;
-            for f in removed.faults {
-                println!("removed {} ({})", f.name, counts(f.matched, f.dropped, [f.duplicated, f.corrupted, f.reset]));
+        Command::Rm { names, experiment, output } => {
+            let removed = match experiment {
+                Some(e) => client.delete::<Faults>(&format!("/v1/experiments/{e}")).await?.faults,
+                None => {
+                    let mut removed = Vec::new();
+                    for name in names {
+                        removed.push(client.delete::<FaultView>(&format!("/v1/faults/{name}")).await?);
+                    }
+                    removed
+                }
+            };
+            match output {
+                Output::Json => json(&Faults { faults: removed })?,
+                Output::Table => {
+                    for r in removed {
+                        let c = counts(r.matched, r.dropped, [r.duplicated, r.corrupted, r.reset]);
+                        println!("removed {} ({c})", r.name);
+                    }
+                }
             }
         }
-        Command::Rm { names, experiment: None } => {
-            for name in names {
-                let removed: FaultView = client.delete(&format!("/v1/faults/{name}")).await?;
-                let r = &removed;
-                println!("removed {} ({})", r.name, counts(r.matched, r.dropped, [r.duplicated, r.corrupted, r.reset]));
-            }
-        }
-        Command::Clear => {
+        Command::Clear { output } => {
             let removed: Faults = client.delete("/v1/faults").await?;
-            println!("removed {} faults", removed.faults.len());
+            match output {
+                Output::Json => json(&removed)?,
+                Output::Table => println!("removed {} faults", removed.faults.len()),
+            }
         }
         Command::Status { output } => {
             let status: Status = client.get("/v1/status").await?;
@@ -310,7 +427,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             }
         }
     }
-    Ok(())
+    Ok(0)
 }
 
 /// The faults to apply and the experiment they form.
@@ -527,16 +644,24 @@ fn print_table(faults: &[FaultView]) {
         "DPORT",
         "MATCHED",
         "EFFECT",
-    ]
-    .map(String::from);
-    let mut widths = header.clone().map(|h| h.len());
-    for row in &rows {
+    ];
+    print!("{}", table(&header, &rows));
+}
+
+/// Rows under a header, in columns as wide as their widest cell.
+fn table<const N: usize>(header: &[&str; N], rows: &[[String; N]]) -> String {
+    let mut widths = header.map(str::len);
+    for row in rows {
         for (w, cell) in widths.iter_mut().zip(row) {
             *w = (*w).max(cell.len());
         }
     }
-    for row in std::iter::once(&header).chain(&rows) {
+    let mut out = String::new();
+    let header = header.map(String::from);
+    for row in std::iter::once(&header).chain(rows) {
         let cells: Vec<String> = row.iter().zip(widths).map(|(c, w)| format!("{c:<w$}")).collect();
-        println!("{}", cells.join("  ").trim_end());
+        out += cells.join("  ").trim_end();
+        out += "\n";
     }
+    out
 }

@@ -1,0 +1,171 @@
+//! Following faults as they run: `chaosctl watch` (a refreshing table of counters and time
+//! left) and `chaosctl apply --wait` (a progress line until the applied faults end, then their
+//! final counters).
+
+use std::{
+    collections::BTreeMap,
+    io::{IsTerminal as _, Write as _},
+    time::Duration,
+};
+
+use chaos_daemon::{
+    api::{FaultView, Faults, History},
+    client::{Client, ClientError},
+    state::{Ended, unix_ms},
+};
+
+use super::{Output, counts, describe, left};
+
+/// What `watch` shows of a fault, with its packets per second since the last refresh.
+fn row(f: &FaultView, before: Option<&FaultView>, seconds: f64) -> [String; 6] {
+    let per_second = |now: u64, then: Option<u64>| match then {
+        Some(then) if seconds > 0.0 => format!("{:.0}/s", now.saturating_sub(then) as f64 / seconds),
+        _ => "-".into(),
+    };
+    let state = match (f.state.as_str(), f.expires_at) {
+        ("scheduled", _) => format!("in {}", left(f.starts_at)),
+        (_, Some(t)) => format!("{} left", left(t)),
+        (_, None) => "unlimited".into(),
+    };
+    [
+        f.name.clone(),
+        describe(&f.spec),
+        state,
+        format!("{} ({})", f.matched, per_second(f.matched, before.map(|b| b.matched))),
+        format!("{} ({})", f.dropped, per_second(f.dropped, before.map(|b| b.dropped))),
+        counts(f.matched, f.dropped, [f.duplicated, f.corrupted, f.reset]),
+    ]
+}
+
+/// `chaosctl watch`: every `interval`, the faults (only `names` if given) with their counters,
+/// rates and time left, until Ctrl-C (`count` refreshes, if given). On a terminal the table is
+/// redrawn in place; otherwise (and with `-o json`, one JSON object per line) each refresh is
+/// printed after the last.
+pub async fn watch(
+    client: &Client<'_>,
+    names: &[String],
+    interval: Duration,
+    count: Option<u64>,
+    output: Output,
+) -> anyhow::Result<()> {
+    let terminal = std::io::stdout().is_terminal() && matches!(output, Output::Table);
+    let mut last: BTreeMap<String, FaultView> = BTreeMap::new();
+    let mut last_at = std::time::Instant::now();
+    let mut shown = 0u64;
+    let interrupted = tokio::signal::ctrl_c();
+    tokio::pin!(interrupted);
+    loop {
+        let list: Faults = client.get("/v1/faults").await?;
+        let faults: Vec<FaultView> =
+            list.faults.into_iter().filter(|f| names.is_empty() || names.contains(&f.name)).collect();
+        let seconds = last_at.elapsed().as_secs_f64();
+        last_at = std::time::Instant::now();
+        let mut out = String::new();
+        match output {
+            Output::Json => {
+                out = serde_json::to_string(&serde_json::json!({ "at": unix_ms(), "faults": faults }))? + "\n";
+            }
+            Output::Table => {
+                if terminal {
+                    // Home, clear the screen: the table is redrawn in place.
+                    out += "\x1b[H\x1b[2J";
+                }
+                let header = format!("{} faults, every {:?} (Ctrl-C to quit)", faults.len(), interval);
+                let rows: Vec<[String; 6]> = faults.iter().map(|f| row(f, last.get(&f.name), seconds)).collect();
+                out += &header;
+                out += "\n";
+                out += &super::table(&["NAME", "ACTION", "STATE", "MATCHED", "DROPPED", "COUNTERS"], &rows);
+                if !terminal {
+                    out += "\n";
+                }
+            }
+        }
+        let mut stdout = std::io::stdout().lock();
+        stdout.write_all(out.as_bytes())?;
+        stdout.flush()?;
+        drop(stdout);
+        last = faults.into_iter().map(|f| (f.name.clone(), f)).collect();
+        shown += 1;
+        if count.is_some_and(|c| shown >= c) {
+            return Ok(());
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(interval) => {}
+            _ = &mut interrupted => return Ok(()),
+        }
+    }
+}
+
+/// How `apply --wait` ended.
+pub enum Waited {
+    /// Every fault ended by itself (expired, or its target went).
+    Ended(Vec<Ended>),
+    /// Ctrl-C: the faults still running were removed.
+    Interrupted(Vec<Ended>),
+}
+
+/// `apply --wait`: shows progress (on a terminal, on stderr) until every fault of `names` has
+/// ended, then returns their final counters from the audit trail. On Ctrl-C the faults still
+/// running are removed: stopping the wait stops the experiment.
+pub async fn wait(client: &Client<'_>, names: &[String]) -> anyhow::Result<Waited> {
+    let terminal = std::io::stderr().is_terminal();
+    let interrupted = tokio::signal::ctrl_c();
+    tokio::pin!(interrupted);
+    loop {
+        let list: Faults = client.get("/v1/faults").await?;
+        let running: Vec<&FaultView> = list.faults.iter().filter(|f| names.contains(&f.name)).collect();
+        if running.is_empty() {
+            if terminal {
+                eprint!("\r\x1b[K");
+            }
+            return Ok(Waited::Ended(ended(client, names).await?));
+        }
+        if terminal {
+            let parts: Vec<String> = running
+                .iter()
+                .map(|f| {
+                    let when = match (f.state.as_str(), f.expires_at) {
+                        ("scheduled", _) => format!("starts in {}", left(f.starts_at)),
+                        (_, Some(t)) => format!("{} left", left(t)),
+                        (_, None) => "until removed".into(),
+                    };
+                    format!("{} {when}, {}", f.name, counts(f.matched, f.dropped, [f.duplicated, f.corrupted, f.reset]))
+                })
+                .collect();
+            // Carriage return and clear the line: one progress line, redrawn.
+            eprint!("\r\x1b[K{}", parts.join(" | "));
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+            _ = &mut interrupted => {
+                if terminal {
+                    eprintln!();
+                }
+                let mut removed = Vec::new();
+                for f in running {
+                    match client.delete::<FaultView>(&format!("/v1/faults/{}", f.name)).await {
+                        Ok(v) => removed.push(Ended::new(&v.name, "removed: the wait was interrupted", &v.counters())),
+                        // Ended meanwhile: its end is in the trail.
+                        Err(ClientError::Refused { status: 404, .. }) => {
+                            removed.extend(ended(client, std::slice::from_ref(&f.name)).await?)
+                        }
+                        Err(e) => return Err(e.into()),
+                    }
+                }
+                return Ok(Waited::Interrupted(removed));
+            }
+        }
+    }
+}
+
+/// The last end recorded for each of `names`, from the audit trail.
+async fn ended(client: &Client<'_>, names: &[String]) -> anyhow::Result<Vec<Ended>> {
+    let history: History = client.get("/v1/history?limit=1000").await?;
+    let mut found: BTreeMap<&str, Ended> = BTreeMap::new();
+    for e in history.events.into_iter().flat_map(|e| e.ended) {
+        if let Some(name) = names.iter().find(|n| **n == e.name) {
+            found.insert(name, e);
+        }
+    }
+    Ok(names.iter().filter_map(|n| found.remove(n.as_str())).collect())
+}
