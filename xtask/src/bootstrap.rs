@@ -73,7 +73,8 @@ fn output(program: &str, args: &[&str]) -> anyhow::Result<String> {
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
-fn run(program: &str, args: &[&str]) -> anyhow::Result<()> {
+/// Runs a command, its output shown, failing when it fails.
+pub fn run(program: &str, args: &[&str]) -> anyhow::Result<()> {
     let status = Command::new(program).args(args).status().with_context(|| format!("running {program}"))?;
     if !status.success() {
         bail!("{program} {} failed", args.join(" "));

@@ -3,6 +3,7 @@
 mod bench;
 mod bootstrap;
 mod check_ebpf;
+mod cross;
 mod demo;
 mod vm;
 
@@ -26,6 +27,12 @@ enum Task {
         /// Extra arguments for `cargo test` (e.g. a test name).
         #[arg(last = true)]
         args: Vec<String>,
+    },
+    /// Build chaos-daemon and chaosctl for another architecture (installs the rustup target and
+    /// the cross linker when missing) and check the executables are that architecture's.
+    Cross {
+        #[arg(long, default_value = "aarch64-unknown-linux-gnu")]
+        target: String,
     },
     /// Static check of the eBPF object: instruction counts and helpers against 4.19.
     CheckEbpf {
@@ -71,6 +78,7 @@ fn main() {
 fn run(task: Task) -> anyhow::Result<()> {
     match task {
         Task::Bootstrap => bootstrap::ensure(),
+        Task::Cross { target } => cross::run(&target).map(|_| ()),
         Task::CheckEbpf { object } => {
             let object = match object {
                 Some(o) => o,
