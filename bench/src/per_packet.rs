@@ -24,14 +24,18 @@ struct Case {
     rules: u32,
     /// A 50% loss rule on the packets themselves.
     matching: bool,
+    /// A loss rule on a cgroup (the packets are not its: test runs have no socket), so egress
+    /// looks the packet's cgroup up: what every packet pays while a cgroup fault exists.
+    cgroup: bool,
 }
 
 const CASES: &[Case] = &[
-    Case { name: "no rules", rules: 0, matching: false },
-    Case { name: "1 rule", rules: 1, matching: false },
-    Case { name: "100 rules", rules: 100, matching: false },
-    Case { name: "10,000 rules", rules: 10_000, matching: false },
-    Case { name: "matching loss rule", rules: 0, matching: true },
+    Case { name: "no rules", rules: 0, matching: false, cgroup: false },
+    Case { name: "1 rule", rules: 1, matching: false, cgroup: false },
+    Case { name: "100 rules", rules: 100, matching: false, cgroup: false },
+    Case { name: "10,000 rules", rules: 10_000, matching: false, cgroup: false },
+    Case { name: "matching loss rule", rules: 0, matching: true, cgroup: false },
+    Case { name: "a cgroup's loss rule", rules: 0, matching: false, cgroup: true },
 ];
 
 pub fn run(scale: Scale) -> anyhow::Result<Value> {
@@ -83,6 +87,7 @@ pub fn run(scale: Scale) -> anyhow::Result<Value> {
         lab.a.enter(move || m(empty_only, expect))?
     };
 
+    let cgroup = chaos_tests::cgroup::Cgroup::new("cgbench")?;
     let mut cases = vec![json!({ "case": "empty program", "ns": in_lab(true, &[UNSPEC])? })];
     for case in CASES {
         faults::clear(&daemon.socket)?;
@@ -93,6 +98,9 @@ pub fn run(scale: Scale) -> anyhow::Result<Value> {
                     "interface": lab.a_if, "action": "loss", "loss": 50, "direction": "both", "dst": b,
                 }));
             }
+        }
+        if case.cgroup {
+            specs.push(json!({ "interface": lab.a_if, "cgroup": cgroup.path, "action": "loss", "loss": 50 }));
         }
         if !specs.is_empty() {
             faults::apply(&daemon.socket, specs)?;
