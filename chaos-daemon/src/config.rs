@@ -1,6 +1,7 @@
 //! Daemon configuration: TOML, every field optional, so the daemon runs with no file at all.
 
 use std::{
+    net::SocketAddr,
     path::{Path, PathBuf},
     time::Duration,
 };
@@ -69,6 +70,10 @@ pub struct Config {
     /// containerd's Kubernetes namespace and CRI-O's, `/run/containerd/io.containerd.runtime.v2.task/k8s.io`
     /// and `/run/containers/storage/overlay-containers`.
     pub runtime_dirs: Vec<PathBuf>,
+    /// Where to serve Prometheus metrics (`GET /metrics`, plain HTTP, no access control): an
+    /// address and TCP port, `127.0.0.1:9464` (this host only) or `0.0.0.0:9464`. Default: none
+    /// (no listener).
+    pub metrics_address: Option<String>,
     /// Log filter, in `RUST_LOG` syntax; `RUST_LOG` overrides it. Default `info`.
     pub log: String,
 }
@@ -107,6 +112,7 @@ impl Default for Config {
                 "/run/containerd/io.containerd.runtime.v2.task/k8s.io".into(),
                 "/run/containers/storage/overlay-containers".into(),
             ],
+            metrics_address: None,
             log: "info".into(),
         }
     }
@@ -128,6 +134,7 @@ impl Config {
         self.settings()?;
         self.guard()?;
         self.socket_mode()?;
+        self.metrics_address()?;
         Ok(())
     }
 
@@ -163,6 +170,17 @@ impl Config {
             .filter(|m| *m <= 0o777)
             .ok_or_else(|| anyhow::anyhow!("socket_mode: '{}' is not an octal file mode", self.socket_mode))
     }
+
+    pub fn metrics_address(&self) -> anyhow::Result<Option<SocketAddr>> {
+        let Some(text) = &self.metrics_address else { return Ok(None) };
+        let addr: SocketAddr = text.parse().map_err(|_| {
+            anyhow::anyhow!("metrics_address: '{text}' is not an IP address and port (e.g. 127.0.0.1:9464, [::1]:9464)")
+        })?;
+        if addr.port() == 0 {
+            anyhow::bail!("metrics_address: '{text}' has port 0: Prometheus needs a fixed port to scrape");
+        }
+        Ok(Some(addr))
+    }
 }
 
 #[cfg(test)]
@@ -189,11 +207,26 @@ mod tests {
             ("duplicate_mark = 0x3000", "duplicate_mark"),
             ("duplicate_mark = 0", "duplicate_mark"),
             ("protected = [\"10.0.0.1:http\"]", "protected"),
+            ("metrics_address = \"localhost:9464\"", "metrics_address"),
+            ("metrics_address = \"127.0.0.1\"", "metrics_address"),
+            ("metrics_address = \"127.0.0.1:0\"", "metrics_address"),
         ] {
             let c: Config = toml::from_str(text).unwrap();
             let e = c.check().unwrap_err().to_string();
             assert!(e.contains(field), "{text}: {e}");
         }
         assert!(toml::from_str::<Config>("readers = \"everyone\"").is_err());
+    }
+
+    #[test]
+    fn metrics_address_is_an_ip_and_port() {
+        let address = |text: &str| toml::from_str::<Config>(text).unwrap().metrics_address();
+        assert_eq!(address("").unwrap(), None);
+        assert_eq!(address("metrics_address = \"0.0.0.0:9464\"").unwrap(), Some(([0, 0, 0, 0], 9464).into()));
+        assert_eq!(address("metrics_address = \"[::1]:9464\"").unwrap(), "[::1]:9464".parse().ok());
+        assert_eq!(
+            address("metrics_address = \"localhost:9464\"").unwrap_err().to_string(),
+            "metrics_address: 'localhost:9464' is not an IP address and port (e.g. 127.0.0.1:9464, [::1]:9464)"
+        );
     }
 }

@@ -4,7 +4,8 @@
 //! entries), [`kernel`] (programs, maps, attachments, pins), [`engine`] (the set of faults and
 //! their lifecycle), [`state`] (state file and audit trail), [`guard`] (flows faults must not
 //! cut), [`api`] and [`server`] (the HTTP control socket, who may use it), [`client`]
-//! (chaosctl's side of it), [`config`].
+//! (chaosctl's side of it), [`metrics`] (Prometheus), [`config`], [`systemd`] (readiness, socket
+//! activation), [`manpage`].
 
 pub mod access;
 pub mod api;
@@ -14,11 +15,14 @@ pub mod config;
 pub mod engine;
 pub mod guard;
 pub mod kernel;
+pub mod manpage;
+pub mod metrics;
 pub mod netlink;
 pub mod server;
 pub mod shaping;
 pub mod spec;
 pub mod state;
+pub mod systemd;
 pub mod target;
 
 /// The eBPF object built from chaos-ebpf by build.rs.

@@ -5,6 +5,7 @@ mod bootstrap;
 mod check_ebpf;
 mod cross;
 mod demo;
+mod package;
 mod vm;
 
 use std::{path::PathBuf, process::Command, time::Duration};
@@ -55,6 +56,17 @@ enum Task {
         docs: bool,
         /// Host sections to run (default: all): per-packet, throughput, control, footprint, accuracy.
         sections: Vec<String>,
+    },
+    /// Build the .deb and .rpm in target/package: binaries, systemd units, default config, man
+    /// pages, completions, docs.
+    Package {
+        /// Build for this target (cross-compiled, as `cargo xtask cross` does).
+        #[arg(long)]
+        target: Option<String>,
+        /// Then check them: the .rpm read back by rpm; the .deb installed here, its service run
+        /// as the unit says, and purged (needs root and no chaos-daemon installed).
+        #[arg(long)]
+        check: bool,
     },
     /// End-to-end test suites inside a Debian 6.1 kernel under qemu (installs qemu, downloads
     /// the kernel once).
@@ -114,6 +126,7 @@ fn run(task: Task) -> anyhow::Result<()> {
         Task::Bench { quick, no_vm, docs, sections } => {
             bench::run(&bench::Options { quick, vm: !no_vm, docs, sections })
         }
+        Task::Package { target, check } => package::run(target.as_deref(), check),
         Task::VmTest { timeout, suites } => vm::run(&suites, Duration::from_secs(timeout * 60)),
     }
 }

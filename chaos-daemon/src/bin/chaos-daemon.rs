@@ -29,7 +29,15 @@ use tokio::{
 use tracing_subscriber::EnvFilter;
 
 #[derive(Parser)]
-#[command(version, about = "Network fault injection in the kernel, driven by chaosctl")]
+#[command(
+    version,
+    about = "Network fault injection in the kernel, driven by chaosctl",
+    after_long_help = "SIGTERM or SIGINT removes every fault, detaches every program and removes every pin, then \
+                       the daemon exits; killed any other way, it leaves them for the next daemon to re-adopt, or \
+                       for `chaos-daemon cleanup`.\n\nUnder systemd (chaos-daemon.service, Type=notify) it reports \
+                       when its socket is ready, and serves the socket chaos-daemon.socket passes instead of \
+                       binding one. The packages install its configuration as /etc/chaos-daemon/config.toml."
+)]
 struct Args {
     /// TOML configuration file (optional: every setting has a default).
     #[arg(long, global = true)]
@@ -46,6 +54,9 @@ enum Command {
     /// Remove everything a daemon left on this node (after a crash or before uninstalling):
     /// its TC filters and links, pinned programs and maps, and the qdiscs it added.
     Cleanup,
+    /// Write the man pages (from these definitions) into a directory, for packaging.
+    #[command(hide = true)]
+    Manpage { dir: PathBuf },
 }
 
 fn main() {
@@ -57,6 +68,10 @@ fn main() {
 
 fn run() -> anyhow::Result<()> {
     let args = Args::parse();
+    if let Some(Command::Manpage { dir }) = &args.command {
+        chaos_daemon::manpage::write(<Args as clap::CommandFactory>::command(), "8", dir)?;
+        return Ok(());
+    }
     let mut config = match &args.config {
         Some(path) => Config::load(path)?,
         None => Config::default(),
@@ -66,7 +81,15 @@ fn run() -> anyhow::Result<()> {
     }
     let filter =
         EnvFilter::try_from_default_env().or_else(|_| EnvFilter::try_new(&config.log)).context("log filter")?;
-    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+    let logs = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
+    if chaos_daemon::systemd::logs_to_journal() {
+        logs.without_time().init()
+    } else {
+        logs.init()
+    }
 
     if !nix::unistd::geteuid().is_root() {
         bail!("chaos-daemon must run as root: it loads eBPF programs and attaches them to interfaces");
@@ -75,12 +98,16 @@ fn run() -> anyhow::Result<()> {
     let _lock = lock(&config.state_dir)?;
     match args.command {
         Some(Command::Cleanup) => cleanup(&config),
+        Some(Command::Manpage { .. }) => unreachable!("written before anything else"),
         None => serve(config),
     }
 }
 
 fn serve(config: Config) -> anyhow::Result<()> {
-    if std::os::unix::net::UnixStream::connect(&config.socket).is_ok() {
+    // A socket systemd passed is systemd's: it answers before we do, and must not be removed.
+    let passed = chaos_daemon::systemd::listener_from_env()?;
+    let bound_here = passed.is_none();
+    if bound_here && std::os::unix::net::UnixStream::connect(&config.socket).is_ok() {
         bail!("another chaos-daemon is already serving {}", config.socket.display());
     }
     let store = Store::open(&config.state_dir, config.history_limit)
@@ -111,10 +138,17 @@ fn serve(config: Config) -> anyhow::Result<()> {
 
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
     runtime.block_on(async {
-        let listener = bind(&config)?;
+        let metrics = chaos_daemon::metrics::bind(config.metrics_address()?).await?;
+        let listener = match passed {
+            Some(passed) => UnixListener::from_std(passed)?,
+            None => bind(&config)?,
+        };
         tracing::info!(socket = %config.socket.display(), "chaos-daemon ready");
+        chaos_daemon::systemd::notify_ready();
         let (shutdown, _) = broadcast::channel(1);
         let server = tokio::spawn(server::serve(listener, shared.clone(), shutdown.subscribe()));
+        let metrics =
+            metrics.map(|l| tokio::spawn(chaos_daemon::metrics::serve(l, shared.engine.clone(), shutdown.subscribe())));
         let lifecycle = tokio::spawn(lifecycle(shared.clone(), shutdown.subscribe()));
         let mut term = signal(SignalKind::terminate())?;
         let mut int = signal(SignalKind::interrupt())?;
@@ -122,13 +156,19 @@ fn serve(config: Config) -> anyhow::Result<()> {
             _ = term.recv() => tracing::info!("SIGTERM: removing every fault"),
             _ = int.recv() => tracing::info!("SIGINT: removing every fault"),
         }
+        chaos_daemon::systemd::notify_stopping();
         let _ = shutdown.send(());
         let _ = server.await;
+        if let Some(metrics) = metrics {
+            let _ = metrics.await;
+        }
         let _ = lifecycle.await;
         anyhow::Ok(())
     })?;
 
-    let _ = std::fs::remove_file(&config.socket);
+    if bound_here {
+        let _ = std::fs::remove_file(&config.socket);
+    }
     // Connections still open keep their handlers alive: shut the engine down in place.
     shared.engine.lock().unwrap_or_else(|p| p.into_inner()).shutdown(&Actor::default());
     Ok(())

@@ -80,6 +80,11 @@ enum Command {
         #[arg(short, long, value_enum, default_value_t = Output::Table)]
         output: Output,
     },
+    /// Print the completion script for a shell (the packages install bash's, zsh's and fish's).
+    Completions { shell: clap_complete::Shell },
+    /// Write the man pages (from these definitions) into a directory, for packaging.
+    #[command(hide = true)]
+    Manpage { dir: PathBuf },
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -308,6 +313,10 @@ fn json(value: &impl serde::Serialize) -> anyhow::Result<()> {
 async fn run(cli: Cli) -> anyhow::Result<i32> {
     let client = Client::new(&cli.socket);
     match cli.command {
+        Command::Completions { shell } => completions(shell),
+        Command::Manpage { dir } => {
+            chaos_daemon::manpage::write(command(), "1", &dir)?;
+        }
         Command::Apply(args) => {
             let (force, wait, output) = (args.force, args.wait, args.output);
             let (faults, experiment) = specs(*args).map_err(BadInput)?;
@@ -664,4 +673,14 @@ fn table<const N: usize>(header: &[&str; N], rows: &[[String; N]]) -> String {
         out += "\n";
     }
     out
+}
+
+/// `chaosctl completions SHELL`: the completion script, on stdout.
+fn completions(shell: clap_complete::Shell) {
+    clap_complete::generate(shell, &mut command(), "chaosctl", &mut std::io::stdout());
+}
+
+/// The clap definition under the binary's name (clap would take the package's, chaos-daemon).
+fn command() -> clap::Command {
+    <Cli as clap::CommandFactory>::command().name("chaosctl")
 }
