@@ -303,7 +303,7 @@ pub fn cgroup2(mountinfo: &str) -> Option<(std::path::PathBuf, bool)> {
 }
 
 /// Where the daemon mounts cgroup2 on a host that has none mounted (cgroup v1 only).
-const OWN_CGROUP2: &str = "/run/chaos-daemon/cgroup2";
+const OWN_CGROUP2: &str = "/run/chaos-daemon-cgroup2";
 
 /// The cgroup2 mount, mounting one at [`OWN_CGROUP2`] where there is none.
 fn cgroup2_mount() -> Result<PathBuf, String> {

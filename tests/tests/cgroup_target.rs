@@ -334,7 +334,7 @@ fn cgroup_faults_survive_a_daemon_crash_and_cleanup_takes_them_back() {
 #[test]
 fn on_a_host_without_cgroup2_the_daemon_mounts_its_own() {
     let lab = Lab::new().unwrap();
-    let own = std::path::Path::new("/run/chaos-daemon/cgroup2");
+    let own = std::path::Path::new("/run/chaos-daemon-cgroup2");
     let mut daemon = Daemon::start_without_cgroup2(&lab.a).unwrap();
     let status = daemon.ctl_ok(&["status"]);
     assert!(status.contains("no cgroup2 mounted (cgroup v1 only)"), "{status}");
@@ -344,7 +344,7 @@ fn on_a_host_without_cgroup2_the_daemon_mounts_its_own() {
     assert_eq!(from_cgroup(&lab, &a, addr(B4, 9105), 300), 0);
     assert_eq!(from_cgroup(&lab, &b, addr(B4, 9105), 300), 300);
     let status = daemon.ctl_ok(&["status"]);
-    assert!(status.contains("cgroup2 at /run/chaos-daemon/cgroup2"), "{status}");
+    assert!(status.contains("cgroup2 at /run/chaos-daemon-cgroup2"), "{status}");
     // A clean exit unmounts it and removes what it made.
     assert!(daemon.stop().unwrap().success(), "{}", daemon.log());
     assert!(daemon.log().contains("unmounted the cgroup2 it mounted"), "{}", daemon.log());

@@ -17,7 +17,16 @@ fn socket_mode_stale_and_live() {
     let result = std::panic::catch_unwind(|| {
         let daemon = daemon.as_ref().expect("the daemon replaces a stale socket");
         assert_eq!(daemon.socket.metadata().unwrap().permissions().mode() & 0o777, 0o660);
-        let second = Command::new(bin("chaos-daemon")).arg("--socket").arg(&daemon.socket).output().unwrap();
+        // Its own state directory (the default's would be the host's), the same socket.
+        let config = dir.join("second.toml");
+        std::fs::write(&config, format!("state_dir = \"{}\"\n", dir.join("state").display())).unwrap();
+        let second = Command::new(bin("chaos-daemon"))
+            .arg("--config")
+            .arg(&config)
+            .arg("--socket")
+            .arg(&daemon.socket)
+            .output()
+            .unwrap();
         let stderr = String::from_utf8_lossy(&second.stderr);
         assert!(!second.status.success());
         assert!(stderr.contains("another chaos-daemon is already serving"), "{stderr}");

@@ -18,7 +18,7 @@ use serde::Deserialize;
 mod live;
 
 #[derive(Parser)]
-#[command(version, about = "Control chaos-daemon's network faults")]
+#[command(name = "chaosctl", version, about = "Control chaos-daemon's network faults")]
 struct Cli {
     /// chaos-daemon's control socket.
     #[arg(long, global = true, env = "CHAOS_SOCKET", default_value = DEFAULT_SOCKET)]
@@ -319,6 +319,12 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
         }
         Command::Apply(args) => {
             let (force, wait, output) = (args.force, args.wait, args.output);
+            // Listened to before the faults exist: a Ctrl-C from then on removes them.
+            let interrupt = if wait {
+                Some(tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())?)
+            } else {
+                None
+            };
             let (faults, experiment) = specs(*args).map_err(BadInput)?;
             let applied: Faults = client.post("/v1/faults", &Apply { faults, experiment, force }).await?;
             if !wait {
@@ -334,7 +340,8 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
                 return Ok(0);
             }
             let names: Vec<String> = applied.faults.iter().map(|f| f.name.clone()).collect();
-            let (ended, code) = match live::wait(&client, &names).await? {
+            let interrupt = interrupt.expect("made for --wait");
+            let (ended, code) = match live::wait(&client, &names, interrupt).await? {
                 live::Waited::Ended(ended) => (ended, 0),
                 live::Waited::Interrupted(ended) => (ended, exit::INTERRUPTED),
             };
@@ -680,7 +687,6 @@ fn completions(shell: clap_complete::Shell) {
     clap_complete::generate(shell, &mut command(), "chaosctl", &mut std::io::stdout());
 }
 
-/// The clap definition under the binary's name (clap would take the package's, chaos-daemon).
 fn command() -> clap::Command {
-    <Cli as clap::CommandFactory>::command().name("chaosctl")
+    <Cli as clap::CommandFactory>::command()
 }

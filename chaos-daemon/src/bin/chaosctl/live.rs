@@ -8,6 +8,8 @@ use std::{
     time::Duration,
 };
 
+use tokio::signal::unix::{Signal, SignalKind, signal};
+
 use chaos_daemon::{
     api::{FaultView, Faults, History},
     client::{Client, ClientError},
@@ -49,11 +51,10 @@ pub async fn watch(
     output: Output,
 ) -> anyhow::Result<()> {
     let terminal = std::io::stdout().is_terminal() && matches!(output, Output::Table);
+    let mut interrupt = signal(SignalKind::interrupt())?;
     let mut last: BTreeMap<String, FaultView> = BTreeMap::new();
     let mut last_at = std::time::Instant::now();
     let mut shown = 0u64;
-    let interrupted = tokio::signal::ctrl_c();
-    tokio::pin!(interrupted);
     loop {
         let list: Faults = client.get("/v1/faults").await?;
         let faults: Vec<FaultView> =
@@ -91,7 +92,7 @@ pub async fn watch(
         }
         tokio::select! {
             _ = tokio::time::sleep(interval) => {}
-            _ = &mut interrupted => return Ok(()),
+            _ = interrupt.recv() => return Ok(()),
         }
     }
 }
@@ -105,12 +106,11 @@ pub enum Waited {
 }
 
 /// `apply --wait`: shows progress (on a terminal, on stderr) until every fault of `names` has
-/// ended, then returns their final counters from the audit trail. On Ctrl-C the faults still
-/// running are removed: stopping the wait stops the experiment.
-pub async fn wait(client: &Client<'_>, names: &[String]) -> anyhow::Result<Waited> {
+/// ended, then returns their final counters from the audit trail. On Ctrl-C (`interrupt`,
+/// listened to since before the faults were applied) the faults still running are removed:
+/// stopping the wait stops the experiment.
+pub async fn wait(client: &Client<'_>, names: &[String], mut interrupt: Signal) -> anyhow::Result<Waited> {
     let terminal = std::io::stderr().is_terminal();
-    let interrupted = tokio::signal::ctrl_c();
-    tokio::pin!(interrupted);
     loop {
         let list: Faults = client.get("/v1/faults").await?;
         let running: Vec<&FaultView> = list.faults.iter().filter(|f| names.contains(&f.name)).collect();
@@ -137,7 +137,7 @@ pub async fn wait(client: &Client<'_>, names: &[String]) -> anyhow::Result<Waite
         }
         tokio::select! {
             _ = tokio::time::sleep(Duration::from_millis(500)) => {}
-            _ = &mut interrupted => {
+            _ = interrupt.recv() => {
                 if terminal {
                     eprintln!();
                 }
