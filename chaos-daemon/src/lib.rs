@@ -4,11 +4,12 @@
 //! entries), [`kernel`] (programs, maps, attachments, pins), [`engine`] (the set of faults and
 //! their lifecycle), [`state`] (state file and audit trail), [`guard`] (flows faults must not
 //! cut), [`api`] and [`server`] (the HTTP control socket, who may use it), [`client`]
-//! (chaosctl's side of it), [`metrics`] (Prometheus), [`config`], [`systemd`] (readiness, socket
-//! activation), [`manpage`].
+//! (chaosctl's side of it), [`chaos_mesh`] (Chaos Mesh NetworkChaos files read as faults),
+//! [`metrics`] (Prometheus), [`config`], [`systemd`] (readiness, socket activation), [`manpage`].
 
 pub mod access;
 pub mod api;
+pub mod chaos_mesh;
 pub mod client;
 pub mod compile;
 pub mod config;

@@ -153,12 +153,11 @@ pub fn run(target: Option<&str>, check: bool) -> anyhow::Result<()> {
     }
     // The host's binaries write the man pages and completions: the same for every target.
     let host = build_host()?;
-    let bins = match target {
-        Some(target) => crate::cross::run(target)?,
-        None => host.clone(),
-    };
+    // Static by default: one package runs on every distribution of its architecture, whatever
+    // its glibc (Kylin V10 and UOS 20 have 2.28).
+    let bins = crate::cross::run(target.unwrap_or(crate::cross::host_static()))?;
     let linked = Linked::read(&bins)?;
-    let native = target.is_none() || Linked::read(&host)?.arch == linked.arch;
+    let native = Linked::read(&host)?.arch == linked.arch;
     let out = crate::workspace().join("target/package");
     std::fs::create_dir_all(&out)?;
     let out = out.canonicalize()?;
@@ -170,7 +169,7 @@ pub fn run(target: Option<&str>, check: bool) -> anyhow::Result<()> {
     let rpm = rpm::build(&rpm_files, &linked, &out)?;
     println!("{}\n{}", deb.display(), rpm.display());
     if check {
-        check::rpm(&rpm, &rpm_files, linked.arch)?;
+        check::rpm(&rpm, &rpm_files, &linked)?;
         if native {
             check::deb(&deb, &deb_files)?;
         } else {
@@ -246,9 +245,11 @@ fn contents(format: Format, bins: &Path, generated: &Path) -> anyhow::Result<Vec
     add(format!("{zsh}/_chaosctl"), 0o644, read(&completions.join("_chaosctl"))?);
     add("/usr/share/fish/vendor_completions.d/chaosctl.fish".into(), 0o644, read(&completions.join("chaosctl.fish"))?);
     add(format!("{doc}/README.md"), 0o644, read(&workspace.join("README.md"))?);
-    for page in sorted_dir(&workspace.join("docs"))? {
-        let name = page.file_name().unwrap().to_string_lossy();
-        add(format!("{doc}/docs/{name}"), 0o644, read(&page)?);
+    for dir in ["docs", "examples"] {
+        for page in sorted_dir(&workspace.join(dir))? {
+            let name = page.file_name().unwrap().to_string_lossy();
+            add(format!("{doc}/{dir}/{name}"), 0o644, read(&page)?);
+        }
     }
     if format == Format::Deb {
         add(format!("{doc}/copyright"), 0o644, deb::copyright().into_bytes());

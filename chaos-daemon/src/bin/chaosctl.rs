@@ -29,7 +29,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Apply one fault from flags, or every [[fault]] of a TOML file (all or none).
+    /// Apply one fault from flags, or every fault of a file (all or none): TOML [[fault]]
+    /// tables, or Chaos Mesh NetworkChaos YAML.
     Apply(Box<ApplyArgs>),
     /// The audit trail: every change, who made it and how it ended (oldest first).
     History {
@@ -95,7 +96,8 @@ enum Output {
 
 #[derive(ClapArgs)]
 struct ApplyArgs {
-    /// TOML file with [[fault]] tables (same fields as the flags).
+    /// A TOML file with [[fault]] tables (the flags' fields), or Chaos Mesh NetworkChaos YAML
+    /// (.yaml, .yml, or a top-level `kind:`).
     #[arg(
         short = 'f',
         long = "file",
@@ -450,6 +452,13 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
 fn specs(args: ApplyArgs) -> anyhow::Result<(Vec<FaultSpec>, Option<String>)> {
     if let Some(path) = args.file {
         let text = std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+        if chaos_daemon::chaos_mesh::is_network_chaos(&path, &text) {
+            let x = chaos_daemon::chaos_mesh::parse(&text).with_context(|| format!("{}", path.display()))?;
+            for note in x.notes {
+                eprintln!("chaosctl: note: {}: {note}", path.display());
+            }
+            return Ok((x.faults, args.experiment.or(Some(x.name))));
+        }
         let file: FaultFile = toml::from_str(&text).with_context(|| format!("{}", path.display()))?;
         return Ok((file.fault, args.experiment.or(file.experiment)));
     }

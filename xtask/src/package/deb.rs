@@ -116,9 +116,13 @@ pub fn build(entries: &[Entry], linked: &Linked, out: &Path) -> anyhow::Result<P
     let description: String = DESCRIPTION.lines().map(|l| format!(" {l}\n")).collect();
     let control = format!(
         "Package: {NAME}\nVersion: {VERSION}-{RELEASE}\nArchitecture: {}\nMaintainer: {MAINTAINER}\n\
-         Installed-Size: {size_kib}\nDepends: {}\nSection: net\nPriority: optional\nDescription: {SUMMARY}\n{description}",
+         Installed-Size: {size_kib}\n{}Section: net\nPriority: optional\nDescription: {SUMMARY}\n{description}",
         linked.arch.deb(),
-        depends(linked)?,
+        // Static binaries need no library.
+        match depends(linked)? {
+            d if d.is_empty() => String::new(),
+            d => format!("Depends: {d}\n"),
+        },
     );
     let debian = root.join("DEBIAN");
     write(&debian.join("control"), control.as_bytes(), 0o644)?;
