@@ -69,8 +69,14 @@ impl Node {
     /// `examples/<name>` with the lab put in: the pod's interface, and each `(example's
     /// address, lab's)`. Returns the copy's path.
     fn example(&self, name: &str, addresses: &[(&str, &str)]) -> PathBuf {
-        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples").join(name);
-        let mut text = std::fs::read_to_string(path).unwrap();
+        // Built in, so that the test runs where the source tree is not (in the VM).
+        let mut text = match name {
+            "network-loss.yaml" => include_str!("../../examples/network-loss.yaml"),
+            "network-partition.yaml" => include_str!("../../examples/network-partition.yaml"),
+            "network-delay.yaml" => include_str!("../../examples/network-delay.yaml"),
+            other => panic!("no example {other} built in"),
+        }
+        .to_owned();
         assert!(text.contains("device: eth0\n"), "{name} names the pod's interface");
         text = text.replace("device: eth0\n", &format!("device: {}\n", self.lab.b_if));
         for (from, to) in addresses {

@@ -195,6 +195,8 @@ fn build_initramfs(
     for tool in ["ip", "tc"] {
         fs.binary(&host_tool(tool)?, &format!("/usr/sbin/{tool}"), false)?;
     }
+    // Tests start processes to stand for a container's (and put them in namespaces, cgroups).
+    fs.binary(&host_tool("sleep")?, "/usr/bin/sleep", false)?;
     // iproute2's tables, and tc's netem distributions.
     for dir in ["/etc/iproute2", "/usr/share/iproute2", "/usr/lib/tc"] {
         fs.tree(std::path::Path::new(dir), dir)?;
@@ -232,7 +234,7 @@ fn host_tool(name: &str) -> anyhow::Result<PathBuf> {
         .chain(["/usr/sbin", "/sbin", "/usr/bin", "/bin"])
         .map(|d| PathBuf::from(d).join(name))
         .find(|p| p.is_file())
-        .with_context(|| format!("`{name}` is missing: install iproute2 (apt-get install iproute2)"))
+        .with_context(|| format!("`{name}` is missing: install iproute2 or coreutils"))
 }
 
 /// Prints the summary; fails unless every suite passed and the guest finished in time.
