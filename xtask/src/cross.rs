@@ -16,6 +16,9 @@ struct Target {
     linker: Option<&'static str>,
     packages: &'static [&'static str],
     arch: object::Architecture,
+    /// Where the target's dynamic loader and C library are (the cross packages' sysroot), for
+    /// running a dynamically linked build under qemu.
+    sysroot: Option<&'static str>,
 }
 
 const AARCH64_GCC: &[&str] = &["gcc-aarch64-linux-gnu", "libc6-dev-arm64-cross"];
@@ -28,6 +31,7 @@ const TARGETS: [Target; 4] = [
         linker: Some("aarch64-linux-gnu-gcc"),
         packages: AARCH64_GCC,
         arch: object::Architecture::Aarch64,
+        sysroot: Some("/usr/aarch64-linux-gnu"),
     },
     // Rust brings musl's C library and start files; the gcc only drives the link.
     Target {
@@ -35,9 +39,22 @@ const TARGETS: [Target; 4] = [
         linker: Some("aarch64-linux-gnu-gcc"),
         packages: AARCH64_GCC,
         arch: object::Architecture::Aarch64,
+        sysroot: None,
     },
-    Target { triple: "x86_64-unknown-linux-musl", linker: None, packages: &[], arch: object::Architecture::X86_64 },
-    Target { triple: "x86_64-unknown-linux-gnu", linker: None, packages: &[], arch: object::Architecture::X86_64 },
+    Target {
+        triple: "x86_64-unknown-linux-musl",
+        linker: None,
+        packages: &[],
+        arch: object::Architecture::X86_64,
+        sysroot: None,
+    },
+    Target {
+        triple: "x86_64-unknown-linux-gnu",
+        linker: None,
+        packages: &[],
+        arch: object::Architecture::X86_64,
+        sysroot: None,
+    },
 ];
 
 /// The static (musl) target of this machine's architecture: what packages are built from.
@@ -79,13 +96,14 @@ pub fn run(target: &str) -> anyhow::Result<PathBuf> {
         }
         println!("{} ({:?}, {} KiB)", path.display(), t.arch, data.len() / 1024);
     }
-    smoke(&dir, t.arch)?;
+    smoke(&dir, t)?;
     Ok(dir)
 }
 
 /// Runs the built chaosctl (`--version`): natively, or under qemu's user-mode emulation for
 /// another architecture, so a build that links but cannot start is caught here.
-fn smoke(dir: &std::path::Path, arch: object::Architecture) -> anyhow::Result<()> {
+fn smoke(dir: &std::path::Path, t: &Target) -> anyhow::Result<()> {
+    let arch = t.arch;
     let native =
         if cfg!(target_arch = "aarch64") { object::Architecture::Aarch64 } else { object::Architecture::X86_64 };
     let mut run = if arch == native {
@@ -99,6 +117,10 @@ fn smoke(dir: &std::path::Path, arch: object::Architecture) -> anyhow::Result<()
             apt_install(&["qemu-user-static"])?;
         }
         let mut c = Command::new(qemu);
+        if let Some(sysroot) = t.sysroot {
+            // The dynamic loader and libraries of the target, as the cross packages install them.
+            c.env("QEMU_LD_PREFIX", sysroot);
+        }
         c.arg(dir.join("chaosctl"));
         c
     };
