@@ -75,7 +75,9 @@ pub const MAX_RULES: u32 = 16_384;
 pub const ADDRS_CAPACITY: u32 = 131_072;
 pub const PAIRS_CAPACITY: u32 = 131_072;
 pub const PORTS_CAPACITY: u32 = 524_288;
-pub const SCOPES_CAPACITY: u32 = 65_536;
+/// (cgroup, interface, hook) entries: a target cgroup and each one below it count once per
+/// interface and hook. Preallocated like the others: 16,384 cost about 1 MB of kernel memory.
+pub const SCOPES_CAPACITY: u32 = 16_384;
 /// Scope ids of cgroup scopes have this bit; an ifindex never does (ifindexes are positive
 /// `int`s), so the two kinds share [`AddrKey::scope`].
 pub const SCOPE_CGROUP_BIT: u32 = 1 << 31;
