@@ -25,9 +25,6 @@ use tokio::{net::TcpListener, sync::broadcast};
 
 use crate::{api::FaultView, engine::Engine, kernel::Attachment, shaping::Backend, state::mono_ns};
 
-/// A scraper that stalls in its request headers is dropped after this.
-const READ_TIMEOUT: Duration = Duration::from_secs(10);
-
 /// What one scrape reports, taken under the engine's lock and encoded after it is released.
 #[derive(Debug)]
 pub struct Snapshot {
@@ -179,7 +176,7 @@ pub async fn serve(listener: TcpListener, engine: Arc<Mutex<Engine>>, mut shutdo
             let service = service_fn(move |req| scrape(req, engine.clone()));
             if let Err(e) = hyper::server::conn::http1::Builder::new()
                 .timer(TokioTimer::new())
-                .header_read_timeout(READ_TIMEOUT)
+                .header_read_timeout(crate::server::READ_TIMEOUT)
                 .serve_connection(TokioIo::new(stream), service)
                 .await
             {

@@ -28,7 +28,7 @@ use crate::{
 const MAX_BODY: usize = 16 << 20;
 /// A client that stalls in its request headers or body is dropped after this, so it cannot
 /// hold a connection (and a daemon file descriptor) forever.
-const READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+pub(crate) const READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
 type Reply = Response<Full<Bytes>>;
 

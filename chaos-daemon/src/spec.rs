@@ -451,8 +451,7 @@ impl FaultSpec {
                 }
             }
         }
-        let drops = matches!(action, Action::Loss(_) | Action::Partition);
-        if cgroup.is_some() && !connect && direction != Direction::Egress && !drops {
+        if cgroup.is_some() && !connect && direction != Direction::Egress && !action.only_drops() {
             return Err(SpecError::new(
                 "direction",
                 format!(

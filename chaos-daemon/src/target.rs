@@ -125,8 +125,7 @@ pub fn resolve(fault: Fault, runtime_dirs: &[std::path::PathBuf]) -> Result<Reso
             Some(pid) => Some(process_cgroup(pid).map_err(|e| SpecError::new(field, e))?),
             None => None,
         };
-        let drops = matches!(fault.action, crate::spec::Action::Loss(_) | crate::spec::Action::Partition);
-        if cgroup.is_some() && fault.matches.direction != Direction::Egress && !drops {
+        if cgroup.is_some() && fault.matches.direction != Direction::Egress && !fault.action.only_drops() {
             return Err(SpecError::new(
                 field,
                 "is a process of the daemon's own network namespace, so the fault is limited to its cgroup, \

@@ -170,3 +170,40 @@ pub fn remove(dir: &Path) {
         }
     }
 }
+
+/// A process (`sleep`) in a network namespace and, if given, a cgroup, standing for a
+/// container's; killed on drop. It is there when `new` returns: spawn returns after the exec.
+pub struct Resident(std::process::Child);
+
+impl Resident {
+    pub fn new(ns: &Netns, cgroup: Option<&Cgroup>) -> anyhow::Result<Self> {
+        use std::os::unix::process::CommandExt as _;
+        let netns = File::open(format!("/run/netns/{}", ns.name))?;
+        let procs = cgroup.map(|c| File::options().write(true).open(c.dir.join("cgroup.procs"))).transpose()?;
+        let mut cmd = std::process::Command::new("sleep");
+        cmd.arg("600");
+        // SAFETY: setns and a write to cgroup.procs ("0": the writer itself) are system calls on
+        // files opened before the fork; nothing is allocated.
+        unsafe {
+            cmd.pre_exec(move || {
+                nix::sched::setns(&netns, nix::sched::CloneFlags::CLONE_NEWNET)?;
+                if let Some(mut procs) = procs.as_ref() {
+                    std::io::Write::write_all(&mut procs, b"0")?;
+                }
+                Ok(())
+            });
+        }
+        Ok(Self(cmd.spawn()?))
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.0.id()
+    }
+}
+
+impl Drop for Resident {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}

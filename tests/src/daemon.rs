@@ -220,6 +220,33 @@ impl Daemon {
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
+    /// Waits (up to 5 s: the daemon looks every second) until the daemon lists no fault, then
+    /// returns the faults its last `end` event ended: (name, reason, dropped).
+    pub fn ended(&self) -> Vec<(String, String, u64)> {
+        for _ in 0..50 {
+            if self.list()["faults"].as_array().unwrap().is_empty() {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+        assert!(self.list()["faults"].as_array().unwrap().is_empty(), "a fault outlived its target");
+        let history: serde_json::Value = serde_json::from_str(&self.ctl_ok(&["history", "-o", "json"])).unwrap();
+        let event =
+            history["events"].as_array().unwrap().iter().rev().find(|e| e["action"] == "end").expect("an end event");
+        event["ended"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| {
+                (
+                    e["name"].as_str().unwrap().into(),
+                    e["reason"].as_str().unwrap().into(),
+                    e["dropped"].as_u64().unwrap(),
+                )
+            })
+            .collect()
+    }
+
     /// `chaosctl list -o json`, parsed.
     pub fn list(&self) -> serde_json::Value {
         serde_json::from_str(&self.ctl_ok(&["list", "-o", "json"])).expect("list is JSON")

@@ -9,7 +9,7 @@ use std::{
 
 use chaos_tests::{
     Daemon, Lab, Netns,
-    cgroup::Cgroup,
+    cgroup::{Cgroup, Resident},
     lab::{A4, A6, B4, B6},
     traffic,
 };
@@ -227,23 +227,7 @@ fn a_fault_ends_when_its_cgroup_is_removed() {
     daemon.ctl_ok(&["apply", "--name", "gone-too", "--cgroup", &a.path, "--connect-fail"]);
     assert_eq!(from_cgroup(&lab, &a, addr(B4, 9104), 300), 0);
     chaos_tests::cgroup::remove(&a.dir);
-    for _ in 0..50 {
-        if daemon.list()["faults"].as_array().unwrap().is_empty() {
-            break;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(100));
-    }
-    assert_eq!(daemon.list()["faults"], serde_json::json!([]), "the faults outlived their cgroup");
-    let history: serde_json::Value = serde_json::from_str(&daemon.ctl_ok(&["history", "-o", "json"])).unwrap();
-    let event = history["events"].as_array().unwrap().iter().rev().find(|e| e["action"] == "end").expect("an end");
-    let mut ended: Vec<(String, String, u64)> = event["ended"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|e| {
-            (e["name"].as_str().unwrap().into(), e["reason"].as_str().unwrap().into(), e["dropped"].as_u64().unwrap())
-        })
-        .collect();
+    let mut ended = daemon.ended();
     ended.sort();
     let why = "its cgroup was removed".to_owned();
     assert_eq!(ended, vec![("gone".into(), why.clone(), 300), ("gone-too".into(), why, 0)]);
@@ -351,42 +335,13 @@ fn on_a_host_without_cgroup2_the_daemon_mounts_its_own() {
     assert!(!own.exists(), "{} left behind", own.display());
 }
 
-/// A process in `cgroup` and in `ns`, killed on drop.
-struct Resident(std::process::Child);
-
-impl Resident {
-    fn new(cgroup: &Cgroup, ns: &Netns) -> Self {
-        use std::os::unix::process::CommandExt as _;
-        let procs = cgroup.dir.join("cgroup.procs");
-        let netns = std::fs::File::open(format!("/run/netns/{}", ns.name)).unwrap();
-        let mut cmd = std::process::Command::new("sleep");
-        cmd.arg("600");
-        // SAFETY: setns and a write to cgroup.procs ("0": the writer itself) are system calls
-        // on values made before the fork.
-        unsafe {
-            cmd.pre_exec(move || {
-                nix::sched::setns(&netns, nix::sched::CloneFlags::CLONE_NEWNET)?;
-                std::fs::write(&procs, "0")
-            });
-        }
-        Self(cmd.spawn().unwrap())
-    }
-}
-
-impl Drop for Resident {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 #[test]
 fn a_process_of_the_daemons_namespace_is_scoped_by_its_cgroup() {
     let lab = Lab::new().unwrap();
     let daemon = Daemon::start(&lab.a).unwrap();
     let (a, b) = (Cgroup::new("cga").unwrap(), Cgroup::new("cgb").unwrap());
-    let resident = Resident::new(&a, &lab.a);
-    let pid = resident.0.id().to_string();
+    let resident = Resident::new(&lab.a, Some(&a)).unwrap();
+    let pid = resident.pid().to_string();
     // The process shares the daemon's namespace (a host process, or a pod on the host's
     // network): only its cgroup's packets are cut, not the interface's.
     daemon.ctl_ok(&["apply", "--name", "by-pid", "--pid", &pid, "-i", &lab.a_if, "--partition", "-p", "udp"]);
@@ -398,11 +353,5 @@ fn a_process_of_the_daemons_namespace_is_scoped_by_its_cgroup() {
     assert!(stderr.contains("so the fault is limited to its cgroup, whose ingress can only be dropped"), "{stderr}");
     // It ends with the process.
     drop(resident);
-    for _ in 0..50 {
-        if daemon.list()["faults"].as_array().unwrap().is_empty() {
-            break;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(100));
-    }
-    assert_eq!(daemon.list()["faults"], serde_json::json!([]), "the fault outlived its process");
+    assert_eq!(daemon.ended(), vec![("by-pid".into(), "its process exited".into(), 300)]);
 }

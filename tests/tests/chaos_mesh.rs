@@ -8,16 +8,17 @@
 //! (`runtime_dirs`). The daemon runs on host a, the node, where b's veth ends.
 
 use std::{
-    fs::File,
-    io::Write as _,
     net::{IpAddr, SocketAddr},
-    os::unix::process::CommandExt as _,
     path::{Path, PathBuf},
-    process::{Child, Command},
     time::Duration,
 };
 
-use chaos_tests::{Daemon, Lab, cgroup::Cgroup, daemon::Snapshot, lab, stats, traffic, unique};
+use chaos_tests::{
+    Daemon, Lab,
+    cgroup::{Cgroup, Resident},
+    daemon::Snapshot,
+    lab, stats, traffic, unique,
+};
 
 fn addr(ip: &str, port: u16) -> SocketAddr {
     SocketAddr::new(ip.parse::<IpAddr>().unwrap(), port)
@@ -27,7 +28,7 @@ fn addr(ip: &str, port: u16) -> SocketAddr {
 /// the pod's process, its cgroups and the files.
 struct Node {
     daemon: Daemon,
-    process: Child,
+    _process: Resident,
     _container: Cgroup,
     _pod: Cgroup,
     dir: PathBuf,
@@ -47,23 +48,11 @@ impl Node {
         std::fs::write(dir.join("runtime").join(&id).join("config.json"), annotations).unwrap();
         let pod = Cgroup::new("cdcm").unwrap();
         let container = pod.child(&format!("docker-{id}.scope")).unwrap();
-        // Its process, started in b's namespace and in the container's cgroup.
-        let netns = File::open(format!("/run/netns/{}", lab.b.name)).unwrap();
-        let procs = File::options().write(true).open(container.dir.join("cgroup.procs")).unwrap();
-        let mut sleep = Command::new("sleep");
-        sleep.arg("600");
-        // SAFETY: setns and write are async-signal-safe system calls on files opened before the
-        // fork; nothing is allocated.
-        unsafe {
-            sleep.pre_exec(move || {
-                nix::sched::setns(&netns, nix::sched::CloneFlags::CLONE_NEWNET)?;
-                (&procs).write_all(b"0")
-            });
-        }
-        let process = sleep.spawn().unwrap();
+        // Its process, in b's namespace and in the container's cgroup.
+        let process = Resident::new(&lab.b, Some(&container)).unwrap();
         let config = format!("runtime_dirs = [\"{}\"]", dir.join("runtime").display());
         let daemon = Daemon::start_with(&lab.a, &config).unwrap();
-        Self { daemon, process, _container: container, _pod: pod, dir, lab }
+        Self { daemon, _process: process, _container: container, _pod: pod, dir, lab }
     }
 
     /// `examples/<name>` with the lab put in: the pod's interface, and each `(example's
@@ -99,8 +88,6 @@ impl Node {
 
 impl Drop for Node {
     fn drop(&mut self) {
-        let _ = self.process.kill();
-        let _ = self.process.wait();
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }

@@ -5,12 +5,9 @@
 //! The lab is a node namespace (where the daemon runs, forwarding between its veths) with two
 //! "pods" and a server, each behind a veth whose pod end is called eth0.
 
-use std::{
-    net::{IpAddr, SocketAddr},
-    process::{Child, Command},
-};
+use std::net::{IpAddr, SocketAddr};
 
-use chaos_tests::{Daemon, Netns, traffic, unique};
+use chaos_tests::{Daemon, Netns, cgroup::Resident, traffic, unique};
 
 const SERVER: &str = "10.210.9.2";
 
@@ -72,31 +69,6 @@ impl Node {
     }
 }
 
-/// A process living in a namespace, killed on drop.
-struct Sleeper(Child);
-
-impl Sleeper {
-    /// Returns once the process is in `ns`: `ip netns exec` enters it, then execs sleep.
-    fn new(ns: &Netns) -> Self {
-        let sleeper = Self(Command::new("ip").args(["netns", "exec", &ns.name, "sleep", "600"]).spawn().unwrap());
-        let comm = format!("/proc/{}/comm", sleeper.0.id());
-        for _ in 0..100 {
-            if std::fs::read_to_string(&comm).is_ok_and(|c| c.trim() == "sleep") {
-                break;
-            }
-            std::thread::sleep(std::time::Duration::from_millis(10));
-        }
-        sleeper
-    }
-}
-
-impl Drop for Sleeper {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 const N: u32 = 20_000;
 
 #[test]
@@ -133,8 +105,8 @@ fn loss_on_a_pod_leaves_its_neighbour_alone() {
 fn a_process_names_its_namespace_and_directions_are_the_pods() {
     let n = Node::new();
     let daemon = Daemon::start(&n.node).unwrap();
-    let sleeper = Sleeper::new(n.pod(1));
-    let pid = sleeper.0.id();
+    let sleeper = Resident::new(n.pod(1), None).unwrap();
+    let pid = sleeper.pid();
     let pid = pid.to_string();
     // Ingress, seen from the pod: what it receives.
     daemon.ctl_ok(&["apply", "--pid", &pid, "--partition", "-d", "ingress", "-p", "udp", "--dport", "9001"]);
@@ -181,29 +153,6 @@ fn namespaces_it_cannot_reach_are_refused_by_name() {
     assert_eq!(traffic::udp(n.pod(2), None, &n.server, addr(SERVER, 9003), 500).unwrap(), 500);
 }
 
-/// Waits (up to 5 s: the daemon looks every second) until the daemon lists no fault, then
-/// returns the faults its last `end` event ended: (name, reason, dropped).
-fn ended(daemon: &Daemon) -> Vec<(String, String, u64)> {
-    for _ in 0..50 {
-        if daemon.list()["faults"].as_array().unwrap().is_empty() {
-            break;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(100));
-    }
-    assert!(daemon.list()["faults"].as_array().unwrap().is_empty(), "the fault outlived its target");
-    let history: serde_json::Value = serde_json::from_str(&daemon.ctl_ok(&["history", "-o", "json"])).unwrap();
-    let event =
-        history["events"].as_array().unwrap().iter().rev().find(|e| e["action"] == "end").expect("an end event");
-    event["ended"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|e| {
-            (e["name"].as_str().unwrap().into(), e["reason"].as_str().unwrap().into(), e["dropped"].as_u64().unwrap())
-        })
-        .collect()
-}
-
 /// No program left on any of the node's interfaces.
 fn nothing_attached(daemon: &Daemon) {
     let status: serde_json::Value = serde_json::from_str(&daemon.ctl_ok(&["status", "-o", "json"])).unwrap();
@@ -216,13 +165,13 @@ fn a_fault_ends_with_its_target() {
     let daemon = Daemon::start(&n.node).unwrap();
 
     // A process: when it exits, its fault ends, with its counters.
-    let sleeper = Sleeper::new(n.pod(1));
-    let pid = sleeper.0.id();
+    let sleeper = Resident::new(n.pod(1), None).unwrap();
+    let pid = sleeper.pid();
     let pid = pid.to_string();
     daemon.ctl_ok(&["apply", "--name", "by-pid", "--pid", &pid, "--partition", "-p", "udp", "--dport", "9004"]);
     assert_eq!(traffic::udp(n.pod(1), None, &n.server, addr(SERVER, 9004), 300).unwrap(), 0);
     drop(sleeper);
-    assert_eq!(ended(&daemon), vec![("by-pid".into(), "its process exited".into(), 300)]);
+    assert_eq!(daemon.ended(), vec![("by-pid".into(), "its process exited".into(), 300)]);
     nothing_attached(&daemon);
 
     // A namespace, deleted: its fault ends too.
@@ -230,7 +179,7 @@ fn a_fault_ends_with_its_target() {
     daemon.ctl_ok(&["apply", "--name", "by-netns", "--netns", &netns, "--partition", "-p", "udp", "--dport", "9005"]);
     assert_eq!(traffic::udp(n.pod(2), None, &n.server, addr(SERVER, 9005), 200).unwrap(), 0);
     drop(n.pods.remove(1));
-    assert_eq!(ended(&daemon), vec![("by-netns".into(), "its network namespace is gone".into(), 200)]);
+    assert_eq!(daemon.ended(), vec![("by-netns".into(), "its network namespace is gone".into(), 200)]);
     nothing_attached(&daemon);
 
     // An interface of the node, deleted.
@@ -252,7 +201,7 @@ fn a_fault_ends_with_its_target() {
     ]);
     assert_eq!(traffic::udp(n.pod(1), None, &n.server, addr(SERVER, 9006), 100).unwrap(), 0);
     n.node.ip(&["link", "del", &host]).unwrap();
-    assert_eq!(ended(&daemon), vec![("by-if".into(), "its interface is gone".into(), 100)]);
+    assert_eq!(daemon.ended(), vec![("by-if".into(), "its interface is gone".into(), 100)]);
     nothing_attached(&daemon);
 }
 
@@ -292,8 +241,8 @@ impl Drop for ContainerCgroup {
 fn a_container_is_found_by_its_id() {
     let n = Node::new();
     let daemon = Daemon::start(&n.node).unwrap();
-    let sleeper = Sleeper::new(n.pod(1));
-    let pid = sleeper.0.id();
+    let sleeper = Resident::new(n.pod(1), None).unwrap();
+    let pid = sleeper.pid();
     let id = "c0ffee00d15ea5e5000000000000000000000000000000000000000000000001";
     let cgroup = ContainerCgroup::new(id, pid);
     // By a prefix, as `crictl ps` shows ids.
@@ -306,7 +255,7 @@ fn a_container_is_found_by_its_id() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("no running container has an id starting with"));
     // The container stops: its fault ends.
     drop(sleeper);
-    assert_eq!(ended(&daemon), vec![("ctr".into(), "its container stopped".into(), 300)]);
+    assert_eq!(daemon.ended(), vec![("ctr".into(), "its container stopped".into(), 300)]);
     drop(cgroup);
 }
 
@@ -327,8 +276,8 @@ fn a_pod_is_found_by_namespace_and_name() {
     std::fs::write(runtime.join(id).join("config.json"), spec.to_string()).unwrap();
     let config = format!("runtime_dirs = [\"{}\"]", runtime.display());
     let daemon = Daemon::start_with(&n.node, &config).unwrap();
-    let sleeper = Sleeper::new(n.pod(1));
-    let pid = sleeper.0.id();
+    let sleeper = Resident::new(n.pod(1), None).unwrap();
+    let pid = sleeper.pid();
     let cgroup = ContainerCgroup::new(id, pid);
 
     daemon.ctl_ok(&["apply", "--name", "web", "--pod", "shop/web-0", "--partition", "-p", "udp", "--dport", "9008"]);
@@ -338,7 +287,7 @@ fn a_pod_is_found_by_namespace_and_name() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("pod: no pod shop/web-1 on this node"), "{stderr}");
     drop(sleeper);
-    assert_eq!(ended(&daemon), vec![("web".into(), "its pod stopped".into(), 300)]);
+    assert_eq!(daemon.ended(), vec![("web".into(), "its pod stopped".into(), 300)]);
     drop(cgroup);
 }
 

@@ -364,7 +364,7 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
         Command::History { limit, output } => {
             let history: History = client.get(&format!("/v1/history?limit={limit}")).await?;
             match output {
-                Output::Json => println!("{}", serde_json::to_string_pretty(&history)?),
+                Output::Json => json(&history)?,
                 Output::Table => {
                     for e in history.events {
                         let secs = e.at / 1000;
@@ -386,7 +386,7 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
         Command::List { output } => {
             let list: Faults = client.get("/v1/faults").await?;
             match output {
-                Output::Json => println!("{}", serde_json::to_string_pretty(&list)?),
+                Output::Json => json(&list)?,
                 Output::Table => print_table(&list.faults),
             }
         }
@@ -421,7 +421,7 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
         Command::Status { output } => {
             let status: Status = client.get("/v1/status").await?;
             match output {
-                Output::Json => println!("{}", serde_json::to_string_pretty(&status)?),
+                Output::Json => json(&status)?,
                 Output::Table => {
                     println!("chaos-daemon {} on kernel {}", status.version, status.kernel);
                     let features: Vec<String> =
@@ -585,6 +585,15 @@ fn counts(matched: u64, dropped: u64, others: [u64; 3]) -> String {
     text
 }
 
+/// When a fault starts or ends, from now: `in 5s`, `4m10s left`, `unlimited`.
+fn state(f: &FaultView) -> String {
+    match (f.state.as_str(), f.expires_at) {
+        ("scheduled", _) => format!("in {}", left(f.starts_at)),
+        (_, Some(t)) => format!("{} left", left(t)),
+        (_, None) => "unlimited".into(),
+    }
+}
+
 /// Time from now until `unix_ms`, as `1h2m3s`.
 fn left(at_ms: u64) -> String {
     let s = at_ms.saturating_sub(unix_ms()).div_ceil(1000);
@@ -607,11 +616,7 @@ fn print_table(faults: &[FaultView]) {
                 Some(PortSpec::Text(t)) => t.clone(),
             };
             let action = describe(s);
-            let state = match (f.state.as_str(), f.expires_at) {
-                ("scheduled", _) => format!("in {}", left(f.starts_at)),
-                (_, Some(t)) => format!("{} left", left(t)),
-                (_, None) => "unlimited".into(),
-            };
+            let state = state(f);
             [
                 f.name.clone(),
                 f.experiment.clone().unwrap_or_else(|| "-".into()),

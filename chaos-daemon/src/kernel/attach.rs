@@ -67,7 +67,11 @@ const ALL_PROGRAMS: [(&str, TcAttachType); 5] = [
     (PROG_IFB_EDT, TcAttachType::Egress),
 ];
 
-pub(super) fn program<'a>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut SchedClassifier, KernelError> {
+/// A program of the object by name, as its type (`SchedClassifier`, `CgroupSkb`...).
+pub(super) fn program<'a, P>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut P, KernelError>
+where
+    &'a mut P: TryFrom<&'a mut aya::programs::Program, Error = ProgramError>,
+{
     let what = || format!("program {name}");
     ebpf.program_mut(name)
         .ok_or_else(|| KernelError::Program { what: what(), source: ProgramError::NotLoaded })?
@@ -86,7 +90,7 @@ pub(super) fn attach(
 ) -> Result<Link, KernelError> {
     let (name, attach_type) = program_for(hook, edt);
     let what = || format!("attaching {name} to {interface}");
-    let prog = program(ebpf, name)?;
+    let prog: &mut SchedClassifier = program(ebpf, name)?;
     // Probe TCX by trying it: kernels without it (before 6.6, or vendor kernels that lack the
     // backport) refuse the link type, and then a cls_bpf filter under clsact is used.
     if mode != AttachMode::Netlink {
@@ -117,7 +121,7 @@ pub(super) fn attach(
             return Err(KernelError::Program { what: format!("adding clsact to {interface}"), source: e.into() });
         }
     };
-    let prog = program(ebpf, name)?;
+    let prog: &mut SchedClassifier = program(ebpf, name)?;
     let attached = prog
         .attach_with_options(interface, attach_type, TcAttachOptions::Netlink(NlOptions::default()))
         .and_then(|id| {
@@ -169,7 +173,7 @@ pub(super) fn adopt(ebpf: &mut Ebpf, pins: &Pins, filters: &[NlFilter], edt: boo
         let adopted = PinnedLink::from_pin(&pin)
             .map_err(|e| e.to_string())
             .and_then(|p| SchedClassifierLink::try_from(FdLink::from(p)).map_err(|e| e.to_string()))
-            .and_then(|l| program(ebpf, name).map_err(|e| e.to_string()).map(|p| (p, l)))
+            .and_then(|l| program::<SchedClassifier>(ebpf, name).map_err(|e| e.to_string()).map(|p| (p, l)))
             .and_then(|(p, l)| {
                 let id = p.attach_to_link(l).map_err(|e| e.to_string())?;
                 let l = p.take_link(id).map_err(|e| e.to_string())?;
@@ -194,7 +198,7 @@ pub(super) fn adopt(ebpf: &mut Ebpf, pins: &Pins, filters: &[NlFilter], edt: boo
             SchedClassifierLink::attached(&f.interface, attach_type, f.priority, TcHandle::from(f.handle), None)
                 .map_err(|e| e.to_string())
                 .and_then(|l| {
-                    let p = program(ebpf, name).map_err(|e| e.to_string())?;
+                    let p: &mut SchedClassifier = program(ebpf, name).map_err(|e| e.to_string())?;
                     let id = p.attach_to_link(l).map_err(|e| e.to_string())?;
                     p.take_link(id).map_err(|e| e.to_string())
                 });

@@ -16,7 +16,7 @@ use aya::{
 };
 use chaos_common::{PROG_CGROUP_INGRESS, PROG_CONNECT4, PROG_CONNECT4_ERRNO, PROG_CONNECT6, PROG_CONNECT6_ERRNO};
 
-use super::{KernelError, backend::verifier_error, pins::Pins};
+use super::{KernelError, attach::program, backend::verifier_error, pins::Pins};
 
 /// What a cgroup attachment runs; part of its key and of its pin's name.
 pub const CG_INGRESS: u8 = 0;
@@ -139,17 +139,6 @@ fn causes(e: &dyn std::error::Error) -> String {
         source = s.source();
     }
     text
-}
-
-fn program<'a, P>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut P, KernelError>
-where
-    &'a mut P: TryFrom<&'a mut aya::programs::Program, Error = ProgramError>,
-{
-    let what = || format!("program {name}");
-    ebpf.program_mut(name)
-        .ok_or_else(|| KernelError::Program { what: what(), source: ProgramError::NotLoaded })?
-        .try_into()
-        .map_err(|source| KernelError::Program { what: what(), source })
 }
 
 /// Detaches: the link goes with its pin and this, its last fd.

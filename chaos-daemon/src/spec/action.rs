@@ -124,6 +124,12 @@ impl Action {
         }
     }
 
+    /// Whether its only event is a drop (loss, partition): all a cgroup's ingress allows, where
+    /// packets are judged as they reach a socket and can only be dropped.
+    pub fn only_drops(self) -> bool {
+        matches!(self, Self::Loss(_) | Self::Partition)
+    }
+
     /// The name generated names start with.
     pub fn kind(self) -> &'static str {
         match self {

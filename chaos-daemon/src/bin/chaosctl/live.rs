@@ -16,7 +16,7 @@ use chaos_daemon::{
     state::{Ended, unix_ms},
 };
 
-use super::{Output, counts, describe, left};
+use super::{Output, counts, describe, state};
 
 /// What `watch` shows of a fault, with its packets per second since the last refresh.
 fn row(f: &FaultView, before: Option<&FaultView>, seconds: f64) -> [String; 6] {
@@ -24,15 +24,10 @@ fn row(f: &FaultView, before: Option<&FaultView>, seconds: f64) -> [String; 6] {
         Some(then) if seconds > 0.0 => format!("{:.0}/s", now.saturating_sub(then) as f64 / seconds),
         _ => "-".into(),
     };
-    let state = match (f.state.as_str(), f.expires_at) {
-        ("scheduled", _) => format!("in {}", left(f.starts_at)),
-        (_, Some(t)) => format!("{} left", left(t)),
-        (_, None) => "unlimited".into(),
-    };
     [
         f.name.clone(),
         describe(&f.spec),
-        state,
+        state(f),
         format!("{} ({})", f.matched, per_second(f.matched, before.map(|b| b.matched))),
         format!("{} ({})", f.dropped, per_second(f.dropped, before.map(|b| b.dropped))),
         counts(f.matched, f.dropped, [f.duplicated, f.corrupted, f.reset]),
@@ -124,12 +119,8 @@ pub async fn wait(client: &Client<'_>, names: &[String], mut interrupt: Signal) 
             let parts: Vec<String> = running
                 .iter()
                 .map(|f| {
-                    let when = match (f.state.as_str(), f.expires_at) {
-                        ("scheduled", _) => format!("starts in {}", left(f.starts_at)),
-                        (_, Some(t)) => format!("{} left", left(t)),
-                        (_, None) => "until removed".into(),
-                    };
-                    format!("{} {when}, {}", f.name, counts(f.matched, f.dropped, [f.duplicated, f.corrupted, f.reset]))
+                    let c = counts(f.matched, f.dropped, [f.duplicated, f.corrupted, f.reset]);
+                    format!("{} {}, {c}", f.name, state(f))
                 })
                 .collect();
             // Carriage return and clear the line: one progress line, redrawn.
