@@ -21,9 +21,19 @@ use prometheus_client::{
     metrics::{MetricType, counter::ConstCounter, gauge::ConstGauge, info::Info},
     registry::Registry,
 };
-use tokio::{net::TcpListener, sync::broadcast};
+use tokio::{
+    net::{TcpListener, TcpStream},
+    sync::broadcast,
+};
 
-use crate::{api::FaultView, engine::Engine, kernel::Attachment, shaping::Backend, state::mono_ns};
+use crate::{
+    api::FaultView,
+    engine::Engine,
+    kernel::Attachment,
+    listen::{self, Deadlined, PeerKey},
+    shaping::Backend,
+    state::mono_ns,
+};
 
 /// What one scrape reports, taken under the engine's lock and encoded after it is released.
 #[derive(Debug)]
@@ -159,20 +169,14 @@ pub async fn bind(address: Option<SocketAddr>) -> anyhow::Result<Option<TcpListe
 }
 
 /// Serves scrapes until `shutdown`.
-pub async fn serve(listener: TcpListener, engine: Arc<Mutex<Engine>>, mut shutdown: broadcast::Receiver<()>) {
-    loop {
-        let stream = tokio::select! {
-            _ = shutdown.recv() => return,
-            accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => stream,
-                Err(e) => {
-                    tracing::warn!("metrics accept: {e}");
-                    continue;
-                }
-            },
-        };
+pub async fn serve(listener: TcpListener, engine: Arc<Mutex<Engine>>, shutdown: broadcast::Receiver<()>) {
+    let identify = |stream: &TcpStream| {
+        let key = stream.peer_addr().map_or(PeerKey::Unknown, |a| PeerKey::Addr(a.ip()));
+        ((), key)
+    };
+    let connection = move |stream: Deadlined<TcpStream>, ()| {
         let engine = engine.clone();
-        tokio::spawn(async move {
+        async move {
             let service = service_fn(move |req| scrape(req, engine.clone()));
             if let Err(e) = hyper::server::conn::http1::Builder::new()
                 .timer(TokioTimer::new())
@@ -182,8 +186,9 @@ pub async fn serve(listener: TcpListener, engine: Arc<Mutex<Engine>>, mut shutdo
             {
                 tracing::debug!("metrics connection: {e}");
             }
-        });
-    }
+        }
+    };
+    listen::serve("metrics", listener, identify, listen::METRICS, connection, shutdown).await;
 }
 
 async fn scrape<B>(req: Request<B>, engine: Arc<Mutex<Engine>>) -> Result<Response<Full<Bytes>>, Infallible> {

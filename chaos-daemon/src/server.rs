@@ -4,7 +4,7 @@
 
 use std::{
     convert::Infallible,
-    os::fd::AsFd as _,
+    os::fd::{AsFd as _, AsRawFd as _, RawFd},
     sync::{Arc, Mutex},
 };
 
@@ -13,7 +13,7 @@ use hyper::{Method, Request, Response, StatusCode, body::Bytes, service::service
 use hyper_util::rt::{TokioIo, TokioTimer};
 use serde::Serialize;
 use tokio::{
-    net::UnixListener,
+    net::{UnixListener, UnixStream},
     sync::{Notify, broadcast},
 };
 
@@ -22,6 +22,8 @@ use crate::{
     api::{ApiError, Apply, Faults, History},
     engine::{Engine, EngineError},
     kernel::KernelError,
+    listen::{self, Deadlined, PeerKey},
+    routes::{self, Route, RouteError},
 };
 
 /// Largest request body: 10,000 faults in JSON fit well within it.
@@ -40,42 +42,42 @@ pub struct Shared {
     pub changed: Arc<Notify>,
 }
 
-pub async fn serve(listener: UnixListener, shared: Arc<Shared>, mut shutdown: broadcast::Receiver<()>) {
-    loop {
-        let stream = tokio::select! {
-            _ = shutdown.recv() => return,
-            accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => stream,
-                Err(e) => {
-                    tracing::warn!("accept: {e}");
-                    continue;
-                }
-            },
-        };
+pub async fn serve(listener: UnixListener, shared: Arc<Shared>, shutdown: broadcast::Receiver<()>) {
+    let identify = |stream: &UnixStream| {
         let peer = Peer::of(stream.as_fd()).map_err(|e| tracing::warn!("SO_PEERCRED: {e}")).ok();
+        let key = peer.as_ref().map_or(PeerKey::Unknown, |p| PeerKey::Uid(p.uid));
+        (peer, key)
+    };
+    let connection = move |stream: Deadlined<UnixStream>, peer: Option<Peer>| {
         let shared = shared.clone();
-        tokio::spawn(async move {
-            let service = service_fn(move |req| handle(req, shared.clone(), peer.clone()));
+        // Valid while the connection is served, which outlives every request on it.
+        let fd = stream.get_ref().as_raw_fd();
+        async move {
+            let service = service_fn(move |req| handle(req, shared.clone(), peer.clone(), fd));
             if let Err(e) = hyper::server::conn::http1::Builder::new()
                 .timer(TokioTimer::new())
                 .header_read_timeout(READ_TIMEOUT)
+                // A client may shut down its side once its request is sent: it is still answered.
+                .half_close(true)
                 .serve_connection(TokioIo::new(stream), service)
                 .await
             {
                 tracing::debug!("connection: {e}");
             }
-        });
-    }
+        }
+    };
+    listen::serve("control socket", listener, identify, listen::CONTROL, connection, shutdown).await;
 }
 
 async fn handle(
     req: Request<hyper::body::Incoming>,
     shared: Arc<Shared>,
     peer: Option<Peer>,
+    fd: RawFd,
 ) -> Result<Reply, Infallible> {
     let method = req.method().clone();
-    let path = req.uri().path().trim_end_matches('/').to_owned();
-    let query = req.uri().query().unwrap_or_default().to_owned();
+    let path = req.uri().path().to_owned();
+    let query = req.uri().query().map(str::to_owned);
     let mutating = method != Method::GET;
     let actor = peer.as_ref().map(Peer::actor).unwrap_or_default();
     if let Err(why) = shared.access.check(peer.as_ref(), mutating) {
@@ -90,25 +92,44 @@ async fn handle(
         }
         return Ok(error(StatusCode::FORBIDDEN, why));
     }
+    // Read whole before any answer, also a refusal: a client still sending its body would
+    // otherwise find the connection closed instead of reading why.
     let body = match tokio::time::timeout(READ_TIMEOUT, Limited::new(req.into_body(), MAX_BODY).collect()).await {
         Ok(Ok(b)) => b.to_bytes(),
         Ok(Err(e)) => return Ok(error(StatusCode::BAD_REQUEST, format!("reading the request body: {e}"))),
         Err(_) => return Ok(error(StatusCode::REQUEST_TIMEOUT, "the request body did not arrive in time".into())),
     };
-    let segments: Vec<&str> = path.split('/').skip(1).collect();
-    let engine = &shared.engine;
-    let reply = match (&method, segments.as_slice()) {
-        (&Method::GET, ["v1", "status"]) => run(engine, |e| Ok(e.status())).await,
-        (&Method::GET, ["v1", "faults"]) => run(engine, |e| Ok(Faults { faults: e.list() })).await,
-        (&Method::GET, ["v1", "faults", name]) => {
-            let name = name.to_string();
-            run(engine, move |e| e.get(&name)).await
+    let route = match routes::route(&method, &path, query.as_deref()) {
+        Ok(route) => route,
+        Err(e) => {
+            let status = match e {
+                RouteError::NotFound(_) => StatusCode::NOT_FOUND,
+                RouteError::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
+                RouteError::Invalid(_) => StatusCode::BAD_REQUEST,
+            };
+            return Ok(error(status, e.to_string()));
         }
-        (&Method::GET, ["v1", "history"]) => match history_limit(&query) {
-            Ok(limit) => run(engine, move |e| Ok(History { events: e.history(limit) })).await,
-            Err(why) => error(StatusCode::BAD_REQUEST, why),
-        },
-        (&Method::POST, ["v1", "faults"]) => match serde_json::from_slice::<Apply>(&body) {
+    };
+    // A client that gave up (its timeout, Ctrl-C) while the daemon could not answer (stopped,
+    // busy) must not have its change made later, when no one is waiting for it.
+    if route.mutating() && peer_gone(fd) {
+        let why = "the client closed its connection before the request was served";
+        tracing::warn!(%actor, %method, path, "{why}: not done");
+        let action = format!("{method} {path}");
+        run(&shared.engine, move |e| {
+            e.refused(&actor, &action, why);
+            Ok(())
+        })
+        .await;
+        return Ok(error(StatusCode::BAD_REQUEST, why.into()));
+    }
+    let engine = &shared.engine;
+    let reply = match route {
+        Route::Status => run(engine, |e| Ok(e.status())).await,
+        Route::ListFaults => run(engine, |e| Ok(Faults { faults: e.list() })).await,
+        Route::GetFault(name) => run(engine, move |e| e.get(&name)).await,
+        Route::History { limit } => run(engine, move |e| Ok(History { events: e.history(limit) })).await,
+        Route::Apply => match serde_json::from_slice::<Apply>(&body) {
             Ok(apply) => {
                 run_status(engine, StatusCode::CREATED, move |e| {
                     e.apply(&apply, &actor).map(|faults| Faults { faults })
@@ -126,21 +147,11 @@ async fn handle(
                 error(StatusCode::BAD_REQUEST, why)
             }
         },
-        (&Method::DELETE, ["v1", "faults"]) => {
-            run(engine, move |e| e.clear(&actor).map(|faults| Faults { faults })).await
-        }
-        (&Method::DELETE, ["v1", "faults", name]) => {
-            let name = name.to_string();
-            run(engine, move |e| e.remove(&[name], &actor).map(|mut v| v.remove(0))).await
-        }
-        (&Method::DELETE, ["v1", "experiments", name]) => {
-            let name = name.to_string();
+        Route::Clear => run(engine, move |e| e.clear(&actor).map(|faults| Faults { faults })).await,
+        Route::RemoveFault(name) => run(engine, move |e| e.remove(&[name], &actor).map(|mut v| v.remove(0))).await,
+        Route::RemoveExperiment(name) => {
             run(engine, move |e| e.remove_experiment(&name, &actor).map(|faults| Faults { faults })).await
         }
-        (_, ["v1", "status" | "faults" | "history"] | ["v1", "faults" | "experiments", _]) => {
-            error(StatusCode::METHOD_NOT_ALLOWED, format!("{method} is not allowed on {path}"))
-        }
-        _ => error(StatusCode::NOT_FOUND, format!("no endpoint {path} (see the API reference in docs/api.md)")),
     };
     if mutating && reply.status().is_success() {
         shared.changed.notify_one();
@@ -148,12 +159,13 @@ async fn handle(
     Ok(reply)
 }
 
-/// `limit=N` of `GET /v1/history`: default 100.
-fn history_limit(query: &str) -> Result<usize, String> {
-    match query.split('&').find_map(|kv| kv.strip_prefix("limit=")) {
-        None => Ok(100),
-        Some(n) => n.parse().map_err(|_| format!("limit: '{n}' is not a number")),
-    }
+/// Whether the peer of a Unix stream socket has closed it (both ways: POLLHUP). One that only
+/// shut down its sending side still reads the answer.
+fn peer_gone(fd: RawFd) -> bool {
+    let mut pfd = libc::pollfd { fd, events: 0, revents: 0 };
+    // SAFETY: one pollfd, valid for the call; a zero timeout does not block.
+    let n = unsafe { libc::poll(&mut pfd, 1, 0) };
+    n == 1 && pfd.revents & libc::POLLHUP != 0
 }
 
 async fn run<T, F>(engine: &Arc<Mutex<Engine>>, f: F) -> Reply
@@ -183,7 +195,9 @@ where
                 EngineError::Invalid(_) | EngineError::Kernel(KernelError::Compile(_)) => StatusCode::BAD_REQUEST,
                 EngineError::NotFound(_) => StatusCode::NOT_FOUND,
                 EngineError::Kernel(KernelError::Unsupported(_)) => StatusCode::UNPROCESSABLE_ENTITY,
-                EngineError::Kernel(_) | EngineError::State(_) => StatusCode::INTERNAL_SERVER_ERROR,
+                EngineError::Kernel(_) | EngineError::State(_) | EngineError::BadState(_) => {
+                    StatusCode::INTERNAL_SERVER_ERROR
+                }
             };
             if status.is_server_error() {
                 tracing::error!("{e}");

@@ -9,6 +9,7 @@ mod fuzz_input;
 
 use std::{fmt, path::Path, time::Instant};
 
+use chaos_daemon::routes::{Route, route};
 use chaos_tests::{Daemon, Lab, daemon::Snapshot, http};
 use fuzz_input::Interface;
 use proptest::{
@@ -88,9 +89,16 @@ fn path() -> impl Strategy<Value = String> {
     })
 }
 
-/// What the daemon routes a path to: the query and trailing slashes dropped.
-fn route(path: &str) -> &str {
-    path.split('?').next().unwrap_or("").trim_end_matches('/')
+/// Whether the daemon takes this request for a removal of what exists (`good`, or every fault):
+/// its own routing decides (an exact path, no query).
+fn removes(r: &Request) -> bool {
+    let (path, query) = match r.path.split_once('?') {
+        Some((p, q)) => (p, Some(q)),
+        None => (r.path.as_str(), None),
+    };
+    let Ok(method) = r.method.parse() else { return false };
+    matches!(route(&method, path, query), Ok(Route::Clear))
+        || route(&method, path, query) == Ok(Route::RemoveFault("good".into()))
 }
 
 fn request() -> impl Strategy<Value = Request> {
@@ -99,9 +107,7 @@ fn request() -> impl Strategy<Value = Request> {
         1 => (method(), path(), prop_oneof![Just(Body(Vec::new())), body()])
             .prop_map(|(method, path, body)| Request { method, path, body })
             // These remove faults for real: deleting what exists is not bad input.
-            .prop_filter("a real removal", |r| {
-                !(r.method == "DELETE" && matches!(route(&r.path), "/v1/faults" | "/v1/faults/good"))
-            }),
+            .prop_filter("a real removal", |r| !removes(r)),
     ]
 }
 
