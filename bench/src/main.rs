@@ -9,6 +9,7 @@
 
 mod accuracy;
 mod bpf;
+mod connections;
 mod control;
 mod faults;
 mod footprint;
@@ -32,13 +33,21 @@ struct Cli {
 enum Place {
     /// Everything this kernel can run (no delay backend needed).
     Host {
-        /// Sections to run (default: all): per-packet, throughput, control, footprint, accuracy.
+        /// Sections to run (default: all): per-packet, throughput, control, connections,
+        /// footprint, accuracy.
         sections: Vec<String>,
     },
     /// Delay and rate accuracy, and delay faults applied next to `tc`, with one backend.
     Vm {
         #[arg(long)]
         backend: String,
+    },
+    /// The other user of the `connections` section: holds connections open until stdin closes.
+    #[command(hide = true)]
+    Hold {
+        #[arg(long)]
+        count: usize,
+        socket: std::path::PathBuf,
     },
 }
 
@@ -58,7 +67,7 @@ impl Scale {
 /// One measurement: its result as JSON.
 type Section = fn(Scale) -> anyhow::Result<Value>;
 
-const HOST_SECTIONS: &[&str] = &["per-packet", "throughput", "control", "footprint", "accuracy"];
+const HOST_SECTIONS: &[&str] = &["per-packet", "throughput", "control", "connections", "footprint", "accuracy"];
 
 fn main() {
     let cli = Cli::parse();
@@ -66,6 +75,13 @@ fn main() {
     let result = match cli.place {
         Place::Host { sections } => host(scale, &sections),
         Place::Vm { backend } => vm(scale, &backend),
+        Place::Hold { count, socket } => {
+            if let Err(e) = connections::hold(&socket, count) {
+                eprintln!("chaos-bench hold: {e:#}");
+                std::process::exit(1);
+            }
+            return;
+        }
     };
     match result {
         Ok(v) => println!("BENCH {v}"),
@@ -82,10 +98,11 @@ fn host(scale: Scale, sections: &[String]) -> anyhow::Result<Value> {
     }
     let wanted = |s: &str| sections.is_empty() || sections.iter().any(|x| x == s);
     let mut out = serde_json::Map::new();
-    let steps: [(&str, Section); 5] = [
+    let steps: [(&str, Section); 6] = [
         ("per-packet", per_packet::run),
         ("throughput", throughput::run),
         ("control", control::run),
+        ("connections", connections::run),
         ("footprint", footprint::run),
         ("accuracy", accuracy::loss),
     ];

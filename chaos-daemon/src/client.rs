@@ -1,6 +1,9 @@
 //! chaosctl's side of the control socket: one HTTP/1.1 request per connection.
 
-use std::path::{Path, PathBuf};
+use std::{
+    path::{Path, PathBuf},
+    time::Duration,
+};
 
 use http_body_util::{BodyExt as _, Full};
 use hyper::{Method, Request, body::Bytes};
@@ -19,6 +22,14 @@ pub enum ClientError {
     /// The daemon answered with an error status: its message says what was wrong.
     #[error("{message}")]
     Refused { status: u16, message: String },
+    /// No answer in time: the daemon is stopped, or stuck. The request is withdrawn (the
+    /// connection closed), and the daemon does not act on a request whose client has gone.
+    #[error(
+        "chaos-daemon at {} did not answer within {after:?} (is it stopped? --timeout waits longer); the \
+         request was withdrawn",
+        socket.display()
+    )]
+    Timeout { socket: PathBuf, after: Duration },
     /// The exchange itself failed (the daemon went away mid-request, an answer it cannot have
     /// sent).
     #[error("talking to chaos-daemon: {0}")]
@@ -27,11 +38,19 @@ pub enum ClientError {
 
 pub struct Client<'a> {
     socket: &'a Path,
+    timeout: Duration,
 }
+
+/// How long a request may wait for its answer, by default.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
 
 impl<'a> Client<'a> {
     pub fn new(socket: &'a Path) -> Self {
-        Self { socket }
+        Self { socket, timeout: DEFAULT_TIMEOUT }
+    }
+
+    pub fn with_timeout(self, timeout: Duration) -> Self {
+        Self { timeout, ..self }
     }
 
     pub async fn get<T: DeserializeOwned>(&self, path: &str) -> Result<T, ClientError> {
@@ -52,6 +71,18 @@ impl<'a> Client<'a> {
         path: &str,
         body: Option<&B>,
     ) -> Result<T, ClientError> {
+        // Dropping the exchange closes the connection: the daemon sees it and drops the request.
+        tokio::time::timeout(self.timeout, self.exchange(method, path, body))
+            .await
+            .unwrap_or_else(|_| Err(ClientError::Timeout { socket: self.socket.to_owned(), after: self.timeout }))
+    }
+
+    async fn exchange<B: Serialize, T: DeserializeOwned>(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<&B>,
+    ) -> Result<T, ClientError> {
         let stream = UnixStream::connect(self.socket).await.map_err(|source| {
             let hint = match source.kind() {
                 std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused => " (is chaos-daemon running?)",
@@ -63,7 +94,9 @@ impl<'a> Client<'a> {
         let exchange = |what: &str, e: &dyn std::fmt::Display| ClientError::Exchange(format!("{what}: {e}"));
         let (mut sender, conn) =
             hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.map_err(|e| exchange("handshake", &e))?;
-        tokio::spawn(conn);
+        // Closed with the exchange, also when it is given up (timeout): the daemon then sees
+        // the connection gone.
+        let _conn = AbortOnDrop(tokio::spawn(conn).abort_handle());
         let body = match body {
             Some(b) => Bytes::from(serde_json::to_vec(b).map_err(|e| exchange("encoding the request", &e))?),
             None => Bytes::new(),
@@ -86,5 +119,14 @@ impl<'a> Client<'a> {
             return Err(ClientError::Refused { status: status.as_u16(), message });
         }
         serde_json::from_slice(&bytes).map_err(|e| exchange(&format!("decoding the answer to {path}"), &e))
+    }
+}
+
+/// Aborts a task when dropped.
+struct AbortOnDrop(tokio::task::AbortHandle);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }

@@ -40,6 +40,9 @@ pub enum EngineError {
     Kernel(#[from] KernelError),
     #[error("writing the state file: {0}")]
     State(std::io::Error),
+    /// A state file that cannot be re-adopted as it is.
+    #[error("the state file: {0}")]
+    BadState(String),
 }
 
 /// What the engine takes from the config: its limits, and how faults are carried out.
@@ -274,7 +277,8 @@ impl Engine {
                 Some(n) => n.clone(),
                 None => loop {
                     let n = format!("{}-{next_id}", fault.action.kind());
-                    next_id += 1;
+                    // Wraps (after 2^64 names, or a hand-edited state file) rather than panic.
+                    next_id = next_id.wrapping_add(1).max(1);
                     if !names.contains(&n) {
                         break n;
                     }

@@ -604,8 +604,13 @@ const MAX_DURATION: Duration = Duration::from_secs(365 * 24 * 3600);
 
 fn duration(field: &str, spec: &DurationSpec) -> Result<Duration, SpecError> {
     let d = match spec {
+        // Whole microseconds, the finest unit the text form has: 1e-9 is refused as "1ns" is.
         DurationSpec::Seconds(s) if s.is_finite() && *s >= 0.0 && *s <= MAX_DURATION.as_secs_f64() => {
-            Duration::from_secs_f64(*s)
+            let us = (*s * 1e6).round();
+            if us == 0.0 && *s > 0.0 {
+                return Err(SpecError::new(field, format!("{s} is less than 1us, the finest duration accepted")));
+            }
+            Duration::from_micros(us as u64)
         }
         DurationSpec::Seconds(s) => return Err(SpecError::new(field, format!("{s} is not a number of seconds"))),
         DurationSpec::Text(t) => parse_duration(t).map_err(|e| SpecError::new(field, e))?,

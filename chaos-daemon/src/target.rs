@@ -65,9 +65,14 @@ pub struct Watch {
 impl Watch {
     /// Why the fault ends, when the path no longer names that namespace (the process exited,
     /// or its pid now belongs to another; the namespace was deleted).
-    pub fn gone(&self) -> Option<&'static str> {
-        let now = std::fs::metadata(&self.path).ok().map(|m| (m.dev(), m.ino()));
+    /// `now`: what the path names now ([`Self::now`]).
+    pub fn gone(&self, now: Option<(u64, u64)>) -> Option<&'static str> {
         (now != Some(self.id)).then_some(self.why)
+    }
+
+    /// The identity of what the path names now, if anything.
+    pub fn now(&self) -> Option<(u64, u64)> {
+        std::fs::metadata(&self.path).ok().map(|m| (m.dev(), m.ino()))
     }
 }
 

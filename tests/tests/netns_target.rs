@@ -205,6 +205,29 @@ fn a_fault_ends_with_its_target() {
     nothing_attached(&daemon);
 }
 
+#[test]
+fn faults_watching_one_process_end_each_with_its_own_reason() {
+    let n = Node::new();
+    let daemon = Daemon::start(&n.node).unwrap();
+    let sleeper = Resident::new(n.pod(1), None).unwrap();
+    let pid = sleeper.pid().to_string();
+    // One path, /proc/PID/ns/net, watched for two ends: the process's and its namespace's.
+    let netns = format!("/proc/{pid}/ns/net");
+    daemon.ctl_ok(&["apply", "--name", "a-netns", "--netns", &netns, "--partition", "-p", "udp", "--dport", "9007"]);
+    daemon.ctl_ok(&["apply", "--name", "b-pid", "--pid", &pid, "--partition", "-p", "udp", "--dport", "9008"]);
+    drop(sleeper);
+    let mut ended = daemon.ended();
+    ended.sort();
+    assert_eq!(
+        ended,
+        vec![
+            ("a-netns".into(), "its network namespace is gone".into(), 0),
+            ("b-pid".into(), "its process exited".into(), 0)
+        ]
+    );
+    nothing_attached(&daemon);
+}
+
 /// A cgroup made for a fake container (`docker-<id>.scope`, as Docker's systemd driver names
 /// them) under the host's cgroup2 mount, removed on drop (its processes are gone by then).
 struct ContainerCgroup {

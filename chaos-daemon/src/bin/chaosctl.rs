@@ -23,6 +23,10 @@ struct Cli {
     /// chaos-daemon's control socket.
     #[arg(long, global = true, env = "CHAOS_SOCKET", default_value = DEFAULT_SOCKET)]
     socket: PathBuf,
+    /// How long to wait for each answer (e.g. 30s, 2m): a daemon that does not answer in time
+    /// (stopped, stuck) is given up on, and drops the request instead of acting on it later.
+    #[arg(long, global = true, env = "CHAOS_TIMEOUT", default_value = "30s", value_parser = timeout)]
+    timeout: std::time::Duration,
     #[command(subcommand)]
     command: Command,
 }
@@ -48,10 +52,10 @@ enum Command {
     /// Remove faults by name, or every fault of an experiment.
     #[command(alias = "remove")]
     Rm {
-        #[arg(required_unless_present = "experiment")]
+        #[arg(required_unless_present = "experiment", value_parser = name)]
         names: Vec<String>,
         /// Remove every fault of this experiment.
-        #[arg(short, long, conflicts_with = "names")]
+        #[arg(short, long, conflicts_with = "names", value_parser = name)]
         experiment: Option<String>,
         #[arg(short, long, value_enum, default_value_t = Output::Table)]
         output: Output,
@@ -65,6 +69,7 @@ enum Command {
     /// Ctrl-C.
     Watch {
         /// Only these faults (default: all).
+        #[arg(value_parser = name)]
         names: Vec<String>,
         /// Time between refreshes, e.g. 1s, 500ms.
         #[arg(short = 'n', long, default_value = "1s", value_parser = interval)]
@@ -256,10 +261,12 @@ struct FaultFile {
 mod exit {
     /// Bad input: flags, a fault file, or a fault the daemon refused as invalid (HTTP 400).
     pub const BAD_INPUT: i32 = 2;
-    /// chaos-daemon could not be reached (no socket, not running, no permission on it).
+    /// chaos-daemon could not be reached (no socket, not running, no permission on it), or did
+    /// not answer within --timeout.
     pub const UNREACHABLE: i32 = 3;
     /// The daemon refused for its state or policy: not allowed (403), a name taken or a
-    /// protected flow (409), or a fault this kernel cannot run (422).
+    /// protected flow (409), a fault this kernel cannot run (422), or too many connections
+    /// (503).
     pub const REFUSED: i32 = 4;
     /// No such fault or experiment (404).
     pub const NOT_FOUND: i32 = 5;
@@ -276,15 +283,19 @@ fn exit_code(e: &anyhow::Error) -> i32 {
     use chaos_daemon::client::ClientError;
     match (e.downcast_ref::<BadInput>(), e.downcast_ref::<ClientError>()) {
         (Some(_), _) => exit::BAD_INPUT,
-        (_, Some(ClientError::Unreachable { .. })) => exit::UNREACHABLE,
+        (_, Some(ClientError::Unreachable { .. } | ClientError::Timeout { .. })) => exit::UNREACHABLE,
         (_, Some(ClientError::Refused { status: 400, .. })) => exit::BAD_INPUT,
         (_, Some(ClientError::Refused { status: 404, .. })) => exit::NOT_FOUND,
-        (_, Some(ClientError::Refused { status: 403 | 409 | 422, .. })) => exit::REFUSED,
+        (_, Some(ClientError::Refused { status: 403 | 409 | 422 | 503, .. })) => exit::REFUSED,
         _ => 1,
     }
 }
 
 fn main() {
+    // Like other Unix tools, end quietly when the reader of the output goes (`| head`) instead
+    // of failing to print.
+    // SAFETY: at the start, before any thread; SIG_DFL for SIGPIPE is always valid.
+    unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
     let cli = Cli::parse();
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("tokio runtime");
     match runtime.block_on(run(cli)) {
@@ -295,6 +306,20 @@ fn main() {
             std::process::exit(exit_code(&e));
         }
     }
+}
+
+/// `--timeout`: more than zero.
+fn timeout(text: &str) -> Result<std::time::Duration, String> {
+    match chaos_daemon::spec::parse_duration(text)? {
+        std::time::Duration::ZERO => Err(format!("'{text}' is no time at all")),
+        d => Ok(d),
+    }
+}
+
+/// A fault or experiment name as the daemon accepts them, checked before any request is sent
+/// (an empty name or `/` would otherwise change the path it is sent in).
+fn name(text: &str) -> Result<String, String> {
+    chaos_daemon::spec::validate_name(text).map(|()| text.to_owned()).map_err(|e| e.reason)
 }
 
 /// `--interval`: a duration of at least 100 ms.
@@ -313,7 +338,7 @@ fn json(value: &impl serde::Serialize) -> anyhow::Result<()> {
 
 /// Runs the command; returns the exit code for an outcome that is not an error.
 async fn run(cli: Cli) -> anyhow::Result<i32> {
-    let client = Client::new(&cli.socket);
+    let client = Client::new(&cli.socket).with_timeout(cli.timeout);
     match cli.command {
         Command::Completions { shell } => completions(shell),
         Command::Manpage { dir } => {
@@ -538,7 +563,7 @@ fn describe(s: &FaultSpec) -> String {
         let jitter = s.jitter.as_ref().map(|j| format!("±{}", text(j))).unwrap_or_default();
         parts.push(format!("delay {}{jitter}", text(d)));
         if let Some(r) = s.reorder {
-            parts.push(format!("reorder {r}% gap {}", s.gap.unwrap_or(1)));
+            parts.push(format!("reorder {}% gap {}", percent(r), s.gap.unwrap_or(1)));
         }
     }
     if let Some(r) = &s.rate {
@@ -548,16 +573,16 @@ fn describe(s: &FaultSpec) -> String {
         });
     }
     if let Some(l) = s.loss {
-        parts.push(format!("loss {l}%"));
+        parts.push(format!("loss {}%", percent(l)));
     }
     if let Some(g) = &s.gemodel {
         parts.push(format!("loss gemodel {g}"));
     }
     if let Some(d) = s.duplicate {
-        parts.push(format!("duplicate {d}%"));
+        parts.push(format!("duplicate {}%", percent(d)));
     }
     if let Some(c) = s.corrupt {
-        parts.push(format!("corrupt {c}% checksum {}", s.checksum.as_deref().unwrap_or("broken")));
+        parts.push(format!("corrupt {}% checksum {}", percent(c), s.checksum.as_deref().unwrap_or("broken")));
     }
     if s.action.as_deref() == Some("connect-fail") {
         parts.push(format!("connect-fail {}", s.errno.as_deref().unwrap_or("ECONNREFUSED")));
@@ -566,12 +591,22 @@ fn describe(s: &FaultSpec) -> String {
         parts.push(format!("reset {} connections", s.connections.as_deref().unwrap_or("all")));
     }
     if let (Some(c), None) = (s.correlation, &s.jitter) {
-        parts.push(format!("correlation {c}%"));
+        parts.push(format!("correlation {}%", percent(c)));
     }
     if parts.is_empty() {
         parts.push(s.action.clone().unwrap_or_else(|| "?".into()));
     }
     parts.join(" ")
+}
+
+/// A percentage as people write it: `20`, `0.5`, `1e-12` (not 300 digits), `0` (not `-0`).
+fn percent(p: f64) -> String {
+    let p = if p == 0.0 { 0.0 } else { p };
+    match p.to_string() {
+        short if short.len() <= 10 => short,
+        _ if p.abs() >= 1e-4 => format!("{p:.6}").trim_end_matches('0').trim_end_matches('.').to_owned(),
+        _ => format!("{p:e}"),
+    }
 }
 
 /// `matched 10, dropped 2`, with the copies, corruptions and resets when there are any.
@@ -703,4 +738,27 @@ fn completions(shell: clap_complete::Shell) {
 
 fn command() -> clap::Command {
     <Cli as clap::CommandFactory>::command()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn percentages_read_as_written() {
+        assert_eq!(percent(20.0), "20");
+        assert_eq!(percent(0.5), "0.5");
+        assert_eq!(percent(-0.0), "0");
+        assert_eq!(percent(1e-300), "1e-300");
+        assert_eq!(percent(100.0 / 3.0), "33.333333");
+        assert_eq!(percent(0.000012345), "1.2345e-5");
+    }
+
+    #[test]
+    fn names_are_checked_before_any_request() {
+        for bad in ["", "/", "?", "#", "a/b", "..", "x\n"] {
+            assert!(name(bad).is_err(), "{bad:?}");
+        }
+        assert_eq!(name("loss-1").unwrap(), "loss-1");
+    }
 }

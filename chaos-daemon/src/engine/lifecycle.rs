@@ -5,15 +5,41 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 
-use chaos_common::NO_DEADLINE;
+use chaos_common::{MAX_RULES, NO_DEADLINE};
 
 const SECOND: u64 = 1_000_000_000;
 
 use super::{Active, Engine, EngineError, Guard, Settings, commit, ended, rule_action};
 use crate::{
     kernel::Kernel,
-    state::{Actor, Ended, Store, boot_id, mono_ns},
+    state::{Actor, Ended, State, Store, boot_id, mono_ns},
 };
+
+/// What a state file must hold to be re-adopted: valid, distinct names and distinct rule slots
+/// within the maps. A file that breaks this was edited by hand or damaged; adopting it would let
+/// one fault act with another's rule (two in one slot).
+pub fn check_state(state: &State) -> Result<(), EngineError> {
+    let invalid = |why: String| {
+        EngineError::BadState(format!(
+            "{why}: it was edited or damaged (`chaos-daemon cleanup` removes what it describes)"
+        ))
+    };
+    let mut names = HashSet::new();
+    let mut slots = HashMap::new();
+    for r in &state.faults {
+        crate::spec::validate_name(&r.name).map_err(|e| invalid(format!("fault name: {}", e.reason)))?;
+        if !names.insert(r.name.as_str()) {
+            return Err(invalid(format!("two faults are named '{}'", r.name)));
+        }
+        if r.slot >= chaos_common::MAX_RULES {
+            return Err(invalid(format!("fault '{}' has slot {}, past the maps' {}", r.name, r.slot, MAX_RULES)));
+        }
+        if let Some(other) = slots.insert(r.slot, r.name.as_str()) {
+            return Err(invalid(format!("faults '{other}' and '{}' share rule slot {}", r.name, r.slot)));
+        }
+    }
+    Ok(())
+}
 
 impl Engine {
     /// Builds the engine over `kernel`. When the kernel re-adopted a previous daemon's pinned
@@ -27,6 +53,7 @@ impl Engine {
         store: Store,
     ) -> Result<Self, EngineError> {
         let state = store.load().map_err(EngineError::State)?.unwrap_or_default();
+        check_state(&state)?;
         let mut engine = Self {
             kernel,
             faults: BTreeMap::new(),
@@ -156,12 +183,14 @@ impl Engine {
         // Once a second over every fault: by ifindex (no string hashing), without looking the
         // faults up by name, each namespace looked at once.
         let present: HashMap<u32, &str> = links.iter().map(|l| (l.ifindex, l.name.as_str())).collect();
-        let mut namespaces: HashMap<&std::path::Path, Option<&'static str>> = HashMap::new();
+        // Each path looked at once; whether it still names a fault's target, and why not, is
+        // the fault's own (a --pid and a --netns fault can watch one path for different ends).
+        let mut looked: HashMap<&std::path::Path, Option<(u64, u64)>> = HashMap::new();
         self.faults
             .iter()
             .filter_map(|(n, a)| {
                 let namespace =
-                    a.watch.as_ref().and_then(|w| *namespaces.entry(w.path.as_path()).or_insert_with(|| w.gone()));
+                    a.watch.as_ref().and_then(|w| w.gone(*looked.entry(w.path.as_path()).or_insert_with(|| w.now())));
                 // connect-fail (ifindex 0) has no interface.
                 let interface = (a.ifindex != 0 && present.get(&a.ifindex) != Some(&a.fault.interface.as_str()))
                     .then_some("its interface is gone");
@@ -243,5 +272,42 @@ impl Engine {
             }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::state::Record;
+
+    fn record(name: &str, slot: u32) -> Record {
+        Record {
+            name: name.into(),
+            spec: Default::default(),
+            slot,
+            experiment: None,
+            applied_by: Actor::default(),
+            applied_at: 0,
+            start_ns: 0,
+            deadline_ns: NO_DEADLINE,
+            started: true,
+            starts_at: 0,
+            expires_at: None,
+        }
+    }
+
+    #[test]
+    fn a_state_file_with_shared_slots_or_names_is_refused() {
+        let state = |faults| State { faults, ..Default::default() };
+        check_state(&state(vec![record("a", 0), record("b", 1)])).unwrap();
+        for (faults, why) in [
+            (vec![record("a", 3), record("b", 3)], "faults 'a' and 'b' share rule slot 3"),
+            (vec![record("a", 0), record("a", 1)], "two faults are named 'a'"),
+            (vec![record("a", MAX_RULES)], "past the maps"),
+            (vec![record("x\n", 0)], "fault name"),
+        ] {
+            let e = check_state(&state(faults)).unwrap_err().to_string();
+            assert!(e.contains(why) && e.contains("cleanup"), "{e}");
+        }
     }
 }

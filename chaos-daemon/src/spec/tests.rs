@@ -125,6 +125,11 @@ fn durations() {
     assert_eq!(f(DurationSpec::Text("unlimited".into())).unwrap().lifetime, Lifetime::Unlimited);
     assert_eq!(f(DurationSpec::Text("0s".into())).unwrap_err().field, "duration");
     assert_eq!(f(DurationSpec::Seconds(f64::NAN)).unwrap_err().field, "duration");
+    // A number has the text's resolution: 1e-9 is refused as "1ns" is, 0.0000015 is 2us.
+    assert!(f(DurationSpec::Seconds(1e-9)).unwrap_err().reason.contains("less than 1us"));
+    assert!(f(DurationSpec::Text("1ns".into())).is_err());
+    assert_eq!(f(DurationSpec::Seconds(0.0000015)).unwrap().lifetime, Lifetime::For(Duration::from_micros(2)));
+    assert_eq!(f(DurationSpec::Seconds(0.1)).unwrap().lifetime, Lifetime::For(Duration::from_millis(100)));
     assert_eq!(spec().validate().unwrap().lifetime, Lifetime::Default);
 }
 

@@ -25,6 +25,7 @@ pub fn markdown(r: &Value) -> String {
     per_packet(&mut md, &h["per-packet"]);
     throughput(&mut md, &h["throughput"]);
     control(&mut md, &h["control"], "### Control-plane latency");
+    connections(&mut md, &h["connections"]);
     footprint(&mut md, &h["footprint"]);
     loss(&mut md, &h["accuracy"]);
     if let Some(vm) = r["vm"].as_object().filter(|v| !v.is_empty()) {
@@ -94,6 +95,15 @@ fn targets(md: &mut String, h: &Value) {
                 ));
             }
         }
+    }
+    let cx = &h["connections"];
+    if !cx.is_null() {
+        let p99 = f(&cx["status_while_held"]["p99_us"]);
+        rows.push((
+            format!("Root's `chaosctl status` with {} idle connections held by another user: p99 ≤ 100 ms", cx["held"]),
+            us(&cx["status_while_held"]["p99_us"]),
+            Some(p99 <= 100_000.0),
+        ));
     }
     let fp = &h["footprint"];
     if !fp.is_null() {
@@ -228,6 +238,27 @@ fn control(md: &mut String, cp: &Value, heading: &str) {
             us(&r["remove"]["p50_us"]),
             us(&r["remove"]["p99_us"])
         );
+    }
+    md.push('\n');
+}
+
+fn connections(md: &mut String, cx: &Value) {
+    if cx.is_null() {
+        return;
+    }
+    let _ = writeln!(
+        md,
+        "### Connections
+
+{} idle connections to the control socket held open by uid 65534, the daemon \
+         under the packaged unit's open-files limit ({}); root's `chaosctl status` (a whole run of the \
+         command) {} times before and while they are held. The daemon logged {} lines about them.\n\n\
+         | | p50 | p99 | worst |\n|---|---:|---:|---:|",
+        cx["held"], cx["nofile"], cx["status_alone"]["n"], cx["log_lines"]
+    );
+    for (name, key) in [("alone", "status_alone"), ("while held", "status_while_held")] {
+        let r = &cx[key];
+        let _ = writeln!(md, "| {name} | {} | {} | {} |", us(&r["p50_us"]), us(&r["p99_us"]), us(&r["max_us"]));
     }
     md.push('\n');
 }
