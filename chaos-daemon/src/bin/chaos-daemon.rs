@@ -147,10 +147,9 @@ fn serve(config: Config) -> anyhow::Result<()> {
     });
 
     runtime.block_on(async {
-        let listener = match (passed, &socket) {
-            (Some(passed), _) => UnixListener::from_std(passed)?,
-            (None, Some(socket)) => socket.listen()?,
-            (None, None) => unreachable!("bound above"),
+        let listener = match passed {
+            Some(passed) => UnixListener::from_std(passed)?,
+            None => socket.as_ref().expect("bound when none was passed").listen()?,
         };
         tracing::info!(socket = %config.socket.display(), "chaos-daemon ready");
         chaos_daemon::systemd::notify_ready();
@@ -281,7 +280,7 @@ fn lock(dir: &Path) -> anyhow::Result<nix::fcntl::Flock<File>> {
 
 /// The control socket the daemon bound: the file is removed when this is dropped (at exit, or
 /// when the start fails), if it is still the one bound. Bound before the programs are loaded,
-/// but listening only once the daemon serves: until then a client is refused, as before.
+/// but listening only once the daemon serves: a connect that succeeds means it serves.
 struct SocketFile {
     path: PathBuf,
     socket: std::os::fd::OwnedFd,

@@ -98,7 +98,8 @@ impl Pins {
             None => Ok(false),
             Some(theirs) if is_bpffs(&theirs) => Err(KernelError::Pins(format!(
                 "{BPFFS} here is not the host's bpffs: this process has a mount namespace of its own with a \
-                 /sys of its own (as `ip netns exec` makes), so pins in {} would die with it. {HOW}",
+                 /sys of its own (as `ip netns exec` makes), where pins in {} would die with it and the \
+                 host's are out of sight. {HOW}",
                 self.dir.display()
             ))),
             Some(_) => Err(KernelError::Pins(format!(
@@ -177,8 +178,9 @@ impl Pins {
 }
 
 /// How to run the daemon in a network namespace with pins that outlive it.
-const HOW: &str = "Enter only the network namespace (`nsenter --net=/run/netns/NAME chaos-daemon`, not \
-                   `ip netns exec`), or mount the host's bpffs (/sys/fs/bpf) in this mount namespace";
+const HOW: &str = "Run chaos-daemon in the host's mount namespace (to enter a network namespace: \
+                   `nsenter --net=/run/netns/NAME chaos-daemon`, not `ip netns exec`), or with the host's bpffs \
+                   mounted at /sys/fs/bpf (mount -t bpf bpf /sys/fs/bpf on the host)";
 
 /// The host's root (`/proc/PID/root`) when this process is in another mount namespace than the
 /// host's: PID 1's, or, where PID 1 cannot be inspected (a sandbox's init), that of the process
