@@ -5,7 +5,8 @@
 //! their lifecycle), [`state`] (state file and audit trail), [`guard`] (flows faults must not
 //! cut), [`api`] and [`server`] (the HTTP control socket, who may use it), [`client`]
 //! (chaosctl's side of it), [`chaos_mesh`] (Chaos Mesh NetworkChaos files read as faults),
-//! [`metrics`] (Prometheus), [`config`], [`systemd`] (readiness, socket activation), [`manpage`].
+//! [`metrics`] (Prometheus), [`config`], [`fsutil`] (the daemon's files, never through a link),
+//! [`systemd`] (readiness, socket activation), [`manpage`].
 
 pub mod access;
 pub mod api;
@@ -14,6 +15,7 @@ pub mod client;
 pub mod compile;
 pub mod config;
 pub mod engine;
+pub mod fsutil;
 pub mod guard;
 pub mod kernel;
 pub mod listen;

@@ -143,10 +143,10 @@ pub struct Store {
 }
 
 impl Store {
-    /// Opens (creating, mode 0700) the state directory.
+    /// Opens the state directory, creating it if missing (the daemon checks it first with
+    /// [`crate::fsutil::state_dir`], which makes it mode 0700 without following a link).
     pub fn open(dir: &Path, history_limit: usize) -> io::Result<Self> {
         std::fs::create_dir_all(dir)?;
-        std::fs::set_permissions(dir, std::os::unix::fs::PermissionsExt::from_mode(0o700))?;
         let mut store = Self { dir: dir.into(), history_limit: history_limit.max(1), history_lines: 0 };
         // A crash mid-append leaves a line without its newline: end it, so the next event
         // starts on a line of its own and only the torn one is lost.

@@ -90,16 +90,8 @@ impl Daemon {
         capabilities: Option<Vec<u32>>,
         hide_cgroup2: bool,
     ) -> anyhow::Result<Self> {
-        let name = unique("chaos-test-");
-        let dir = std::env::temp_dir().join(&name);
-        std::fs::create_dir_all(&dir)?;
-        let socket = socket.unwrap_or_else(|| dir.join("chaos.sock"));
-        let bpffs = Path::new("/sys/fs/bpf").join(&name);
-        let config =
-            format!("state_dir = \"{}\"\nbpffs_dir = \"{}\"\n{config}", dir.join("state").display(), bpffs.display());
-        std::fs::write(dir.join("config.toml"), config)?;
-        let netns = PathBuf::from(format!("/run/netns/{}", ns.name));
-        let mut daemon = Self { child: None, dir, socket, bpffs, netns, capabilities, hidden: Vec::new() };
+        let mut daemon = Self::unstarted(ns, config, socket)?;
+        daemon.capabilities = capabilities;
         if hide_cgroup2 {
             daemon.hidden = std::fs::read_to_string("/proc/self/mountinfo")?
                 .lines()
@@ -112,6 +104,33 @@ impl Daemon {
         }
         daemon.restart()?;
         Ok(daemon)
+    }
+
+    /// A daemon in `ns` with `config`, its files made (as [`Self::start_at`]) but not started:
+    /// for a start that must fail ([`Self::serve_once`]). Dropped like a started one.
+    pub fn unstarted(ns: &Netns, config: &str, socket: Option<PathBuf>) -> anyhow::Result<Self> {
+        // The host's bpffs, as a daemon would mount it: one in a mount namespace of its own
+        // (start_without_cgroup2) then sees it too, and pins there outlive it.
+        if !nix::sys::statfs::statfs("/sys/fs/bpf").is_ok_and(|s| s.filesystem_type() == nix::sys::statfs::BPF_FS_MAGIC)
+        {
+            nix::mount::mount(Some("bpf"), "/sys/fs/bpf", Some("bpf"), nix::mount::MsFlags::empty(), None::<&str>)?;
+        }
+        let name = unique("chaos-test-");
+        let dir = std::env::temp_dir().join(&name);
+        std::fs::create_dir_all(&dir)?;
+        let socket = socket.unwrap_or_else(|| dir.join("chaos.sock"));
+        let bpffs = Path::new("/sys/fs/bpf").join(&name);
+        let config =
+            format!("state_dir = \"{}\"\nbpffs_dir = \"{}\"\n{config}", dir.join("state").display(), bpffs.display());
+        std::fs::write(dir.join("config.toml"), config)?;
+        let netns = PathBuf::from(format!("/run/netns/{}", ns.name));
+        Ok(Self { child: None, dir, socket, bpffs, netns, capabilities: None, hidden: Vec::new() })
+    }
+
+    /// Runs the daemon (as [`Self::restart`] does) to its end and returns its output: for a
+    /// start that must fail. One still running after 20 s is stopped with SIGTERM.
+    pub fn serve_once(&self) -> Output {
+        run_to_end(self.command(&["--socket", &self.socket.to_string_lossy()]))
     }
 
     /// The daemon in `ns` on what looks like a cgroup v1 host: no cgroup2 mounted anywhere it
@@ -287,6 +306,21 @@ impl Drop for Daemon {
         }
         let _ = std::fs::remove_dir_all(&self.dir);
     }
+}
+
+/// Runs `cmd` to its end and returns its output; SIGTERM if it still runs after 20 s (a daemon
+/// that started when it should not have).
+pub fn run_to_end(mut cmd: Command) -> Output {
+    let mut child = cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("starting the command");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while child.try_wait().expect("waiting").is_none() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    if child.try_wait().expect("waiting").is_none() {
+        let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+    }
+    child.wait_with_output().expect("reading the output")
 }
 
 /// A daemon's faults and everything the kernel holds for them on the lab's host a, to compare

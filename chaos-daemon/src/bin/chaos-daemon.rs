@@ -94,7 +94,7 @@ fn run() -> anyhow::Result<()> {
     if !nix::unistd::geteuid().is_root() {
         bail!("chaos-daemon must run as root: it loads eBPF programs and attaches them to interfaces");
     }
-    std::fs::create_dir_all(&config.state_dir).with_context(|| format!("creating {}", config.state_dir.display()))?;
+    chaos_daemon::fsutil::state_dir(&config.state_dir)?;
     let _lock = lock(&config.state_dir)?;
     match args.command {
         Some(Command::Cleanup) => cleanup(&config),
@@ -103,45 +103,53 @@ fn run() -> anyhow::Result<()> {
     }
 }
 
+/// Everything that can fail without the kernel is done before the programs are loaded, so a
+/// bad setting stops the start with nothing to undo; a failure after it undoes what it loaded.
 fn serve(config: Config) -> anyhow::Result<()> {
+    let admin_group = match &config.admin_group {
+        Some(name) => Some((name.clone(), group("admin_group", name)?)),
+        None => None,
+    };
+    let socket_gid = config.socket_group.as_deref().map(|name| group("socket_group", name)).transpose()?;
+    let (settings, guard) = (config.settings()?, config.guard()?);
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
     // A socket systemd passed is systemd's: it answers before we do, and must not be removed.
     let passed = chaos_daemon::systemd::listener_from_env()?;
-    let bound_here = passed.is_none();
-    if bound_here && std::os::unix::net::UnixStream::connect(&config.socket).is_ok() {
-        bail!("another chaos-daemon is already serving {}", config.socket.display());
-    }
+    let socket = match passed {
+        Some(_) => None,
+        None => Some(SocketFile::bind(&config.socket, config.socket_mode()?, socket_gid)?),
+    };
+    let (metrics, mut term, mut int) = runtime.block_on(async {
+        let metrics = chaos_daemon::metrics::bind(config.metrics_address()?).await?;
+        anyhow::Ok((metrics, signal(SignalKind::terminate())?, signal(SignalKind::interrupt())?))
+    })?;
     let store = Store::open(&config.state_dir, config.history_limit)
         .with_context(|| format!("opening the state directory {}", config.state_dir.display()))?;
     let previous = store.load().context("reading the state file")?.unwrap_or_default();
-    let (kernel, adopted) = Kernel::load(
-        config.tc_attach,
-        Pins::new(&config.bpffs_dir),
-        &previous.filters,
-        config.delay_backend,
-        previous.shaping.clone(),
-    )
-    .context("loading the eBPF programs")?;
-    let engine = Engine::new(kernel, adopted, config.settings()?, config.guard()?, store).context("starting")?;
-    let admin_group = match &config.admin_group {
-        Some(name) => {
-            let group =
-                nix::unistd::Group::from_name(name)?.with_context(|| format!("admin_group: no group '{name}'"))?;
-            Some((name.clone(), group.gid.as_raw()))
+
+    let pins = Pins::new(&config.bpffs_dir);
+    let (kernel, adopted) =
+        Kernel::load(config.tc_attach, pins.clone(), &previous.filters, config.delay_backend, previous.shaping)
+            .context("loading the eBPF programs")?;
+    let engine = Engine::new(kernel, adopted, settings, guard, store).inspect_err(|_| {
+        // What this start pinned goes; a previous daemon's objects stay as it left them (its
+        // faults keep their deadlines, the state file still records them) for the next
+        // daemon to re-adopt or for `cleanup`.
+        if !adopted && let Err(e) = pins.remove_all() {
+            tracing::warn!("removing the pins in {}: {e}", pins.dir.display());
         }
-        None => None,
-    };
+    });
+    let engine = engine.context("starting")?;
     let shared = Arc::new(Shared {
         engine: Arc::new(Mutex::new(engine)),
         access: Access { admin_group, readers: config.readers },
         changed: Arc::new(Notify::new()),
     });
 
-    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
     runtime.block_on(async {
-        let metrics = chaos_daemon::metrics::bind(config.metrics_address()?).await?;
         let listener = match passed {
             Some(passed) => UnixListener::from_std(passed)?,
-            None => bind(&config)?,
+            None => socket.as_ref().expect("bound when none was passed").listen()?,
         };
         tracing::info!(socket = %config.socket.display(), "chaos-daemon ready");
         chaos_daemon::systemd::notify_ready();
@@ -150,8 +158,6 @@ fn serve(config: Config) -> anyhow::Result<()> {
         let metrics =
             metrics.map(|l| tokio::spawn(chaos_daemon::metrics::serve(l, shared.engine.clone(), shutdown.subscribe())));
         let lifecycle = tokio::spawn(lifecycle(shared.clone(), shutdown.subscribe()));
-        let mut term = signal(SignalKind::terminate())?;
-        let mut int = signal(SignalKind::interrupt())?;
         tokio::select! {
             _ = term.recv() => tracing::info!("SIGTERM: removing every fault"),
             _ = int.recv() => tracing::info!("SIGINT: removing every fault"),
@@ -166,12 +172,15 @@ fn serve(config: Config) -> anyhow::Result<()> {
         anyhow::Ok(())
     })?;
 
-    if bound_here {
-        let _ = std::fs::remove_file(&config.socket);
-    }
+    drop(socket);
     // Connections still open keep their handlers alive: shut the engine down in place.
     shared.engine.lock().unwrap_or_else(|p| p.into_inner()).shutdown(&Actor::default());
     Ok(())
+}
+
+fn group(setting: &str, name: &str) -> anyhow::Result<u32> {
+    let group = nix::unistd::Group::from_name(name).with_context(|| format!("{setting}: looking up group '{name}'"))?;
+    Ok(group.with_context(|| format!("{setting}: no group '{name}'"))?.gid.as_raw())
 }
 
 /// Starts scheduled faults and reaps ended ones at their times, and when a link changes (an
@@ -231,13 +240,16 @@ async fn link_change(links: Option<&tokio::io::unix::AsyncFd<std::os::fd::OwnedF
 /// `chaos-daemon cleanup`: everything the state file records and everything pinned, removed
 /// without loading any program.
 fn cleanup(config: &Config) -> anyhow::Result<()> {
+    let pins = Pins::new(&config.bpffs_dir);
+    // Pins it cannot see are not gone: never report a cleanup that looked in the wrong place.
+    pins.check().context("cleanup cannot reach the daemon's pins; nothing was removed")?;
     let mut store = Store::open(&config.state_dir, config.history_limit)?;
     let state = store.load().unwrap_or_else(|e| {
         eprintln!("chaos-daemon: warning: {e}; removing what is pinned and attached by name");
         None
     });
     let state = state.unwrap_or_default();
-    let mut removed = kernel::cleanup(&Pins::new(&config.bpffs_dir), &state.filters, &state.shaping);
+    let mut removed = kernel::cleanup(&pins, &state.filters, &state.shaping);
     removed.extend(chaos_daemon::target::release_cgroup2());
     for r in &removed {
         println!("removed {r}");
@@ -260,28 +272,59 @@ fn cleanup(config: &Config) -> anyhow::Result<()> {
 /// One daemon (or cleanup) per state directory: an exclusive flock, released at exit.
 fn lock(dir: &Path) -> anyhow::Result<nix::fcntl::Flock<File>> {
     let path = dir.join("lock");
-    let file = File::create(&path).with_context(|| format!("creating {}", path.display()))?;
+    let file = chaos_daemon::fsutil::lock_file(&path)?;
     nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusiveNonblock).map_err(|(_, e)| {
         anyhow::anyhow!("{} is locked ({e}): another chaos-daemon is running with this state directory", path.display())
     })
 }
 
-/// Binds the control socket with the configured mode, replacing a stale socket (checked before
-/// anything was loaded) but never a live one.
-fn bind(config: &Config) -> anyhow::Result<UnixListener> {
-    let path: &Path = &config.socket;
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+/// The control socket the daemon bound: the file is removed when this is dropped (at exit, or
+/// when the start fails), if it is still the one bound. Bound before the programs are loaded,
+/// but listening only once the daemon serves: a connect that succeeds means it serves.
+struct SocketFile {
+    path: PathBuf,
+    socket: std::os::fd::OwnedFd,
+    /// Device and inode of the file the bind made.
+    id: (u64, u64),
+}
+
+impl SocketFile {
+    /// Binds `path` (replacing only a stale socket) with `mode` and group `gid`.
+    fn bind(path: &Path, mode: u32, gid: Option<u32>) -> anyhow::Result<Self> {
+        use nix::sys::socket::{AddressFamily, SockFlag, SockType, UnixAddr, bind, socket};
+        use std::os::{fd::AsRawFd as _, unix::fs::MetadataExt as _};
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        }
+        chaos_daemon::fsutil::clear_socket_path(path)?;
+        let flags = SockFlag::SOCK_CLOEXEC | SockFlag::SOCK_NONBLOCK;
+        let socket = socket(AddressFamily::Unix, SockType::Stream, flags, None).context("creating a Unix socket")?;
+        let address = UnixAddr::new(path).with_context(|| format!("socket path {}", path.display()))?;
+        bind(socket.as_raw_fd(), &address).with_context(|| format!("binding {}", path.display()))?;
+        let meta = std::fs::symlink_metadata(path).with_context(|| format!("reading {}", path.display()))?;
+        let bound = Self { path: path.into(), socket, id: (meta.dev(), meta.ino()) };
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+            .with_context(|| format!("chmod {}", path.display()))?;
+        if let Some(gid) = gid {
+            nix::unistd::chown(path, None, Some(gid.into())).with_context(|| format!("chown {}", path.display()))?;
+        }
+        Ok(bound)
     }
-    if path.exists() {
-        std::fs::remove_file(path).with_context(|| format!("removing stale socket {}", path.display()))?;
+
+    /// Starts accepting connections.
+    fn listen(&self) -> anyhow::Result<UnixListener> {
+        let socket = self.socket.try_clone()?;
+        nix::sys::socket::listen(&socket, nix::sys::socket::Backlog::MAXCONN)
+            .with_context(|| format!("listening on {}", self.path.display()))?;
+        Ok(UnixListener::from_std(std::os::unix::net::UnixListener::from(socket))?)
     }
-    let listener = UnixListener::bind(path).with_context(|| format!("binding {}", path.display()))?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(config.socket_mode()?))?;
-    if let Some(group) = &config.socket_group {
-        let gid =
-            nix::unistd::Group::from_name(group)?.with_context(|| format!("socket_group: no group '{group}'"))?.gid;
-        nix::unistd::chown(path, None, Some(gid)).with_context(|| format!("chown {}", path.display()))?;
+}
+
+impl Drop for SocketFile {
+    fn drop(&mut self) {
+        use std::os::unix::fs::MetadataExt as _;
+        if std::fs::symlink_metadata(&self.path).is_ok_and(|m| (m.dev(), m.ino()) == self.id) {
+            let _ = std::fs::remove_file(&self.path);
+        }
     }
-    Ok(listener)
 }

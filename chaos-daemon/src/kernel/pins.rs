@@ -49,26 +49,65 @@ impl Pins {
     }
 
     /// Makes the directory, mounting bpffs at /sys/fs/bpf first when nothing is mounted there
-    /// (as bpftool does: minimal hosts and some containers lack the mount).
+    /// (as bpftool does: minimal hosts and some containers lack the mount), but only where that
+    /// mount outlives the daemon (see [`Self::check`]).
     pub fn prepare(&self) -> Result<(), KernelError> {
         let err = |what: String, e: io::Error| KernelError::Pins(format!("{what}: {e}"));
-        let mut existing = self.dir.as_path();
-        while !existing.exists() {
-            existing = existing.parent().unwrap_or(Path::new("/"));
-        }
-        if !is_bpffs(existing) {
-            if existing != Path::new(BPFFS) {
-                return Err(KernelError::Pins(format!(
-                    "{} is not on a bpf filesystem (mount one: mount -t bpf bpf {BPFFS}), \
-                     so pinned faults could not survive a restart",
-                    self.dir.display()
-                )));
-            }
+        if !self.check()? {
             nix::mount::mount(Some("bpf"), BPFFS, Some("bpf"), nix::mount::MsFlags::empty(), None::<&str>)
                 .map_err(|e| err(format!("mounting bpffs at {BPFFS}"), e.into()))?;
             tracing::info!("mounted bpffs at {BPFFS}");
         }
         std::fs::create_dir_all(&self.dir).map_err(|e| err(format!("creating {}", self.dir.display()), e))
+    }
+
+    /// Whether pins here outlive this process: `Ok(true)` when the directory is on a bpffs the
+    /// host sees too, `Ok(false)` when nothing is mounted at /sys/fs/bpf (nothing can be pinned
+    /// there yet, and a bpffs mounted there now is the host's), else why not. A process in a
+    /// mount namespace of its own (`ip netns exec` makes one and mounts a fresh /sys) sees a
+    /// bpffs of that namespace only, which dies with it, and with it every pin: the daemon's
+    /// faults would end when it does, and `cleanup` would look where nothing is.
+    pub fn check(&self) -> Result<bool, KernelError> {
+        let dir = std::path::absolute(&self.dir).unwrap_or_else(|_| self.dir.clone());
+        let mut existing = dir.as_path();
+        while !existing.exists() {
+            existing = existing.parent().unwrap_or(Path::new("/"));
+        }
+        let host = host_root();
+        let as_host = |path: &Path| host.as_ref().map(|root| root.join(path.strip_prefix("/").unwrap_or(path)));
+        if is_bpffs(existing) {
+            if let Some(theirs) = as_host(existing) {
+                let dev = |p: &Path| std::fs::metadata(p).map(|m| std::os::unix::fs::MetadataExt::dev(&m)).ok();
+                if dev(existing) != dev(&theirs) {
+                    return Err(KernelError::Pins(format!(
+                        "{} is on a bpffs of this mount namespace only: pins there would die with it. {HOW}",
+                        self.dir.display()
+                    )));
+                }
+            }
+            return Ok(true);
+        }
+        if existing != Path::new(BPFFS) {
+            return Err(KernelError::Pins(format!(
+                "{} is not on a bpf filesystem (mount one: mount -t bpf bpf {BPFFS}), \
+                 so pinned faults could not survive a restart",
+                self.dir.display()
+            )));
+        }
+        match as_host(existing) {
+            None => Ok(false),
+            Some(theirs) if is_bpffs(&theirs) => Err(KernelError::Pins(format!(
+                "{BPFFS} here is not the host's bpffs: this process has a mount namespace of its own with a \
+                 /sys of its own (as `ip netns exec` makes), where pins in {} would die with it and the \
+                 host's are out of sight. {HOW}",
+                self.dir.display()
+            ))),
+            Some(_) => Err(KernelError::Pins(format!(
+                "nothing is mounted at {BPFFS} and this process has a mount namespace of its own: a bpffs \
+                 mounted here would die with it, and every pin in {} with it. {HOW}",
+                self.dir.display()
+            ))),
+        }
     }
 
     /// Whether maps pinned here (if any) have this build's ABI: maps of another layout must not
@@ -136,6 +175,24 @@ impl Pins {
         std::fs::remove_dir(&self.dir)?;
         Ok(removed)
     }
+}
+
+/// How to run the daemon in a network namespace with pins that outlive it.
+const HOW: &str = "Run chaos-daemon in the host's mount namespace (to enter a network namespace: \
+                   `nsenter --net=/run/netns/NAME chaos-daemon`, not `ip netns exec`), or with the host's bpffs \
+                   mounted at /sys/fs/bpf (mount -t bpf bpf /sys/fs/bpf on the host)";
+
+/// The host's root (`/proc/PID/root`) when this process is in another mount namespace than the
+/// host's: PID 1's, or, where PID 1 cannot be inspected (a sandbox's init), that of the process
+/// that started this one. `None` in the same namespace, or when neither can be inspected.
+fn host_root() -> Option<PathBuf> {
+    use std::os::unix::fs::MetadataExt as _;
+    let ns = |pid: &str| std::fs::metadata(format!("/proc/{pid}/ns/mnt")).ok().map(|m| (m.dev(), m.ino()));
+    let ours = ns("self")?;
+    let parent = std::os::unix::process::parent_id();
+    let pids = [Some(1), (parent > 1).then_some(parent)];
+    let (pid, theirs) = pids.into_iter().flatten().find_map(|pid| Some((pid, ns(&pid.to_string())?)))?;
+    (theirs != ours).then(|| PathBuf::from(format!("/proc/{pid}/root")))
 }
 
 fn is_bpffs(path: &Path) -> bool {
