@@ -6,6 +6,7 @@
 mod lifecycle;
 mod plan;
 
+pub use lifecycle::check_state;
 use plan::{commit, rule_action};
 
 use std::{

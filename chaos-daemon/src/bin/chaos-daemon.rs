@@ -126,6 +126,9 @@ fn serve(config: Config) -> anyhow::Result<()> {
     let store = Store::open(&config.state_dir, config.history_limit)
         .with_context(|| format!("opening the state directory {}", config.state_dir.display()))?;
     let previous = store.load().context("reading the state file")?.unwrap_or_default();
+    // Checked before the kernel is touched, as everything that can be.
+    chaos_daemon::engine::check_state(&previous)?;
+    chaos_daemon::listen::raise_fd_limit();
 
     let pins = Pins::new(&config.bpffs_dir);
     let (kernel, adopted) =
