@@ -5,7 +5,8 @@
 //! their lifecycle), [`state`] (state file and audit trail), [`guard`] (flows faults must not
 //! cut), [`api`] and [`server`] (the HTTP control socket, who may use it), [`client`]
 //! (chaosctl's side of it), [`chaos_mesh`] (Chaos Mesh NetworkChaos files read as faults),
-//! [`metrics`] (Prometheus), [`config`], [`systemd`] (readiness, socket activation), [`manpage`].
+//! [`metrics`] (Prometheus), [`config`], [`systemd`] (readiness, socket activation), [`manpage`],
+//! [`text`] (what a peer sent, made safe to print).
 
 pub mod access;
 pub mod api;
@@ -25,6 +26,7 @@ pub mod spec;
 pub mod state;
 pub mod systemd;
 pub mod target;
+pub mod text;
 
 /// The eBPF object built from chaos-ebpf by build.rs.
 pub static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/chaos"));

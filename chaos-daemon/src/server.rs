@@ -18,10 +18,12 @@ use tokio::{
 };
 
 use crate::{
-    access::{Access, Peer},
+    access::{Access, Peer, RefusalLimit},
     api::{ApiError, Apply, Faults, History},
     engine::{Engine, EngineError},
     kernel::KernelError,
+    state::HistoryReader,
+    text::escape,
 };
 
 /// Largest request body: 10,000 faults in JSON fit well within it.
@@ -30,12 +32,19 @@ const MAX_BODY: usize = 16 << 20;
 /// hold a connection (and a daemon file descriptor) forever.
 pub(crate) const READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
+/// The most bytes of a refused request's path that are logged and recorded (escaped).
+const MAX_PATH: usize = 128;
+
 type Reply = Response<Full<Bytes>>;
 
 /// What every request handler shares.
 pub struct Shared {
     pub engine: Arc<Mutex<Engine>>,
+    /// The audit trail, read without the engine.
+    pub history: HistoryReader,
     pub access: Access,
+    /// How often each peer uid's refusals are logged and recorded.
+    pub refusals: RefusalLimit,
     /// Woken after every change, so the lifecycle task recomputes its next wake-up.
     pub changed: Arc<Notify>,
 }
@@ -79,11 +88,27 @@ async fn handle(
     let mutating = method != Method::GET;
     let actor = peer.as_ref().map(Peer::actor).unwrap_or_default();
     if let Err(why) = shared.access.check(peer.as_ref(), mutating) {
-        tracing::warn!(%actor, %method, path, "{why}");
-        if mutating {
+        // A peer may be refused again and again: what it sent is escaped and bounded, and its
+        // refusals are logged and recorded at a limited rate (see `RefusalLimit`).
+        let uid = peer.as_ref().map(|p| p.uid);
+        if let Some(unrecorded) = shared.refusals.admit(uid) {
+            let path = escape(&path, MAX_PATH);
+            let skipped = (unrecorded > 0).then(|| {
+                let who = uid.map_or("peers without credentials".into(), |uid| format!("uid {uid}"));
+                format!("{unrecorded} more requests from {who} not recorded (over the rate limit)")
+            });
+            if let Some(skipped) = &skipped {
+                tracing::warn!(%actor, "refused: {skipped}");
+            }
+            tracing::warn!(%actor, %method, path, "{why}");
             let (action, audited) = (format!("{method} {path}"), why.clone());
             run(&shared.engine, move |e| {
-                e.refused(&actor, &action, &audited);
+                if let Some(skipped) = skipped {
+                    e.refused(&actor, "refusals", &skipped);
+                }
+                if mutating {
+                    e.refused(&actor, &action, &audited);
+                }
                 Ok(())
             })
             .await;
@@ -105,7 +130,7 @@ async fn handle(
             run(engine, move |e| e.get(&name)).await
         }
         (&Method::GET, ["v1", "history"]) => match history_limit(&query) {
-            Ok(limit) => run(engine, move |e| Ok(History { events: e.history(limit) })).await,
+            Ok(limit) => history(shared.history.clone(), limit).await,
             Err(why) => error(StatusCode::BAD_REQUEST, why),
         },
         (&Method::POST, ["v1", "faults"]) => match serde_json::from_slice::<Apply>(&body) {
@@ -146,6 +171,19 @@ async fn handle(
         shared.changed.notify_one();
     }
     Ok(reply)
+}
+
+/// The newest `limit` events (at most `history_limit`), read from the file on the blocking pool
+/// without the engine's lock: a long history does not hold up changes or `status`.
+async fn history(reader: HistoryReader, limit: usize) -> Reply {
+    match tokio::task::spawn_blocking(move || reader.read(limit)).await {
+        Ok(Ok(events)) => json(StatusCode::OK, &History { events }),
+        Ok(Err(e)) => {
+            tracing::error!("reading the audit trail: {e}");
+            error(StatusCode::INTERNAL_SERVER_ERROR, format!("reading the audit trail: {e}"))
+        }
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, format!("internal error: {e}")),
+    }
 }
 
 /// `limit=N` of `GET /v1/history`: default 100.

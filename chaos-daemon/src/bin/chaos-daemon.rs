@@ -121,6 +121,7 @@ fn serve(config: Config) -> anyhow::Result<()> {
         previous.shaping.clone(),
     )
     .context("loading the eBPF programs")?;
+    let history = store.reader();
     let engine = Engine::new(kernel, adopted, config.settings()?, config.guard()?, store).context("starting")?;
     let admin_group = match &config.admin_group {
         Some(name) => {
@@ -132,7 +133,9 @@ fn serve(config: Config) -> anyhow::Result<()> {
     };
     let shared = Arc::new(Shared {
         engine: Arc::new(Mutex::new(engine)),
+        history,
         access: Access { admin_group, readers: config.readers },
+        refusals: Default::default(),
         changed: Arc::new(Notify::new()),
     });
 
