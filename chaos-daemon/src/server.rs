@@ -176,8 +176,10 @@ async fn handle(
 /// The newest `limit` events (at most `history_limit`), read from the file on the blocking pool
 /// without the engine's lock: a long history does not hold up changes or `status`.
 async fn history(reader: HistoryReader, limit: usize) -> Reply {
-    match tokio::task::spawn_blocking(move || reader.read(limit)).await {
-        Ok(Ok(events)) => json(StatusCode::OK, &History { events }),
+    // Serialized there too: 10,000 events are megabytes, not for the runtime's few threads.
+    let read = move || reader.read(limit).map(|events| serde_json::to_vec(&History { events }).unwrap_or_default());
+    match tokio::task::spawn_blocking(read).await {
+        Ok(Ok(body)) => reply(StatusCode::OK, body),
         Ok(Err(e)) => {
             tracing::error!("reading the audit trail: {e}");
             error(StatusCode::INTERNAL_SERVER_ERROR, format!("reading the audit trail: {e}"))
@@ -233,7 +235,11 @@ where
 }
 
 fn json<T: Serialize>(status: StatusCode, value: &T) -> Reply {
-    let body = serde_json::to_vec(value).unwrap_or_default();
+    reply(status, serde_json::to_vec(value).unwrap_or_default())
+}
+
+/// A JSON body already serialized.
+fn reply(status: StatusCode, body: Vec<u8>) -> Reply {
     Response::builder()
         .status(status)
         .header("content-type", "application/json")

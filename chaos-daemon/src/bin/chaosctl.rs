@@ -352,7 +352,7 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
                 Output::Table => {
                     for x in &ended {
                         let c = counts(x.matched, x.dropped, [x.duplicated, x.corrupted, x.reset]);
-                        println!("{} ended ({}): {c}", x.name, x.reason);
+                        println!("{} ended ({}): {c}", shown(&x.name), shown(&x.reason));
                     }
                 }
             }
@@ -688,11 +688,15 @@ fn shown(text: &str) -> String {
 /// Unix milliseconds as local time, `2026-12-01 15:04:05.123`.
 fn local_time(at_ms: u64) -> String {
     let secs = (at_ms / 1000) as libc::time_t;
-    // SAFETY: localtime_r only writes the `tm` it is given; zeroed is a valid `tm`.
-    let mut tm: libc::tm = unsafe { std::mem::zeroed() };
-    if unsafe { libc::localtime_r(&secs, &mut tm) }.is_null() {
+    // SAFETY: an all-zero `tm` is valid (plain integers, a null zone name), and localtime_r
+    // only writes the `tm` it is given.
+    let tm = unsafe {
+        let mut tm: libc::tm = std::mem::zeroed();
+        (!libc::localtime_r(&secs, &mut tm).is_null()).then_some(tm)
+    };
+    let Some(tm) = tm else {
         return format!("{}.{:03}", at_ms / 1000, at_ms % 1000);
-    }
+    };
     format!(
         "{:04}-{:02}-{:02} {:02}:{:02}:{:02}.{:03}",
         tm.tm_year + 1900,
