@@ -101,17 +101,20 @@ async fn handle(
                 tracing::warn!(%actor, "refused: {skipped}");
             }
             tracing::warn!(%actor, %method, path, "{why}");
-            let (action, audited) = (format!("{method} {path}"), why.clone());
-            run(&shared.engine, move |e| {
-                if let Some(skipped) = skipped {
-                    e.refused(&actor, "refusals", &skipped);
-                }
-                if mutating {
-                    e.refused(&actor, &action, &audited);
-                }
-                Ok(())
-            })
-            .await;
+            // Reads refused are logged only; their count is recorded with the rest.
+            if mutating || skipped.is_some() {
+                let (action, audited) = (format!("{method} {path}"), why.clone());
+                run(&shared.engine, move |e| {
+                    if let Some(skipped) = skipped {
+                        e.refused(&actor, "refusals", &skipped);
+                    }
+                    if mutating {
+                        e.refused(&actor, &action, &audited);
+                    }
+                    Ok(())
+                })
+                .await;
+            }
         }
         return Ok(error(StatusCode::FORBIDDEN, why));
     }

@@ -316,11 +316,6 @@ impl Store {
         (self.accepted, self.refused, self.torn) = (accepted, refused, false);
         Ok(())
     }
-
-    /// The newest `limit` events, oldest first (see [`HistoryReader::read`]).
-    pub fn history(&self, limit: usize) -> Vec<Event> {
-        self.reader().read(limit).unwrap_or_default()
-    }
 }
 
 /// The history's lines, classified.
@@ -382,6 +377,8 @@ impl HistoryReader {
         let mut pos = file.metadata()?.len();
         // Bytes from `pos` up to the newest line not yet taken: a part of a line.
         let mut buf: Vec<u8> = Vec::new();
+        // Passing over a line longer than any event (damage): its bytes are not kept.
+        let mut skipping = false;
         while events.len() < limit {
             if let Some(i) = buf.iter().rposition(|b| *b == b'\n') {
                 if let Ok(event) = serde_json::from_slice(&buf[i + 1..]) {
@@ -396,12 +393,25 @@ impl HistoryReader {
                 }
                 break;
             }
+            if buf.len() > MAX_LINE {
+                (buf, skipping) = (Vec::new(), true);
+            }
             // At least as much as is held, so that a long line costs no more than linear time.
             let n = (pos.min(CHUNK.max(buf.len()) as u64)) as usize;
             pos -= n as u64;
             let mut chunk = vec![0; n + buf.len()];
             file.read_exact_at(&mut chunk[..n], pos)?;
             chunk[n..].copy_from_slice(&buf);
+            if skipping {
+                // Up to the newline that ends the line before the long one, if in this chunk.
+                match chunk.iter().rposition(|b| *b == b'\n') {
+                    Some(end) => {
+                        chunk.truncate(end);
+                        skipping = false;
+                    }
+                    None => chunk.clear(),
+                }
+            }
             buf = chunk;
         }
         events.reverse();
@@ -410,6 +420,8 @@ impl HistoryReader {
 }
 
 const CHUNK: usize = 64 << 10;
+/// Longer than any event the daemon writes (a request body is at most 16 MiB).
+const MAX_LINE: usize = 32 << 20;
 
 /// Opens an existing file for reading, refusing a symlink in its place.
 fn open_nofollow(path: &Path) -> io::Result<File> {
@@ -518,13 +530,13 @@ mod tests {
         // A restarted daemon skips the torn line and loses nothing else.
         let mut store = Store::open(&dir.0, 3).unwrap();
         store.append(&event(3)).unwrap();
-        assert_eq!(ats(&store.history(10)), [1, 3]);
+        assert_eq!(ats(&store.reader().read(10).unwrap()), [1, 3]);
         for n in 4..=8 {
             store.append(&event(n)).unwrap();
         }
-        let at = ats(&store.history(10));
+        let at = ats(&store.reader().read(10).unwrap());
         assert!(at.len() <= 6 && at.ends_with(&[6, 7, 8]), "{at:?}");
-        assert_eq!(ats(&store.history(2)), [7, 8]);
+        assert_eq!(ats(&store.reader().read(2).unwrap()), [7, 8]);
 
         assert!(store.load().unwrap().is_none());
         let state = State { boot_id: "b".into(), next_id: 7, ..Default::default() };
@@ -545,11 +557,11 @@ mod tests {
         let text = dir.history();
         let last = text.strip_suffix(b"\n").unwrap().rsplit(|b| *b == b'\n').next().unwrap();
         assert_eq!(serde_json::from_slice::<Event>(last).unwrap(), event(3), "{}", String::from_utf8_lossy(&text));
-        assert_eq!(ats(&store.history(10)), [1, 3]);
+        assert_eq!(ats(&store.reader().read(10).unwrap()), [1, 3]);
         // The same when the line was torn by a failed write, without a restart.
         store.torn = true;
         store.append(&event(4)).unwrap();
-        assert_eq!(ats(&Store::open(&dir.0, 100).unwrap().history(10)), [1, 3, 4]);
+        assert_eq!(ats(&Store::open(&dir.0, 100).unwrap().reader().read(10).unwrap()), [1, 3, 4]);
     }
 
     #[test]
@@ -570,7 +582,7 @@ mod tests {
             store.append(&event(n)).unwrap();
         }
         assert_eq!(ats(&dir.events()), [1, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15]);
-        assert_eq!(ats(&store.history(100)), (6..=15).collect::<Vec<_>>(), "at most history_limit");
+        assert_eq!(ats(&store.reader().read(100).unwrap()), (6..=15).collect::<Vec<_>>(), "at most history_limit");
         // The trim at 20 events keeps the newest 10, all of them good.
         for n in 16..=21 {
             store.append(&event(n)).unwrap();
@@ -579,7 +591,7 @@ mod tests {
         let text = dir.history();
         assert_eq!(text.split(|b| *b == b'\n').filter(|l| !l.is_empty()).count(), 10);
         assert!(text.split(|b| *b == b'\n').all(|l| l.is_empty() || serde_json::from_slice::<Event>(l).is_ok()));
-        assert_eq!(ats(&Store::open(&dir.0, 10).unwrap().history(100)), (12..=21).collect::<Vec<_>>());
+        assert_eq!(ats(&Store::open(&dir.0, 10).unwrap().reader().read(100).unwrap()), (12..=21).collect::<Vec<_>>());
     }
 
     #[test]
@@ -630,6 +642,11 @@ mod tests {
         dir.write(b"{\"at\":31,");
         assert_eq!(ats(&reader.read(2).unwrap()), [29, 30]);
         assert_eq!(reader.max(), 50);
+        // A line longer than any event (damage) is passed over without being held.
+        dir.write(&vec![b'x'; MAX_LINE + CHUNK + 1]);
+        dir.write(b"\n");
+        store.append(&event(31)).unwrap();
+        assert_eq!(ats(&reader.read(1000).unwrap()), (1..=31).collect::<Vec<_>>());
         for n in 32..=120 {
             store.append(&event(n)).unwrap();
         }
