@@ -16,8 +16,9 @@ use crate::api::ApiError;
 pub enum ClientError {
     #[error("cannot connect to chaos-daemon at {}: {source}{hint}", socket.display())]
     Unreachable { socket: PathBuf, source: std::io::Error, hint: &'static str },
-    /// The daemon answered with an error status: its message says what was wrong.
-    #[error("{message}")]
+    /// The daemon answered with an error status: its message says what was wrong (escaped as
+    /// shown: it may quote what was sent).
+    #[error("{}", crate::text::escape(message, 4096))]
     Refused { status: u16, message: String },
     /// The exchange itself failed (the daemon went away mid-request, an answer it cannot have
     /// sent).

@@ -178,6 +178,8 @@ fn what_a_peer_sent_is_escaped_in_the_log_and_in_chaosctl_history() {
     let forged = "x\n1999-01-01 00:00:00.000  chaos-daemon  clear: ok\x1b[2J";
     let out = daemon.ctl(&["apply", "--name", forged, "-i", &lab.a_if, "--loss", "10"]);
     assert_eq!(out.status.code(), Some(2), "{out:?}");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!stderr.contains('\x1b') && stderr.lines().count() == 1, "the error quoted it raw: {stderr:?}");
 
     let text = daemon.ctl_ok(&["history"]);
     assert!(!text.contains('\x1b'), "a raw ESC reached the terminal: {text:?}");
