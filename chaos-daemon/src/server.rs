@@ -179,6 +179,9 @@ async fn handle(
 /// The newest `limit` events (at most `history_limit`), read from the file on the blocking pool
 /// without the engine's lock: a long history does not hold up changes or `status`.
 async fn history(reader: HistoryReader, limit: usize) -> Reply {
+    // Two at a time: memory grows with `limit` for each read, and any reader may ask.
+    static READS: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(2);
+    let _turn = READS.acquire().await.expect("never closed");
     // Serialized there too: 10,000 events are megabytes, not for the runtime's few threads.
     let read = move || reader.read(limit).map(|events| serde_json::to_vec(&History { events }).unwrap_or_default());
     match tokio::task::spawn_blocking(read).await {
