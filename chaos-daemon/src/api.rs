@@ -10,7 +10,7 @@
 //! | DELETE | `/v1/faults/{name}` | | [`FaultView`] (final counters) |
 //! | DELETE | `/v1/faults` | | [`Faults`] removed (scheduled ones too) |
 //! | DELETE | `/v1/experiments/{name}` | | [`Faults`] removed |
-//! | GET | `/v1/history?limit=N` | | [`History`] (audit trail, newest last; default 100) |
+//! | GET | `/v1/history?limit=N` | | [`History`] (audit trail, newest last; default 100, at most `history_limit`) |
 //!
 //! Errors are `{"error": "..."}` with 400 (bad input, naming the field), 403 (the peer may not
 //! do this, and why), 404 (no such fault, experiment or path), 409 (duplicate name),

@@ -19,8 +19,9 @@ use crate::api::ApiError;
 pub enum ClientError {
     #[error("cannot connect to chaos-daemon at {}: {source}{hint}", socket.display())]
     Unreachable { socket: PathBuf, source: std::io::Error, hint: &'static str },
-    /// The daemon answered with an error status: its message says what was wrong.
-    #[error("{message}")]
+    /// The daemon answered with an error status: its message says what was wrong (escaped as
+    /// shown: it may quote what was sent).
+    #[error("{}", crate::text::escape(message, 4096))]
     Refused { status: u16, message: String },
     /// No answer in time: the daemon is stopped, or stuck. The request is withdrawn (the
     /// connection closed), and the daemon does not act on a request whose client has gone.

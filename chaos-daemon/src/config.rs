@@ -52,7 +52,7 @@ pub struct Config {
     /// The daemon's bpffs directory for pinned maps, programs and links.
     /// Default `/sys/fs/bpf/chaos-daemon`.
     pub bpffs_dir: PathBuf,
-    /// Audit events kept in the history. Default 10000.
+    /// Audit events kept in the history, and a tenth as many refusals besides. Default 10000.
     pub history_limit: usize,
     /// How TC programs are attached: `auto` (TCX links where the kernel has them, else cls_bpf
     /// under clsact), `tcx` or `netlink`. Default `auto`.

@@ -21,8 +21,15 @@ use crate::{
     guard::Protected,
     kernel::{Kernel, KernelError},
     spec::{Action, Direction, Fault, Lifetime, SpecError, validate_name},
-    state::{Actor, Ended, Event, Record, State, Store, mono_ns, unix_ms},
+    state::{Actor, Ended, Event, HistoryReader, Record, State, Store, mono_ns, unix_ms},
+    text::escape,
 };
+
+/// Bounds on what an audit event records (bytes, escaped): an action (a refused request's
+/// method and path), each fault name (valid ones have at most 63), a result.
+const MAX_ACTION: usize = 160;
+const MAX_NAME: usize = 80;
+const MAX_RESULT: usize = 1024;
 
 #[derive(Debug, thiserror::Error)]
 pub enum EngineError {
@@ -134,7 +141,8 @@ impl Engine {
         self.audit_removal(actor, "clear", vec![], result)
     }
 
-    /// Records a refused request (the engine never saw it) in the audit trail.
+    /// Records a refused request (the engine never saw it) in the audit trail. `action` and
+    /// `why` may hold what the peer sent: they are escaped and bounded with the rest.
     pub fn refused(&mut self, actor: &Actor, action: &str, why: &str) {
         self.audit(actor, action, vec![], format!("refused: {why}"), vec![]);
     }
@@ -151,8 +159,9 @@ impl Engine {
         }
     }
 
-    pub fn history(&self, limit: usize) -> Vec<Event> {
-        self.store.history(limit)
+    /// Reads the audit trail without this engine (or its lock).
+    pub fn history_reader(&self) -> HistoryReader {
+        self.store.reader()
     }
 
     /// Read-only, for metrics (attachments, delay backend) without `status`'s probes.
@@ -373,8 +382,13 @@ impl Engine {
     }
 
     fn audit(&mut self, actor: &Actor, action: &str, faults: Vec<String>, result: String, ended: Vec<Ended>) {
-        tracing::info!(target: "audit", %actor, action, ?faults, result, ended = ended.len(), "audit");
-        let event = Event { at: unix_ms(), actor: actor.clone(), action: action.into(), faults, result, ended };
+        // Names and errors may quote what a peer sent (a refused name, a request path): one
+        // line each, bounded, in the log and the history alike.
+        let action = escape(action, MAX_ACTION);
+        let faults: Vec<String> = faults.iter().map(|f| escape(f, MAX_NAME)).collect();
+        let result = escape(&result, MAX_RESULT);
+        tracing::info!(target: "audit", %actor, action = action.as_str(), ?faults, result, ended = ended.len(), "audit");
+        let event = Event { at: unix_ms(), actor: actor.clone(), action, faults, result, ended };
         if let Err(e) = self.store.append(&event) {
             tracing::error!("writing the audit trail: {e}");
         }

@@ -6,7 +6,8 @@
 //! cut), [`api`] and [`server`] (the HTTP control socket, who may use it), [`client`]
 //! (chaosctl's side of it), [`chaos_mesh`] (Chaos Mesh NetworkChaos files read as faults),
 //! [`metrics`] (Prometheus), [`config`], [`fsutil`] (the daemon's files, never through a link),
-//! [`systemd`] (readiness, socket activation), [`manpage`].
+//! [`systemd`] (readiness, socket activation), [`manpage`], [`text`] (what a peer sent, made safe
+//! to print), [`routes`] (which operation a request names), [`listen`] (connection limits).
 
 pub mod access;
 pub mod api;
@@ -29,6 +30,7 @@ pub mod spec;
 pub mod state;
 pub mod systemd;
 pub mod target;
+pub mod text;
 
 /// The eBPF object built from chaos-ebpf by build.rs.
 pub static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/chaos"));

@@ -18,12 +18,14 @@ use tokio::{
 };
 
 use crate::{
-    access::{Access, Peer},
+    access::{Access, Peer, RefusalLimit},
     api::{ApiError, Apply, Faults, History},
     engine::{Engine, EngineError},
     kernel::KernelError,
     listen::{self, Deadlined, PeerKey},
     routes::{self, Route, RouteError},
+    state::HistoryReader,
+    text::escape,
 };
 
 /// Largest request body: 10,000 faults in JSON fit well within it.
@@ -32,12 +34,19 @@ const MAX_BODY: usize = 16 << 20;
 /// hold a connection (and a daemon file descriptor) forever.
 pub(crate) const READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
+/// The most bytes of a refused request's path that are logged and recorded (escaped).
+const MAX_PATH: usize = 128;
+
 type Reply = Response<Full<Bytes>>;
 
 /// What every request handler shares.
 pub struct Shared {
     pub engine: Arc<Mutex<Engine>>,
+    /// The audit trail, read without the engine.
+    pub history: HistoryReader,
     pub access: Access,
+    /// How often each peer uid's refusals are logged and recorded.
+    pub refusals: RefusalLimit,
     /// Woken after every change, so the lifecycle task recomputes its next wake-up.
     pub changed: Arc<Notify>,
 }
@@ -81,14 +90,33 @@ async fn handle(
     let mutating = method != Method::GET;
     let actor = peer.as_ref().map(Peer::actor).unwrap_or_default();
     if let Err(why) = shared.access.check(peer.as_ref(), mutating) {
-        tracing::warn!(%actor, %method, path, "{why}");
-        if mutating {
-            let (action, audited) = (format!("{method} {path}"), why.clone());
-            run(&shared.engine, move |e| {
-                e.refused(&actor, &action, &audited);
-                Ok(())
-            })
-            .await;
+        // A peer may be refused again and again: what it sent is escaped and bounded, and its
+        // refusals are logged and recorded at a limited rate (see `RefusalLimit`).
+        let uid = peer.as_ref().map(|p| p.uid);
+        if let Some(unrecorded) = shared.refusals.admit(uid) {
+            let path = escape(&path, MAX_PATH);
+            let skipped = (unrecorded > 0).then(|| {
+                let who = uid.map_or("peers without credentials".into(), |uid| format!("uid {uid}"));
+                format!("{unrecorded} more requests from {who} not recorded (over the rate limit)")
+            });
+            if let Some(skipped) = &skipped {
+                tracing::warn!(%actor, "refused: {skipped}");
+            }
+            tracing::warn!(%actor, %method, path, "{why}");
+            // Reads refused are logged only; their count is recorded with the rest.
+            if mutating || skipped.is_some() {
+                let (action, audited) = (format!("{method} {path}"), why.clone());
+                run(&shared.engine, move |e| {
+                    if let Some(skipped) = skipped {
+                        e.refused(&actor, "refusals", &skipped);
+                    }
+                    if mutating {
+                        e.refused(&actor, &action, &audited);
+                    }
+                    Ok(())
+                })
+                .await;
+            }
         }
         return Ok(error(StatusCode::FORBIDDEN, why));
     }
@@ -128,7 +156,7 @@ async fn handle(
         Route::Status => run(engine, |e| Ok(e.status())).await,
         Route::ListFaults => run(engine, |e| Ok(Faults { faults: e.list() })).await,
         Route::GetFault(name) => run(engine, move |e| e.get(&name)).await,
-        Route::History { limit } => run(engine, move |e| Ok(History { events: e.history(limit) })).await,
+        Route::History { limit } => history(shared.history.clone(), limit).await,
         Route::Apply => match serde_json::from_slice::<Apply>(&body) {
             Ok(apply) => {
                 run_status(engine, StatusCode::CREATED, move |e| {
@@ -166,6 +194,24 @@ fn peer_gone(fd: RawFd) -> bool {
     // SAFETY: one pollfd, valid for the call; a zero timeout does not block.
     let n = unsafe { libc::poll(&mut pfd, 1, 0) };
     n == 1 && pfd.revents & libc::POLLHUP != 0
+}
+
+/// The newest `limit` events (at most `history_limit`), read from the file on the blocking pool
+/// without the engine's lock: a long history does not hold up changes or `status`.
+async fn history(reader: HistoryReader, limit: usize) -> Reply {
+    // Two at a time: memory grows with `limit` for each read, and any reader may ask.
+    static READS: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(2);
+    let _turn = READS.acquire().await.expect("never closed");
+    // Serialized there too: 10,000 events are megabytes, not for the runtime's few threads.
+    let read = move || reader.read(limit).map(|events| serde_json::to_vec(&History { events }).unwrap_or_default());
+    match tokio::task::spawn_blocking(read).await {
+        Ok(Ok(body)) => reply(StatusCode::OK, body),
+        Ok(Err(e)) => {
+            tracing::error!("reading the audit trail: {e}");
+            error(StatusCode::INTERNAL_SERVER_ERROR, format!("reading the audit trail: {e}"))
+        }
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, format!("internal error: {e}")),
+    }
 }
 
 async fn run<T, F>(engine: &Arc<Mutex<Engine>>, f: F) -> Reply
@@ -209,7 +255,11 @@ where
 }
 
 fn json<T: Serialize>(status: StatusCode, value: &T) -> Reply {
-    let body = serde_json::to_vec(value).unwrap_or_default();
+    reply(status, serde_json::to_vec(value).unwrap_or_default())
+}
+
+/// A JSON body already serialized.
+fn reply(status: StatusCode, body: Vec<u8>) -> Reply {
     Response::builder()
         .status(status)
         .header("content-type", "application/json")

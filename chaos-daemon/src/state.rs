@@ -2,13 +2,16 @@
 //! - `state.json`: the faults (definitions, who applied them, rule slots, deadlines) and the
 //!   cls_bpf filters it attached. Rewritten whole on every change, atomically: a temporary file,
 //!   fsync, rename over the old one. A crash leaves the old or the new file, never a torn one.
-//! - `history.jsonl`: the audit trail, one JSON [`Event`] per line, appended. A crash can tear
-//!   only the last line, which readers skip; it is rewritten (atomically, like the state) to its
-//!   newest `history_limit` lines when it grows to twice that.
+//! - `history.jsonl`: the audit trail, one JSON [`Event`] per line, appended. A crash or a full
+//!   disk can tear only the last line; any line that is not an event is skipped (and reported
+//!   at open), never the lines after it, and the next event starts on a line of its own. It is
+//!   rewritten (atomically, like the state) to the newest events of each [`Budget`] when either
+//!   kind grows to twice its budget.
 
 use std::{
     fs::{File, OpenOptions},
-    io::{self, BufRead as _, BufReader, Write as _},
+    io::{self, BufRead as _, BufReader, Read as _, Write as _},
+    os::unix::fs::{FileExt as _, OpenOptionsExt as _},
     path::{Path, PathBuf},
     time::{SystemTime, UNIX_EPOCH},
 };
@@ -68,6 +71,9 @@ pub struct Actor {
     pub comm: Option<String>,
 }
 
+/// The most bytes a recorded process name takes, escaped (the kernel's names have 15).
+pub const MAX_COMM: usize = 64;
+
 impl std::fmt::Display for Actor {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match (self.uid, self.pid, &self.comm) {
@@ -78,7 +84,8 @@ impl std::fmt::Display for Actor {
                     write!(f, " pid {pid}")?;
                 }
                 if let Some(comm) = comm {
-                    write!(f, " ({comm})")?;
+                    // Escaped when read (`Peer::of`); again here for files an older daemon wrote.
+                    write!(f, " ({})", crate::text::escape(comm, MAX_COMM))?;
                 }
                 Ok(())
             }
@@ -136,25 +143,84 @@ fn is_zero(n: &u64) -> bool {
     *n == 0
 }
 
+/// How many events the history keeps: the newest `accepted` events that are not refusals, and
+/// separately the newest `refused` refusals, so that no flood of refused requests can push a
+/// real change out. The file is trimmed to these when either kind reaches twice its budget.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Budget {
+    pub accepted: usize,
+    pub refused: usize,
+}
+
+impl Budget {
+    /// `history_limit` events, and a tenth as many refusals (at least one of each).
+    pub fn of(history_limit: usize) -> Self {
+        Self { accepted: history_limit.max(1), refused: (history_limit / 10).max(1) }
+    }
+}
+
+/// What one line of the history holds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Line {
+    Accepted,
+    Refused,
+    /// Not an event: torn by a crash or a full disk, or garbage.
+    Bad,
+    Empty,
+}
+
+impl Line {
+    fn of(bytes: &[u8]) -> Self {
+        if bytes.iter().all(u8::is_ascii_whitespace) {
+            return Line::Empty;
+        }
+        match serde_json::from_slice::<Event>(bytes) {
+            Ok(e) if e.is_refusal() => Line::Refused,
+            Ok(_) => Line::Accepted,
+            Err(_) => Line::Bad,
+        }
+    }
+}
+
+impl Event {
+    /// A refused request: kept within its own, smaller budget.
+    pub fn is_refusal(&self) -> bool {
+        self.result.starts_with("refused")
+    }
+}
+
 pub struct Store {
     dir: PathBuf,
-    history_limit: usize,
-    history_lines: usize,
+    budget: Budget,
+    /// Events in history.jsonl now, by kind.
+    accepted: usize,
+    refused: usize,
+    /// The file may not end with a newline (it did not at open, or a write failed): the next
+    /// append ends that line first, so every event starts on a line of its own.
+    torn: bool,
 }
+
+const HISTORY: &str = "history.jsonl";
 
 impl Store {
     /// Opens the state directory, creating it if missing (the daemon checks it first with
     /// [`crate::fsutil::state_dir`], which makes it mode 0700 without following a link).
     pub fn open(dir: &Path, history_limit: usize) -> io::Result<Self> {
         std::fs::create_dir_all(dir)?;
-        let mut store = Self { dir: dir.into(), history_limit: history_limit.max(1), history_lines: 0 };
-        // A crash mid-append leaves a line without its newline: end it, so the next event
-        // starts on a line of its own and only the torn one is lost.
-        let path = store.path("history.jsonl");
-        if std::fs::read(&path).is_ok_and(|b| b.last().is_some_and(|c| *c != b'\n')) {
-            OpenOptions::new().append(true).open(&path)?.write_all(b"\n")?;
+        let mut store =
+            Self { dir: dir.into(), budget: Budget::of(history_limit), accepted: 0, refused: 0, torn: false };
+        let path = store.path(HISTORY);
+        let scan = match open_nofollow(&path) {
+            Ok(file) => scan(file)?,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Scan::default(),
+            Err(e) => return Err(e),
+        };
+        let bad = scan.count(Line::Bad);
+        if bad > 0 {
+            tracing::warn!("{}: skipping {bad} lines that are not events (torn or damaged)", path.display());
         }
-        store.history_lines = store.read_history().len();
+        (store.accepted, store.refused, store.torn) =
+            (scan.count(Line::Accepted), scan.count(Line::Refused), scan.torn);
         Ok(store)
     }
 
@@ -162,11 +228,18 @@ impl Store {
         self.dir.join(name)
     }
 
+    /// Reads the history without the store, from another thread: see [`HistoryReader`].
+    pub fn reader(&self) -> HistoryReader {
+        HistoryReader { path: self.path(HISTORY), max: self.budget.accepted }
+    }
+
     pub fn load(&self) -> io::Result<Option<State>> {
-        match std::fs::read(self.path("state.json")) {
-            Ok(bytes) => serde_json::from_slice(&bytes).map(Some).map_err(|e| {
-                io::Error::new(io::ErrorKind::InvalidData, format!("{}: {e}", self.path("state.json").display()))
-            }),
+        let path = self.path("state.json");
+        let mut bytes = Vec::new();
+        match open_nofollow(&path).and_then(|mut f| f.read_to_end(&mut bytes)) {
+            Ok(_) => serde_json::from_slice(&bytes)
+                .map(Some)
+                .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, format!("{}: {e}", path.display()))),
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
             Err(e) => Err(e),
         }
@@ -177,42 +250,194 @@ impl Store {
     }
 
     pub fn append(&mut self, event: &Event) -> io::Result<()> {
-        let mut line = serde_json::to_vec(event)?;
+        let mut line = Vec::new();
+        if self.torn {
+            // At worst an empty line, which readers pass over.
+            line.push(b'\n');
+        }
+        serde_json::to_writer(&mut line, event)?;
         line.push(b'\n');
-        let mut file = OpenOptions::new().create(true).append(true).open(self.path("history.jsonl"))?;
-        // One write of a whole line with O_APPEND: lines never interleave.
-        file.write_all(&line)?;
-        self.history_lines += 1;
-        if self.history_lines >= 2 * self.history_limit {
-            let keep = self.read_history();
-            let keep = &keep[keep.len().saturating_sub(self.history_limit)..];
-            let mut text = Vec::new();
-            for e in keep {
-                text.extend(serde_json::to_vec(e)?);
-                text.push(b'\n');
-            }
-            write_atomically(&self.path("history.jsonl"), &text)?;
-            self.history_lines = keep.len();
+        let written = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(self.path(HISTORY))
+            // One write of a whole line with O_APPEND: lines never interleave.
+            .and_then(|mut file| file.write_all(&line));
+        // A failed write may have left part of the line.
+        self.torn = written.is_err();
+        written?;
+        match event.is_refusal() {
+            true => self.refused += 1,
+            false => self.accepted += 1,
+        }
+        if self.accepted >= 2 * self.budget.accepted || self.refused >= 2 * self.budget.refused {
+            self.trim()?;
         }
         Ok(())
     }
 
-    /// The newest `limit` events, oldest first.
-    pub fn history(&self, limit: usize) -> Vec<Event> {
-        let all = self.read_history();
-        all[all.len().saturating_sub(limit)..].to_vec()
+    /// Rewrites the history to the newest events of each budget, dropping lines that are not
+    /// events. Two passes over the file, a line at a time: classify, then copy what is kept.
+    fn trim(&mut self) -> io::Result<()> {
+        let path = self.path(HISTORY);
+        let scan = scan(open_nofollow(&path)?)?;
+        let (mut accepted, mut refused) = (0, 0);
+        let mut keep = vec![false; scan.lines.len()];
+        for (i, line) in scan.lines.iter().enumerate().rev() {
+            keep[i] = match line {
+                Line::Accepted if accepted < self.budget.accepted => {
+                    accepted += 1;
+                    true
+                }
+                Line::Refused if refused < self.budget.refused => {
+                    refused += 1;
+                    true
+                }
+                _ => false,
+            };
+        }
+        let mut reader = BufReader::new(open_nofollow(&path)?);
+        let mut text = Vec::new();
+        let mut line = Vec::new();
+        for keep in keep {
+            line.clear();
+            reader.read_until(b'\n', &mut line)?;
+            if keep {
+                text.extend_from_slice(line.strip_suffix(b"\n").unwrap_or(&line));
+                text.push(b'\n');
+            }
+        }
+        write_atomically(&path, &text)?;
+        let bad = scan.count(Line::Bad);
+        if bad > 0 {
+            tracing::warn!("{}: dropped {bad} lines that are not events (torn or damaged)", path.display());
+        }
+        (self.accepted, self.refused, self.torn) = (accepted, refused, false);
+        Ok(())
+    }
+}
+
+/// The history's lines, classified.
+#[derive(Default)]
+struct Scan {
+    lines: Vec<Line>,
+    /// The last line has no newline.
+    torn: bool,
+}
+
+impl Scan {
+    fn count(&self, kind: Line) -> usize {
+        self.lines.iter().filter(|l| **l == kind).count()
+    }
+}
+
+/// Splits on newline bytes (not `lines()`, which stops at the first line that is not UTF-8).
+fn scan(file: File) -> io::Result<Scan> {
+    let mut reader = BufReader::new(file);
+    let mut scan = Scan::default();
+    let mut line = Vec::new();
+    loop {
+        line.clear();
+        if reader.read_until(b'\n', &mut line)? == 0 {
+            return Ok(scan);
+        }
+        scan.torn = line.last() != Some(&b'\n');
+        scan.lines.push(Line::of(&line));
+    }
+}
+
+/// Reads the audit trail from its file without the engine: appends are single `O_APPEND`
+/// writes and trims are atomic renames, so a reader sees whole lines of one version of the file
+/// (a line being written does not parse, and is passed over like a torn one).
+#[derive(Clone, Debug)]
+pub struct HistoryReader {
+    path: PathBuf,
+    /// The most events one read returns: `history_limit`.
+    max: usize,
+}
+
+impl HistoryReader {
+    /// The most events [`Self::read`] returns.
+    pub fn max(&self) -> usize {
+        self.max
     }
 
-    fn read_history(&self) -> Vec<Event> {
-        let Ok(file) = File::open(self.path("history.jsonl")) else { return Vec::new() };
-        // A line torn by a crash does not parse and is skipped.
-        BufReader::new(file).lines().map_while(Result::ok).filter_map(|l| serde_json::from_str(&l).ok()).collect()
+    /// The newest `limit` events (at most [`Self::max`]), oldest first. Reads the file from its
+    /// end in chunks, so memory grows with `limit`, not with the file. Lines that are not
+    /// events are skipped.
+    pub fn read(&self, limit: usize) -> io::Result<Vec<Event>> {
+        let limit = limit.min(self.max);
+        let file = match open_nofollow(&self.path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(e),
+        };
+        let mut events = Vec::new();
+        let mut pos = file.metadata()?.len();
+        // Bytes from `pos` up to the newest line not yet taken: a part of a line.
+        let mut buf: Vec<u8> = Vec::new();
+        // Passing over a line longer than any event (damage): its bytes are not kept.
+        let mut skipping = false;
+        while events.len() < limit {
+            if let Some(i) = buf.iter().rposition(|b| *b == b'\n') {
+                if let Ok(event) = serde_json::from_slice(&buf[i + 1..]) {
+                    events.push(event);
+                }
+                buf.truncate(i);
+                continue;
+            }
+            if pos == 0 {
+                if let Ok(event) = serde_json::from_slice(&buf) {
+                    events.push(event);
+                }
+                break;
+            }
+            if buf.len() > MAX_LINE {
+                (buf, skipping) = (Vec::new(), true);
+            }
+            // At least as much as is held, so that a long line costs no more than linear time.
+            let n = (pos.min(CHUNK.max(buf.len()) as u64)) as usize;
+            pos -= n as u64;
+            let mut chunk = vec![0; n + buf.len()];
+            file.read_exact_at(&mut chunk[..n], pos)?;
+            chunk[n..].copy_from_slice(&buf);
+            if skipping {
+                // Up to the newline that ends the line before the long one, if in this chunk.
+                match chunk.iter().rposition(|b| *b == b'\n') {
+                    Some(end) => {
+                        chunk.truncate(end);
+                        skipping = false;
+                    }
+                    None => chunk.clear(),
+                }
+            }
+            buf = chunk;
+        }
+        events.reverse();
+        Ok(events)
     }
+}
+
+const CHUNK: usize = 64 << 10;
+/// Longer than any event the daemon writes (a request body is at most 16 MiB).
+const MAX_LINE: usize = 32 << 20;
+
+/// Opens an existing file for reading, refusing a symlink in its place.
+fn open_nofollow(path: &Path) -> io::Result<File> {
+    OpenOptions::new().read(true).custom_flags(libc::O_NOFOLLOW).open(path)
 }
 
 fn write_atomically(path: &Path, bytes: &[u8]) -> io::Result<()> {
     let tmp = path.with_extension("tmp");
-    let mut file = File::create(&tmp)?;
+    // A new file of our own: whatever is left at that name (a crash's leftover, a symlink
+    // planted there) is removed, not written through.
+    match std::fs::remove_file(&tmp) {
+        Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
+        _ => {}
+    }
+    let mut file =
+        OpenOptions::new().write(true).create_new(true).mode(0o600).custom_flags(libc::O_NOFOLLOW).open(&tmp)?;
     file.write_all(bytes)?;
     // The data is flushed before the rename, so no crash can leave a torn file under the real
     // name. The rename itself is not made durable (no fsync of the directory, which would
@@ -241,42 +466,209 @@ pub fn unix_ms() -> u64 {
 mod tests {
     use super::*;
 
-    #[test]
-    fn history_survives_a_torn_line_and_is_trimmed() {
-        let dir = std::env::temp_dir().join(format!("chaos-state-test-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        let mut store = Store::open(&dir, 3).unwrap();
-        let event = |n: u64| Event {
+    /// A state directory of its own, removed at the end.
+    struct Dir(PathBuf);
+
+    impl Dir {
+        fn new(name: &str) -> Self {
+            let dir = std::env::temp_dir().join(format!("chaos-state-test-{name}-{}", std::process::id()));
+            let _ = std::fs::remove_dir_all(&dir);
+            Self(dir)
+        }
+
+        fn history(&self) -> Vec<u8> {
+            std::fs::read(self.0.join(HISTORY)).unwrap()
+        }
+
+        /// The events the file holds, read on its own (not by the reader, which is capped).
+        fn events(&self) -> Vec<Event> {
+            self.history().split(|b| *b == b'\n').filter_map(|l| serde_json::from_slice(l).ok()).collect()
+        }
+
+        fn write(&self, bytes: &[u8]) {
+            OpenOptions::new().append(true).open(self.0.join(HISTORY)).unwrap().write_all(bytes).unwrap();
+        }
+    }
+
+    impl Drop for Dir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
+    fn event(n: u64) -> Event {
+        Event {
             at: n,
-            actor: Actor::default(),
+            actor: Actor { uid: Some(0), pid: Some(1), comm: Some("chaosctl".into()) },
             action: "apply".into(),
             faults: vec![format!("f{n}")],
             result: "ok".into(),
             ended: vec![],
-        };
+        }
+    }
+
+    fn refusal(n: u64) -> Event {
+        Event {
+            actor: Actor { uid: Some(1000), pid: Some(2), comm: Some("x".into()) },
+            action: "DELETE /v1/faults".into(),
+            faults: vec![],
+            result: "refused: permission denied".into(),
+            ..event(n)
+        }
+    }
+
+    fn ats(events: &[Event]) -> Vec<u64> {
+        events.iter().map(|e| e.at).collect()
+    }
+
+    #[test]
+    fn history_survives_a_torn_line_and_is_trimmed() {
+        let dir = Dir::new("torn");
+        let mut store = Store::open(&dir.0, 3).unwrap();
         store.append(&event(1)).unwrap();
-        std::fs::OpenOptions::new()
-            .append(true)
-            .open(dir.join("history.jsonl"))
-            .unwrap()
-            .write_all(b"{\"at\": 2, \"act")
-            .unwrap();
+        dir.write(b"{\"at\": 2, \"act");
         // A restarted daemon skips the torn line and loses nothing else.
-        let mut store = Store::open(&dir, 3).unwrap();
+        let mut store = Store::open(&dir.0, 3).unwrap();
         store.append(&event(3)).unwrap();
-        assert_eq!(store.history(10).iter().map(|e| e.at).collect::<Vec<_>>(), [1, 3]);
+        assert_eq!(ats(&store.reader().read(10).unwrap()), [1, 3]);
         for n in 4..=8 {
             store.append(&event(n)).unwrap();
         }
-        let at: Vec<u64> = store.history(10).iter().map(|e| e.at).collect();
+        let at = ats(&store.reader().read(10).unwrap());
         assert!(at.len() <= 6 && at.ends_with(&[6, 7, 8]), "{at:?}");
-        assert_eq!(store.history(2).iter().map(|e| e.at).collect::<Vec<_>>(), [7, 8]);
+        assert_eq!(ats(&store.reader().read(2).unwrap()), [7, 8]);
 
         assert!(store.load().unwrap().is_none());
         let state = State { boot_id: "b".into(), next_id: 7, ..Default::default() };
         store.save(&state).unwrap();
         assert_eq!(store.load().unwrap().unwrap().next_id, 7);
-        assert!(!dir.join("state.tmp").exists());
-        std::fs::remove_dir_all(&dir).unwrap();
+        assert!(!dir.0.join("state.tmp").exists());
+    }
+
+    #[test]
+    fn a_torn_last_line_is_not_glued_to_the_next_event() {
+        let dir = Dir::new("glued");
+        let mut store = Store::open(&dir.0, 100).unwrap();
+        store.append(&event(1)).unwrap();
+        let line = serde_json::to_vec(&event(2)).unwrap();
+        dir.write(&line[..line.len() / 2]);
+        let mut store = Store::open(&dir.0, 100).unwrap();
+        store.append(&event(3)).unwrap();
+        let text = dir.history();
+        let last = text.strip_suffix(b"\n").unwrap().rsplit(|b| *b == b'\n').next().unwrap();
+        assert_eq!(serde_json::from_slice::<Event>(last).unwrap(), event(3), "{}", String::from_utf8_lossy(&text));
+        assert_eq!(ats(&store.reader().read(10).unwrap()), [1, 3]);
+        // The same when the line was torn by a failed write, without a restart.
+        store.torn = true;
+        store.append(&event(4)).unwrap();
+        assert_eq!(ats(&Store::open(&dir.0, 100).unwrap().reader().read(10).unwrap()), [1, 3, 4]);
+    }
+
+    #[test]
+    fn a_bad_line_hides_nothing_after_it_and_trimming_keeps_good_lines() {
+        let dir = Dir::new("bad");
+        let mut store = Store::open(&dir.0, 10).unwrap();
+        store.append(&event(1)).unwrap();
+        dir.write(b"garbage\n");
+        // Torn in the middle of a UTF-8 character (a full disk), then ended by the next write.
+        let mut line = serde_json::to_vec(&Event { result: "error: d\u{e9}j\u{e0}".into(), ..event(2) }).unwrap();
+        let cut = line.iter().position(|b| *b == 0xc3).unwrap() + 1;
+        line.truncate(cut);
+        dir.write(&line);
+        dir.write(b"\n\xff\xfe not UTF-8\n");
+        let mut store = Store::open(&dir.0, 10).unwrap();
+        assert_eq!((store.accepted, store.refused), (1, 0));
+        for n in 3..=15 {
+            store.append(&event(n)).unwrap();
+        }
+        assert_eq!(ats(&dir.events()), [1, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15]);
+        assert_eq!(ats(&store.reader().read(100).unwrap()), (6..=15).collect::<Vec<_>>(), "at most history_limit");
+        // The trim at 20 events keeps the newest 10, all of them good.
+        for n in 16..=21 {
+            store.append(&event(n)).unwrap();
+        }
+        assert_eq!(ats(&dir.events()), (12..=21).collect::<Vec<_>>());
+        let text = dir.history();
+        assert_eq!(text.split(|b| *b == b'\n').filter(|l| !l.is_empty()).count(), 10);
+        assert!(text.split(|b| *b == b'\n').all(|l| l.is_empty() || serde_json::from_slice::<Event>(l).is_ok()));
+        assert_eq!(ats(&Store::open(&dir.0, 10).unwrap().reader().read(100).unwrap()), (12..=21).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn refusals_never_evict_accepted_events() {
+        let dir = Dir::new("budget");
+        let mut store = Store::open(&dir.0, 100).unwrap();
+        assert_eq!(Budget::of(100), Budget { accepted: 100, refused: 10 });
+        for n in 1..=3 {
+            store.append(&event(n)).unwrap();
+        }
+        for n in 100..1100 {
+            store.append(&refusal(n)).unwrap();
+        }
+        let history = dir.events();
+        assert_eq!(ats(&history[..3]), [1, 2, 3]);
+        let refused: Vec<&Event> = history.iter().filter(|e| e.is_refusal()).collect();
+        assert!((10..20).contains(&refused.len()) && refused.last().unwrap().at == 1099, "{history:?}");
+        assert!(dir.history().len() < 20 * 200, "{} bytes", dir.history().len());
+        // Accepted events are trimmed to their own budget, and keep the newest refusals.
+        for n in 6000..6250 {
+            store.append(&event(n)).unwrap();
+        }
+        let history = dir.events();
+        let accepted: Vec<u64> = history.iter().filter(|e| !e.is_refusal()).map(|e| e.at).collect();
+        assert!((100..200).contains(&accepted.len()) && accepted.ends_with(&(6150..6250).collect::<Vec<_>>()));
+        assert_eq!(history.iter().filter(|e| e.is_refusal()).count(), 10, "the newest refusals are kept");
+    }
+
+    #[test]
+    fn the_reader_reads_from_the_end_and_is_capped() {
+        let dir = Dir::new("reader");
+        let mut store = Store::open(&dir.0, 50).unwrap();
+        let reader = store.reader();
+        assert!(reader.read(10).unwrap().is_empty(), "no file yet");
+        // Lines longer than a chunk, between short ones.
+        for n in 1..=30 {
+            let mut e = event(n);
+            if n % 7 == 0 {
+                e.faults = (0..20_000).map(|i| format!("fault-{i}")).collect();
+            }
+            store.append(&e).unwrap();
+        }
+        assert!(dir.history().len() > 3 * CHUNK);
+        assert_eq!(ats(&reader.read(5).unwrap()), [26, 27, 28, 29, 30]);
+        assert_eq!(ats(&reader.read(1000).unwrap()), (1..=30).collect::<Vec<_>>());
+        assert_eq!(reader.read(3).unwrap()[0].faults.len(), 20_000);
+        // A line being written (no newline yet) is passed over.
+        dir.write(b"{\"at\":31,");
+        assert_eq!(ats(&reader.read(2).unwrap()), [29, 30]);
+        assert_eq!(reader.max(), 50);
+        // A line longer than any event (damage) is passed over without being held.
+        dir.write(&vec![b'x'; MAX_LINE + CHUNK + 1]);
+        dir.write(b"\n");
+        store.append(&event(31)).unwrap();
+        assert_eq!(ats(&reader.read(1000).unwrap()), (1..=31).collect::<Vec<_>>());
+        for n in 32..=120 {
+            store.append(&event(n)).unwrap();
+        }
+        assert_eq!(reader.read(1000).unwrap().len(), 50, "at most history_limit");
+    }
+
+    #[test]
+    fn state_files_are_not_opened_through_symlinks() {
+        let dir = Dir::new("symlink");
+        let mut store = Store::open(&dir.0, 10).unwrap();
+        let elsewhere = dir.0.join("elsewhere");
+        std::fs::write(&elsewhere, b"untouched").unwrap();
+        std::os::unix::fs::symlink(&elsewhere, dir.0.join(HISTORY)).unwrap();
+        std::os::unix::fs::symlink(&elsewhere, dir.0.join("state.json")).unwrap();
+        std::os::unix::fs::symlink(&elsewhere, dir.0.join("state.tmp")).unwrap();
+        assert_eq!(store.append(&event(1)).unwrap_err().raw_os_error(), Some(libc::ELOOP));
+        assert_eq!(store.load().unwrap_err().raw_os_error(), Some(libc::ELOOP));
+        assert_eq!(store.reader().read(10).unwrap_err().raw_os_error(), Some(libc::ELOOP));
+        assert!(Store::open(&dir.0, 10).is_err());
+        // Saving replaces the links with files of its own.
+        store.save(&State::default()).unwrap();
+        assert!(!dir.0.join("state.json").is_symlink());
+        assert_eq!(std::fs::read(&elsewhere).unwrap(), b"untouched");
     }
 }

@@ -134,6 +134,7 @@ fn serve(config: Config) -> anyhow::Result<()> {
     let (kernel, adopted) =
         Kernel::load(config.tc_attach, pins.clone(), &previous.filters, config.delay_backend, previous.shaping)
             .context("loading the eBPF programs")?;
+    let history = store.reader();
     let engine = Engine::new(kernel, adopted, settings, guard, store).inspect_err(|_| {
         // What this start pinned goes; a previous daemon's objects stay as it left them (its
         // faults keep their deadlines, the state file still records them) for the next
@@ -145,7 +146,9 @@ fn serve(config: Config) -> anyhow::Result<()> {
     let engine = engine.context("starting")?;
     let shared = Arc::new(Shared {
         engine: Arc::new(Mutex::new(engine)),
+        history,
         access: Access { admin_group, readers: config.readers },
+        refusals: Default::default(),
         changed: Arc::new(Notify::new()),
     });
 

@@ -377,7 +377,7 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
                 Output::Table => {
                     for x in &ended {
                         let c = counts(x.matched, x.dropped, [x.duplicated, x.corrupted, x.reset]);
-                        println!("{} ended ({}): {c}", x.name, x.reason);
+                        println!("{} ended ({}): {c}", shown(&x.name), shown(&x.reason));
                     }
                 }
             }
@@ -391,16 +391,17 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
             match output {
                 Output::Json => json(&history)?,
                 Output::Table => {
+                    // Events quote what peers sent (names, paths): one line each, no terminal codes.
                     for e in history.events {
-                        let secs = e.at / 1000;
-                        let faults =
-                            if e.faults.is_empty() { String::new() } else { format!(" {}", e.faults.join(",")) };
-                        println!("{secs}.{:03}  {}  {}{faults}: {}", e.at % 1000, e.actor, e.action, e.result);
+                        let faults: Vec<String> = e.faults.iter().map(|f| shown(f)).collect();
+                        let faults = if faults.is_empty() { String::new() } else { format!(" {}", faults.join(",")) };
+                        let (action, result) = (shown(&e.action), shown(&e.result));
+                        println!("{}  {}  {action}{faults}: {result}", local_time(e.at), e.actor);
                         for x in e.ended {
                             println!(
                                 "    {} ended ({}): {}",
-                                x.name,
-                                x.reason,
+                                shown(&x.name),
+                                shown(&x.reason),
                                 counts(x.matched, x.dropped, [x.duplicated, x.corrupted, x.reset])
                             );
                         }
@@ -713,8 +714,40 @@ fn print_table(faults: &[FaultView]) {
     print!("{}", table(&header, &rows));
 }
 
-/// Rows under a header, in columns as wide as their widest cell.
+/// Text from the daemon as printed: control characters escaped, so that it stays on its line
+/// and sends nothing to the terminal.
+fn shown(text: &str) -> String {
+    chaos_daemon::text::escape(text, 4096)
+}
+
+/// Unix milliseconds as local time, `2026-12-01 15:04:05.123`.
+fn local_time(at_ms: u64) -> String {
+    let secs = (at_ms / 1000) as libc::time_t;
+    // SAFETY: an all-zero `tm` is valid (plain integers, a null zone name), and localtime_r
+    // only writes the `tm` it is given.
+    let tm = unsafe {
+        let mut tm: libc::tm = std::mem::zeroed();
+        (!libc::localtime_r(&secs, &mut tm).is_null()).then_some(tm)
+    };
+    let Some(tm) = tm else {
+        return format!("{}.{:03}", at_ms / 1000, at_ms % 1000);
+    };
+    format!(
+        "{:04}-{:02}-{:02} {:02}:{:02}:{:02}.{:03}",
+        tm.tm_year + 1900,
+        tm.tm_mon + 1,
+        tm.tm_mday,
+        tm.tm_hour,
+        tm.tm_min,
+        tm.tm_sec,
+        at_ms % 1000
+    )
+}
+
+/// Rows under a header, in columns as wide as their widest cell (escaped, see [`shown`]).
 fn table<const N: usize>(header: &[&str; N], rows: &[[String; N]]) -> String {
+    let rows: Vec<[String; N]> = rows.iter().map(|r| r.each_ref().map(|c| shown(c))).collect();
+    let rows = &rows;
     let mut widths = header.map(str::len);
     for row in rows {
         for (w, cell) in widths.iter_mut().zip(row) {
