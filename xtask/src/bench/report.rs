@@ -252,7 +252,7 @@ fn connections(md: &mut String, cx: &Value) {
 
 {} idle connections to the control socket held open by uid 65534, the daemon \
          under the packaged unit's open-files limit ({}); root's `chaosctl status` (a whole run of the \
-         command) {} times before and while they are held. The daemon logged {} lines about them.\n\n\
+         command) {} times before and while they are held. Lines the daemon logged about them: {}.\n\n\
          | | p50 | p99 | worst |\n|---|---:|---:|---:|",
         cx["held"], cx["nofile"], cx["status_alone"]["n"], cx["log_lines"]
     );
