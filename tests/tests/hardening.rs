@@ -420,3 +420,39 @@ fn a_hand_edited_state_file_is_refused_or_survived() {
         assert!(applied.contains(&format!("applied {name} ")), "{applied}");
     }
 }
+
+/// CPU time a process has used, in clock ticks (utime + stime of /proc/PID/stat).
+fn cpu_ticks(pid: nix::unistd::Pid) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    // Fields after the command (which may hold spaces) in parentheses: utime is the 12th.
+    let fields: Vec<&str> = stat.rsplit_once(')').unwrap().1.split_whitespace().collect();
+    fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap()
+}
+
+#[test]
+fn accept_failing_for_want_of_descriptors_is_backed_off_and_logged_rarely() {
+    let lab = Lab::new().unwrap();
+    let daemon = Daemon::start_with(&lab.a, "socket_mode = \"0666\"\nreaders = \"any\"").unwrap();
+    std::fs::set_permissions(&daemon.dir, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let pid = daemon.pid().unwrap();
+    // Room for a few connections only, so that accept fails with EMFILE under the per-uid limit.
+    let limit = fds(pid) + 4;
+    chaos_tests::run("prlimit", &["--pid", &pid.to_string(), &format!("--nofile={limit}:{limit}")]).unwrap();
+    let netns = Path::new("/run/netns").join(&lab.a.name);
+    let holder = Holder::new(&daemon.socket.to_string_lossy(), 40, NOBODY, &netns);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while logged(&daemon, "accept:") == 0 {
+        assert!(Instant::now() < deadline, "accept never failed: {}", daemon.log());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // Out of descriptors for 3 s: the loop waits between tries instead of spinning.
+    let ticks = cpu_ticks(pid);
+    std::thread::sleep(Duration::from_secs(3));
+    let used = cpu_ticks(pid) - ticks;
+    assert!(used < 30, "{used} ticks of CPU in 3 s while accept failed");
+    assert_eq!(logged(&daemon, "accept:"), 1, "{}", daemon.log());
+    // Once the connections go, the daemon serves again.
+    drop(holder);
+    let out = daemon.ctl(&["--timeout", "10s", "status"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+}
