@@ -8,7 +8,7 @@
 //!   in place with its mode, `dpkg --verify` clean, installed again (the upgrade path of its
 //!   scripts), the units checked by `systemd-analyze verify` when systemd is installed. Then the
 //!   service runs as its unit says, without systemd: ExecStart with the unit's capability
-//!   bounding set, NoNewPrivileges and LimitMEMLOCK, in a network namespace of its own, with
+//!   bounding set, NoNewPrivileges, LimitMEMLOCK and LimitNOFILE, in a network namespace of its own, with
 //!   NOTIFY_SOCKET set. It must report READY=1, answer `chaosctl status`, drop packets of a
 //!   fault on that namespace's lo, report STOPPING=1 and exit cleanly on SIGTERM. Last,
 //!   `dpkg --purge` must leave nothing: no file of the package, no /etc/chaos-daemon, state,
@@ -252,6 +252,8 @@ struct Unit {
     capabilities: Vec<String>,
     no_new_privileges: bool,
     memlock_unlimited: bool,
+    /// `LimitNOFILE=`, soft and hard.
+    nofile: Option<u64>,
 }
 
 impl Unit {
@@ -261,6 +263,7 @@ impl Unit {
             capabilities: Vec::new(),
             no_new_privileges: false,
             memlock_unlimited: false,
+            nofile: None,
         };
         let mut notify = false;
         let mut section = "";
@@ -286,6 +289,9 @@ impl Unit {
                 }
                 "NoNewPrivileges" => unit.no_new_privileges = value == "yes",
                 "LimitMEMLOCK" => unit.memlock_unlimited = value == "infinity",
+                "LimitNOFILE" => {
+                    unit.nofile = Some(value.trim().parse().with_context(|| format!("LimitNOFILE={value}"))?)
+                }
                 _ => {}
             }
         }
@@ -318,9 +324,20 @@ fn start(unit: &Unit, ns: &Netns, notify: &Path, log: &Path) -> anyhow::Result<C
         }
     }
     let netns = std::fs::File::open(format!("/run/netns/{}", ns.name))?;
-    // SAFETY: setns is an async-signal-safe system call, on a file opened before the fork.
+    let nofile = unit.nofile.map(|n| libc::rlimit { rlim_cur: n, rlim_max: n });
+    // SAFETY: setns and setrlimit are async-signal-safe system calls, on a file opened and a
+    // value made before the fork.
     unsafe {
-        cmd.pre_exec(move || Ok(nix::sched::setns(&netns, nix::sched::CloneFlags::CLONE_NEWNET)?));
+        cmd.pre_exec(move || {
+            nix::sched::setns(&netns, nix::sched::CloneFlags::CLONE_NEWNET)?;
+            // The unit's open-files limit, lowered to (systemd would set it either way).
+            if let Some(limit) = &nofile
+                && libc::setrlimit(libc::RLIMIT_NOFILE, limit) != 0
+            {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
     }
     cmd.spawn().context("starting the unit's ExecStart")
 }
