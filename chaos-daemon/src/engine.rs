@@ -299,6 +299,10 @@ impl Engine {
             let starts_at = now_ms + fault.start_after.as_millis() as u64;
             let mut spec = spec.clone();
             spec.name = Some(name.clone());
+            // The spec as applied says what the fault matches: reset takes TCP only.
+            if let Action::Reset { .. } = fault.action {
+                spec.protocol = Some("tcp".into());
+            }
             let record = Record {
                 name: name.clone(),
                 spec,
@@ -412,7 +416,7 @@ impl Engine {
     fn view(&self, name: &str) -> FaultView {
         let a = &self.faults[name];
         let r = &a.record;
-        let c = self.kernel.counters(r.slot);
+        let c = counters(&self.kernel, r);
         FaultView {
             name: name.into(),
             spec: r.spec.clone(),
@@ -455,6 +459,12 @@ fn outcome<T>(result: &Result<T, EngineError>) -> String {
         Ok(_) => "ok".into(),
         Err(e) => format!("error: {e}"),
     }
+}
+
+/// A fault's counters: the kernel's for its slot once it has started; none before (a scheduled
+/// fault's slot may still hold the counts of the fault that had it last, until it starts).
+fn counters(kernel: &Kernel, r: &Record) -> chaos_common::Counters {
+    if r.started { kernel.counters(r.slot) } else { Default::default() }
 }
 
 fn ended(v: &FaultView, reason: &str) -> Ended {
