@@ -40,10 +40,12 @@ fn sigterm_leaves_nothing_behind(mode: &str) {
     assert_eq!(kernel::qdiscs(&lab.a, &lab.a_if), qdiscs_before);
     assert!(!kernel::qdiscs(&lab.a, "lo").contains("clsact"));
     assert!(!daemon.socket.exists(), "the socket should be removed");
-    let pins: Vec<_> = std::fs::read_dir("/sys/fs/bpf")
-        .map(|d| d.filter_map(Result::ok).map(|e| e.path()).filter(|p| p.to_string_lossy().contains("chaos")).collect())
+    // Its own bpffs directory (each test daemon has one), not the whole of bpffs: other runs
+    // on the machine may have theirs.
+    let pins: Vec<_> = std::fs::read_dir(&daemon.bpffs)
+        .map(|d| d.filter_map(Result::ok).map(|e| e.path()).collect())
         .unwrap_or_default();
-    assert!(pins.is_empty(), "pins left: {pins:?}");
+    assert!(pins.is_empty() && !daemon.bpffs.exists(), "pins left in {}: {pins:?}", daemon.bpffs.display());
 }
 
 #[test]
