@@ -333,8 +333,7 @@ pub fn release_cgroup2() -> Option<String> {
             .is_some_and(|(left, right)| right.starts_with("cgroup2 ") && left.split(' ').nth(4) == Some(OWN_CGROUP2))
     });
     if !ours {
-        let dir = std::fs::symlink_metadata(OWN_CGROUP2).ok().filter(|m| m.is_dir())?;
-        drop(dir);
+        std::fs::symlink_metadata(OWN_CGROUP2).ok().filter(|m| m.is_dir())?;
         return match std::fs::remove_dir(OWN_CGROUP2) {
             Ok(()) => Some(format!("directory {OWN_CGROUP2}")),
             Err(e) => {
