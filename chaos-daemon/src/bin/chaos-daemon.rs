@@ -268,6 +268,7 @@ fn cleanup(config: &Config) -> anyhow::Result<()> {
         actor: Actor { uid: Some(nix::unistd::getuid().as_raw()), pid: Some(std::process::id() as i32), comm: None },
         action: "cleanup".into(),
         faults: vec![],
+        experiment: None,
         result: format!("ok: {} objects removed", removed.len()),
         ended,
     })?;

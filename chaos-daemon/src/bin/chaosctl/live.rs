@@ -66,7 +66,7 @@ pub async fn watch(
                     // Home, clear the screen: the table is redrawn in place.
                     out += "\x1b[H\x1b[2J";
                 }
-                let header = format!("{} faults, every {:?} (Ctrl-C to quit)", faults.len(), interval);
+                let header = format!("{}, every {:?} (Ctrl-C to quit)", super::plural(faults.len(), "fault"), interval);
                 let rows: Vec<[String; 6]> = faults.iter().map(|f| row(f, last.get(&f.name), seconds)).collect();
                 out += &header;
                 out += "\n";
