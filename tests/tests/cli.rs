@@ -167,8 +167,14 @@ fn history_shows_the_experiment_in_local_time() {
     let row = |n: usize| lines[n].split_whitespace().collect::<Vec<_>>();
     // `2026-12-01 15:04:05.123`: local time, to the millisecond.
     let (date, time) = (row(1)[0], row(1)[1]);
-    assert!(date.len() == 10 && date.as_bytes()[4] == b'-' && time.len() == 12 && time.as_bytes()[8] == b'.', "{table}");
-    assert!(lines[1].contains(" apply ") && lines[1].contains(" db-outage ") && lines[1].contains(" db-cut "), "{table}");
+    assert!(
+        date.len() == 10 && date.as_bytes()[4] == b'-' && time.len() == 12 && time.as_bytes()[8] == b'.',
+        "{table}"
+    );
+    assert!(
+        lines[1].contains(" apply ") && lines[1].contains(" db-outage ") && lines[1].contains(" db-cut "),
+        "{table}"
+    );
     assert!(lines[2].contains(" apply ") && lines[2].contains(" - ") && lines[2].contains(" lone "), "{table}");
     assert!(table.contains("    db-2 ended (removed): matched"), "ended faults under their event: {table}");
 }

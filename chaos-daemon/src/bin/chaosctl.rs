@@ -53,8 +53,11 @@ enum Command {
         output: Output,
     },
     /// Remove faults by name, or every fault of an experiment.
-    #[command(alias = "remove", override_usage = "chaosctl rm [--socket PATH] [OPTIONS] NAME...\n       \
-                                                   chaosctl rm [--socket PATH] [OPTIONS] -e EXPERIMENT")]
+    #[command(
+        alias = "remove",
+        override_usage = "chaosctl rm [--socket PATH] [OPTIONS] NAME...\n       \
+                                                   chaosctl rm [--socket PATH] [OPTIONS] -e EXPERIMENT"
+    )]
     Rm {
         #[arg(required_unless_present = "experiment", value_parser = name)]
         names: Vec<String>,
@@ -92,7 +95,8 @@ enum Command {
     },
     /// Print the completion script for a shell (the packages install bash's, zsh's and fish's).
     Completions { shell: clap_complete::Shell },
-    /// Write the man pages (from these definitions) into a directory, for packaging.
+    /// Write the man pages (from these definitions, with examples) into a directory, for
+    /// packaging (`cargo xtask man` writes them for a source build).
     #[command(hide = true)]
     Manpage { dir: PathBuf },
 }
@@ -347,7 +351,7 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
     match cli.command {
         Command::Completions { shell } => completions(shell),
         Command::Manpage { dir } => {
-            chaos_daemon::manpage::write(command(), "1", &dir)?;
+            chaos_daemon::manpage::write(command(), "1", &dir, &man_sections)?;
         }
         Command::Apply(args) => {
             let (force, wait, output) = (args.force, args.wait, args.output);
@@ -831,6 +835,125 @@ fn completions(shell: clap_complete::Shell) {
     clap_complete::generate(shell, &mut command(), "chaosctl", &mut std::io::stdout());
 }
 
+/// What the man pages hold beyond `--help`: examples for each page (every example of every
+/// command on `chaosctl`'s own), and on every page the exit status and the environment.
+fn man_sections(page: &str) -> Vec<chaos_daemon::manpage::Section> {
+    use chaos_daemon::manpage::Section;
+    let examples: &[(&str, &[(&str, &str)])] = &[
+        (
+            "chaosctl-apply",
+            &[
+                (
+                    "chaosctl apply -i eth0 --loss 20% --for 30s",
+                    "Drop a fifth of eth0's outgoing packets for 30 seconds.",
+                ),
+                (
+                    "chaosctl apply -i eth0 --delay 100ms --jitter 10ms -p tcp --dport 5432",
+                    "Delay outgoing PostgreSQL traffic by 90-110 ms.",
+                ),
+                (
+                    "chaosctl apply -i eth0 --partition -d both --dst 10.0.0.0/8 --start-after 1m --for 5m",
+                    "Cut eth0 off from 10.0.0.0/8 both ways, in a minute, for five minutes.",
+                ),
+                (
+                    "chaosctl apply --pod shop/web-0 --reset --dport 6379",
+                    "Reset the Redis connections of a pod on this node, as seen from inside it.",
+                ),
+                (
+                    "chaosctl apply --cgroup /system.slice/app.service --connect-fail --dport 3306",
+                    "Make one service's connect() calls to port 3306 fail at once (ECONNREFUSED).",
+                ),
+                (
+                    "chaosctl apply -f outage.toml -e db-outage",
+                    "Apply every fault of a file, all or none, as one experiment.",
+                ),
+                (
+                    "chaosctl apply -i eth0 --loss 5 --for 1m --wait",
+                    "Block until the fault ends, showing its progress, then print its final counters.",
+                ),
+            ],
+        ),
+        (
+            "chaosctl-list",
+            &[
+                ("chaosctl list", "The faults, their state, time left and counters."),
+                ("chaosctl list -o json", "The same as JSON."),
+            ],
+        ),
+        (
+            "chaosctl-watch",
+            &[("chaosctl watch -n 500ms cut-db", "Follow one fault's counters twice a second until Ctrl-C.")],
+        ),
+        (
+            "chaosctl-rm",
+            &[
+                ("chaosctl rm cut-db slow-dns", "Remove two faults, printing their final counters."),
+                ("chaosctl rm -e db-outage", "Remove every fault of an experiment."),
+            ],
+        ),
+        ("chaosctl-clear", &[("chaosctl clear", "Remove every fault, scheduled ones too.")]),
+        (
+            "chaosctl-history",
+            &[
+                (
+                    "chaosctl history -n 20",
+                    "The last 20 changes: when (local time), who, the experiment, the result, how faults ended.",
+                ),
+                ("chaosctl history -o json", "The same with times in Unix milliseconds (UTC)."),
+            ],
+        ),
+        ("chaosctl-status", &[("chaosctl status", "Kernel features, delay backend, targets, attachments and limits.")]),
+        (
+            "chaosctl-completions",
+            &[("chaosctl completions bash > /etc/bash_completion.d/chaosctl", "Install bash completion.")],
+        ),
+    ];
+    let entries: Vec<(&str, &str)> = examples
+        .iter()
+        .filter(|(name, _)| page == "chaosctl" || *name == page)
+        .flat_map(|(_, e)| e.iter().copied())
+        .collect();
+    let code = |c: i32| c.to_string();
+    let status = [
+        (code(0), "Done."),
+        (code(1), "Failed otherwise: the kernel refused a change, the daemon went away mid-request."),
+        (
+            code(exit::BAD_INPUT),
+            "Bad input: a flag, a fault file, or a fault the daemon refused as invalid (HTTP 400).",
+        ),
+        (
+            code(exit::UNREACHABLE),
+            "chaos-daemon could not be reached (no socket, not running, no permission on it), or did not answer \
+             within --timeout (the request is then withdrawn).",
+        ),
+        (
+            code(exit::REFUSED),
+            "Refused by the daemon: not allowed (403), a name taken or a protected flow (409), a fault this kernel \
+             cannot run (422), or too many connections (503).",
+        ),
+        (code(exit::NOT_FOUND), "No such fault or experiment (404)."),
+        (code(exit::INTERRUPTED), "apply --wait interrupted by Ctrl-C: the faults it applied were removed."),
+    ];
+    let mut sections = Vec::new();
+    if !entries.is_empty() {
+        sections.push(Section::new("EXAMPLES", &entries));
+    }
+    let status: Vec<(&str, &str)> = status.iter().map(|(c, what)| (c.as_str(), *what)).collect();
+    sections.push(Section::new("EXIT STATUS", &status));
+    sections.push(Section::new(
+        "ENVIRONMENT",
+        &[
+            ("CHAOS_SOCKET", "chaos-daemon's control socket, as --socket (default /run/chaos-daemon.sock)."),
+            ("CHAOS_TIMEOUT", "How long to wait for each answer, as --timeout (default 30s)."),
+        ],
+    ));
+    sections.push(Section::new(
+        "SEE ALSO",
+        &[("chaos-daemon(8)", "The daemon; its configuration and the control API are described in its docs.")],
+    ));
+    sections
+}
+
 fn command() -> clap::Command {
     <Cli as clap::CommandFactory>::command()
 }
@@ -861,6 +984,30 @@ mod tests {
         assert_eq!(clock(0), "0s");
         assert_eq!(plural(1, "fault"), "1 fault");
         assert_eq!(plural(0, "fault"), "0 faults");
+    }
+
+    #[test]
+    fn man_pages_hold_the_help_examples_exit_status_and_environment() {
+        let dir = std::env::temp_dir().join(format!("chaosctl-man-{}", std::process::id()));
+        let pages = chaos_daemon::manpage::write(command(), "1", &dir, &man_sections).unwrap();
+        let read = |name: &str| std::fs::read_to_string(dir.join(name)).unwrap();
+        let (top, apply) = (read("chaosctl.1"), read("chaosctl-apply.1"));
+        std::fs::remove_dir_all(&dir).unwrap();
+        let visible = command().get_subcommands().filter(|s| !s.is_hide_set()).count();
+        assert_eq!(pages.len(), 1 + visible);
+        for page in [&top, &apply] {
+            for section in [".SH EXAMPLES", ".SH \"EXIT STATUS\"", ".SH ENVIRONMENT", ".SH OPTIONS"] {
+                assert!(page.contains(section), "{section} missing:\n{page}");
+            }
+            assert!(page.contains("CHAOS_SOCKET") && page.contains("CHAOS_TIMEOUT") && page.contains("\\fB130\\fR"));
+        }
+        // What --help says of apply's flags, and its examples.
+        for text in
+            ["\\-\\-start\\-after", "Start after this long", "chaosctl apply \\-i eth0 \\-\\-loss 20% \\-\\-for 30s"]
+        {
+            assert!(apply.contains(text), "{text} missing:\n{apply}");
+        }
+        assert!(top.contains("chaosctl rm \\-e db\\-outage"), "every example on chaosctl(1)");
     }
 
     #[test]

@@ -134,8 +134,25 @@ pub fn port_like() -> BoxedStrategy<String> {
         // Forms the API echoes differently (`"80"`, `"80-80"`, `" 80 "`: 80): one port, sent as
         // text.
         (0..=65_535u32).prop_map(|p| format!("{p}-{p}")),
-        select(&["", "-", "5-", "-5", "80-80-80", " 80 - 90 ", " 80 ", "+80", "080", "80..90", "0x50", "８０", "http", "80,443"][..])
-            .prop_map(String::from),
+        select(
+            &[
+                "",
+                "-",
+                "5-",
+                "-5",
+                "80-80-80",
+                " 80 - 90 ",
+                " 80 ",
+                "+80",
+                "080",
+                "80..90",
+                "0x50",
+                "８０",
+                "http",
+                "80,443"
+            ][..]
+        )
+        .prop_map(String::from),
     ]
     .boxed()
 }
