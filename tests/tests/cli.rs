@@ -253,6 +253,11 @@ fn apply_wait_blocks_until_the_end_and_prints_the_final_counters() {
     let out = waiting.wait_with_output().unwrap();
     assert!(started.elapsed() >= Duration::from_secs(2), "returned before the fault ended");
     assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    // Off a terminal, progress is a line per change, on stderr (stdout stays JSON).
+    let progress = stderr(&out);
+    let lines: Vec<&str> = progress.lines().collect();
+    assert!(lines.first().is_some_and(|l| l.starts_with("brief: active (")), "{progress}");
+    assert_eq!(lines.last(), Some(&"brief: ended"), "{progress}");
     let summary = json(&String::from_utf8_lossy(&out.stdout));
     let ended = &summary["ended"][0];
     assert_eq!((ended["name"].as_str(), ended["reason"].as_str()), (Some("brief"), Some("expired")));
@@ -294,4 +299,63 @@ fn interrupting_apply_wait_removes_its_faults() {
     assert_eq!(daemon.list()["faults"], serde_json::json!([]));
     let dst = SocketAddr::new(B4.parse().unwrap(), 9403);
     assert_eq!(traffic::udp(&lab.a, None, &lab.b, dst, 100).unwrap(), 100);
+}
+
+#[test]
+fn the_daemons_own_events_name_the_experiment_of_their_faults() {
+    let lab = Lab::new().unwrap();
+    let daemon = Daemon::start(&lab.a).unwrap();
+    let i = lab.a_if.as_str();
+    daemon.ctl_ok(&["apply", "--name", "brief", "-i", i, "--loss", "5", "-e", "short"]);
+    daemon.ctl_ok(&["rm", "brief"]);
+    daemon.ctl_ok(&["apply", "--name", "soon", "-i", i, "--loss", "5", "-e", "short"]);
+    daemon.ctl_ok(&["apply", "--name", "late", "-i", i, "--loss", "5", "--start-after", "300ms", "--for", "300ms"]);
+    daemon.ctl_ok(&[
+        "apply",
+        "--name",
+        "x",
+        "-i",
+        i,
+        "--loss",
+        "5",
+        "--start-after",
+        "300ms",
+        "--for",
+        "300ms",
+        "-e",
+        "sched",
+    ]);
+    // The daemon starts and ends them by itself (it looks every second).
+    let events = || json(&daemon.ctl_ok(&["history", "-o", "json"]))["events"].as_array().unwrap().clone();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while daemon.list()["faults"].as_array().unwrap().len() > 1 {
+        assert!(Instant::now() < deadline, "never expired: {:#?}", events());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    daemon.ctl_ok(&["clear"]);
+    let of = |action: &str| -> Vec<(Vec<String>, Option<String>)> {
+        events()
+            .iter()
+            .filter(|e| e["action"] == action)
+            .map(|e| {
+                let faults =
+                    e["faults"].as_array().map_or(vec![], |f| f.iter().map(|n| n.as_str().unwrap().into()).collect());
+                (faults, e["experiment"].as_str().map(String::from))
+            })
+            .collect()
+    };
+    let one = |names: &[&str], e: Option<&str>| (names.iter().map(|n| n.to_string()).collect(), e.map(String::from));
+    // Faults of one experiment name it; faults of several, or of none, name none.
+    assert_eq!(of("remove"), [one(&["brief"], Some("short"))]);
+    // `late` (no experiment) and `x` (sched) start and end in one tick or in two.
+    for action in ["start", "expire"] {
+        let events = of(action);
+        for (faults, experiment) in &events {
+            let want = if faults == &["x"] { Some("sched".to_owned()) } else { None };
+            assert_eq!(experiment, &want, "{action}: {events:?}");
+        }
+        assert_eq!(events.iter().map(|(f, _)| f.len()).sum::<usize>(), 2, "{action}: {events:?}");
+    }
+    // Only `soon` was left: the clear was of experiment `short`'s faults.
+    assert_eq!(of("clear"), [one(&[], Some("short"))]);
 }
