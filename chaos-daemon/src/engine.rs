@@ -299,6 +299,10 @@ impl Engine {
             let starts_at = now_ms + fault.start_after.as_millis() as u64;
             let mut spec = spec.clone();
             spec.name = Some(name.clone());
+            // The spec as applied says what the fault matches: reset takes TCP only.
+            if let Action::Reset { .. } = fault.action {
+                spec.protocol = Some("tcp".into());
+            }
             let record = Record {
                 name: name.clone(),
                 spec,
@@ -432,7 +436,7 @@ impl Engine {
     fn view(&self, name: &str) -> FaultView {
         let a = &self.faults[name];
         let r = &a.record;
-        let c = self.kernel.counters(r.slot);
+        let c = counters(&self.kernel, r);
         FaultView {
             name: name.into(),
             // One form for ports however they were sent (flags send text, files numbers).
@@ -484,6 +488,12 @@ fn outcome<T>(result: &Result<T, EngineError>) -> String {
 fn one_experiment<'a>(mut experiments: impl Iterator<Item = Option<&'a str>>) -> Option<String> {
     let first = experiments.next()??;
     experiments.all(|e| e == Some(first)).then(|| first.to_owned())
+}
+
+/// A fault's counters: the kernel's for its slot once it has started; none before (a scheduled
+/// fault's slot may still hold the counts of the fault that had it last, until it starts).
+fn counters(kernel: &Kernel, r: &Record) -> chaos_common::Counters {
+    if r.started { kernel.counters(r.slot) } else { Default::default() }
 }
 
 fn ended(v: &FaultView, reason: &str) -> Ended {

@@ -322,8 +322,10 @@ fn cgroup2_mount() -> Result<PathBuf, String> {
     Ok(OWN_CGROUP2.into())
 }
 
-/// Unmounts the cgroup2 the daemon mounted for itself, if it did: on a clean exit and in
-/// `cleanup`, so that nothing of the daemon stays on the host. Returns what it removed.
+/// Unmounts the cgroup2 the daemon mounted for itself, if it did, and removes its directory: on
+/// a clean exit and in `cleanup`, so that nothing of the daemon stays on the host. Returns what
+/// it removed. A directory whose mount is gone (made by a daemon that was killed, or that ran in
+/// a mount namespace of its own) is removed too, if empty.
 pub fn release_cgroup2() -> Option<String> {
     let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
     let ours = mountinfo.lines().any(|l| {
@@ -331,7 +333,15 @@ pub fn release_cgroup2() -> Option<String> {
             .is_some_and(|(left, right)| right.starts_with("cgroup2 ") && left.split(' ').nth(4) == Some(OWN_CGROUP2))
     });
     if !ours {
-        return None;
+        let dir = std::fs::symlink_metadata(OWN_CGROUP2).ok().filter(|m| m.is_dir())?;
+        drop(dir);
+        return match std::fs::remove_dir(OWN_CGROUP2) {
+            Ok(()) => Some(format!("directory {OWN_CGROUP2}")),
+            Err(e) => {
+                tracing::warn!("removing {OWN_CGROUP2}: {e}");
+                None
+            }
+        };
     }
     match nix::mount::umount2(OWN_CGROUP2, nix::mount::MntFlags::MNT_DETACH) {
         Ok(()) => {

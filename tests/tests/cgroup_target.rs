@@ -333,6 +333,17 @@ fn on_a_host_without_cgroup2_the_daemon_mounts_its_own() {
     assert!(daemon.stop().unwrap().success(), "{}", daemon.log());
     assert!(daemon.log().contains("unmounted the cgroup2 it mounted"), "{}", daemon.log());
     assert!(!own.exists(), "{} left behind", own.display());
+
+    // Killed, its mount dies with its mount namespace but the directory stays: cleanup (in a
+    // namespace of its own too) removes it.
+    daemon.restart().unwrap();
+    daemon.ctl_ok(&["apply", "--name", "cut", "--cgroup", &a.path, "-i", &lab.a_if, "--partition", "-p", "udp"]);
+    daemon.signal(nix::sys::signal::Signal::SIGKILL).unwrap();
+    assert!(own.exists());
+    let out = daemon.cleanup();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success() && stdout.contains("removed directory /run/chaos-daemon-cgroup2"), "{stdout}");
+    assert!(!own.exists(), "{} left behind", own.display());
 }
 
 #[test]

@@ -105,3 +105,47 @@ fn experiment_with_a_bad_fault_applies_nothing_and_clear_takes_scheduled_faults(
     assert!(daemon.ctl_ok(&["clear"]).contains("removed 2 faults"));
     assert_eq!(daemon.list()["faults"], serde_json::json!([]));
 }
+
+#[test]
+fn a_new_fault_counts_from_zero_in_a_slot_used_before() {
+    let lab = Lab::new().unwrap();
+    let daemon = Daemon::start(&lab.a).unwrap();
+    let to = SocketAddr::new(lab::B4.parse().unwrap(), 7310);
+    let cut = ["-i", &lab.a_if, "--partition", "-p", "udp", "--dport", "7310"];
+    daemon.ctl_ok(&[&["apply", "--name", "first"][..], &cut].concat());
+    assert_eq!(traffic::udp(&lab.a, None, &lab.b, to, 16).unwrap(), 0);
+    let removed: serde_json::Value = serde_json::from_str(&daemon.ctl_ok(&["rm", "first", "-o", "json"])).unwrap();
+    assert_eq!(removed["faults"][0]["dropped"], 16, "{removed}");
+
+    // The next fault takes the freed slot: scheduled, it has counted nothing, in the list and
+    // in the history when it is removed before it starts.
+    daemon.ctl_ok(&[&["apply", "--name", "second", "--start-after", "60s"][..], &cut].concat());
+    let f = &daemon.list()["faults"][0];
+    assert_eq!(
+        (f["state"].as_str(), f["matched"].as_u64(), f["dropped"].as_u64()),
+        (Some("scheduled"), Some(0), Some(0))
+    );
+    daemon.ctl_ok(&["rm", "second"]);
+    let history: serde_json::Value = serde_json::from_str(&daemon.ctl_ok(&["history", "-o", "json"])).unwrap();
+    let last = history["events"].as_array().unwrap().last().unwrap().clone();
+    assert_eq!(last["ended"][0]["name"], "second", "{last}");
+    assert_eq!((last["ended"][0]["matched"].as_u64(), last["ended"][0]["dropped"].as_u64()), (Some(0), Some(0)));
+
+    // Started, it counts its own packets from zero.
+    daemon.ctl_ok(&[&["apply", "--name", "third"][..], &cut].concat());
+    assert_eq!(traffic::udp(&lab.a, None, &lab.b, to, 5).unwrap(), 0);
+    let f = &daemon.list()["faults"][0];
+    assert_eq!((f["matched"].as_u64(), f["dropped"].as_u64()), (Some(5), Some(5)), "{f}");
+}
+
+#[test]
+fn a_reset_fault_says_it_matches_tcp() {
+    let lab = Lab::new().unwrap();
+    let daemon = Daemon::start(&lab.a).unwrap();
+    daemon.ctl_ok(&["apply", "--name", "rst", "-i", &lab.a_if, "--reset", "--dport", "7311"]);
+    let f = &daemon.list()["faults"][0];
+    assert_eq!(f["spec"]["protocol"], "tcp", "{f}");
+    let table = daemon.ctl_ok(&["list"]);
+    let row = table.lines().find(|l| l.starts_with("rst")).unwrap();
+    assert!(row.split_whitespace().any(|c| c == "tcp"), "{table}");
+}

@@ -9,7 +9,7 @@ use chaos_common::{MAX_RULES, NO_DEADLINE};
 
 const SECOND: u64 = 1_000_000_000;
 
-use super::{Active, Engine, EngineError, Guard, Settings, commit, ended, one_experiment, rule_action};
+use super::{Active, Engine, EngineError, Guard, Settings, commit, counters, ended, one_experiment, rule_action};
 use crate::{
     kernel::Kernel,
     state::{Actor, Ended, State, Store, boot_id, mono_ns},
@@ -89,7 +89,7 @@ impl Engine {
                 }
                 (reason, _) => {
                     let counters =
-                        if same_boot && adopted { engine.kernel.counters(record.slot) } else { Default::default() };
+                        if same_boot && adopted { counters(&engine.kernel, &record) } else { Default::default() };
                     let reason = reason.unwrap_or("its definition is no longer valid");
                     gone.push(Ended::new(&record.name, reason, &counters));
                 }
