@@ -53,11 +53,7 @@ enum Command {
         output: Output,
     },
     /// Remove faults by name, or every fault of an experiment.
-    #[command(
-        alias = "remove",
-        override_usage = "chaosctl rm [--socket PATH] [OPTIONS] NAME...\n       \
-                                                   chaosctl rm [--socket PATH] [OPTIONS] -e EXPERIMENT"
-    )]
+    #[command(alias = "remove", override_usage = RM_USAGE)]
     Rm {
         #[arg(required_unless_present = "experiment", value_parser = name)]
         names: Vec<String>,
@@ -107,6 +103,9 @@ const APPLY_USAGE: &str = "chaosctl apply [--socket PATH] -i INTERFACE ACTION [O
        chaosctl apply [--socket PATH] -f FILE [OPTIONS]
 ACTION: --loss PERCENT, --gemodel \"P R..\", --partition, --delay DURATION, --rate RATE, --duplicate PERCENT,
         --corrupt PERCENT or --reset";
+
+const RM_USAGE: &str = "chaosctl rm [--socket PATH] [OPTIONS] NAME...
+       chaosctl rm [--socket PATH] [OPTIONS] -e EXPERIMENT";
 
 #[derive(Clone, Copy, ValueEnum)]
 enum Output {
@@ -499,9 +498,19 @@ fn specs(args: ApplyArgs) -> anyhow::Result<(Vec<FaultSpec>, Option<String>)> {
         })
         .transpose()
     };
-    let acts = [args.loss.is_some(), args.gemodel.is_some(), args.partition, args.delay.is_some()];
-    let more = [args.rate.is_some(), args.duplicate.is_some(), args.corrupt.is_some(), args.reset, args.connect_fail];
-    if !acts.into_iter().chain(more).any(|given| given) {
+    // Asked for here rather than by clap, which would name one flag (`--loss`) as required.
+    let actions = [
+        args.loss.is_some(),
+        args.gemodel.is_some(),
+        args.partition,
+        args.delay.is_some(),
+        args.rate.is_some(),
+        args.duplicate.is_some(),
+        args.corrupt.is_some(),
+        args.reset,
+        args.connect_fail,
+    ];
+    if !actions.contains(&true) {
         anyhow::bail!(
             "give an action: --loss, --gemodel, --partition, --delay, --rate, --duplicate, --corrupt, --reset or \
              --connect-fail (or --file with faults)"
@@ -644,11 +653,12 @@ fn left(at_ms: u64) -> String {
     clock(at_ms.saturating_sub(unix_ms()).div_ceil(1000))
 }
 
-/// A length of time: `6s`, `1m`, `1h30m`; under a second in milliseconds (`500ms`), above in
-/// whole seconds rounded up.
+/// A length of time: `6s`, `1m`, `1h30m`; under a second in milliseconds (`500ms`), under a
+/// minute to the millisecond (`1.5s`), above in whole seconds rounded up.
 fn span(ms: u64) -> String {
     match ms {
         0..1000 => format!("{ms}ms"),
+        1000..60_000 if ms % 1000 != 0 => format!("{}s", ms as f64 / 1000.0),
         _ => clock(ms.div_ceil(1000)),
     }
 }
@@ -980,7 +990,8 @@ mod tests {
         assert_eq!(span(3_600_000), "1h");
         assert_eq!(span(3_605_000), "1h5s");
         assert_eq!(span(500), "500ms");
-        assert_eq!(span(1_500), "2s");
+        assert_eq!(span(1_500), "1.5s");
+        assert_eq!(span(60_500), "1m1s");
         assert_eq!(clock(0), "0s");
         assert_eq!(plural(1, "fault"), "1 fault");
         assert_eq!(plural(0, "fault"), "0 faults");
