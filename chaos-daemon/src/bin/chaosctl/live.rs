@@ -101,7 +101,8 @@ pub enum Waited {
 }
 
 /// `apply --wait`: shows progress on stderr until every fault of `names` has ended (on a
-/// terminal one line redrawn; otherwise a line as each fault starts, every 10 s, and as it ends), then returns their final counters from the audit trail. On Ctrl-C (`interrupt`,
+/// terminal one line, redrawn; otherwise a line as each fault starts, every 10 s, and as it
+/// ends), then returns their final counters from the audit trail. On Ctrl-C (`interrupt`,
 /// listened to since before the faults were applied) the faults still running are removed:
 /// stopping the wait stops the experiment.
 pub async fn wait(client: &Client<'_>, names: &[String], mut interrupt: Signal) -> anyhow::Result<Waited> {
