@@ -658,7 +658,7 @@ fn left(at_ms: u64) -> String {
 fn span(ms: u64) -> String {
     match ms {
         0..1000 => format!("{ms}ms"),
-        1000..60_000 if ms % 1000 != 0 => format!("{}s", ms as f64 / 1000.0),
+        1000..60_000 if !ms.is_multiple_of(1000) => format!("{}s", ms as f64 / 1000.0),
         _ => clock(ms.div_ceil(1000)),
     }
 }
