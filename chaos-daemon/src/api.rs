@@ -52,8 +52,12 @@ pub struct FaultView {
     pub experiment: Option<String>,
     /// `scheduled` (waiting for its start) or `active`.
     pub state: String,
-    /// Unix time, seconds.
+    /// Unix time, seconds. Deprecated: kept for clients of the first `/v1`; read
+    /// `applied_at_ms`, in milliseconds like every other time of the API.
     pub applied_at: u64,
+    /// Unix time in milliseconds at which it was applied (0 from daemons before it existed).
+    #[serde(default)]
+    pub applied_at_ms: u64,
     pub applied_by: Actor,
     /// Unix time in milliseconds at which it starts (started).
     pub starts_at: u64,

@@ -17,8 +17,9 @@ use crate::api::ApiError;
 /// codes).
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
-    #[error("cannot connect to chaos-daemon at {}: {source}{hint}", socket.display())]
-    Unreachable { socket: PathBuf, source: std::io::Error, hint: &'static str },
+    /// `error` is part of the message, not a source: printed as a chain it would be said twice.
+    #[error("cannot connect to chaos-daemon at {}: {error}{hint}", socket.display())]
+    Unreachable { socket: PathBuf, error: std::io::Error, hint: &'static str },
     /// The daemon answered with an error status: its message says what was wrong (escaped as
     /// shown: it may quote what was sent).
     #[error("{}", crate::text::escape(message, 4096))]
@@ -84,13 +85,13 @@ impl<'a> Client<'a> {
         path: &str,
         body: Option<&B>,
     ) -> Result<T, ClientError> {
-        let stream = UnixStream::connect(self.socket).await.map_err(|source| {
-            let hint = match source.kind() {
+        let stream = UnixStream::connect(self.socket).await.map_err(|error| {
+            let hint = match error.kind() {
                 std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused => " (is chaos-daemon running?)",
                 std::io::ErrorKind::PermissionDenied => " (are you root or in the socket's group?)",
                 _ => "",
             };
-            ClientError::Unreachable { socket: self.socket.to_owned(), source, hint }
+            ClientError::Unreachable { socket: self.socket.to_owned(), error, hint }
         })?;
         let exchange = |what: &str, e: &dyn std::fmt::Display| ClientError::Exchange(format!("{what}: {e}"));
         let (mut sender, conn) =

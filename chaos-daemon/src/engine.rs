@@ -105,7 +105,7 @@ impl Engine {
             Ok(views) => views.iter().map(|v| v.name.clone()).collect(),
             Err(_) => req.faults.iter().filter_map(|f| f.name.clone()).collect(),
         };
-        self.audit(actor, "apply", names, outcome(&result), vec![]);
+        self.audit(actor, "apply", names, req.experiment.clone(), outcome(&result), vec![]);
         result
     }
 
@@ -144,7 +144,7 @@ impl Engine {
     /// Records a refused request (the engine never saw it) in the audit trail. `action` and
     /// `why` may hold what the peer sent: they are escaped and bounded with the rest.
     pub fn refused(&mut self, actor: &Actor, action: &str, why: &str) {
-        self.audit(actor, action, vec![], format!("refused: {why}"), vec![]);
+        self.audit(actor, action, vec![], None, format!("refused: {why}"), vec![]);
     }
 
     pub fn list(&self) -> Vec<FaultView> {
@@ -381,21 +381,41 @@ impl Engine {
             Ok(views) => views.iter().map(|v| ended(v, reason)).collect(),
             Err(_) => vec![],
         };
-        self.audit(actor, action, names, outcome(&result), ended);
+        let experiment = match &result {
+            // Named even when there was none to remove.
+            _ if action == "remove-experiment" => names.first().cloned(),
+            Ok(views) => one_experiment(views.iter().map(|v| v.experiment.as_deref())),
+            Err(_) => None,
+        };
+        self.audit(actor, action, names, experiment, outcome(&result), ended);
         result
     }
 
-    fn audit(&mut self, actor: &Actor, action: &str, faults: Vec<String>, result: String, ended: Vec<Ended>) {
+    fn audit(
+        &mut self,
+        actor: &Actor,
+        action: &str,
+        faults: Vec<String>,
+        experiment: Option<String>,
+        result: String,
+        ended: Vec<Ended>,
+    ) {
         // Names and errors may quote what a peer sent (a refused name, a request path): one
         // line each, bounded, in the log and the history alike.
         let action = escape(action, MAX_ACTION);
         let faults: Vec<String> = faults.iter().map(|f| escape(f, MAX_NAME)).collect();
         let result = escape(&result, MAX_RESULT);
         tracing::info!(target: "audit", %actor, action = action.as_str(), ?faults, result, ended = ended.len(), "audit");
-        let event = Event { at: unix_ms(), actor: actor.clone(), action, faults, result, ended };
+        let experiment = experiment.map(|e| escape(&e, MAX_NAME));
+        let event = Event { at: unix_ms(), actor: actor.clone(), action, faults, experiment, result, ended };
         if let Err(e) = self.store.append(&event) {
             tracing::error!("writing the audit trail: {e}");
         }
+    }
+
+    /// The experiment of the named faults (those present), when they all belong to one.
+    fn experiment_of(&self, names: &[String]) -> Option<String> {
+        one_experiment(names.iter().filter_map(|n| self.faults.get(n)).map(|a| a.record.experiment.as_deref()))
     }
 
     /// Writes the state file. The kernel change it follows has happened: a failure here is
@@ -419,10 +439,12 @@ impl Engine {
         let c = counters(&self.kernel, r);
         FaultView {
             name: name.into(),
-            spec: r.spec.clone(),
+            // One form for ports however they were sent (flags send text, files numbers).
+            spec: r.spec.clone().with_canonical_ports(),
             experiment: r.experiment.clone(),
             state: if r.started { "active" } else { "scheduled" }.into(),
             applied_at: r.applied_at / 1000,
+            applied_at_ms: r.applied_at,
             applied_by: r.applied_by.clone(),
             starts_at: r.starts_at,
             expires_at: r.expires_at,
@@ -459,6 +481,13 @@ fn outcome<T>(result: &Result<T, EngineError>) -> String {
         Ok(_) => "ok".into(),
         Err(e) => format!("error: {e}"),
     }
+}
+
+/// The experiment shared by every one of `experiments` (an audit event's faults); none if they
+/// differ, if one has none, or if there are none.
+fn one_experiment<'a>(mut experiments: impl Iterator<Item = Option<&'a str>>) -> Option<String> {
+    let first = experiments.next()??;
+    experiments.all(|e| e == Some(first)).then(|| first.to_owned())
 }
 
 /// A fault's counters: the kernel's for its slot once it has started; none before (a scheduled

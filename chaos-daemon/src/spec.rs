@@ -172,6 +172,28 @@ pub enum PortSpec {
     Text(String),
 }
 
+impl PortSpec {
+    /// The one form a port is echoed in, whatever it was sent as: a number for one port
+    /// (`"80"`, `"80-80"`: 80), `"lo-hi"` for a range. Left as given if it is not a valid port
+    /// or range (validation refuses it).
+    pub fn canonical(&self) -> PortSpec {
+        match port_range("", Some(self)) {
+            Ok(r) if r.lo == r.hi => PortSpec::Number(r.lo.into()),
+            Ok(r) => PortSpec::Text(format!("{}-{}", r.lo, r.hi)),
+            Err(_) => self.clone(),
+        }
+    }
+}
+
+impl FaultSpec {
+    /// The spec with its ports in their one form ([`PortSpec::canonical`]), as the API echoes it.
+    pub fn with_canonical_ports(mut self) -> Self {
+        self.sport = self.sport.as_ref().map(PortSpec::canonical);
+        self.dport = self.dport.as_ref().map(PortSpec::canonical);
+        self
+    }
+}
+
 /// A refused field: `field: reason`.
 #[derive(Clone, Debug, PartialEq, thiserror::Error)]
 #[error("{field}: {reason}")]

@@ -104,6 +104,10 @@ pub struct Event {
     /// Faults (or the experiment) concerned.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub faults: Vec<String>,
+    /// The experiment of the faults concerned, when they all belong to one (absent from lines
+    /// written before it was recorded).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub experiment: Option<String>,
     /// `ok`, `refused: <why>` or `error: <why>`.
     pub result: String,
     /// Faults that ended, with their final counters.
@@ -502,9 +506,22 @@ mod tests {
             actor: Actor { uid: Some(0), pid: Some(1), comm: Some("chaosctl".into()) },
             action: "apply".into(),
             faults: vec![format!("f{n}")],
+            experiment: None,
             result: "ok".into(),
             ended: vec![],
         }
+    }
+
+    #[test]
+    fn events_written_before_experiments_were_recorded_still_read() {
+        let old = r#"{"at":1,"actor":{"uid":0},"action":"apply","faults":["a"],"result":"ok"}"#;
+        let e: Event = serde_json::from_str(old).unwrap();
+        assert_eq!((e.experiment, e.faults), (None, vec!["a".to_owned()]));
+        let new = Event { experiment: Some("db".into()), ..event(1) };
+        let line = serde_json::to_string(&new).unwrap();
+        assert!(line.contains(r#""experiment":"db""#), "{line}");
+        assert_eq!(serde_json::from_str::<Event>(&line).unwrap(), new);
+        assert!(!serde_json::to_string(&event(1)).unwrap().contains("experiment"), "absent when none");
     }
 
     fn refusal(n: u64) -> Event {

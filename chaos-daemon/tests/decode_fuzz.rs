@@ -9,7 +9,7 @@ mod fuzz_input;
 
 use chaos_daemon::{
     api::Apply,
-    spec::{Action, Cidr, FaultSpec, Odds, PortRange, mask},
+    spec::{Action, Cidr, FaultSpec, Odds, PortRange, PortSpec, mask},
 };
 use fuzz_input::Interface;
 use proptest::{
@@ -67,9 +67,24 @@ fn check_spec(spec: &FaultSpec) -> Result<(), TestCaseError> {
             let m = fault.matches;
             prop_assert!(m.sport.lo <= m.sport.hi && m.dport.lo <= m.dport.hi, "{fault:?}");
             prop_assert!(m.families.v4 || m.families.v6, "{fault:?}");
-            // The daemon echoes accepted specs back (list, get): they must read back the same.
-            let echoed: FaultSpec = serde_json::from_str(&serde_json::to_string(spec).unwrap()).unwrap();
-            prop_assert_eq!(&echoed, spec);
+            // The daemon echoes accepted specs back (list, get) with their ports in one form: a
+            // number for one port, `"lo-hi"` for a range (docs/api.md). That form means the
+            // same fault, reads back the same, and is its own form.
+            let canonical = spec.clone().with_canonical_ports();
+            for port in [&canonical.sport, &canonical.dport].into_iter().flatten() {
+                match port {
+                    PortSpec::Number(n) => prop_assert!((0..=65_535).contains(n), "{port:?}"),
+                    PortSpec::Text(t) => {
+                        let (lo, hi) = t.split_once('-').expect("a range");
+                        let (lo, hi): (u16, u16) = (lo.parse().unwrap(), hi.parse().unwrap());
+                        prop_assert!(lo < hi && t == &format!("{lo}-{hi}"), "{port:?}");
+                    }
+                }
+            }
+            prop_assert_eq!(canonical.validate(), Ok(fault.clone()));
+            prop_assert_eq!(&canonical.clone().with_canonical_ports(), &canonical);
+            let echoed: FaultSpec = serde_json::from_str(&serde_json::to_string(&canonical).unwrap()).unwrap();
+            prop_assert_eq!(&echoed, &canonical);
         }
     }
     Ok(())
@@ -389,6 +404,26 @@ fn check_perturbed(base: &Map<String, Value>, key: &str, value: Option<&str>) ->
         );
     }
     Ok(())
+}
+
+/// Ports echo in one form whatever form they came in (flags send text, files numbers).
+#[test]
+fn ports_echo_in_one_form() {
+    let echo = |json: &str| {
+        let spec: FaultSpec = serde_json::from_str(json).unwrap();
+        serde_json::to_value(spec.with_canonical_ports()).unwrap()
+    };
+    let base = r#""interface":"x","action":"loss","loss":5"#;
+    for (sent, echoed) in [
+        (r#""dport":"80""#, serde_json::json!(80)),
+        (r#""dport":80"#, serde_json::json!(80)),
+        (r#""dport":" 80-80 ""#, serde_json::json!(80)),
+        (r#""dport":"1000 - 2000""#, serde_json::json!("1000-2000")),
+        // Not a port: left for validation to refuse as sent.
+        (r#""dport":"http""#, serde_json::json!("http")),
+    ] {
+        assert_eq!(echo(&format!("{{{base},{sent}}}"))["dport"], echoed, "{sent}");
+    }
 }
 
 /// The generator's notion of "valid" matches validation's on the edges.

@@ -51,7 +51,7 @@ fn bad_inputs_are_refused_and_change_nothing() {
         (vec!["apply", "-i", a, "--gemodel", "0 0"], "gemodel: p and r are both 0"),
         (vec!["apply", "-i", a, "--gemodel", "1", "--correlation", "10"], "correlation: does not apply with gemodel"),
         // Refused by chaosctl's flags already.
-        (vec!["apply", "-i", a, "--loss", "5", "--gemodel", "1"], "'--loss <LOSS>' cannot be used with '--gemodel"),
+        (vec!["apply", "-i", a, "--loss", "5", "--gemodel", "1"], "'--loss <PERCENT>' cannot be used with '--gemodel"),
         (vec!["apply", "-i", a, "--duplicate", "200"], "duplicate: 200% is outside 0-100%"),
         (vec!["apply", "-i", a, "--duplicate", "10", "--corrupt", "10"], "corrupt: applies to action 'corrupt'"),
         (vec!["apply", "-i", a, "--corrupt", "10", "-p", "icmp"], "protocol: icmp"),

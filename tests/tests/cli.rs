@@ -2,6 +2,7 @@
 //! `watch`, and `apply --wait` (to the end, and interrupted).
 
 use std::{
+    io::{BufRead as _, BufReader},
     net::SocketAddr,
     process::{Command, Stdio},
     time::{Duration, Instant},
@@ -45,7 +46,137 @@ fn exit_codes_tell_failures_apart() {
     // No daemon there.
     let out = Command::new(bin("chaosctl")).args(["--socket", "/nonexistent/chaos.sock", "list"]).output().unwrap();
     assert_eq!(out.status.code(), Some(3), "{}", String::from_utf8_lossy(&out.stderr));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("is chaos-daemon running?"));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("is chaos-daemon running?"), "{stderr}");
+    assert_eq!(stderr.matches("(os error 2)").count(), 1, "the OS error said once: {stderr}");
+}
+
+fn stderr(out: &std::process::Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+#[test]
+fn usage_errors_say_what_is_wrong() {
+    let lab = Lab::new().unwrap();
+    let daemon = Daemon::start(&lab.a).unwrap();
+    let i = lab.a_if.as_str();
+    // No action: asked for by name, not "--loss is required".
+    let out = daemon.ctl(&["apply", "-i", i, "--dst", "10.0.0.1"]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(stderr(&out).contains("give an action: --loss, --gemodel, --partition, --delay"), "{}", stderr(&out));
+    assert!(!stderr(&out).contains("required"), "{}", stderr(&out));
+    // A negative percentage reaches the validator, which says what is wrong with it.
+    for (flag, field) in [("--loss", "loss"), ("--duplicate", "duplicate"), ("--corrupt", "corrupt")] {
+        let out = daemon.ctl(&["apply", "-i", i, flag, "-5"]);
+        assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+        assert!(stderr(&out).contains(&format!("{field}: -5% is outside 0-100%")), "{}", stderr(&out));
+    }
+    // A missing argument: the usage shows the socket (given here, and by the environment) as
+    // optional, not among what is required.
+    let out = Command::new(bin("chaosctl"))
+        .args(["apply", "--dst", "10.0.0.1"])
+        .env("CHAOS_SOCKET", &daemon.socket)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr(&out).contains("--interface <INTERFACE>"), "{}", stderr(&out));
+    assert!(stderr(&out).contains("[--socket PATH]") && !stderr(&out).contains("--socket <"), "{}", stderr(&out));
+    let out = daemon.ctl(&["rm"]);
+    assert!(stderr(&out).contains("chaosctl rm [--socket PATH] [OPTIONS] NAME..."), "{}", stderr(&out));
+    assert_eq!(daemon.list()["faults"], serde_json::json!([]), "nothing applied");
+}
+
+#[test]
+fn outputs_read_right_for_none_and_one() {
+    let lab = Lab::new().unwrap();
+    let daemon = Daemon::start(&lab.a).unwrap();
+    assert_eq!(daemon.ctl_ok(&["list"]), "no faults\n");
+    assert_eq!(daemon.ctl_ok(&["clear"]), "no faults to remove\n");
+    daemon.ctl_ok(&["apply", "--name", "one", "-i", &lab.a_if, "--loss", "5"]);
+    let watched = daemon.ctl_ok(&["watch", "--interval", "100ms", "--count", "1"]);
+    assert!(watched.starts_with("1 fault, every"), "{watched}");
+    assert!(daemon.ctl_ok(&["list"]).starts_with("NAME"));
+    assert_eq!(daemon.ctl_ok(&["clear"]), "removed 1 fault\n");
+}
+
+#[test]
+fn a_scheduled_fault_is_confirmed_with_its_own_length() {
+    let lab = Lab::new().unwrap();
+    let daemon = Daemon::start(&lab.a).unwrap();
+    let i = lab.a_if.as_str();
+    for (after, length, says) in [("4s", "6s", "for 6s)"), ("30s", "1m", "for 1m)"), ("1s", "1h", "for 1h)")] {
+        let out = daemon.ctl_ok(&["apply", "-i", i, "--loss", "5", "--start-after", after, "--for", length]);
+        assert!(out.contains("(starting in ") && out.ends_with(&format!("{says}\n")), "{after} {length}: {out}");
+    }
+    let out = daemon.ctl_ok(&["apply", "-i", i, "--loss", "5", "--for", "90s"]);
+    assert!(out.ends_with("(for 1m30s)\n"), "{out}");
+}
+
+#[test]
+fn faults_read_the_same_from_flags_and_from_files() {
+    let lab = Lab::new().unwrap();
+    let daemon = Daemon::start(&lab.a).unwrap();
+    let i = lab.a_if.as_str();
+    daemon.ctl_ok(&["apply", "--name", "flags", "-i", i, "--loss", "5", "--dport", "80", "--sport", "1000-2000"]);
+    let file = daemon.dir.join("faults.toml");
+    let toml = format!(
+        "[[fault]]\nname = \"file\"\ninterface = \"{i}\"\naction = \"loss\"\nloss = 5\ndport = 80\nsport = \"1000-2000\"\n\n\
+         [[fault]]\nname = \"text\"\ninterface = \"{i}\"\naction = \"loss\"\nloss = 5\ndport = \"80-80\"\nsport = 1000\n"
+    );
+    std::fs::write(&file, toml).unwrap();
+    daemon.ctl_ok(&["apply", "-f", file.to_str().unwrap()]);
+    let list = daemon.list();
+    let faults = list["faults"].as_array().unwrap();
+    let spec = |name: &str| &faults.iter().find(|f| f["name"] == name).unwrap()["spec"];
+    for name in ["flags", "file"] {
+        assert_eq!((&spec(name)["dport"], &spec(name)["sport"]), (&json("80"), &json("\"1000-2000\"")), "{name}");
+    }
+    assert_eq!((&spec("text")["dport"], &spec("text")["sport"]), (&json("80"), &json("1000")));
+    // Times: milliseconds, `applied_at` (seconds) kept beside its millisecond form.
+    for f in faults {
+        let (s, ms) = (f["applied_at"].as_u64().unwrap(), f["applied_at_ms"].as_u64().unwrap());
+        assert_eq!(s, ms / 1000, "{f}");
+        assert!(f["starts_at"].as_u64().unwrap() >= ms && ms > 1_700_000_000_000, "{f}");
+    }
+}
+
+#[test]
+fn history_shows_the_experiment_in_local_time() {
+    let lab = Lab::new().unwrap();
+    let daemon = Daemon::start(&lab.a).unwrap();
+    let i = lab.a_if.as_str();
+    daemon.ctl_ok(&["apply", "--name", "db-cut", "-i", i, "--loss", "5", "-e", "db-outage"]);
+    daemon.ctl_ok(&["apply", "--name", "lone", "-i", i, "--loss", "5"]);
+    daemon.ctl_ok(&["rm", "db-cut"]);
+    daemon.ctl_ok(&["apply", "--name", "db-2", "-i", i, "--loss", "5", "-e", "db-outage"]);
+    daemon.ctl_ok(&["rm", "-e", "db-outage"]);
+    let history = json(&daemon.ctl_ok(&["history", "-o", "json"]));
+    let events: Vec<(String, String)> = history["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| (e["action"].as_str().unwrap().to_owned(), e["experiment"].as_str().unwrap_or("-").to_owned()))
+        .collect();
+    let want = [("apply", "db-outage"), ("apply", "-"), ("remove", "db-outage"), ("apply", "db-outage")];
+    let mut want: Vec<(String, String)> = want.iter().map(|(a, e)| (a.to_string(), e.to_string())).collect();
+    want.push(("remove-experiment".into(), "db-outage".into()));
+    assert_eq!(events, want);
+    let table = daemon.ctl_ok(&["history"]);
+    let lines: Vec<&str> = table.lines().collect();
+    assert!(lines[0].starts_with("TIME") && lines[0].contains("EXPERIMENT"), "{table}");
+    let row = |n: usize| lines[n].split_whitespace().collect::<Vec<_>>();
+    // `2026-12-01 15:04:05.123`: local time, to the millisecond.
+    let (date, time) = (row(1)[0], row(1)[1]);
+    assert!(
+        date.len() == 10 && date.as_bytes()[4] == b'-' && time.len() == 12 && time.as_bytes()[8] == b'.',
+        "{table}"
+    );
+    assert!(
+        lines[1].contains(" apply ") && lines[1].contains(" db-outage ") && lines[1].contains(" db-cut "),
+        "{table}"
+    );
+    assert!(lines[2].contains(" apply ") && lines[2].contains(" - ") && lines[2].contains(" lone "), "{table}");
+    assert!(table.contains("    db-2 ended (removed): matched"), "ended faults under their event: {table}");
 }
 
 #[test]
@@ -122,6 +253,11 @@ fn apply_wait_blocks_until_the_end_and_prints_the_final_counters() {
     let out = waiting.wait_with_output().unwrap();
     assert!(started.elapsed() >= Duration::from_secs(2), "returned before the fault ended");
     assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    // Off a terminal, progress is a line per change, on stderr (stdout stays JSON).
+    let progress = stderr(&out);
+    let lines: Vec<&str> = progress.lines().collect();
+    assert!(lines.first().is_some_and(|l| l.starts_with("brief: active (")), "{progress}");
+    assert_eq!(lines.last(), Some(&"brief: ended"), "{progress}");
     let summary = json(&String::from_utf8_lossy(&out.stdout));
     let ended = &summary["ended"][0];
     assert_eq!((ended["name"].as_str(), ended["reason"].as_str()), (Some("brief"), Some("expired")));
@@ -133,7 +269,7 @@ fn apply_wait_blocks_until_the_end_and_prints_the_final_counters() {
 fn interrupting_apply_wait_removes_its_faults() {
     let lab = Lab::new().unwrap();
     let daemon = Daemon::start(&lab.a).unwrap();
-    let waiting = Command::new(bin("chaosctl"))
+    let mut waiting = Command::new(bin("chaosctl"))
         .arg("--socket")
         .arg(&daemon.socket)
         .args(["apply", "--name", "long", "-i", &lab.a_if, "--partition", "-p", "udp", "--dport", "9403"])
@@ -142,18 +278,84 @@ fn interrupting_apply_wait_removes_its_faults() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while daemon.list()["faults"].as_array().unwrap().is_empty() {
-        assert!(Instant::now() < deadline, "never applied");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    // On a pipe, progress comes a line at a time as it happens, not at the end.
+    let progress = BufReader::new(waiting.stderr.take().unwrap());
+    let (tx, lines) = std::sync::mpsc::channel();
+    let reader = std::thread::spawn(move || {
+        for line in progress.lines() {
+            let _ = tx.send(line.unwrap());
+        }
+    });
+    let first = lines.recv_timeout(Duration::from_secs(5)).expect("a progress line while waiting");
+    assert!(first.starts_with("long: active (") && first.contains("matched 0"), "{first}");
+    assert!(!daemon.list()["faults"].as_array().unwrap().is_empty(), "applied");
     let pid = nix::unistd::Pid::from_raw(waiting.id() as i32);
     nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGINT).unwrap();
     let out = waiting.wait_with_output().unwrap();
-    assert_eq!(out.status.code(), Some(130), "{}", String::from_utf8_lossy(&out.stderr));
+    reader.join().unwrap();
+    assert_eq!(out.status.code(), Some(130), "{:?}", lines.try_iter().collect::<Vec<_>>());
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(stdout.contains("long ended (removed: the wait was interrupted)"), "{stdout}");
     assert_eq!(daemon.list()["faults"], serde_json::json!([]));
     let dst = SocketAddr::new(B4.parse().unwrap(), 9403);
     assert_eq!(traffic::udp(&lab.a, None, &lab.b, dst, 100).unwrap(), 100);
+}
+
+#[test]
+fn the_daemons_own_events_name_the_experiment_of_their_faults() {
+    let lab = Lab::new().unwrap();
+    let daemon = Daemon::start(&lab.a).unwrap();
+    let i = lab.a_if.as_str();
+    daemon.ctl_ok(&["apply", "--name", "brief", "-i", i, "--loss", "5", "-e", "short"]);
+    daemon.ctl_ok(&["rm", "brief"]);
+    daemon.ctl_ok(&["apply", "--name", "soon", "-i", i, "--loss", "5", "-e", "short"]);
+    daemon.ctl_ok(&["apply", "--name", "late", "-i", i, "--loss", "5", "--start-after", "300ms", "--for", "300ms"]);
+    daemon.ctl_ok(&[
+        "apply",
+        "--name",
+        "x",
+        "-i",
+        i,
+        "--loss",
+        "5",
+        "--start-after",
+        "300ms",
+        "--for",
+        "300ms",
+        "-e",
+        "sched",
+    ]);
+    // The daemon starts and ends them by itself (it looks every second).
+    let events = || json(&daemon.ctl_ok(&["history", "-o", "json"]))["events"].as_array().unwrap().clone();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while daemon.list()["faults"].as_array().unwrap().len() > 1 {
+        assert!(Instant::now() < deadline, "never expired: {:#?}", events());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    daemon.ctl_ok(&["clear"]);
+    let of = |action: &str| -> Vec<(Vec<String>, Option<String>)> {
+        events()
+            .iter()
+            .filter(|e| e["action"] == action)
+            .map(|e| {
+                let faults =
+                    e["faults"].as_array().map_or(vec![], |f| f.iter().map(|n| n.as_str().unwrap().into()).collect());
+                (faults, e["experiment"].as_str().map(String::from))
+            })
+            .collect()
+    };
+    let one = |names: &[&str], e: Option<&str>| (names.iter().map(|n| n.to_string()).collect(), e.map(String::from));
+    // Faults of one experiment name it; faults of several, or of none, name none.
+    assert_eq!(of("remove"), [one(&["brief"], Some("short"))]);
+    // `late` (no experiment) and `x` (sched) start and end in one tick or in two.
+    for action in ["start", "expire"] {
+        let events = of(action);
+        for (faults, experiment) in &events {
+            let want = if faults == &["x"] { Some("sched".to_owned()) } else { None };
+            assert_eq!(experiment, &want, "{action}: {events:?}");
+        }
+        assert_eq!(events.iter().map(|(f, _)| f.len()).sum::<usize>(), 2, "{action}: {events:?}");
+    }
+    // Only `soon` was left: the clear was of experiment `short`'s faults.
+    assert_eq!(of("clear"), [one(&[], Some("short"))]);
 }

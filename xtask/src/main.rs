@@ -68,6 +68,9 @@ enum Task {
         #[arg(long)]
         check: bool,
     },
+    /// Write the man pages (as the packages ship them) into target/man, from a build of this
+    /// tree, and say how to read them.
+    Man,
     /// End-to-end test suites inside a Debian 6.1 kernel under qemu (installs qemu, downloads
     /// the kernel once).
     VmTest {
@@ -127,6 +130,22 @@ fn run(task: Task) -> anyhow::Result<()> {
             bench::run(&bench::Options { quick, vm: !no_vm, docs, sections })
         }
         Task::Package { target, check } => package::run(target.as_deref(), check),
+        Task::Man => {
+            build()?;
+            let dir = workspace().join("target/man");
+            if dir.exists() {
+                std::fs::remove_dir_all(&dir)?;
+            }
+            std::fs::create_dir_all(&dir)?;
+            let dir = dir.canonicalize()?;
+            let pages = package::man_pages(&bin_dir(), &dir)?;
+            for page in &pages {
+                println!("{}", page.display());
+            }
+            let apply = dir.join("man1/chaosctl-apply.1");
+            println!("read one with `man -l {}`, or all with MANPATH={}: man chaosctl", apply.display(), dir.display());
+            Ok(())
+        }
         Task::VmTest { timeout, suites } => vm::run(&suites, Duration::from_secs(timeout * 60)),
     }
 }

@@ -193,6 +193,25 @@ fn build_host() -> anyhow::Result<PathBuf> {
     Ok(crate::workspace().join("target/release"))
 }
 
+/// The man pages (`man1/chaosctl*.1`, `man8/chaos-daemon*.8`) in `dir`, written by the binaries
+/// in `bins` from their clap definitions; their paths.
+pub fn man_pages(bins: &Path, dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
+    let mut pages = Vec::new();
+    for (bin, section) in [("chaos-daemon", "man8"), ("chaosctl", "man1")] {
+        let out = dir.join(section);
+        let run = Command::new(bins.join(bin)).arg("manpage").arg(&out).output();
+        let run = run.with_context(|| format!("running {bin}"))?;
+        if !run.status.success() {
+            bail!("{bin} manpage: {}", String::from_utf8_lossy(&run.stderr).trim());
+        }
+        let mut written: Vec<PathBuf> =
+            std::fs::read_dir(&out)?.map(|e| e.map(|e| e.path())).collect::<Result<_, _>>()?;
+        written.sort();
+        pages.extend(written);
+    }
+    Ok(pages)
+}
+
 /// Man pages (`man1`, `man8`) and completion scripts (`completions/`) in `dir`, written by the
 /// binaries from their clap definitions.
 fn generate(bins: &Path, dir: &Path) -> anyhow::Result<()> {
@@ -207,9 +226,7 @@ fn generate(bins: &Path, dir: &Path) -> anyhow::Result<()> {
         }
         Ok(out.stdout)
     };
-    let path = |sub: &str| dir.join(sub).to_string_lossy().into_owned();
-    run("chaos-daemon", &["manpage", &path("man8")])?;
-    run("chaosctl", &["manpage", &path("man1")])?;
+    man_pages(bins, dir)?;
     for (shell, name) in [("bash", "chaosctl"), ("zsh", "_chaosctl"), ("fish", "chaosctl.fish")] {
         std::fs::write(dir.join("completions").join(name), run("chaosctl", &["completions", shell])?)?;
     }

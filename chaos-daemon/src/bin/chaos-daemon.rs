@@ -59,6 +59,43 @@ enum Command {
     Manpage { dir: PathBuf },
 }
 
+/// What the man pages hold beyond `--help`: examples, exit status, environment.
+fn man_sections(page: &str) -> Vec<chaos_daemon::manpage::Section> {
+    use chaos_daemon::manpage::Section;
+    let examples: &[(&str, &str)] = match page {
+        "chaos-daemon-cleanup" => &[(
+            "systemctl stop chaos-daemon && chaos-daemon cleanup",
+            "Remove what a daemon that crashed or was killed left in the kernel.",
+        )],
+        _ => &[
+            ("systemctl enable --now chaos-daemon.socket", "As packaged: started by its socket, under systemd."),
+            (
+                "RUST_LOG=chaos_daemon=debug chaos-daemon --config /etc/chaos-daemon/config.toml",
+                "In the foreground, with debug logs.",
+            ),
+            ("chaosctl apply -i eth0 --loss 20% --for 30s", "Then drive it with chaosctl(1)."),
+        ],
+    };
+    vec![
+        Section::new("EXAMPLES", examples),
+        Section::new(
+            "EXIT STATUS",
+            &[
+                ("0", "Stopped by SIGTERM or SIGINT with every fault removed; or done (cleanup)."),
+                ("1", "An error, printed."),
+            ],
+        ),
+        Section::new(
+            "ENVIRONMENT",
+            &[
+                ("RUST_LOG", "Log filter (tracing's EnvFilter syntax), overriding the config's log setting."),
+                ("NOTIFY_SOCKET, LISTEN_FDS", "Set by systemd: readiness is reported, a passed socket is served."),
+            ],
+        ),
+        Section::new("SEE ALSO", &[("chaosctl(1)", "Applies, lists and removes faults through the daemon's socket.")]),
+    ]
+}
+
 fn main() {
     if let Err(e) = run() {
         eprintln!("chaos-daemon: error: {e:#}");
@@ -69,7 +106,7 @@ fn main() {
 fn run() -> anyhow::Result<()> {
     let args = Args::parse();
     if let Some(Command::Manpage { dir }) = &args.command {
-        chaos_daemon::manpage::write(<Args as clap::CommandFactory>::command(), "8", dir)?;
+        chaos_daemon::manpage::write(<Args as clap::CommandFactory>::command(), "8", dir, &man_sections)?;
         return Ok(());
     }
     let mut config = match &args.config {
@@ -268,6 +305,7 @@ fn cleanup(config: &Config) -> anyhow::Result<()> {
         actor: Actor { uid: Some(nix::unistd::getuid().as_raw()), pid: Some(std::process::id() as i32), comm: None },
         action: "cleanup".into(),
         faults: vec![],
+        experiment: None,
         result: format!("ok: {} objects removed", removed.len()),
         ended,
     })?;

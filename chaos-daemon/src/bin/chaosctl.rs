@@ -8,7 +8,7 @@ use chaos_daemon::{
     client::Client,
     config::DEFAULT_SOCKET,
     spec::{DurationSpec, FaultSpec, PortSpec, RateSpec},
-    state::unix_ms,
+    state::{Event, unix_ms},
 };
 use clap::{Args as ClapArgs, Parser, Subcommand, ValueEnum};
 use serde::Deserialize;
@@ -21,7 +21,7 @@ mod live;
 #[command(name = "chaosctl", version, about = "Control chaos-daemon's network faults")]
 struct Cli {
     /// chaos-daemon's control socket.
-    #[arg(long, global = true, env = "CHAOS_SOCKET", default_value = DEFAULT_SOCKET)]
+    #[arg(long, global = true, value_name = "PATH", env = "CHAOS_SOCKET", default_value = DEFAULT_SOCKET)]
     socket: PathBuf,
     /// How long to wait for each answer (e.g. 30s, 2m): a daemon that does not answer in time
     /// (stopped, stuck) is given up on, and drops the request instead of acting on it later.
@@ -35,6 +35,9 @@ struct Cli {
 enum Command {
     /// Apply one fault from flags, or every fault of a file (all or none): TOML [[fault]]
     /// tables, or Chaos Mesh NetworkChaos YAML.
+    // Written out: clap's own usage line lists the flags given (`--socket` from the
+    // environment too) as if they were required.
+    #[command(override_usage = APPLY_USAGE)]
     Apply(Box<ApplyArgs>),
     /// The audit trail: every change, who made it and how it ended (oldest first).
     History {
@@ -50,7 +53,7 @@ enum Command {
         output: Output,
     },
     /// Remove faults by name, or every fault of an experiment.
-    #[command(alias = "remove")]
+    #[command(alias = "remove", override_usage = RM_USAGE)]
     Rm {
         #[arg(required_unless_present = "experiment", value_parser = name)]
         names: Vec<String>,
@@ -88,10 +91,21 @@ enum Command {
     },
     /// Print the completion script for a shell (the packages install bash's, zsh's and fish's).
     Completions { shell: clap_complete::Shell },
-    /// Write the man pages (from these definitions) into a directory, for packaging.
+    /// Write the man pages (from these definitions, with examples) into a directory, for
+    /// packaging (`cargo xtask man` writes them for a source build).
     #[command(hide = true)]
     Manpage { dir: PathBuf },
 }
+
+const APPLY_USAGE: &str = "chaosctl apply [--socket PATH] -i INTERFACE ACTION [OPTIONS]
+       chaosctl apply [--socket PATH] --netns PATH|--pid PID|--container ID|--pod NS/NAME ACTION [OPTIONS]
+       chaosctl apply [--socket PATH] --cgroup PATH --connect-fail [OPTIONS]
+       chaosctl apply [--socket PATH] -f FILE [OPTIONS]
+ACTION: --loss PERCENT, --gemodel \"P R..\", --partition, --delay DURATION, --rate RATE, --duplicate PERCENT,
+        --corrupt PERCENT or --reset";
+
+const RM_USAGE: &str = "chaosctl rm [--socket PATH] [OPTIONS] NAME...
+       chaosctl rm [--socket PATH] [OPTIONS] -e EXPERIMENT";
 
 #[derive(Clone, Copy, ValueEnum)]
 enum Output {
@@ -123,7 +137,7 @@ struct ApplyArgs {
     #[arg(long, conflicts_with = "pid")]
     netns: Option<String>,
     /// As --netns, naming a process in that namespace.
-    #[arg(long, conflicts_with = "container")]
+    #[arg(long, conflicts_with = "container", allow_negative_numbers = true)]
     pid: Option<i64>,
     /// As --netns, naming a container by its id or a unique prefix (12+ hex digits, as
     /// `crictl ps` or `docker ps` shows).
@@ -138,22 +152,16 @@ struct ApplyArgs {
     #[arg(long, conflicts_with_all = ["netns", "pid", "container", "pod"])]
     cgroup: Option<String>,
     /// Drop this percentage of matching packets, e.g. 20 or 20% (with --delay or --rate too).
-    #[arg(
-        long,
-        required_unless_present_any = [
-            "file", "partition", "delay", "rate", "gemodel", "duplicate", "corrupt", "reset", "connect_fail"
-        ],
-        conflicts_with = "partition"
-    )]
+    #[arg(long, value_name = "PERCENT", conflicts_with = "partition", allow_negative_numbers = true)]
     loss: Option<String>,
     /// Gilbert–Elliott loss, as netem's `loss gemodel`: "P [R [1-H [1-K]]]" in percent.
     #[arg(long, value_name = "\"P [R [1-H [1-K]]]\"", conflicts_with_all = ["loss", "partition"])]
     gemodel: Option<String>,
     /// Send this percentage of matching packets twice.
-    #[arg(long, value_name = "PERCENT")]
+    #[arg(long, value_name = "PERCENT", allow_negative_numbers = true)]
     duplicate: Option<String>,
     /// Flip one payload bit in this percentage of matching TCP/UDP packets.
-    #[arg(long, value_name = "PERCENT")]
+    #[arg(long, value_name = "PERCENT", allow_negative_numbers = true)]
     corrupt: Option<String>,
     /// With --corrupt: broken (default; receivers drop the packet) or fixed (the application
     /// gets the damaged bytes).
@@ -184,20 +192,20 @@ struct ApplyArgs {
     jitter: Option<String>,
     /// Percent by which each packet follows the previous one: its loss, copy or corruption
     /// (bursts; the rate stays as given), or with --delay its jitter (netem's correlation).
-    #[arg(long, value_name = "PERCENT")]
+    #[arg(long, value_name = "PERCENT", allow_negative_numbers = true)]
     correlation: Option<String>,
     /// How jitter is spread: uniform (default) or normal.
     #[arg(long, requires = "jitter")]
     distribution: Option<String>,
     /// With --delay: this percentage of packets skips the delay, overtaking delayed ones.
-    #[arg(long, value_name = "PERCENT", requires = "delay")]
+    #[arg(long, value_name = "PERCENT", requires = "delay", allow_negative_numbers = true)]
     reorder: Option<String>,
     /// With --reorder: percent by which a packet's reorder draw repeats the last one's.
-    #[arg(long, value_name = "PERCENT", requires = "reorder")]
+    #[arg(long, value_name = "PERCENT", requires = "reorder", allow_negative_numbers = true)]
     reorder_correlation: Option<String>,
     /// With --reorder: only after this many packets in a row were delayed may one skip (netem's
     /// gap; default 1).
-    #[arg(long, value_name = "PACKETS", requires = "reorder")]
+    #[arg(long, value_name = "PACKETS", requires = "reorder", allow_negative_numbers = true)]
     gap: Option<i64>,
     /// Limit matching traffic to this rate, e.g. 10mbit (tc's units).
     #[arg(long)]
@@ -342,7 +350,7 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
     match cli.command {
         Command::Completions { shell } => completions(shell),
         Command::Manpage { dir } => {
-            chaos_daemon::manpage::write(command(), "1", &dir)?;
+            chaos_daemon::manpage::write(command(), "1", &dir, &man_sections)?;
         }
         Command::Apply(args) => {
             let (force, wait, output) = (args.force, args.wait, args.output);
@@ -359,7 +367,10 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
                     return json(&applied).map(|()| 0);
                 }
                 for f in applied.faults {
-                    let until = f.expires_at.map_or("until removed".into(), |t| format!("for {}", left(t)));
+                    // How long it lasts once started: from its start, not from now.
+                    let until = f
+                        .expires_at
+                        .map_or("until removed".into(), |t| format!("for {}", span(t.saturating_sub(f.starts_at))));
                     let when =
                         if f.state == "scheduled" { format!("starting in {}, ", left(f.starts_at)) } else { "".into() };
                     println!("applied {} ({when}{until})", f.name);
@@ -390,29 +401,15 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
             let history: History = client.get(&format!("/v1/history?limit={limit}")).await?;
             match output {
                 Output::Json => json(&history)?,
-                Output::Table => {
-                    // Events quote what peers sent (names, paths): one line each, no terminal codes.
-                    for e in history.events {
-                        let faults: Vec<String> = e.faults.iter().map(|f| shown(f)).collect();
-                        let faults = if faults.is_empty() { String::new() } else { format!(" {}", faults.join(",")) };
-                        let (action, result) = (shown(&e.action), shown(&e.result));
-                        println!("{}  {}  {action}{faults}: {result}", local_time(e.at), e.actor);
-                        for x in e.ended {
-                            println!(
-                                "    {} ended ({}): {}",
-                                shown(&x.name),
-                                shown(&x.reason),
-                                counts(x.matched, x.dropped, [x.duplicated, x.corrupted, x.reset])
-                            );
-                        }
-                    }
-                }
+                Output::Table if history.events.is_empty() => println!("no events"),
+                Output::Table => print!("{}", history_table(&history.events)),
             }
         }
         Command::List { output } => {
             let list: Faults = client.get("/v1/faults").await?;
             match output {
                 Output::Json => json(&list)?,
+                Output::Table if list.faults.is_empty() => println!("no faults"),
                 Output::Table => print_table(&list.faults),
             }
         }
@@ -441,7 +438,10 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
             let removed: Faults = client.delete("/v1/faults").await?;
             match output {
                 Output::Json => json(&removed)?,
-                Output::Table => println!("removed {} faults", removed.faults.len()),
+                Output::Table => match removed.faults.len() {
+                    0 => println!("no faults to remove"),
+                    n => println!("removed {}", plural(n, "fault")),
+                },
             }
         }
         Command::Status { output } => {
@@ -498,6 +498,24 @@ fn specs(args: ApplyArgs) -> anyhow::Result<(Vec<FaultSpec>, Option<String>)> {
         })
         .transpose()
     };
+    // Asked for here rather than by clap, which would name one flag (`--loss`) as required.
+    let actions = [
+        args.loss.is_some(),
+        args.gemodel.is_some(),
+        args.partition,
+        args.delay.is_some(),
+        args.rate.is_some(),
+        args.duplicate.is_some(),
+        args.corrupt.is_some(),
+        args.reset,
+        args.connect_fail,
+    ];
+    if !actions.contains(&true) {
+        anyhow::bail!(
+            "give an action: --loss, --gemodel, --partition, --delay, --rate, --duplicate, --corrupt, --reset or \
+             --connect-fail (or --file with faults)"
+        );
+    }
     let action = if args.partition {
         "partition"
     } else if args.delay.is_some() {
@@ -630,14 +648,35 @@ fn state(f: &FaultView) -> String {
     }
 }
 
-/// Time from now until `unix_ms`, as `1h2m3s`.
+/// Time from now until `unix_ms`, as `1h2m3s` (whole seconds, rounded up).
 fn left(at_ms: u64) -> String {
-    let s = at_ms.saturating_sub(unix_ms()).div_ceil(1000);
-    match (s / 3600, s / 60 % 60, s % 60) {
-        (0, 0, s) => format!("{s}s"),
-        (0, m, s) => format!("{m}m{s}s"),
-        (h, m, s) => format!("{h}h{m}m{s}s"),
+    clock(at_ms.saturating_sub(unix_ms()).div_ceil(1000))
+}
+
+/// A length of time: `6s`, `1m`, `1h30m`; under a second in milliseconds (`500ms`), under a
+/// minute to the millisecond (`1.5s`), above in whole seconds rounded up.
+fn span(ms: u64) -> String {
+    match ms {
+        0..1000 => format!("{ms}ms"),
+        1000..60_000 if !ms.is_multiple_of(1000) => format!("{}s", ms as f64 / 1000.0),
+        _ => clock(ms.div_ceil(1000)),
     }
+}
+
+/// Seconds as `1h2m3s`, leaving out parts that are zero (`1m`, `2h5s`; `0s` for none).
+fn clock(s: u64) -> String {
+    let mut text = String::new();
+    for (n, unit) in [(s / 3600, "h"), (s / 60 % 60, "m"), (s % 60, "s")] {
+        if n > 0 {
+            text += &format!("{n}{unit}");
+        }
+    }
+    if text.is_empty() { "0s".into() } else { text }
+}
+
+/// `1 fault`, `2 faults`.
+fn plural(n: usize, what: &str) -> String {
+    if n == 1 { format!("1 {what}") } else { format!("{n} {what}s") }
 }
 
 fn print_table(faults: &[FaultView]) {
@@ -714,6 +753,43 @@ fn print_table(faults: &[FaultView]) {
     print!("{}", table(&header, &rows));
 }
 
+/// The audit trail as a table in local time, each event's ended faults below it. Events quote
+/// what peers sent (names, paths): [`table`] escapes every cell.
+fn history_table(events: &[Event]) -> String {
+    let rows: Vec<[String; 6]> = events
+        .iter()
+        .map(|e| {
+            // A batch of hundreds would push the results off the screen: its first names (the
+            // JSON has them all, and the ended ones are listed below).
+            let mut faults = e.faults.iter().take(3).cloned().collect::<Vec<_>>().join(",");
+            if e.faults.len() > 3 {
+                faults += &format!(" +{} more", e.faults.len() - 3);
+            }
+            let or_dash = |t: String| if t.is_empty() { "-".to_owned() } else { t };
+            [
+                local_time(e.at),
+                e.actor.to_string(),
+                e.action.clone(),
+                e.experiment.clone().unwrap_or_else(|| "-".into()),
+                or_dash(faults),
+                e.result.clone(),
+            ]
+        })
+        .collect();
+    let lines = table(&["TIME", "BY", "ACTION", "EXPERIMENT", "FAULTS", "RESULT"], &rows);
+    let mut lines = lines.lines();
+    let mut out = format!("{}\n", lines.next().unwrap_or_default());
+    for (e, line) in events.iter().zip(lines) {
+        out += line;
+        out += "\n";
+        for x in &e.ended {
+            let c = counts(x.matched, x.dropped, [x.duplicated, x.corrupted, x.reset]);
+            out += &format!("    {} ended ({}): {c}\n", shown(&x.name), shown(&x.reason));
+        }
+    }
+    out
+}
+
 /// Text from the daemon as printed: control characters escaped, so that it stays on its line
 /// and sends nothing to the terminal.
 fn shown(text: &str) -> String {
@@ -769,6 +845,125 @@ fn completions(shell: clap_complete::Shell) {
     clap_complete::generate(shell, &mut command(), "chaosctl", &mut std::io::stdout());
 }
 
+/// What the man pages hold beyond `--help`: examples for each page (every example of every
+/// command on `chaosctl`'s own), and on every page the exit status and the environment.
+fn man_sections(page: &str) -> Vec<chaos_daemon::manpage::Section> {
+    use chaos_daemon::manpage::Section;
+    let examples: &[(&str, &[(&str, &str)])] = &[
+        (
+            "chaosctl-apply",
+            &[
+                (
+                    "chaosctl apply -i eth0 --loss 20% --for 30s",
+                    "Drop a fifth of eth0's outgoing packets for 30 seconds.",
+                ),
+                (
+                    "chaosctl apply -i eth0 --delay 100ms --jitter 10ms -p tcp --dport 5432",
+                    "Delay outgoing PostgreSQL traffic by 90-110 ms.",
+                ),
+                (
+                    "chaosctl apply -i eth0 --partition -d both --dst 10.0.0.0/8 --start-after 1m --for 5m",
+                    "Cut eth0 off from 10.0.0.0/8 both ways, in a minute, for five minutes.",
+                ),
+                (
+                    "chaosctl apply --pod shop/web-0 --reset --dport 6379",
+                    "Reset the Redis connections of a pod on this node, as seen from inside it.",
+                ),
+                (
+                    "chaosctl apply --cgroup /system.slice/app.service --connect-fail --dport 3306",
+                    "Make one service's connect() calls to port 3306 fail at once (ECONNREFUSED).",
+                ),
+                (
+                    "chaosctl apply -f outage.toml -e db-outage",
+                    "Apply every fault of a file, all or none, as one experiment.",
+                ),
+                (
+                    "chaosctl apply -i eth0 --loss 5 --for 1m --wait",
+                    "Block until the fault ends, showing its progress, then print its final counters.",
+                ),
+            ],
+        ),
+        (
+            "chaosctl-list",
+            &[
+                ("chaosctl list", "The faults, their state, time left and counters."),
+                ("chaosctl list -o json", "The same as JSON."),
+            ],
+        ),
+        (
+            "chaosctl-watch",
+            &[("chaosctl watch -n 500ms cut-db", "Follow one fault's counters twice a second until Ctrl-C.")],
+        ),
+        (
+            "chaosctl-rm",
+            &[
+                ("chaosctl rm cut-db slow-dns", "Remove two faults, printing their final counters."),
+                ("chaosctl rm -e db-outage", "Remove every fault of an experiment."),
+            ],
+        ),
+        ("chaosctl-clear", &[("chaosctl clear", "Remove every fault, scheduled ones too.")]),
+        (
+            "chaosctl-history",
+            &[
+                (
+                    "chaosctl history -n 20",
+                    "The last 20 changes: when (local time), who, the experiment, the result, how faults ended.",
+                ),
+                ("chaosctl history -o json", "The same with times in Unix milliseconds (UTC)."),
+            ],
+        ),
+        ("chaosctl-status", &[("chaosctl status", "Kernel features, delay backend, targets, attachments and limits.")]),
+        (
+            "chaosctl-completions",
+            &[("chaosctl completions bash > /etc/bash_completion.d/chaosctl", "Install bash completion.")],
+        ),
+    ];
+    let entries: Vec<(&str, &str)> = examples
+        .iter()
+        .filter(|(name, _)| page == "chaosctl" || *name == page)
+        .flat_map(|(_, e)| e.iter().copied())
+        .collect();
+    let code = |c: i32| c.to_string();
+    let status = [
+        (code(0), "Done."),
+        (code(1), "Failed otherwise: the kernel refused a change, the daemon went away mid-request."),
+        (
+            code(exit::BAD_INPUT),
+            "Bad input: a flag, a fault file, or a fault the daemon refused as invalid (HTTP 400).",
+        ),
+        (
+            code(exit::UNREACHABLE),
+            "chaos-daemon could not be reached (no socket, not running, no permission on it), or did not answer \
+             within --timeout (the request is then withdrawn).",
+        ),
+        (
+            code(exit::REFUSED),
+            "Refused by the daemon: not allowed (403), a name taken or a protected flow (409), a fault this kernel \
+             cannot run (422), or too many connections (503).",
+        ),
+        (code(exit::NOT_FOUND), "No such fault or experiment (404)."),
+        (code(exit::INTERRUPTED), "apply --wait interrupted by Ctrl-C: the faults it applied were removed."),
+    ];
+    let mut sections = Vec::new();
+    if !entries.is_empty() {
+        sections.push(Section::new("EXAMPLES", &entries));
+    }
+    let status: Vec<(&str, &str)> = status.iter().map(|(c, what)| (c.as_str(), *what)).collect();
+    sections.push(Section::new("EXIT STATUS", &status));
+    sections.push(Section::new(
+        "ENVIRONMENT",
+        &[
+            ("CHAOS_SOCKET", "chaos-daemon's control socket, as --socket (default /run/chaos-daemon.sock)."),
+            ("CHAOS_TIMEOUT", "How long to wait for each answer, as --timeout (default 30s)."),
+        ],
+    ));
+    sections.push(Section::new(
+        "SEE ALSO",
+        &[("chaos-daemon(8)", "The daemon; its configuration and the control API are described in its docs.")],
+    ));
+    sections
+}
+
 fn command() -> clap::Command {
     <Cli as clap::CommandFactory>::command()
 }
@@ -785,6 +980,45 @@ mod tests {
         assert_eq!(percent(1e-300), "1e-300");
         assert_eq!(percent(100.0 / 3.0), "33.333333");
         assert_eq!(percent(0.000012345), "1.2345e-5");
+    }
+
+    #[test]
+    fn lengths_read_as_written() {
+        assert_eq!(span(6_000), "6s");
+        assert_eq!(span(60_000), "1m");
+        assert_eq!(span(90_000), "1m30s");
+        assert_eq!(span(3_600_000), "1h");
+        assert_eq!(span(3_605_000), "1h5s");
+        assert_eq!(span(500), "500ms");
+        assert_eq!(span(1_500), "1.5s");
+        assert_eq!(span(60_500), "1m1s");
+        assert_eq!(clock(0), "0s");
+        assert_eq!(plural(1, "fault"), "1 fault");
+        assert_eq!(plural(0, "fault"), "0 faults");
+    }
+
+    #[test]
+    fn man_pages_hold_the_help_examples_exit_status_and_environment() {
+        let dir = std::env::temp_dir().join(format!("chaosctl-man-{}", std::process::id()));
+        let pages = chaos_daemon::manpage::write(command(), "1", &dir, &man_sections).unwrap();
+        let read = |name: &str| std::fs::read_to_string(dir.join(name)).unwrap();
+        let (top, apply) = (read("chaosctl.1"), read("chaosctl-apply.1"));
+        std::fs::remove_dir_all(&dir).unwrap();
+        let visible = command().get_subcommands().filter(|s| !s.is_hide_set()).count();
+        assert_eq!(pages.len(), 1 + visible);
+        for page in [&top, &apply] {
+            for section in [".SH EXAMPLES", ".SH \"EXIT STATUS\"", ".SH ENVIRONMENT", ".SH OPTIONS"] {
+                assert!(page.contains(section), "{section} missing:\n{page}");
+            }
+            assert!(page.contains("CHAOS_SOCKET") && page.contains("CHAOS_TIMEOUT") && page.contains("\\fB130\\fR"));
+        }
+        // What --help says of apply's flags, and its examples.
+        for text in
+            ["\\-\\-start\\-after", "Start after this long", "chaosctl apply \\-i eth0 \\-\\-loss 20% \\-\\-for 30s"]
+        {
+            assert!(apply.contains(text), "{text} missing:\n{apply}");
+        }
+        assert!(top.contains("chaosctl rm \\-e db\\-outage"), "every example on chaosctl(1)");
     }
 
     #[test]

@@ -9,7 +9,7 @@ use chaos_common::{MAX_RULES, NO_DEADLINE};
 
 const SECOND: u64 = 1_000_000_000;
 
-use super::{Active, Engine, EngineError, Guard, Settings, commit, counters, ended, rule_action};
+use super::{Active, Engine, EngineError, Guard, Settings, commit, counters, ended, one_experiment, rule_action};
 use crate::{
     kernel::Kernel,
     state::{Actor, Ended, State, Store, boot_id, mono_ns},
@@ -111,7 +111,8 @@ impl Engine {
         engine.save();
         if !names.is_empty() || !gone.is_empty() {
             tracing::info!(adopted = names.len(), ended = gone.len(), "re-adopted the previous daemon's faults");
-            engine.audit(&Actor::default(), "adopt", names, "ok".into(), gone);
+            let experiment = engine.experiment_of(&names);
+            engine.audit(&Actor::default(), "adopt", names, experiment, "ok".into(), gone);
         }
         Ok(engine)
     }
@@ -237,6 +238,9 @@ impl Engine {
     fn advance(&mut self, ending: &[(String, &'static str)], due: &[String]) -> Result<(), EngineError> {
         let names: Vec<String> = ending.iter().map(|(n, _)| n.clone()).collect();
         let ended: Vec<Ended> = ending.iter().map(|(n, why)| ended(&self.view(n), why)).collect();
+        // Known only while the ending faults are still here.
+        let experiments: HashMap<String, Option<String>> =
+            names.iter().map(|n| (n.clone(), self.faults[n].record.experiment.clone())).collect();
         for n in due {
             self.faults.get_mut(n).expect("listed").record.started = true;
         }
@@ -261,14 +265,16 @@ impl Engine {
         self.save();
         let daemon = Actor::default();
         if !due.is_empty() {
-            self.audit(&daemon, "start", due.to_vec(), "ok".into(), vec![]);
+            let experiment = self.experiment_of(due);
+            self.audit(&daemon, "start", due.to_vec(), experiment, "ok".into(), vec![]);
         }
         // Deadlines are an "expire" event, gone targets an "end" one.
         let (timed, gone): (Vec<Ended>, Vec<Ended>) = ended.into_iter().partition(|e| e.reason == "expired");
         for (action, ended) in [("expire", timed), ("end", gone)] {
             if !ended.is_empty() {
-                let names = ended.iter().map(|e| e.name.clone()).collect();
-                self.audit(&daemon, action, names, "ok".into(), ended);
+                let names: Vec<String> = ended.iter().map(|e| e.name.clone()).collect();
+                let experiment = one_experiment(names.iter().map(|n| experiments[n].as_deref()));
+                self.audit(&daemon, action, names, experiment, "ok".into(), ended);
             }
         }
         Ok(())

@@ -131,8 +131,28 @@ pub fn port_like() -> BoxedStrategy<String> {
     prop_oneof![
         (-70_000i64..70_000).prop_map(|p| p.to_string()),
         (-70_000i64..70_000, -70_000i64..70_000).prop_map(|(a, b)| format!("{a}-{b}")),
-        select(&["", "-", "5-", "-5", "80-80-80", " 80 - 90 ", "80..90", "0x50", "８０", "http", "80,443"][..])
-            .prop_map(String::from),
+        // Forms the API echoes differently (`"80"`, `"80-80"`, `" 80 "`: 80): one port, sent as
+        // text.
+        (0..=65_535u32).prop_map(|p| format!("{p}-{p}")),
+        select(
+            &[
+                "",
+                "-",
+                "5-",
+                "-5",
+                "80-80-80",
+                " 80 - 90 ",
+                " 80 ",
+                "+80",
+                "080",
+                "80..90",
+                "0x50",
+                "８０",
+                "http",
+                "80,443"
+            ][..]
+        )
+        .prop_map(String::from),
     ]
     .boxed()
 }

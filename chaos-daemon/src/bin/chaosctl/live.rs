@@ -66,7 +66,7 @@ pub async fn watch(
                     // Home, clear the screen: the table is redrawn in place.
                     out += "\x1b[H\x1b[2J";
                 }
-                let header = format!("{} faults, every {:?} (Ctrl-C to quit)", faults.len(), interval);
+                let header = format!("{}, every {:?} (Ctrl-C to quit)", super::plural(faults.len(), "fault"), interval);
                 let rows: Vec<[String; 6]> = faults.iter().map(|f| row(f, last.get(&f.name), seconds)).collect();
                 out += &header;
                 out += "\n";
@@ -100,15 +100,44 @@ pub enum Waited {
     Interrupted(Vec<Ended>),
 }
 
-/// `apply --wait`: shows progress (on a terminal, on stderr) until every fault of `names` has
-/// ended, then returns their final counters from the audit trail. On Ctrl-C (`interrupt`,
+/// `apply --wait`: shows progress on stderr until every fault of `names` has ended (on a
+/// terminal one line, redrawn; otherwise a line as each fault starts, every 10 s, and as it
+/// ends), then returns their final counters from the audit trail. On Ctrl-C (`interrupt`,
 /// listened to since before the faults were applied) the faults still running are removed:
 /// stopping the wait stops the experiment.
 pub async fn wait(client: &Client<'_>, names: &[String], mut interrupt: Signal) -> anyhow::Result<Waited> {
     let terminal = std::io::stderr().is_terminal();
+    // Off a terminal (a log, a pipe): the state each fault was last reported in, and when.
+    let mut reported: BTreeMap<String, String> = BTreeMap::new();
+    let mut reported_at = std::time::Instant::now();
     loop {
         let list: Faults = client.get("/v1/faults").await?;
         let running: Vec<&FaultView> = list.faults.iter().filter(|f| names.contains(&f.name)).collect();
+        if !terminal {
+            let every = reported_at.elapsed() >= Duration::from_secs(10);
+            let mut lines = String::new();
+            for f in &running {
+                if every || reported.get(&f.name) != Some(&f.state) {
+                    let c = counts(f.matched, f.dropped, [f.duplicated, f.corrupted, f.reset]);
+                    lines += &format!("{}: {} ({}), {c}\n", f.name, f.state, state(f));
+                    reported.insert(f.name.clone(), f.state.clone());
+                }
+            }
+            reported.retain(|name, _| {
+                let here = running.iter().any(|f| f.name == *name);
+                if !here {
+                    lines += &format!("{name}: ended\n");
+                }
+                here
+            });
+            if every {
+                reported_at = std::time::Instant::now();
+            }
+            // Each as it happens, not when the buffer fills.
+            let mut stderr = std::io::stderr().lock();
+            stderr.write_all(lines.as_bytes())?;
+            stderr.flush()?;
+        }
         if running.is_empty() {
             if terminal {
                 eprint!("\r\x1b[K");
