@@ -393,7 +393,9 @@ fn act(
         ACTION_RESET if event => match reset_back(ctx, action, l4) {
             Some(true) => reset = true,
             Some(false) => drop = true,
-            None => {}
+            // Not a segment the fault answers (a RST; with connections = new, anything but a
+            // SYN): passed, and not counted, as `matched` counts the packets a fault acts on.
+            None => return Some(Verdict::Pass),
         },
         ACTION_DUPLICATE | ACTION_CORRUPT | ACTION_RESET => {}
         _ => drop = event,
