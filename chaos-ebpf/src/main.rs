@@ -115,7 +115,20 @@ fn run(ctx: &TcContext, hook: u8, shaping: Shaping) -> i32 {
         None => None,
     };
     match verdict {
-        Some(Verdict::Drop) => TC_ACT_SHOT,
+        Some(Verdict::Drop) if hook == HOOK_EGRESS => {
+            // Lost as on the wire, unknown to the sender. TC_ACT_SHOT here would free the
+            // packet and return NET_XMIT_DROP to the sender's stack: ENOBUFS from sendmsg, and
+            // TCP's local-drop handling (ETIMEDOUT after ~6 s, cwnd cut without a loss). A
+            // redirect to ifindex 0, which names no device, makes skb_do_redirect free it after
+            // the sender was told NET_XMIT_SUCCESS, under cls_bpf (4.19 on) and TCX alike;
+            // TC_ACT_STOLEN would too, but TCX takes it for TCX_NEXT and passes the packet.
+            // SAFETY: bpf_redirect has no preconditions.
+            unsafe { bpf_redirect(0, 0) };
+            TC_ACT_REDIRECT as i32
+        }
+        // Ingress drops are unknown to the sender anyway; a full rate queue is the host's own
+        // queue overflowing, which a local qdisc reports to the sender too (tbf, htb).
+        Some(Verdict::Drop | Verdict::Full) => TC_ACT_SHOT,
         Some(Verdict::Back) => {
             // Out the way the packet came: a reply to a packet leaving goes up this host's
             // stack, a reply to a packet arriving leaves on the same device. bpf_redirect's
@@ -144,7 +157,10 @@ fn run(ctx: &TcContext, hook: u8, shaping: Shaping) -> i32 {
 }
 
 enum Verdict {
+    /// Lost: on egress unknown to the sender, as a loss on the wire is.
     Drop,
+    /// The rule's rate queue is full: dropped as a local qdisc drops, known to the sender.
+    Full,
     Pass,
     /// Rewritten into a reply: send it back where it came from.
     Back,
@@ -363,7 +379,7 @@ fn act(
         return Some(Verdict::Pass);
     }
     let event = happens(slot, action);
-    let (mut drop, mut copied, mut corrupted, mut reset) = (false, false, false, false);
+    let (mut drop, mut full, mut copied, mut corrupted, mut reset) = (false, false, false, false, false);
     match action.kind {
         ACTION_DUPLICATE if event => {
             // The clone carries the mark (skb_clone copies it), the original gets its own back.
@@ -377,7 +393,9 @@ fn act(
         ACTION_RESET if event => match reset_back(ctx, action, l4) {
             Some(true) => reset = true,
             Some(false) => drop = true,
-            None => {}
+            // Not a segment the fault answers (a RST; with connections = new, anything but a
+            // SYN): passed, and not counted, as `matched` counts the packets a fault acts on.
+            None => return Some(Verdict::Pass),
         },
         ACTION_DUPLICATE | ACTION_CORRUPT | ACTION_RESET => {}
         _ => drop = event,
@@ -408,7 +426,7 @@ fn act(
                 let len = u64::from(if wire != 0 { wire } else { unsafe { (*skb).len } });
                 match depart(slot, action, start, len, skip_delay) {
                     Some(t) => verdict = Verdict::Depart(t),
-                    None => drop = true,
+                    None => full = true,
                 }
             }
         }
@@ -417,7 +435,7 @@ fn act(
     // or with BH disabled).
     unsafe {
         (*counters).matched += 1;
-        if drop {
+        if drop || full {
             (*counters).dropped += 1;
         }
         if copied {
@@ -432,6 +450,8 @@ fn act(
     }
     Some(if drop {
         Verdict::Drop
+    } else if full {
+        Verdict::Full
     } else if reset {
         Verdict::Back
     } else {
@@ -736,7 +756,17 @@ fn parse(skb: &SkBuff, l3: usize) -> Option<Packet> {
             }
         }
         PROTO_ICMP if family == FAMILY_V4 => {}
-        PROTO_ICMPV6 if family == FAMILY_V6 => {}
+        PROTO_ICMPV6 if family == FAMILY_V6 => {
+            // Neighbour discovery (router and neighbour solicitations and advertisements,
+            // redirects: types 133-137) is left alone, as ARP is: a fault on an address must
+            // not make the kernel mark its neighbour FAILED and fail connects with EHOSTUNREACH.
+            // One more load, for ICMPv6 packets only.
+            if let Some(off) = l4
+                && matches!(skb.load::<u8>(off), Ok(133..=137))
+            {
+                return None;
+            }
+        }
         _ => proto = PROTO_OTHER,
     }
     Some(Packet { family, proto, src, dst, sport, dport, l4: l4_offset })

@@ -35,6 +35,8 @@ const NOCAPTURE: &[&str] = &["--nocapture"];
 const SUITES: &[Suite] = &[
     Suite { name: "loss", target: "loss", args: &[], env: &[] },
     Suite { name: "partition", target: "partition", args: &[], env: &[] },
+    // Egress drops unknown to the sender: the redirect to no device, through cls_bpf.
+    Suite { name: "like-the-wire", target: "like_the_wire", args: NOCAPTURE, env: &[] },
     // The packet-fault catalog through cls_bpf (the attachment of kernels before 6.6).
     Suite { name: "loss-model", target: "loss_model", args: NOCAPTURE, env: &[] },
     Suite { name: "duplicate", target: "duplicate", args: &[], env: &[] },
