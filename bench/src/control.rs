@@ -115,9 +115,10 @@ struct Check {
 }
 
 impl Check {
-    /// Whether the program, with the maps as they are now, drops the packet.
+    /// Whether the program, with the maps as they are now, drops the packet: on egress it
+    /// redirects it to no device (TC_ACT_REDIRECT, 7), so that the sender is not told.
     fn drops(&self) -> anyhow::Result<bool> {
-        Ok(bpf::test_run(&self.prog, &self.frame, self.ifindex, 1)?.0 == 2)
+        Ok(bpf::test_run(&self.prog, &self.frame, self.ifindex, 1)?.0 == 7)
     }
 }
 

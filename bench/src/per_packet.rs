@@ -14,9 +14,11 @@ use crate::{
     packets::{Proto, frame},
 };
 
-/// TC_ACT_UNSPEC (a packet left alone) and TC_ACT_SHOT (dropped).
+/// TC_ACT_UNSPEC (a packet left alone), TC_ACT_SHOT (dropped on ingress) and TC_ACT_REDIRECT
+/// (dropped on egress: redirected to no device, so the sender is not told; docs/faults.md).
 const UNSPEC: i32 = -1;
 const SHOT: i32 = 2;
+const REDIRECT: i32 = 7;
 
 struct Case {
     name: &'static str,
@@ -106,7 +108,7 @@ pub fn run(scale: Scale) -> anyhow::Result<Value> {
             faults::apply(&daemon.socket, specs)?;
         }
         eprintln!("   {}", case.name);
-        let expect: &'static [i32] = if case.matching { &[UNSPEC, SHOT] } else { &[UNSPEC] };
+        let expect: &'static [i32] = if case.matching { &[UNSPEC, SHOT, REDIRECT] } else { &[UNSPEC] };
         cases.push(json!({ "case": case.name, "ns": in_lab(false, expect)? }));
         if case.matching {
             check_counted(&daemon, u64::from(repeat) * u64::from(runs))?;
