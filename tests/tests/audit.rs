@@ -255,7 +255,8 @@ fn reading_a_long_history_holds_up_nothing() {
     // The newest 10 at once, from the end of the file.
     let started = Instant::now();
     let newest = http::request(&daemon.socket, "GET", "/v1/history?limit=10", b"").unwrap();
-    assert!(started.elapsed() < Duration::from_millis(500), "limit=10 took {:?}", started.elapsed());
+    // Bounds far above what it takes (milliseconds), below what reading the whole file took.
+    assert!(started.elapsed() < Duration::from_secs(2), "limit=10 took {:?}", started.elapsed());
     let ats: Vec<u64> = newest.json()["events"].as_array().unwrap().iter().map(|e| e["at"].as_u64().unwrap()).collect();
     assert_eq!(ats, (18_990..19_000).collect::<Vec<_>>());
 
@@ -275,7 +276,7 @@ fn reading_a_long_history_holds_up_nothing() {
     while done.load(std::sync::atomic::Ordering::SeqCst) < 3 {
         let started = Instant::now();
         assert_eq!(http::request(&daemon.socket, "GET", "/v1/status", b"").unwrap().status, 200);
-        assert!(started.elapsed() < Duration::from_secs(1), "status took {:?} during history reads", started.elapsed());
+        assert!(started.elapsed() < Duration::from_secs(2), "status took {:?} during history reads", started.elapsed());
         asked += 1;
     }
     let read: Vec<usize> = readers.into_iter().map(|r| r.join().unwrap()).collect();
