@@ -21,7 +21,7 @@ use crate::{
     guard::Protected,
     kernel::{Kernel, KernelError},
     spec::{Action, Direction, Fault, Lifetime, SpecError, validate_name},
-    state::{Actor, Ended, Event, HistoryReader, Record, State, Store, mono_ns, unix_ms},
+    state::{Actor, Ended, Event, Record, State, Store, mono_ns, unix_ms},
     text::escape,
 };
 
@@ -157,11 +157,6 @@ impl Engine {
         } else {
             Err(EngineError::NotFound(format!("fault named '{name}'")))
         }
-    }
-
-    /// Reads the audit trail without this engine (or its lock).
-    pub fn history_reader(&self) -> HistoryReader {
-        self.store.reader()
     }
 
     /// Read-only, for metrics (attachments, delay backend) without `status`'s probes.

@@ -4,8 +4,8 @@
 //! bounds, a peer that opens connections and never sends (or never reads its answers) could
 //! use every descriptor the daemon has and lock everyone else out, root included.
 //!
-//! Reads are bounded elsewhere: hyper closes a connection that has not sent a whole request head
-//! within `server::READ_TIMEOUT` (idle keep-alive connections too), and bodies have a deadline.
+//! Reads are bounded too: hyper closes a connection that has not sent a whole request head
+//! within [`READ_TIMEOUT`] (idle keep-alive connections too), and bodies have a deadline.
 
 use std::{
     collections::HashMap,
@@ -41,6 +41,17 @@ pub const METRICS: Limits = Limits { total: 64, per_peer: 8 };
 
 /// An answer that the peer does not read within this is given up, with its connection.
 pub const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
+/// A client that stalls in its request head (an idle connection too) or body is dropped after
+/// this, so it cannot hold a connection (and a daemon file descriptor) forever.
+pub const READ_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// HTTP/1.1 as both listeners serve it: request heads within [`READ_TIMEOUT`], and a client
+/// that shuts down its sending side once its request is sent still answered.
+pub fn http1() -> hyper::server::conn::http1::Builder {
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    builder.timer(hyper_util::rt::TokioTimer::new()).header_read_timeout(READ_TIMEOUT).half_close(true);
+    builder
+}
 
 /// Whose connection it is, for the per-peer limit.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -367,6 +378,23 @@ mod tests {
             Full::Peer(a, 64).to_string(),
             "too many connections from uid 1000 (64 at once); close some and retry"
         );
+    }
+
+    #[test]
+    fn a_connection_turned_away_is_told_why() {
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        let mut theirs = runtime.block_on(async {
+            let (ours, theirs) = tokio::net::UnixStream::pair().unwrap();
+            turn_away(ours, &Full::Peer(PeerKey::Uid(1000), 64));
+            theirs.into_std().unwrap()
+        });
+        theirs.set_nonblocking(false).unwrap();
+        let mut answer = String::new();
+        std::io::Read::read_to_string(&mut theirs, &mut answer).unwrap();
+        assert!(answer.starts_with("HTTP/1.1 503 Service Unavailable\r\n"), "{answer}");
+        let body = answer.split("\r\n\r\n").nth(1).unwrap();
+        let json: serde_json::Value = serde_json::from_str(body).unwrap();
+        assert_eq!(json["error"], "too many connections from uid 1000 (64 at once); close some and retry");
     }
 
     #[test]

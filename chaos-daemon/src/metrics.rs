@@ -14,7 +14,7 @@ use std::{
 use anyhow::Context as _;
 use http_body_util::Full;
 use hyper::{Method, Request, Response, StatusCode, body::Bytes, service::service_fn};
-use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::rt::TokioIo;
 use prometheus_client::{
     collector::Collector,
     encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric, prometheus_text},
@@ -178,12 +178,7 @@ pub async fn serve(listener: TcpListener, engine: Arc<Mutex<Engine>>, shutdown: 
         let engine = engine.clone();
         async move {
             let service = service_fn(move |req| scrape(req, engine.clone()));
-            if let Err(e) = hyper::server::conn::http1::Builder::new()
-                .timer(TokioTimer::new())
-                .header_read_timeout(crate::server::READ_TIMEOUT)
-                .serve_connection(TokioIo::new(stream), service)
-                .await
-            {
+            if let Err(e) = listen::http1().serve_connection(TokioIo::new(stream), service).await {
                 tracing::debug!("metrics connection: {e}");
             }
         }

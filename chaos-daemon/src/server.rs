@@ -10,7 +10,7 @@ use std::{
 
 use http_body_util::{BodyExt as _, Full, Limited};
 use hyper::{Method, Request, Response, StatusCode, body::Bytes, service::service_fn};
-use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::rt::TokioIo;
 use serde::Serialize;
 use tokio::{
     net::{UnixListener, UnixStream},
@@ -22,20 +22,17 @@ use crate::{
     api::{ApiError, Apply, Faults, History},
     engine::{Engine, EngineError},
     kernel::KernelError,
-    listen::{self, Deadlined, PeerKey},
+    listen::{self, Deadlined, PeerKey, READ_TIMEOUT},
     routes::{self, Route, RouteError},
+    state::Actor,
     state::HistoryReader,
     text::escape,
 };
 
 /// Largest request body: 10,000 faults in JSON fit well within it.
 const MAX_BODY: usize = 16 << 20;
-/// A client that stalls in its request headers or body is dropped after this, so it cannot
-/// hold a connection (and a daemon file descriptor) forever.
-pub(crate) const READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
-
 /// The most bytes of a refused request's path that are logged and recorded (escaped).
-const MAX_PATH: usize = 128;
+const MAX_RECORDED_PATH: usize = 128;
 
 type Reply = Response<Full<Bytes>>;
 
@@ -63,14 +60,7 @@ pub async fn serve(listener: UnixListener, shared: Arc<Shared>, shutdown: broadc
         let fd = stream.get_ref().as_raw_fd();
         async move {
             let service = service_fn(move |req| handle(req, shared.clone(), peer.clone(), fd));
-            if let Err(e) = hyper::server::conn::http1::Builder::new()
-                .timer(TokioTimer::new())
-                .header_read_timeout(READ_TIMEOUT)
-                // A client may shut down its side once its request is sent: it is still answered.
-                .half_close(true)
-                .serve_connection(TokioIo::new(stream), service)
-                .await
-            {
+            if let Err(e) = listen::http1().serve_connection(TokioIo::new(stream), service).await {
                 tracing::debug!("connection: {e}");
             }
         }
@@ -94,7 +84,7 @@ async fn handle(
         // refusals are logged and recorded at a limited rate (see `RefusalLimit`).
         let uid = peer.as_ref().map(|p| p.uid);
         if let Some(unrecorded) = shared.refusals.admit(uid) {
-            let path = escape(&path, MAX_PATH);
+            let path = escape(&path, MAX_RECORDED_PATH);
             let skipped = (unrecorded > 0).then(|| {
                 let who = uid.map_or("peers without credentials".into(), |uid| format!("uid {uid}"));
                 format!("{unrecorded} more requests from {who} not recorded (over the rate limit)")
@@ -104,19 +94,11 @@ async fn handle(
             }
             tracing::warn!(%actor, %method, path, "{why}");
             // Reads refused are logged only; their count is recorded with the rest.
-            if mutating || skipped.is_some() {
-                let (action, audited) = (format!("{method} {path}"), why.clone());
-                run(&shared.engine, move |e| {
-                    if let Some(skipped) = skipped {
-                        e.refused(&actor, "refusals", &skipped);
-                    }
-                    if mutating {
-                        e.refused(&actor, &action, &audited);
-                    }
-                    Ok(())
-                })
-                .await;
+            let mut refusals: Vec<(String, String)> = skipped.map(|s| ("refusals".into(), s)).into_iter().collect();
+            if mutating {
+                refusals.push((format!("{method} {path}"), why.clone()));
             }
+            record_refused(&shared.engine, actor, refusals).await;
         }
         return Ok(error(StatusCode::FORBIDDEN, why));
     }
@@ -143,12 +125,7 @@ async fn handle(
     if route.mutating() && peer_gone(fd) {
         let why = "the client closed its connection before the request was served";
         tracing::warn!(%actor, %method, path, "{why}: not done");
-        let action = format!("{method} {path}");
-        run(&shared.engine, move |e| {
-            e.refused(&actor, &action, why);
-            Ok(())
-        })
-        .await;
+        record_refused(&shared.engine, actor, vec![(format!("{method} {path}"), why.into())]).await;
         return Ok(error(StatusCode::BAD_REQUEST, why.into()));
     }
     let engine = &shared.engine;
@@ -166,12 +143,7 @@ async fn handle(
             }
             Err(e) => {
                 let why = format!("request body: {e}");
-                let refused = why.clone();
-                run(engine, move |e| {
-                    e.refused(&actor, "apply", &refused);
-                    Ok(())
-                })
-                .await;
+                record_refused(engine, actor, vec![("apply".into(), why.clone())]).await;
                 error(StatusCode::BAD_REQUEST, why)
             }
         },
@@ -185,6 +157,20 @@ async fn handle(
         shared.changed.notify_one();
     }
     Ok(reply)
+}
+
+/// Records refused requests, `(action, why)` each, in the audit trail (if any).
+async fn record_refused(engine: &Arc<Mutex<Engine>>, actor: Actor, refusals: Vec<(String, String)>) {
+    if refusals.is_empty() {
+        return;
+    }
+    run(engine, move |e| {
+        for (action, why) in &refusals {
+            e.refused(&actor, action, why);
+        }
+        Ok(())
+    })
+    .await;
 }
 
 /// Whether the peer of a Unix stream socket has closed it (both ways: POLLHUP). One that only

@@ -169,10 +169,10 @@ fn serve(config: Config) -> anyhow::Result<()> {
 
     let pins = Pins::new(&config.bpffs_dir);
     let (kernel, adopted) =
-        Kernel::load(config.tc_attach, pins.clone(), &previous.filters, config.delay_backend, previous.shaping)
+        Kernel::load(config.tc_attach, pins.clone(), &previous.filters, config.delay_backend, previous.shaping.clone())
             .context("loading the eBPF programs")?;
     let history = store.reader();
-    let engine = Engine::new(kernel, adopted, settings, guard, store).inspect_err(|_| {
+    let engine = Engine::new(kernel, adopted, previous, settings, guard, store).inspect_err(|_| {
         // What this start pinned goes; a previous daemon's objects stay as it left them (its
         // faults keep their deadlines, the state file still records them) for the next
         // daemon to re-adopt or for `cleanup`.

@@ -31,7 +31,7 @@ pub fn check_state(state: &State) -> Result<(), EngineError> {
         if !names.insert(r.name.as_str()) {
             return Err(invalid(format!("two faults are named '{}'", r.name)));
         }
-        if r.slot >= chaos_common::MAX_RULES {
+        if r.slot >= MAX_RULES {
             return Err(invalid(format!("fault '{}' has slot {}, past the maps' {}", r.name, r.slot, MAX_RULES)));
         }
         if let Some(other) = slots.insert(r.slot, r.name.as_str()) {
@@ -42,18 +42,18 @@ pub fn check_state(state: &State) -> Result<(), EngineError> {
 }
 
 impl Engine {
-    /// Builds the engine over `kernel`. When the kernel re-adopted a previous daemon's pinned
-    /// maps (`adopted`), the faults of the state file that are still due are re-adopted with
-    /// their slots, so their counters continue; the others are recorded as ended.
+    /// Builds the engine over `kernel`. `state` is the state file as read, checked with
+    /// [`check_state`] before the kernel was touched. When the kernel re-adopted a previous
+    /// daemon's pinned maps (`adopted`), the faults of the state file that are still due are
+    /// re-adopted with their slots, so their counters continue; the others are recorded as ended.
     pub fn new(
         kernel: Kernel,
         adopted: bool,
+        state: State,
         settings: Settings,
         guard: Guard,
         store: Store,
     ) -> Result<Self, EngineError> {
-        let state = store.load().map_err(EngineError::State)?.unwrap_or_default();
-        check_state(&state)?;
         let mut engine = Self {
             kernel,
             faults: BTreeMap::new(),
