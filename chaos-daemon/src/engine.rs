@@ -1,27 +1,27 @@
-//! The set of faults: checks a batch, gives each fault a name, a rule slot and a deadline, has
-//! the kernel make the whole set live, starts scheduled faults and reaps ended ones, and keeps
-//! the state file and the audit trail. Every change is all-or-nothing: a refused batch leaves
-//! this state, the state file and the kernel as they were.
+//! The engine: takes requests and time, turns each into the next fault set (a value: see
+//! [`faults`]), has the dataplane make that set live ([`Dataplane::reconcile`], which writes only
+//! what changed and undoes its own half-done work), records it in the state file, and only then
+//! keeps it. Every change is all-or-nothing: a refused change leaves the set, the state file and
+//! the kernel as they were. The audit trail records every request and every fault's end.
 
+mod faults;
 mod lifecycle;
 mod plan;
 
+pub use faults::{Active, EndReason, FaultSet, Incoming, Limits, Now};
 pub use lifecycle::check_state;
-use plan::{commit, rule_action};
+pub use plan::Plan;
 
-use std::{
-    collections::{BTreeMap, BTreeSet, HashSet},
-    time::Duration,
-};
+use std::{sync::Arc, time::Duration};
 
-use chaos_common::{MAX_RULES, NO_DEADLINE, RuleAction};
+use chaos_common::{Counters, NO_DEADLINE};
 
 use crate::{
     api::{Apply, FaultView, Status},
     guard::Protected,
-    kernel::{Kernel, KernelError},
-    spec::{Action, Direction, Fault, Lifetime, SpecError, validate_name},
-    state::{Actor, Ended, Event, Record, State, Store, mono_ns, unix_ms},
+    kernel::{Kernel, KernelError, NlFilter, ShapingRecord},
+    spec::{Action, Direction, SpecError},
+    state::{Actor, Ended, Event, State, Store, unix_ms},
     text::escape,
 };
 
@@ -73,31 +73,43 @@ pub struct Guard {
     pub ssh_ports: Vec<u16>,
 }
 
-struct Active {
-    record: Record,
-    /// As the daemon's namespace sees it (see `target`).
-    fault: Fault,
-    ifindex: u32,
-    /// The namespace or cgroup it was named by, if any: the fault ends when that goes.
-    watch: Option<crate::target::Watch>,
-    cgroup: Option<crate::target::Cgroup>,
+/// What carries faults out: the kernel ([`Kernel`]), or a model of it in the engine's tests.
+pub trait Dataplane {
+    /// Makes the kernel run `desired` where it runs `live` now, writing only what differs. On
+    /// error it undoes what it did: the kernel runs `live`, as before.
+    fn reconcile(&mut self, live: &Plan, desired: &Plan) -> Result<(), KernelError>;
+    /// Takes over a previous daemon's kernel objects for `desired` (their counters go on). Rules
+    /// in other slots are taken out: those of `ended` (faults of the state file that end now),
+    /// and any the state file did not know (a daemon killed inside a change), which are
+    /// returned with their last counters, to be recorded.
+    fn adopt(&mut self, desired: &Plan, ended: &[u32]) -> Result<Vec<(u32, Counters)>, KernelError>;
+    /// A rule slot's counters, summed over CPUs.
+    fn counters(&self, slot: u32) -> Counters;
+    /// Whether a delay or bandwidth fault can run here (on ingress too; with reorder).
+    fn can_shape(&self, ingress: bool, reorder: bool) -> Result<(), KernelError>;
+    /// Whether a cgroup fault can run here (on ingress; failing connect() with an errno).
+    fn can_scope(&self, ingress: bool, connect: Option<i32>) -> Result<(), KernelError>;
+    /// The interfaces there are now, by ifindex, or why they could not be listed.
+    fn interfaces(&self) -> Result<std::collections::HashMap<u32, String>, String>;
+    /// What the state file keeps of the kernel side: the cls_bpf filters and the qdiscs.
+    fn records(&self) -> (Vec<NlFilter>, ShapingRecord);
+    /// Detaches everything and removes the pins: the daemon's clean exit.
+    fn unpin(&mut self);
 }
 
-pub struct Engine {
-    kernel: Kernel,
-    /// By name; `order` keeps the order of application, which breaks precedence ties.
-    faults: BTreeMap<String, Active>,
-    order: Vec<String>,
+pub struct Engine<D: Dataplane = Kernel> {
+    dataplane: D,
+    /// What the kernel runs (and the state file holds).
+    faults: FaultSet,
     settings: Settings,
     guard: Guard,
     store: Store,
-    next_id: u64,
     boot_id: String,
     /// Set by [`Self::shutdown`].
     closed: bool,
 }
 
-impl Engine {
+impl<D: Dataplane> Engine<D> {
     /// Applies a batch (all or none) on behalf of `actor`, and records it in the audit trail.
     pub fn apply(&mut self, req: &Apply, actor: &Actor) -> Result<Vec<FaultView>, EngineError> {
         let result = self.try_apply(req, actor);
@@ -111,33 +123,25 @@ impl Engine {
 
     /// Removes the named faults (all must exist) and returns their final state.
     pub fn remove(&mut self, names: &[String], actor: &Actor) -> Result<Vec<FaultView>, EngineError> {
-        let result = match names.iter().find(|n| !self.faults.contains_key(*n)) {
-            Some(missing) => Err(EngineError::NotFound(format!("fault named '{missing}'"))),
-            None => self.remove_now(names),
-        };
+        let result = self.faults.remove(names).and_then(|(next, gone)| self.remove_now(next, gone));
         self.audit_removal(actor, "remove", names.to_vec(), result)
     }
 
     /// Removes every fault of an experiment.
     pub fn remove_experiment(&mut self, experiment: &str, actor: &Actor) -> Result<Vec<FaultView>, EngineError> {
-        let names: Vec<String> = self
-            .order
-            .iter()
-            .filter(|n| self.faults[*n].record.experiment.as_deref() == Some(experiment))
-            .cloned()
-            .collect();
+        let names = self.faults.of_experiment(experiment);
         let result = if names.is_empty() {
             Err(EngineError::NotFound(format!("experiment named '{experiment}'")))
         } else {
-            self.remove_now(&names)
+            self.faults.remove(&names).and_then(|(next, gone)| self.remove_now(next, gone))
         };
         self.audit_removal(actor, "remove-experiment", vec![experiment.into()], result)
     }
 
     /// Removes every fault (scheduled ones too) and detaches every program.
     pub fn clear(&mut self, actor: &Actor) -> Result<Vec<FaultView>, EngineError> {
-        let names = self.order.clone();
-        let result = self.remove_now(&names);
+        let (next, gone) = self.faults.clear();
+        let result = self.remove_now(next, gone);
         self.audit_removal(actor, "clear", vec![], result)
     }
 
@@ -148,54 +152,23 @@ impl Engine {
     }
 
     pub fn list(&self) -> Vec<FaultView> {
-        self.order.iter().map(|n| self.view(n)).collect()
+        self.faults.ordered().into_iter().map(|a| self.view(a)).collect()
     }
 
     pub fn get(&self, name: &str) -> Result<FaultView, EngineError> {
-        if self.faults.contains_key(name) {
-            Ok(self.view(name))
-        } else {
-            Err(EngineError::NotFound(format!("fault named '{name}'")))
+        match self.faults.get(name) {
+            Some(a) => Ok(self.view(a)),
+            None => Err(EngineError::NotFound(format!("fault named '{name}'"))),
         }
-    }
-
-    /// Read-only, for metrics (attachments, delay backend) without `status`'s probes.
-    pub fn kernel(&self) -> &Kernel {
-        &self.kernel
     }
 
     pub fn settings(&self) -> &Settings {
         &self.settings
     }
 
-    pub fn status(&self) -> Status {
-        Status {
-            version: env!("CARGO_PKG_VERSION").into(),
-            kernel: nix::sys::utsname::uname().map(|u| u.release().to_string_lossy().into_owned()).unwrap_or_default(),
-            features: crate::kernel::features().into_iter().map(|(k, v)| (k.to_owned(), v)).collect(),
-            delay_backend: match self.kernel.backend() {
-                Ok(crate::shaping::Backend::Edt) => "edt".into(),
-                Ok(crate::shaping::Backend::Netem) => "netem".into(),
-                Err(why) => format!("none ({why})"),
-            },
-            attachments: self.kernel.attachments(),
-            scoping: {
-                let mut scoping = crate::target::scoping();
-                let support = self.kernel.cgroup_support();
-                let said = |r: &Result<String, String>| r.clone().unwrap_or_else(|why| format!("no: {why}"));
-                let ingress = support.ingress.clone().map(|()| "yes: where packets reach its sockets".to_owned());
-                let connect = support.connect.clone().map(|any| {
-                    if any { "yes, any errno" } else { "yes, EPERM only (other errnos need 5.18)" }.to_owned()
-                });
-                scoping.insert("cgroup ingress".into(), said(&ingress));
-                scoping.insert("connect-fail".into(), said(&connect));
-                scoping
-            },
-            faults: self.faults.len(),
-            max_faults: self.settings.max_faults,
-            max_duration_ms: self.settings.max_duration.as_millis() as u64,
-            allow_unlimited: self.settings.allow_unlimited,
-        }
+    /// The fault set the kernel runs now.
+    pub fn faults(&self) -> &FaultSet {
+        &self.faults
     }
 
     /// Removes every fault and every pin: the daemon's clean exit. Later changes are refused.
@@ -204,9 +177,22 @@ impl Engine {
             Ok(removed) => tracing::info!(removed = removed.len(), "faults removed, programs detached"),
             Err(e) => tracing::error!("removing faults: {e}"),
         }
-        self.kernel.unpin();
+        self.dataplane.unpin();
         crate::target::release_cgroup2();
         self.closed = true;
+    }
+
+    fn limits(&self) -> Limits {
+        Limits {
+            max_faults: self.settings.max_faults,
+            max_duration: self.settings.max_duration,
+            allow_unlimited: self.settings.allow_unlimited,
+            max_start_after: self.settings.max_start_after,
+        }
+    }
+
+    fn plan<'a>(&self, faults: &'a FaultSet) -> Plan<'a> {
+        Plan { faults, mark: self.settings.duplicate_mark }
     }
 
     fn try_apply(&mut self, req: &Apply, actor: &Actor) -> Result<Vec<FaultView>, EngineError> {
@@ -214,153 +200,65 @@ impl Engine {
         if self.closed {
             return Err(SpecError::new("faults", "chaos-daemon is shutting down").into());
         }
-        if specs.is_empty() {
-            return Err(SpecError::new("fault", "no faults given").into());
-        }
-        let room = self.settings.max_faults.min(MAX_RULES as usize).saturating_sub(self.faults.len());
-        if specs.len() > room {
-            return Err(SpecError::new(
-                "fault",
-                format!(
-                    "{} more faults would pass the limit of {} (max_faults)",
-                    specs.len(),
-                    self.settings.max_faults
-                ),
-            )
-            .into());
-        }
-        if let Some(e) = &req.experiment {
-            validate_name(e).map_err(|err| SpecError::new("experiment", err.reason))?;
-            if self.faults.values().any(|a| a.record.experiment.as_ref() == Some(e)) {
-                return Err(EngineError::Conflict(SpecError::new(
-                    "experiment",
-                    format!("an experiment named '{e}' is running"),
-                )));
-            }
-        }
+        // What needs no lookup first: a batch that cannot fit is refused before any is resolved.
+        self.faults.check_batch(specs.len(), req.experiment.as_deref(), &self.limits())?;
         let sessions = if req.force { Vec::new() } else { self.guard.flows() };
-        let used: BTreeSet<u32> = self.faults.values().map(|a| a.record.slot).collect();
-        let mut free = (0..MAX_RULES).filter(|s| !used.contains(s));
-        let mut names: BTreeSet<String> = self.faults.keys().cloned().collect();
-        let mut next_id = self.next_id;
-        let (now, now_ms) = (mono_ns(), unix_ms());
-        let mut batch = Vec::new();
+        let mut batch = Vec::with_capacity(specs.len());
         for (i, spec) in specs.iter().enumerate() {
             let at = |e: SpecError| if specs.len() > 1 { e.within(&format!("fault[{i}].")) } else { e };
             // The fault as the daemon's namespace sees it: its interface there, and turned round
             // for another namespace's (see `target`).
-            let crate::target::Resolved { fault, ifindex, watch, cgroup } =
+            let resolved =
                 crate::target::resolve(spec.validate().map_err(at)?, &self.settings.runtime_dirs).map_err(at)?;
+            let fault = &resolved.fault;
             if let Action::Shape(s) = fault.action {
-                self.kernel.can_shape(fault.matches.direction != Direction::Egress, s.reorder.is_some())?;
+                self.dataplane.can_shape(fault.matches.direction != Direction::Egress, s.reorder.is_some())?;
             }
-            if cgroup.is_some() {
+            if resolved.cgroup.is_some() {
                 let connect = match fault.action {
                     Action::ConnectFail { errno } => Some(errno),
                     _ => None,
                 };
-                self.kernel.can_scope(connect.is_none() && fault.matches.direction != Direction::Egress, connect)?;
-            }
-            let duration = self.lifetime(&fault).map_err(at)?;
-            if fault.start_after > self.settings.max_start_after {
-                return Err(at(SpecError::new(
-                    "start_after",
-                    format!("is more than the limit of {:?} (max_start_after)", self.settings.max_start_after),
-                ))
-                .into());
+                self.dataplane.can_scope(connect.is_none() && fault.matches.direction != Direction::Egress, connect)?;
             }
             if !req.force {
-                crate::guard::check(&fault, &sessions).map_err(|e| EngineError::Protected(at(e)))?;
+                crate::guard::check(fault, &sessions).map_err(|e| EngineError::Protected(at(e)))?;
             }
-            let name = match &fault.name {
-                Some(n) if names.contains(n) => {
-                    return Err(EngineError::Conflict(at(SpecError::new(
-                        "name",
-                        format!("a fault named '{n}' already exists"),
-                    ))));
-                }
-                Some(n) => n.clone(),
-                None => loop {
-                    let n = format!("{}-{next_id}", fault.action.kind());
-                    // Wraps (after 2^64 names, or a hand-edited state file) rather than panic.
-                    next_id = next_id.wrapping_add(1).max(1);
-                    if !names.contains(&n) {
-                        break n;
-                    }
-                },
-            };
-            names.insert(name.clone());
-            let start_ns = now + fault.start_after.as_nanos() as u64;
-            let starts_at = now_ms + fault.start_after.as_millis() as u64;
-            let mut spec = spec.clone();
-            spec.name = Some(name.clone());
-            // The spec as applied says what the fault matches: reset takes TCP only.
-            if let Action::Reset { .. } = fault.action {
-                spec.protocol = Some("tcp".into());
-            }
-            let record = Record {
-                name: name.clone(),
-                spec,
-                slot: free.next().expect("room was checked"),
-                experiment: req.experiment.clone(),
-                applied_by: actor.clone(),
-                applied_at: now_ms,
-                start_ns,
-                deadline_ns: duration.map_or(NO_DEADLINE, |d| start_ns + d.as_nanos() as u64),
-                starts_at,
-                expires_at: duration.map(|d| starts_at + d.as_millis() as u64),
-                started: fault.start_after.is_zero(),
-            };
-            batch.push(Active { record, fault, ifindex, watch, cgroup });
+            batch.push(Incoming { spec: spec.clone(), resolved });
         }
-
-        let new_slots: Vec<(u32, RuleAction)> = batch
-            .iter()
-            .filter(|a| a.record.started)
-            .map(|a| (a.record.slot, rule_action(a, self.settings.duplicate_mark)))
-            .collect();
-        let before: Vec<&Active> = self.order.iter().map(|n| &self.faults[n]).collect();
-        let all: Vec<&Active> = before.iter().copied().chain(batch.iter()).collect();
-        commit(&mut self.kernel, &all, &new_slots, &before)?;
-
-        self.next_id = next_id;
-        let names: Vec<String> = batch.iter().map(|a| a.record.name.clone()).collect();
-        for active in batch {
-            self.order.push(active.record.name.clone());
-            self.faults.insert(active.record.name.clone(), active);
-        }
-        self.save();
-        Ok(names.iter().map(|n| self.view(n)).collect())
+        let (next, names) = self.faults.apply(batch, req.experiment.clone(), actor, &self.limits(), Now::read())?;
+        self.commit(next)?;
+        Ok(names.iter().filter_map(|n| self.faults.get(n)).map(|a| self.view(a)).collect())
     }
 
-    /// The fault's duration under the config's limits; `None` for unlimited.
-    fn lifetime(&self, fault: &Fault) -> Result<Option<Duration>, SpecError> {
-        match fault.lifetime {
-            Lifetime::Default => Ok(Some(self.settings.max_duration)),
-            Lifetime::For(d) if d > self.settings.max_duration => Err(SpecError::new(
-                "duration",
-                format!("{d:?} is more than the limit of {:?} (max_duration)", self.settings.max_duration),
-            )),
-            Lifetime::For(d) => Ok(Some(d)),
-            Lifetime::Unlimited if self.settings.allow_unlimited => Ok(None),
-            Lifetime::Unlimited => {
-                Err(SpecError::new("duration", "'unlimited' is not allowed by this daemon's config (allow_unlimited)"))
+    /// Makes `next` the live set, kernel first: the state file then records it; if it cannot,
+    /// the kernel goes back and the change is refused. A change that only takes faults away is
+    /// recorded first (see [`Self::remove_now`]).
+    fn commit(&mut self, next: FaultSet) -> Result<(), EngineError> {
+        self.dataplane.reconcile(&self.plan(&self.faults), &self.plan(&next))?;
+        if let Err(e) = self.save(&next) {
+            if let Err(back) = self.dataplane.reconcile(&self.plan(&next), &self.plan(&self.faults)) {
+                tracing::error!("undoing a change the state file could not record: {back}");
             }
+            return Err(e);
         }
+        self.faults = next;
+        Ok(())
     }
 
-    /// Takes `names` out of the kernel and of the set; returns their final views.
-    fn remove_now(&mut self, names: &[String]) -> Result<Vec<FaultView>, EngineError> {
-        let views: Vec<FaultView> = names.iter().map(|n| self.view(n)).collect();
-        // A set, so that clearing 10,000 faults is not 10,000 x 10,000 comparisons.
-        let gone: HashSet<&String> = names.iter().collect();
-        let remaining: Vec<&Active> =
-            self.order.iter().filter(|n| !gone.contains(n)).map(|n| &self.faults[n]).collect();
-        let before: Vec<&Active> = self.order.iter().map(|n| &self.faults[n]).collect();
-        commit(&mut self.kernel, &remaining, &[], &before)?;
-        self.order.retain(|n| !gone.contains(n));
-        self.faults.retain(|n, _| !gone.contains(n));
-        self.save();
+    /// Takes faults out: the state file first, so that a daemon killed before the kernel took
+    /// them out finds them unknown and ends them, never brings them back; then the kernel. If
+    /// the kernel refuses, the state file gets the faults back.
+    fn remove_now(&mut self, next: FaultSet, gone: Vec<Arc<Active>>) -> Result<Vec<FaultView>, EngineError> {
+        let views: Vec<FaultView> = gone.iter().map(|a| self.view(a)).collect();
+        self.save(&next)?;
+        if let Err(e) = self.dataplane.reconcile(&self.plan(&self.faults), &self.plan(&next)) {
+            if let Err(back) = self.save(&self.faults) {
+                tracing::error!("restoring the state file after the kernel refused a removal: {back}");
+            }
+            return Err(e.into());
+        }
+        self.faults = next;
         Ok(views)
     }
 
@@ -413,27 +311,25 @@ impl Engine {
         one_experiment(names.iter().filter_map(|n| self.faults.get(n)).map(|a| a.record.experiment.as_deref()))
     }
 
-    /// Writes the state file. The kernel change it follows has happened: a failure here is
-    /// logged, not returned (the faults are live; the next write catches up).
-    fn save(&self) {
+    /// Writes the state file for `faults`.
+    fn save(&self, faults: &FaultSet) -> Result<(), EngineError> {
+        let (filters, shaping) = self.dataplane.records();
         let state = State {
             boot_id: self.boot_id.clone(),
-            next_id: self.next_id,
-            faults: self.order.iter().map(|n| self.faults[n].record.clone()).collect(),
-            filters: self.kernel.netlink_filters(),
-            shaping: self.kernel.shaping_record(),
+            next_id: faults.next_id(),
+            faults: faults.records(),
+            filters,
+            shaping,
         };
-        if let Err(e) = self.store.save(&state) {
-            tracing::error!("{}", EngineError::State(e));
-        }
+        self.store.save(&state).map_err(EngineError::State)
     }
 
-    fn view(&self, name: &str) -> FaultView {
-        let a = &self.faults[name];
+    fn view(&self, a: &Active) -> FaultView {
         let r = &a.record;
-        let c = counters(&self.kernel, r);
+        // None before it starts (its slot may still hold the counts of the fault that had it).
+        let c = if r.started { self.dataplane.counters(r.slot) } else { Counters::default() };
         FaultView {
-            name: name.into(),
+            name: r.name.clone(),
             // One form for ports however they were sent (flags send text, files numbers).
             spec: r.spec.clone().with_canonical_ports(),
             experiment: r.experiment.clone(),
@@ -449,6 +345,44 @@ impl Engine {
             duplicated: c.duplicated,
             corrupted: c.corrupted,
             reset: c.reset,
+        }
+    }
+}
+
+impl Engine<Kernel> {
+    /// Read-only, for metrics (attachments, delay backend) without `status`'s probes.
+    pub fn kernel(&self) -> &Kernel {
+        &self.dataplane
+    }
+
+    pub fn status(&self) -> Status {
+        let kernel = &self.dataplane;
+        Status {
+            version: env!("CARGO_PKG_VERSION").into(),
+            kernel: nix::sys::utsname::uname().map(|u| u.release().to_string_lossy().into_owned()).unwrap_or_default(),
+            features: crate::kernel::features().into_iter().map(|(k, v)| (k.to_owned(), v)).collect(),
+            delay_backend: match kernel.backend() {
+                Ok(crate::shaping::Backend::Edt) => "edt".into(),
+                Ok(crate::shaping::Backend::Netem) => "netem".into(),
+                Err(why) => format!("none ({why})"),
+            },
+            attachments: kernel.attachments(),
+            scoping: {
+                let mut scoping = crate::target::scoping();
+                let support = kernel.cgroup_support();
+                let said = |r: &Result<String, String>| r.clone().unwrap_or_else(|why| format!("no: {why}"));
+                let ingress = support.ingress.clone().map(|()| "yes: where packets reach its sockets".to_owned());
+                let connect = support.connect.clone().map(|any| {
+                    if any { "yes, any errno" } else { "yes, EPERM only (other errnos need 5.18)" }.to_owned()
+                });
+                scoping.insert("cgroup ingress".into(), said(&ingress));
+                scoping.insert("connect-fail".into(), said(&connect));
+                scoping
+            },
+            faults: self.faults.len(),
+            max_faults: self.settings.max_faults,
+            max_duration_ms: self.settings.max_duration.as_millis() as u64,
+            allow_unlimited: self.settings.allow_unlimited,
         }
     }
 }
@@ -485,12 +419,9 @@ fn one_experiment<'a>(mut experiments: impl Iterator<Item = Option<&'a str>>) ->
     experiments.all(|e| e == Some(first)).then(|| first.to_owned())
 }
 
-/// A fault's counters: the kernel's for its slot once it has started; none before (a scheduled
-/// fault's slot may still hold the counts of the fault that had it last, until it starts).
-fn counters(kernel: &Kernel, r: &Record) -> chaos_common::Counters {
-    if r.started { kernel.counters(r.slot) } else { Default::default() }
-}
-
 fn ended(v: &FaultView, reason: &str) -> Ended {
     Ended::new(&v.name, reason, &v.counters())
 }
+
+#[cfg(test)]
+mod tests;

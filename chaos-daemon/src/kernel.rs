@@ -7,6 +7,7 @@ mod attach;
 mod backend;
 mod cgroup;
 pub mod pins;
+mod reconcile;
 mod shaper;
 
 use std::{

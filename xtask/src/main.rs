@@ -119,6 +119,9 @@ fn run(task: Task) -> anyhow::Result<()> {
             if !status.success() {
                 bail!("tests failed");
             }
+            if args.is_empty() {
+                unprivileged_unit_tests()?;
+            }
             Ok(())
         }
         Task::Demo => {
@@ -191,6 +194,37 @@ fn build() -> anyhow::Result<()> {
         .context("running cargo build")?;
     if !status.success() {
         bail!("cargo build failed");
+    }
+    Ok(())
+}
+
+/// The daemon's unit tests (the engine against a model of the kernel among them) once more as
+/// an unprivileged user (uid 65534), so that none comes to need root unnoticed.
+fn unprivileged_unit_tests() -> anyhow::Result<()> {
+    let out = Command::new(cargo())
+        .args(["test", "--quiet", "-p", "chaos-daemon", "--lib", "--no-run", "--message-format=json"])
+        .output()?;
+    if !out.status.success() {
+        bail!("building the unit tests failed: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    let exe = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .find(|m| {
+            m["target"]["kind"].as_array().is_some_and(|k| k.iter().any(|k| k == "lib")) && m["executable"].is_string()
+        })
+        .and_then(|m| m["executable"].as_str().map(str::to_owned))
+        .context("no unit test executable for chaos-daemon's library")?;
+    println!("chaos-daemon's unit tests as uid 65534");
+    // Its own working directory: the tests write only below the temporary directory.
+    let status = Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
+        .arg(&exe)
+        .arg("--quiet")
+        .current_dir(std::env::temp_dir())
+        .status()?;
+    if !status.success() {
+        bail!("the unit tests failed as an unprivileged user");
     }
     Ok(())
 }

@@ -3,17 +3,14 @@
 //! gone. The kernel ignores a rule from its deadline on by itself; reaping frees its slot and
 //! entries and records its final counters.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{HashMap, HashSet};
 
 use chaos_common::{MAX_RULES, NO_DEADLINE};
 
 const SECOND: u64 = 1_000_000_000;
 
-use super::{Active, Engine, EngineError, Guard, Settings, commit, counters, ended, one_experiment, rule_action};
-use crate::{
-    kernel::Kernel,
-    state::{Actor, Ended, State, Store, boot_id, mono_ns},
-};
+use super::{Dataplane, EndReason, Engine, EngineError, FaultSet, Guard, Settings, ended, one_experiment};
+use crate::state::{Actor, Ended, State, Store, boot_id, mono_ns};
 
 /// What a state file must hold to be re-adopted: valid, distinct names and distinct rule slots
 /// within the maps. A file that breaks this was edited by hand or damaged; adopting it would let
@@ -41,78 +38,58 @@ pub fn check_state(state: &State) -> Result<(), EngineError> {
     Ok(())
 }
 
-impl Engine {
-    /// Builds the engine over `kernel`. `state` is the state file as read, checked with
+impl<D: Dataplane> Engine<D> {
+    /// Builds the engine over `dataplane`. `state` is the state file as read, checked with
     /// [`check_state`] before the kernel was touched. When the kernel re-adopted a previous
     /// daemon's pinned maps (`adopted`), the faults of the state file that are still due are
-    /// re-adopted with their slots, so their counters continue; the others are recorded as ended.
+    /// re-adopted with their slots, so their counters continue; the others are recorded as
+    /// ended, and so are rules the kernel held that the state file did not know.
     pub fn new(
-        kernel: Kernel,
+        dataplane: D,
         adopted: bool,
         state: State,
         settings: Settings,
         guard: Guard,
         store: Store,
     ) -> Result<Self, EngineError> {
-        let mut engine = Self {
-            kernel,
-            faults: BTreeMap::new(),
-            order: Vec::new(),
-            settings,
-            guard,
-            store,
-            next_id: state.next_id.max(1),
-            boot_id: boot_id(),
-            closed: false,
-        };
-        let same_boot = state.boot_id == engine.boot_id;
-        let now = mono_ns();
-        let mut gone = Vec::new();
-        let mut kept = Vec::new();
-        for record in state.faults {
-            let fault = record.spec.validate();
-            let resolved = fault.clone().map(|f| crate::target::resolve(f, &engine.settings.runtime_dirs));
-            let reason = if !same_boot {
-                Some("the node rebooted")
-            } else if !adopted {
-                Some("its kernel objects were gone (removed by cleanup?)")
-            } else if record.deadline_ns <= now {
-                Some("expired")
-            } else if matches!(resolved, Ok(Err(_))) {
-                Some("its interface (or namespace) is gone")
-            } else {
-                None
-            };
-            match (reason, resolved) {
-                (None, Ok(Ok(r))) => {
-                    kept.push(Active { record, fault: r.fault, ifindex: r.ifindex, watch: r.watch, cgroup: r.cgroup })
-                }
-                (reason, _) => {
-                    let counters =
-                        if same_boot && adopted { counters(&engine.kernel, &record) } else { Default::default() };
-                    let reason = reason.unwrap_or("its definition is no longer valid");
-                    gone.push(Ended::new(&record.name, reason, &counters));
-                }
-            }
-        }
-        let started: Vec<_> = kept
+        let boot_id = boot_id();
+        let same_boot = state.boot_id == boot_id;
+        let runtime_dirs = settings.runtime_dirs.clone();
+        let (faults, gone) = FaultSet::adopt(state.faults, state.next_id, same_boot, adopted, mono_ns(), |f| {
+            crate::target::resolve(f, &runtime_dirs)
+        });
+        let mut engine =
+            Self { dataplane, faults: FaultSet::new(state.next_id), settings, guard, store, boot_id, closed: false };
+        let mut ended: Vec<Ended> = gone
             .iter()
-            .filter(|a| a.record.started)
-            .map(|a| (a.record.slot, rule_action(a, engine.settings.duplicate_mark)))
+            .map(|(record, reason)| {
+                let counters = if same_boot && adopted && record.started {
+                    engine.dataplane.counters(record.slot)
+                } else {
+                    Default::default()
+                };
+                Ended::new(&record.name, reason.as_str(), &counters)
+            })
             .collect();
-        engine.kernel.set_rules(&started)?;
-        let kept_refs: Vec<&Active> = kept.iter().collect();
-        commit(&mut engine.kernel, &kept_refs, &[], &kept_refs)?;
-        let names: Vec<String> = kept.iter().map(|a| a.record.name.clone()).collect();
-        for active in kept {
-            engine.order.push(active.record.name.clone());
-            engine.faults.insert(active.record.name.clone(), active);
+        let ended_slots: Vec<u32> = gone.iter().map(|(r, _)| r.slot).collect();
+        let unknown = engine.dataplane.adopt(&engine.plan(&faults), &ended_slots)?;
+        if !unknown.is_empty() {
+            tracing::warn!(
+                rules = unknown.len(),
+                "the kernel held rules the state file did not know (a daemon stopped inside a change, or the \
+                 state file was removed): they are taken out"
+            );
         }
-        engine.save();
-        if !names.is_empty() || !gone.is_empty() {
-            tracing::info!(adopted = names.len(), ended = gone.len(), "re-adopted the previous daemon's faults");
+        ended.extend(
+            unknown.iter().map(|(slot, c)| Ended::new(&format!("slot-{slot}"), "unknown to the state file", c)),
+        );
+        engine.save(&faults)?;
+        engine.faults = faults;
+        let names: Vec<String> = engine.faults.records().into_iter().map(|r| r.name).collect();
+        if !names.is_empty() || !ended.is_empty() {
+            tracing::info!(adopted = names.len(), ended = ended.len(), "re-adopted the previous daemon's faults");
             let experiment = engine.experiment_of(&names);
-            engine.audit(&Actor::default(), "adopt", names, experiment, "ok".into(), gone);
+            engine.audit(&Actor::default(), "adopt", names, experiment, "ok".into(), ended);
         }
         Ok(engine)
     }
@@ -123,25 +100,16 @@ impl Engine {
     /// (a process can exit without any link changing). Deleted interfaces need no polling: the
     /// daemon is called on every link change too.
     pub fn tick(&mut self) -> Option<u64> {
-        let now = mono_ns();
-        // Over the map itself, not `order` (a lookup by name each): this runs every second.
-        let mut ending: Vec<(String, &'static str)> = self
-            .faults
-            .iter()
-            .filter(|(_, a)| a.record.deadline_ns <= now)
-            .map(|(n, _)| (n.clone(), "expired"))
-            .collect();
-        for (name, why) in self.vanished() {
-            if !ending.iter().any(|(n, _)| *n == name) {
-                ending.push((name, why));
-            }
-        }
-        let due: Vec<String> = self
-            .faults
-            .iter()
-            .filter(|(_, a)| !a.record.started && a.record.start_ns <= now && a.record.deadline_ns > now)
-            .map(|(n, _)| n.clone())
-            .collect();
+        self.tick_at(mono_ns())
+    }
+
+    /// [`Self::tick`] at CLOCK_MONOTONIC time `now`.
+    pub(super) fn tick_at(&mut self, now: u64) -> Option<u64> {
+        let mut ending: Vec<(String, EndReason)> =
+            self.faults.expired(now).into_iter().map(|n| (n, EndReason::Expired)).collect();
+        let expiring: HashSet<String> = ending.iter().map(|(n, _)| n.clone()).collect();
+        ending.extend(self.vanished().into_iter().filter(|(n, _)| !expiring.contains(n)));
+        let due = self.faults.due(now);
         if (!ending.is_empty() || !due.is_empty())
             && let Err(e) = self.advance(&ending, &due)
         {
@@ -152,16 +120,16 @@ impl Engine {
             tracing::error!("following cgroups below targets: {e}; retrying in 1 s");
             return Some(now + SECOND);
         }
-        let next = self
-            .faults
-            .values()
+        let faults = self.faults.by_slot().values();
+        let next = faults
+            .clone()
             .filter_map(|a| match a.record.started {
                 false => Some(a.record.start_ns),
                 true if a.record.deadline_ns != NO_DEADLINE => Some(a.record.deadline_ns),
                 true => None,
             })
             .min();
-        match (self.faults.values().any(|a| a.watch.is_some()), next) {
+        match (self.faults.by_slot().values().any(|a| a.watch.is_some()), next) {
             (false, _) => next,
             (true, Some(t)) => Some(t.min(now + SECOND)),
             (true, None) => Some(now + SECOND),
@@ -169,33 +137,34 @@ impl Engine {
     }
 
     /// Faults whose interface is gone (deleted, or its name now another device's), or whose
-    /// namespace (or process) is, with why. One dump of the links for all of them.
-    fn vanished(&self) -> Vec<(String, &'static str)> {
+    /// namespace (or process) is, with why. One listing of the interfaces for all of them.
+    fn vanished(&self) -> Vec<(String, EndReason)> {
         if self.faults.is_empty() {
             return Vec::new();
         }
-        let links = match crate::netlink::link::all() {
-            Ok(links) => links,
+        let present = match self.dataplane.interfaces() {
+            Ok(present) => present,
             Err(e) => {
                 tracing::debug!("listing links: {e}");
                 return Vec::new();
             }
         };
-        // Once a second over every fault: by ifindex (no string hashing), without looking the
-        // faults up by name, each namespace looked at once.
-        let present: HashMap<u32, &str> = links.iter().map(|l| (l.ifindex, l.name.as_str())).collect();
         // Each path looked at once; whether it still names a fault's target, and why not, is
         // the fault's own (a --pid and a --netns fault can watch one path for different ends).
         let mut looked: HashMap<&std::path::Path, Option<(u64, u64)>> = HashMap::new();
         self.faults
-            .iter()
-            .filter_map(|(n, a)| {
-                let namespace =
-                    a.watch.as_ref().and_then(|w| w.gone(*looked.entry(w.path.as_path()).or_insert_with(|| w.now())));
+            .by_slot()
+            .values()
+            .filter_map(|a| {
+                let namespace = a
+                    .watch
+                    .as_ref()
+                    .and_then(|w| w.gone(*looked.entry(w.path.as_path()).or_insert_with(|| w.now())))
+                    .map(EndReason::TargetGone);
                 // connect-fail (ifindex 0) has no interface.
-                let interface = (a.ifindex != 0 && present.get(&a.ifindex) != Some(&a.fault.interface.as_str()))
-                    .then_some("its interface is gone");
-                namespace.or(interface).map(|why| (n.clone(), why))
+                let interface = (a.ifindex != 0 && present.get(&a.ifindex) != Some(&a.fault.interface))
+                    .then_some(EndReason::InterfaceGone);
+                namespace.or(interface).map(|why| (a.record.name.clone(), why))
             })
             .collect()
     }
@@ -204,76 +173,44 @@ impl Engine {
     /// container's cgroup under a pod's, say): their processes are in the target too.
     fn follow_cgroups(&mut self) -> Result<(), EngineError> {
         let mut changed = Vec::new();
-        for (name, a) in &self.faults {
+        for a in self.faults.by_slot().values() {
             let Some(cg) = &a.cgroup else { continue };
             // A target that is gone ends at the next look (`vanished`).
             if let Some(ids) = cg.now().filter(|ids| *ids != cg.ids) {
-                changed.push((name.clone(), ids));
+                changed.push((a.record.name.clone(), ids));
             }
         }
         if changed.is_empty() {
             return Ok(());
         }
-        let old: Vec<(String, Vec<u64>)> = changed
-            .iter()
-            .map(|(n, ids)| {
-                let cg = self.faults.get_mut(n).and_then(|a| a.cgroup.as_mut()).expect("listed");
-                (n.clone(), std::mem::replace(&mut cg.ids, ids.clone()))
-            })
-            .collect();
-        let all: Vec<&Active> = self.order.iter().map(|n| &self.faults[n]).collect();
-        if let Err(e) = commit(&mut self.kernel, &all, &[], &all) {
-            for (n, ids) in old {
-                if let Some(cg) = self.faults.get_mut(&n).and_then(|a| a.cgroup.as_mut()) {
-                    cg.ids = ids;
-                }
-            }
-            return Err(e);
-        }
+        let next = self.faults.with_cgroups(&changed);
+        self.commit(next)?;
         tracing::info!(faults = changed.len(), "cgroups below targets changed");
         Ok(())
     }
 
-    /// Ends `ending` (each with why) and starts `due`, in one change of the rule set.
-    fn advance(&mut self, ending: &[(String, &'static str)], due: &[String]) -> Result<(), EngineError> {
-        let names: Vec<String> = ending.iter().map(|(n, _)| n.clone()).collect();
-        let ended: Vec<Ended> = ending.iter().map(|(n, why)| ended(&self.view(n), why)).collect();
-        // Known only while the ending faults are still here.
-        let experiments: HashMap<String, Option<String>> =
-            names.iter().map(|n| (n.clone(), self.faults[n].record.experiment.clone())).collect();
-        for n in due {
-            self.faults.get_mut(n).expect("listed").record.started = true;
+    /// Ends `ending` (each with why) and starts `due`, in one change.
+    fn advance(&mut self, ending: &[(String, EndReason)], due: &[String]) -> Result<(), EngineError> {
+        let (next, gone) = self.faults.start(due).without(ending.iter().map(|(n, _)| n.as_str()));
+        let views: HashMap<String, crate::api::FaultView> =
+            gone.iter().map(|a| (a.record.name.clone(), self.view(a))).collect();
+        if gone.is_empty() {
+            self.commit(next)?;
+        } else {
+            self.remove_now(next, gone)?;
         }
-        let gone: HashSet<&String> = names.iter().collect();
-        let remaining: Vec<&Active> =
-            self.order.iter().filter(|n| !gone.contains(n)).map(|n| &self.faults[n]).collect();
-        let new_slots: Vec<_> = due
-            .iter()
-            .map(|n| &self.faults[n])
-            .map(|a| (a.record.slot, rule_action(a, self.settings.duplicate_mark)))
-            .collect();
-        let before: Vec<&Active> =
-            self.order.iter().map(|n| &self.faults[n]).filter(|a| !due.contains(&a.record.name)).collect();
-        if let Err(e) = commit(&mut self.kernel, &remaining, &new_slots, &before) {
-            for n in due {
-                self.faults.get_mut(n).expect("listed").record.started = false;
-            }
-            return Err(e);
-        }
-        self.order.retain(|n| !gone.contains(n));
-        self.faults.retain(|n, _| !gone.contains(n));
-        self.save();
         let daemon = Actor::default();
         if !due.is_empty() {
             let experiment = self.experiment_of(due);
             self.audit(&daemon, "start", due.to_vec(), experiment, "ok".into(), vec![]);
         }
         // Deadlines are an "expire" event, gone targets an "end" one.
-        let (timed, gone): (Vec<Ended>, Vec<Ended>) = ended.into_iter().partition(|e| e.reason == "expired");
-        for (action, ended) in [("expire", timed), ("end", gone)] {
-            if !ended.is_empty() {
-                let names: Vec<String> = ended.iter().map(|e| e.name.clone()).collect();
-                let experiment = one_experiment(names.iter().map(|n| experiments[n].as_deref()));
+        let (timed, gone): (Vec<_>, Vec<_>) = ending.iter().partition(|(_, why)| *why == EndReason::Expired);
+        for (action, ending) in [("expire", timed), ("end", gone)] {
+            if !ending.is_empty() {
+                let names: Vec<String> = ending.iter().map(|(n, _)| n.clone()).collect();
+                let ended: Vec<Ended> = ending.iter().map(|(n, why)| ended(&views[n], why.as_str())).collect();
+                let experiment = one_experiment(names.iter().map(|n| views[n].experiment.as_deref()));
                 self.audit(&daemon, action, names, experiment, "ok".into(), ended);
             }
         }
@@ -285,6 +222,7 @@ impl Engine {
 mod tests {
     use super::*;
     use crate::state::Record;
+    use chaos_common::NO_DEADLINE;
 
     fn record(name: &str, slot: u32) -> Record {
         Record {

@@ -1,5 +1,6 @@
-//! From faults to what the kernel runs: each fault's rule action, the compiler's rules and the
-//! hooks they need, and the qdiscs shaping faults need, made live together by [`commit`].
+//! From a fault set to what the kernel runs ([`Plan`]): each started fault's rule action, the
+//! compiler's rules and the TC hooks they need, the cgroup hooks, and the qdiscs shaping faults
+//! need. Pure: the kernel layer's `reconcile` makes a plan live.
 
 use std::{collections::BTreeMap, path::PathBuf};
 
@@ -9,16 +10,16 @@ use chaos_common::{
     HOOK_INGRESS, RESET_NEW_ONLY, ROOT_MAJOR, RuleAction,
 };
 
-use super::{Active, EngineError};
+use super::faults::{Active, FaultSet};
 use crate::{
     compile::Rule,
-    kernel::{CG_CONNECT4, CG_CONNECT6, CG_INGRESS, HOOK_IFB, Kernel, ShapeNeed},
+    kernel::{CG_CONNECT4, CG_CONNECT6, CG_INGRESS, HOOK_IFB, ShapeNeed},
     shaping::NetemClass,
     spec::{Action, Checksum, Direction, Distribution, Match, Odds, Shape, threshold},
 };
 
 /// What the programs do for a fault; `mark` is the bit a duplicate fault marks its copies with.
-pub(super) fn rule_action(a: &Active, mark: u32) -> RuleAction {
+pub(crate) fn rule_action(a: &Active, mark: u32) -> RuleAction {
     let base = RuleAction { deadline_ns: a.record.deadline_ns, ..Default::default() };
     match a.fault.action {
         Action::Loss(odds) => RuleAction { kind: ACTION_LOSS, ..chance(odds, base) },
@@ -139,24 +140,56 @@ fn shape_needs(faults: &[&Active]) -> Vec<ShapeNeed> {
         .collect()
 }
 
-/// Makes `faults` the live set: qdiscs for new shaping first, then the rules, then the qdiscs
-/// no rule uses any more are given back. `before` is the live set until now, kept on error.
-pub(super) fn commit(
-    kernel: &mut Kernel,
-    faults: &[&Active],
-    new_slots: &[(u32, RuleAction)],
-    before: &[&Active],
-) -> Result<(), EngineError> {
-    let (needs, kept) = (shape_needs(faults), shape_needs(before));
-    let ifbs = kernel.prepare_shaping(&needs, &kept)?;
-    let (rules, hooks) = plan(faults, &ifbs);
-    let cgroups = cgroup_hooks(faults);
-    if let Err(e) = kernel.sync(&rules, new_slots, &hooks, &cgroups) {
-        kernel.settle_shaping(&kept);
-        return Err(e.into());
+/// What the kernel runs for a fault set. `mark` is the bit duplicate faults mark copies with.
+#[derive(Clone, Copy)]
+pub struct Plan<'a> {
+    pub faults: &'a FaultSet,
+    pub mark: u32,
+}
+
+impl<'a> Plan<'a> {
+    /// The started faults, in order of application (which breaks precedence ties).
+    pub fn started(&self) -> Vec<&'a Active> {
+        self.faults.ordered().into_iter().map(|a| &**a).filter(|a| a.record.started).collect()
     }
-    kernel.settle_shaping(&needs);
-    Ok(())
+
+    /// The rule slots that start in this plan and not in `live` (a new fault, a scheduled one
+    /// starting, or another fault in a slot), with their actions: their counters, chains and
+    /// shaping state start afresh. Found by comparing the two sets' shared faults.
+    pub fn fresh_slots(&self, live: &Plan) -> Vec<(u32, RuleAction)> {
+        let before = live.faults.by_slot();
+        self.faults
+            .by_slot()
+            .iter()
+            .filter(|(_, a)| a.record.started)
+            .filter(|(slot, a)| !before.get(slot).is_some_and(|b| b.record.started && b.seq == a.seq))
+            .map(|(slot, a)| (*slot, rule_action(a, self.mark)))
+            .collect()
+    }
+
+    /// Every started fault's slot and action (re-adopted faults: their counters go on).
+    pub fn actions(&self) -> Vec<(u32, RuleAction)> {
+        self.faults
+            .by_slot()
+            .iter()
+            .filter(|(_, a)| a.record.started)
+            .map(|(slot, a)| (*slot, rule_action(a, self.mark)))
+            .collect()
+    }
+
+    pub fn shape_needs(&self) -> Vec<ShapeNeed> {
+        shape_needs(&self.started())
+    }
+
+    /// The compiler's rules and the TC hooks they need; `ifbs` are the IFBs of interfaces
+    /// whose ingress is shaped.
+    pub fn tc(&self, ifbs: &BTreeMap<u32, (u32, String)>) -> (Vec<Rule>, BTreeMap<(u32, u8), String>) {
+        plan(&self.started(), ifbs)
+    }
+
+    pub fn cgroup_hooks(&self) -> BTreeMap<(u64, u8), PathBuf> {
+        cgroup_hooks(&self.started())
+    }
 }
 
 fn hooks_of(direction: Direction) -> &'static [u8] {

@@ -25,7 +25,7 @@ fn active(spec: FaultSpec) -> Active {
         starts_at: 0,
         expires_at: None,
     };
-    Active { record, fault, ifindex: 2, watch: None, cgroup: None }
+    Active { record, fault, ifindex: 2, watch: None, cgroup: None, seq: 0 }
 }
 
 /// A valid spec of `action` on eth0, changed by `f`.

@@ -1,0 +1,409 @@
+//! The set of faults as one value, and every change to it as a pure function from one set to
+//! the next: apply, remove, clear, start, end (expired, or its target gone), follow a target's
+//! cgroups, and re-adopt a previous daemon's. Nothing here touches the kernel or a file: the
+//! engine gives each new set to the dataplane (see [`super::Dataplane`]) and keeps it only once
+//! the kernel and the state took it.
+//!
+//! A set is cheap to copy: faults are shared (`Arc`) between a set and the next, so a change
+//! copies pointers, never specs, and the dataplane finds what changed by comparing them.
+
+use std::{
+    collections::{BTreeMap, BTreeSet, HashMap},
+    sync::Arc,
+    time::Duration,
+};
+
+use chaos_common::{MAX_RULES, NO_DEADLINE};
+
+use super::EngineError;
+use crate::{
+    spec::{Action, Fault, FaultSpec, Lifetime, SpecError, validate_name},
+    state::{Actor, Record},
+    target::{Cgroup, Resolved, Watch},
+};
+
+/// One fault as the engine keeps it.
+#[derive(Clone, Debug)]
+pub struct Active {
+    pub record: Record,
+    /// As the daemon's namespace sees it (see `target`).
+    pub fault: Fault,
+    pub ifindex: u32,
+    /// The namespace or cgroup it was named by, if any: the fault ends when that goes.
+    pub watch: Option<Watch>,
+    pub cgroup: Option<Cgroup>,
+    /// Order of application in this daemon: breaks precedence ties, orders lists.
+    pub seq: u64,
+}
+
+impl Active {
+    fn of(record: Record, resolved: Resolved, seq: u64) -> Self {
+        let Resolved { fault, ifindex, watch, cgroup } = resolved;
+        Self { record, fault, ifindex, watch, cgroup, seq }
+    }
+
+    pub fn name(&self) -> &str {
+        &self.record.name
+    }
+
+    pub fn slot(&self) -> u32 {
+        self.record.slot
+    }
+
+    pub fn started(&self) -> bool {
+        self.record.started
+    }
+}
+
+/// The faults, by rule slot (what the kernel knows them by), with their names.
+#[derive(Clone, Debug, Default)]
+pub struct FaultSet {
+    by_slot: BTreeMap<u32, Arc<Active>>,
+    by_name: HashMap<Arc<str>, u32>,
+    /// For names made up for unnamed faults (`loss-7`).
+    next_id: u64,
+    next_seq: u64,
+}
+
+/// A fault to apply: the spec as sent, and the fault as validated and resolved from it.
+pub struct Incoming {
+    pub spec: FaultSpec,
+    pub resolved: Resolved,
+}
+
+/// The limits a batch is checked against (from the config).
+#[derive(Clone, Debug)]
+pub struct Limits {
+    pub max_faults: usize,
+    pub max_duration: Duration,
+    pub allow_unlimited: bool,
+    pub max_start_after: Duration,
+}
+
+/// The time of a change, on both clocks: deadlines are CLOCK_MONOTONIC (as the kernel checks
+/// them), what people read is Unix time.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Now {
+    pub mono_ns: u64,
+    pub unix_ms: u64,
+}
+
+impl Now {
+    pub fn read() -> Self {
+        Self { mono_ns: crate::state::mono_ns(), unix_ms: crate::state::unix_ms() }
+    }
+}
+
+/// Why a fault left the set without being asked to: recorded with its final counters.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EndReason {
+    Expired,
+    InterfaceGone,
+    /// A namespace, process or cgroup: the target's own words (`target::Watch`).
+    TargetGone(&'static str),
+    Rebooted,
+    KernelObjectsGone,
+    InvalidDefinition,
+}
+
+impl EndReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Expired => "expired",
+            Self::InterfaceGone => "its interface is gone",
+            Self::TargetGone(why) => why,
+            Self::Rebooted => "the node rebooted",
+            Self::KernelObjectsGone => "its kernel objects were gone (removed by cleanup?)",
+            Self::InvalidDefinition => "its definition is no longer valid",
+        }
+    }
+}
+
+impl FaultSet {
+    pub fn new(next_id: u64) -> Self {
+        Self { next_id: next_id.max(1), ..Default::default() }
+    }
+
+    pub fn len(&self) -> usize {
+        self.by_slot.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.by_slot.is_empty()
+    }
+
+    pub fn next_id(&self) -> u64 {
+        self.next_id
+    }
+
+    pub fn get(&self, name: &str) -> Option<&Arc<Active>> {
+        self.by_name.get(name).map(|slot| &self.by_slot[slot])
+    }
+
+    pub fn contains(&self, name: &str) -> bool {
+        self.by_name.contains_key(name)
+    }
+
+    /// By rule slot.
+    pub fn by_slot(&self) -> &BTreeMap<u32, Arc<Active>> {
+        &self.by_slot
+    }
+
+    /// In order of application.
+    pub fn ordered(&self) -> Vec<&Arc<Active>> {
+        let mut all: Vec<&Arc<Active>> = self.by_slot.values().collect();
+        all.sort_unstable_by_key(|a| a.seq);
+        all
+    }
+
+    /// The records, in order of application: what the state file holds.
+    pub fn records(&self) -> Vec<Record> {
+        self.ordered().into_iter().map(|a| a.record.clone()).collect()
+    }
+
+    /// The names of an experiment's faults, in order of application.
+    pub fn of_experiment(&self, experiment: &str) -> Vec<String> {
+        self.ordered()
+            .into_iter()
+            .filter(|a| a.record.experiment.as_deref() == Some(experiment))
+            .map(|a| a.record.name.clone())
+            .collect()
+    }
+
+    fn insert(&mut self, active: Active) {
+        let slot = active.record.slot;
+        self.by_name.insert(active.record.name.as_str().into(), slot);
+        self.by_slot.insert(slot, Arc::new(active));
+    }
+
+    fn take(&mut self, name: &str) -> Option<Arc<Active>> {
+        let slot = self.by_name.remove(name)?;
+        self.by_slot.remove(&slot)
+    }
+
+    /// The set with a batch applied (all or none), and the names given. Names unnamed faults
+    /// (`{action}-{n}`), gives each the lowest free rule slot and its start and deadline.
+    pub fn apply(
+        &self,
+        batch: Vec<Incoming>,
+        experiment: Option<String>,
+        actor: &Actor,
+        limits: &Limits,
+        now: Now,
+    ) -> Result<(Self, Vec<String>), EngineError> {
+        self.check_batch(batch.len(), experiment.as_deref(), limits)?;
+        let mut next = self.clone();
+        let mut free = (0..MAX_RULES).filter(|s| !self.by_slot.contains_key(s));
+        let mut names = Vec::with_capacity(batch.len());
+        let many = batch.len() > 1;
+        for (i, Incoming { spec, resolved }) in batch.into_iter().enumerate() {
+            let at = |e: SpecError| if many { e.within(&format!("fault[{i}].")) } else { e };
+            let fault = &resolved.fault;
+            let duration = lifetime(fault, limits).map_err(at)?;
+            if fault.start_after > limits.max_start_after {
+                return Err(at(SpecError::new(
+                    "start_after",
+                    format!("is more than the limit of {:?} (max_start_after)", limits.max_start_after),
+                ))
+                .into());
+            }
+            let name = match &fault.name {
+                Some(n) if next.contains(n) => {
+                    return Err(EngineError::Conflict(at(SpecError::new(
+                        "name",
+                        format!("a fault named '{n}' already exists"),
+                    ))));
+                }
+                Some(n) => n.clone(),
+                None => next.fresh_name(fault.action.kind()),
+            };
+            let start_ns = now.mono_ns + fault.start_after.as_nanos() as u64;
+            let starts_at = now.unix_ms + fault.start_after.as_millis() as u64;
+            let mut spec = spec;
+            spec.name = Some(name.clone());
+            // The spec as applied says what the fault matches: reset takes TCP only.
+            if let Action::Reset { .. } = fault.action {
+                spec.protocol = Some("tcp".into());
+            }
+            let record = Record {
+                name: name.clone(),
+                spec,
+                slot: free.next().expect("room was checked"),
+                experiment: experiment.clone(),
+                applied_by: actor.clone(),
+                applied_at: now.unix_ms,
+                start_ns,
+                deadline_ns: duration.map_or(NO_DEADLINE, |d| start_ns + d.as_nanos() as u64),
+                starts_at,
+                expires_at: duration.map(|d| starts_at + d.as_millis() as u64),
+                started: fault.start_after.is_zero(),
+            };
+            let seq = next.next_seq;
+            next.next_seq += 1;
+            next.insert(Active::of(record, resolved, seq));
+            names.push(name);
+        }
+        Ok((next, names))
+    }
+
+    /// Whether a batch of `len` faults (of `experiment`) may be applied at all: not empty,
+    /// within `max_faults`, and its experiment a valid name not running already.
+    pub fn check_batch(&self, len: usize, experiment: Option<&str>, limits: &Limits) -> Result<(), EngineError> {
+        if len == 0 {
+            return Err(SpecError::new("fault", "no faults given").into());
+        }
+        let room = limits.max_faults.min(MAX_RULES as usize).saturating_sub(self.len());
+        if len > room {
+            return Err(SpecError::new(
+                "fault",
+                format!("{len} more faults would pass the limit of {} (max_faults)", limits.max_faults),
+            )
+            .into());
+        }
+        if let Some(e) = experiment {
+            validate_name(e).map_err(|err| SpecError::new("experiment", err.reason))?;
+            if self.by_slot.values().any(|a| a.record.experiment.as_deref() == Some(e)) {
+                return Err(EngineError::Conflict(SpecError::new(
+                    "experiment",
+                    format!("an experiment named '{e}' is running"),
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// A name for an unnamed fault of `kind` that no fault has.
+    fn fresh_name(&mut self, kind: &str) -> String {
+        loop {
+            let n = format!("{kind}-{}", self.next_id);
+            // Wraps (after 2^64 names, or a hand-edited state file) rather than panic.
+            self.next_id = self.next_id.wrapping_add(1).max(1);
+            if !self.contains(&n) {
+                return n;
+            }
+        }
+    }
+
+    /// The set without `names` (all must be there), and the faults taken out.
+    pub fn remove(&self, names: &[String]) -> Result<(Self, Vec<Arc<Active>>), EngineError> {
+        if let Some(missing) = names.iter().find(|n| !self.contains(n)) {
+            return Err(EngineError::NotFound(format!("fault named '{missing}'")));
+        }
+        Ok(self.without(names.iter().map(String::as_str)))
+    }
+
+    /// The set without every fault (the name counter goes on).
+    pub fn clear(&self) -> (Self, Vec<Arc<Active>>) {
+        let removed = self.ordered().into_iter().cloned().collect();
+        (Self { by_slot: BTreeMap::new(), by_name: HashMap::new(), ..self.clone() }, removed)
+    }
+
+    /// The set without those of `names` it has.
+    pub fn without<'a>(&self, names: impl Iterator<Item = &'a str>) -> (Self, Vec<Arc<Active>>) {
+        let mut next = self.clone();
+        let removed = names.filter_map(|n| next.take(n)).collect();
+        (next, removed)
+    }
+
+    /// Scheduled faults due at `now` (and not past their deadline).
+    pub fn due(&self, now_ns: u64) -> Vec<String> {
+        self.by_slot
+            .values()
+            .filter(|a| !a.record.started && a.record.start_ns <= now_ns && a.record.deadline_ns > now_ns)
+            .map(|a| a.record.name.clone())
+            .collect()
+    }
+
+    /// Faults whose deadline has passed.
+    pub fn expired(&self, now_ns: u64) -> Vec<String> {
+        self.by_slot.values().filter(|a| a.record.deadline_ns <= now_ns).map(|a| a.record.name.clone()).collect()
+    }
+
+    /// The set with `names` started.
+    pub fn start(&self, names: &[String]) -> Self {
+        let mut next = self.clone();
+        for n in names {
+            if let Some(a) = next.get(n) {
+                let mut a = Active::clone(a);
+                a.record.started = true;
+                next.insert(a);
+            }
+        }
+        next
+    }
+
+    /// The set with new cgroup ids for the faults named (cgroups made or removed below their
+    /// targets).
+    pub fn with_cgroups(&self, changes: &[(String, Vec<u64>)]) -> Self {
+        let mut next = self.clone();
+        for (n, ids) in changes {
+            if let Some(a) = next.get(n) {
+                let mut a = Active::clone(a);
+                if let Some(cg) = &mut a.cgroup {
+                    cg.ids.clone_from(ids);
+                }
+                next.insert(a);
+            }
+        }
+        next
+    }
+
+    /// The first set of a daemon: the previous one's records that can go on, and those that
+    /// cannot, with why. `resolve` finds a fault's target again; `adopted` says whether the
+    /// previous daemon's maps (its slots and counters) are still there.
+    pub fn adopt(
+        records: Vec<Record>,
+        next_id: u64,
+        same_boot: bool,
+        adopted: bool,
+        now_ns: u64,
+        resolve: impl Fn(Fault) -> Result<Resolved, SpecError>,
+    ) -> (Self, Vec<(Record, EndReason)>) {
+        let mut set = Self::new(next_id);
+        let mut gone = Vec::new();
+        for record in records {
+            let resolved = record.spec.validate().map(&resolve);
+            let reason = if !same_boot {
+                Some(EndReason::Rebooted)
+            } else if !adopted {
+                Some(EndReason::KernelObjectsGone)
+            } else if record.deadline_ns <= now_ns {
+                Some(EndReason::Expired)
+            } else if matches!(resolved, Ok(Err(_))) {
+                Some(EndReason::InterfaceGone)
+            } else {
+                None
+            };
+            match (reason, resolved) {
+                (None, Ok(Ok(r))) if !set.by_slot.contains_key(&record.slot) && !set.contains(&record.name) => {
+                    let seq = set.next_seq;
+                    set.next_seq += 1;
+                    set.insert(Active::of(record, r, seq));
+                }
+                (reason, _) => gone.push((record, reason.unwrap_or(EndReason::InvalidDefinition))),
+            }
+        }
+        (set, gone)
+    }
+
+    /// The slots in use, for checks.
+    pub fn slots(&self) -> BTreeSet<u32> {
+        self.by_slot.keys().copied().collect()
+    }
+}
+
+/// A fault's duration under the config's limits; `None` for unlimited.
+fn lifetime(fault: &Fault, limits: &Limits) -> Result<Option<Duration>, SpecError> {
+    match fault.lifetime {
+        Lifetime::Default => Ok(Some(limits.max_duration)),
+        Lifetime::For(d) if d > limits.max_duration => Err(SpecError::new(
+            "duration",
+            format!("{d:?} is more than the limit of {:?} (max_duration)", limits.max_duration),
+        )),
+        Lifetime::For(d) => Ok(Some(d)),
+        Lifetime::Unlimited if limits.allow_unlimited => Ok(None),
+        Lifetime::Unlimited => {
+            Err(SpecError::new("duration", "'unlimited' is not allowed by this daemon's config (allow_unlimited)"))
+        }
+    }
+}
