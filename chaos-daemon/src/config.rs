@@ -57,6 +57,11 @@ pub struct Config {
     /// How TC programs are attached: `auto` (TCX links where the kernel has them, else cls_bpf
     /// under clsact), `tcx` or `netlink`. Default `auto`.
     pub tc_attach: AttachMode,
+    /// How long TCX programs stay attached to an interface after its last fault ends, doing
+    /// nothing: a TCX attach and detach each wait for the kernel's RCU grace period (about
+    /// 10-30 ms), which the next fault on the interface then does not pay; after this the
+    /// interface's packets run no program. cls_bpf filters are removed at once. Default `5s`.
+    pub detach_after: String,
     /// How delay and bandwidth faults hold packets: `auto` (edt where the kernel has fq and
     /// lets TC programs set departure times, 5.0+; else netem), `edt` or `netem`. Default `auto`.
     pub delay_backend: BackendChoice,
@@ -106,6 +111,7 @@ impl Default for Config {
             bpffs_dir: "/sys/fs/bpf/chaos-daemon".into(),
             history_limit: 10_000,
             tc_attach: AttachMode::Auto,
+            detach_after: "5s".into(),
             delay_backend: BackendChoice::Auto,
             duplicate_mark: 0x1000_0000,
             runtime_dirs: vec![
@@ -135,7 +141,12 @@ impl Config {
         self.guard()?;
         self.socket_mode()?;
         self.metrics_address()?;
+        self.detach_after()?;
         Ok(())
+    }
+
+    pub fn detach_after(&self) -> anyhow::Result<Duration> {
+        parse_duration(&self.detach_after).map_err(|e| anyhow::anyhow!("detach_after: {e}"))
     }
 
     pub fn settings(&self) -> anyhow::Result<Settings> {

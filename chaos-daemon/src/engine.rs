@@ -18,6 +18,7 @@ use chaos_common::{Counters, NO_DEADLINE};
 
 use crate::{
     api::{Apply, FaultView, Status},
+    crashpoint::{self, Point},
     guard::Protected,
     kernel::{Kernel, KernelError, NlFilter, ShapingRecord},
     spec::{Action, Direction, SpecError},
@@ -89,6 +90,9 @@ pub trait Dataplane {
     fn can_shape(&self, ingress: bool, reorder: bool) -> Result<(), KernelError>;
     /// Whether a cgroup fault can run here (on ingress; failing connect() with an errno).
     fn can_scope(&self, ingress: bool, connect: Option<i32>) -> Result<(), KernelError>;
+    /// Detaches what no fault has used for a while (see `Kernel::release_idle`); returns the
+    /// CLOCK_MONOTONIC time to be called again, if any.
+    fn release_idle(&mut self, now_ns: u64) -> Option<u64>;
     /// The interfaces there are now, by ifindex, or why they could not be listed.
     fn interfaces(&self) -> Result<std::collections::HashMap<u32, String>, String>;
     /// What the state file keeps of the kernel side: the cls_bpf filters and the qdiscs.
@@ -113,18 +117,19 @@ impl<D: Dataplane> Engine<D> {
     /// Applies a batch (all or none) on behalf of `actor`, and records it in the audit trail.
     pub fn apply(&mut self, req: &Apply, actor: &Actor) -> Result<Vec<FaultView>, EngineError> {
         let result = self.try_apply(req, actor);
-        let names = match &result {
-            Ok(views) => views.iter().map(|v| v.name.clone()).collect(),
-            Err(_) => req.faults.iter().filter_map(|f| f.name.clone()).collect(),
-        };
-        self.audit(actor, "apply", names, req.experiment.clone(), outcome(&result), vec![]);
+        if let Err(e) = &result {
+            let names = req.faults.iter().filter_map(|f| f.name.clone()).collect();
+            self.audit(actor, "apply", names, req.experiment.clone(), failed(e), vec![]);
+        }
         result
     }
 
     /// Removes the named faults (all must exist) and returns their final state.
     pub fn remove(&mut self, names: &[String], actor: &Actor) -> Result<Vec<FaultView>, EngineError> {
-        let result = self.faults.remove(names).and_then(|(next, gone)| self.remove_now(next, gone));
-        self.audit_removal(actor, "remove", names.to_vec(), result)
+        let result = self.faults.remove(names).and_then(|(next, gone)| {
+            self.remove_now(next, gone, |e, views| vec![e.removal(actor, "remove", names.to_vec(), views)])
+        });
+        self.audit_failure(actor, "remove", names.to_vec(), None, result)
     }
 
     /// Removes every fault of an experiment.
@@ -133,16 +138,22 @@ impl<D: Dataplane> Engine<D> {
         let result = if names.is_empty() {
             Err(EngineError::NotFound(format!("experiment named '{experiment}'")))
         } else {
-            self.faults.remove(&names).and_then(|(next, gone)| self.remove_now(next, gone))
+            self.faults.remove(&names).and_then(|(next, gone)| {
+                self.remove_now(next, gone, |e, views| {
+                    vec![e.removal(actor, "remove-experiment", vec![experiment.into()], views)]
+                })
+            })
         };
-        self.audit_removal(actor, "remove-experiment", vec![experiment.into()], result)
+        // Named even when there was none to remove.
+        let named = Some(experiment.to_owned());
+        self.audit_failure(actor, "remove-experiment", vec![experiment.into()], named, result)
     }
 
     /// Removes every fault (scheduled ones too) and detaches every program.
     pub fn clear(&mut self, actor: &Actor) -> Result<Vec<FaultView>, EngineError> {
         let (next, gone) = self.faults.clear();
-        let result = self.remove_now(next, gone);
-        self.audit_removal(actor, "clear", vec![], result)
+        let result = self.remove_now(next, gone, |e, views| vec![e.removal(actor, "clear", vec![], views)]);
+        self.audit_failure(actor, "clear", vec![], None, result)
     }
 
     /// Records a refused request (the engine never saw it) in the audit trail. `action` and
@@ -227,60 +238,85 @@ impl<D: Dataplane> Engine<D> {
             batch.push(Incoming { spec: spec.clone(), resolved });
         }
         let (next, names) = self.faults.apply(batch, req.experiment.clone(), actor, &self.limits(), Now::read())?;
-        self.commit(next)?;
+        let event = self.event(actor, "apply", names.clone(), req.experiment.clone(), "ok".into(), vec![]);
+        self.commit(next, vec![event])?;
         Ok(names.iter().filter_map(|n| self.faults.get(n)).map(|a| self.view(a)).collect())
     }
 
-    /// Makes `next` the live set, kernel first: the state file then records it; if it cannot,
-    /// the kernel goes back and the change is refused. A change that only takes faults away is
-    /// recorded first (see [`Self::remove_now`]).
-    fn commit(&mut self, next: FaultSet) -> Result<(), EngineError> {
+    /// Makes `next` the live set, kernel first: the journal then records it, with its audit
+    /// `events`; if it cannot, the kernel goes back and the change is refused. A change that
+    /// takes faults away is recorded first (see [`Self::remove_now`]).
+    fn commit(&mut self, next: FaultSet, events: Vec<Event>) -> Result<(), EngineError> {
         self.dataplane.reconcile(&self.plan(&self.faults), &self.plan(&next))?;
-        if let Err(e) = self.save(&next) {
+        crashpoint::hit(Point::KernelChanged);
+        if let Err(e) = self.record(&self.faults.clone(), &next, events.clone()) {
             if let Err(back) = self.dataplane.reconcile(&self.plan(&next), &self.plan(&self.faults)) {
                 tracing::error!("undoing a change the state file could not record: {back}");
             }
             return Err(e);
         }
+        crashpoint::hit(Point::Recorded);
         self.faults = next;
+        self.publish(events);
         Ok(())
     }
 
-    /// Takes faults out: the state file first, so that a daemon killed before the kernel took
-    /// them out finds them unknown and ends them, never brings them back; then the kernel. If
-    /// the kernel refuses, the state file gets the faults back.
-    fn remove_now(&mut self, next: FaultSet, gone: Vec<Arc<Active>>) -> Result<Vec<FaultView>, EngineError> {
+    /// Takes faults out: the journal first (with the audit events `make` gives for the final
+    /// views), so that a daemon killed before the kernel took them out never brings them back;
+    /// then the kernel. If the kernel refuses, the journal gets the faults back.
+    fn remove_now(
+        &mut self,
+        next: FaultSet,
+        gone: Vec<Arc<Active>>,
+        make: impl FnOnce(&Self, &[FaultView]) -> Vec<Event>,
+    ) -> Result<Vec<FaultView>, EngineError> {
         let views: Vec<FaultView> = gone.iter().map(|a| self.view(a)).collect();
-        self.save(&next)?;
-        if let Err(e) = self.dataplane.reconcile(&self.plan(&self.faults), &self.plan(&next)) {
-            if let Err(back) = self.save(&self.faults) {
+        let events = make(self, &views);
+        let live = self.faults.clone();
+        self.record(&live, &next, events.clone())?;
+        crashpoint::hit(Point::RemovalRecorded);
+        if let Err(e) = self.dataplane.reconcile(&self.plan(&live), &self.plan(&next)) {
+            if let Err(back) = self.record(&next, &live, vec![]) {
                 tracing::error!("restoring the state file after the kernel refused a removal: {back}");
             }
             return Err(e.into());
         }
+        crashpoint::hit(Point::Recorded);
         self.faults = next;
+        self.publish(events);
+        // The filters and qdiscs given back: not made durable (a stale list only makes the next
+        // start look for what is gone), so a removal costs one synchronous write.
+        let kernel = self.dataplane.records();
+        if self.store.kernel_changed(&kernel)
+            && let Err(e) = self.store.record((vec![], vec![]), self.faults.next_id(), kernel, vec![], false)
+        {
+            tracing::warn!("recording the kernel objects given back: {e}");
+        }
         Ok(views)
     }
 
-    fn audit_removal(
+    /// The audit event of a removal that took `views` out.
+    fn removal(&self, actor: &Actor, action: &str, names: Vec<String>, views: &[FaultView]) -> Event {
+        let reason = if action == "clear" { "cleared" } else { "removed" };
+        let experiment = match action {
+            "remove-experiment" => names.first().cloned(),
+            _ => one_experiment(views.iter().map(|v| v.experiment.as_deref())),
+        };
+        self.event(actor, action, names, experiment, "ok".into(), views.iter().map(|v| ended(v, reason)).collect())
+    }
+
+    /// Records a removal that failed (one that succeeded was recorded with its change).
+    fn audit_failure(
         &mut self,
         actor: &Actor,
         action: &str,
         names: Vec<String>,
+        experiment: Option<String>,
         result: Result<Vec<FaultView>, EngineError>,
     ) -> Result<Vec<FaultView>, EngineError> {
-        let reason = if action == "clear" { "cleared" } else { "removed" };
-        let ended = match &result {
-            Ok(views) => views.iter().map(|v| ended(v, reason)).collect(),
-            Err(_) => vec![],
-        };
-        let experiment = match &result {
-            // Named even when there was none to remove.
-            _ if action == "remove-experiment" => names.first().cloned(),
-            Ok(views) => one_experiment(views.iter().map(|v| v.experiment.as_deref())),
-            Err(_) => None,
-        };
-        self.audit(actor, action, names, experiment, outcome(&result), ended);
+        if let Err(e) = &result {
+            self.audit(actor, action, names, experiment, failed(e), vec![]);
+        }
         result
     }
 
@@ -293,16 +329,35 @@ impl<D: Dataplane> Engine<D> {
         result: String,
         ended: Vec<Ended>,
     ) {
-        // Names and errors may quote what a peer sent (a refused name, a request path): one
-        // line each, bounded, in the log and the history alike.
+        let event = self.event(actor, action, faults, experiment, result, ended);
+        self.publish(vec![event]);
+    }
+
+    /// An audit event, logged. Names and errors may quote what a peer sent (a refused name, a
+    /// request path): one line each, bounded, in the log and the history alike.
+    fn event(
+        &self,
+        actor: &Actor,
+        action: &str,
+        faults: Vec<String>,
+        experiment: Option<String>,
+        result: String,
+        ended: Vec<Ended>,
+    ) -> Event {
         let action = escape(action, MAX_ACTION);
         let faults: Vec<String> = faults.iter().map(|f| escape(f, MAX_NAME)).collect();
         let result = escape(&result, MAX_RESULT);
         tracing::info!(target: "audit", %actor, action = action.as_str(), ?faults, result, ended = ended.len(), "audit");
         let experiment = experiment.map(|e| escape(&e, MAX_NAME));
-        let event = Event { at: unix_ms(), actor: actor.clone(), action, faults, experiment, result, ended };
-        if let Err(e) = self.store.append(&event) {
-            tracing::error!("writing the audit trail: {e}");
+        Event { at: unix_ms(), actor: actor.clone(), action, faults, experiment, result, ended }
+    }
+
+    /// Appends events to the history.
+    fn publish(&mut self, events: Vec<Event>) {
+        for event in &events {
+            if let Err(e) = self.store.append(event) {
+                tracing::error!("writing the audit trail: {e}");
+            }
         }
     }
 
@@ -311,11 +366,19 @@ impl<D: Dataplane> Engine<D> {
         one_experiment(names.iter().filter_map(|n| self.faults.get(n)).map(|a| a.record.experiment.as_deref()))
     }
 
-    /// Writes the state file for `faults`.
-    fn save(&self, faults: &FaultSet) -> Result<(), EngineError> {
+    /// Makes the change from `before` to `after` durable in the state (one journal line), with
+    /// its audit events.
+    fn record(&mut self, before: &FaultSet, after: &FaultSet, events: Vec<Event>) -> Result<(), EngineError> {
+        let kernel = self.dataplane.records();
+        self.store.record(after.changes_from(before), after.next_id(), kernel, events, true).map_err(EngineError::State)
+    }
+
+    /// Writes the state whole (a snapshot, which starts the journal afresh).
+    fn snapshot(&mut self, faults: &FaultSet) -> Result<(), EngineError> {
         let (filters, shaping) = self.dataplane.records();
         let state = State {
             boot_id: self.boot_id.clone(),
+            journal_seq: 0,
             next_id: faults.next_id(),
             faults: faults.records(),
             filters,
@@ -404,12 +467,9 @@ impl Guard {
     }
 }
 
-/// `ok` or `error: why`, as the audit trail records a result.
-fn outcome<T>(result: &Result<T, EngineError>) -> String {
-    match result {
-        Ok(_) => "ok".into(),
-        Err(e) => format!("error: {e}"),
-    }
+/// `error: why`, as the audit trail records a failure.
+fn failed(e: &EngineError) -> String {
+    format!("error: {e}")
 }
 
 /// The experiment shared by every one of `experiments` (an audit event's faults); none if they

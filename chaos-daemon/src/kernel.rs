@@ -90,6 +90,9 @@ pub struct Attachment {
     pub hook: String,
     /// `tcx` (a bpf link, kernel 6.6+) or `netlink` (a cls_bpf filter under clsact).
     pub mode: String,
+    /// Attached but used by no fault: detached after `detach_after` (see the config).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub idle: bool,
 }
 
 /// How programs are attached: `auto` tries TCX and falls back to netlink; the others force one
@@ -125,6 +128,13 @@ pub struct Kernel {
     mode: AttachMode,
     /// Interfaces whose clsact qdisc this daemon added, removed with their last filter.
     our_clsact: BTreeSet<u32>,
+    /// TCX links no rule uses now, since when (CLOCK_MONOTONIC ns). A TCX attach or detach
+    /// waits for an RCU grace period (milliseconds) inside the syscall: an idle link is kept
+    /// for `detach_after`, so that the next fault on the interface needs no attach and a
+    /// removal no detach in the request; then [`Kernel::release_idle`] detaches it, between
+    /// requests. cls_bpf filters cost no such wait, and go at once.
+    idle: BTreeMap<(u32, u8), u64>,
+    detach_after: std::time::Duration,
     pins: Pins,
     shaper: Shaper,
 }
@@ -247,6 +257,8 @@ impl Kernel {
                 .chain(shaping.ifbs.iter().filter(|r| r.added_clsact).map(|r| r.ifindex))
                 .collect(),
             links,
+            idle: BTreeMap::new(),
+            detach_after: std::time::Duration::from_secs(5),
             mode,
             pins,
             // netem's reordered packets skip their class for HTB's direct queue: any kernel.
@@ -292,6 +304,13 @@ impl Kernel {
         let compiled = started.elapsed();
 
         let mut attached = Vec::new();
+        // Idle links taken back into use: idle again if this change fails.
+        let revived: Vec<((u32, u8), u64)> =
+            hooks.keys().filter_map(|k| self.idle.remove(k).map(|since| (*k, since))).collect();
+        let undo = |kernel: &mut Self, attached: &[(u32, u8)]| {
+            kernel.detach_all(attached);
+            kernel.idle.extend(revived.iter().copied());
+        };
         for (&(ifindex, hook), interface) in hooks {
             if self.links.contains_key(&(ifindex, hook)) {
                 continue;
@@ -304,11 +323,12 @@ impl Kernel {
                     {
                         self.our_clsact.insert(ifindex);
                     }
+                    tracing::info!(interface, hook, tcx = link.is_tcx(), "attached");
                     self.links.insert((ifindex, hook), link);
                     attached.push((ifindex, hook));
                 }
                 Err(e) => {
-                    self.detach_all(&attached);
+                    undo(self, &attached);
                     return Err(e);
                 }
             }
@@ -326,7 +346,7 @@ impl Kernel {
                     attached_cg.push((id, kind));
                 }
                 Err(e) => {
-                    self.detach_all(&attached);
+                    undo(self, &attached);
                     self.detach_cgroups(&attached_cg);
                     return Err(e);
                 }
@@ -336,16 +356,18 @@ impl Kernel {
         let scoped = tables.scopes.iter().any(|(k, _)| k.hook == HOOK_EGRESS);
         let live = u32::from(next) | if scoped { ACTIVE_SCOPED } else { 0 };
         let made_live = self.write_slots(new_slots).and_then(|()| self.write(&tables)).and_then(|()| {
+            crate::crashpoint::hit(crate::crashpoint::Point::MapsWritten);
             self.active
                 .set(ACTIVE_GENERATION, live, 0)
                 .map_err(|source| KernelError::Map { map: map_names::ACTIVE, source })
         });
         if let Err(e) = made_live {
             self.delete(&tables);
-            self.detach_all(&attached);
+            undo(self, &attached);
             self.detach_cgroups(&attached_cg);
             return Err(e);
         }
+        crate::crashpoint::hit(crate::crashpoint::Point::Flipped);
         let written = started.elapsed();
         let old = self.live.replace(tables);
         let old_generation = std::mem::replace(&mut self.generation, next);
@@ -363,10 +385,38 @@ impl Kernel {
             "rule set live"
         );
         let unused: Vec<_> = self.links.keys().filter(|k| !hooks.contains_key(k)).copied().collect();
-        self.detach_all(&unused);
+        let (tcx, netlink): (Vec<_>, Vec<_>) = unused.into_iter().partition(|k| self.links[k].is_tcx());
+        let now = crate::state::mono_ns();
+        if self.detach_after.is_zero() {
+            self.detach_all(&tcx);
+        }
+        for key in tcx.into_iter().filter(|k| self.links.contains_key(k)) {
+            self.idle.entry(key).or_insert(now);
+        }
+        self.detach_all(&netlink);
         let unused: Vec<_> = self.cgroup_links.keys().filter(|k| !cgroups.contains_key(k)).copied().collect();
         self.detach_cgroups(&unused);
         Ok(())
+    }
+
+    /// How long a TCX link no rule uses stays attached (see `idle`).
+    pub fn set_detach_after(&mut self, after: std::time::Duration) {
+        self.detach_after = after;
+    }
+
+    /// Detaches the links idle for `detach_after` by `now`; returns when to be called next.
+    pub fn release_idle(&mut self, now: u64) -> Option<u64> {
+        let after = self.detach_after.as_nanos() as u64;
+        let due: Vec<(u32, u8)> =
+            self.idle.iter().filter(|(_, since)| since.saturating_add(after) <= now).map(|(k, _)| *k).collect();
+        for key in &due {
+            self.idle.remove(key);
+        }
+        if !due.is_empty() {
+            self.detach_all(&due);
+            tracing::info!(links = due.len(), "detached links idle for {:?}", self.detach_after);
+        }
+        self.idle.values().map(|since| since.saturating_add(after)).min()
     }
 
     fn detach_cgroups(&mut self, keys: &[(u64, u8)]) {
@@ -475,6 +525,7 @@ impl Kernel {
                 }
                 .into(),
                 mode: if l.is_tcx() { "tcx" } else { "netlink" }.into(),
+                idle: self.idle.contains_key(&(ifindex, hook)),
             })
             .chain(self.cgroup_links.iter().map(|(&(_, kind), l)| {
                 Attachment {
@@ -487,6 +538,7 @@ impl Kernel {
                     }
                     .into(),
                     mode: "link".into(),
+                    idle: false,
                 }
             }))
             .collect()
@@ -528,6 +580,7 @@ impl Kernel {
 
     fn detach_all(&mut self, keys: &[(u32, u8)]) {
         for key in keys {
+            self.idle.remove(key);
             if let Some(link) = self.links.remove(key) {
                 attach::detach(link);
             }

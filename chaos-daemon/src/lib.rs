@@ -15,6 +15,7 @@ pub mod chaos_mesh;
 pub mod client;
 pub mod compile;
 pub mod config;
+pub mod crashpoint;
 pub mod engine;
 pub mod fsutil;
 pub mod guard;

@@ -1,7 +1,13 @@
 //! What the daemon remembers across restarts, in its state directory:
 //! - `state.json`: the faults (definitions, who applied them, rule slots, deadlines) and the
-//!   cls_bpf filters it attached. Rewritten whole on every change, atomically: a temporary file,
+//!   cls_bpf filters and qdiscs it added, as of a [`Change`] of the journal (`journal_seq`).
+//!   Written whole at start and when the journal has grown, atomically: a temporary file,
 //!   fsync, rename over the old one. A crash leaves the old or the new file, never a torn one.
+//! - `journal.jsonl`: each change since, one [`Change`] per line (the records it adds or
+//!   replaces, the names it drops), appended and made durable (fdatasync) before the daemon
+//!   answers: one small synchronous write per change, whatever the number of faults. The state
+//!   is the snapshot with the journal's later lines applied in order; a torn last line was
+//!   never acknowledged, and is ignored.
 //! - `history.jsonl`: the audit trail, one JSON [`Event`] per line, appended. A crash or a full
 //!   disk can tear only the last line; any line that is not an event is skipped (and reported
 //!   at open), never the lines after it, and the next event starts on a line of its own. It is
@@ -28,6 +34,9 @@ pub struct State {
     /// `/proc/sys/kernel/random/boot_id` when written: deadlines are CLOCK_MONOTONIC times and
     /// pins live in memory, so neither means anything after a reboot.
     pub boot_id: String,
+    /// The last journal line this snapshot holds: later ones are applied over it.
+    #[serde(default)]
+    pub journal_seq: u64,
     pub next_id: u64,
     /// In order of application (which breaks precedence ties).
     pub faults: Vec<Record>,
@@ -35,6 +44,65 @@ pub struct State {
     /// The qdiscs delay and bandwidth faults took, with what was there before.
     #[serde(default)]
     pub shaping: ShapingRecord,
+}
+
+/// One change of the state: a line of the journal.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Change {
+    pub seq: u64,
+    /// Faults added, or changed (started, their cgroups followed): whole records, by name.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub put: Vec<Record>,
+    /// Faults taken out.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub drop: Vec<Dropped>,
+    pub next_id: u64,
+    /// The kernel side, when it changed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub filters: Option<Vec<NlFilter>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shaping: Option<ShapingRecord>,
+    /// What the audit trail says of the change: appended to `history.jsonl` after this line,
+    /// and again at the next start if a crash came in between.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub events: Vec<Event>,
+}
+
+/// A fault taken out, and the rule slot it had: a rule the kernel still holds there at the
+/// next start (the daemon died before the kernel took it out) is this fault's, already
+/// recorded as ended.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Dropped {
+    pub name: String,
+    pub slot: u32,
+}
+
+impl State {
+    /// Applies a journal line. Records keep their order of application: a new one goes last,
+    /// a changed one stays where it was.
+    fn apply(&mut self, change: Change) {
+        let dropped: std::collections::HashSet<&str> = change.drop.iter().map(|d| d.name.as_str()).collect();
+        self.faults.retain(|r| !dropped.contains(r.name.as_str()));
+        let mut at: std::collections::HashMap<String, usize> =
+            self.faults.iter().enumerate().map(|(i, r)| (r.name.clone(), i)).collect();
+        for record in change.put {
+            match at.get(&record.name) {
+                Some(&i) => self.faults[i] = record,
+                None => {
+                    at.insert(record.name.clone(), self.faults.len());
+                    self.faults.push(record);
+                }
+            }
+        }
+        self.next_id = change.next_id;
+        self.journal_seq = change.seq;
+        if let Some(filters) = change.filters {
+            self.filters = filters;
+        }
+        if let Some(shaping) = change.shaping {
+            self.shaping = shaping;
+        }
+    }
 }
 
 /// One fault as the daemon keeps it.
@@ -195,6 +263,18 @@ impl Event {
 
 pub struct Store {
     dir: PathBuf,
+    /// The journal's last line, and its size: past [`COMPACT_AT`] (and the snapshot's size)
+    /// the next snapshot starts it afresh.
+    seq: u64,
+    journal_bytes: u64,
+    snapshot_bytes: u64,
+    /// The kernel side as last written, so that a change writes it only when it changed.
+    filters: Vec<NlFilter>,
+    shaping: ShapingRecord,
+    /// From [`Self::load`]: the slots of faults the journal took out since the snapshot, and
+    /// the events of its last line (which a crash may have kept from the history).
+    dropped: Vec<u32>,
+    last_events: Vec<Event>,
     budget: Budget,
     /// Events in history.jsonl now, by kind.
     accepted: usize,
@@ -205,14 +285,31 @@ pub struct Store {
 }
 
 const HISTORY: &str = "history.jsonl";
+const SNAPSHOT: &str = "state.json";
+const JOURNAL: &str = "journal.jsonl";
+/// A journal larger than this and than the snapshot is folded into a new snapshot.
+const COMPACT_AT: u64 = 1 << 20;
 
 impl Store {
     /// Opens the state directory, creating it if missing (the daemon checks it first with
     /// [`crate::fsutil::state_dir`], which makes it mode 0700 without following a link).
     pub fn open(dir: &Path, history_limit: usize) -> io::Result<Self> {
         std::fs::create_dir_all(dir)?;
-        let mut store =
-            Self { dir: dir.into(), budget: Budget::of(history_limit), accepted: 0, refused: 0, torn: false };
+        let mut store = Self {
+            dir: dir.into(),
+            seq: 0,
+            journal_bytes: 0,
+            snapshot_bytes: 0,
+            filters: Vec::new(),
+            shaping: ShapingRecord::default(),
+            dropped: Vec::new(),
+            last_events: Vec::new(),
+            budget: Budget::of(history_limit),
+            accepted: 0,
+            refused: 0,
+            torn: false,
+        };
+        store.journal_bytes = std::fs::symlink_metadata(store.path(JOURNAL)).map_or(0, |m| m.len());
         let path = store.path(HISTORY);
         let scan = match open_nofollow(&path) {
             Ok(file) => scan(file)?,
@@ -237,20 +334,152 @@ impl Store {
         HistoryReader { path: self.path(HISTORY), max: self.budget.accepted }
     }
 
-    pub fn load(&self) -> io::Result<Option<State>> {
-        let path = self.path("state.json");
+    /// The state as the last daemon left it: the snapshot with the journal's later lines
+    /// applied. `None` when there is neither.
+    pub fn load(&mut self) -> io::Result<Option<State>> {
+        let path = self.path(SNAPSHOT);
         let mut bytes = Vec::new();
-        match open_nofollow(&path).and_then(|mut f| f.read_to_end(&mut bytes)) {
-            Ok(_) => serde_json::from_slice(&bytes)
-                .map(Some)
-                .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, format!("{}: {e}", path.display()))),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(e),
+        let snapshot = match open_nofollow(&path).and_then(|mut f| f.read_to_end(&mut bytes)) {
+            Ok(_) => Some(
+                serde_json::from_slice::<State>(&bytes)
+                    .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, format!("{}: {e}", path.display())))?,
+            ),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => None,
+            Err(e) => return Err(e),
+        };
+        let changes = self.journal()?;
+        if snapshot.is_none() && changes.is_empty() {
+            return Ok(None);
         }
+        let mut state = snapshot.unwrap_or_default();
+        for change in changes {
+            if change.seq > state.journal_seq {
+                self.dropped.extend(change.drop.iter().map(|d| d.slot));
+                self.last_events.clone_from(&change.events);
+                state.apply(change);
+            }
+        }
+        // Numbers go on from there, so that no line of this journal is read as a later one.
+        self.seq = state.journal_seq;
+        Ok(Some(state))
     }
 
-    pub fn save(&self, state: &State) -> io::Result<()> {
-        write_atomically(&self.path("state.json"), &serde_json::to_vec_pretty(state)?)
+    /// The journal's changes. Only the end can be torn (a write cut short by a crash, never
+    /// acknowledged: a failed append is cut off again by [`Self::record`]): it is cut off here
+    /// too. A bad line before it is damage, and refused.
+    fn journal(&mut self) -> io::Result<Vec<Change>> {
+        let path = self.path(JOURNAL);
+        let mut bytes = Vec::new();
+        match open_nofollow(&path).and_then(|mut f| f.read_to_end(&mut bytes)) {
+            Ok(_) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(e),
+        }
+        let whole = bytes.iter().rposition(|b| *b == b'\n').map_or(0, |i| i + 1);
+        let mut changes = Vec::new();
+        for (i, line) in bytes[..whole].split(|b| *b == b'\n').filter(|l| !l.is_empty()).enumerate() {
+            changes.push(serde_json::from_slice::<Change>(line).map_err(|e| {
+                io::Error::new(io::ErrorKind::InvalidData, format!("{}: line {}: {e}", path.display(), i + 1))
+            })?);
+        }
+        if whole < bytes.len() {
+            tracing::warn!("{}: cutting off a torn last line (a change never acknowledged)", path.display());
+            OpenOptions::new().write(true).custom_flags(libc::O_NOFOLLOW).open(&path)?.set_len(whole as u64)?;
+        }
+        self.journal_bytes = whole as u64;
+        Ok(changes)
+    }
+
+    /// Writes `state` whole (a new snapshot) and starts the journal afresh.
+    pub fn save(&mut self, state: &State) -> io::Result<()> {
+        let state = State { journal_seq: self.seq, ..state.clone() };
+        let bytes = serde_json::to_vec_pretty(&state)?;
+        write_atomically(&self.path(SNAPSHOT), &bytes)?;
+        // The snapshot holds every line: a crash before this truncation replays lines it
+        // already has, which `journal_seq` skips.
+        match std::fs::remove_file(self.path(JOURNAL)) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
+            _ => {}
+        }
+        (self.journal_bytes, self.snapshot_bytes) = (0, bytes.len() as u64);
+        (self.filters, self.shaping) = (state.filters, state.shaping);
+        Ok(())
+    }
+
+    /// Records one change: a line appended to the journal, made durable (fdatasync) when
+    /// `durable`. On error the change is not recorded (a partial line is a torn last line,
+    /// ignored when read, and ended before the next one).
+    pub fn record(
+        &mut self,
+        (put, drop): (Vec<Record>, Vec<Dropped>),
+        next_id: u64,
+        (filters, shaping): (Vec<NlFilter>, ShapingRecord),
+        events: Vec<Event>,
+        durable: bool,
+    ) -> io::Result<()> {
+        let change = Change {
+            seq: self.seq + 1,
+            put,
+            drop,
+            next_id,
+            filters: (filters != self.filters).then(|| filters.clone()),
+            shaping: (shaping != self.shaping).then(|| shaping.clone()),
+            events,
+        };
+        let mut line = serde_json::to_vec(&change)?;
+        line.push(b'\n');
+        let mut file = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .mode(0o600)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(self.path(JOURNAL))?;
+        if crate::crashpoint::reached(crate::crashpoint::Point::JournalHalf) {
+            let _ = file.write_all(&line[..line.len() / 2]);
+            crate::crashpoint::die(crate::crashpoint::Point::JournalHalf);
+        }
+        let written = file.write_all(&line).and_then(|()| if durable { file.sync_data() } else { Ok(()) });
+        if let Err(e) = written {
+            // What was written of it goes, so that every line of the journal is a whole change.
+            if let Err(cut) = file.set_len(self.journal_bytes) {
+                tracing::error!("cutting a failed change off the journal: {cut}");
+            }
+            return Err(e);
+        }
+        self.journal_bytes += line.len() as u64;
+        self.seq = change.seq;
+        (self.filters, self.shaping) = (filters, shaping);
+        Ok(())
+    }
+
+    /// The slots of faults the journal took out since the snapshot (from [`Self::load`]).
+    pub fn dropped_slots(&self) -> &[u32] {
+        &self.dropped
+    }
+
+    /// Appends the events of the journal's last change that the history lacks: a daemon that
+    /// died between the two writes. Returns how many.
+    pub fn recover_history(&mut self) -> io::Result<usize> {
+        let pending = std::mem::take(&mut self.last_events);
+        if pending.is_empty() {
+            return Ok(0);
+        }
+        let tail = self.reader().read(pending.len() + 16)?;
+        let missing: Vec<Event> = pending.into_iter().filter(|e| !tail.contains(e)).collect();
+        for event in &missing {
+            self.append(event)?;
+        }
+        Ok(missing.len())
+    }
+
+    /// Whether the kernel side differs from what was last recorded.
+    pub fn kernel_changed(&self, (filters, shaping): &(Vec<NlFilter>, ShapingRecord)) -> bool {
+        *filters != self.filters || *shaping != self.shaping
+    }
+
+    /// Whether the journal has grown enough to be folded into a new snapshot.
+    pub fn wants_snapshot(&self) -> bool {
+        self.journal_bytes > COMPACT_AT && self.journal_bytes > self.snapshot_bytes
     }
 
     pub fn append(&mut self, event: &Event) -> io::Result<()> {
@@ -510,6 +739,112 @@ mod tests {
             result: "ok".into(),
             ended: vec![],
         }
+    }
+
+    fn record(name: &str, slot: u32) -> Record {
+        Record {
+            name: name.into(),
+            spec: Default::default(),
+            slot,
+            experiment: None,
+            applied_by: Actor::default(),
+            applied_at: 0,
+            start_ns: 0,
+            deadline_ns: u64::MAX,
+            started: true,
+            starts_at: 0,
+            expires_at: None,
+        }
+    }
+
+    fn names(state: &State) -> Vec<&str> {
+        state.faults.iter().map(|r| r.name.as_str()).collect()
+    }
+
+    fn put(store: &mut Store, records: Vec<Record>, next_id: u64) {
+        store.record((records, vec![]), next_id, Default::default(), vec![], true).unwrap();
+    }
+
+    #[test]
+    fn the_state_is_the_snapshot_with_the_journal_applied_in_order() {
+        let dir = Dir::new("journal");
+        let mut store = Store::open(&dir.0, 10).unwrap();
+        assert!(store.load().unwrap().is_none());
+        store.save(&State { boot_id: "b".into(), faults: vec![record("a", 0)], ..Default::default() }).unwrap();
+        put(&mut store, vec![record("b", 1), record("c", 2)], 4);
+        let a = Dropped { name: "a".into(), slot: 0 };
+        store.record((vec![], vec![a]), 4, Default::default(), vec![event(1)], true).unwrap();
+        // A changed record keeps its place in the order of application.
+        put(&mut store, vec![Record { started: false, ..record("b", 1) }], 5);
+        let mut reopened = Store::open(&dir.0, 10).unwrap();
+        let state = reopened.load().unwrap().unwrap();
+        assert_eq!((names(&state), state.next_id, state.boot_id.as_str()), (vec!["b", "c"], 5, "b"));
+        assert!(!state.faults[0].started);
+        assert_eq!(reopened.dropped_slots(), [0]);
+
+        // A snapshot folds the journal in; lines it holds are not applied again, even when a
+        // crash kept the journal (the snapshot was renamed in, the journal not yet removed).
+        let journal = std::fs::read(dir.0.join(JOURNAL)).unwrap();
+        store.save(&state).unwrap();
+        assert!(!dir.0.join(JOURNAL).exists());
+        std::fs::write(dir.0.join(JOURNAL), &journal).unwrap();
+        let mut again = Store::open(&dir.0, 10).unwrap();
+        assert_eq!(names(&again.load().unwrap().unwrap()), ["b", "c"]);
+        // And the numbers go on: a later line is applied.
+        put(&mut again, vec![record("d", 3)], 6);
+        assert_eq!(names(&Store::open(&dir.0, 10).unwrap().load().unwrap().unwrap()), ["b", "c", "d"]);
+    }
+
+    #[test]
+    fn a_torn_last_journal_line_is_cut_off_and_a_damaged_one_refused() {
+        let dir = Dir::new("torn-journal");
+        let mut store = Store::open(&dir.0, 10).unwrap();
+        put(&mut store, vec![record("a", 0)], 2);
+        let path = dir.0.join(JOURNAL);
+        // A write cut short by a crash: never acknowledged.
+        OpenOptions::new().append(true).open(&path).unwrap().write_all(b"{\"seq\":2,\"put\":[{\"na").unwrap();
+        let mut reopened = Store::open(&dir.0, 10).unwrap();
+        assert_eq!(names(&reopened.load().unwrap().unwrap()), ["a"]);
+        // The next change is a line of its own.
+        put(&mut reopened, vec![record("b", 1)], 3);
+        assert_eq!(names(&Store::open(&dir.0, 10).unwrap().load().unwrap().unwrap()), ["a", "b"]);
+        // Damage before the end is refused, not skipped: skipping could bring a removed fault back.
+        let text = std::fs::read_to_string(&path).unwrap().replacen("{", "[", 1);
+        std::fs::write(&path, text).unwrap();
+        let e = Store::open(&dir.0, 10).unwrap().load().unwrap_err().to_string();
+        assert!(e.contains("journal.jsonl: line 1"), "{e}");
+    }
+
+    #[test]
+    fn events_a_crash_kept_from_the_history_are_appended_at_the_next_start() {
+        let dir = Dir::new("recover");
+        let mut store = Store::open(&dir.0, 10).unwrap();
+        store.record((vec![record("a", 0)], vec![]), 2, Default::default(), vec![event(1)], true).unwrap();
+        store.append(&event(1)).unwrap();
+        // The daemon dies after the journal took the change, before the history did.
+        store.record((vec![record("b", 1)], vec![]), 3, Default::default(), vec![event(2), event(3)], true).unwrap();
+        let mut next = Store::open(&dir.0, 10).unwrap();
+        next.load().unwrap();
+        assert_eq!(next.recover_history().unwrap(), 2);
+        assert_eq!(dir.events(), [event(1), event(2), event(3)]);
+        // Once only.
+        let mut again = Store::open(&dir.0, 10).unwrap();
+        again.load().unwrap();
+        assert_eq!(again.recover_history().unwrap(), 0);
+        assert_eq!(dir.events().len(), 3);
+    }
+
+    #[test]
+    fn the_kernel_side_is_written_only_when_it_changed() {
+        let dir = Dir::new("kernel-side");
+        let mut store = Store::open(&dir.0, 10).unwrap();
+        let shaping = ShapingRecord { backend: Some(crate::shaping::Backend::Netem), ..Default::default() };
+        store.record((vec![record("a", 0)], vec![]), 2, (vec![], shaping.clone()), vec![], true).unwrap();
+        assert!(!store.kernel_changed(&(vec![], shaping.clone())));
+        store.record((vec![record("b", 1)], vec![]), 3, (vec![], shaping.clone()), vec![], true).unwrap();
+        let lines = std::fs::read_to_string(dir.0.join(JOURNAL)).unwrap();
+        assert_eq!(lines.matches("shaping").count(), 1, "{lines}");
+        assert_eq!(Store::open(&dir.0, 10).unwrap().load().unwrap().unwrap().shaping, shaping);
     }
 
     #[test]

@@ -36,6 +36,8 @@ pub struct Daemon {
     /// Mount points the daemon does not see (in a mount namespace of its own), as on a host
     /// without them.
     hidden: Vec<std::ffi::CString>,
+    /// Environment variables of the next start (`CHAOS_CRASH_AT`).
+    pub env: Vec<(String, String)>,
 }
 
 impl Daemon {
@@ -124,7 +126,7 @@ impl Daemon {
             format!("state_dir = \"{}\"\nbpffs_dir = \"{}\"\n{config}", dir.join("state").display(), bpffs.display());
         std::fs::write(dir.join("config.toml"), config)?;
         let netns = PathBuf::from(format!("/run/netns/{}", ns.name));
-        Ok(Self { child: None, dir, socket, bpffs, netns, capabilities: None, hidden: Vec::new() })
+        Ok(Self { child: None, dir, socket, bpffs, netns, capabilities: None, hidden: Vec::new(), env: Vec::new() })
     }
 
     /// Runs the daemon (as [`Self::restart`] does) to its end and returns its output: for a
@@ -187,6 +189,7 @@ impl Daemon {
         let child = self
             .command(&["--socket", &self.socket.to_string_lossy()])
             .env("RUST_LOG", "info")
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()?;
@@ -211,6 +214,22 @@ impl Daemon {
         self.child.as_ref().map(|c| nix::unistd::Pid::from_raw(c.id() as i32))
     }
 
+    /// Waits up to `timeout` for the daemon to exit by itself; its status, `None` if it still
+    /// runs (then it is left running).
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            match self.child.as_mut()?.try_wait() {
+                Ok(Some(status)) => {
+                    self.child = None;
+                    return Some(status);
+                }
+                _ if Instant::now() > deadline => return None,
+                _ => std::thread::sleep(Duration::from_millis(20)),
+            }
+        }
+    }
+
     /// Sends `signal`; for SIGKILL, also waits for the process to be gone.
     pub fn signal(&mut self, signal: nix::sys::signal::Signal) -> anyhow::Result<()> {
         nix::sys::signal::kill(self.pid().ok_or_else(|| anyhow::anyhow!("not running"))?, signal)?;
@@ -227,6 +246,24 @@ impl Daemon {
 
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.dir.join("daemon.log")).unwrap_or_default()
+    }
+
+    /// The daemon's status, once it reports no attachment: a TCX program no fault uses stays
+    /// attached, idle, for `detach_after` (5 s unless configured) and is detached then.
+    pub fn detached(&self) -> serde_json::Value {
+        let status = || -> serde_json::Value { serde_json::from_str(&self.ctl_ok(&["status", "-o", "json"])).unwrap() };
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        loop {
+            let s = status();
+            let attached = s["attachments"].as_array().unwrap();
+            if attached.is_empty() || std::time::Instant::now() > deadline {
+                assert!(attached.is_empty(), "still attached after 30 s: {s}");
+                return s;
+            }
+            // Only idle links may be waited for: a link in use after removal is a bug.
+            assert!(attached.iter().all(|a| a["idle"] == true), "attached, not idle: {s}");
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
     }
 
     /// Runs `chaosctl --socket <ours> args...`.

@@ -7,7 +7,9 @@ use aya::{
     maps::{Array, HashMap, LpmTrie, Map, MapData, PerCpuArray, loaded_maps},
     programs::{SchedClassifier, TcAttachType, loaded_programs},
 };
-use chaos_common::{AddrKey, Counters, PairKey, PortKey, RuleAction};
+use chaos_common::{
+    ACTIVE_GENERATION, AddrKey, CLASS_GEN_BIT, Counters, PairKey, PortKey, RuleAction, SIDE_SRC, map_names,
+};
 
 use crate::Netns;
 
@@ -150,4 +152,24 @@ pub fn cgroup_programs(dir: &std::path::Path, attach_type: u32) -> anyhow::Resul
     anyhow::ensure!(rc == 0, "BPF_PROG_QUERY on {}: {}", dir.display(), std::io::Error::last_os_error());
     let count = u32::from_ne_bytes(attr[24..28].try_into()?) as usize;
     Ok(ids[..count.min(ids.len())].to_vec())
+}
+
+/// The rule slots a packet can reach in the maps a daemon pinned in `bpffs` (its live
+/// generation's last lookup, whose values are slots), each with the action `RULES` holds.
+pub fn reachable_rules(bpffs: &std::path::Path) -> anyhow::Result<BTreeMap<u32, RuleAction>> {
+    let open = |name: &str| MapData::from_pin(bpffs.join(format!("map_{name}")));
+    let active: Array<_, u32> = Array::try_from(Map::Array(open(map_names::ACTIVE)?))?;
+    let generation = active.get(&ACTIVE_GENERATION, 0)? & 1;
+    let bit = if generation == 1 { CLASS_GEN_BIT } else { 0 };
+    let ports: LpmTrie<_, PortKey, u32> = LpmTrie::try_from(Map::LpmTrie(open(map_names::PORTS)?))?;
+    let rules: Array<_, RuleAction> = Array::try_from(Map::Array(open(map_names::RULES)?))?;
+    let mut reachable = BTreeMap::new();
+    for entry in ports.iter() {
+        let (key, slot) = entry?;
+        let k = key.data();
+        if k.side == SIDE_SRC && k.class & CLASS_GEN_BIT == bit {
+            reachable.insert(slot, rules.get(&slot, 0)?);
+        }
+    }
+    Ok(reachable)
 }

@@ -201,8 +201,7 @@ fn connect_fail_fails_the_cgroups_connects_only() {
     assert_eq!(connected(&b, v4), 0);
     daemon.ctl_ok(&["rm", "timeout"]);
     assert_eq!(connected(&a, v6), 0, "connect after removal");
-    let status: serde_json::Value = serde_json::from_str(&daemon.ctl_ok(&["status", "-o", "json"])).unwrap();
-    assert_eq!(status["attachments"], serde_json::json!([]), "{status}");
+    daemon.detached();
 }
 
 #[test]
@@ -231,8 +230,7 @@ fn a_fault_ends_when_its_cgroup_is_removed() {
     ended.sort();
     let why = "its cgroup was removed".to_owned();
     assert_eq!(ended, vec![("gone".into(), why.clone(), 300), ("gone-too".into(), why, 0)]);
-    let status: serde_json::Value = serde_json::from_str(&daemon.ctl_ok(&["status", "-o", "json"])).unwrap();
-    assert_eq!(status["attachments"], serde_json::json!([]), "{status}");
+    daemon.detached();
 }
 
 #[test]

@@ -105,6 +105,7 @@ fn concurrent_clients_leave_nothing_behind() {
     for map in [ADDRS, PAIRS, PORTS] {
         assert!(contents[map].is_empty(), "{map} still holds {} entries: {:?}", contents[map].len(), contents[map]);
     }
+    daemon.detached();
     assert_eq!(kernel::attached(&lab.a, &lab.a_if).unwrap(), Vec::<u32>::new());
     // The daemon closes a connection when it sees the client's end: allow it a moment.
     let deadline = Instant::now() + Duration::from_secs(2);

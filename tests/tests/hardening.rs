@@ -399,8 +399,12 @@ fn a_hand_edited_state_file_is_refused_or_survived() {
     narrow_fault(&daemon, &lab, "a");
     daemon.ctl_ok(&["apply", "--name", "b", "-i", &lab.a_if, "--loss", "50", "-p", "udp", "--dport", "9998"]);
     daemon.signal(SIGKILL).unwrap();
-    let path = daemon.dir.join("state/state.json");
-    let original = std::fs::read_to_string(&path).unwrap();
+    // The state as the daemon would read it (snapshot and journal), edited into one snapshot.
+    let dir = daemon.dir.join("state");
+    let path = dir.join("state.json");
+    let read = chaos_daemon::state::Store::open(&dir, 1000).unwrap().load().unwrap().unwrap();
+    std::fs::remove_file(dir.join("journal.jsonl")).unwrap();
+    let original = serde_json::to_string(&read).unwrap();
     let mut state: serde_json::Value = serde_json::from_str(&original).unwrap();
 
     // Two faults in one slot: one would act with the other's rule.

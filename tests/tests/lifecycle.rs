@@ -3,11 +3,12 @@
 //!   where the config does not allow it, is refused by name and changes nothing;
 //! - a scheduled experiment waits, then starts as a whole, and is removed as a whole;
 //! - an experiment with one bad fault applies none;
-//! - `clear` removes scheduled faults too.
+//! - `clear` removes scheduled faults too;
+//! - TCX programs stay attached, idle, for `detach_after` after the last fault, then go.
 
 use std::{net::SocketAddr, time::Duration};
 
-use chaos_tests::{Daemon, Lab, lab, traffic};
+use chaos_tests::{Daemon, Lab, kernel, lab, traffic};
 
 #[test]
 fn durations_and_limits_come_from_config() {
@@ -148,4 +149,33 @@ fn a_reset_fault_says_it_matches_tcp() {
     let table = daemon.ctl_ok(&["list"]);
     let row = table.lines().find(|l| l.starts_with("rst")).unwrap();
     assert!(row.split_whitespace().any(|c| c == "tcp"), "{table}");
+}
+
+#[test]
+fn an_interface_keeps_its_programs_idle_for_detach_after_then_runs_none() {
+    let lab = Lab::new().unwrap();
+    let daemon = Daemon::start_with(&lab.a, "detach_after = \"3s\"").unwrap();
+    let iface = lab.a_if.as_str();
+    let loss = ["apply", "--name", "l", "-i", iface, "--loss", "10", "-p", "udp", "--dport", "9000"];
+    let attaches = || daemon.log().lines().filter(|l| l.contains(" attached")).count();
+    daemon.ctl_ok(&loss);
+    let after_first = attaches();
+    assert!(after_first > 0, "the first fault attached nothing:\n{}", daemon.log());
+    daemon.ctl_ok(&["rm", "l"]);
+    let status: serde_json::Value = serde_json::from_str(&daemon.ctl_ok(&["status", "-o", "json"])).unwrap();
+    let attachments = status["attachments"].as_array().unwrap();
+    let tcx = attachments.iter().any(|a| a["mode"] == "tcx");
+    if tcx {
+        // TCX: kept, idle, and taken back by the next fault without a new attach.
+        assert!(attachments.iter().all(|a| a["idle"] == true), "{status}");
+        assert!(!kernel::attached(&lab.a, iface).unwrap().is_empty());
+        daemon.ctl_ok(&loss);
+        assert_eq!(attaches(), after_first, "the idle link was not reused:\n{}", daemon.log());
+        daemon.ctl_ok(&["rm", "l"]);
+    } else {
+        // cls_bpf: detached at once.
+        assert_eq!(status["attachments"], serde_json::json!([]), "{status}");
+    }
+    daemon.detached();
+    assert_eq!(kernel::attached(&lab.a, iface).unwrap(), Vec::<u32>::new());
 }

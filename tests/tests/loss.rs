@@ -43,6 +43,8 @@ fn udp_loss_on_one_port_is_exact_and_scoped() {
 
     daemon.ctl_ok(&["rm", "udp-loss"]);
     assert_eq!(traffic::udp(&lab.a, None, &lab.b, addr(B4, 9000), N / 4).unwrap(), N / 4);
-    // With no fault left on the interface, no program stays on its packet path.
+    // With no fault left on the interface, no program stays on its packet path (once idle for
+    // detach_after).
+    daemon.detached();
     assert_eq!(kernel::attached(&lab.a, &lab.a_if).unwrap(), Vec::<u32>::new());
 }

@@ -79,13 +79,12 @@ fn one(scrape: &Scrape, metric: &str, label: &str, value: &str) -> (HashMap<Stri
     found.remove(0)
 }
 
-/// A fault's counters as the kernel holds them: its rule slot (from the daemon's state file) in
-/// the COUNTERS map the daemon has open, summed over CPUs.
+/// A fault's counters as the kernel holds them: its rule slot (from the daemon's state, as the
+/// daemon reads it) in the COUNTERS map the daemon has open, summed over CPUs.
 fn kernel_counters(daemon: &Daemon, name: &str) -> Counters {
-    let state = std::fs::read_to_string(daemon.dir.join("state/state.json")).unwrap();
-    let state: serde_json::Value = serde_json::from_str(&state).unwrap();
-    let record = state["faults"].as_array().unwrap().iter().find(|f| f["name"] == name).expect("recorded");
-    let slot = u32::try_from(record["slot"].as_u64().unwrap()).unwrap();
+    let mut store = chaos_daemon::state::Store::open(&daemon.dir.join("state"), 1000).unwrap();
+    let state = store.load().unwrap().expect("a state");
+    let slot = state.faults.iter().find(|f| f.name == name).expect("recorded").slot;
     let pid = daemon.pid().expect("running").as_raw() as u32;
     for id in kernel::maps_of_process(pid).unwrap() {
         let data = MapData::from_id(id).unwrap();
@@ -197,8 +196,10 @@ fn metrics_are_the_kernels_counters_and_follow_the_faults() {
     assert_eq!(status, 405);
     assert!(head.to_lowercase().contains("allow: get"), "{head}");
 
-    // With every fault gone, so are their series and the attachments.
+    // With every fault gone, so are their series and (once idle for detach_after) the
+    // attachments.
     daemon.ctl_ok(&["clear"]);
+    daemon.detached();
     let s = scrape(&lab.a);
     assert!(samples(&s, "chaos_fault_matched_packets_total").is_empty());
     assert!(samples(&s, "chaos_fault_active").is_empty());

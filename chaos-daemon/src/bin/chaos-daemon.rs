@@ -160,7 +160,7 @@ fn serve(config: Config) -> anyhow::Result<()> {
         let metrics = chaos_daemon::metrics::bind(config.metrics_address()?).await?;
         anyhow::Ok((metrics, signal(SignalKind::terminate())?, signal(SignalKind::interrupt())?))
     })?;
-    let store = Store::open(&config.state_dir, config.history_limit)
+    let mut store = Store::open(&config.state_dir, config.history_limit)
         .with_context(|| format!("opening the state directory {}", config.state_dir.display()))?;
     let previous = store.load().context("reading the state file")?.unwrap_or_default();
     // Checked before the kernel is touched, as everything that can be.
@@ -168,9 +168,10 @@ fn serve(config: Config) -> anyhow::Result<()> {
     chaos_daemon::listen::raise_fd_limit();
 
     let pins = Pins::new(&config.bpffs_dir);
-    let (kernel, adopted) =
+    let (mut kernel, adopted) =
         Kernel::load(config.tc_attach, pins.clone(), &previous.filters, config.delay_backend, previous.shaping.clone())
             .context("loading the eBPF programs")?;
+    kernel.set_detach_after(config.detach_after()?);
     let history = store.reader();
     let engine = Engine::new(kernel, adopted, previous, settings, guard, store).inspect_err(|_| {
         // What this start pinned goes; a previous daemon's objects stay as it left them (its
@@ -196,6 +197,7 @@ fn serve(config: Config) -> anyhow::Result<()> {
         };
         tracing::info!(socket = %config.socket.display(), "chaos-daemon ready");
         chaos_daemon::systemd::notify_ready();
+        chaos_daemon::crashpoint::arm();
         let (shutdown, _) = broadcast::channel(1);
         let server = tokio::spawn(server::serve(listener, shared.clone(), shutdown.subscribe()));
         let metrics =

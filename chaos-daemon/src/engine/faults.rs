@@ -18,7 +18,7 @@ use chaos_common::{MAX_RULES, NO_DEADLINE};
 use super::EngineError;
 use crate::{
     spec::{Action, Fault, FaultSpec, Lifetime, SpecError, validate_name},
-    state::{Actor, Record},
+    state::{Actor, Dropped, Record},
     target::{Cgroup, Resolved, Watch},
 };
 
@@ -384,6 +384,27 @@ impl FaultSet {
             }
         }
         (set, gone)
+    }
+
+    /// What the state file must learn to go from `before` to this set: the records added or
+    /// changed (in order of application) and the names taken out. Found by comparing the two
+    /// sets' shared faults, so it costs a walk of pointers, not a look at every record.
+    pub fn changes_from(&self, before: &FaultSet) -> (Vec<Record>, Vec<Dropped>) {
+        let mut put: Vec<&Arc<Active>> = self
+            .by_slot
+            .iter()
+            .filter(|(slot, a)| !before.by_slot.get(slot).is_some_and(|b| Arc::ptr_eq(a, b)))
+            .map(|(_, a)| a)
+            .collect();
+        put.sort_unstable_by_key(|a| a.seq);
+        let drop = before
+            .by_slot
+            .iter()
+            .filter(|(slot, b)| self.by_slot.get(slot).is_none_or(|a| a.seq != b.seq))
+            .filter(|(_, b)| !self.contains(&b.record.name))
+            .map(|(slot, b)| Dropped { name: b.record.name.clone(), slot: *slot })
+            .collect();
+        (put.into_iter().map(|a| a.record.clone()).collect(), drop)
     }
 
     /// The slots in use, for checks.

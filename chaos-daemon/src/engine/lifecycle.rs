@@ -10,7 +10,10 @@ use chaos_common::{MAX_RULES, NO_DEADLINE};
 const SECOND: u64 = 1_000_000_000;
 
 use super::{Dataplane, EndReason, Engine, EngineError, FaultSet, Guard, Settings, ended, one_experiment};
-use crate::state::{Actor, Ended, State, Store, boot_id, mono_ns};
+use crate::{
+    api::FaultView,
+    state::{Actor, Ended, Event, State, Store, boot_id, mono_ns},
+};
 
 /// What a state file must hold to be re-adopted: valid, distinct names and distinct rule slots
 /// within the maps. A file that breaks this was edited by hand or damaged; adopting it would let
@@ -71,7 +74,14 @@ impl<D: Dataplane> Engine<D> {
                 Ended::new(&record.name, reason.as_str(), &counters)
             })
             .collect();
-        let ended_slots: Vec<u32> = gone.iter().map(|(r, _)| r.slot).collect();
+        // Those the journal took out (and recorded) before a daemon died, too.
+        let ended_slots: Vec<u32> =
+            gone.iter().map(|(r, _)| r.slot).chain(engine.store.dropped_slots().iter().copied()).collect();
+        match engine.store.recover_history() {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(events = n, "recorded the last change's audit events a stopped daemon had not"),
+            Err(e) => tracing::warn!("recovering the audit events of the last change: {e}"),
+        }
         let unknown = engine.dataplane.adopt(&engine.plan(&faults), &ended_slots)?;
         if !unknown.is_empty() {
             tracing::warn!(
@@ -83,13 +93,19 @@ impl<D: Dataplane> Engine<D> {
         ended.extend(
             unknown.iter().map(|(slot, c)| Ended::new(&format!("slot-{slot}"), "unknown to the state file", c)),
         );
-        engine.save(&faults)?;
+        engine.snapshot(&faults)?;
         engine.faults = faults;
         let names: Vec<String> = engine.faults.records().into_iter().map(|r| r.name).collect();
         if !names.is_empty() || !ended.is_empty() {
             tracing::info!(adopted = names.len(), ended = ended.len(), "re-adopted the previous daemon's faults");
             let experiment = engine.experiment_of(&names);
-            engine.audit(&Actor::default(), "adopt", names, experiment, "ok".into(), ended);
+            let event = engine.event(&Actor::default(), "adopt", names, experiment, "ok".into(), ended);
+            // In the journal too: the faults it ends are gone from the snapshot just written.
+            let faults = engine.faults.clone();
+            if let Err(e) = engine.record(&faults, &faults, vec![event.clone()]) {
+                tracing::warn!("recording the re-adoption: {e}");
+            }
+            engine.publish(vec![event]);
         }
         Ok(engine)
     }
@@ -120,14 +136,23 @@ impl<D: Dataplane> Engine<D> {
             tracing::error!("following cgroups below targets: {e}; retrying in 1 s");
             return Some(now + SECOND);
         }
-        let faults = self.faults.by_slot().values();
-        let next = faults
-            .clone()
+        // Between requests, not inside one: folding the journal costs a write of every fault.
+        if self.store.wants_snapshot()
+            && let Err(e) = self.snapshot(&self.faults.clone())
+        {
+            tracing::warn!("writing a snapshot of the state: {e}");
+        }
+        let idle = self.dataplane.release_idle(now);
+        let next = self
+            .faults
+            .by_slot()
+            .values()
             .filter_map(|a| match a.record.started {
                 false => Some(a.record.start_ns),
                 true if a.record.deadline_ns != NO_DEADLINE => Some(a.record.deadline_ns),
                 true => None,
             })
+            .chain(idle)
             .min();
         match (self.faults.by_slot().values().any(|a| a.watch.is_some()), next) {
             (false, _) => next,
@@ -184,7 +209,7 @@ impl<D: Dataplane> Engine<D> {
             return Ok(());
         }
         let next = self.faults.with_cgroups(&changed);
-        self.commit(next)?;
+        self.commit(next, vec![])?;
         tracing::info!(faults = changed.len(), "cgroups below targets changed");
         Ok(())
     }
@@ -192,28 +217,30 @@ impl<D: Dataplane> Engine<D> {
     /// Ends `ending` (each with why) and starts `due`, in one change.
     fn advance(&mut self, ending: &[(String, EndReason)], due: &[String]) -> Result<(), EngineError> {
         let (next, gone) = self.faults.start(due).without(ending.iter().map(|(n, _)| n.as_str()));
-        let views: HashMap<String, crate::api::FaultView> =
-            gone.iter().map(|a| (a.record.name.clone(), self.view(a))).collect();
-        if gone.is_empty() {
-            self.commit(next)?;
-        } else {
-            self.remove_now(next, gone)?;
-        }
         let daemon = Actor::default();
-        if !due.is_empty() {
+        let started = (!due.is_empty()).then(|| {
             let experiment = self.experiment_of(due);
-            self.audit(&daemon, "start", due.to_vec(), experiment, "ok".into(), vec![]);
+            self.event(&daemon, "start", due.to_vec(), experiment, "ok".into(), vec![])
+        });
+        if gone.is_empty() {
+            return self.commit(next, started.into_iter().collect());
         }
-        // Deadlines are an "expire" event, gone targets an "end" one.
-        let (timed, gone): (Vec<_>, Vec<_>) = ending.iter().partition(|(_, why)| *why == EndReason::Expired);
-        for (action, ending) in [("expire", timed), ("end", gone)] {
-            if !ending.is_empty() {
-                let names: Vec<String> = ending.iter().map(|(n, _)| n.clone()).collect();
-                let ended: Vec<Ended> = ending.iter().map(|(n, why)| ended(&views[n], why.as_str())).collect();
-                let experiment = one_experiment(names.iter().map(|n| views[n].experiment.as_deref()));
-                self.audit(&daemon, action, names, experiment, "ok".into(), ended);
+        self.remove_now(next, gone, |engine, views| {
+            let views: HashMap<&str, &FaultView> = views.iter().map(|v| (v.name.as_str(), v)).collect();
+            let mut events: Vec<Event> = started.into_iter().collect();
+            // Deadlines are an "expire" event, gone targets an "end" one.
+            let (timed, gone): (Vec<_>, Vec<_>) = ending.iter().partition(|(_, why)| *why == EndReason::Expired);
+            for (action, ending) in [("expire", timed), ("end", gone)] {
+                if !ending.is_empty() {
+                    let names: Vec<String> = ending.iter().map(|(n, _)| n.clone()).collect();
+                    let ended: Vec<Ended> =
+                        ending.iter().map(|(n, why)| ended(views[n.as_str()], why.as_str())).collect();
+                    let experiment = one_experiment(names.iter().map(|n| views[n.as_str()].experiment.as_deref()));
+                    events.push(engine.event(&daemon, action, names, experiment, "ok".into(), ended));
+                }
             }
-        }
+            events
+        })?;
         Ok(())
     }
 }

@@ -72,6 +72,10 @@ impl Dataplane for Model {
         Ok(())
     }
 
+    fn release_idle(&mut self, _: u64) -> Option<u64> {
+        None
+    }
+
     fn interfaces(&self) -> Result<HashMap<u32, String>, String> {
         Ok(self.interfaces.clone())
     }
@@ -248,8 +252,8 @@ fn a_change_the_state_file_cannot_record_is_refused_and_undone() {
     let mut e = engine(&dir);
     e.apply(&batch(vec![loss(Some("a"), "192.0.2.1")]), &root()).unwrap();
     let rules = e.dataplane.rules.clone();
-    // A directory in the state file's place: no rename can replace it, root or not.
-    let state = dir.0.join("state.json");
+    // A directory in the journal's place: nothing can be appended to it, root or not.
+    let state = dir.0.join("journal.jsonl");
     let saved = std::fs::read(&state).unwrap();
     std::fs::remove_file(&state).unwrap();
     std::fs::create_dir_all(state.join("in-the-way")).unwrap();

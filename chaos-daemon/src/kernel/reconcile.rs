@@ -66,6 +66,10 @@ impl Dataplane for Kernel {
         Kernel::can_scope(self, ingress, connect)
     }
 
+    fn release_idle(&mut self, now_ns: u64) -> Option<u64> {
+        Kernel::release_idle(self, now_ns)
+    }
+
     fn interfaces(&self) -> Result<HashMap<u32, String>, String> {
         let links = crate::netlink::link::all().map_err(|e| e.to_string())?;
         Ok(links.into_iter().map(|l| (l.ifindex, l.name)).collect())
