@@ -79,25 +79,30 @@ fn check_applied(daemon: &Daemon, lab: &Lab, base: &[Vec<u64>], tol: u64, how: &
     assert!(leaf.contains(&format!("delay {}ms", delay_ms(i))), "{how}: {} has {leaf}", name(i));
 
     let with = measure(lab, FIRST_PORT + i);
-    for (k, (what, by)) in
-        [(format!("{how}: slot {SLOT} ({})", name(i)), delay_ms(i) * MS), (format!("{how}: free port"), 0)]
-            .into_iter()
-            .enumerate()
-    {
-        assert_eq!(with[k].len(), ROUNDS, "{what}: datagrams lost");
-        let (b, w) = (quantile(&base[k], 0.5), quantile(&with[k], 0.5));
-        let shift = w as i64 - b as i64;
-        println!("{what}: median {} -> {}, expected a shift of {}", ms(b as f64), ms(w as f64), ms(by as f64));
-        assert!(
-            (shift - by as i64).unsigned_abs() <= tol,
-            "{what}: median {} -> {} (shift {}), expected a shift of {} within {}",
-            ms(b as f64),
-            ms(w as f64),
-            ms(shift as f64),
-            ms(by as f64),
-            ms(tol as f64)
-        );
-    }
+    assert_shifted(&format!("{how}: slot {SLOT} ({})", name(i)), &base[0], &with[0], delay_ms(i) * MS, tol);
+    assert_shifted(&format!("{how}: free port"), &base[1], &with[1], 0, tol);
+}
+
+/// Nothing lost, and the median moved by `by` within `tol`.
+fn assert_shifted(what: &str, base: &[u64], with: &[u64], by: u64, tol: u64) {
+    assert_eq!(with.len(), ROUNDS, "{what}: datagrams lost");
+    let (b, w) = (quantile(base, 0.5), quantile(with, 0.5));
+    let shift = w as i64 - b as i64;
+    println!("{what}: median {} -> {}, expected a shift of {}", ms(b as f64), ms(w as f64), ms(by as f64));
+    assert!(
+        (shift - by as i64).unsigned_abs() <= tol,
+        "{what}: median {} -> {} (shift {}), expected a shift of {} within {}",
+        ms(b as f64),
+        ms(w as f64),
+        ms(shift as f64),
+        ms(by as f64),
+        ms(tol as f64)
+    );
+}
+
+/// The baseline's noise (10th to 90th percentile) plus 1 ms of timer slack, as in delay.rs.
+fn tolerance(base: &[Vec<u64>]) -> u64 {
+    MS + base.iter().map(|b| quantile(b, 0.9) - quantile(b, 0.1)).max().unwrap()
 }
 
 /// One-way latencies to `port` and to [`FREE_PORT`] on b.
@@ -127,8 +132,7 @@ fn two_hundred_ten_delay_faults_each_have_a_class() {
     let Some(daemon) = Daemon::with_test_backend(&lab) else { return };
     // Any port's baseline stands for every other: nothing matches yet.
     let base = measure(&lab, FIRST_PORT);
-    // The baseline's noise (10th to 90th percentile) plus 1 ms of timer slack, as in delay.rs.
-    let tol = MS + base.iter().map(|b| quantile(b, 0.9) - quantile(b, 0.1)).max().unwrap();
+    let tol = tolerance(&base);
 
     let mut file = String::new();
     for i in 0..FAULTS {
@@ -153,4 +157,57 @@ fn two_hundred_ten_delay_faults_each_have_a_class() {
     }
     check_applied(&daemon, &lab, &base, tol, "one by one");
     check_cleared(&daemon, &lab, &before, "one by one");
+}
+
+/// A restarted daemon sets every class it adopts before its rules use it: the daemon before it
+/// may have given that minor to another rule (as daemons did before minors skipped `cd`). Stood
+/// for by swapping two delay faults' slots in the state file while the daemon is dead: each
+/// fault's packets must keep its own delay, not take the one its new slot's class had.
+#[test]
+fn a_restarted_daemon_sets_the_classes_it_adopts() {
+    if std::env::var("CHAOS_TEST_BACKEND").as_deref() != Ok("netem") {
+        eprintln!(
+            "skipped: needs CHAOS_TEST_BACKEND=netem on a kernel with netem (`cargo xtask vm-test netem-classes`)"
+        );
+        return;
+    }
+    let lab = Lab::new().unwrap();
+    let before = kernel::qdiscs(&lab.a, &lab.a_if);
+    let Some(mut daemon) = Daemon::with_test_backend(&lab) else { return };
+    let (slow, fast) = (FIRST_PORT, FIRST_PORT + 1);
+    let base = measure(&lab, slow);
+    let tol = tolerance(&base);
+    for (name, delay, port) in [("slow", "50ms", slow), ("fast", "10ms", fast)] {
+        daemon.ctl_ok(&[
+            "apply",
+            "--name",
+            name,
+            "-i",
+            &lab.a_if,
+            "--delay",
+            delay,
+            "-p",
+            "udp",
+            "--dport",
+            &port.to_string(),
+        ]);
+    }
+
+    daemon.signal(nix::sys::signal::Signal::SIGKILL).unwrap();
+    let path = daemon.dir.join("state/state.json");
+    let mut state: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    let faults = state["faults"].as_array_mut().unwrap();
+    assert_eq!(faults.len(), 2);
+    let slots = (faults[0]["slot"].clone(), faults[1]["slot"].clone());
+    assert_ne!(slots.0, slots.1);
+    (faults[0]["slot"], faults[1]["slot"]) = (slots.1, slots.0);
+    std::fs::write(&path, serde_json::to_string(&state).unwrap()).unwrap();
+    daemon.restart().unwrap();
+    assert_eq!(daemon.list()["faults"].as_array().unwrap().len(), 2, "the faults were not re-adopted");
+
+    for (what, port, by) in [("slow", slow, 50 * MS), ("fast", fast, 10 * MS)] {
+        let with = measure(&lab, port);
+        assert_shifted(&format!("after the restart, {what}"), &base[0], &with[0], by, tol);
+    }
+    check_cleared(&daemon, &lab, &before, "after the restart");
 }
