@@ -129,6 +129,25 @@ pub const MAX_JITTER_NS: u64 = 2_000_000_000;
 /// class by writing `skb->priority = ROOT_MAJOR << 16 | minor` (HTB classifies by it first).
 pub const ROOT_MAJOR: u32 = 0xcd;
 
+/// The netem backend's class of a rule: HTB class `cd:minor` with the leaf qdisc `minor:`, which
+/// the rule's packets reach through `skb->priority = priority`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct NetemClassId {
+    pub minor: u16,
+    pub priority: u32,
+}
+
+/// The class of rule slot `slot` (below [`MAX_RULES`]): the one place user space takes a rule's
+/// class minor and its priority from. Minors count from 1 (0 names no handle) and skip
+/// [`ROOT_MAJOR`] (`cd:` is the root's handle, so no leaf can take it); the last slot's minor
+/// stays far below `0xffff` (`ffff:` is clsact's).
+pub const fn netem_class(slot: u32) -> NetemClassId {
+    let minor = if slot + 1 < ROOT_MAJOR { slot + 1 } else { slot + 2 };
+    NetemClassId { minor: minor as u16, priority: ROOT_MAJOR << 16 | minor }
+}
+
+const _: () = assert!(netem_class(MAX_RULES - 1).minor < 0xffff);
+
 /// A probability as the programs compare it: an event happens when `bpf_get_prandom_u32()` is
 /// below `p * 2^32`, so this (2^32) is "always" (a partition).
 pub const DROP_ALWAYS: u64 = 1 << 32;

@@ -59,6 +59,8 @@ const SUITES: &[Suite] = &[
     Suite { name: "reorder-netem", target: "reorder", args: NOCAPTURE, env: &[("CHAOS_TEST_BACKEND", "netem")] },
     Suite { name: "qdisc-edt", target: "qdisc_restore", args: &[], env: &[("CHAOS_TEST_BACKEND", "edt")] },
     Suite { name: "qdisc-netem", target: "qdisc_restore", args: &[], env: &[("CHAOS_TEST_BACKEND", "netem")] },
+    // A class for every rule slot on the netem backend (slot 204's minor is not cd).
+    Suite { name: "netem-classes", target: "netem_classes", args: NOCAPTURE, env: &[("CHAOS_TEST_BACKEND", "netem")] },
 ];
 
 /// Loaded in the guest before the suites, with their dependencies: the lab's veth pairs,

@@ -7,7 +7,7 @@ use std::{collections::BTreeMap, path::PathBuf};
 use chaos_common::{
     ACTION_CONNECT_FAIL, ACTION_CORRUPT, ACTION_DUPLICATE, ACTION_LOSS, ACTION_PARTITION, ACTION_RESET, ACTION_SHAPE,
     CHAIN_GE, CHAIN_NONE, CHAIN_OUTCOME, CORRUPT_FIX_CHECKSUM, DIST_TABLE, DIST_UNIFORM, DROP_ALWAYS, HOOK_EGRESS,
-    HOOK_INGRESS, RESET_NEW_ONLY, ROOT_MAJOR, RuleAction,
+    HOOK_INGRESS, RESET_NEW_ONLY, RuleAction, netem_class,
 };
 
 use super::faults::{Active, FaultSet};
@@ -44,7 +44,7 @@ pub(crate) fn rule_action(a: &Active, mark: u32) -> RuleAction {
             let burst_ns = (burst(&s) * 1_000_000_000).checked_div(rate_bytes).unwrap_or(0);
             RuleAction {
                 kind: ACTION_SHAPE,
-                priority: ROOT_MAJOR << 16 | u32::from(minor(a.record.slot)),
+                priority: netem_class(a.record.slot).priority,
                 delay_ns: s.delay.as_nanos() as u64,
                 // Validation keeps jitter within chaos_common::MAX_JITTER_NS.
                 jitter_ns: s.jitter.as_nanos() as u32,
@@ -88,12 +88,6 @@ fn chance(odds: Odds, base: RuleAction) -> RuleAction {
 /// leaf queues are sized to about the same.
 const QUEUE_NS: u64 = 100_000_000;
 
-/// The netem backend's class of a rule: minor 0 is the root's own.
-fn minor(slot: u32) -> u16 {
-    // Slots are below MAX_RULES (16384).
-    (slot + 1) as u16
-}
-
 /// netem's correlation scale: 100% is 2^32 - 1 (tc's get_percent).
 fn correlation(fraction: f64) -> u32 {
     (fraction * f64::from(u32::MAX)).round() as u32
@@ -125,7 +119,7 @@ fn shape_needs(faults: &[&Active]) -> Vec<ShapeNeed> {
                 egress: direction != Direction::Ingress,
                 ingress: direction != Direction::Egress,
                 class: NetemClass {
-                    minor: minor(a.record.slot),
+                    minor: netem_class(a.record.slot).minor,
                     delay_ns: s.delay.as_nanos() as u64,
                     jitter_ns: s.jitter.as_nanos() as u64,
                     correlation: correlation(s.correlation),

@@ -59,6 +59,10 @@ pub(super) struct Shaper {
     devices: BTreeMap<u32, DeviceRecord>,
     /// By the redirected interface's ifindex.
     ifbs: BTreeMap<u32, IfbRedirect>,
+    /// netem backend: the classes (ifindex, minor) a previous daemon made and this one has not
+    /// set yet. Each is set again before a rule uses it: that daemon may have given the minor to
+    /// another rule (minors moved when they came to skip `cd`), whose delay it still has.
+    adopted: BTreeSet<(u32, u16)>,
 }
 
 impl Shaper {
@@ -69,10 +73,12 @@ impl Shaper {
         reorder: Result<(), String>,
         previous: ShapingRecord,
     ) -> Self {
+        let adopted = previous.devices.iter().flat_map(|d| d.classes.iter().map(|&m| (d.ifindex, m))).collect();
         Self {
             backend,
             ingress,
             reorder,
+            adopted,
             devices: previous.devices.into_iter().map(|d| (d.ifindex, d)).collect(),
             ifbs: previous.ifbs.into_iter().map(|r| (r.ifindex, r)).collect(),
         }
@@ -149,9 +155,13 @@ impl Shaper {
                         slot.insert(DeviceRecord { ifindex, interface, saved, classes: BTreeSet::new(), ifb })
                     }
                 };
-                if backend == Backend::Netem && !device.classes.contains(&need.class.minor) {
+                let minor = need.class.minor;
+                if backend == Backend::Netem
+                    && (!device.classes.contains(&minor) || self.adopted.contains(&(ifindex, minor)))
+                {
                     shaping::set_class(ifindex, &need.class)?;
-                    device.classes.insert(need.class.minor);
+                    device.classes.insert(minor);
+                    self.adopted.remove(&(ifindex, minor));
                 }
             }
         }

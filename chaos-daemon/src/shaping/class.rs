@@ -186,4 +186,18 @@ mod tests {
         assert!(NetemClass { rate_bps: Some(7), ..class() }.check().is_err());
         assert!(class().check().is_ok());
     }
+
+    /// Every rule slot has a class of its own that `check` takes (slot 204 once had `cd:cd`),
+    /// and its packets' priority names that class.
+    #[test]
+    fn every_slot_has_a_distinct_valid_class() {
+        let mut seen = std::collections::BTreeSet::new();
+        for slot in 0..chaos_common::MAX_RULES {
+            let id = chaos_common::netem_class(slot);
+            assert_eq!(NetemClass { minor: id.minor, ..class() }.check(), Ok(()), "slot {slot}");
+            assert!(seen.insert(id.minor), "slot {slot}: minor {:#x} taken twice", id.minor);
+            assert_eq!(id.priority, tc::handle(ROOT_MAJOR, id.minor), "slot {slot}");
+        }
+        assert_eq!(chaos_common::netem_class(204).minor, 0xce);
+    }
 }
