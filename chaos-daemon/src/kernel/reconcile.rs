@@ -13,27 +13,7 @@ impl Dataplane for Kernel {
     /// then what no rule uses any more is given back: the qdiscs, and the actions of slots no
     /// longer in use (so that a rule left in a slot always belongs to a fault of the state).
     fn reconcile(&mut self, live: &Plan, desired: &Plan) -> Result<(), KernelError> {
-        let (needs, kept) = (desired.shape_needs(), live.shape_needs());
-        let ifbs = self.prepare_shaping(&needs, &kept)?;
-        let (rules, hooks) = desired.tc(&ifbs);
-        let cgroups = desired.cgroup_hooks();
-        let fresh = desired.fresh_slots(live);
-        if let Err(e) = self.sync(&rules, &fresh, &hooks, &cgroups) {
-            self.settle_shaping(&kept);
-            return Err(e);
-        }
-        self.settle_shaping(&needs);
-        let stale: Vec<u32> = live
-            .faults
-            .by_slot()
-            .iter()
-            .filter(|(_, a)| a.started())
-            .filter(|(slot, a)| !desired.faults.by_slot().get(slot).is_some_and(|d| d.started() && d.seq == a.seq))
-            .map(|(slot, _)| *slot)
-            .filter(|slot| !fresh.iter().any(|(s, _)| s == slot))
-            .collect();
-        self.clear_slots(&stale);
-        Ok(())
+        self.reconcile_from(live, desired, false)
     }
 
     fn adopt(&mut self, desired: &Plan, ended: &[u32]) -> Result<Vec<(u32, Counters)>, KernelError> {
@@ -45,10 +25,9 @@ impl Dataplane for Kernel {
             .filter(|s| !known.contains_key(s) && !ended.contains(s))
             .map(|s| (*s, self.counters(*s)))
             .collect();
-        self.set_rules(&desired.actions())?;
         // The whole rule set written afresh (a new generation, the old one deleted): whatever
         // a previous daemon left half done goes with it.
-        self.reconcile(desired, desired)?;
+        self.reconcile_from(desired, desired, true)?;
         let stale: Vec<u32> = used.into_iter().filter(|s| !known.contains_key(s)).collect();
         self.clear_slots(&stale);
         Ok(unknown)
@@ -85,6 +64,36 @@ impl Dataplane for Kernel {
 }
 
 impl Kernel {
+    /// [`Dataplane::reconcile`]; `adopting` rewrites every started fault's action too (their
+    /// counters go on), once its qdisc class is ready.
+    fn reconcile_from(&mut self, live: &Plan, desired: &Plan, adopting: bool) -> Result<(), KernelError> {
+        let (needs, kept) = (desired.shape_needs(), live.shape_needs());
+        let ifbs = self.prepare_shaping(&needs, &kept)?;
+        if adopting && let Err(e) = self.set_rules(&desired.actions()) {
+            self.settle_shaping(&kept);
+            return Err(e);
+        }
+        let (rules, hooks) = desired.tc(&ifbs);
+        let cgroups = desired.cgroup_hooks();
+        let fresh = desired.fresh_slots(live);
+        if let Err(e) = self.sync(&rules, &fresh, &hooks, &cgroups) {
+            self.settle_shaping(&kept);
+            return Err(e);
+        }
+        self.settle_shaping(&needs);
+        let stale: Vec<u32> = live
+            .faults
+            .by_slot()
+            .iter()
+            .filter(|(_, a)| a.started())
+            .filter(|(slot, a)| !desired.faults.by_slot().get(slot).is_some_and(|d| d.started() && d.seq == a.seq))
+            .map(|(slot, _)| *slot)
+            .filter(|slot| !fresh.iter().any(|(s, _)| s == slot))
+            .collect();
+        self.clear_slots(&stale);
+        Ok(())
+    }
+
     /// Slots whose rule holds an action: what the kernel may apply.
     fn used_slots(&self) -> Vec<u32> {
         (0..MAX_RULES).filter(|s| self.rules.get(s, 0).is_ok_and(|a| a.kind != 0)).collect()
