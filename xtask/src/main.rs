@@ -175,6 +175,9 @@ fn preflight(what: &str) -> anyhow::Result<()> {
     bootstrap::ensure()
 }
 
+/// The packages whose binaries ship, as cargo's arguments: chaos-daemon, and chaos-api's chaosctl.
+const SHIPPED: [&str; 4] = ["-p", "chaos-daemon", "-p", "chaos-api"];
+
 fn cargo() -> String {
     std::env::var("CARGO").unwrap_or_else(|_| "cargo".into())
 }
