@@ -91,7 +91,7 @@ pub enum Readers {
     Any,
 }
 
-pub const DEFAULT_SOCKET: &str = "/run/chaos-daemon.sock";
+pub use chaos_api::api::DEFAULT_SOCKET;
 
 impl Default for Config {
     fn default() -> Self {

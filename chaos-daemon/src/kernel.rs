@@ -28,6 +28,8 @@ pub use backend::BackendChoice;
 use backend::{load_program, select_backend};
 use cgroup::CgroupLink;
 pub use cgroup::{CG_CONNECT4, CG_CONNECT6, CG_INGRESS, CgroupSupport};
+// An API type (`GET /v1/status`): chaosctl reads it without the daemon's crate.
+pub use chaos_api::api::Attachment;
 use chaos_common::{
     ABI_VERSION, ACTIVE_ABI, ACTIVE_GENERATION, ACTIVE_SCOPED, AddrKey, CLASS_GEN_BIT, Chain, Counters, HOOK_EGRESS,
     PROG_EGRESS, PROG_IFB, PROG_INGRESS, PairKey, PortKey, RuleAction, ScopeKey, ShapeState, map_names,
@@ -80,19 +82,6 @@ pub enum KernelError {
     Unsupported(String),
     #[error(transparent)]
     Shaping(#[from] ShapingError),
-}
-
-/// How one hook of one interface is attached.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Attachment {
-    pub interface: String,
-    pub ifindex: u32,
-    pub hook: String,
-    /// `tcx` (a bpf link, kernel 6.6+) or `netlink` (a cls_bpf filter under clsact).
-    pub mode: String,
-    /// Attached but used by no fault: detached after `detach_after` (see the config).
-    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
-    pub idle: bool,
 }
 
 /// How programs are attached: `auto` tries TCX and falls back to netlink; the others force one

@@ -8,11 +8,14 @@
 //! [`metrics`] (Prometheus), [`config`], [`fsutil`] (the daemon's files, never through a link),
 //! [`systemd`] (readiness, socket activation), [`manpage`], [`text`] (what a peer sent, made safe
 //! to print), [`routes`] (which operation a request names), [`listen`] (connection limits).
+//!
+//! [`api`], [`spec`], [`chaos_mesh`], [`client`], [`text`] and [`manpage`] live in the chaos-api
+//! crate, which chaosctl builds from without the eBPF toolchain; they are re-exported here under
+//! the same names.
+
+pub use chaos_api::{api, chaos_mesh, client, manpage, spec, text};
 
 pub mod access;
-pub mod api;
-pub mod chaos_mesh;
-pub mod client;
 pub mod compile;
 pub mod config;
 pub mod crashpoint;
@@ -21,17 +24,14 @@ pub mod fsutil;
 pub mod guard;
 pub mod kernel;
 pub mod listen;
-pub mod manpage;
 pub mod metrics;
 pub mod netlink;
 pub mod routes;
 pub mod server;
 pub mod shaping;
-pub mod spec;
 pub mod state;
 pub mod systemd;
 pub mod target;
-pub mod text;
 
 /// The eBPF object built from chaos-ebpf by build.rs.
 pub static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/chaos"));

@@ -19,10 +19,13 @@ use std::{
     io::{self, BufRead as _, BufReader, Read as _, Write as _},
     os::unix::fs::{FileExt as _, OpenOptionsExt as _},
     path::{Path, PathBuf},
-    time::{SystemTime, UNIX_EPOCH},
 };
 
 use serde::{Deserialize, Serialize};
+
+// The audit trail's types are the API's (`GET /v1/history`): chaosctl reads them without the
+// daemon's crate.
+pub use chaos_api::api::{Actor, Ended, Event, MAX_COMM, unix_ms};
 
 use crate::{
     kernel::{NlFilter, ShapingRecord},
@@ -128,93 +131,6 @@ pub struct Record {
     pub expires_at: Option<u64>,
 }
 
-/// Who asked, from the control socket's SO_PEERCRED; all `None` for the daemon itself.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Actor {
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub uid: Option<u32>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub pid: Option<i32>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub comm: Option<String>,
-}
-
-/// The most bytes a recorded process name takes, escaped (the kernel's names have 15).
-pub const MAX_COMM: usize = 64;
-
-impl std::fmt::Display for Actor {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match (self.uid, self.pid, &self.comm) {
-            (None, _, _) => write!(f, "chaos-daemon"),
-            (Some(uid), pid, comm) => {
-                write!(f, "uid {uid}")?;
-                if let Some(pid) = pid {
-                    write!(f, " pid {pid}")?;
-                }
-                if let Some(comm) = comm {
-                    // Escaped when read (`Peer::of`); again here for files an older daemon wrote.
-                    write!(f, " ({})", crate::text::escape(comm, MAX_COMM))?;
-                }
-                Ok(())
-            }
-        }
-    }
-}
-
-/// One line of the audit trail.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct Event {
-    /// Unix time, milliseconds.
-    pub at: u64,
-    pub actor: Actor,
-    /// `apply`, `remove`, `clear`, `remove-experiment`, `start`, `expire`, `adopt`, `cleanup`...
-    pub action: String,
-    /// Faults (or the experiment) concerned.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub faults: Vec<String>,
-    /// The experiment of the faults concerned, when they all belong to one (absent from lines
-    /// written before it was recorded).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub experiment: Option<String>,
-    /// `ok`, `refused: <why>` or `error: <why>`.
-    pub result: String,
-    /// Faults that ended, with their final counters.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub ended: Vec<Ended>,
-}
-
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct Ended {
-    pub name: String,
-    pub reason: String,
-    pub matched: u64,
-    pub dropped: u64,
-    #[serde(default, skip_serializing_if = "is_zero")]
-    pub duplicated: u64,
-    #[serde(default, skip_serializing_if = "is_zero")]
-    pub corrupted: u64,
-    #[serde(default, skip_serializing_if = "is_zero")]
-    pub reset: u64,
-}
-
-impl Ended {
-    pub fn new(name: &str, reason: &str, c: &chaos_common::Counters) -> Self {
-        Self {
-            name: name.into(),
-            reason: reason.into(),
-            matched: c.matched,
-            dropped: c.dropped,
-            duplicated: c.duplicated,
-            corrupted: c.corrupted,
-            reset: c.reset,
-        }
-    }
-}
-
-fn is_zero(n: &u64) -> bool {
-    *n == 0
-}
-
 /// How many events the history keeps: the newest `accepted` events that are not refusals, and
 /// separately the newest `refused` refusals, so that no flood of refused requests can push a
 /// real change out. The file is trimmed to these when either kind reaches twice its budget.
@@ -251,13 +167,6 @@ impl Line {
             Ok(_) => Line::Accepted,
             Err(_) => Line::Bad,
         }
-    }
-}
-
-impl Event {
-    /// A refused request: kept within its own, smaller budget.
-    pub fn is_refusal(&self) -> bool {
-        self.result.starts_with("refused")
     }
 }
 
@@ -689,10 +598,6 @@ pub fn boot_id() -> String {
 pub fn mono_ns() -> u64 {
     let t = nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC).expect("CLOCK_MONOTONIC");
     t.tv_sec() as u64 * 1_000_000_000 + t.tv_nsec() as u64
-}
-
-pub fn unix_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
 }
 
 #[cfg(test)]

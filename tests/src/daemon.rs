@@ -8,6 +8,9 @@ use std::{
 
 use std::os::unix::process::CommandExt as _;
 
+use chaos_api::api::{Event, FaultView, Faults, History, Status};
+use serde::de::DeserializeOwned;
+
 use crate::{Netns, unique};
 
 /// Where the binaries are: `CHAOS_BIN_DIR` (set by `cargo xtask`), else the workspace's
@@ -282,32 +285,49 @@ impl Daemon {
     /// returns the faults its last `end` event ended: (name, reason, dropped).
     pub fn ended(&self) -> Vec<(String, String, u64)> {
         for _ in 0..50 {
-            if self.list()["faults"].as_array().unwrap().is_empty() {
+            if self.faults().is_empty() {
                 break;
             }
             std::thread::sleep(std::time::Duration::from_millis(100));
         }
-        assert!(self.list()["faults"].as_array().unwrap().is_empty(), "a fault outlived its target");
-        let history: serde_json::Value = serde_json::from_str(&self.ctl_ok(&["history", "-o", "json"])).unwrap();
-        let event =
-            history["events"].as_array().unwrap().iter().rev().find(|e| e["action"] == "end").expect("an end event");
-        event["ended"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|e| {
-                (
-                    e["name"].as_str().unwrap().into(),
-                    e["reason"].as_str().unwrap().into(),
-                    e["dropped"].as_u64().unwrap(),
-                )
-            })
-            .collect()
+        assert!(self.faults().is_empty(), "a fault outlived its target");
+        let event = self.history().into_iter().rev().find(|e| e.action == "end").expect("an end event");
+        event.ended.into_iter().map(|e| (e.name, e.reason, e.dropped)).collect()
     }
 
-    /// `chaosctl list -o json`, parsed.
+    /// `chaosctl list -o json` as sent: for checks of the wire format itself. [`Self::faults`]
+    /// reads the same as API values.
     pub fn list(&self) -> serde_json::Value {
         serde_json::from_str(&self.ctl_ok(&["list", "-o", "json"])).expect("list is JSON")
+    }
+
+    /// The faults `chaosctl list -o json` lists, in order of application.
+    pub fn faults(&self) -> Vec<FaultView> {
+        self.ctl_json::<Faults>(&["list"]).faults
+    }
+
+    /// The fault named `name` (failing the test when none is listed).
+    pub fn fault(&self, name: &str) -> FaultView {
+        let faults = self.faults();
+        faults.iter().find(|f| f.name == name).cloned().unwrap_or_else(|| panic!("{name} is not listed: {faults:?}"))
+    }
+
+    /// The audit trail, oldest first (`chaosctl history -o json`: the daemon's default limit).
+    pub fn history(&self) -> Vec<Event> {
+        self.ctl_json::<History>(&["history"]).events
+    }
+
+    /// `chaosctl status -o json`.
+    pub fn status(&self) -> Status {
+        self.ctl_json(&["status"])
+    }
+
+    /// Runs chaosctl with `-o json` and reads its output as `T`, failing the test, with the
+    /// output, when it is not one.
+    pub fn ctl_json<T: DeserializeOwned>(&self, args: &[&str]) -> T {
+        let out = self.ctl_ok(&[args, &["-o", "json"]].concat());
+        serde_json::from_str(&out)
+            .unwrap_or_else(|e| panic!("chaosctl {args:?}: not a {} ({e}): {out}", std::any::type_name::<T>()))
     }
 
     /// Sends SIGTERM and waits for the exit status.
@@ -366,7 +386,7 @@ pub fn run_to_end(mut cmd: Command) -> Output {
 /// before and after a request that must change nothing.
 #[derive(Debug, PartialEq)]
 pub struct Snapshot {
-    pub list: serde_json::Value,
+    pub list: Vec<FaultView>,
     pub attached: Vec<u32>,
     pub attached_lo: Vec<u32>,
     pub maps: std::collections::BTreeMap<String, Vec<String>>,
@@ -378,7 +398,7 @@ impl Snapshot {
         let attached = crate::kernel::attached(&lab.a, &lab.a_if).unwrap();
         assert!(!attached.is_empty(), "a fault should have attached a program");
         Self {
-            list: daemon.list(),
+            list: daemon.faults(),
             maps: crate::kernel::map_contents(attached[0]).unwrap(),
             attached,
             attached_lo: crate::kernel::attached(&lab.a, "lo").unwrap(),

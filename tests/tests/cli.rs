@@ -8,15 +8,24 @@ use std::{
     time::{Duration, Instant},
 };
 
+use chaos_api::api::{Ended, FaultView, Faults};
 use chaos_tests::{Daemon, Lab, daemon::bin, lab::B4, traffic};
+use serde::Deserialize;
 
 fn code(daemon: &Daemon, args: &[&str]) -> i32 {
     let out = daemon.ctl(args);
     out.status.code().expect("an exit code")
 }
 
-fn json(text: &str) -> serde_json::Value {
-    serde_json::from_str(text).unwrap_or_else(|e| panic!("not JSON ({e}): {text}"))
+fn json<T: serde::de::DeserializeOwned>(text: &str) -> T {
+    serde_json::from_str(text).unwrap_or_else(|e| panic!("not a {} ({e}): {text}", std::any::type_name::<T>()))
+}
+
+/// A line of `chaosctl watch -o json`.
+#[derive(Deserialize)]
+struct Refresh {
+    at: u64,
+    faults: Vec<FaultView>,
 }
 
 #[test]
@@ -83,7 +92,7 @@ fn usage_errors_say_what_is_wrong() {
     assert!(stderr(&out).contains("[--socket PATH]") && !stderr(&out).contains("--socket <"), "{}", stderr(&out));
     let out = daemon.ctl(&["rm"]);
     assert!(stderr(&out).contains("chaosctl rm [--socket PATH] [OPTIONS] NAME..."), "{}", stderr(&out));
-    assert_eq!(daemon.list()["faults"], serde_json::json!([]), "nothing applied");
+    assert_eq!(daemon.faults(), [], "nothing applied");
 }
 
 #[test]
@@ -125,13 +134,15 @@ fn faults_read_the_same_from_flags_and_from_files() {
     );
     std::fs::write(&file, toml).unwrap();
     daemon.ctl_ok(&["apply", "-f", file.to_str().unwrap()]);
+    // The JSON as sent: one port is a number, a range a string, however it was written.
     let list = daemon.list();
     let faults = list["faults"].as_array().unwrap();
     let spec = |name: &str| &faults.iter().find(|f| f["name"] == name).unwrap()["spec"];
+    let (port, range) = (serde_json::json!(80), serde_json::json!("1000-2000"));
     for name in ["flags", "file"] {
-        assert_eq!((&spec(name)["dport"], &spec(name)["sport"]), (&json("80"), &json("\"1000-2000\"")), "{name}");
+        assert_eq!((&spec(name)["dport"], &spec(name)["sport"]), (&port, &range), "{name}");
     }
-    assert_eq!((&spec("text")["dport"], &spec("text")["sport"]), (&json("80"), &json("1000")));
+    assert_eq!((&spec("text")["dport"], &spec("text")["sport"]), (&port, &serde_json::json!(1000)));
     // Times: milliseconds, `applied_at` (seconds) kept beside its millisecond form.
     for f in faults {
         let (s, ms) = (f["applied_at"].as_u64().unwrap(), f["applied_at_ms"].as_u64().unwrap());
@@ -150,13 +161,8 @@ fn history_shows_the_experiment_in_local_time() {
     daemon.ctl_ok(&["rm", "db-cut"]);
     daemon.ctl_ok(&["apply", "--name", "db-2", "-i", i, "--loss", "5", "-e", "db-outage"]);
     daemon.ctl_ok(&["rm", "-e", "db-outage"]);
-    let history = json(&daemon.ctl_ok(&["history", "-o", "json"]));
-    let events: Vec<(String, String)> = history["events"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|e| (e["action"].as_str().unwrap().to_owned(), e["experiment"].as_str().unwrap_or("-").to_owned()))
-        .collect();
+    let events: Vec<(String, String)> =
+        daemon.history().into_iter().map(|e| (e.action, e.experiment.unwrap_or_else(|| "-".into()))).collect();
     let want = [("apply", "db-outage"), ("apply", "-"), ("remove", "db-outage"), ("apply", "db-outage")];
     let mut want: Vec<(String, String)> = want.iter().map(|(a, e)| (a.to_string(), e.to_string())).collect();
     want.push(("remove-experiment".into(), "db-outage".into()));
@@ -184,19 +190,20 @@ fn every_command_that_prints_faults_has_json() {
     let lab = Lab::new().unwrap();
     let daemon = Daemon::start(&lab.a).unwrap();
     let i = lab.a_if.as_str();
-    let applied = json(&daemon.ctl_ok(&["apply", "--name", "a", "-i", i, "--loss", "5", "-e", "exp", "-o", "json"]));
-    assert_eq!(applied["faults"][0]["name"], "a");
+    // Each prints the API's own type (read here as that type, or the test fails).
+    let names = |faults: Faults| faults.faults.into_iter().map(|f| f.name).collect::<Vec<_>>();
+    let applied = daemon.ctl_json(&["apply", "--name", "a", "-i", i, "--loss", "5", "-e", "exp"]);
+    assert_eq!(names(applied), ["a"]);
     daemon.ctl_ok(&["apply", "--name", "b", "-i", i, "--loss", "5"]);
     daemon.ctl_ok(&["apply", "--name", "c", "-i", i, "--loss", "5"]);
-    assert_eq!(json(&daemon.ctl_ok(&["list", "-o", "json"]))["faults"].as_array().unwrap().len(), 3);
-    assert!(json(&daemon.ctl_ok(&["status", "-o", "json"]))["version"].is_string());
-    assert!(json(&daemon.ctl_ok(&["history", "-o", "json"]))["events"].is_array());
-    let removed = json(&daemon.ctl_ok(&["rm", "b", "-o", "json"]));
-    assert_eq!(removed["faults"][0]["name"], "b");
-    let removed = json(&daemon.ctl_ok(&["rm", "-e", "exp", "-o", "json"]));
-    assert_eq!(removed["faults"][0]["name"], "a");
-    let cleared = json(&daemon.ctl_ok(&["clear", "-o", "json"]));
-    assert_eq!(cleared["faults"][0]["name"], "c");
+    assert_eq!(names(daemon.ctl_json(&["list"])), ["a", "b", "c"]);
+    let status = daemon.status();
+    assert_eq!((status.version.as_str(), status.faults), (env!("CARGO_PKG_VERSION"), 3), "{status:?}");
+    let applies = daemon.history().iter().filter(|e| e.action == "apply").count();
+    assert_eq!(applies, 3);
+    assert_eq!(names(daemon.ctl_json(&["rm", "b"])), ["b"]);
+    assert_eq!(names(daemon.ctl_json(&["rm", "-e", "exp"])), ["a"]);
+    assert_eq!(names(daemon.ctl_json(&["clear"])), ["c"]);
 }
 
 #[test]
@@ -216,13 +223,14 @@ fn watch_shows_counters_as_they_grow() {
         assert_eq!(sender.join().unwrap(), 0);
         out
     });
-    let refreshes: Vec<serde_json::Value> = out.lines().map(json).collect();
+    let refreshes: Vec<Refresh> = out.lines().map(json).collect();
     assert_eq!(refreshes.len(), 3, "{out}");
     for r in &refreshes {
-        let names: Vec<&str> = r["faults"].as_array().unwrap().iter().map(|f| f["name"].as_str().unwrap()).collect();
+        let names: Vec<&str> = r.faults.iter().map(|f| f.name.as_str()).collect();
         assert_eq!(names, ["cut"], "only the fault named");
     }
-    let matched: Vec<u64> = refreshes.iter().map(|r| r["faults"][0]["matched"].as_u64().unwrap()).collect();
+    assert!(refreshes.windows(2).all(|w| w[0].at < w[1].at), "one refresh per interval: {out}");
+    let matched: Vec<u64> = refreshes.iter().map(|r| r.faults[0].matched).collect();
     assert!(matched.windows(2).all(|w| w[0] <= w[1]), "{matched:?}");
     // The table, off a terminal: one block per refresh, no screen control codes.
     let table = daemon.ctl_ok(&["watch", "--interval", "100ms", "--count", "2"]);
@@ -258,10 +266,14 @@ fn apply_wait_blocks_until_the_end_and_prints_the_final_counters() {
     let lines: Vec<&str> = progress.lines().collect();
     assert!(lines.first().is_some_and(|l| l.starts_with("brief: active (")), "{progress}");
     assert_eq!(lines.last(), Some(&"brief: ended"), "{progress}");
-    let summary = json(&String::from_utf8_lossy(&out.stdout));
-    let ended = &summary["ended"][0];
-    assert_eq!((ended["name"].as_str(), ended["reason"].as_str()), (Some("brief"), Some("expired")));
-    assert_eq!((ended["matched"].as_u64(), ended["dropped"].as_u64()), (Some(300), Some(300)));
+    #[derive(Deserialize)]
+    struct Summary {
+        ended: Vec<Ended>,
+    }
+    let summary: Summary = json(&String::from_utf8_lossy(&out.stdout));
+    let ended = &summary.ended[0];
+    assert_eq!((ended.name.as_str(), ended.reason.as_str()), ("brief", "expired"));
+    assert_eq!((ended.matched, ended.dropped), (300, 300));
     assert_eq!(traffic::udp(&lab.a, None, &lab.b, dst, 300).unwrap(), 300, "still acting after --wait returned");
 }
 
@@ -288,7 +300,7 @@ fn interrupting_apply_wait_removes_its_faults() {
     });
     let first = lines.recv_timeout(Duration::from_secs(5)).expect("a progress line while waiting");
     assert!(first.starts_with("long: active (") && first.contains("matched 0"), "{first}");
-    assert!(!daemon.list()["faults"].as_array().unwrap().is_empty(), "applied");
+    assert!(!daemon.faults().is_empty(), "applied");
     let pid = nix::unistd::Pid::from_raw(waiting.id() as i32);
     nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGINT).unwrap();
     let out = waiting.wait_with_output().unwrap();
@@ -296,7 +308,7 @@ fn interrupting_apply_wait_removes_its_faults() {
     assert_eq!(out.status.code(), Some(130), "{:?}", lines.try_iter().collect::<Vec<_>>());
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(stdout.contains("long ended (removed: the wait was interrupted)"), "{stdout}");
-    assert_eq!(daemon.list()["faults"], serde_json::json!([]));
+    assert_eq!(daemon.faults(), []);
     let dst = SocketAddr::new(B4.parse().unwrap(), 9403);
     assert_eq!(traffic::udp(&lab.a, None, &lab.b, dst, 100).unwrap(), 100);
 }
@@ -326,23 +338,14 @@ fn the_daemons_own_events_name_the_experiment_of_their_faults() {
         "sched",
     ]);
     // The daemon starts and ends them by itself (it looks every second).
-    let events = || json(&daemon.ctl_ok(&["history", "-o", "json"]))["events"].as_array().unwrap().clone();
     let deadline = Instant::now() + Duration::from_secs(5);
-    while daemon.list()["faults"].as_array().unwrap().len() > 1 {
-        assert!(Instant::now() < deadline, "never expired: {:#?}", events());
+    while daemon.faults().len() > 1 {
+        assert!(Instant::now() < deadline, "never expired: {:#?}", daemon.history());
         std::thread::sleep(Duration::from_millis(100));
     }
     daemon.ctl_ok(&["clear"]);
     let of = |action: &str| -> Vec<(Vec<String>, Option<String>)> {
-        events()
-            .iter()
-            .filter(|e| e["action"] == action)
-            .map(|e| {
-                let faults =
-                    e["faults"].as_array().map_or(vec![], |f| f.iter().map(|n| n.as_str().unwrap().into()).collect());
-                (faults, e["experiment"].as_str().map(String::from))
-            })
-            .collect()
+        daemon.history().into_iter().filter(|e| e.action == action).map(|e| (e.faults, e.experiment)).collect()
     };
     let one = |names: &[&str], e: Option<&str>| (names.iter().map(|n| n.to_string()).collect(), e.map(String::from));
     // Faults of one experiment name it; faults of several, or of none, name none.

@@ -54,10 +54,8 @@ fn duplicates(on_b: bool, direction: &str, port: u16, percent: f64) {
         5.0 * sd
     );
     // The rule counted every original once, and exactly the copies that arrived.
-    let fault = &daemon.list()["faults"][0];
-    assert_eq!(fault["matched"], u64::from(N), "{fault}");
-    assert_eq!(fault["duplicated"], doubled, "{fault}");
-    assert_eq!(fault["dropped"], 0, "{fault}");
+    let fault = &daemon.faults()[0];
+    assert_eq!((fault.matched, fault.duplicated, fault.dropped), (u64::from(N), doubled, 0), "{fault:?}");
 
     // Another port is untouched.
     let other = traffic::udp_copies(&lab.a, &lab.b, addr(B4, port + 1), N / 10, 64).unwrap();
@@ -88,6 +86,6 @@ fn every_packet_copied_once_and_only_once() {
         seen.dedup();
         seen
     });
-    let fault = &daemon.list()["faults"][0];
-    assert_eq!((fault["matched"].as_u64(), fault["duplicated"].as_u64()), (Some(5_000), Some(5_000)), "{fault}");
+    let fault = &daemon.faults()[0];
+    assert_eq!((fault.matched, fault.duplicated), (5_000, 5_000), "{fault:?}");
 }

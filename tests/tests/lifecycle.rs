@@ -8,6 +8,7 @@
 
 use std::{net::SocketAddr, time::Duration};
 
+use chaos_api::api::{Faults, unix_ms};
 use chaos_tests::{Daemon, Lab, kernel, lab, traffic};
 
 #[test]
@@ -15,10 +16,10 @@ fn durations_and_limits_come_from_config() {
     let lab = Lab::new().unwrap();
     let daemon = Daemon::start_with(&lab.a, "max_duration = \"10m\"").unwrap();
     daemon.ctl_ok(&["apply", "--name", "default", "-i", &lab.a_if, "--loss", "5"]);
-    let f = &daemon.list()["faults"][0];
-    let lasts = f["expires_at"].as_u64().unwrap() - f["starts_at"].as_u64().unwrap();
-    assert_eq!(lasts, 600_000, "no duration given: max_duration applies ({f})");
-    let before = daemon.list();
+    let f = daemon.fault("default");
+    let lasts = f.expires_at.unwrap() - f.starts_at;
+    assert_eq!(lasts, 600_000, "no duration given: max_duration applies ({f:?})");
+    let before = daemon.faults();
 
     for (args, error) in [
         (&["--for", "11m"][..], "duration: 660s is more than the limit of 600s (max_duration)"),
@@ -32,12 +33,15 @@ fn durations_and_limits_come_from_config() {
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert!(!out.status.success() && stderr.contains(error), "{args:?}: {stderr}");
     }
-    assert_eq!(daemon.list(), before);
+    assert_eq!(daemon.faults(), before);
 
     let open = Daemon::start_with(&lab.a, "allow_unlimited = true").unwrap();
     open.ctl_ok(&["apply", "--name", "forever", "-i", "lo", "--loss", "5", "--for", "unlimited"]);
+    // Absent from the JSON, not null or 0: docs/api.md says so.
     let f = &open.list()["faults"][0];
     assert!(f.get("expires_at").is_none() && f.get("deadline_ns").is_none(), "{f}");
+    let f = open.fault("forever");
+    assert_eq!((f.expires_at, f.deadline_ns), (None, None));
 }
 
 #[test]
@@ -57,18 +61,18 @@ fn scheduled_experiment_starts_and_ends_as_a_whole() {
     .unwrap();
     daemon.ctl_ok(&["apply", "-f", file.to_str().unwrap()]);
     let to = |port| SocketAddr::new(lab::B4.parse().unwrap(), port);
-    let list = daemon.list();
-    for f in list["faults"].as_array().unwrap() {
-        assert_eq!((f["state"].as_str(), f["experiment"].as_str()), (Some("scheduled"), Some("db-outage")), "{f}");
+    let faults = daemon.faults();
+    assert_eq!(faults.len(), 2);
+    for f in &faults {
+        assert_eq!((f.state.as_str(), f.experiment.as_deref()), ("scheduled", Some("db-outage")), "{f:?}");
     }
     // Not in effect before its start.
     assert_eq!(traffic::udp(&lab.a, None, &lab.b, to(7300), 100).unwrap(), 100);
 
-    let start = list["faults"][0]["starts_at"].as_u64().unwrap();
-    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as u64;
-    std::thread::sleep(Duration::from_millis(start.saturating_sub(now) + 200));
-    for f in daemon.list()["faults"].as_array().unwrap() {
-        assert_eq!(f["state"], "active", "{f}");
+    let start = faults[0].starts_at;
+    std::thread::sleep(Duration::from_millis(start.saturating_sub(unix_ms()) + 200));
+    for f in daemon.faults() {
+        assert_eq!(f.state, "active", "{f:?}");
     }
     assert_eq!(traffic::udp(&lab.a, None, &lab.b, to(7300), 100).unwrap(), 0);
     assert_eq!(traffic::udp(&lab.a, None, &lab.b, to(7301), 100).unwrap(), 0);
@@ -79,7 +83,7 @@ fn scheduled_experiment_starts_and_ends_as_a_whole() {
 
     let removed = daemon.ctl_ok(&["rm", "-e", "db-outage"]);
     assert!(removed.contains("removed cut-db") && removed.contains("removed cut-cache"), "{removed}");
-    assert_eq!(daemon.list()["faults"], serde_json::json!([]));
+    assert_eq!(daemon.faults(), []);
     assert_eq!(traffic::udp(&lab.a, None, &lab.b, to(7300), 100).unwrap(), 100);
 }
 
@@ -99,12 +103,12 @@ fn experiment_with_a_bad_fault_applies_nothing_and_clear_takes_scheduled_faults(
     .unwrap();
     let out = daemon.ctl(&["apply", "-f", file.to_str().unwrap(), "-e", "half"]);
     assert!(String::from_utf8_lossy(&out.stderr).contains("fault[1].duration: '-1s' is not a duration"));
-    assert_eq!(daemon.list()["faults"], serde_json::json!([]));
+    assert_eq!(daemon.faults(), []);
 
     daemon.ctl_ok(&["apply", "-i", &lab.a_if, "--partition", "--start-after", "1h"]);
     daemon.ctl_ok(&["apply", "-i", &lab.a_if, "--loss", "20"]);
     assert!(daemon.ctl_ok(&["clear"]).contains("removed 2 faults"));
-    assert_eq!(daemon.list()["faults"], serde_json::json!([]));
+    assert_eq!(daemon.faults(), []);
 }
 
 #[test]
@@ -115,28 +119,24 @@ fn a_new_fault_counts_from_zero_in_a_slot_used_before() {
     let cut = ["-i", &lab.a_if, "--partition", "-p", "udp", "--dport", "7310"];
     daemon.ctl_ok(&[&["apply", "--name", "first"][..], &cut].concat());
     assert_eq!(traffic::udp(&lab.a, None, &lab.b, to, 16).unwrap(), 0);
-    let removed: serde_json::Value = serde_json::from_str(&daemon.ctl_ok(&["rm", "first", "-o", "json"])).unwrap();
-    assert_eq!(removed["faults"][0]["dropped"], 16, "{removed}");
+    let removed: Faults = daemon.ctl_json(&["rm", "first"]);
+    assert_eq!((removed.faults[0].name.as_str(), removed.faults[0].dropped), ("first", 16), "{removed:?}");
 
     // The next fault takes the freed slot: scheduled, it has counted nothing, in the list and
     // in the history when it is removed before it starts.
     daemon.ctl_ok(&[&["apply", "--name", "second", "--start-after", "60s"][..], &cut].concat());
-    let f = &daemon.list()["faults"][0];
-    assert_eq!(
-        (f["state"].as_str(), f["matched"].as_u64(), f["dropped"].as_u64()),
-        (Some("scheduled"), Some(0), Some(0))
-    );
+    let f = daemon.fault("second");
+    assert_eq!((f.state.as_str(), f.matched, f.dropped), ("scheduled", 0, 0));
     daemon.ctl_ok(&["rm", "second"]);
-    let history: serde_json::Value = serde_json::from_str(&daemon.ctl_ok(&["history", "-o", "json"])).unwrap();
-    let last = history["events"].as_array().unwrap().last().unwrap().clone();
-    assert_eq!(last["ended"][0]["name"], "second", "{last}");
-    assert_eq!((last["ended"][0]["matched"].as_u64(), last["ended"][0]["dropped"].as_u64()), (Some(0), Some(0)));
+    let last = daemon.history().pop().expect("an event");
+    let ended = &last.ended[0];
+    assert_eq!((ended.name.as_str(), ended.matched, ended.dropped), ("second", 0, 0), "{last:?}");
 
     // Started, it counts its own packets from zero.
     daemon.ctl_ok(&[&["apply", "--name", "third"][..], &cut].concat());
     assert_eq!(traffic::udp(&lab.a, None, &lab.b, to, 5).unwrap(), 0);
-    let f = &daemon.list()["faults"][0];
-    assert_eq!((f["matched"].as_u64(), f["dropped"].as_u64()), (Some(5), Some(5)), "{f}");
+    let f = daemon.fault("third");
+    assert_eq!((f.matched, f.dropped), (5, 5), "{f:?}");
 }
 
 #[test]
@@ -144,8 +144,8 @@ fn a_reset_fault_says_it_matches_tcp() {
     let lab = Lab::new().unwrap();
     let daemon = Daemon::start(&lab.a).unwrap();
     daemon.ctl_ok(&["apply", "--name", "rst", "-i", &lab.a_if, "--reset", "--dport", "7311"]);
-    let f = &daemon.list()["faults"][0];
-    assert_eq!(f["spec"]["protocol"], "tcp", "{f}");
+    let f = daemon.fault("rst");
+    assert_eq!(f.spec.protocol.as_deref(), Some("tcp"), "{f:?}");
     let table = daemon.ctl_ok(&["list"]);
     let row = table.lines().find(|l| l.starts_with("rst")).unwrap();
     assert!(row.split_whitespace().any(|c| c == "tcp"), "{table}");

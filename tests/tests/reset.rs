@@ -76,9 +76,9 @@ fn resets(b_side: bool, direction: &str, ip: &str, dport: u16) {
     assert_eq!(refused.kind(), ErrorKind::ConnectionRefused, "{refused}");
     round_trip(&mut bystander).unwrap();
 
-    let fault = &daemon.list()["faults"][0];
+    let fault = daemon.fault("rst");
     // The data segment and the SYN were each answered once.
-    assert_eq!(fault["reset"], 2, "{fault}");
+    assert_eq!(fault.reset, 2, "{fault:?}");
     daemon.ctl_ok(&["rm", "rst"]);
     let mut again = connect(&lab.a, target).unwrap();
     round_trip(&mut again).unwrap();
@@ -122,6 +122,6 @@ fn new_connections_only_leaves_established_ones() {
     }
     // `matched` counts what the fault acted on: the three SYNs it answered, not the 30 requests
     // (and their ACKs) of the established connection it let pass.
-    let fault = &daemon.list()["faults"][0];
-    assert_eq!((&fault["matched"], &fault["reset"]), (&3.into(), &3.into()), "{fault}");
+    let fault = &daemon.faults()[0];
+    assert_eq!((fault.matched, fault.reset), (3, 3), "{fault:?}");
 }

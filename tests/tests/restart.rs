@@ -9,9 +9,7 @@ use chaos_tests::{Daemon, Lab, kernel, lab, traffic};
 use nix::sys::signal::Signal;
 
 fn matched(daemon: &Daemon, name: &str) -> u64 {
-    let list = daemon.list();
-    let fault = list["faults"].as_array().unwrap().iter().find(|f| f["name"] == name).cloned();
-    fault.unwrap_or_else(|| panic!("'{name}' is not listed: {list}"))["matched"].as_u64().unwrap()
+    daemon.fault(name).matched
 }
 
 fn killed_daemon_is_readopted_then_cleaned_up(mode: &str) {
@@ -46,8 +44,7 @@ fn killed_daemon_is_readopted_then_cleaned_up(mode: &str) {
     assert_eq!(kernel::attached(&lab.a, &lab.a_if).unwrap(), programs);
 
     daemon.restart().unwrap();
-    let names: Vec<String> =
-        daemon.list()["faults"].as_array().unwrap().iter().map(|f| f["name"].as_str().unwrap().to_owned()).collect();
+    let names: Vec<String> = daemon.faults().into_iter().map(|f| f.name).collect();
     assert_eq!(names, ["cut", "lossy"]);
     assert_eq!(matched(&daemon, "cut"), 400, "counters continue across the restart");
     assert_eq!(send(200), 0);

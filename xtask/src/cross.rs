@@ -78,7 +78,7 @@ pub fn run(target: &str) -> anyhow::Result<PathBuf> {
         apt_install(t.packages)?;
     }
     let mut build = Command::new(crate::cargo());
-    build.args(["build", "--release", "--quiet", "-p", "chaos-daemon", "--bins", "--target", target]);
+    build.args(["build", "--release", "--quiet"]).args(crate::SHIPPED).args(["--bins", "--target", target]);
     if let Some(linker) = t.linker {
         build.env(format!("CARGO_TARGET_{}_LINKER", target.to_uppercase().replace('-', "_")), linker);
     }

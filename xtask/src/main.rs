@@ -4,6 +4,7 @@ mod bench;
 mod bootstrap;
 mod check_ebpf;
 mod cross;
+mod ctl_check;
 mod demo;
 mod package;
 mod vm;
@@ -35,6 +36,9 @@ enum Task {
         #[arg(long, default_value = "aarch64-unknown-linux-gnu")]
         target: String,
     },
+    /// Build chaosctl from chaos-api alone with the stable toolchain and no bpf-linker in PATH
+    /// (into target/ctl-check), and check chaos-api depends on nothing of the eBPF build.
+    CtlCheck,
     /// Static check of the eBPF object: instruction counts and helpers against 4.19.
     CheckEbpf {
         /// Object to check (default: the one the last build embedded).
@@ -94,6 +98,7 @@ fn run(task: Task) -> anyhow::Result<()> {
     match task {
         Task::Bootstrap => bootstrap::ensure(),
         Task::Cross { target } => cross::run(&target).map(|_| ()),
+        Task::CtlCheck => ctl_check::run(),
         Task::CheckEbpf { object } => {
             let object = match object {
                 Some(o) => o,
@@ -172,6 +177,9 @@ fn preflight(what: &str) -> anyhow::Result<()> {
     }
     bootstrap::ensure()
 }
+
+/// The packages whose binaries ship, as cargo's arguments: chaos-daemon, and chaos-api's chaosctl.
+const SHIPPED: [&str; 4] = ["-p", "chaos-daemon", "-p", "chaos-api"];
 
 fn cargo() -> String {
     std::env::var("CARGO").unwrap_or_else(|_| "cargo".into())

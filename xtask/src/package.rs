@@ -183,7 +183,9 @@ pub fn run(target: Option<&str>, check: bool) -> anyhow::Result<()> {
 /// Builds the release binaries for this machine; their directory.
 fn build_host() -> anyhow::Result<PathBuf> {
     let status = Command::new(crate::cargo())
-        .args(["build", "--release", "--quiet", "-p", "chaos-daemon", "--bins"])
+        .args(["build", "--release", "--quiet"])
+        .args(crate::SHIPPED)
+        .arg("--bins")
         .current_dir(crate::workspace())
         .status()
         .context("running cargo build")?;

@@ -3,12 +3,10 @@
 use std::path::PathBuf;
 
 use anyhow::Context as _;
-use chaos_daemon::{
-    api::{Apply, FaultView, Faults, History, Status},
+use chaos_api::{
+    api::{Apply, DEFAULT_SOCKET, Event, FaultView, Faults, History, Status, unix_ms},
     client::Client,
-    config::DEFAULT_SOCKET,
     spec::{DurationSpec, FaultSpec, PortSpec, RateSpec},
-    state::{Event, unix_ms},
 };
 use clap::{Args as ClapArgs, Parser, Subcommand, ValueEnum};
 use serde::Deserialize;
@@ -288,7 +286,7 @@ mod exit {
 struct BadInput(anyhow::Error);
 
 fn exit_code(e: &anyhow::Error) -> i32 {
-    use chaos_daemon::client::ClientError;
+    use chaos_api::client::ClientError;
     match (e.downcast_ref::<BadInput>(), e.downcast_ref::<ClientError>()) {
         (Some(_), _) => exit::BAD_INPUT,
         (_, Some(ClientError::Unreachable { .. } | ClientError::Timeout { .. })) => exit::UNREACHABLE,
@@ -318,7 +316,7 @@ fn main() {
 
 /// `--timeout`: more than zero.
 fn timeout(text: &str) -> Result<std::time::Duration, String> {
-    match chaos_daemon::spec::parse_duration(text)? {
+    match chaos_api::spec::parse_duration(text)? {
         std::time::Duration::ZERO => Err(format!("'{text}' is no time at all")),
         d => Ok(d),
     }
@@ -327,12 +325,12 @@ fn timeout(text: &str) -> Result<std::time::Duration, String> {
 /// A fault or experiment name as the daemon accepts them, checked before any request is sent
 /// (an empty name or `/` would otherwise change the path it is sent in).
 fn name(text: &str) -> Result<String, String> {
-    chaos_daemon::spec::validate_name(text).map(|()| text.to_owned()).map_err(|e| e.reason)
+    chaos_api::spec::validate_name(text).map(|()| text.to_owned()).map_err(|e| e.reason)
 }
 
 /// `--interval`: a duration of at least 100 ms.
 fn interval(text: &str) -> Result<std::time::Duration, String> {
-    match chaos_daemon::spec::parse_duration(text)? {
+    match chaos_api::spec::parse_duration(text)? {
         d if d < std::time::Duration::from_millis(100) => Err(format!("'{text}' is shorter than 100ms")),
         d => Ok(d),
     }
@@ -350,7 +348,7 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
     match cli.command {
         Command::Completions { shell } => completions(shell),
         Command::Manpage { dir } => {
-            chaos_daemon::manpage::write(command(), "1", &dir, &man_sections)?;
+            chaos_api::manpage::write(command(), "1", &dir, &man_sections)?;
         }
         Command::Apply(args) => {
             let (force, wait, output) = (args.force, args.wait, args.output);
@@ -478,8 +476,8 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
 fn specs(args: ApplyArgs) -> anyhow::Result<(Vec<FaultSpec>, Option<String>)> {
     if let Some(path) = args.file {
         let text = std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
-        if chaos_daemon::chaos_mesh::is_network_chaos(&path, &text) {
-            let x = chaos_daemon::chaos_mesh::parse(&text).with_context(|| format!("{}", path.display()))?;
+        if chaos_api::chaos_mesh::is_network_chaos(&path, &text) {
+            let x = chaos_api::chaos_mesh::parse(&text).with_context(|| format!("{}", path.display()))?;
             for note in x.notes {
                 eprintln!("chaosctl: note: {}: {note}", path.display());
             }
@@ -793,7 +791,7 @@ fn history_table(events: &[Event]) -> String {
 /// Text from the daemon as printed: control characters escaped, so that it stays on its line
 /// and sends nothing to the terminal.
 fn shown(text: &str) -> String {
-    chaos_daemon::text::escape(text, 4096)
+    chaos_api::text::escape(text, 4096)
 }
 
 /// Unix milliseconds as local time, `2026-12-01 15:04:05.123`.
@@ -847,8 +845,8 @@ fn completions(shell: clap_complete::Shell) {
 
 /// What the man pages hold beyond `--help`: examples for each page (every example of every
 /// command on `chaosctl`'s own), and on every page the exit status and the environment.
-fn man_sections(page: &str) -> Vec<chaos_daemon::manpage::Section> {
-    use chaos_daemon::manpage::Section;
+fn man_sections(page: &str) -> Vec<chaos_api::manpage::Section> {
+    use chaos_api::manpage::Section;
     let examples: &[(&str, &[(&str, &str)])] = &[
         (
             "chaosctl-apply",
@@ -1000,7 +998,7 @@ mod tests {
     #[test]
     fn man_pages_hold_the_help_examples_exit_status_and_environment() {
         let dir = std::env::temp_dir().join(format!("chaosctl-man-{}", std::process::id()));
-        let pages = chaos_daemon::manpage::write(command(), "1", &dir, &man_sections).unwrap();
+        let pages = chaos_api::manpage::write(command(), "1", &dir, &man_sections).unwrap();
         let read = |name: &str| std::fs::read_to_string(dir.join(name)).unwrap();
         let (top, apply) = (read("chaosctl.1"), read("chaosctl-apply.1"));
         std::fs::remove_dir_all(&dir).unwrap();

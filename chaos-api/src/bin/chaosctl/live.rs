@@ -10,10 +10,9 @@ use std::{
 
 use tokio::signal::unix::{Signal, SignalKind, signal};
 
-use chaos_daemon::{
-    api::{FaultView, Faults, History},
+use chaos_api::{
+    api::{Ended, FaultView, Faults, History, unix_ms},
     client::{Client, ClientError},
-    state::{Ended, unix_ms},
 };
 
 use super::{Output, counts, describe, state};

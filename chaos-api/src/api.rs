@@ -16,15 +16,17 @@
 //! do this, and why), 404 (no such fault, experiment or path), 409 (duplicate name),
 //! 422 (this kernel lacks what the fault needs, naming it), 500 (the kernel refused).
 
-use std::collections::BTreeMap;
+use std::{
+    collections::BTreeMap,
+    time::{SystemTime, UNIX_EPOCH},
+};
 
 use serde::{Deserialize, Serialize};
 
-use crate::{
-    kernel::Attachment,
-    spec::FaultSpec,
-    state::{Actor, Event},
-};
+use crate::spec::FaultSpec;
+
+/// Where the daemon listens unless configured otherwise, and where chaosctl looks.
+pub const DEFAULT_SOCKET: &str = "/run/chaos-daemon.sock";
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -121,4 +123,116 @@ pub struct History {
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct ApiError {
     pub error: String,
+}
+
+/// How one hook of one interface is attached.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Attachment {
+    pub interface: String,
+    pub ifindex: u32,
+    pub hook: String,
+    /// `tcx` (a bpf link, kernel 6.6+) or `netlink` (a cls_bpf filter under clsact).
+    pub mode: String,
+    /// Attached but used by no fault: detached after `detach_after` (see the config).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub idle: bool,
+}
+
+/// Who asked, from the control socket's SO_PEERCRED; all `None` for the daemon itself.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Actor {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub uid: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pid: Option<i32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub comm: Option<String>,
+}
+
+/// The most bytes a recorded process name takes, escaped (the kernel's names have 15).
+pub const MAX_COMM: usize = 64;
+
+impl std::fmt::Display for Actor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match (self.uid, self.pid, &self.comm) {
+            (None, _, _) => write!(f, "chaos-daemon"),
+            (Some(uid), pid, comm) => {
+                write!(f, "uid {uid}")?;
+                if let Some(pid) = pid {
+                    write!(f, " pid {pid}")?;
+                }
+                if let Some(comm) = comm {
+                    // Escaped when read (`Peer::of`); again here for files an older daemon wrote.
+                    write!(f, " ({})", crate::text::escape(comm, MAX_COMM))?;
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
+/// One line of the audit trail.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Event {
+    /// Unix time, milliseconds.
+    pub at: u64,
+    pub actor: Actor,
+    /// `apply`, `remove`, `clear`, `remove-experiment`, `start`, `expire`, `adopt`, `cleanup`...
+    pub action: String,
+    /// Faults (or the experiment) concerned.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub faults: Vec<String>,
+    /// The experiment of the faults concerned, when they all belong to one (absent from lines
+    /// written before it was recorded).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub experiment: Option<String>,
+    /// `ok`, `refused: <why>` or `error: <why>`.
+    pub result: String,
+    /// Faults that ended, with their final counters.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ended: Vec<Ended>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Ended {
+    pub name: String,
+    pub reason: String,
+    pub matched: u64,
+    pub dropped: u64,
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub duplicated: u64,
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub corrupted: u64,
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub reset: u64,
+}
+
+impl Ended {
+    pub fn new(name: &str, reason: &str, c: &chaos_common::Counters) -> Self {
+        Self {
+            name: name.into(),
+            reason: reason.into(),
+            matched: c.matched,
+            dropped: c.dropped,
+            duplicated: c.duplicated,
+            corrupted: c.corrupted,
+            reset: c.reset,
+        }
+    }
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
+}
+
+impl Event {
+    /// A refused request: kept within its own, smaller budget.
+    pub fn is_refusal(&self) -> bool {
+        self.result.starts_with("refused")
+    }
+}
+
+/// Now, as a Unix time in milliseconds (the API's times are).
+pub fn unix_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
 }
