@@ -256,38 +256,22 @@ impl Classifier {
     /// application, after the rules in place), without changing `self`. Refused, with nothing
     /// changed, when a slot has no rule or a map would exceed its half.
     pub fn change(&self, add: &[Rule], remove: &[u32]) -> Result<Change, CompileError> {
-        let mut tx = Tx { base: &self.maps, d: Delta::default(), generation: self.generation, next: self.next };
+        let (base, generation, next, counts) = (&self.maps, self.generation, self.next, self.counts);
+        let mut tx = Tx { base, d: Delta::default(), generation, next, counts };
         for &slot in remove {
             let ids = tx.keys(|m| &m.slots, |d| &d.slots, (slot, 0)..=(slot, u32::MAX));
             if ids.is_empty() {
                 return Err(CompileError::NoSuchSlot(slot));
             }
             for (_, id) in ids {
-                tx.remove_rule(id);
+                tx.remove_rule(id)?;
             }
         }
         for r in add {
-            tx.add_rule(r);
+            tx.add_rule(r)?;
         }
-        let ops = ops(&self.maps, &tx.d, self.generation);
-        let mut counts = self.counts;
-        for op in &ops {
-            let (n, grows) = match op {
-                Op::Addr { old, new, .. } => (&mut counts.addrs, (old.is_none(), new.is_none())),
-                Op::Pair { old, new, .. } => (&mut counts.pairs, (old.is_none(), new.is_none())),
-                Op::Port { old, new, .. } => (&mut counts.ports, (old.is_none(), new.is_none())),
-                Op::Scope { old, new, .. } => (&mut counts.scopes, (old.is_none(), new.is_none())),
-            };
-            match grows {
-                (true, false) => *n += 1,
-                (false, true) => *n -= 1,
-                _ => {}
-            }
-        }
-        check("ADDRS", counts.addrs, ADDRS_CAPACITY)?;
-        check("PAIRS", counts.pairs, PAIRS_CAPACITY)?;
-        check("PORTS", counts.ports, PORTS_CAPACITY)?;
-        check("SCOPES", counts.scopes, SCOPES_CAPACITY)?;
+        tx.fits()?;
+        let (ops, counts) = (ops(&self.maps, &tx.d, self.generation), tx.counts);
         let cgroups = tx.keys(|m| &m.cgroups, |d| &d.cgroups, scoped_range(self.generation));
         Ok(Change { ops, counts, egress_scoped: !cgroups.is_empty(), next: tx.next, delta: tx.d, version: self.version })
     }
@@ -373,6 +357,8 @@ struct Tx<'a> {
     d: Delta,
     generation: u8,
     next: Next,
+    /// Entries per map as the change stands, so one too large is refused early.
+    counts: Counts,
 }
 
 /// Reads one entry of one map through the overlay.
@@ -409,6 +395,13 @@ fn holds(outer: Prefix, inner: Prefix) -> bool {
 }
 
 impl Tx<'_> {
+    fn fits(&self) -> Result<(), CompileError> {
+        check("ADDRS", self.counts.addrs, ADDRS_CAPACITY)?;
+        check("PAIRS", self.counts.pairs, PAIRS_CAPACITY)?;
+        check("PORTS", self.counts.ports, PORTS_CAPACITY)?;
+        check("SCOPES", self.counts.scopes, SCOPES_CAPACITY)
+    }
+
     /// The keys present in `range` of one map, through the overlay.
     fn keys<K: Ord + Clone, V>(
         &self,
@@ -431,7 +424,7 @@ impl Tx<'_> {
         get!(self, effs, &e).expect("eff of a live rule")
     }
 
-    fn add_rule(&mut self, r: &Rule) {
+    fn add_rule(&mut self, r: &Rule) -> Result<(), CompileError> {
         let id = self.next.rule;
         self.next.rule += 1;
         let mut effs = Vec::new();
@@ -449,9 +442,9 @@ impl Tx<'_> {
             None => {
                 for (hook, family, e) in effs {
                     set!(self, plain, (r.ifindex, hook, e), Some(()));
-                    self.add_eff((r.ifindex, hook, family), e);
+                    self.add_eff((r.ifindex, hook, family), e)?;
                     for sid in self.inheriting(r.ifindex, hook) {
-                        self.add_eff((sid, hook, family), e);
+                        self.add_eff((sid, hook, family), e)?;
                     }
                 }
             }
@@ -460,14 +453,15 @@ impl Tx<'_> {
                 let ids: BTreeSet<u64> = ids.iter().copied().collect();
                 for hook in hooks {
                     for &cgroup in &ids {
-                        self.move_cgroup(r.ifindex, hook, cgroup, |own| own.push(id));
+                        self.move_cgroup(r.ifindex, hook, cgroup, |own| own.push(id))?;
                     }
                 }
             }
         }
+        Ok(())
     }
 
-    fn remove_rule(&mut self, id: u32) {
+    fn remove_rule(&mut self, id: u32) -> Result<(), CompileError> {
         let rec = get!(self, rules, &id).expect("rule of a slot").clone();
         let r = &rec.rule;
         match &r.cgroups {
@@ -485,7 +479,8 @@ impl Tx<'_> {
                 let ids: BTreeSet<u64> = ids.iter().copied().collect();
                 for hook in hooks {
                     for &cgroup in &ids {
-                        self.move_cgroup(r.ifindex, hook, cgroup, |own| own.retain(|o| *o != id));
+                        // A cgroup left with other rules moves to a new scope, which may not fit.
+                        self.move_cgroup(r.ifindex, hook, cgroup, |own| own.retain(|o| *o != id))?;
                     }
                 }
             }
@@ -496,6 +491,7 @@ impl Tx<'_> {
         }
         set!(self, rules, id, None);
         set!(self, slots, (r.slot, id), None);
+        Ok(())
     }
 
     /// The cgroup scopes that hold the interface rules of (`ifindex`, `hook`): egress ones.
@@ -508,35 +504,43 @@ impl Tx<'_> {
     }
 
     /// Moves a cgroup to the scope of its own rules as `edit` changes them (none: no scope).
-    fn move_cgroup(&mut self, ifindex: u32, hook: u8, cgroup: u64, edit: impl FnOnce(&mut Vec<u32>)) {
+    fn move_cgroup(
+        &mut self,
+        ifindex: u32,
+        hook: u8,
+        cgroup: u64,
+        edit: impl FnOnce(&mut Vec<u32>),
+    ) -> Result<(), CompileError> {
         let key = ScopeKey { generation: self.generation, hook, _pad: 0, ifindex, cgroup };
         let old = get!(self, cgroups, &key).copied();
         let mut own = old.map_or_else(Vec::new, |s| get!(self, scopes, &(ifindex, hook, s)).unwrap().own.clone());
         edit(&mut own);
         own.sort_unstable();
-        let new = (!own.is_empty()).then(|| self.scope(ifindex, hook, own));
+        let new = if own.is_empty() { None } else { Some(self.scope(ifindex, hook, own)?) };
         set!(self, cgroups, key, new);
+        self.counts.scopes = self.counts.scopes + usize::from(new.is_some()) - usize::from(old.is_some());
         if let Some(s) = old {
             self.release_scope(ifindex, hook, s);
         }
+        self.fits()
     }
 
     /// The scope of cgroups with the rules `own`, built with all its entries if new.
-    fn scope(&mut self, ifindex: u32, hook: u8, own: Vec<u32>) -> u32 {
+    fn scope(&mut self, ifindex: u32, hook: u8, own: Vec<u32>) -> Result<u32, CompileError> {
         if let Some(&s) = get!(self, scope_of, &(ifindex, hook, own.clone())) {
             let mut info = get!(self, scopes, &(ifindex, hook, s)).unwrap().clone();
             info.refs += 1;
             set!(self, scopes, (ifindex, hook, s), Some(info));
-            return s;
+            return Ok(s);
         }
         self.next.scope += 1;
         let s = SCOPE_CGROUP_BIT | self.next.scope;
         for (family, e) in self.scope_effs(ifindex, hook, &own) {
-            self.add_eff((s, hook, family), e);
+            self.add_eff((s, hook, family), e)?;
         }
         set!(self, scope_of, (ifindex, hook, own.clone()), Some(s));
         set!(self, scopes, (ifindex, hook, s), Some(ScopeInfo { own, refs: 1 }));
-        s
+        Ok(s)
     }
 
     fn release_scope(&mut self, ifindex: u32, hook: u8, s: u32) {
@@ -590,7 +594,7 @@ impl Tx<'_> {
         get!(self, nodes, k).expect("node")
     }
 
-    fn add_eff(&mut self, space: Space, e: u32) {
+    fn add_eff(&mut self, space: Space, e: u32) -> Result<(), CompileError> {
         let (src, dst) = (self.eff(e).src, self.eff(e).dst);
         let mut fresh = [None, None];
         for (side, p) in [(SIDE_SRC, src), (SIDE_DST, dst)] {
@@ -608,6 +612,7 @@ impl Tx<'_> {
                     let n = get!(self, lens, &(space, side, p.1)).copied().unwrap_or(0);
                     set!(self, lens, (space, side, p.1), Some(n + 1));
                     fresh[usize::from(side)] = Some(k);
+                    self.counts.addrs += 1;
                 }
             }
         }
@@ -616,6 +621,7 @@ impl Tx<'_> {
         for s in &srcs {
             for d in &dsts {
                 self.refresh(*s, *d);
+                self.fits()?;
             }
         }
         // ...and a new node's pairs with the partners of the node it splits from.
@@ -637,6 +643,7 @@ impl Tx<'_> {
                 self.refresh(s, n);
             }
         }
+        self.fits()
     }
 
     fn remove_eff(&mut self, space: Space, e: u32) {
@@ -653,6 +660,7 @@ impl Tx<'_> {
                 let count = get!(self, lens, &(space, side, p.1)).copied().unwrap();
                 set!(self, lens, (space, side, p.1), (count > 1).then_some(count - 1));
                 gone[usize::from(side)] = Some((k, n.class));
+                self.counts.addrs -= 1;
             } else {
                 set!(self, nodes, k, Some(n));
             }
@@ -711,6 +719,7 @@ impl Tx<'_> {
         let old = get!(self, pairs, &(s, d)).copied();
         set!(self, pairs, (s, d), class);
         set!(self, by_dst, (d, s), class.map(|_| ()));
+        self.counts.pairs = self.counts.pairs + usize::from(class.is_some()) - usize::from(old.is_some());
         if let Some(old) = old {
             self.release(old);
         }
@@ -759,6 +768,7 @@ impl Tx<'_> {
                 }
             }
         }
+        self.counts.ports += entries.len();
         set!(self, class_of, (kind, set.clone()), Some(id));
         set!(self, classes, id, Some(Class { key: (kind, set), entries, deps }));
         set!(self, refs, id, Some(1));
@@ -775,6 +785,7 @@ impl Tx<'_> {
         set!(self, refs, id, None);
         set!(self, classes, id, None);
         set!(self, class_of, class.key, None);
+        self.counts.ports -= class.entries.len();
         for dep in class.deps {
             self.release(dep);
         }
