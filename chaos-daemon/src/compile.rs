@@ -18,6 +18,9 @@
 //! the class of a prefix is every rule whose prefix contains it, so the longest match is the
 //! right set. Port ranges are cut into the disjoint intervals their bounds make, each stored
 //! as the few power-of-two blocks an LPM trie can hold. The last lookup returns the winner.
+//!
+//! [`compile`] builds a whole generation; [`Classifier`] (module `incremental`) keeps one up to
+//! date rule by rule, writing only what a change changes, in an order safe for packets.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
@@ -371,6 +374,9 @@ fn intervals(members: &[&Eff], range: impl Fn(&Eff) -> PortRange) -> Vec<(PortRa
 /// Splits the port space at every bound of the `(id, range)` members and returns the maximal
 /// runs with the same non-empty set of covering ids (sorted).
 fn runs(members: &[(u32, PortRange)]) -> Vec<(PortRange, Set)> {
+    if let [(id, range)] = members {
+        return vec![(*range, vec![*id])];
+    }
     let mut bounds: BTreeSet<u32> = BTreeSet::new();
     for (_, r) in members {
         bounds.insert(u32::from(r.lo));

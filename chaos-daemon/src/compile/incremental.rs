@@ -78,7 +78,7 @@ enum Kind {
 
 #[derive(Clone, Debug)]
 struct Class {
-    /// Its key in `class_of`.
+    /// Its key in `pair_of` or `dport_of`.
     key: (Kind, Set),
     entries: Vec<(u32, PortKey, u32)>,
     /// The classes its entries point to (one reference each).
@@ -123,11 +123,16 @@ macro_rules! maps {
         struct Delta { $($name: BTreeMap<$k, Option<$v>>,)* }
         impl Maps {
             fn merge(&mut self, d: Delta) {
-                $(for (k, v) in d.$name {
-                    match v {
-                        Some(v) => self.$name.insert(k, v),
-                        None => self.$name.remove(&k),
-                    };
+                $(if self.$name.is_empty() {
+                    // A full build: one bulk build from sorted entries.
+                    self.$name = d.$name.into_iter().filter_map(|(k, v)| Some((k, v?))).collect();
+                } else {
+                    for (k, v) in d.$name {
+                        match v {
+                            Some(v) => self.$name.insert(k, v),
+                            None => self.$name.remove(&k),
+                        };
+                    }
                 })*
             }
         }
@@ -150,7 +155,8 @@ maps! {
     pairs: (u32, u32) => u32,
     by_dst: (u32, u32) => (),
     classes: u32 => Class,
-    class_of: (Kind, Set) => u32,
+    pair_of: Set => u32,
+    dport_of: Set => u32,
     refs: u32 => u32,
 }
 
@@ -176,11 +182,29 @@ pub struct Counts {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Op {
     /// `ADDRS`: LPM prefix length, key.
-    Addr { len: u32, key: AddrKey, old: Option<u32>, new: Option<u32> },
-    Pair { key: PairKey, old: Option<u32>, new: Option<u32> },
+    Addr {
+        len: u32,
+        key: AddrKey,
+        old: Option<u32>,
+        new: Option<u32>,
+    },
+    Pair {
+        key: PairKey,
+        old: Option<u32>,
+        new: Option<u32>,
+    },
     /// `PORTS`: LPM prefix length, key.
-    Port { len: u32, key: PortKey, old: Option<u32>, new: Option<u32> },
-    Scope { key: ScopeKey, old: Option<u32>, new: Option<u32> },
+    Port {
+        len: u32,
+        key: PortKey,
+        old: Option<u32>,
+        new: Option<u32>,
+    },
+    Scope {
+        key: ScopeKey,
+        old: Option<u32>,
+        new: Option<u32>,
+    },
 }
 
 impl Op {
@@ -233,8 +257,10 @@ impl Classifier {
     /// A classifier holding `rules` (in order of application), with all its entries.
     pub fn build(rules: &[Rule], generation: u8) -> Result<(Classifier, Tables), CompileError> {
         let mut c = Classifier::new(generation);
-        let change = c.change(rules, &[])?;
-        c.commit(change);
+        // No ops: everything is an insert, and `tables` lists them.
+        let (delta, next, counts) = c.work(rules, &[])?;
+        c.maps.merge(delta);
+        (c.next, c.counts) = (next, counts);
         let tables = c.tables();
         Ok((c, tables))
     }
@@ -256,6 +282,15 @@ impl Classifier {
     /// application, after the rules in place), without changing `self`. Refused, with nothing
     /// changed, when a slot has no rule or a map would exceed its half.
     pub fn change(&self, add: &[Rule], remove: &[u32]) -> Result<Change, CompileError> {
+        let (delta, next, counts) = self.work(add, remove)?;
+        let ops = ops(&self.maps, &delta, self.generation);
+        let egress_scoped = delta.cgroups.iter().any(|(k, v)| k.hook == HOOK_EGRESS && v.is_some())
+            || self.maps.cgroups.range(scoped_range(self.generation)).any(|(k, _)| !delta.cgroups.contains_key(k));
+        Ok(Change { ops, counts, egress_scoped, next, delta, version: self.version })
+    }
+
+    /// The bookkeeping of a change, checked to fit.
+    fn work(&self, add: &[Rule], remove: &[u32]) -> Result<(Delta, Next, Counts), CompileError> {
         let (base, generation, next, counts) = (&self.maps, self.generation, self.next, self.counts);
         let mut tx = Tx { base, d: Delta::default(), generation, next, counts };
         for &slot in remove {
@@ -271,9 +306,7 @@ impl Classifier {
             tx.add_rule(r)?;
         }
         tx.fits()?;
-        let (ops, counts) = (ops(&self.maps, &tx.d, self.generation), tx.counts);
-        let cgroups = tx.keys(|m| &m.cgroups, |d| &d.cgroups, scoped_range(self.generation));
-        Ok(Change { ops, counts, egress_scoped: !cgroups.is_empty(), next: tx.next, delta: tx.d, version: self.version })
+        Ok((tx.d, tx.next, tx.counts))
     }
 
     /// Takes in a change whose ops are all written.
@@ -299,8 +332,8 @@ impl Classifier {
 }
 
 fn scoped_range(generation: u8) -> RangeInclusive<ScopeKey> {
-    let key = |v| ScopeKey { generation, hook: HOOK_EGRESS, _pad: v as u16, ifindex: v, cgroup: u64::from(v) };
-    key(0)..=key(u32::MAX)
+    let lo = ScopeKey { generation, hook: HOOK_EGRESS, _pad: 0, ifindex: 0, cgroup: 0 };
+    lo..=ScopeKey { _pad: u16::MAX, ifindex: u32::MAX, cgroup: u64::MAX, ..lo }
 }
 
 fn egress_scoped(cgroups: &BTreeMap<ScopeKey, u32>, generation: u8) -> bool {
@@ -333,12 +366,12 @@ fn ops(base: &Maps, d: &Delta, generation: u8) -> Vec<Op> {
     for (id, new) in &d.classes {
         // Class ids are never reused: a class only appears or goes.
         match (base.classes.get(id), new) {
-            (None, Some(c)) => phases[0].extend(
-                c.entries.iter().map(|&(len, key, v)| Op::Port { len, key, old: None, new: Some(v) }),
-            ),
-            (Some(c), None) => phases[7].extend(
-                c.entries.iter().map(|&(len, key, v)| Op::Port { len, key, old: Some(v), new: None }),
-            ),
+            (None, Some(c)) => {
+                phases[0].extend(c.entries.iter().map(|&(len, key, v)| Op::Port { len, key, old: None, new: Some(v) }))
+            }
+            (Some(c), None) => {
+                phases[7].extend(c.entries.iter().map(|&(len, key, v)| Op::Port { len, key, old: Some(v), new: None }))
+            }
             _ => {}
         }
     }
@@ -409,8 +442,16 @@ impl Tx<'_> {
         over: impl Fn(&Delta) -> &BTreeMap<K, Option<V>>,
         range: RangeInclusive<K>,
     ) -> Vec<K> {
-        let mut keys: BTreeSet<K> = base(self.base).range(range.clone()).map(|(k, _)| k.clone()).collect();
-        for (k, v) in over(&self.d).range(range) {
+        let (base, over) = (base(self.base), over(&self.d));
+        // A full build reads only the overlay, a small change mostly the base.
+        if base.range(range.clone()).next().is_none() {
+            return over.range(range).filter(|(_, v)| v.is_some()).map(|(k, _)| k.clone()).collect();
+        }
+        if over.range(range.clone()).next().is_none() {
+            return base.range(range).map(|(k, _)| k.clone()).collect();
+        }
+        let mut keys: BTreeSet<K> = base.range(range.clone()).map(|(k, _)| k.clone()).collect();
+        for (k, v) in over.range(range) {
             if v.is_some() {
                 keys.insert(k.clone());
             } else {
@@ -601,9 +642,12 @@ impl Tx<'_> {
             let k = (space, side, p.0, p.1);
             match get!(self, nodes, &k) {
                 Some(n) => {
-                    let mut n = n.clone();
-                    n.here.push(e);
-                    set!(self, nodes, k, Some(n));
+                    // In place once in the overlay: a node may hold thousands of rules.
+                    if !matches!(self.d.nodes.get(&k), Some(Some(_))) {
+                        let n = n.clone();
+                        set!(self, nodes, k, Some(n));
+                    }
+                    self.d.nodes.get_mut(&k).unwrap().as_mut().unwrap().here.push(e);
                 }
                 None => {
                     let class = self.class_id();
@@ -732,7 +776,11 @@ impl Tx<'_> {
 
     /// A reference to the class of `set`, made with its `PORTS` entries if new.
     fn class(&mut self, kind: Kind, set: Set) -> u32 {
-        if let Some(&id) = get!(self, class_of, &(kind, set.clone())) {
+        let known = match kind {
+            Kind::Pair => get!(self, pair_of, &set),
+            Kind::Dport => get!(self, dport_of, &set),
+        };
+        if let Some(&id) = known {
             let n = *get!(self, refs, &id).unwrap();
             set!(self, refs, id, Some(n + 1));
             return id;
@@ -746,13 +794,11 @@ impl Tx<'_> {
         };
         match kind {
             Kind::Pair => {
+                let all: Vec<(u32, &'static [u8], PortRange)> =
+                    set.iter().map(|e| (*e, self.eff(*e).protos, self.eff(*e).dport)).collect();
                 for proto in PROTOS {
-                    let members: Vec<(u32, PortRange)> = set
-                        .iter()
-                        .map(|e| (*e, self.eff(*e)))
-                        .filter(|(_, x)| x.protos.contains(&proto))
-                        .map(|(e, x)| (e, x.dport))
-                        .collect();
+                    let members: Vec<(u32, PortRange)> =
+                        all.iter().filter(|(_, p, _)| p.contains(&proto)).map(|(e, _, r)| (*e, *r)).collect();
                     for (range, sub) in runs(&members) {
                         let dport = self.class(Kind::Dport, sub);
                         deps.push(dport);
@@ -769,7 +815,10 @@ impl Tx<'_> {
             }
         }
         self.counts.ports += entries.len();
-        set!(self, class_of, (kind, set.clone()), Some(id));
+        match kind {
+            Kind::Pair => set!(self, pair_of, set.clone(), Some(id)),
+            Kind::Dport => set!(self, dport_of, set.clone(), Some(id)),
+        };
         set!(self, classes, id, Some(Class { key: (kind, set), entries, deps }));
         set!(self, refs, id, Some(1));
         id
@@ -784,7 +833,10 @@ impl Tx<'_> {
         let class = get!(self, classes, &id).unwrap().clone();
         set!(self, refs, id, None);
         set!(self, classes, id, None);
-        set!(self, class_of, class.key, None);
+        match class.key {
+            (Kind::Pair, set) => set!(self, pair_of, set, None),
+            (Kind::Dport, set) => set!(self, dport_of, set, None),
+        };
         self.counts.ports -= class.entries.len();
         for dep in class.deps {
             self.release(dep);

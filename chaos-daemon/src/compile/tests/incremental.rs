@@ -225,3 +225,39 @@ fn bad_changes_are_refused_and_change_nothing() {
     assert!(matches!(err, CompileError::TooLarge { map: "PAIRS", .. }), "{err}");
     assert_eq!(c.tables(), t);
 }
+
+#[test]
+fn connect_rules_come_and_go() {
+    let mut r = rule(4);
+    r.ifindex = 0;
+    r.connect = true;
+    r.cgroups = Some(vec![11, 12]);
+    r.matches.protocol = Protocol::Tcp;
+    r.matches.dst = Some("10.0.0.0/8".parse().unwrap());
+    r.matches.dport = PortRange { lo: 3306, hi: 3306 };
+    r.threshold = Action::ConnectFail { errno: 111 }.drop_threshold();
+    let mut c = Classifier::new(1);
+    let mut t = Tables::default();
+    let change = c.change(&[r], &[]).unwrap();
+    change.ops.iter().for_each(|op| apply(&mut t, *op));
+    // Connect scopes are not egress ones: the egress programs need not look.
+    assert!(!change.egress_scoped);
+    c.commit(change);
+    let connect = |cgroup, dport| Pkt {
+        ifindex: 0,
+        hook: HOOK_CONNECT,
+        cgroup,
+        ..pkt([0; 4], [10, 1, 2, 3], PROTO_TCP, 0, dport)
+    };
+    assert_eq!(kernel_cgroup(&t, 1, connect(11, 3306)), Some(4));
+    assert_eq!(kernel_cgroup(&t, 1, connect(12, 3306)), Some(4));
+    assert_eq!(kernel_cgroup(&t, 1, connect(13, 3306)), None);
+    assert_eq!(kernel_cgroup(&t, 1, connect(11, 3307)), None);
+    // 11 and 12 share one scope; all of it goes with the rule.
+    assert_eq!(t.scopes.iter().map(|(_, s)| *s).collect::<BTreeSet<_>>().len(), 1);
+    let change = c.change(&[], &[4]).unwrap();
+    change.ops.iter().for_each(|op| apply(&mut t, *op));
+    c.commit(change);
+    assert_eq!(t, Tables::default());
+    assert_eq!(c.tables(), Tables::default());
+}
