@@ -237,8 +237,9 @@ pub struct Change {
     version: u64,
 }
 
-/// The classification entries of one generation, kept up to date rule by rule.
-#[derive(Clone, Debug)]
+/// The classification entries of one generation, kept up to date rule by rule. Not `Clone`:
+/// a change is tied to one classifier's state by its version.
+#[derive(Debug)]
 pub struct Classifier {
     generation: u8,
     maps: Maps,
