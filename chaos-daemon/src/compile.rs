@@ -18,6 +18,9 @@
 //! the class of a prefix is every rule whose prefix contains it, so the longest match is the
 //! right set. Port ranges are cut into the disjoint intervals their bounds make, each stored
 //! as the few power-of-two blocks an LPM trie can hold. The last lookup returns the winner.
+//!
+//! [`compile`] builds a whole generation; [`Classifier`] (module `incremental`) keeps one up to
+//! date rule by rule, writing only what a change changes, in an order safe for packets.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
@@ -39,6 +42,9 @@ pub struct Rule {
     pub matches: Match,
     /// Drop threshold (see chaos-common `RuleAction`): the precedence between rules.
     pub threshold: u64,
+    /// Order of application: among rules of equal threshold the lower `seq` wins, so precedence
+    /// does not depend on where a rule sits in a slice (ties of `seq` go to slice order).
+    pub seq: u64,
     /// `None`: every packet of the interface. Else only the packets of these cgroups (by
     /// cgroup v2 id): a target cgroup and those below it.
     pub cgroups: Option<Vec<u64>>,
@@ -62,6 +68,8 @@ pub enum CompileError {
          remove faults or use fewer overlapping source/destination combinations"
     )]
     TooLarge { map: &'static str, needed: usize, capacity: usize },
+    #[error("no rule has slot {0}")]
+    NoSuchSlot(u32),
 }
 
 /// A prefix as bytes (masked) and length.
@@ -84,7 +92,7 @@ struct Eff {
 pub fn compile(rules: &[Rule], generation: u8) -> Result<Tables, CompileError> {
     // Precedence: strongest drop first, then the order of application (sort is stable).
     let mut order: Vec<usize> = (0..rules.len()).collect();
-    order.sort_by_key(|&i| std::cmp::Reverse(rules[i].threshold));
+    order.sort_by_key(|&i| (std::cmp::Reverse(rules[i].threshold), rules[i].seq));
     let slots: Vec<u32> = order.iter().map(|&i| rules[i].slot).collect();
 
     // Per (ifindex, hook): the interface's rules, and the cgroup rules with their cgroups.
@@ -92,25 +100,13 @@ pub fn compile(rules: &[Rule], generation: u8) -> Result<Tables, CompileError> {
     let mut groups: BTreeMap<(u32, u8), Group> = BTreeMap::new();
     for (rank, &i) in order.iter().enumerate() {
         let r = &rules[i];
-        let hooks: &[(u8, bool)] = match r.matches.direction {
-            _ if r.connect => &[(HOOK_CONNECT, false)],
-            Direction::Egress => &[(HOOK_EGRESS, false)],
-            Direction::Ingress => &[(HOOK_INGRESS, false)],
-            Direction::Both => &[(HOOK_EGRESS, false), (HOOK_INGRESS, true)],
-        };
-        let families = [(FAMILY_V4, r.matches.families.v4), (FAMILY_V6, r.matches.families.v6)];
-        for &(hook, mirror) in hooks {
-            for (family, _) in families.iter().filter(|f| f.1) {
-                let prefix = |c: Option<Cidr>| c.map_or(([0; 16], 0), |c| (mask(c.bytes(), c.len), c.len));
-                let m = if mirror { r.matches.reply() } else { r.matches };
-                let (src, dst, sport, dport) = (prefix(m.src), prefix(m.dst), m.sport, m.dport);
-                let protos = protos(r.matches.protocol, *family, sport.is_any() && dport.is_any());
-                let eff = Eff { rank: rank as u32, family: *family, src, dst, protos, sport, dport };
-                let group = groups.entry((r.ifindex, hook)).or_default();
-                match &r.cgroups {
-                    None => group.0.push(eff),
-                    Some(ids) => group.1.push((eff, ids)),
-                }
+        for v in views(r) {
+            let View { family, src, dst, protos, sport, dport, .. } = v;
+            let eff = Eff { rank: rank as u32, family, src, dst, protos, sport, dport };
+            let group = groups.entry((r.ifindex, v.hook)).or_default();
+            match &r.cgroups {
+                None => group.0.push(eff),
+                Some(ids) => group.1.push((eff, ids)),
             }
         }
     }
@@ -146,6 +142,39 @@ pub fn compile(rules: &[Rule], generation: u8) -> Result<Tables, CompileError> {
         }
     }
     Ok(c.out)
+}
+
+/// What one rule looks like from one hook and family: for `both` on ingress, mirrored.
+#[derive(Clone, Copy, Debug)]
+struct View {
+    hook: u8,
+    family: u8,
+    src: Prefix,
+    dst: Prefix,
+    protos: &'static [u8],
+    sport: PortRange,
+    dport: PortRange,
+}
+
+fn views(r: &Rule) -> Vec<View> {
+    let hooks: &[(u8, bool)] = match r.matches.direction {
+        _ if r.connect => &[(HOOK_CONNECT, false)],
+        Direction::Egress => &[(HOOK_EGRESS, false)],
+        Direction::Ingress => &[(HOOK_INGRESS, false)],
+        Direction::Both => &[(HOOK_EGRESS, false), (HOOK_INGRESS, true)],
+    };
+    let families = [(FAMILY_V4, r.matches.families.v4), (FAMILY_V6, r.matches.families.v6)];
+    let prefix = |c: Option<Cidr>| c.map_or(([0; 16], 0), |c| (mask(c.bytes(), c.len), c.len));
+    let mut out = Vec::new();
+    for &(hook, mirror) in hooks {
+        for (family, _) in families.iter().filter(|f| f.1) {
+            let m = if mirror { r.matches.reply() } else { r.matches };
+            let (src, dst, sport, dport) = (prefix(m.src), prefix(m.dst), m.sport, m.dport);
+            let protos = protos(r.matches.protocol, *family, sport.is_any() && dport.is_any());
+            out.push(View { hook, family: *family, src, dst, protos, sport, dport });
+        }
+    }
+    out
 }
 
 /// The protocol values a rule's entries cover; port-restricted rules only see TCP and UDP.
@@ -339,9 +368,17 @@ fn intersect(a: &[u32], b: &[u32]) -> Set {
 /// Splits the port space at every range bound of `members` and returns the maximal runs with
 /// the same non-empty set of covering rules (ranks, sorted).
 fn intervals(members: &[&Eff], range: impl Fn(&Eff) -> PortRange) -> Vec<(PortRange, Set)> {
+    runs(&members.iter().map(|e| (e.rank, range(e))).collect::<Vec<_>>())
+}
+
+/// Splits the port space at every bound of the `(id, range)` members and returns the maximal
+/// runs with the same non-empty set of covering ids (sorted).
+fn runs(members: &[(u32, PortRange)]) -> Vec<(PortRange, Set)> {
+    if let [(id, range)] = members {
+        return vec![(*range, vec![*id])];
+    }
     let mut bounds: BTreeSet<u32> = BTreeSet::new();
-    for e in members {
-        let r = range(e);
+    for (_, r) in members {
         bounds.insert(u32::from(r.lo));
         bounds.insert(u32::from(r.hi) + 1);
     }
@@ -349,7 +386,7 @@ fn intervals(members: &[&Eff], range: impl Fn(&Eff) -> PortRange) -> Vec<(PortRa
     let bounds: Vec<u32> = bounds.into_iter().collect();
     for w in bounds.windows(2) {
         let (lo, hi) = (w[0] as u16, (w[1] - 1) as u16);
-        let mut set: Set = members.iter().filter(|e| range(e).lo <= lo && hi <= range(e).hi).map(|e| e.rank).collect();
+        let mut set: Set = members.iter().filter(|(_, r)| r.lo <= lo && hi <= r.hi).map(|(id, _)| *id).collect();
         if set.is_empty() {
             continue;
         }
@@ -376,6 +413,9 @@ pub fn port_blocks(range: PortRange) -> Vec<(u16, u8)> {
     }
     out
 }
+
+mod incremental;
+pub use incremental::{Change, Classifier, Counts, Op};
 
 #[cfg(test)]
 mod tests;

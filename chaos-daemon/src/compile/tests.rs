@@ -22,8 +22,10 @@ struct Pkt {
     dport: u16,
 }
 
-fn bits(key: &[u8], n: u32) -> Vec<bool> {
-    (0..n as usize).map(|i| key[i / 8] & (0x80 >> (i % 8)) != 0).collect()
+/// Whether the first `n` bits of `a` and `b` are equal.
+fn same_bits(a: &[u8], b: &[u8], n: u32) -> bool {
+    let (whole, rest) = ((n / 8) as usize, n % 8);
+    a[..whole] == b[..whole] && (rest == 0 || (a[whole] ^ b[whole]) & (0xff << (8 - rest)) == 0)
 }
 
 /// Longest-prefix match as the kernel's LPM trie does it.
@@ -31,7 +33,7 @@ fn lpm<K: Copy>(entries: &[(u32, K, u32)], data: &K, as_bytes: impl Fn(&K) -> Ve
     let want = as_bytes(data);
     entries
         .iter()
-        .filter(|(len, k, _)| bits(&as_bytes(k), *len) == bits(&want, *len))
+        .filter(|(len, k, _)| same_bits(&as_bytes(k), &want, *len))
         .max_by_key(|(len, _, _)| *len)
         .map(|(_, _, v)| *v)
 }
@@ -158,6 +160,7 @@ fn rule(slot: u32) -> Rule {
         threshold: Action::Loss(Odds::random(0.5)).drop_threshold(),
         cgroups: None,
         connect: false,
+        seq: 0,
     }
 }
 
@@ -329,78 +332,80 @@ impl Rng {
     }
 }
 
+const ADDRS4: [[u8; 4]; 5] = [[10, 0, 0, 1], [10, 0, 0, 2], [10, 0, 1, 9], [10, 9, 0, 1], [192, 168, 1, 1]];
+const PORTS: [u16; 9] = [0, 1, 53, 80, 81, 443, 1000, 5000, 65535];
+
+/// A random rule over a few overlapping prefixes, port ranges, thresholds and cgroups.
+fn random_rule(rng: &mut Rng, slot: u32) -> Rule {
+    let cidrs4 = ["10.0.0.0/8", "10.0.0.0/16", "10.0.0.2/32", "10.0.0.0/31", "192.168.0.0/16"];
+    let cidrs6 = ["fd00::/8", "fd00::2/128"];
+    let ranges =
+        [PortRange::ANY, PortRange { lo: 80, hi: 80 }, PortRange { lo: 1, hi: 1000 }, PortRange { lo: 443, hi: 65535 }];
+    let mut r = rule(slot);
+    r.ifindex = rng.pick(&[2, 3]);
+    r.matches.direction = rng.pick(&[Direction::Egress, Direction::Ingress, Direction::Both]);
+    r.matches.protocol = rng.pick(&[Protocol::Tcp, Protocol::Udp, Protocol::Icmp, Protocol::Any]);
+    let v6 = rng.next().is_multiple_of(4);
+    let cidr = |rng: &mut Rng| {
+        if rng.next().is_multiple_of(3) {
+            None
+        } else if v6 {
+            Some(rng.pick(&cidrs6).parse::<Cidr>().unwrap())
+        } else {
+            Some(rng.pick(&cidrs4).parse::<Cidr>().unwrap())
+        }
+    };
+    r.matches.src = cidr(rng);
+    r.matches.dst = cidr(rng);
+    let has_cidr = r.matches.src.is_some() || r.matches.dst.is_some();
+    r.matches.families = if has_cidr { Families { v4: !v6, v6 } } else { Families { v4: true, v6: true } };
+    if r.matches.protocol != Protocol::Icmp {
+        r.matches.sport = rng.pick(&ranges);
+        r.matches.dport = rng.pick(&ranges);
+    }
+    r.threshold = rng.pick(&[0, 1 << 30, 1 << 31, 1 << 32]);
+    r.cgroups = rng.pick(&[None, None, Some(&[11u64][..]), Some(&[11, 12]), Some(&[12, 13])]).map(<[u64]>::to_vec);
+    r
+}
+
+/// A random packet the rules of [`random_rule`] may or may not match.
+fn random_pkt(rng: &mut Rng) -> Pkt {
+    let family = rng.pick(&[FAMILY_V4, FAMILY_V4, FAMILY_V6]);
+    let addr = |rng: &mut Rng| {
+        if family == FAMILY_V4 {
+            v4(rng.pick(&ADDRS4))
+        } else {
+            match rng.pick(&["fd00::1", "fd00::2", "fe80::1"]).parse::<IpAddr>().unwrap() {
+                IpAddr::V6(a) => a.octets(),
+                IpAddr::V4(_) => unreachable!(),
+            }
+        }
+    };
+    let proto =
+        rng.pick(&[PROTO_TCP, PROTO_UDP, if family == FAMILY_V4 { PROTO_ICMP } else { PROTO_ICMPV6 }, PROTO_OTHER]);
+    let has_ports = matches!(proto, PROTO_TCP | PROTO_UDP);
+    Pkt {
+        ifindex: rng.pick(&[2, 3]),
+        hook: rng.pick(&[HOOK_INGRESS, HOOK_EGRESS]),
+        cgroup: rng.pick(&[0, 11, 12, 13, 14]),
+        family,
+        proto,
+        src: addr(rng),
+        dst: addr(rng),
+        sport: if has_ports { rng.pick(&PORTS) } else { 0 },
+        dport: if has_ports { rng.pick(&PORTS) } else { 0 },
+    }
+}
+
 #[test]
 fn random_rule_sets_agree_with_the_rules() {
     let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
-    let addrs4 = [[10, 0, 0, 1], [10, 0, 0, 2], [10, 0, 1, 9], [10, 9, 0, 1], [192, 168, 1, 1]];
-    let cidrs4 = ["10.0.0.0/8", "10.0.0.0/16", "10.0.0.2/32", "10.0.0.0/31", "192.168.0.0/16"];
-    let cidrs6 = ["fd00::/8", "fd00::2/128"];
-    let ports = [0u16, 1, 53, 80, 81, 443, 1000, 5000, 65535];
-    let ranges =
-        [PortRange::ANY, PortRange { lo: 80, hi: 80 }, PortRange { lo: 1, hi: 1000 }, PortRange { lo: 443, hi: 65535 }];
     for round in 0..300 {
         let n = 1 + rng.next() % 6;
-        let rules: Vec<Rule> = (0..n as u32)
-            .map(|i| {
-                let mut r = rule(100 + i);
-                r.ifindex = rng.pick(&[2, 3]);
-                r.matches.direction = rng.pick(&[Direction::Egress, Direction::Ingress, Direction::Both]);
-                r.matches.protocol = rng.pick(&[Protocol::Tcp, Protocol::Udp, Protocol::Icmp, Protocol::Any]);
-                let v6 = rng.next().is_multiple_of(4);
-                let cidr = |rng: &mut Rng| {
-                    if rng.next().is_multiple_of(3) {
-                        None
-                    } else if v6 {
-                        Some(rng.pick(&cidrs6).parse::<Cidr>().unwrap())
-                    } else {
-                        Some(rng.pick(&cidrs4).parse::<Cidr>().unwrap())
-                    }
-                };
-                r.matches.src = cidr(&mut rng);
-                r.matches.dst = cidr(&mut rng);
-                let has_cidr = r.matches.src.is_some() || r.matches.dst.is_some();
-                r.matches.families = if has_cidr { Families { v4: !v6, v6 } } else { Families { v4: true, v6: true } };
-                if r.matches.protocol != Protocol::Icmp {
-                    r.matches.sport = rng.pick(&ranges);
-                    r.matches.dport = rng.pick(&ranges);
-                }
-                r.threshold = rng.pick(&[0, 1 << 30, 1 << 31, 1 << 32]);
-                r.cgroups =
-                    rng.pick(&[None, None, Some(&[11u64][..]), Some(&[11, 12]), Some(&[12, 13])]).map(<[u64]>::to_vec);
-                r
-            })
-            .collect();
+        let rules: Vec<Rule> = (0..n as u32).map(|i| random_rule(&mut rng, 100 + i)).collect();
         let t = compile(&rules, (round % 2) as u8).unwrap();
         for _ in 0..200 {
-            let family = rng.pick(&[FAMILY_V4, FAMILY_V4, FAMILY_V6]);
-            let addr = |rng: &mut Rng| {
-                if family == FAMILY_V4 {
-                    v4(rng.pick(&addrs4))
-                } else {
-                    match rng.pick(&["fd00::1", "fd00::2", "fe80::1"]).parse::<IpAddr>().unwrap() {
-                        IpAddr::V6(a) => a.octets(),
-                        IpAddr::V4(_) => unreachable!(),
-                    }
-                }
-            };
-            let proto = rng.pick(&[
-                PROTO_TCP,
-                PROTO_UDP,
-                if family == FAMILY_V4 { PROTO_ICMP } else { PROTO_ICMPV6 },
-                PROTO_OTHER,
-            ]);
-            let has_ports = matches!(proto, PROTO_TCP | PROTO_UDP);
-            let p = Pkt {
-                ifindex: rng.pick(&[2, 3]),
-                hook: rng.pick(&[HOOK_INGRESS, HOOK_EGRESS]),
-                cgroup: rng.pick(&[0, 11, 12, 13, 14]),
-                family,
-                proto,
-                src: addr(&mut rng),
-                dst: addr(&mut rng),
-                sport: if has_ports { rng.pick(&ports) } else { 0 },
-                dport: if has_ports { rng.pick(&ports) } else { 0 },
-            };
+            let p = random_pkt(&mut rng);
             let g = (round % 2) as u8;
             assert_eq!(kernel(&t, g, p), reference(&rules, p, false), "round {round}: {p:?}\n{rules:#?}");
             // The cgroup programs run on ingress (egress cgroup scopes are TC's).
@@ -410,3 +415,5 @@ fn random_rule_sets_agree_with_the_rules() {
         }
     }
 }
+
+mod incremental;

@@ -239,6 +239,8 @@ fn plan(faults: &[&Active], ifbs: &BTreeMap<u32, (u32, String)>) -> (Vec<Rule>, 
             threshold: f.action.drop_threshold(),
             cgroups: cgroups.clone(),
             connect,
+            // Equal seqs keep slice order (the order of application) as the tie-break.
+            seq: 0,
         };
         if a.cgroup.is_some() {
             if !connect && f.matches.direction != Direction::Ingress {
