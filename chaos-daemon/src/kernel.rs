@@ -1,7 +1,9 @@
-//! The kernel side: the loaded object, its maps, and the TC attachments. Rule changes are
-//! written as a whole new generation of entries, made live by one write to `ACTIVE`, and the
-//! old generation is deleted after: packets see the old rule set or the new one, never a mix.
-//! Maps, programs and links are pinned (see [`pins`]) and re-adopted by the next daemon.
+//! The kernel side: the loaded object, its maps, and the TC attachments. One fault's change is
+//! written in place, entry by entry, in an order under which packets see the old rule set or
+//! the new one, never a mix (see `compile::incremental`); a batch, and the first rule set of a
+//! daemon, is written as a whole new generation of entries, made live by one write to
+//! `ACTIVE`, the old generation deleted after. Maps, programs and links are pinned (see
+//! [`pins`]) and re-adopted by the next daemon; `reconcile` is the engine's one way in.
 
 mod attach;
 mod backend;
@@ -40,7 +42,10 @@ use shaper::Shaper;
 pub use shaper::{DeviceRecord, FQ_FLOW_LIMIT, ShapeNeed, ShapingRecord};
 
 use crate::{
-    compile::{self, CompileError, Rule, Tables},
+    compile::{
+        CompileError, Rule, Tables,
+        Change, Classifier, Op,
+    },
     shaping::{Backend, ShapingError},
 };
 
@@ -84,6 +89,20 @@ pub enum KernelError {
     Shaping(#[from] ShapingError),
 }
 
+/// The rules a change makes live.
+pub struct Rules<'a> {
+    /// One fault's slot, its new rules (none when it goes) and whether the slot had rules:
+    /// written in place when the live classifier can take it.
+    pub one: Option<(u32, Vec<Rule>, bool)>,
+    /// Every rule, in order of application: for a whole new generation (batches, a start).
+    pub all: &'a dyn Fn() -> Vec<Rule>,
+}
+
+enum Step {
+    Build((Classifier, Tables)),
+    Change(Change),
+}
+
 /// How programs are attached: `auto` tries TCX and falls back to netlink; the others force one
 /// (`netlink` is how kernels before 6.6 are tested on newer ones).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -107,9 +126,12 @@ pub struct Kernel {
     chains: PerCpuArray<MapData, Chain>,
     scopes: HashMap<MapData, ScopeKey, u32>,
     generation: u8,
-    /// The live generation's entries, so they can be deleted exactly; `None` after adopting a
-    /// previous daemon's maps, whose entries are then found by scanning.
-    live: Option<Tables>,
+    /// The live generation's entries, kept up to date change by change (see
+    /// `compile::incremental`); `None` after adopting a previous daemon's maps, until the first
+    /// full write of a generation (whose old entries are then found by scanning).
+    classifier: Option<Classifier>,
+    /// Whether `ACTIVE` says the live generation has egress cgroup scopes.
+    scoped: bool,
     links: BTreeMap<(u32, u8), Link>,
     /// By cgroup id and kind (`CG_*`).
     cgroup_links: BTreeMap<(u64, u8), CgroupLink>,
@@ -238,7 +260,8 @@ impl Kernel {
             cgroups,
             ebpf,
             generation: 0,
-            live: None,
+            classifier: None,
+            scoped: false,
             our_clsact: filters
                 .iter()
                 .filter(|f| f.added_clsact && links.contains_key(&(f.ifindex, f.hook)))
@@ -271,7 +294,7 @@ impl Kernel {
         } else {
             kernel.active.set(ACTIVE_GENERATION, 0, 0).map_err(active_err)?;
             kernel.active.set(ACTIVE_ABI, ABI_VERSION, 0).map_err(active_err)?;
-            kernel.live = Some(Tables::default());
+            kernel.classifier = Some(Classifier::new(0));
         }
         Ok((kernel, adopting))
     }
@@ -282,14 +305,26 @@ impl Kernel {
     /// directory. On error the previous rule set stays live and untouched.
     pub fn sync(
         &mut self,
-        rules: &[Rule],
+        rules: Rules,
         new_slots: &[(u32, RuleAction)],
         hooks: &BTreeMap<(u32, u8), String>,
         cgroups: &BTreeMap<(u64, u8), PathBuf>,
     ) -> Result<(), KernelError> {
-        let next = 1 - self.generation;
         let started = std::time::Instant::now();
-        let tables = compile::compile(rules, next)?;
+        // One fault's change in place when it can be (see `compile::incremental`); else, and
+        // for batches, a whole new generation made live by one write.
+        let step = match (&rules.one, &self.classifier) {
+            (Some((slot, new, was_live)), Some(c)) if c.generation() == self.generation => {
+                match c.change(new, if *was_live { std::slice::from_ref(slot) } else { &[] }) {
+                    Ok(change) => Step::Change(change),
+                    // A slot the classifier does not hold (a previous daemon's): start afresh.
+                    Err(CompileError::NoSuchSlot(_)) => Step::Build(self.build(&(rules.all)())?),
+                    Err(e) => return Err(e.into()),
+                }
+            }
+            _ => Step::Build(self.build(&(rules.all)())?),
+        };
+        let incremental = matches!(step, Step::Change(_));
         let compiled = started.elapsed();
 
         let mut attached = Vec::new();
@@ -341,35 +376,20 @@ impl Kernel {
                 }
             }
         }
-        // Egress programs look cgroups up only while some rule needs it.
-        let scoped = tables.scopes.iter().any(|(k, _)| k.hook == HOOK_EGRESS);
-        let live = u32::from(next) | if scoped { ACTIVE_SCOPED } else { 0 };
-        let made_live = self.write_slots(new_slots).and_then(|()| self.write(&tables)).and_then(|()| {
-            crate::crashpoint::hit(crate::crashpoint::Point::MapsWritten);
-            self.active
-                .set(ACTIVE_GENERATION, live, 0)
-                .map_err(|source| KernelError::Map { map: map_names::ACTIVE, source })
-        });
+        let made_live = match step {
+            Step::Build((classifier, tables)) => self.flip(classifier, &tables, new_slots),
+            Step::Change(change) => self.change(change, new_slots),
+        };
         if let Err(e) = made_live {
-            self.delete(&tables);
             undo(self, &attached);
             self.detach_cgroups(&attached_cg);
             return Err(e);
         }
-        crate::crashpoint::hit(crate::crashpoint::Point::Flipped);
-        let written = started.elapsed();
-        let old = self.live.replace(tables);
-        let old_generation = std::mem::replace(&mut self.generation, next);
-        match old {
-            Some(old) => self.delete(&old),
-            None => self.purge(old_generation),
-        }
-        let t = self.live.as_ref().expect("just set");
+        let c = self.classifier.as_ref().expect("set by a successful change").counts();
         tracing::info!(
-            rules = rules.len(),
-            entries = t.addrs.len() + t.pairs.len() + t.ports.len() + t.scopes.len(),
+            incremental,
+            entries = c.addrs + c.pairs + c.ports + c.scopes,
             ?compiled,
-            ?written,
             total = ?started.elapsed(),
             "rule set live"
         );
@@ -386,6 +406,100 @@ impl Kernel {
         let unused: Vec<_> = self.cgroup_links.keys().filter(|k| !cgroups.contains_key(k)).copied().collect();
         self.detach_cgroups(&unused);
         Ok(())
+    }
+
+    /// The entries of `rules` for the other generation.
+    fn build(&self, rules: &[Rule]) -> Result<(Classifier, Tables), KernelError> {
+        Ok(Classifier::build(rules, 1 - self.generation)?)
+    }
+
+    /// Writes a whole generation and makes it live with one write to `ACTIVE`; then deletes
+    /// the old one. On error the old generation stays live and the new entries go.
+    fn flip(&mut self, classifier: Classifier, tables: &Tables, new_slots: &[(u32, RuleAction)]) -> Result<(), KernelError> {
+        let next = classifier.generation();
+        // Egress programs look cgroups up only while some rule needs it.
+        let scoped = classifier.egress_scoped();
+        let live = u32::from(next) | if scoped { ACTIVE_SCOPED } else { 0 };
+        let made_live = self.write_slots(new_slots).and_then(|()| self.write(tables)).and_then(|()| {
+            crate::crashpoint::hit(crate::crashpoint::Point::MapsWritten);
+            self.active
+                .set(ACTIVE_GENERATION, live, 0)
+                .map_err(|source| KernelError::Map { map: map_names::ACTIVE, source })
+        });
+        if let Err(e) = made_live {
+            self.delete(tables);
+            return Err(e);
+        }
+        crate::crashpoint::hit(crate::crashpoint::Point::Flipped);
+        self.scoped = scoped;
+        let old = self.classifier.replace(classifier);
+        let old_generation = std::mem::replace(&mut self.generation, next);
+        match old {
+            Some(old) => self.delete(&old.tables()),
+            None => self.purge(old_generation),
+        }
+        Ok(())
+    }
+
+    /// Writes one fault's change into the live generation, entry by entry in the order that
+    /// keeps every packet judged by the old rule set or the new one (`compile::incremental`),
+    /// with the `ACTIVE_SCOPED` bit on before any egress scope appears and off after the last
+    /// goes. On error the writes done are undone in reverse, which keeps that too.
+    fn change(&mut self, change: Change, new_slots: &[(u32, RuleAction)]) -> Result<(), KernelError> {
+        self.write_slots(new_slots)?;
+        let was = self.scoped;
+        if change.egress_scoped && !was {
+            self.set_scoped(true)?;
+        }
+        for (i, op) in change.ops.iter().enumerate() {
+            if i == change.ops.len() / 2 {
+                crate::crashpoint::hit(crate::crashpoint::Point::MapsWritten);
+            }
+            if let Err(e) = self.write_op(op) {
+                for done in change.ops[..i].iter().rev() {
+                    if let Err(e) = self.write_op(&done.inverse()) {
+                        tracing::error!("undoing a classification write: {e}");
+                    }
+                }
+                if self.scoped != was {
+                    let _ = self.set_scoped(was);
+                }
+                return Err(e);
+            }
+        }
+        crate::crashpoint::hit(crate::crashpoint::Point::Flipped);
+        if !change.egress_scoped && was {
+            // Only an optimisation is lost if this fails: egress looks cgroups up for nothing.
+            let _ = self.set_scoped(false);
+        }
+        self.classifier.as_mut().expect("a change is of the live classifier").commit(change);
+        Ok(())
+    }
+
+    fn set_scoped(&mut self, scoped: bool) -> Result<(), KernelError> {
+        let live = u32::from(self.generation) | if scoped { ACTIVE_SCOPED } else { 0 };
+        self.active.set(ACTIVE_GENERATION, live, 0).map_err(|source| KernelError::Map { map: map_names::ACTIVE, source })?;
+        self.scoped = scoped;
+        Ok(())
+    }
+
+    /// One classification entry written, replaced or deleted.
+    fn write_op(&mut self, op: &Op) -> Result<(), KernelError> {
+        let err = |map| move |source| KernelError::Map { map, source };
+        match *op {
+            Op::Addr { len, key, new: Some(v), .. } => {
+                self.addrs.insert(&Key::new(len, key), v, 0).map_err(err(map_names::ADDRS))
+            }
+            Op::Addr { len, key, new: None, .. } => self.addrs.remove(&Key::new(len, key)).map_err(err(map_names::ADDRS)),
+            Op::Pair { key, new: Some(v), .. } => self.pairs.insert(key, v, 0).map_err(err(map_names::PAIRS)),
+            Op::Pair { key, new: None, .. } => self.pairs.remove(&key).map_err(err(map_names::PAIRS)),
+            Op::Port { len, key, new: Some(v), .. } => {
+                self.ports.insert(&Key::new(len, key), v, 0).map_err(err(map_names::PORTS))
+            }
+            Op::Port { len, key, new: None, .. } => self.ports.remove(&Key::new(len, key)).map_err(err(map_names::PORTS)),
+            Op::Scope { key, new: Some(v), .. } => self.scopes.insert(key, v, 0).map_err(err(map_names::SCOPES)),
+            Op::Scope { key, new: None, .. } => self.scopes.remove(&key).map_err(err(map_names::SCOPES)),
+        }
     }
 
     /// How long a TCX link no rule uses stays attached (see `idle`).

@@ -443,3 +443,60 @@ pub fn udp_flood(
         drop(sink);
     })
 }
+
+/// A numbered UDP flow from `from` to `dst` (in `to`), one datagram every `interval`, running
+/// until [`Flow::stop`]: for what happens to traffic while something else goes on. The
+/// receiver's buffer holds every datagram (SO_RCVBUFFORCE), so no loss comes from buffers.
+pub struct Flow {
+    stop: Arc<AtomicBool>,
+    sender: std::thread::JoinHandle<u32>,
+    receiver: std::thread::JoinHandle<std::collections::BTreeSet<u32>>,
+}
+
+impl Flow {
+    pub fn start(from: &Netns, to: &Netns, dst: SocketAddr, interval: Duration) -> anyhow::Result<Self> {
+        let rx = to.enter(move || -> std::io::Result<UdpSocket> {
+            let s = UdpSocket::bind(dst)?;
+            s.set_read_timeout(Some(Duration::from_millis(300)))?;
+            Ok(s)
+        })??;
+        let _ = nix::sys::socket::setsockopt(&rx.as_fd(), nix::sys::socket::sockopt::RcvBufForce, &(64 << 20));
+        let any: IpAddr = if dst.is_ipv4() { Ipv4Addr::UNSPECIFIED.into() } else { Ipv6Addr::UNSPECIFIED.into() };
+        let tx = from.enter(move || UdpSocket::bind(SocketAddr::new(any, 0)))??;
+        let stop = Arc::new(AtomicBool::new(false));
+        let (sending, receiving) = (stop.clone(), stop.clone());
+        let sender = std::thread::spawn(move || {
+            let mut seq = 0u32;
+            while !sending.load(Ordering::SeqCst) {
+                // A datagram dropped on egress may fail the send: it was still sent.
+                let _ = tx.send_to(&seq.to_be_bytes(), dst);
+                seq += 1;
+                std::thread::sleep(interval);
+            }
+            seq
+        });
+        let receiver = std::thread::spawn(move || {
+            let mut arrived = std::collections::BTreeSet::new();
+            let mut buf = [0u8; 64];
+            loop {
+                match rx.recv(&mut buf) {
+                    Ok(4) => {
+                        arrived.insert(u32::from_be_bytes(buf[..4].try_into().unwrap()));
+                    }
+                    Ok(_) => {}
+                    Err(_) if receiving.load(Ordering::SeqCst) => return arrived,
+                    Err(_) => {}
+                }
+            }
+        });
+        Ok(Self { stop, sender, receiver })
+    }
+
+    /// Stops the flow; returns how many datagrams were sent and which arrived.
+    pub fn stop(self) -> anyhow::Result<(u32, std::collections::BTreeSet<u32>)> {
+        self.stop.store(true, Ordering::SeqCst);
+        let sent = self.sender.join().map_err(|_| anyhow::anyhow!("sender panicked"))?;
+        let arrived = self.receiver.join().map_err(|_| anyhow::anyhow!("receiver panicked"))?;
+        Ok((sent, arrived))
+    }
+}

@@ -181,6 +181,48 @@ impl<'a> Plan<'a> {
         plan(&self.started(), ifbs)
     }
 
+    /// The TC hooks the started faults need, with their interfaces' names.
+    pub fn hooks(&self, ifbs: &BTreeMap<u32, (u32, String)>) -> BTreeMap<(u32, u8), String> {
+        let mut hooks = BTreeMap::new();
+        for a in self.faults.by_slot().values().filter(|a| a.record.started) {
+            fault_rules(a, ifbs, &mut hooks);
+        }
+        hooks
+    }
+
+    /// The rules of the fault started in `slot` (none if no started fault has it).
+    pub fn rules_of(&self, slot: u32, ifbs: &BTreeMap<u32, (u32, String)>) -> Vec<Rule> {
+        match self.faults.by_slot().get(&slot) {
+            Some(a) if a.record.started => fault_rules(a, ifbs, &mut BTreeMap::new()),
+            _ => Vec::new(),
+        }
+    }
+
+    /// The slots whose started fault differs from `live`'s (added, removed, started, or
+    /// changed): found by comparing the two sets' shared faults.
+    pub fn changed_slots(&self, live: &Plan) -> Vec<u32> {
+        // One walk of both maps in slot order: a pointer compare per fault.
+        let started = |(slot, a): (&u32, &std::sync::Arc<Active>)| a.record.started.then_some((*slot, std::sync::Arc::as_ptr(a)));
+        let mut now = self.faults.by_slot().iter().filter_map(started).peekable();
+        let mut before = live.faults.by_slot().iter().filter_map(started).peekable();
+        let mut changed = Vec::new();
+        loop {
+            match (now.peek(), before.peek()) {
+                (Some((n, a)), Some((b, c))) if n == b => {
+                    if !std::ptr::eq(*a, *c) {
+                        changed.push(*n);
+                    }
+                    now.next();
+                    before.next();
+                }
+                (Some((n, _)), Some((b, _))) if n < b => changed.extend(now.next().map(|(s, _)| s)),
+                (Some(_), None) => changed.extend(now.next().map(|(s, _)| s)),
+                (_, Some(_)) => changed.extend(before.next().map(|(s, _)| s)),
+                (None, None) => return changed,
+            }
+        }
+    }
+
     pub fn cgroup_hooks(&self) -> BTreeMap<(u64, u8), PathBuf> {
         cgroup_hooks(&self.started())
     }
@@ -229,48 +271,55 @@ fn plan(faults: &[&Active], ifbs: &BTreeMap<u32, (u32, String)>) -> (Vec<Rule>, 
     let mut hooks = BTreeMap::new();
     let mut rules = Vec::new();
     for a in faults.iter().filter(|a| a.record.started) {
-        let f = &a.fault;
-        let connect = matches!(f.action, Action::ConnectFail { .. });
-        let cgroups = a.cgroup.as_ref().map(|c| c.ids.clone());
-        let rule = |ifindex, matches| Rule {
-            slot: a.record.slot,
-            ifindex,
-            matches,
-            threshold: f.action.drop_threshold(),
-            cgroups: cgroups.clone(),
-            connect,
-            // Equal seqs keep slice order (the order of application) as the tie-break.
-            seq: 0,
-        };
-        if a.cgroup.is_some() {
-            if !connect && f.matches.direction != Direction::Ingress {
-                hooks.insert((a.ifindex, HOOK_EGRESS), f.interface.clone());
-            }
-            rules.push(rule(a.ifindex, f.matches));
-            continue;
-        }
-        let ifb = match (f.action, f.matches.direction) {
-            (Action::Shape(_), Direction::Ingress | Direction::Both) => ifbs.get(&a.ifindex),
-            _ => None,
-        };
-        let Some((ifb, ifb_name)) = ifb else {
-            for hook in hooks_of(f.matches.direction) {
-                hooks.insert((a.ifindex, *hook), f.interface.clone());
-            }
-            rules.push(rule(a.ifindex, f.matches));
-            continue;
-        };
-        let mut ingress = f.matches;
-        if f.matches.direction == Direction::Both {
-            hooks.insert((a.ifindex, HOOK_EGRESS), f.interface.clone());
-            rules.push(rule(a.ifindex, Match { direction: Direction::Egress, ..f.matches }));
-            // The ingress half of `both` sees the replies, as the compiler's ingress hook does.
-            ingress = Match { direction: Direction::Ingress, ..f.matches.reply() };
-        }
-        hooks.insert((*ifb, HOOK_IFB), ifb_name.clone());
-        rules.push(rule(*ifb, ingress));
+        rules.extend(fault_rules(a, ifbs, &mut hooks));
     }
     (rules, hooks)
+}
+
+/// One started fault's rules, adding the TC hooks they need to `hooks`.
+fn fault_rules(a: &Active, ifbs: &BTreeMap<u32, (u32, String)>, hooks: &mut BTreeMap<(u32, u8), String>) -> Vec<Rule> {
+    let f = &a.fault;
+    let connect = matches!(f.action, Action::ConnectFail { .. });
+    let cgroups = a.cgroup.as_ref().map(|c| c.ids.clone());
+    let rule = |ifindex, matches| Rule {
+        slot: a.record.slot,
+        ifindex,
+        matches,
+        threshold: f.action.drop_threshold(),
+        cgroups: cgroups.clone(),
+        connect,
+        seq: a.seq,
+    };
+    let mut hook = |key, name: &String| {
+        hooks.entry(key).or_insert_with(|| name.clone());
+    };
+    if a.cgroup.is_some() {
+        if !connect && f.matches.direction != Direction::Ingress {
+            hook((a.ifindex, HOOK_EGRESS), &f.interface);
+        }
+        return vec![rule(a.ifindex, f.matches)];
+    }
+    let ifb = match (f.action, f.matches.direction) {
+        (Action::Shape(_), Direction::Ingress | Direction::Both) => ifbs.get(&a.ifindex),
+        _ => None,
+    };
+    let Some((ifb, ifb_name)) = ifb else {
+        for h in hooks_of(f.matches.direction) {
+            hook((a.ifindex, *h), &f.interface);
+        }
+        return vec![rule(a.ifindex, f.matches)];
+    };
+    let mut rules = Vec::new();
+    let mut ingress = f.matches;
+    if f.matches.direction == Direction::Both {
+        hook((a.ifindex, HOOK_EGRESS), &f.interface);
+        rules.push(rule(a.ifindex, Match { direction: Direction::Egress, ..f.matches }));
+        // The ingress half of `both` sees the replies, as the compiler's ingress hook does.
+        ingress = Match { direction: Direction::Ingress, ..f.matches.reply() };
+    }
+    hook((*ifb, HOOK_IFB), ifb_name);
+    rules.push(rule(*ifb, ingress));
+    rules
 }
 
 #[cfg(test)]

@@ -5,7 +5,7 @@ use std::collections::HashMap;
 
 use chaos_common::{Counters, MAX_RULES, RuleAction, map_names};
 
-use super::{Kernel, KernelError, NlFilter, ShapingRecord};
+use super::{Kernel, KernelError, NlFilter, Rules, ShapingRecord};
 use crate::engine::{Dataplane, Plan};
 
 impl Dataplane for Kernel {
@@ -73,10 +73,20 @@ impl Kernel {
             self.settle_shaping(&kept);
             return Err(e);
         }
-        let (rules, hooks) = desired.tc(&ifbs);
+        let hooks = desired.hooks(&ifbs);
         let cgroups = desired.cgroup_hooks();
         let fresh = desired.fresh_slots(live);
-        if let Err(e) = self.sync(&rules, &fresh, &hooks, &cgroups) {
+        let changed = desired.changed_slots(live);
+        let all = || desired.tc(&ifbs).0;
+        let one = match changed.as_slice() {
+            // One fault added, removed, started or changed: written in place.
+            [slot] if !adopting => {
+                let was_live = live.faults.by_slot().get(slot).is_some_and(|a| a.started());
+                Some((*slot, desired.rules_of(*slot, &ifbs), was_live))
+            }
+            _ => None,
+        };
+        if let Err(e) = self.sync(Rules { one, all: &all }, &fresh, &hooks, &cgroups) {
             self.settle_shaping(&kept);
             return Err(e);
         }
