@@ -172,7 +172,7 @@ impl Config {
         let ephemeral = crate::guard::ephemeral_ports().context("reading net.ipv4.ip_local_port_range")?;
         let protected =
             crate::guard::parse_protected(&self.protected, ephemeral).map_err(|e| anyhow::anyhow!("protected: {e}"))?;
-        Ok(Guard { protected, ssh_ports: self.ssh_ports.clone() })
+        Ok(Guard { protected, ssh_ports: self.ssh_ports.clone(), sessions: Default::default() })
     }
 
     pub fn socket_mode(&self) -> anyhow::Result<u32> {

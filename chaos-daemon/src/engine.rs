@@ -10,7 +10,7 @@ mod plan;
 
 pub use faults::{Active, EndReason, FaultSet, Incoming, Limits, Now};
 pub use lifecycle::check_state;
-pub use plan::Plan;
+pub use plan::{Change, Plan, fault_hooks};
 
 use std::{sync::Arc, time::Duration};
 
@@ -72,6 +72,7 @@ pub struct Settings {
 pub struct Guard {
     pub protected: Vec<Protected>,
     pub ssh_ports: Vec<u16>,
+    pub sessions: crate::guard::SessionCache,
 }
 
 /// What carries faults out: the kernel ([`Kernel`]), or a model of it in the engine's tests.
@@ -213,7 +214,6 @@ impl<D: Dataplane> Engine<D> {
         }
         // What needs no lookup first: a batch that cannot fit is refused before any is resolved.
         self.faults.check_batch(specs.len(), req.experiment.as_deref(), &self.limits())?;
-        let sessions = if req.force { Vec::new() } else { self.guard.flows() };
         let mut batch = Vec::with_capacity(specs.len());
         for (i, spec) in specs.iter().enumerate() {
             let at = |e: SpecError| if specs.len() > 1 { e.within(&format!("fault[{i}].")) } else { e };
@@ -232,10 +232,14 @@ impl<D: Dataplane> Engine<D> {
                 };
                 self.dataplane.can_scope(connect.is_none() && fault.matches.direction != Direction::Egress, connect)?;
             }
-            if !req.force {
-                crate::guard::check(fault, &sessions).map_err(|e| EngineError::Protected(at(e)))?;
-            }
             batch.push(Incoming { spec: spec.clone(), resolved });
+        }
+        if !req.force {
+            let sessions = self.guard.flows(batch.iter().map(|i| &i.resolved.fault));
+            for (i, incoming) in batch.iter().enumerate() {
+                let at = |e: SpecError| if specs.len() > 1 { e.within(&format!("fault[{i}].")) } else { e };
+                crate::guard::check(&incoming.resolved.fault, &sessions).map_err(|e| EngineError::Protected(at(e)))?;
+            }
         }
         let (next, names) = self.faults.apply(batch, req.experiment.clone(), actor, &self.limits(), Now::read())?;
         let event = self.event(actor, "apply", names.clone(), req.experiment.clone(), "ok".into(), vec![]);
@@ -451,17 +455,14 @@ impl Engine<Kernel> {
 }
 
 impl Guard {
-    /// The SSH sessions open now, then the configured flows.
-    fn flows(&self) -> Vec<Protected> {
-        let mut flows = if self.ssh_ports.is_empty() {
+    /// The SSH sessions open now that `faults` could touch, then the configured flows.
+    fn flows<'a>(&mut self, faults: impl Iterator<Item = &'a crate::spec::Fault>) -> Vec<Protected> {
+        let families = crate::guard::at_stake(faults, &self.ssh_ports);
+        // Fail closed would block every fault on a host without /proc/net: warn and go on.
+        let mut flows = self.sessions.sessions(&self.ssh_ports, families).unwrap_or_else(|e| {
+            tracing::warn!("reading SSH sessions: {e}");
             Vec::new()
-        } else {
-            // Fail closed would block every fault on a host without /proc/net: warn and go on.
-            crate::guard::ssh_sessions(&self.ssh_ports).unwrap_or_else(|e| {
-                tracing::warn!("reading SSH sessions: {e}");
-                Vec::new()
-            })
-        };
+        });
         flows.extend(self.protected.iter().cloned());
         flows
     }

@@ -104,13 +104,16 @@ const TCP_ESTABLISHED: u8 = 1;
 /// Established TCP connections whose local port is one of `ports` (sshd's), from
 /// /proc/thread-self/net/tcp and tcp6: the table of the calling thread's network namespace, which
 /// is the daemon's. (`/proc/self/net` would show the namespace of the process's main thread.)
-pub fn ssh_sessions(ports: &[u16]) -> io::Result<Vec<Protected>> {
+pub fn ssh_sessions(ports: &[u16], families: Families) -> io::Result<Vec<Protected>> {
+    if !families.v4 && !families.v6 {
+        return Ok(Vec::new());
+    }
     // sock_diag where the kernel has it (inet_diag; a module that loads on demand), the /proc
     // tables otherwise: the same rows, but sock_diag walks the socket table once per family and
     // keeps only established sockets, where /proc costs two walks per file.
-    let rows = match established_by_diag() {
+    let rows = match established_by_diag(families) {
         Ok(rows) => rows,
-        Err(_) => established_by_proc()?,
+        Err(_) => established_by_proc(families)?,
     };
     let own = own_addresses()?;
     let sessions = rows.into_iter().filter(|r| r.state == TCP_ESTABLISHED && ports.contains(&r.local.port()));
@@ -122,8 +125,11 @@ pub fn ssh_sessions(ports: &[u16]) -> io::Result<Vec<Protected>> {
         .collect())
 }
 
-fn established_by_proc() -> io::Result<Vec<Row>> {
-    let mut rows = read_table("/proc/thread-self/net/tcp")?;
+fn established_by_proc(families: Families) -> io::Result<Vec<Row>> {
+    let mut rows = if families.v4 { read_table("/proc/thread-self/net/tcp")? } else { Vec::new() };
+    if !families.v6 {
+        return Ok(rows);
+    }
     match read_table("/proc/thread-self/net/tcp6") {
         Ok(more) => rows.extend(more),
         // Booted with ipv6.disable=1: there is no IPv6 table, and no IPv6 session.
@@ -139,10 +145,13 @@ const SOCK_DIAG_BY_FAMILY: u16 = 20;
 const DIAG_SOCKID_LEN: usize = 48;
 
 /// Established TCP sockets of both families from NETLINK_SOCK_DIAG (as `ss` reads them).
-fn established_by_diag() -> io::Result<Vec<Row>> {
+fn established_by_diag(families: Families) -> io::Result<Vec<Row>> {
     let mut socket = crate::netlink::Socket::open_protocol(libc::NETLINK_SOCK_DIAG)?;
     let mut rows = Vec::new();
-    for family in [libc::AF_INET as u8, libc::AF_INET6 as u8] {
+    // IPv4 sessions to an IPv6 socket (mapped addresses) are in the IPv6 dump: an IPv4 fault
+    // needs it too. (A dump walks the kernel's whole TCP table, however few sockets it has.)
+    let wanted = [(libc::AF_INET as u8, families.v4), (libc::AF_INET6 as u8, families.v4 || families.v6)];
+    for family in wanted.into_iter().filter(|(_, w)| *w).map(|(f, _)| f) {
         let mut req = vec![family, libc::IPPROTO_TCP as u8, 0, 0];
         req.extend_from_slice(&(1u32 << TCP_ESTABLISHED).to_ne_bytes());
         req.extend_from_slice(&[0; DIAG_SOCKID_LEN]);
@@ -342,6 +351,89 @@ fn host(addr: IpAddr) -> Cidr {
 
 fn port(p: u16) -> PortRange {
     PortRange { lo: p, hi: p }
+}
+
+/// The SSH sessions last listed, and the kernel's TCP counters then: while no connection has
+/// been accepted (`PassiveOpens`, which every new SSH session adds to) and none opened or closed
+/// (`CurrEstab`), the list still holds, and a request needs no walk of the kernel's TCP table.
+/// The counters are the daemon's network namespace's, IPv4 and IPv6 together.
+#[derive(Clone, Debug, Default)]
+pub struct SessionCache {
+    last: Option<(TcpCounters, Families, Vec<Protected>)>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct TcpCounters {
+    passive_opens: u64,
+    curr_estab: u64,
+}
+
+impl SessionCache {
+    /// [`ssh_sessions`], from the last listing while it still holds.
+    pub fn sessions(&mut self, ports: &[u16], families: Families) -> io::Result<Vec<Protected>> {
+        if !families.v4 && !families.v6 {
+            return Ok(Vec::new());
+        }
+        let now = tcp_counters().ok();
+        if let (Some(now), Some((then, had, sessions))) = (now, &self.last)
+            && now == *then
+            && (had.v4 || !families.v4)
+            && (had.v6 || !families.v6)
+        {
+            return Ok(sessions.clone());
+        }
+        let sessions = ssh_sessions(ports, families)?;
+        // Read before and after: a change meanwhile leaves nothing cached.
+        self.last = match (now, tcp_counters().ok()) {
+            (Some(before), Some(after)) if before == after => Some((before, families, sessions.clone())),
+            _ => None,
+        };
+        Ok(sessions)
+    }
+}
+
+/// The `Tcp:` counters of /proc/thread-self/net/snmp (the calling thread's namespace).
+fn tcp_counters() -> io::Result<TcpCounters> {
+    let text = std::fs::read_to_string("/proc/thread-self/net/snmp")?;
+    let mut tcp = text.lines().filter(|l| l.starts_with("Tcp:"));
+    let bad = || io::Error::new(io::ErrorKind::InvalidData, "/proc/net/snmp: no Tcp counters");
+    let (names, values) = (tcp.next().ok_or_else(bad)?, tcp.next().ok_or_else(bad)?);
+    let value = |name: &str| -> io::Result<u64> {
+        let i = names.split_whitespace().position(|n| n == name).ok_or_else(bad)?;
+        values.split_whitespace().nth(i).and_then(|v| v.parse().ok()).ok_or_else(bad)
+    };
+    Ok(TcpCounters { passive_opens: value("PassiveOpens")?, curr_estab: value("CurrEstab")? })
+}
+
+/// Which address families' sessions a check needs.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Families {
+    pub v4: bool,
+    pub v6: bool,
+}
+
+/// The families in which some SSH session (on `ports`, to any peer, on any interface) could be
+/// touched by one of `faults`: only those need the sessions listed. A fault that cannot match
+/// TCP from or to those ports (UDP only, other ports, ...) needs no listing at all, which
+/// spares the request a walk of the kernel's TCP table.
+pub fn at_stake<'a>(faults: impl Iterator<Item = &'a Fault>, ports: &[u16]) -> Families {
+    let any = |v4: bool, p: u16| Protected {
+        what: String::new(),
+        protocol: Protocol::Tcp,
+        local: None,
+        local_ports: port(p),
+        remote: Cidr { addr: if v4 { IpAddr::from([0u8; 4]) } else { IpAddr::from([0u16; 8]) }, len: 0 },
+        remote_ports: PortRange::ANY,
+        path: Path::Unknown,
+    };
+    let mut families = Families::default();
+    for fault in faults {
+        for p in ports {
+            families.v4 |= touches(fault, &any(true, *p));
+            families.v6 |= touches(fault, &any(false, *p));
+        }
+    }
+    families
 }
 
 /// Refuses a fault that would match a packet of a protected flow (see the module doc for how

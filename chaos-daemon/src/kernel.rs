@@ -42,10 +42,7 @@ use shaper::Shaper;
 pub use shaper::{DeviceRecord, FQ_FLOW_LIMIT, ShapeNeed, ShapingRecord};
 
 use crate::{
-    compile::{
-        CompileError, Rule, Tables,
-        Change, Classifier, Op,
-    },
+    compile::{Change, Classifier, CompileError, Op, Rule, Tables},
     shaping::{Backend, ShapingError},
 };
 
@@ -132,6 +129,8 @@ pub struct Kernel {
     classifier: Option<Classifier>,
     /// Whether `ACTIVE` says the live generation has egress cgroup scopes.
     scoped: bool,
+    /// The TC hooks the live faults use (see `reconcile`).
+    hook_users: reconcile::HookUsers,
     links: BTreeMap<(u32, u8), Link>,
     /// By cgroup id and kind (`CG_*`).
     cgroup_links: BTreeMap<(u64, u8), CgroupLink>,
@@ -262,6 +261,7 @@ impl Kernel {
             generation: 0,
             classifier: None,
             scoped: false,
+            hook_users: Default::default(),
             our_clsact: filters
                 .iter()
                 .filter(|f| f.added_clsact && links.contains_key(&(f.ifindex, f.hook)))
@@ -415,7 +415,12 @@ impl Kernel {
 
     /// Writes a whole generation and makes it live with one write to `ACTIVE`; then deletes
     /// the old one. On error the old generation stays live and the new entries go.
-    fn flip(&mut self, classifier: Classifier, tables: &Tables, new_slots: &[(u32, RuleAction)]) -> Result<(), KernelError> {
+    fn flip(
+        &mut self,
+        classifier: Classifier,
+        tables: &Tables,
+        new_slots: &[(u32, RuleAction)],
+    ) -> Result<(), KernelError> {
         let next = classifier.generation();
         // Egress programs look cgroups up only while some rule needs it.
         let scoped = classifier.egress_scoped();
@@ -478,7 +483,9 @@ impl Kernel {
 
     fn set_scoped(&mut self, scoped: bool) -> Result<(), KernelError> {
         let live = u32::from(self.generation) | if scoped { ACTIVE_SCOPED } else { 0 };
-        self.active.set(ACTIVE_GENERATION, live, 0).map_err(|source| KernelError::Map { map: map_names::ACTIVE, source })?;
+        self.active
+            .set(ACTIVE_GENERATION, live, 0)
+            .map_err(|source| KernelError::Map { map: map_names::ACTIVE, source })?;
         self.scoped = scoped;
         Ok(())
     }
@@ -490,13 +497,17 @@ impl Kernel {
             Op::Addr { len, key, new: Some(v), .. } => {
                 self.addrs.insert(&Key::new(len, key), v, 0).map_err(err(map_names::ADDRS))
             }
-            Op::Addr { len, key, new: None, .. } => self.addrs.remove(&Key::new(len, key)).map_err(err(map_names::ADDRS)),
+            Op::Addr { len, key, new: None, .. } => {
+                self.addrs.remove(&Key::new(len, key)).map_err(err(map_names::ADDRS))
+            }
             Op::Pair { key, new: Some(v), .. } => self.pairs.insert(key, v, 0).map_err(err(map_names::PAIRS)),
             Op::Pair { key, new: None, .. } => self.pairs.remove(&key).map_err(err(map_names::PAIRS)),
             Op::Port { len, key, new: Some(v), .. } => {
                 self.ports.insert(&Key::new(len, key), v, 0).map_err(err(map_names::PORTS))
             }
-            Op::Port { len, key, new: None, .. } => self.ports.remove(&Key::new(len, key)).map_err(err(map_names::PORTS)),
+            Op::Port { len, key, new: None, .. } => {
+                self.ports.remove(&Key::new(len, key)).map_err(err(map_names::PORTS))
+            }
             Op::Scope { key, new: Some(v), .. } => self.scopes.insert(key, v, 0).map_err(err(map_names::SCOPES)),
             Op::Scope { key, new: None, .. } => self.scopes.remove(&key).map_err(err(map_names::SCOPES)),
         }

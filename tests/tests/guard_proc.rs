@@ -83,7 +83,8 @@ fn ssh_sessions_in_a_namespace() {
         std::thread::sleep(Duration::from_millis(20));
     }
 
-    let mut found = lab.a.enter(|| guard::ssh_sessions(&[22])).unwrap().unwrap();
+    let mut found =
+        lab.a.enter(|| guard::ssh_sessions(&[22], guard::Families { v4: true, v6: true })).unwrap().unwrap();
     let mut want = vec![
         expected(&from_b[0], Path::Network),
         expected(&from_b[1], Path::Network),
@@ -98,10 +99,17 @@ fn ssh_sessions_in_a_namespace() {
     assert!(found.iter().any(|p| p.remote.addr == lab::B4.parse::<IpAddr>().unwrap()), "{found:#?}");
 
     // Several ports, and none.
-    assert_eq!(lab.a.enter(|| guard::ssh_sessions(&[22, 2222])).unwrap().unwrap().len(), 7);
-    assert_eq!(lab.a.enter(|| guard::ssh_sessions(&[])).unwrap().unwrap(), []);
+    assert_eq!(
+        lab.a
+            .enter(|| guard::ssh_sessions(&[22, 2222], guard::Families { v4: true, v6: true }))
+            .unwrap()
+            .unwrap()
+            .len(),
+        7
+    );
+    assert_eq!(lab.a.enter(|| guard::ssh_sessions(&[], guard::Families { v4: true, v6: true })).unwrap().unwrap(), []);
     // b sees only the session a opened to it.
-    let in_b = lab.b.enter(|| guard::ssh_sessions(&[22])).unwrap().unwrap();
+    let in_b = lab.b.enter(|| guard::ssh_sessions(&[22], guard::Families { v4: true, v6: true })).unwrap().unwrap();
     assert_eq!(in_b, [expected(&from_a[3], Path::Network)]);
     drop((from_a, from_b, accepted));
 }

@@ -46,6 +46,7 @@ fn ten_thousand_faults() {
     eprintln!("cleared 10,000 faults in {took:?}");
     assert!(took < ONE_SECOND, "clear took {took:?}");
     assert_eq!(traffic::udp(&lab.a, None, &lab.b, to(lab::B4), 500).unwrap(), 500);
+    daemon.detached();
     assert_eq!(kernel::attached(&lab.a, &lab.a_if).unwrap(), Vec::<u32>::new());
 
     daemon.ctl_ok(&["apply", "-f", path.to_str().unwrap()]);

@@ -27,8 +27,9 @@ fn a_thousand_changes_next_to_ten_thousand_faults_drop_exactly_what_they_should(
         "name": "blocked", "interface": iface, "action": "partition", "protocol": "udp", "dport": 9100, "dst": lab::B4
     }));
     let apply = |faults: serde_json::Value| {
-        let answer = http::request(&daemon.socket, "POST", "/v1/faults", json!({ "faults": faults }).to_string().as_bytes())
-            .unwrap();
+        let answer =
+            http::request(&daemon.socket, "POST", "/v1/faults", json!({ "faults": faults }).to_string().as_bytes())
+                .unwrap();
         assert_eq!(answer.status, 201, "{:?}", answer.error());
     };
     apply(json!(faults));
@@ -48,7 +49,11 @@ fn a_thousand_changes_next_to_ten_thousand_faults_drop_exactly_what_they_should(
 
     assert!(sent > 1000 && cut_sent > 1000, "the flows ran through the changes: {sent}, {cut_sent}");
     let lost: Vec<u32> = (0..sent).filter(|s| !arrived.contains(s)).take(20).collect();
-    assert!(lost.is_empty(), "the flow no fault matches lost {} of {sent} datagrams, first {lost:?}", sent - arrived.len() as u32);
+    assert!(
+        lost.is_empty(),
+        "the flow no fault matches lost {} of {sent} datagrams, first {lost:?}",
+        sent - arrived.len() as u32
+    );
     assert!(cut_arrived.is_empty(), "{} of {cut_sent} datagrams passed the partition", cut_arrived.len());
     // Each of the 2,000 changes was written in place.
     let in_place = daemon.log().matches("incremental=true").count() - live_before;

@@ -4,14 +4,15 @@
 //! engine gives each new set to the dataplane (see [`super::Dataplane`]) and keeps it only once
 //! the kernel and the state took it.
 //!
-//! A set is cheap to copy: faults are shared (`Arc`) between a set and the next, so a change
-//! copies pointers, never specs, and the dataplane finds what changed by comparing them.
+//! A set is a persistent value (`imbl`'s maps share structure): a change copies the few tree
+//! nodes it touches, never the faults, so it costs O(log n) however many faults there are; and
+//! two sets are compared in O(changes) ([`FaultSet::diff`]), shared subtrees skipped. Indexes
+//! (by deadline, start, interface, and the few faults that need a look of their own) keep the
+//! engine's periodic work proportional to what is due, not to the number of faults.
 
-use std::{
-    collections::{BTreeMap, BTreeSet, HashMap},
-    sync::Arc,
-    time::Duration,
-};
+use std::{collections::BTreeSet, ops::Deref, sync::Arc, time::Duration};
+
+use imbl::{HashMap, OrdMap, OrdSet, ordmap::DiffItem};
 
 use chaos_common::{MAX_RULES, NO_DEADLINE};
 
@@ -55,11 +56,49 @@ impl Active {
     }
 }
 
-/// The faults, by rule slot (what the kernel knows them by), with their names.
+/// A fault in a set: shared with the sets before and after it. Two are equal when they are the
+/// same fault value (pointer equality): a changed fault is a new value.
+#[derive(Clone, Debug)]
+pub struct Shared(Arc<Active>);
+
+impl PartialEq for Shared {
+    fn eq(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.0, &other.0)
+    }
+}
+
+impl Deref for Shared {
+    type Target = Active;
+    fn deref(&self) -> &Active {
+        &self.0
+    }
+}
+
+impl Shared {
+    pub fn arc(&self) -> &Arc<Active> {
+        &self.0
+    }
+}
+
+/// A difference between two sets, by slot: `before` and `now` (either absent).
+pub struct Changed<'a> {
+    pub slot: u32,
+    pub before: Option<&'a Active>,
+    pub now: Option<&'a Active>,
+}
+
+/// The faults, by rule slot (what the kernel knows them by), with their names and indexes.
 #[derive(Clone, Debug, Default)]
 pub struct FaultSet {
-    by_slot: BTreeMap<u32, Arc<Active>>,
+    by_slot: OrdMap<u32, Shared>,
     by_name: HashMap<Arc<str>, u32>,
+    /// (deadline, slot) of every fault with one; (start, slot) of those not started.
+    deadlines: OrdSet<(u64, u32)>,
+    starts: OrdSet<(u64, u32)>,
+    /// (ifindex, slot) of faults on an interface.
+    by_ifindex: OrdSet<(u32, u32)>,
+    /// Faults with a qdisc, a cgroup or a watched target: what needs a look of its own.
+    special: OrdSet<u32>,
     /// For names made up for unnamed faults (`loss-7`).
     next_id: u64,
     next_seq: u64,
@@ -137,7 +176,7 @@ impl FaultSet {
     }
 
     pub fn get(&self, name: &str) -> Option<&Arc<Active>> {
-        self.by_name.get(name).map(|slot| &self.by_slot[slot])
+        self.by_name.get(name).and_then(|slot| self.by_slot.get(slot)).map(Shared::arc)
     }
 
     pub fn contains(&self, name: &str) -> bool {
@@ -145,13 +184,72 @@ impl FaultSet {
     }
 
     /// By rule slot.
-    pub fn by_slot(&self) -> &BTreeMap<u32, Arc<Active>> {
+    pub fn by_slot(&self) -> &OrdMap<u32, Shared> {
         &self.by_slot
+    }
+
+    pub fn at(&self, slot: u32) -> Option<&Active> {
+        self.by_slot.get(&slot).map(|s| &**s)
+    }
+
+    /// What differs from `before`, by slot: O(changes), subtrees the two share are skipped.
+    pub fn diff<'a>(&'a self, before: &'a FaultSet) -> Vec<Changed<'a>> {
+        before
+            .by_slot
+            .diff(&self.by_slot)
+            .map(|d| match d {
+                DiffItem::Add(slot, now) => Changed { slot: *slot, before: None, now: Some(&**now) },
+                DiffItem::Update { old: (slot, b), new: (_, now) } => {
+                    Changed { slot: *slot, before: Some(&**b), now: Some(&**now) }
+                }
+                DiffItem::Remove(slot, b) => Changed { slot: *slot, before: Some(&**b), now: None },
+            })
+            .collect()
+    }
+
+    /// The faults with a qdisc, a cgroup or a watched target.
+    pub fn special(&self) -> impl Iterator<Item = &Active> {
+        self.special.iter().filter_map(|slot| self.at(*slot))
+    }
+
+    /// The interfaces faults are on (ifindex 0, connect-fail's, excluded), each once.
+    pub fn ifindexes(&self) -> Vec<u32> {
+        let mut out = Vec::new();
+        let mut from = 1;
+        while let Some(&(ifindex, _)) = self.by_ifindex.range((from, 0)..).next() {
+            out.push(ifindex);
+            match ifindex.checked_add(1) {
+                Some(next) => from = next,
+                None => break,
+            }
+        }
+        out
+    }
+
+    /// A fault on `ifindex`, if any.
+    pub fn one_on(&self, ifindex: u32) -> Option<&Active> {
+        self.by_ifindex.range((ifindex, 0)..=(ifindex, u32::MAX)).next().and_then(|(_, slot)| self.at(*slot))
+    }
+
+    /// The names of the faults on `ifindex`.
+    pub fn on_interface(&self, ifindex: u32) -> Vec<String> {
+        self.by_ifindex
+            .range((ifindex, 0)..=(ifindex, u32::MAX))
+            .filter_map(|(_, slot)| self.at(*slot))
+            .map(|a| a.record.name.clone())
+            .collect()
+    }
+
+    /// The next CLOCK_MONOTONIC time something is due: a start or a deadline.
+    pub fn next_due(&self) -> Option<u64> {
+        let start = self.starts.get_min().map(|(t, _)| *t);
+        let deadline = self.deadlines.get_min().map(|(t, _)| *t);
+        start.into_iter().chain(deadline).min()
     }
 
     /// In order of application.
     pub fn ordered(&self) -> Vec<&Arc<Active>> {
-        let mut all: Vec<&Arc<Active>> = self.by_slot.values().collect();
+        let mut all: Vec<&Arc<Active>> = self.by_slot.values().map(Shared::arc).collect();
         all.sort_unstable_by_key(|a| a.seq);
         all
     }
@@ -172,13 +270,32 @@ impl FaultSet {
 
     fn insert(&mut self, active: Active) {
         let slot = active.record.slot;
-        self.by_name.insert(active.record.name.as_str().into(), slot);
-        self.by_slot.insert(slot, Arc::new(active));
+        self.take(&active.record.name.clone());
+        let r = &active.record;
+        self.by_name.insert(r.name.as_str().into(), slot);
+        if r.deadline_ns != NO_DEADLINE {
+            self.deadlines.insert((r.deadline_ns, slot));
+        }
+        if !r.started {
+            self.starts.insert((r.start_ns, slot));
+        }
+        if active.ifindex != 0 {
+            self.by_ifindex.insert((active.ifindex, slot));
+        }
+        if matches!(active.fault.action, Action::Shape(_)) || active.cgroup.is_some() || active.watch.is_some() {
+            self.special.insert(slot);
+        }
+        self.by_slot.insert(slot, Shared(Arc::new(active)));
     }
 
     fn take(&mut self, name: &str) -> Option<Arc<Active>> {
         let slot = self.by_name.remove(name)?;
-        self.by_slot.remove(&slot)
+        let a = self.by_slot.remove(&slot)?.0;
+        self.deadlines.remove(&(a.record.deadline_ns, slot));
+        self.starts.remove(&(a.record.start_ns, slot));
+        self.by_ifindex.remove(&(a.ifindex, slot));
+        self.special.remove(&slot);
+        Some(a)
     }
 
     /// The set with a batch applied (all or none), and the names given. Names unnamed faults
@@ -193,7 +310,12 @@ impl FaultSet {
     ) -> Result<(Self, Vec<String>), EngineError> {
         self.check_batch(batch.len(), experiment.as_deref(), limits)?;
         let mut next = self.clone();
-        let mut free = (0..MAX_RULES).filter(|s| !self.by_slot.contains_key(s));
+        // The lowest free slots: gaps in the slots in use, then past the last one.
+        let mut used = self.by_slot.keys().copied().peekable();
+        let mut free = (0..MAX_RULES).filter(move |s| {
+            while used.next_if(|u| u < s).is_some() {}
+            used.next_if_eq(s).is_none()
+        });
         let mut names = Vec::with_capacity(batch.len());
         let many = batch.len() > 1;
         for (i, Incoming { spec, resolved }) in batch.into_iter().enumerate() {
@@ -295,7 +417,7 @@ impl FaultSet {
     /// The set without every fault (the name counter goes on).
     pub fn clear(&self) -> (Self, Vec<Arc<Active>>) {
         let removed = self.ordered().into_iter().cloned().collect();
-        (Self { by_slot: BTreeMap::new(), by_name: HashMap::new(), ..self.clone() }, removed)
+        (Self { next_id: self.next_id, next_seq: self.next_seq, ..Self::default() }, removed)
     }
 
     /// The set without those of `names` it has.
@@ -307,16 +429,21 @@ impl FaultSet {
 
     /// Scheduled faults due at `now` (and not past their deadline).
     pub fn due(&self, now_ns: u64) -> Vec<String> {
-        self.by_slot
-            .values()
-            .filter(|a| !a.record.started && a.record.start_ns <= now_ns && a.record.deadline_ns > now_ns)
+        self.starts
+            .range(..=(now_ns, u32::MAX))
+            .filter_map(|(_, slot)| self.at(*slot))
+            .filter(|a| a.record.deadline_ns > now_ns)
             .map(|a| a.record.name.clone())
             .collect()
     }
 
     /// Faults whose deadline has passed.
     pub fn expired(&self, now_ns: u64) -> Vec<String> {
-        self.by_slot.values().filter(|a| a.record.deadline_ns <= now_ns).map(|a| a.record.name.clone()).collect()
+        self.deadlines
+            .range(..=(now_ns, u32::MAX))
+            .filter_map(|(_, slot)| self.at(*slot))
+            .map(|a| a.record.name.clone())
+            .collect()
     }
 
     /// The set with `names` started.
@@ -390,19 +517,14 @@ impl FaultSet {
     /// changed (in order of application) and the names taken out. Found by comparing the two
     /// sets' shared faults, so it costs a walk of pointers, not a look at every record.
     pub fn changes_from(&self, before: &FaultSet) -> (Vec<Record>, Vec<Dropped>) {
-        let mut put: Vec<&Arc<Active>> = self
-            .by_slot
-            .iter()
-            .filter(|(slot, a)| !before.by_slot.get(slot).is_some_and(|b| Arc::ptr_eq(a, b)))
-            .map(|(_, a)| a)
-            .collect();
+        let changed = self.diff(before);
+        let mut put: Vec<&Active> = changed.iter().filter_map(|c| c.now).collect();
         put.sort_unstable_by_key(|a| a.seq);
-        let drop = before
-            .by_slot
+        let drop = changed
             .iter()
-            .filter(|(slot, b)| self.by_slot.get(slot).is_none_or(|a| a.seq != b.seq))
+            .filter_map(|c| c.before.map(|b| (c.slot, b)))
             .filter(|(_, b)| !self.contains(&b.record.name))
-            .map(|(slot, b)| Dropped { name: b.record.name.clone(), slot: *slot })
+            .map(|(slot, b)| Dropped { name: b.record.name.clone(), slot })
             .collect();
         (put.into_iter().map(|a| a.record.clone()).collect(), drop)
     }

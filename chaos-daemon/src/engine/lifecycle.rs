@@ -5,7 +5,7 @@
 
 use std::collections::{HashMap, HashSet};
 
-use chaos_common::{MAX_RULES, NO_DEADLINE};
+use chaos_common::MAX_RULES;
 
 const SECOND: u64 = 1_000_000_000;
 
@@ -143,18 +143,8 @@ impl<D: Dataplane> Engine<D> {
             tracing::warn!("writing a snapshot of the state: {e}");
         }
         let idle = self.dataplane.release_idle(now);
-        let next = self
-            .faults
-            .by_slot()
-            .values()
-            .filter_map(|a| match a.record.started {
-                false => Some(a.record.start_ns),
-                true if a.record.deadline_ns != NO_DEADLINE => Some(a.record.deadline_ns),
-                true => None,
-            })
-            .chain(idle)
-            .min();
-        match (self.faults.by_slot().values().any(|a| a.watch.is_some()), next) {
+        let next = self.faults.next_due().into_iter().chain(idle).min();
+        match (self.faults.special().any(|a| a.watch.is_some()), next) {
             (false, _) => next,
             (true, Some(t)) => Some(t.min(now + SECOND)),
             (true, None) => Some(now + SECOND),
@@ -174,31 +164,34 @@ impl<D: Dataplane> Engine<D> {
                 return Vec::new();
             }
         };
+        // Each interface looked at once (not each fault): an interface deleted, or its name now
+        // another device's, ends every fault on it. connect-fail (ifindex 0) has none.
+        let mut gone: Vec<(String, EndReason)> = Vec::new();
+        for ifindex in self.faults.ifindexes() {
+            let Some(one) = self.faults.one_on(ifindex) else { continue };
+            if present.get(&ifindex) != Some(&one.fault.interface) {
+                gone.extend(self.faults.on_interface(ifindex).into_iter().map(|n| (n, EndReason::InterfaceGone)));
+            }
+        }
         // Each path looked at once; whether it still names a fault's target, and why not, is
         // the fault's own (a --pid and a --netns fault can watch one path for different ends).
         let mut looked: HashMap<&std::path::Path, Option<(u64, u64)>> = HashMap::new();
-        self.faults
-            .by_slot()
-            .values()
-            .filter_map(|a| {
-                let namespace = a
-                    .watch
-                    .as_ref()
-                    .and_then(|w| w.gone(*looked.entry(w.path.as_path()).or_insert_with(|| w.now())))
-                    .map(EndReason::TargetGone);
-                // connect-fail (ifindex 0) has no interface.
-                let interface = (a.ifindex != 0 && present.get(&a.ifindex) != Some(&a.fault.interface))
-                    .then_some(EndReason::InterfaceGone);
-                namespace.or(interface).map(|why| (a.record.name.clone(), why))
-            })
-            .collect()
+        for a in self.faults.special() {
+            let Some(w) = &a.watch else { continue };
+            if let Some(why) = w.gone(*looked.entry(w.path.as_path()).or_insert_with(|| w.now())) {
+                // A namespace's end is said before its interface's.
+                gone.retain(|(n, _)| *n != a.record.name);
+                gone.push((a.record.name.clone(), EndReason::TargetGone(why)));
+            }
+        }
+        gone
     }
 
     /// Takes in the cgroups made or removed below target cgroups since the last look (a new
     /// container's cgroup under a pod's, say): their processes are in the target too.
     fn follow_cgroups(&mut self) -> Result<(), EngineError> {
         let mut changed = Vec::new();
-        for a in self.faults.by_slot().values() {
+        for a in self.faults.special() {
             let Some(cg) = &a.cgroup else { continue };
             // A target that is gone ends at the next look (`vanished`).
             if let Some(ids) = cg.now().filter(|ids| *ids != cg.ids) {

@@ -141,23 +141,42 @@ pub struct Plan<'a> {
     pub mark: u32,
 }
 
+/// A started fault that differs between two plans, by slot: before and now (either absent).
+pub struct Change<'a> {
+    pub slot: u32,
+    pub before: Option<&'a Active>,
+    pub now: Option<&'a Active>,
+}
+
 impl<'a> Plan<'a> {
     /// The started faults, in order of application (which breaks precedence ties).
     pub fn started(&self) -> Vec<&'a Active> {
         self.faults.ordered().into_iter().map(|a| &**a).filter(|a| a.record.started).collect()
     }
 
-    /// The rule slots that start in this plan and not in `live` (a new fault, a scheduled one
-    /// starting, or another fault in a slot), with their actions: their counters, chains and
-    /// shaping state start afresh. Found by comparing the two sets' shared faults.
-    pub fn fresh_slots(&self, live: &Plan) -> Vec<(u32, RuleAction)> {
-        let before = live.faults.by_slot();
+    /// What the kernel must change to go from `live` to this plan: the slots whose started
+    /// fault differs (added, removed, started, changed). O(changes): the two fault sets are
+    /// compared through the structure they share.
+    pub fn changes(&self, live: &Plan<'a>) -> Vec<Change<'a>> {
+        let started = |a: Option<&'a Active>| a.filter(|a| a.record.started);
         self.faults
-            .by_slot()
+            .diff(live.faults)
+            .into_iter()
+            .map(|c| Change { slot: c.slot, before: started(c.before), now: started(c.now) })
+            .filter(|c| c.before.is_some() || c.now.is_some())
+            .collect()
+    }
+
+    /// The actions of the slots that start in `changes` (a new fault, a scheduled one starting,
+    /// another fault in a slot): their counters, chains and shaping state start afresh.
+    pub fn fresh_slots(&self, changes: &[Change]) -> Vec<(u32, RuleAction)> {
+        changes
             .iter()
-            .filter(|(_, a)| a.record.started)
-            .filter(|(slot, a)| !before.get(slot).is_some_and(|b| b.record.started && b.seq == a.seq))
-            .map(|(slot, a)| (*slot, rule_action(a, self.mark)))
+            .filter_map(|c| match (c.before, c.now) {
+                (Some(b), Some(n)) if b.seq == n.seq => None,
+                (_, Some(n)) => Some((c.slot, rule_action(n, self.mark))),
+                (_, None) => None,
+            })
             .collect()
     }
 
@@ -171,8 +190,16 @@ impl<'a> Plan<'a> {
             .collect()
     }
 
+    /// The started faults that need a look of their own (qdiscs, cgroups), in order of
+    /// application.
+    fn special(&self) -> Vec<&'a Active> {
+        let mut special: Vec<&Active> = self.faults.special().filter(|a| a.record.started).collect();
+        special.sort_unstable_by_key(|a| a.seq);
+        special
+    }
+
     pub fn shape_needs(&self) -> Vec<ShapeNeed> {
-        shape_needs(&self.started())
+        shape_needs(&self.special())
     }
 
     /// The compiler's rules and the TC hooks they need; `ifbs` are the IFBs of interfaces
@@ -181,51 +208,24 @@ impl<'a> Plan<'a> {
         plan(&self.started(), ifbs)
     }
 
-    /// The TC hooks the started faults need, with their interfaces' names.
-    pub fn hooks(&self, ifbs: &BTreeMap<u32, (u32, String)>) -> BTreeMap<(u32, u8), String> {
-        let mut hooks = BTreeMap::new();
-        for a in self.faults.by_slot().values().filter(|a| a.record.started) {
-            fault_rules(a, ifbs, &mut hooks);
-        }
-        hooks
-    }
-
     /// The rules of the fault started in `slot` (none if no started fault has it).
     pub fn rules_of(&self, slot: u32, ifbs: &BTreeMap<u32, (u32, String)>) -> Vec<Rule> {
-        match self.faults.by_slot().get(&slot) {
+        match self.faults.at(slot) {
             Some(a) if a.record.started => fault_rules(a, ifbs, &mut BTreeMap::new()),
             _ => Vec::new(),
         }
     }
 
-    /// The slots whose started fault differs from `live`'s (added, removed, started, or
-    /// changed): found by comparing the two sets' shared faults.
-    pub fn changed_slots(&self, live: &Plan) -> Vec<u32> {
-        // One walk of both maps in slot order: a pointer compare per fault.
-        let started = |(slot, a): (&u32, &std::sync::Arc<Active>)| a.record.started.then_some((*slot, std::sync::Arc::as_ptr(a)));
-        let mut now = self.faults.by_slot().iter().filter_map(started).peekable();
-        let mut before = live.faults.by_slot().iter().filter_map(started).peekable();
-        let mut changed = Vec::new();
-        loop {
-            match (now.peek(), before.peek()) {
-                (Some((n, a)), Some((b, c))) if n == b => {
-                    if !std::ptr::eq(*a, *c) {
-                        changed.push(*n);
-                    }
-                    now.next();
-                    before.next();
-                }
-                (Some((n, _)), Some((b, _))) if n < b => changed.extend(now.next().map(|(s, _)| s)),
-                (Some(_), None) => changed.extend(now.next().map(|(s, _)| s)),
-                (_, Some(_)) => changed.extend(before.next().map(|(s, _)| s)),
-                (None, None) => return changed,
-            }
-        }
-    }
-
     pub fn cgroup_hooks(&self) -> BTreeMap<(u64, u8), PathBuf> {
-        cgroup_hooks(&self.started())
+        cgroup_hooks(&self.special())
     }
+}
+
+/// The TC hooks a started fault's rules need, with their interfaces' names.
+pub fn fault_hooks(a: &Active, ifbs: &BTreeMap<u32, (u32, String)>) -> BTreeMap<(u32, u8), String> {
+    let mut hooks = BTreeMap::new();
+    fault_rules(a, ifbs, &mut hooks);
+    hooks
 }
 
 fn hooks_of(direction: Direction) -> &'static [u8] {

@@ -41,7 +41,7 @@ impl Dataplane for Model {
             return Err(KernelError::Unsupported("refused by the test".into()));
         }
         // The kernel starts a fresh slot's counters at zero; a slot's rule is its fault's.
-        for (slot, _) in desired.fresh_slots(live) {
+        for (slot, _) in desired.fresh_slots(&desired.changes(live)) {
             self.counters.insert(slot, Counters::default());
         }
         self.rules = desired.actions().into_iter().collect();
@@ -53,7 +53,7 @@ impl Dataplane for Model {
         let unknown: Vec<(u32, Counters)> = self
             .rules
             .keys()
-            .filter(|s| !known.contains_key(s) && !ended.contains(s))
+            .filter(|s| !known.contains_key(*s) && !ended.contains(s))
             .map(|s| (*s, self.counters.get(s).copied().unwrap_or_default()))
             .collect();
         self.rules = desired.actions().into_iter().collect();

@@ -338,8 +338,29 @@ fn sock_diag_sees_what_proc_sees() {
         mine.sort();
         mine
     };
-    let by_diag = established(established_by_diag().unwrap());
-    assert_eq!(by_diag, established(established_by_proc().unwrap()));
+    let both = Families { v4: true, v6: true };
+    let by_diag = established(established_by_diag(both).unwrap());
+    assert_eq!(by_diag, established(established_by_proc(both).unwrap()));
     assert_eq!(by_diag.len(), 2 * keep.len(), "{by_diag:?}");
     assert!(by_diag.iter().all(|(l, _)| !matches!(l.ip(), IpAddr::V6(v6) if v6.to_ipv4_mapped().is_some())));
+}
+
+#[test]
+fn sessions_are_listed_only_in_the_families_a_fault_could_touch() {
+    let at = |text: &str| {
+        let f = fault(text);
+        let families = at_stake(std::iter::once(&f), DEFAULT_SSH_PORTS);
+        (families.v4, families.v6)
+    };
+    assert_eq!(at(""), (true, true));
+    assert_eq!(at("dst=10.0.0.0/8"), (true, false));
+    assert_eq!(at("dst=fd00::/8"), (false, true));
+    // No SSH packet can match: another protocol, or sshd's side on another port.
+    assert_eq!(at("p=udp"), (false, false));
+    assert_eq!(at("d=egress p=tcp sport=8080"), (false, false));
+    assert_eq!(at("d=ingress p=tcp dport=80"), (false, false));
+    // The peer's port is any: a fault on it can touch a session.
+    assert_eq!(at("d=egress p=tcp dport=80"), (true, true));
+    // No guarded port, nothing to list.
+    assert_eq!(at_stake(std::iter::once(&fault("")), &[]), Families::default());
 }

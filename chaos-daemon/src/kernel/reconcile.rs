@@ -6,7 +6,38 @@ use std::collections::HashMap;
 use chaos_common::{Counters, MAX_RULES, RuleAction, map_names};
 
 use super::{Kernel, KernelError, NlFilter, Rules, ShapingRecord};
-use crate::engine::{Dataplane, Plan};
+use crate::engine::{Dataplane, Plan, fault_hooks};
+
+/// The TC hooks the live faults use: each with its interface's name and how many faults use it.
+#[derive(Clone, Debug, Default)]
+pub(super) struct HookUsers(std::collections::BTreeMap<(u32, u8), (String, usize)>);
+
+impl HookUsers {
+    fn new() -> Self {
+        Self::default()
+    }
+
+    fn add(&mut self, hooks: &std::collections::BTreeMap<(u32, u8), String>) {
+        for (key, name) in hooks {
+            self.0.entry(*key).or_insert_with(|| (name.clone(), 0)).1 += 1;
+        }
+    }
+
+    fn remove(&mut self, hooks: &std::collections::BTreeMap<(u32, u8), String>) {
+        for key in hooks.keys() {
+            if let Some((_, n)) = self.0.get_mut(key) {
+                *n -= 1;
+                if *n == 0 {
+                    self.0.remove(key);
+                }
+            }
+        }
+    }
+
+    fn hooks(&self) -> std::collections::BTreeMap<(u32, u8), String> {
+        self.0.iter().map(|(k, (name, _))| (*k, name.clone())).collect()
+    }
+}
 
 impl Dataplane for Kernel {
     /// Qdiscs for new shaping first, then the rules and hooks (one atomic switch for packets),
@@ -22,7 +53,7 @@ impl Dataplane for Kernel {
         let used = self.used_slots();
         let unknown: Vec<(u32, Counters)> = used
             .iter()
-            .filter(|s| !known.contains_key(s) && !ended.contains(s))
+            .filter(|s| !known.contains_key(*s) && !ended.contains(s))
             .map(|s| (*s, self.counters(*s)))
             .collect();
         // The whole rule set written afresh (a new generation, the old one deleted): whatever
@@ -73,33 +104,41 @@ impl Kernel {
             self.settle_shaping(&kept);
             return Err(e);
         }
-        let hooks = desired.hooks(&ifbs);
-        let cgroups = desired.cgroup_hooks();
-        let fresh = desired.fresh_slots(live);
-        let changed = desired.changed_slots(live);
-        let all = || desired.tc(&ifbs).0;
-        let one = match changed.as_slice() {
-            // One fault added, removed, started or changed: written in place.
-            [slot] if !adopting => {
-                let was_live = live.faults.by_slot().get(slot).is_some_and(|a| a.started());
-                Some((*slot, desired.rules_of(*slot, &ifbs), was_live))
+        let changes = if adopting { Vec::new() } else { desired.changes(live) };
+        // The TC hooks in use, by how many faults use each: from every fault at a start, else
+        // moved by the changed faults only.
+        let mut users = if adopting { HookUsers::new() } else { self.hook_users.clone() };
+        if adopting {
+            for a in desired.started() {
+                users.add(&fault_hooks(a, &ifbs));
             }
+        }
+        for c in &changes {
+            if let Some(b) = c.before {
+                users.remove(&fault_hooks(b, &ifbs));
+            }
+            if let Some(n) = c.now {
+                users.add(&fault_hooks(n, &ifbs));
+            }
+        }
+        let hooks = users.hooks();
+        let cgroups = desired.cgroup_hooks();
+        let fresh = desired.fresh_slots(&changes);
+        let all = || desired.tc(&ifbs).0;
+        let one = match changes.as_slice() {
+            // One fault added, removed, started or changed: written in place.
+            [c] => Some((c.slot, desired.rules_of(c.slot, &ifbs), c.before.is_some())),
             _ => None,
         };
         if let Err(e) = self.sync(Rules { one, all: &all }, &fresh, &hooks, &cgroups) {
             self.settle_shaping(&kept);
             return Err(e);
         }
+        self.hook_users = users;
         self.settle_shaping(&needs);
-        let stale: Vec<u32> = live
-            .faults
-            .by_slot()
-            .iter()
-            .filter(|(_, a)| a.started())
-            .filter(|(slot, a)| !desired.faults.by_slot().get(slot).is_some_and(|d| d.started() && d.seq == a.seq))
-            .map(|(slot, _)| *slot)
-            .filter(|slot| !fresh.iter().any(|(s, _)| s == slot))
-            .collect();
+        // Slots no fault runs in any more (a new fault's slot was written afresh).
+        let stale: Vec<u32> =
+            changes.iter().filter(|c| c.before.is_some() && c.now.is_none()).map(|c| c.slot).collect();
         self.clear_slots(&stale);
         Ok(())
     }

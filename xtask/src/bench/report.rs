@@ -77,11 +77,17 @@ fn targets(md: &mut String, h: &Value) {
     if let Some(rows_cp) = h["control"]["rows"].as_array() {
         let targets = [
             (
-                "chaos-daemon, socket, cold: attaches with TCX",
+                "chaos-daemon, socket, cold (no other fault on the interface): TCX, idle",
                 2000.0,
-                "the socket, cold (the first fault on an interface)",
+                "the socket, cold on TCX (the first fault on an interface, its last removed)",
+            ),
+            (
+                "chaos-daemon, socket, cold (no other fault on the interface): cls_bpf",
+                2000.0,
+                "the socket, cold on cls_bpf",
             ),
             ("chaos-daemon, socket, warm", 2000.0, "the socket, warm (the interface has a fault)"),
+            ("chaos-daemon, socket, next to 9,999", 2000.0, "the socket next to 9,999 other faults"),
             ("chaos-daemon, chaosctl, cold", 10_000.0, "chaosctl, cold"),
             ("chaos-daemon, chaosctl, warm", 10_000.0, "chaosctl, warm"),
         ];
@@ -109,6 +115,14 @@ fn targets(md: &mut String, h: &Value) {
     if !fp.is_null() {
         let rss = f(&fp["idle"]["rss_mb"]);
         rows.push(("Daemon idle RSS ≤ 20 MB".into(), format!("{rss:.1} MB"), Some(rss <= 20.0)));
+        let loaded = f(&fp["loaded_10000"]["rss_mb"]);
+        rows.push(("Daemon RSS with 10,000 faults ≤ 40 MB".into(), format!("{loaded:.1} MB"), Some(loaded <= 40.0)));
+        let load = f(&fp["load_10000_ms"]);
+        rows.push((
+            "Loading 10,000 faults from one file ≤ 300 ms".into(),
+            format!("{load:.0} ms"),
+            Some(load <= 300.0),
+        ));
         let ready = f(&fp["start_to_ready_ms"]["max"]);
         rows.push((
             "Start to ready ≤ 300 ms".into(),
