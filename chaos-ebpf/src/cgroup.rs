@@ -5,10 +5,7 @@ use aya_ebpf::{
     helpers::{bpf_get_current_cgroup_id, bpf_set_retval, bpf_skb_cgroup_id},
     programs::{SkBuffContext, SockAddrContext},
 };
-use chaos_common::{
-    ACTION_CONNECT_FAIL, ACTIVE_GENERATION, FAMILY_V4, HOOK_CONNECT, HOOK_INGRESS, PROTO_OTHER, PROTO_TCP, PROTO_UDP,
-    RuleAction,
-};
+use chaos_common::{ActionKind, ActiveMap, FAMILY_V4, Hook, PROTO_OTHER, PROTO_TCP, PROTO_UDP, RuleAction};
 
 use crate::{
     classify::{cgroup_scope, classify},
@@ -19,16 +16,16 @@ use crate::{
 
 #[inline(always)]
 pub(crate) fn ingress_drops(ctx: &SkBuffContext) -> bool {
-    let Some(&live) = ACTIVE.get(ACTIVE_GENERATION) else { return false };
-    let generation = (live & 1) as u8;
+    let Some(&live) = ACTIVE.get(ActiveMap::GENERATION) else { return false };
+    let generation = (live & ActiveMap::GENERATION_BIT) as u8;
     let skb = ctx.skb.skb;
     // SAFETY: the context pointer, valid for the whole run; bpf_skb_cgroup_id is the socket's
     // cgroup here (the daemon loads this program only where the kernel allows the helper).
     let (ifindex, cgroup) = unsafe { ((*skb).ifindex, bpf_skb_cgroup_id(skb)) };
-    let Some(scope) = cgroup_scope(generation, HOOK_INGRESS, ifindex, cgroup) else { return false };
+    let Some(scope) = cgroup_scope(generation, Hook::Ingress, ifindex, cgroup) else { return false };
     // cgroup_skb programs see the packet from its network header.
     let Some(pkt) = parse(&ctx.skb, 0) else { return false };
-    let Some((slot, action, _)) = classify(generation, HOOK_INGRESS, scope, &pkt) else { return false };
+    let Some((slot, action, _)) = classify(generation, Hook::Ingress, scope, &pkt) else { return false };
     // Only dropping rules are given cgroup ingress scopes (the daemon refuses the others).
     count(slot, action)
 }
@@ -38,12 +35,12 @@ pub(crate) fn ingress_drops(ctx: &SkBuffContext) -> bool {
 /// rules here match destination address, protocol and port only.
 #[inline(always)]
 pub(crate) fn connect(ctx: &SockAddrContext, family: u8, errno: bool) -> i32 {
-    let Some(&live) = ACTIVE.get(ACTIVE_GENERATION) else { return 1 };
-    let generation = (live & 1) as u8;
+    let Some(&live) = ACTIVE.get(ActiveMap::GENERATION) else { return 1 };
+    let generation = (live & ActiveMap::GENERATION_BIT) as u8;
     // The task's cgroup: connect() runs in the calling process (5.7+ for this program type).
     // SAFETY: bpf_get_current_cgroup_id has no preconditions.
     let cgroup = unsafe { bpf_get_current_cgroup_id() };
-    let Some(scope) = cgroup_scope(generation, HOOK_CONNECT, 0, cgroup) else { return 1 };
+    let Some(scope) = cgroup_scope(generation, Hook::Connect, 0, cgroup) else { return 1 };
     let a = ctx.sock_addr;
     // SAFETY: the context pointer, valid for the whole run; user_ip4/user_ip6/user_port hold
     // the address and port in network byte order, as the packet words do.
@@ -66,13 +63,13 @@ pub(crate) fn connect(ctx: &SockAddrContext, family: u8, errno: bool) -> i32 {
     // SAFETY: a read of a local (on the stack: a constant's address would be global data).
     let zero = unsafe { core::ptr::read_volatile(&raw const zero) };
     let pkt = Packet { family, proto, src: [zero; 4], dst, sport: 0, dport: port as u16, l4: 0 };
-    let Some((slot, action, _)) = classify(generation, HOOK_CONNECT, scope, &pkt) else { return 1 };
-    if action.kind != ACTION_CONNECT_FAIL || !count(slot, action) {
+    let Some((slot, action, _)) = classify(generation, Hook::Connect, scope, &pkt) else { return 1 };
+    if action.kind != ActionKind::ConnectFail as u32 || !count(slot, action) {
         return 1;
     }
     if errno {
         // SAFETY: bpf_set_retval has no preconditions; an errno is a small positive number.
-        unsafe { bpf_set_retval(-(action.flags as i32)) };
+        unsafe { bpf_set_retval(-(action.errno as i32)) };
     }
     0
 }

@@ -6,8 +6,7 @@ use aya_ebpf::{
     programs::TcContext,
 };
 use chaos_common::{
-    ACTIVE_GENERATION, ACTIVE_SCOPED, AddrKey, HOOK_EGRESS, PORT_KEY_FIXED_BITS, PairKey, PortKey, RuleAction,
-    SIDE_DST, SIDE_SRC, ScopeKey,
+    ActiveMap, AddrKey, Hook, PORT_KEY_FIXED_BITS, PairKey, PortKey, RuleAction, SIDE_DST, SIDE_SRC, ScopeKey,
 };
 
 use crate::{
@@ -21,15 +20,15 @@ const ADDR_LOOKUP_BITS: u32 = chaos_common::ADDR_KEY_FIXED_BITS + 128;
 /// The slot and action of the rule that acts on the packet, if any, the time it was read, and
 /// the packet's transport header.
 #[inline(always)]
-pub(crate) fn find_rule(ctx: &TcContext, hook: u8) -> Option<(u32, &'static RuleAction, u64, L4)> {
-    let live = *ACTIVE.get(ACTIVE_GENERATION)?;
-    let generation = (live & 1) as u8;
+pub(crate) fn find_rule(ctx: &TcContext, hook: Hook) -> Option<(u32, &'static RuleAction, u64, L4)> {
+    let live = *ACTIVE.get(ActiveMap::GENERATION)?;
+    let generation = (live & ActiveMap::GENERATION_BIT) as u8;
     let pkt = parse(&ctx.skb, ETH_HLEN)?;
     let skb = ctx.skb.skb;
     // SAFETY: the skb pointer is the program's context, valid for the whole run.
     let ifindex = unsafe { (*skb).ifindex };
     let mut scope = ifindex;
-    if hook == HOOK_EGRESS && live & ACTIVE_SCOPED != 0 {
+    if hook == Hook::Egress && live & ActiveMap::SCOPED_BIT != 0 {
         // The cgroup of the socket that sent it (4.18+, cgroup v2); 0 for a packet without a
         // local socket (forwarded), which no cgroup scope has.
         // SAFETY: the context pointer, as the helper requires.
@@ -44,8 +43,8 @@ pub(crate) fn find_rule(ctx: &TcContext, hook: u8) -> Option<(u32, &'static Rule
 
 /// The cgroup scope of `cgroup` on this interface and hook, if it has one.
 #[inline(always)]
-pub(crate) fn cgroup_scope(generation: u8, hook: u8, ifindex: u32, cgroup: u64) -> Option<u32> {
-    let key = ScopeKey { generation, hook, _pad: 0, ifindex, cgroup };
+pub(crate) fn cgroup_scope(generation: u8, hook: Hook, ifindex: u32, cgroup: u64) -> Option<u32> {
+    let key = ScopeKey { generation, hook: hook as u8, _pad: 0, ifindex, cgroup };
     // SAFETY: a plain hash lookup; the value is copied out at once.
     unsafe { SCOPES.get(&key) }.copied()
 }
@@ -53,10 +52,15 @@ pub(crate) fn cgroup_scope(generation: u8, hook: u8, ifindex: u32, cgroup: u64) 
 /// The lookup chain of chaos-common, from the scope on: the acting rule's slot and action, and
 /// the time, unless no rule matches or the rule is past its deadline.
 #[inline(always)]
-pub(crate) fn classify(generation: u8, hook: u8, scope: u32, pkt: &Packet) -> Option<(u32, &'static RuleAction, u64)> {
+pub(crate) fn classify(
+    generation: u8,
+    hook: Hook,
+    scope: u32,
+    pkt: &Packet,
+) -> Option<(u32, &'static RuleAction, u64)> {
     let mut addr = Key::new(
         ADDR_LOOKUP_BITS,
-        AddrKey { generation, hook, family: pkt.family, side: SIDE_SRC, scope, addr: pkt.src },
+        AddrKey { generation, hook: hook as u8, family: pkt.family, side: SIDE_SRC, scope, addr: pkt.src },
     );
     let src_class = *ADDRS.get(&addr)?;
     addr.data.side = SIDE_DST;

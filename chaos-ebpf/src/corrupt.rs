@@ -5,7 +5,7 @@ use aya_ebpf::{
     helpers::bpf_get_prandom_u32,
     programs::TcContext,
 };
-use chaos_common::{CORRUPT_FIX_CHECKSUM, PROTO_TCP, PROTO_UDP, RuleAction};
+use chaos_common::{PROTO_TCP, PROTO_UDP, RuleAction, RuleFlags};
 
 use crate::packet::L4;
 
@@ -49,7 +49,7 @@ pub(crate) fn corrupt(ctx: &TcContext, action: &RuleAction, l4: L4) -> Option<()
     let (from, to) = (u64::from(u16::from_ne_bytes(old)), u64::from(u16::from_ne_bytes(new)));
     // UDP over IPv4 may carry no checksum (0): keep it so; a computed 0 is written as 0xffff.
     let mangled = if l4.proto == PROTO_UDP { u64::from(BPF_F_MARK_MANGLED_0) } else { 0 };
-    if action.flags & CORRUPT_FIX_CHECKSUM != 0 {
+    if action.flags.has(RuleFlags::CORRUPT_FIX_CHECKSUM) {
         // The payload and the checksum change by opposite amounts: skb->csum (CHECKSUM_COMPLETE,
         // the sum of the whole packet) stays right without recomputing.
         ctx.store(at, &byte, 0).ok()?;

@@ -32,34 +32,34 @@ use aya_ebpf::{
     macros::{cgroup_skb, cgroup_sock_addr, classifier},
     programs::{SkBuffContext, SockAddrContext, TcContext},
 };
-use chaos_common::{FAMILY_V4, FAMILY_V6, HOOK_EGRESS, HOOK_INGRESS};
+use chaos_common::{FAMILY_V4, FAMILY_V6, Hook};
 use tc::Shaping;
 
 #[classifier]
 pub fn chaos_ingress(ctx: TcContext) -> i32 {
-    tc::run(&ctx, HOOK_INGRESS, Shaping::None)
+    tc::run(&ctx, Hook::Ingress, Shaping::None)
 }
 
 #[classifier]
 pub fn chaos_egress(ctx: TcContext) -> i32 {
-    tc::run(&ctx, HOOK_EGRESS, Shaping::Priority)
+    tc::run(&ctx, Hook::Egress, Shaping::Priority)
 }
 
 #[classifier]
 pub fn chaos_egress_edt(ctx: TcContext) -> i32 {
-    tc::run(&ctx, HOOK_EGRESS, Shaping::Edt)
+    tc::run(&ctx, Hook::Egress, Shaping::Edt)
 }
 
 /// On an IFB device's egress: the packets are the interface's ingress, redirected there so
 /// that a qdisc can hold them; they are matched as ingress packets.
 #[classifier]
 pub fn chaos_ifb(ctx: TcContext) -> i32 {
-    tc::run(&ctx, HOOK_INGRESS, Shaping::Priority)
+    tc::run(&ctx, Hook::Ingress, Shaping::Priority)
 }
 
 #[classifier]
 pub fn chaos_ifb_edt(ctx: TcContext) -> i32 {
-    tc::run(&ctx, HOOK_INGRESS, Shaping::EdtIfb)
+    tc::run(&ctx, Hook::Ingress, Shaping::EdtIfb)
 }
 
 /// cgroup_skb/ingress, attached to the cgroups of ingress cgroup faults: a packet as it reaches

@@ -5,12 +5,12 @@ use aya_ebpf::{
     maps::{Array, HashMap, LpmTrie, PerCpuArray},
 };
 use chaos_common::{
-    ACTIVE_LEN, ADDRS_CAPACITY, AddrKey, Chain, Counters, DIST_SIZE, MAX_RULES, PAIRS_CAPACITY, PORTS_CAPACITY,
-    PairKey, PortKey, RuleAction, SCOPES_CAPACITY, ScopeKey, ShapeState,
+    ADDRS_CAPACITY, ActiveMap, AddrKey, Chain, Counters, DIST_SIZE, MAX_RULES, PAIRS_CAPACITY, PORTS_CAPACITY, PairKey,
+    PortKey, RuleAction, SCOPES_CAPACITY, ScopeKey, ShapeState,
 };
 
 #[map]
-pub(crate) static ACTIVE: Array<u32> = Array::with_max_entries(ACTIVE_LEN, 0);
+pub(crate) static ACTIVE: Array<u32> = Array::with_max_entries(ActiveMap::LEN, 0);
 #[map]
 pub(crate) static ADDRS: LpmTrie<AddrKey, u32> = LpmTrie::with_max_entries(ADDRS_CAPACITY, 0);
 #[map]

@@ -2,7 +2,7 @@
 //! skips its delay, with the rule's memory kept per CPU in `CHAINS`.
 
 use aya_ebpf::helpers::bpf_get_prandom_u32;
-use chaos_common::{CHAIN_GE, CHAIN_NONE, CHAIN_OUTCOME, RuleAction};
+use chaos_common::{ChainKind, RuleAction};
 
 use crate::maps::CHAINS;
 
@@ -12,16 +12,16 @@ use crate::maps::CHAINS;
 pub(crate) fn happens(slot: u32, action: &RuleAction) -> bool {
     // SAFETY: bpf_get_prandom_u32 has no preconditions.
     let rnd = u64::from(unsafe { bpf_get_prandom_u32() });
-    if action.chain == CHAIN_NONE {
+    if action.chain == ChainKind::None as u32 {
         return rnd < action.chance[0];
     }
     let Some(chain) = CHAINS.get_ptr_mut(slot) else { return rnd < action.chance[0] };
     // SAFETY: a per-CPU slot, only used from this CPU with preemption off (see `act`).
     let bad = unsafe { (*chain).state } != 0;
     let hit = rnd < if bad { action.chance[1] } else { action.chance[0] };
-    let next = if action.chain == CHAIN_OUTCOME {
+    let next = if action.chain == ChainKind::Outcome as u32 {
         hit
-    } else if action.chain == CHAIN_GE {
+    } else if action.chain == ChainKind::GilbertElliott as u32 {
         // SAFETY: as above.
         let flip = u64::from(unsafe { bpf_get_prandom_u32() }) < if bad { action.flip[1] } else { action.flip[0] };
         bad != flip

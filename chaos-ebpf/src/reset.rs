@@ -1,7 +1,7 @@
 //! The reset rewrite: a TCP segment turned into the RST its peer would answer it with.
 
 use aya_ebpf::programs::TcContext;
-use chaos_common::{PROTO_TCP, RESET_NEW_ONLY, RuleAction};
+use chaos_common::{PROTO_TCP, RuleAction, RuleFlags};
 
 use crate::packet::{ETH_HLEN, ETH_P_IP, L4};
 
@@ -13,8 +13,8 @@ const TCP_ACK: u8 = 0x10;
 /// Rewrites a TCP segment into the RST its peer would answer it with (RFC 9293 3.10.7.1):
 /// addresses and ports swapped; to a segment with ACK, `seq = SEG.ACK`; to one without (a SYN),
 /// `RST|ACK` with `ack = SEG.SEQ + SYN + FIN`. `None` (left alone) for a RST (never answered,
-/// so our own RSTs pass) or, with [`RESET_NEW_ONLY`], anything but a SYN; `Some(false)` when it
-/// failed half-way (the packet must then be dropped).
+/// so our own RSTs pass) or, with [`RuleFlags::RESET_NEW_ONLY`], anything but a SYN;
+/// `Some(false)` when it failed half-way (the packet must then be dropped).
 ///
 /// Only fixed-size fields change, so the segment keeps its length, options and payload (a RST
 /// may carry data; receivers ignore it) and every checksum stays right through in-place edits:
@@ -29,7 +29,7 @@ pub(crate) fn reset_back(ctx: &TcContext, action: &RuleAction, l4: L4) -> Option
     let old: [u8; 10] = ctx.load(l4.offset + 4).ok()?;
     let flags = old[9];
     let syn_only = flags & (TCP_SYN | TCP_ACK) == TCP_SYN;
-    if flags & TCP_RST != 0 || (action.flags & RESET_NEW_ONLY != 0 && !syn_only) {
+    if flags & TCP_RST != 0 || (action.flags.has(RuleFlags::RESET_NEW_ONLY) && !syn_only) {
         return None;
     }
     let (seq, ack) = ([old[0], old[1], old[2], old[3]], [old[4], old[5], old[6], old[7]]);

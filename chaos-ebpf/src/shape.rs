@@ -2,7 +2,7 @@
 //! jitter, with the rule's state in `SHAPES` and the jitter table in `DIST`.
 
 use aya_ebpf::helpers::bpf_get_prandom_u32;
-use chaos_common::{DIST_SCALE, DIST_SIZE, DIST_UNIFORM, RuleAction, ShapeState};
+use chaos_common::{DIST_SCALE, DIST_SIZE, Dist, RuleAction, ShapeState};
 
 use crate::maps::{DIST, SHAPES};
 
@@ -55,7 +55,7 @@ fn delay(action: &RuleAction, state: *mut ShapeState) -> u64 {
         // SAFETY: as above.
         unsafe { (*state).last_rnd = rnd as u32 };
     }
-    if action.distribution == DIST_UNIFORM {
+    if action.distribution == Dist::Uniform as u32 {
         // jitter <= MAX_JITTER_NS, so 2 * jitter fits the 32 bits rnd has.
         return (action.delay_ns + rnd % (2 * jitter)).saturating_sub(jitter);
     }

@@ -5,9 +5,7 @@ use aya_ebpf::{
     helpers::{bpf_ktime_get_ns, bpf_redirect},
     programs::TcContext,
 };
-use chaos_common::{
-    ACTION_CORRUPT, ACTION_DUPLICATE, ACTION_RESET, ACTION_SHAPE, HOOK_EGRESS, HOOK_INGRESS, RuleAction,
-};
+use chaos_common::{ActionKind, Hook, RuleAction};
 
 use crate::{
     classify::find_rule,
@@ -36,10 +34,10 @@ pub(crate) enum Shaping {
 /// TC_ACT_UNSPEC, not TC_ACT_OK, for packets we leave alone: under TCX it is TCX_NEXT and
 /// under cls_bpf "continue", so programs attached after ours (a CNI's) still run.
 #[inline(always)]
-pub(crate) fn run(ctx: &TcContext, hook: u8, shaping: Shaping) -> i32 {
+pub(crate) fn run(ctx: &TcContext, hook: Hook, shaping: Shaping) -> i32 {
     let skb = ctx.skb.skb;
     match try_run(ctx, hook, shaping) {
-        Some(Verdict::Drop) if hook == HOOK_EGRESS => {
+        Some(Verdict::Drop) if hook == Hook::Egress => {
             // Lost as on the wire, unknown to the sender. TC_ACT_SHOT here would free the
             // packet and return NET_XMIT_DROP to the sender's stack: ENOBUFS from sendmsg, and
             // TCP's local-drop handling (ETIMEDOUT after ~6 s, cwnd cut without a loss). A
@@ -57,7 +55,7 @@ pub(crate) fn run(ctx: &TcContext, hook: u8, shaping: Shaping) -> i32 {
             // Out the way the packet came: a reply to a packet leaving goes up this host's
             // stack, a reply to a packet arriving leaves on the same device. bpf_redirect's
             // flags take effect when the program returns TC_ACT_REDIRECT.
-            let flags = if hook == HOOK_EGRESS { u64::from(BPF_F_INGRESS) } else { 0 };
+            let flags = if hook == Hook::Egress { u64::from(BPF_F_INGRESS) } else { 0 };
             // SAFETY: the context pointer is valid for the whole run; bpf_redirect has no
             // other preconditions.
             unsafe { bpf_redirect((*skb).ifindex, flags) };
@@ -82,7 +80,7 @@ pub(crate) fn run(ctx: &TcContext, hook: u8, shaping: Shaping) -> i32 {
 
 /// What to do with the packet: `None` when no rule acts on it.
 #[inline(always)]
-fn try_run(ctx: &TcContext, hook: u8, shaping: Shaping) -> Option<Verdict> {
+fn try_run(ctx: &TcContext, hook: Hook, shaping: Shaping) -> Option<Verdict> {
     let (slot, action, now, l4) = find_rule(ctx, hook)?;
     act(ctx, hook, slot, action, now, l4, shaping)
 }
@@ -99,11 +97,18 @@ enum Verdict {
     Depart(u64),
 }
 
+// `RuleAction::kind` values, matched raw: decoding into an `ActionKind` first costs 14 to 32
+// instructions.
+const SHAPE: u32 = ActionKind::Shape as u32;
+const DUPLICATE: u32 = ActionKind::Duplicate as u32;
+const CORRUPT: u32 = ActionKind::Corrupt as u32;
+const RESET: u32 = ActionKind::Reset as u32;
+
 /// Counts the packet for the rule, and drops, shapes, copies, corrupts or passes it.
 #[inline(always)]
 fn act(
     ctx: &TcContext,
-    hook: u8,
+    hook: Hook,
     slot: u32,
     action: &RuleAction,
     now: u64,
@@ -113,7 +118,8 @@ fn act(
     let counters = COUNTERS.get_ptr_mut(slot)?;
     // SAFETY: the context pointer is valid for the whole run; mark is readable and writable.
     let mark = unsafe { (*ctx.skb.skb).mark };
-    if action.kind == ACTION_DUPLICATE && mark & action.mark != 0 {
+    let kind = action.kind;
+    if kind == DUPLICATE && mark & action.mark != 0 {
         // Our own copy, back through this hook (a clone redirected to the same device runs its
         // TC programs again): take the mark off and let it go, uncounted.
         ctx.set_mark(mark & !action.mark);
@@ -121,28 +127,29 @@ fn act(
     }
     let event = happens(slot, action);
     let (mut drop, mut full, mut copied, mut corrupted, mut reset) = (false, false, false, false, false);
-    match action.kind {
-        ACTION_DUPLICATE if event => {
+    match kind {
+        DUPLICATE if event => {
             // The clone carries the mark (skb_clone copies it), the original gets its own back.
             ctx.set_mark(mark | action.mark);
-            let flags = if hook == HOOK_INGRESS { u64::from(BPF_F_INGRESS) } else { 0 };
+            let flags = if hook == Hook::Ingress { u64::from(BPF_F_INGRESS) } else { 0 };
             // SAFETY: as above; ifindex is the device the packet is on.
             copied = ctx.clone_redirect(unsafe { (*ctx.skb.skb).ifindex }, flags).is_ok();
             ctx.set_mark(mark);
         }
-        ACTION_CORRUPT if event => corrupted = corrupt(ctx, action, l4).is_some(),
-        ACTION_RESET if event => match reset_back(ctx, action, l4) {
+        CORRUPT if event => corrupted = corrupt(ctx, action, l4).is_some(),
+        RESET if event => match reset_back(ctx, action, l4) {
             Some(true) => reset = true,
             Some(false) => drop = true,
             // Not a segment the fault answers (a RST; with connections = new, anything but a
             // SYN): passed, and not counted, as `matched` counts the packets a fault acts on.
             None => return Some(Verdict::Pass),
         },
-        ACTION_DUPLICATE | ACTION_CORRUPT | ACTION_RESET => {}
+        DUPLICATE | CORRUPT | RESET => {}
+        // Loss, partition, shape (its loss); connect-fail never reaches TC.
         _ => drop = event,
     }
     let mut verdict = Verdict::Pass;
-    if !drop && action.kind == ACTION_SHAPE {
+    if !drop && kind == SHAPE {
         let skb = ctx.skb.skb;
         let skip_delay = shaping != Shaping::None && reordered(slot, action);
         match shaping {
