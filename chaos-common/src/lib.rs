@@ -170,6 +170,17 @@ impl RuleFlags {
         self.0 & flag.0 != 0
     }
 }
+
+// Each index names an entry, each bit one bit of its own.
+const _: () = {
+    assert!(ActiveMap::GENERATION < ActiveMap::LEN && ActiveMap::ABI < ActiveMap::LEN);
+    assert!(ActiveMap::GENERATION != ActiveMap::ABI);
+    assert!(ActiveMap::GENERATION_BIT.count_ones() == 1 && ActiveMap::SCOPED_BIT.count_ones() == 1);
+    assert!(ActiveMap::GENERATION_BIT & ActiveMap::SCOPED_BIT == 0);
+    let (fix, new_only) = (RuleFlags::CORRUPT_FIX_CHECKSUM.0, RuleFlags::RESET_NEW_ONLY.0);
+    assert!(fix.count_ones() == 1 && new_only.count_ones() == 1 && fix & new_only == 0);
+};
+
 /// Entries of the `DIST` table (netem's distribution tables have 4096 too).
 pub const DIST_SIZE: u32 = 4096;
 /// `DIST` entries are standard deviations times this (netem's `NETEM_DIST_SCALE`).
