@@ -45,6 +45,30 @@ pub struct Faults {
     pub faults: Vec<FaultView>,
 }
 
+/// Whether a fault acts yet; on the wire `"scheduled"` or `"active"`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FaultState {
+    /// Waiting for its start.
+    Scheduled,
+    Active,
+}
+
+impl FaultState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Scheduled => "scheduled",
+            Self::Active => "active",
+        }
+    }
+}
+
+impl std::fmt::Display for FaultState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// A fault as applied (`spec.name` always set) with its counters.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct FaultView {
@@ -52,8 +76,7 @@ pub struct FaultView {
     pub spec: FaultSpec,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub experiment: Option<String>,
-    /// `scheduled` (waiting for its start) or `active`.
-    pub state: String,
+    pub state: FaultState,
     /// Unix time, seconds. Deprecated: kept for clients of the first `/v1`; read
     /// `applied_at_ms`, in milliseconds like every other time of the API.
     pub applied_at: u64,
@@ -235,4 +258,19 @@ impl Event {
 /// Now, as a Unix time in milliseconds (the API's times are).
 pub fn unix_ms() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::FaultState;
+
+    #[test]
+    fn fault_state_on_the_wire() {
+        for (state, text) in [(FaultState::Scheduled, "\"scheduled\""), (FaultState::Active, "\"active\"")] {
+            assert_eq!(serde_json::to_string(&state).unwrap(), text);
+            assert_eq!(serde_json::from_str::<FaultState>(text).unwrap(), state);
+            assert_eq!(format!("\"{state}\""), text);
+        }
+        assert!(serde_json::from_str::<FaultState>("\"Active\"").is_err());
+    }
 }

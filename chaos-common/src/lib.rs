@@ -7,8 +7,8 @@
 //! 1. [`ACTIVE`](map_names::ACTIVE)`[0]` gives the live generation (rules are swapped by writing a
 //!    whole new generation and flipping this one value, so a change is atomic for packets).
 //! 2. The scope: the interface's ifindex, unless the packet's cgroup has rules of its own there:
-//!    then `SCOPES` with [`ScopeKey`] gives a cgroup scope (egress, when [`ACTIVE_SCOPED`] says
-//!    the generation has any; the cgroup programs always look).
+//!    then `SCOPES` with [`ScopeKey`] gives a cgroup scope (egress, when
+//!    [`ActiveMap::SCOPED_BIT`] says the generation has any; the cgroup programs always look).
 //! 3. `ADDRS` (LPM trie) with [`AddrKey`] for the source address, then for the destination:
 //!    each gives an address class.
 //! 4. `PAIRS` (hash) with [`PairKey`] gives the class of the (source, destination) pair.
@@ -24,12 +24,24 @@
 //! longest match already stands for every rule that can still match.
 #![no_std]
 
-/// TC hook a program runs on; part of [`AddrKey`].
-pub const HOOK_INGRESS: u8 = 0;
-pub const HOOK_EGRESS: u8 = 1;
-/// Not a TC hook: `connect()` of a socket in a cgroup (cgroup/connect4 and connect6 programs),
-/// matched by destination address, protocol and port; its scopes have ifindex 0.
-pub const HOOK_CONNECT: u8 = 3;
+/// The hook a rule is matched on: [`AddrKey::hook`] and [`ScopeKey::hook`] hold it as a `u8`.
+#[repr(u8)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Hook {
+    Ingress = 0,
+    Egress = 1,
+    /// Not a TC hook: `connect()` of a socket in a cgroup (cgroup/connect4 and connect6
+    /// programs), matched by destination address, protocol and port; its scopes have ifindex 0.
+    Connect = 3,
+}
+
+impl Hook {
+    /// The raw values, as the keys hold them, for code that keeps hooks as `u8` (and matches
+    /// them in patterns, where `Hook::Egress as u8` cannot stand).
+    pub const INGRESS: u8 = Self::Ingress as u8;
+    pub const EGRESS: u8 = Self::Egress as u8;
+    pub const CONNECT: u8 = Self::Connect as u8;
+}
 
 /// Address family in [`AddrKey`].
 pub const FAMILY_V4: u8 = 4;
@@ -56,17 +68,28 @@ pub const PORT_KEY_FIXED_BITS: u32 = 48;
 /// entries never collide and need no generation field of their own.
 pub const CLASS_GEN_BIT: u32 = 1 << 31;
 
-/// Version of this ABI, kept in `ACTIVE[`[`ACTIVE_ABI`]`]` of the pinned maps: a daemon finding
-/// pinned maps of another version does not reuse them. Bump it with any layout change here.
-pub const ABI_VERSION: u32 = 5;
-/// Indexes of `ACTIVE`.
-/// The live generation (bit 0), and [`ACTIVE_SCOPED`].
-pub const ACTIVE_GENERATION: u32 = 0;
-/// Bit of `ACTIVE[ACTIVE_GENERATION]`: the live generation has egress cgroup scopes, so egress
-/// programs look the packet's cgroup up in `SCOPES` (no lookup while no cgroup fault exists).
-pub const ACTIVE_SCOPED: u32 = 2;
-pub const ACTIVE_ABI: u32 = 1;
-pub const ACTIVE_LEN: u32 = 2;
+/// Version of this ABI, kept in `ACTIVE[`[`ActiveMap::ABI`]`]` of the pinned maps: a daemon
+/// finding pinned maps of another version does not reuse them. Bump it with any layout or
+/// meaning change here.
+pub const ABI_VERSION: u32 = 6;
+
+/// The `ACTIVE` array: its indexes, and the bits of the live word at [`ActiveMap::GENERATION`].
+/// Indexes and bits are both `u32`s; their names say which is which.
+pub struct ActiveMap;
+
+impl ActiveMap {
+    /// Index of the live word: the live generation (bit 0), and [`ActiveMap::SCOPED_BIT`].
+    pub const GENERATION: u32 = 0;
+    /// Index of the [`ABI_VERSION`] the pinned maps were made with.
+    pub const ABI: u32 = 1;
+    /// Entries of `ACTIVE`.
+    pub const LEN: u32 = 2;
+    /// Bit of the live word: the live generation (0 or 1).
+    pub const GENERATION_BIT: u32 = 1;
+    /// Bit of the live word: the live generation has egress cgroup scopes, so egress programs
+    /// look the packet's cgroup up in `SCOPES` (no lookup while no cgroup fault exists).
+    pub const SCOPED_BIT: u32 = 2;
+}
 
 /// Rule slots: `RULES` and `COUNTERS` are arrays of this length.
 pub const MAX_RULES: u32 = 16_384;
@@ -82,43 +105,82 @@ pub const SCOPES_CAPACITY: u32 = 16_384;
 /// `int`s), so the two kinds share [`AddrKey::scope`].
 pub const SCOPE_CGROUP_BIT: u32 = 1 << 31;
 
-/// [`RuleAction::kind`] values.
-pub const ACTION_LOSS: u32 = 1;
-pub const ACTION_PARTITION: u32 = 2;
-/// Delay, jitter and/or rate, with an optional loss (the rule's event is a drop).
-pub const ACTION_SHAPE: u32 = 3;
-/// The event is a copy of the packet, sent once more on the same device and hook.
-pub const ACTION_DUPLICATE: u32 = 4;
-/// The event is one flipped bit in the TCP or UDP payload.
-pub const ACTION_CORRUPT: u32 = 5;
-/// A TCP segment is turned into a RST back to its sender, as its peer would answer.
-pub const ACTION_RESET: u32 = 6;
-/// `connect()` fails at once with the errno in [`RuleAction::flags`] (the event is a failure).
-pub const ACTION_CONNECT_FAIL: u32 = 7;
+/// What a rule does: [`RuleAction::kind`] holds it as a `u32`.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum ActionKind {
+    Loss = 1,
+    Partition = 2,
+    /// Delay, jitter and/or rate, with an optional loss (the rule's event is a drop).
+    Shape = 3,
+    /// The event is a copy of the packet, sent once more on the same device and hook.
+    Duplicate = 4,
+    /// The event is one flipped bit in the TCP or UDP payload.
+    Corrupt = 5,
+    /// A TCP segment is turned into a RST back to its sender, as its peer would answer.
+    Reset = 6,
+    /// `connect()` fails at once with [`RuleAction::errno`] (the event is a failure).
+    ConnectFail = 7,
+}
 
-/// [`RuleAction::chain`] values: what a rule remembers between packets (per CPU, in `CHAINS`).
-/// Nothing: every packet is an independent draw with `chance[0]`.
-pub const CHAIN_NONE: u32 = 0;
-/// The state is whether the event happened to the last packet: `chance[1]` after a hit,
-/// `chance[0]` after a miss (correlation that keeps the mean: see the daemon's `Odds`).
-pub const CHAIN_OUTCOME: u32 = 1;
-/// Gilbert–Elliott, as netem's `loss_gilb_ell`: state 0 is good, 1 bad; the event happens with
-/// `chance[state]`, then the state flips when a second draw is below `flip[state]`.
-pub const CHAIN_GE: u32 = 2;
+/// What a rule remembers between packets (per CPU, in `CHAINS`): [`RuleAction::chain`] holds it
+/// as a `u32`.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum ChainKind {
+    /// Nothing: every packet is an independent draw with `chance[0]`.
+    None = 0,
+    /// The state is whether the event happened to the last packet: `chance[1]` after a hit,
+    /// `chance[0]` after a miss (correlation that keeps the mean: see the daemon's `Odds`).
+    Outcome = 1,
+    /// Gilbert–Elliott, as netem's `loss_gilb_ell`: state 0 is good, 1 bad; the event happens
+    /// with `chance[state]`, then the state flips when a second draw is below `flip[state]`.
+    GilbertElliott = 2,
+}
 
-/// [`RuleAction::flags`] of a corrupt rule: fix the L4 checksum for the flipped bit (the
-/// application receives the damaged data). Without it the checksum is left wrong, also where
-/// the stack or the NIC computes it later (`CHECKSUM_PARTIAL`), so the receiver drops the packet.
-pub const CORRUPT_FIX_CHECKSUM: u32 = 1;
-/// [`RuleAction::flags`] of a reset rule: only connection attempts (SYN without ACK) are
-/// answered with a RST (refused); established connections go on.
-pub const RESET_NEW_ONLY: u32 = 2;
+/// How jitter is spread around the delay, as netem does it: [`RuleAction::distribution`] holds
+/// it as a `u32`.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Dist {
+    /// `delay - jitter + rnd % (2 * jitter)`.
+    Uniform = 0,
+    /// From the `DIST` table: `delay + jitter * DIST[rnd % DIST_SIZE] / DIST_SCALE`.
+    Table = 1,
+}
 
-/// [`RuleAction::distribution`] values: how jitter is spread around the delay, as netem does it.
-/// Uniform: `delay - jitter + rnd % (2 * jitter)`.
-pub const DIST_UNIFORM: u32 = 0;
-/// From the `DIST` table: `delay + jitter * DIST[rnd % DIST_SIZE] / DIST_SCALE`.
-pub const DIST_TABLE: u32 = 1;
+/// [`RuleAction::flags`]: bits only (no other value shares the field).
+#[repr(transparent)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct RuleFlags(pub u32);
+
+impl RuleFlags {
+    pub const NONE: Self = Self(0);
+    /// Corrupt: fix the L4 checksum for the flipped bit (the application receives the damaged
+    /// data). Without it the checksum is left wrong, also where the stack or the NIC computes it
+    /// later (`CHECKSUM_PARTIAL`), so the receiver drops the packet.
+    pub const CORRUPT_FIX_CHECKSUM: Self = Self(1);
+    /// Reset: only connection attempts (SYN without ACK) are answered with a RST (refused);
+    /// established connections go on.
+    pub const RESET_NEW_ONLY: Self = Self(2);
+
+    /// Whether `flag` (one of the flags above) is set.
+    #[inline(always)]
+    pub const fn has(self, flag: Self) -> bool {
+        self.0 & flag.0 != 0
+    }
+}
+
+// Each index names an entry, each bit one bit of its own.
+const _: () = {
+    assert!(ActiveMap::GENERATION < ActiveMap::LEN && ActiveMap::ABI < ActiveMap::LEN);
+    assert!(ActiveMap::GENERATION != ActiveMap::ABI);
+    assert!(ActiveMap::GENERATION_BIT.count_ones() == 1 && ActiveMap::SCOPED_BIT.count_ones() == 1);
+    assert!(ActiveMap::GENERATION_BIT & ActiveMap::SCOPED_BIT == 0);
+    let (fix, new_only) = (RuleFlags::CORRUPT_FIX_CHECKSUM.0, RuleFlags::RESET_NEW_ONLY.0);
+    assert!(fix.count_ones() == 1 && new_only.count_ones() == 1 && fix & new_only == 0);
+};
+
 /// Entries of the `DIST` table (netem's distribution tables have 4096 too).
 pub const DIST_SIZE: u32 = 4096;
 /// `DIST` entries are standard deviations times this (netem's `NETEM_DIST_SCALE`).
@@ -236,11 +298,12 @@ pub struct PortKey {
     pub port: u16,
 }
 
-/// Value of `RULES`. The shaping fields matter only for [`ACTION_SHAPE`]; the edt backend reads
-/// `delay_ns..queue_ns`, the netem backend only `priority` (the qdisc class does the rest).
+/// Value of `RULES`. The shaping fields matter only for [`ActionKind::Shape`]; the edt backend
+/// reads `delay_ns..queue_ns`, the netem backend only `priority` (the qdisc class does the rest).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct RuleAction {
+    /// An [`ActionKind`].
     pub kind: u32,
     /// netem backend: the `skb->priority` (HTB class id) for shaped packets; 0 for none.
     pub priority: u32,
@@ -248,9 +311,10 @@ pub struct RuleAction {
     /// to a packet when `bpf_get_prandom_u32() < chance[state]`; the state is 0 unless `chain`
     /// says otherwise. [`DROP_ALWAYS`] is always, 0 never.
     pub chance: [u64; 2],
-    /// [`CHAIN_GE`]: after a packet the state flips when a second draw is below `flip[state]`.
+    /// [`ChainKind::GilbertElliott`]: after a packet the state flips when a second draw is below
+    /// `flip[state]`.
     pub flip: [u64; 2],
-    /// [`CHAIN_NONE`], [`CHAIN_OUTCOME`] or [`CHAIN_GE`].
+    /// A [`ChainKind`].
     pub chain: u32,
     /// duplicate: the `skb->mark` bit that marks a copy, so it is never copied again.
     pub mark: u32,
@@ -262,11 +326,10 @@ pub struct RuleAction {
     pub jitter_ns: u32,
     /// netem's correlation: `rho` with 2^32 meaning 100% (`u32::MAX` is the largest).
     pub correlation: u32,
-    /// [`DIST_UNIFORM`] or [`DIST_TABLE`].
+    /// A [`Dist`].
     pub distribution: u32,
-    /// corrupt: [`CORRUPT_FIX_CHECKSUM`]; reset: [`RESET_NEW_ONLY`]; connect-fail: the errno;
-    /// else 0.
-    pub flags: u32,
+    /// corrupt: [`RuleFlags::CORRUPT_FIX_CHECKSUM`]; reset: [`RuleFlags::RESET_NEW_ONLY`].
+    pub flags: RuleFlags,
     /// Rate in bytes per second; 0 for no rate limit.
     pub rate_bytes: u64,
     /// Burst: how far (ns) a rule's departure clock may lag `now`, i.e. burst bytes at the rate.
@@ -278,7 +341,8 @@ pub struct RuleAction {
     /// below `reorder[state]`; the state is whether the last draw did (`[0]` = `[1]` without
     /// correlation). 0: no reordering.
     pub gap: u32,
-    pub _pad2: u32,
+    /// connect-fail: the errno `connect()` fails with (where the kernel lets a program set it).
+    pub errno: u32,
     pub reorder: [u64; 2],
 }
 
@@ -286,7 +350,8 @@ pub struct RuleAction {
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Chain {
-    /// [`CHAIN_OUTCOME`]: whether the last packet was hit; [`CHAIN_GE`]: 1 in the bad state.
+    /// [`ChainKind::Outcome`]: whether the last packet was hit; [`ChainKind::GilbertElliott`]:
+    /// 1 in the bad state.
     /// For a reordering shape rule: whether the last reorder draw skipped the delay.
     pub state: u32,
     /// Reorder: packets delayed since the last one that skipped the delay.

@@ -25,9 +25,9 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use chaos_common::{
-    ADDR_KEY_FIXED_BITS, ADDRS_CAPACITY, AddrKey, CLASS_GEN_BIT, FAMILY_V4, FAMILY_V6, HOOK_CONNECT, HOOK_EGRESS,
-    HOOK_INGRESS, PAIRS_CAPACITY, PORT_KEY_FIXED_BITS, PORTS_CAPACITY, PROTO_ICMP, PROTO_ICMPV6, PROTO_OTHER,
-    PROTO_TCP, PROTO_UDP, PairKey, PortKey, SCOPE_CGROUP_BIT, SCOPES_CAPACITY, SIDE_DST, SIDE_SRC, ScopeKey,
+    ADDR_KEY_FIXED_BITS, ADDRS_CAPACITY, AddrKey, CLASS_GEN_BIT, FAMILY_V4, FAMILY_V6, Hook, PAIRS_CAPACITY,
+    PORT_KEY_FIXED_BITS, PORTS_CAPACITY, PROTO_ICMP, PROTO_ICMPV6, PROTO_OTHER, PROTO_TCP, PROTO_UDP, PairKey, PortKey,
+    SCOPE_CGROUP_BIT, SCOPES_CAPACITY, SIDE_DST, SIDE_SRC, ScopeKey,
 };
 
 use crate::spec::{Cidr, Direction, Match, PortRange, Protocol, mask};
@@ -48,7 +48,7 @@ pub struct Rule {
     /// `None`: every packet of the interface. Else only the packets of these cgroups (by
     /// cgroup v2 id): a target cgroup and those below it.
     pub cgroups: Option<Vec<u64>>,
-    /// A connect-fail rule: matched at `connect()` ([`HOOK_CONNECT`]), always with cgroups.
+    /// A connect-fail rule: matched at `connect()` ([`Hook::CONNECT`]), always with cgroups.
     pub connect: bool,
 }
 
@@ -131,7 +131,7 @@ pub fn compile(rules: &[Rule], generation: u8) -> Result<Tables, CompileError> {
                     let s = SCOPE_CGROUP_BIT | next_scope;
                     scope_of.insert(ranks, s);
                     let own = scoped.iter().filter(|(e, _)| ranks.contains(&e.rank)).map(|(e, _)| e);
-                    let inherited = plain.iter().filter(|_| *hook == HOOK_EGRESS);
+                    let inherited = plain.iter().filter(|_| *hook == Hook::EGRESS);
                     c.families(s, *hook, own.chain(inherited), &slots)?;
                     s
                 }
@@ -158,10 +158,10 @@ struct View {
 
 fn views(r: &Rule) -> Vec<View> {
     let hooks: &[(u8, bool)] = match r.matches.direction {
-        _ if r.connect => &[(HOOK_CONNECT, false)],
-        Direction::Egress => &[(HOOK_EGRESS, false)],
-        Direction::Ingress => &[(HOOK_INGRESS, false)],
-        Direction::Both => &[(HOOK_EGRESS, false), (HOOK_INGRESS, true)],
+        _ if r.connect => &[(Hook::CONNECT, false)],
+        Direction::Egress => &[(Hook::EGRESS, false)],
+        Direction::Ingress => &[(Hook::INGRESS, false)],
+        Direction::Both => &[(Hook::EGRESS, false), (Hook::INGRESS, true)],
     };
     let families = [(FAMILY_V4, r.matches.families.v4), (FAMILY_V6, r.matches.families.v6)];
     let prefix = |c: Option<Cidr>| c.map_or(([0; 16], 0), |c| (mask(c.bytes(), c.len), c.len));

@@ -17,7 +17,7 @@ use std::{sync::Arc, time::Duration};
 use chaos_common::{Counters, NO_DEADLINE};
 
 use crate::{
-    api::{Apply, FaultView, Status},
+    api::{Apply, FaultState, FaultView, Status},
     crashpoint::{self, Point},
     guard::Protected,
     kernel::{Kernel, KernelError, NlFilter, ShapingRecord},
@@ -400,7 +400,7 @@ impl<D: Dataplane> Engine<D> {
             // One form for ports however they were sent (flags send text, files numbers).
             spec: r.spec.clone().with_canonical_ports(),
             experiment: r.experiment.clone(),
-            state: if r.started { "active" } else { "scheduled" }.into(),
+            state: if r.started { FaultState::Active } else { FaultState::Scheduled },
             applied_at: r.applied_at / 1000,
             applied_at_ms: r.applied_at,
             applied_by: r.applied_by.clone(),

@@ -33,8 +33,8 @@ pub use cgroup::{CG_CONNECT4, CG_CONNECT6, CG_INGRESS, CgroupSupport};
 // An API type (`GET /v1/status`): chaosctl reads it without the daemon's crate.
 pub use chaos_api::api::Attachment;
 use chaos_common::{
-    ABI_VERSION, ACTIVE_ABI, ACTIVE_GENERATION, ACTIVE_SCOPED, AddrKey, CLASS_GEN_BIT, Chain, Counters, HOOK_EGRESS,
-    PROG_EGRESS, PROG_IFB, PROG_INGRESS, PairKey, PortKey, RuleAction, ScopeKey, ShapeState, map_names,
+    ABI_VERSION, ActiveMap, AddrKey, CLASS_GEN_BIT, Chain, Counters, Hook, PROG_EGRESS, PROG_IFB, PROG_INGRESS,
+    PairKey, PortKey, RuleAction, ScopeKey, ShapeState, map_names,
 };
 use pins::Pins;
 use serde::{Deserialize, Serialize};
@@ -60,7 +60,7 @@ const MAPS: [&str; 10] = [
 ];
 
 /// The attachment of an IFB device's egress that shapes an interface's ingress. Only a key of
-/// the daemon's attachments: its rules are matched as [`chaos_common::HOOK_INGRESS`] rules.
+/// the daemon's attachments: its rules are matched as [`chaos_common::Hook::INGRESS`] rules.
 pub const HOOK_IFB: u8 = 2;
 
 #[derive(Debug, thiserror::Error)]
@@ -287,13 +287,13 @@ impl Kernel {
         }
         let active_err = |source| KernelError::Map { map: map_names::ACTIVE, source };
         if adopting {
-            kernel.generation = kernel.active.get(&ACTIVE_GENERATION, 0).map_err(active_err)? as u8 & 1;
+            kernel.generation = kernel.active.get(&ActiveMap::GENERATION, 0).map_err(active_err)? as u8 & 1;
             // A daemon killed in the middle of a change may have left part of the next
             // generation written: clear it before anything is written there.
             kernel.purge(1 - kernel.generation);
         } else {
-            kernel.active.set(ACTIVE_GENERATION, 0, 0).map_err(active_err)?;
-            kernel.active.set(ACTIVE_ABI, ABI_VERSION, 0).map_err(active_err)?;
+            kernel.active.set(ActiveMap::GENERATION, 0, 0).map_err(active_err)?;
+            kernel.active.set(ActiveMap::ABI, ABI_VERSION, 0).map_err(active_err)?;
             kernel.classifier = Some(Classifier::new(0));
         }
         Ok((kernel, adopting))
@@ -424,11 +424,11 @@ impl Kernel {
         let next = classifier.generation();
         // Egress programs look cgroups up only while some rule needs it.
         let scoped = classifier.egress_scoped();
-        let live = u32::from(next) | if scoped { ACTIVE_SCOPED } else { 0 };
+        let live = u32::from(next) | if scoped { ActiveMap::SCOPED_BIT } else { 0 };
         let made_live = self.write_slots(new_slots).and_then(|()| self.write(tables)).and_then(|()| {
             crate::crashpoint::hit(crate::crashpoint::Point::MapsWritten);
             self.active
-                .set(ACTIVE_GENERATION, live, 0)
+                .set(ActiveMap::GENERATION, live, 0)
                 .map_err(|source| KernelError::Map { map: map_names::ACTIVE, source })
         });
         if let Err(e) = made_live {
@@ -448,7 +448,7 @@ impl Kernel {
 
     /// Writes one fault's change into the live generation, entry by entry in the order that
     /// keeps every packet judged by the old rule set or the new one (`compile::incremental`),
-    /// with the `ACTIVE_SCOPED` bit on before any egress scope appears and off after the last
+    /// with `ActiveMap::SCOPED_BIT` on before any egress scope appears and off after the last
     /// goes. On error the writes done are undone in reverse, which keeps that too.
     fn change(&mut self, change: Change, new_slots: &[(u32, RuleAction)]) -> Result<(), KernelError> {
         self.write_slots(new_slots)?;
@@ -482,9 +482,9 @@ impl Kernel {
     }
 
     fn set_scoped(&mut self, scoped: bool) -> Result<(), KernelError> {
-        let live = u32::from(self.generation) | if scoped { ACTIVE_SCOPED } else { 0 };
+        let live = u32::from(self.generation) | if scoped { ActiveMap::SCOPED_BIT } else { 0 };
         self.active
-            .set(ACTIVE_GENERATION, live, 0)
+            .set(ActiveMap::GENERATION, live, 0)
             .map_err(|source| KernelError::Map { map: map_names::ACTIVE, source })?;
         self.scoped = scoped;
         Ok(())
@@ -633,7 +633,7 @@ impl Kernel {
                 interface: l.interface.clone(),
                 ifindex,
                 hook: match hook {
-                    HOOK_EGRESS => "egress",
+                    Hook::EGRESS => "egress",
                     HOOK_IFB => "ifb-egress",
                     _ => "ingress",
                 }

@@ -27,7 +27,7 @@ use tokio::{
 };
 
 use crate::{
-    api::FaultView,
+    api::{FaultState, FaultView},
     engine::Engine,
     kernel::Attachment,
     listen::{self, Deadlined, PeerKey},
@@ -126,7 +126,7 @@ impl Collector for Snapshot {
                 .map(|(f, l)| (l.as_slice(), ConstCounter::new(value(f))));
             family(e, name, help, MetricType::Counter, samples)?;
         }
-        let active = |f: &FaultView| f.state == "active";
+        let active = |f: &FaultView| f.state == FaultState::Active;
         let help = "1 while the fault acts, 0 while it is scheduled (waiting for its start)";
         let samples = faults.iter().map(|(f, l)| (l.as_slice(), ConstGauge::new(i64::from(active(f)))));
         family(e, "chaos_fault_active", help, MetricType::Gauge, samples)?;

@@ -7,9 +7,7 @@ use aya::{
     maps::{Array, HashMap, LpmTrie, Map, MapData, PerCpuArray, loaded_maps},
     programs::{SchedClassifier, TcAttachType, loaded_programs},
 };
-use chaos_common::{
-    ACTIVE_GENERATION, AddrKey, CLASS_GEN_BIT, Counters, PairKey, PortKey, RuleAction, SIDE_SRC, map_names,
-};
+use chaos_common::{ActiveMap, AddrKey, CLASS_GEN_BIT, Counters, PairKey, PortKey, RuleAction, SIDE_SRC, map_names};
 
 use crate::Netns;
 
@@ -159,7 +157,7 @@ pub fn cgroup_programs(dir: &std::path::Path, attach_type: u32) -> anyhow::Resul
 pub fn reachable_rules(bpffs: &std::path::Path) -> anyhow::Result<BTreeMap<u32, RuleAction>> {
     let open = |name: &str| MapData::from_pin(bpffs.join(format!("map_{name}")));
     let active: Array<_, u32> = Array::try_from(Map::Array(open(map_names::ACTIVE)?))?;
-    let generation = active.get(&ACTIVE_GENERATION, 0)? & 1;
+    let generation = active.get(&ActiveMap::GENERATION, 0)? & 1;
     let bit = if generation == 1 { CLASS_GEN_BIT } else { 0 };
     let ports: LpmTrie<_, PortKey, u32> = LpmTrie::try_from(Map::LpmTrie(open(map_names::PORTS)?))?;
     let rules: Array<_, RuleAction> = Array::try_from(Map::Array(open(map_names::RULES)?))?;

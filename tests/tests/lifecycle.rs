@@ -72,7 +72,7 @@ fn scheduled_experiment_starts_and_ends_as_a_whole() {
     let start = faults[0].starts_at;
     std::thread::sleep(Duration::from_millis(start.saturating_sub(unix_ms()) + 200));
     for f in daemon.faults() {
-        assert_eq!(f.state, "active", "{f:?}");
+        assert_eq!(f.state.as_str(), "active", "{f:?}");
     }
     assert_eq!(traffic::udp(&lab.a, None, &lab.b, to(7300), 100).unwrap(), 0);
     assert_eq!(traffic::udp(&lab.a, None, &lab.b, to(7301), 100).unwrap(), 0);

@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use anyhow::Context as _;
 use chaos_api::{
-    api::{Apply, DEFAULT_SOCKET, Event, FaultView, Faults, History, Status, unix_ms},
+    api::{Apply, DEFAULT_SOCKET, Event, FaultState, FaultView, Faults, History, Status, unix_ms},
     client::Client,
     spec::{DurationSpec, FaultSpec, PortSpec, RateSpec},
 };
@@ -369,8 +369,11 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
                     let until = f
                         .expires_at
                         .map_or("until removed".into(), |t| format!("for {}", span(t.saturating_sub(f.starts_at))));
-                    let when =
-                        if f.state == "scheduled" { format!("starting in {}, ", left(f.starts_at)) } else { "".into() };
+                    let when = if f.state == FaultState::Scheduled {
+                        format!("starting in {}, ", left(f.starts_at))
+                    } else {
+                        "".into()
+                    };
                     println!("applied {} ({when}{until})", f.name);
                 }
                 return Ok(0);
@@ -639,8 +642,8 @@ fn counts(matched: u64, dropped: u64, others: [u64; 3]) -> String {
 
 /// When a fault starts or ends, from now: `in 5s`, `4m10s left`, `unlimited`.
 fn state(f: &FaultView) -> String {
-    match (f.state.as_str(), f.expires_at) {
-        ("scheduled", _) => format!("in {}", left(f.starts_at)),
+    match (f.state, f.expires_at) {
+        (FaultState::Scheduled, _) => format!("in {}", left(f.starts_at)),
         (_, Some(t)) => format!("{} left", left(t)),
         (_, None) => "unlimited".into(),
     }

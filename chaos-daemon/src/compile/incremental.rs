@@ -48,7 +48,7 @@ use std::{
 };
 
 use chaos_common::{
-    ADDR_KEY_FIXED_BITS, ADDRS_CAPACITY, AddrKey, CLASS_GEN_BIT, HOOK_EGRESS, PAIRS_CAPACITY, PORT_KEY_FIXED_BITS,
+    ADDR_KEY_FIXED_BITS, ADDRS_CAPACITY, AddrKey, CLASS_GEN_BIT, Hook, PAIRS_CAPACITY, PORT_KEY_FIXED_BITS,
     PORTS_CAPACITY, PROTO_ICMP, PROTO_ICMPV6, PROTO_OTHER, PROTO_TCP, PROTO_UDP, PairKey, PortKey, SCOPE_CGROUP_BIT,
     SCOPES_CAPACITY, SIDE_DST, SIDE_SRC, ScopeKey,
 };
@@ -228,7 +228,7 @@ pub struct Change {
     pub ops: Vec<Op>,
     /// Entries per map after the change.
     pub counts: Counts,
-    /// Whether any egress cgroup scope exists after the change (`ACTIVE_SCOPED`). Turning the
+    /// Whether any egress cgroup scope exists after the change (`ActiveMap::SCOPED_BIT`). Turning the
     /// bit on before the ops and off after them is safe: an egress lookup that finds no
     /// `SCOPES` entry classifies as if it had not looked.
     pub egress_scoped: bool,
@@ -274,7 +274,7 @@ impl Classifier {
         self.counts
     }
 
-    /// Whether any egress `SCOPES` entry exists (the `ACTIVE_SCOPED` bit).
+    /// Whether any egress `SCOPES` entry exists (`ActiveMap::SCOPED_BIT`).
     pub fn egress_scoped(&self) -> bool {
         egress_scoped(&self.maps.cgroups, self.generation)
     }
@@ -285,7 +285,7 @@ impl Classifier {
     pub fn change(&self, add: &[Rule], remove: &[u32]) -> Result<Change, CompileError> {
         let (delta, next, counts) = self.work(add, remove)?;
         let ops = ops(&self.maps, &delta, self.generation);
-        let egress_scoped = delta.cgroups.iter().any(|(k, v)| k.hook == HOOK_EGRESS && v.is_some())
+        let egress_scoped = delta.cgroups.iter().any(|(k, v)| k.hook == Hook::EGRESS && v.is_some())
             || self.maps.cgroups.range(scoped_range(self.generation)).any(|(k, _)| !delta.cgroups.contains_key(k));
         Ok(Change { ops, counts, egress_scoped, next, delta, version: self.version })
     }
@@ -333,7 +333,7 @@ impl Classifier {
 }
 
 fn scoped_range(generation: u8) -> RangeInclusive<ScopeKey> {
-    let lo = ScopeKey { generation, hook: HOOK_EGRESS, _pad: 0, ifindex: 0, cgroup: 0 };
+    let lo = ScopeKey { generation, hook: Hook::EGRESS, _pad: 0, ifindex: 0, cgroup: 0 };
     lo..=ScopeKey { _pad: u16::MAX, ifindex: u32::MAX, cgroup: u64::MAX, ..lo }
 }
 
@@ -538,7 +538,7 @@ impl Tx<'_> {
 
     /// The cgroup scopes that hold the interface rules of (`ifindex`, `hook`): egress ones.
     fn inheriting(&self, ifindex: u32, hook: u8) -> Vec<u32> {
-        if hook != HOOK_EGRESS {
+        if hook != Hook::EGRESS {
             return Vec::new();
         }
         let range = (ifindex, hook, 0)..=(ifindex, hook, u32::MAX);
@@ -606,7 +606,7 @@ impl Tx<'_> {
             let rec = get!(self, rules, id).unwrap();
             out.extend(rec.effs.iter().filter(|e| e.0 == hook).map(|e| (e.1, e.2)));
         }
-        if hook == HOOK_EGRESS {
+        if hook == Hook::EGRESS {
             let range = (ifindex, hook, 0)..=(ifindex, hook, u32::MAX);
             for (_, _, e) in self.keys(|m| &m.plain, |d| &d.plain, range) {
                 out.push((self.eff(e).family, e));

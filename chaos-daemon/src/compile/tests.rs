@@ -61,7 +61,7 @@ fn cgroup_scope(t: &Tables, generation: u8, p: Pkt) -> Option<u32> {
 /// The TC program's lookup chain over `t`: on egress in the packet's cgroup scope if it has
 /// one, else (and always on ingress) in the interface's.
 fn kernel(t: &Tables, generation: u8, p: Pkt) -> Option<u32> {
-    let scoped = if p.hook == HOOK_EGRESS { cgroup_scope(t, generation, p) } else { None };
+    let scoped = if p.hook == Hook::EGRESS { cgroup_scope(t, generation, p) } else { None };
     chain(t, generation, p, scoped.unwrap_or(p.ifindex))
 }
 
@@ -99,17 +99,17 @@ fn reference(rules: &[Rule], p: Pkt, cgroup_program: bool) -> Option<u32> {
         let in_cgroup = r.cgroups.as_ref().map(|ids| ids.contains(&p.cgroup));
         let scope_ok = match (in_cgroup, cgroup_program) {
             (None, false) => true,
-            (Some(inside), false) => inside && p.hook == HOOK_EGRESS,
+            (Some(inside), false) => inside && p.hook == Hook::EGRESS,
             (Some(inside), true) => inside,
             (None, true) => false,
         };
         let fam = if p.family == FAMILY_V4 { r.matches.families.v4 } else { r.matches.families.v6 };
         let mirrored = match (r.matches.direction, p.hook) {
-            _ if r.connect != (p.hook == HOOK_CONNECT) => return false,
-            (_, HOOK_CONNECT) => false,
-            (Direction::Egress, HOOK_EGRESS) | (Direction::Ingress, HOOK_INGRESS) => false,
-            (Direction::Both, HOOK_EGRESS) => false,
-            (Direction::Both, HOOK_INGRESS) => true,
+            _ if r.connect != (p.hook == Hook::CONNECT) => return false,
+            (_, Hook::CONNECT) => false,
+            (Direction::Egress, Hook::EGRESS) | (Direction::Ingress, Hook::INGRESS) => false,
+            (Direction::Both, Hook::EGRESS) => false,
+            (Direction::Both, Hook::INGRESS) => true,
             _ => return false,
         };
         let (src, dst, sport, dport) = if mirrored {
@@ -171,7 +171,17 @@ fn v4(a: [u8; 4]) -> [u8; 16] {
 }
 
 fn pkt(src: [u8; 4], dst: [u8; 4], proto: u8, sport: u16, dport: u16) -> Pkt {
-    Pkt { ifindex: 2, hook: HOOK_EGRESS, cgroup: 0, family: FAMILY_V4, proto, src: v4(src), dst: v4(dst), sport, dport }
+    Pkt {
+        ifindex: 2,
+        hook: Hook::EGRESS,
+        cgroup: 0,
+        family: FAMILY_V4,
+        proto,
+        src: v4(src),
+        dst: v4(dst),
+        sport,
+        dport,
+    }
 }
 
 #[test]
@@ -186,9 +196,9 @@ fn udp_port_rule() {
     // Other generation's view is empty; other interface and hook too.
     assert_eq!(kernel(&t, 1, pkt([1, 1, 1, 1], [2, 2, 2, 2], PROTO_UDP, 5, 9000)), None);
     let mut p = pkt([1, 1, 1, 1], [2, 2, 2, 2], PROTO_UDP, 5, 9000);
-    p.hook = HOOK_INGRESS;
+    p.hook = Hook::INGRESS;
     assert_eq!(kernel(&t, 0, p), None);
-    p.hook = HOOK_EGRESS;
+    p.hook = Hook::EGRESS;
     p.ifindex = 3;
     assert_eq!(kernel(&t, 0, p), None);
 }
@@ -203,7 +213,7 @@ fn both_directions_mirror() {
     let out = pkt([10, 0, 0, 1], [10, 0, 0, 2], PROTO_TCP, 40000, 80);
     assert_eq!(kernel(&t, 1, out), Some(1));
     let mut back = pkt([10, 0, 0, 2], [10, 0, 0, 1], PROTO_TCP, 80, 40000);
-    back.hook = HOOK_INGRESS;
+    back.hook = Hook::INGRESS;
     assert_eq!(kernel(&t, 1, back), Some(1));
     back.src = v4([10, 0, 0, 4]);
     assert_eq!(kernel(&t, 1, back), None);
@@ -239,7 +249,7 @@ fn cgroup_rules_act_on_their_cgroups_only() {
     assert_eq!(kernel(&t, 0, out(13)), Some(1));
     assert_eq!(kernel(&t, 0, out(0)), Some(1));
     // Ingress: TC sees the interface's rules only; the cgroup program the cgroup's.
-    let back = |cgroup| Pkt { hook: HOOK_INGRESS, ..out(cgroup) };
+    let back = |cgroup| Pkt { hook: Hook::INGRESS, ..out(cgroup) };
     assert_eq!(kernel(&t, 0, back(11)), None);
     assert_eq!(kernel_cgroup(&t, 0, back(11)), Some(2));
     assert_eq!(kernel_cgroup(&t, 0, back(13)), None);
@@ -261,7 +271,7 @@ fn connect_rules_match_the_destination() {
     let t = compile(&[r], 1).unwrap();
     let connect = |cgroup, dst, dport| Pkt {
         ifindex: 0,
-        hook: HOOK_CONNECT,
+        hook: Hook::CONNECT,
         cgroup,
         ..pkt([0, 0, 0, 0], dst, PROTO_TCP, 0, dport)
     };
@@ -386,7 +396,7 @@ fn random_pkt(rng: &mut Rng) -> Pkt {
     let has_ports = matches!(proto, PROTO_TCP | PROTO_UDP);
     Pkt {
         ifindex: rng.pick(&[2, 3]),
-        hook: rng.pick(&[HOOK_INGRESS, HOOK_EGRESS]),
+        hook: rng.pick(&[Hook::INGRESS, Hook::EGRESS]),
         cgroup: rng.pick(&[0, 11, 12, 13, 14]),
         family,
         proto,
@@ -409,7 +419,7 @@ fn random_rule_sets_agree_with_the_rules() {
             let g = (round % 2) as u8;
             assert_eq!(kernel(&t, g, p), reference(&rules, p, false), "round {round}: {p:?}\n{rules:#?}");
             // The cgroup programs run on ingress (egress cgroup scopes are TC's).
-            if p.hook == HOOK_INGRESS {
+            if p.hook == Hook::INGRESS {
                 assert_eq!(kernel_cgroup(&t, g, p), reference(&rules, p, true), "round {round}: {p:?}\n{rules:#?}");
             }
         }

@@ -4,11 +4,7 @@
 
 use std::{collections::BTreeMap, path::PathBuf};
 
-use chaos_common::{
-    ACTION_CONNECT_FAIL, ACTION_CORRUPT, ACTION_DUPLICATE, ACTION_LOSS, ACTION_PARTITION, ACTION_RESET, ACTION_SHAPE,
-    CHAIN_GE, CHAIN_NONE, CHAIN_OUTCOME, CORRUPT_FIX_CHECKSUM, DIST_TABLE, DIST_UNIFORM, DROP_ALWAYS, HOOK_EGRESS,
-    HOOK_INGRESS, RESET_NEW_ONLY, RuleAction, netem_class,
-};
+use chaos_common::{ActionKind, ChainKind, DROP_ALWAYS, Dist, Hook, RuleAction, RuleFlags, netem_class};
 
 use super::faults::{Active, FaultSet};
 use crate::{
@@ -22,34 +18,34 @@ use crate::{
 pub(crate) fn rule_action(a: &Active, mark: u32) -> RuleAction {
     let base = RuleAction { deadline_ns: a.record.deadline_ns, ..Default::default() };
     match a.fault.action {
-        Action::Loss(odds) => RuleAction { kind: ACTION_LOSS, ..chance(odds, base) },
-        Action::Partition => RuleAction { kind: ACTION_PARTITION, chance: [DROP_ALWAYS; 2], ..base },
+        Action::Loss(odds) => RuleAction { kind: ActionKind::Loss as u32, ..chance(odds, base) },
+        Action::Partition => RuleAction { kind: ActionKind::Partition as u32, chance: [DROP_ALWAYS; 2], ..base },
         Action::Reset { new_only } => RuleAction {
-            kind: ACTION_RESET,
+            kind: ActionKind::Reset as u32,
             chance: [DROP_ALWAYS; 2],
-            flags: if new_only { RESET_NEW_ONLY } else { 0 },
+            flags: if new_only { RuleFlags::RESET_NEW_ONLY } else { RuleFlags::NONE },
             ..base
         },
-        Action::Duplicate(odds) => RuleAction { kind: ACTION_DUPLICATE, mark, ..chance(odds, base) },
+        Action::Duplicate(odds) => RuleAction { kind: ActionKind::Duplicate as u32, mark, ..chance(odds, base) },
         Action::ConnectFail { errno } => {
-            RuleAction { kind: ACTION_CONNECT_FAIL, chance: [DROP_ALWAYS; 2], flags: errno as u32, ..base }
+            RuleAction { kind: ActionKind::ConnectFail as u32, chance: [DROP_ALWAYS; 2], errno: errno as u32, ..base }
         }
         Action::Corrupt(odds, checksum) => RuleAction {
-            kind: ACTION_CORRUPT,
-            flags: if checksum == Checksum::Fixed { CORRUPT_FIX_CHECKSUM } else { 0 },
+            kind: ActionKind::Corrupt as u32,
+            flags: if checksum == Checksum::Fixed { RuleFlags::CORRUPT_FIX_CHECKSUM } else { RuleFlags::NONE },
             ..chance(odds, base)
         },
         Action::Shape(s) => {
             let rate_bytes = s.rate.map_or(0, |r| r / 8);
             let burst_ns = (burst(&s) * 1_000_000_000).checked_div(rate_bytes).unwrap_or(0);
             RuleAction {
-                kind: ACTION_SHAPE,
+                kind: ActionKind::Shape as u32,
                 priority: netem_class(a.record.slot).priority,
                 delay_ns: s.delay.as_nanos() as u64,
                 // Validation keeps jitter within chaos_common::MAX_JITTER_NS.
                 jitter_ns: s.jitter.as_nanos() as u32,
                 correlation: correlation(s.correlation),
-                distribution: if s.distribution == Distribution::Normal { DIST_TABLE } else { DIST_UNIFORM },
+                distribution: if s.distribution == Distribution::Normal { Dist::Table } else { Dist::Uniform } as u32,
                 rate_bytes,
                 burst_ns,
                 queue_ns: QUEUE_NS.max(burst_ns),
@@ -64,21 +60,23 @@ pub(crate) fn rule_action(a: &Active, mark: u32) -> RuleAction {
     }
 }
 
-/// The chance fields of a rule with `odds` (see chaos-common's CHAIN_* for what they mean).
+/// The chance fields of a rule with `odds` (see chaos-common's `ChainKind` for what they mean).
 fn chance(odds: Odds, base: RuleAction) -> RuleAction {
     match odds {
-        Odds::Random { p, correlation: 0.0 } => RuleAction { chance: [threshold(p); 2], chain: CHAIN_NONE, ..base },
+        Odds::Random { p, correlation: 0.0 } => {
+            RuleAction { chance: [threshold(p); 2], chain: ChainKind::None as u32, ..base }
+        }
         // The last outcome repeats with probability c, else a fresh draw: after a miss the
         // event happens with (1-c)p, after a hit with c + (1-c)p.
         Odds::Random { p, correlation: c } => RuleAction {
             chance: [threshold((1.0 - c) * p), threshold(c + (1.0 - c) * p)],
-            chain: CHAIN_OUTCOME,
+            chain: ChainKind::Outcome as u32,
             ..base
         },
         Odds::GilbertElliott { p, r, loss_bad, loss_good } => RuleAction {
             chance: [threshold(loss_good), threshold(loss_bad)],
             flip: [threshold(p), threshold(r)],
-            chain: CHAIN_GE,
+            chain: ChainKind::GilbertElliott as u32,
             ..base
         },
     }
@@ -230,9 +228,9 @@ pub fn fault_hooks(a: &Active, ifbs: &BTreeMap<u32, (u32, String)>) -> BTreeMap<
 
 fn hooks_of(direction: Direction) -> &'static [u8] {
     match direction {
-        Direction::Egress => &[HOOK_EGRESS],
-        Direction::Ingress => &[HOOK_INGRESS],
-        Direction::Both => &[HOOK_EGRESS, HOOK_INGRESS],
+        Direction::Egress => &[Hook::EGRESS],
+        Direction::Ingress => &[Hook::INGRESS],
+        Direction::Both => &[Hook::EGRESS, Hook::INGRESS],
     }
 }
 
@@ -295,7 +293,7 @@ fn fault_rules(a: &Active, ifbs: &BTreeMap<u32, (u32, String)>, hooks: &mut BTre
     };
     if a.cgroup.is_some() {
         if !connect && f.matches.direction != Direction::Ingress {
-            hook((a.ifindex, HOOK_EGRESS), &f.interface);
+            hook((a.ifindex, Hook::EGRESS), &f.interface);
         }
         return vec![rule(a.ifindex, f.matches)];
     }
@@ -312,7 +310,7 @@ fn fault_rules(a: &Active, ifbs: &BTreeMap<u32, (u32, String)>, hooks: &mut BTre
     let mut rules = Vec::new();
     let mut ingress = f.matches;
     if f.matches.direction == Direction::Both {
-        hook((a.ifindex, HOOK_EGRESS), &f.interface);
+        hook((a.ifindex, Hook::EGRESS), &f.interface);
         rules.push(rule(a.ifindex, Match { direction: Direction::Egress, ..f.matches }));
         // The ingress half of `both` sees the replies, as the compiler's ingress hook does.
         ingress = Match { direction: Direction::Ingress, ..f.matches.reply() };

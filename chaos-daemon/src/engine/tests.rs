@@ -204,14 +204,14 @@ fn scheduled_faults_start_when_due_and_expire_at_their_deadline() {
     later.duration = Some(DurationSpec::Text("10s".into()));
     e.apply(&batch(vec![later]), &root()).unwrap();
     let view = e.get("later").unwrap();
-    assert_eq!(view.state, "scheduled");
+    assert_eq!(view.state, FaultState::Scheduled);
     assert!(e.dataplane.rules.is_empty(), "nothing is in the kernel before its start");
     let record = e.faults().get("later").unwrap().record.clone();
     // Before its start: nothing happens, and the engine asks to be called at the start.
     assert_eq!(e.tick_at(record.start_ns - 1), Some(record.start_ns));
     assert!(e.dataplane.rules.is_empty());
     assert_eq!(e.tick_at(record.start_ns), Some(record.deadline_ns));
-    assert_eq!(e.get("later").unwrap().state, "active");
+    assert_eq!(e.get("later").unwrap().state, FaultState::Active);
     assert!(e.dataplane.rules.contains_key(&record.slot));
     assert!(dir.state().faults[0].started, "the state file says it started");
     e.dataplane.counters.insert(record.slot, Counters { matched: 9, ..Default::default() });

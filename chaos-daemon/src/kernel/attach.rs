@@ -12,7 +12,7 @@ use aya::{
         tc::{self, NlOptions, SchedClassifierLink, TcAttachOptions, TcError, TcHandle},
     },
 };
-use chaos_common::{HOOK_EGRESS, PROG_EGRESS, PROG_EGRESS_EDT, PROG_IFB, PROG_IFB_EDT, PROG_INGRESS};
+use chaos_common::{Hook, PROG_EGRESS, PROG_EGRESS_EDT, PROG_IFB, PROG_IFB_EDT, PROG_INGRESS};
 use serde::{Deserialize, Serialize};
 
 use super::{AttachMode, HOOK_IFB, KernelError, pins::Pins};
@@ -50,8 +50,8 @@ impl Link {
 /// The program for a hook (with the edt backend or not), and the hook as aya names it.
 pub(super) fn program_for(hook: u8, edt: bool) -> (&'static str, TcAttachType) {
     match (hook, edt) {
-        (HOOK_EGRESS, false) => (PROG_EGRESS, TcAttachType::Egress),
-        (HOOK_EGRESS, true) => (PROG_EGRESS_EDT, TcAttachType::Egress),
+        (Hook::EGRESS, false) => (PROG_EGRESS, TcAttachType::Egress),
+        (Hook::EGRESS, true) => (PROG_EGRESS_EDT, TcAttachType::Egress),
         (HOOK_IFB, false) => (PROG_IFB, TcAttachType::Egress),
         (HOOK_IFB, true) => (PROG_IFB_EDT, TcAttachType::Egress),
         _ => (PROG_INGRESS, TcAttachType::Ingress),

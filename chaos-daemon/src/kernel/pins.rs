@@ -13,7 +13,7 @@ use std::{
 };
 
 use aya::maps::{Array, MapData};
-use chaos_common::{ABI_VERSION, ACTIVE_ABI, map_names};
+use chaos_common::{ABI_VERSION, ActiveMap, map_names};
 use nix::sys::statfs::{BPF_FS_MAGIC, statfs};
 
 use super::KernelError;
@@ -120,7 +120,7 @@ impl Pins {
         let abi = MapData::from_pin(&path)
             .ok()
             .and_then(|m| Array::<MapData, u32>::try_from(aya::maps::Map::Array(m)).ok())
-            .and_then(|a| a.get(&ACTIVE_ABI, 0).ok());
+            .and_then(|a| a.get(&ActiveMap::ABI, 0).ok());
         abi == Some(ABI_VERSION)
     }
 

@@ -11,7 +11,7 @@ use std::{
 use tokio::signal::unix::{Signal, SignalKind, signal};
 
 use chaos_api::{
-    api::{Ended, FaultView, Faults, History, unix_ms},
+    api::{Ended, FaultState, FaultView, Faults, History, unix_ms},
     client::{Client, ClientError},
 };
 
@@ -107,7 +107,7 @@ pub enum Waited {
 pub async fn wait(client: &Client<'_>, names: &[String], mut interrupt: Signal) -> anyhow::Result<Waited> {
     let terminal = std::io::stderr().is_terminal();
     // Off a terminal (a log, a pipe): the state each fault was last reported in, and when.
-    let mut reported: BTreeMap<String, String> = BTreeMap::new();
+    let mut reported: BTreeMap<String, FaultState> = BTreeMap::new();
     let mut reported_at = std::time::Instant::now();
     loop {
         let list: Faults = client.get("/v1/faults").await?;
@@ -119,7 +119,7 @@ pub async fn wait(client: &Client<'_>, names: &[String], mut interrupt: Signal) 
                 if every || reported.get(&f.name) != Some(&f.state) {
                     let c = counts(f.matched, f.dropped, [f.duplicated, f.corrupted, f.reset]);
                     lines += &format!("{}: {} ({}), {c}\n", f.name, f.state, state(f));
-                    reported.insert(f.name.clone(), f.state.clone());
+                    reported.insert(f.name.clone(), f.state);
                 }
             }
             reported.retain(|name, _| {

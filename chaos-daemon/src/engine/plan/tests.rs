@@ -45,13 +45,13 @@ fn chance_fields() {
     let t = threshold;
 
     let a = chance(Odds::random(0.3), base);
-    assert_eq!((a.chance, a.flip, a.chain), ([t(0.3); 2], [0; 2], CHAIN_NONE));
+    assert_eq!((a.chance, a.flip, a.chain), ([t(0.3); 2], [0; 2], ChainKind::None as u32));
     assert_eq!(a.deadline_ns, DEADLINE);
     // -0% correlation (from "-0") is none as well.
-    assert_eq!(chance(Odds::Random { p: 0.3, correlation: -0.0 }, base).chain, CHAIN_NONE);
+    assert_eq!(chance(Odds::Random { p: 0.3, correlation: -0.0 }, base).chain, ChainKind::None as u32);
 
     let a = chance(Odds::Random { p: 0.2, correlation: 0.5 }, base);
-    assert_eq!((a.chance, a.flip, a.chain), ([t(0.1), t(0.6)], [0; 2], CHAIN_OUTCOME));
+    assert_eq!((a.chance, a.flip, a.chain), ([t(0.1), t(0.6)], [0; 2], ChainKind::Outcome as u32));
     // Certain events stay certain, whatever the correlation.
     let a = chance(Odds::Random { p: 1.0, correlation: 0.5 }, base);
     assert_eq!(a.chance, [t(0.5), DROP_ALWAYS]);
@@ -59,7 +59,7 @@ fn chance_fields() {
     assert_eq!(a.chance, [0, t(0.5)]);
 
     let a = chance(Odds::GilbertElliott { p: 0.01, r: 0.3, loss_bad: 0.9, loss_good: 0.02 }, base);
-    assert_eq!((a.chance, a.flip, a.chain), ([t(0.02), t(0.9)], [t(0.01), t(0.3)], CHAIN_GE));
+    assert_eq!((a.chance, a.flip, a.chain), ([t(0.02), t(0.9)], [t(0.01), t(0.3)], ChainKind::GilbertElliott as u32));
     assert_eq!(a.deadline_ns, DEADLINE);
 }
 
@@ -69,44 +69,68 @@ fn rule_actions() {
     let loss = action_of("loss", |s| s.loss = Some(30.0));
     assert_eq!(
         (loss.kind, loss.chance, loss.chain, loss.mark, loss.flags),
-        (ACTION_LOSS, [t(0.3); 2], CHAIN_NONE, 0, 0)
+        (ActionKind::Loss as u32, [t(0.3); 2], ChainKind::None as u32, 0, RuleFlags::NONE)
     );
     assert_eq!(loss.deadline_ns, DEADLINE);
 
     let ge = action_of("loss", |s| s.gemodel = Some("1 30".into()));
-    assert_eq!((ge.kind, ge.chance, ge.flip, ge.chain), (ACTION_LOSS, [0, DROP_ALWAYS], [t(0.01), t(0.3)], CHAIN_GE));
+    assert_eq!(
+        (ge.kind, ge.chance, ge.flip, ge.chain),
+        (ActionKind::Loss as u32, [0, DROP_ALWAYS], [t(0.01), t(0.3)], ChainKind::GilbertElliott as u32)
+    );
 
     let p = action_of("partition", |_| {});
-    assert_eq!((p.kind, p.chance, p.chain, p.deadline_ns), (ACTION_PARTITION, [DROP_ALWAYS; 2], CHAIN_NONE, DEADLINE));
+    assert_eq!(
+        (p.kind, p.chance, p.chain, p.deadline_ns),
+        (ActionKind::Partition as u32, [DROP_ALWAYS; 2], ChainKind::None as u32, DEADLINE)
+    );
 
     let d = action_of("duplicate", |s| {
         s.duplicate = Some(20.0);
         s.correlation = Some(50.0);
     });
-    assert_eq!((d.kind, d.mark, d.flags), (ACTION_DUPLICATE, MARK, 0));
-    assert_eq!((d.chance, d.chain, d.deadline_ns), ([t(0.1), t(0.6)], CHAIN_OUTCOME, DEADLINE));
+    assert_eq!((d.kind, d.mark, d.flags), (ActionKind::Duplicate as u32, MARK, RuleFlags::NONE));
+    assert_eq!((d.chance, d.chain, d.deadline_ns), ([t(0.1), t(0.6)], ChainKind::Outcome as u32, DEADLINE));
 
     let c = action_of("corrupt", |s| s.corrupt = Some(5.0));
-    assert_eq!((c.kind, c.chance, c.chain, c.flags, c.mark), (ACTION_CORRUPT, [t(0.05); 2], CHAIN_NONE, 0, 0));
+    assert_eq!(
+        (c.kind, c.chance, c.chain, c.flags, c.mark),
+        (ActionKind::Corrupt as u32, [t(0.05); 2], ChainKind::None as u32, RuleFlags::NONE, 0)
+    );
     let c = action_of("corrupt", |s| {
         s.corrupt = Some(5.0);
         s.checksum = Some("broken".into());
     });
-    assert_eq!(c.flags, 0);
+    assert_eq!(c.flags, RuleFlags::NONE);
     let c = action_of("corrupt", |s| {
         s.corrupt = Some(5.0);
         s.checksum = Some("fixed".into());
     });
-    assert_eq!((c.kind, c.flags, c.deadline_ns), (ACTION_CORRUPT, CORRUPT_FIX_CHECKSUM, DEADLINE));
+    assert_eq!(
+        (c.kind, c.flags, c.deadline_ns),
+        (ActionKind::Corrupt as u32, RuleFlags::CORRUPT_FIX_CHECKSUM, DEADLINE)
+    );
 
-    for (connections, flags) in [(None, 0), (Some("all"), 0), (Some("new"), RESET_NEW_ONLY)] {
+    for (connections, flags) in
+        [(None, RuleFlags::NONE), (Some("all"), RuleFlags::NONE), (Some("new"), RuleFlags::RESET_NEW_ONLY)]
+    {
         let r = action_of("reset", |s| s.connections = connections.map(Into::into));
         assert_eq!(
             (r.kind, r.chance, r.chain, r.flags, r.mark),
-            (ACTION_RESET, [DROP_ALWAYS; 2], CHAIN_NONE, flags, 0)
+            (ActionKind::Reset as u32, [DROP_ALWAYS; 2], ChainKind::None as u32, flags, 0)
         );
         assert_eq!(r.deadline_ns, DEADLINE);
     }
+
+    // The errno has a field of its own: `flags` holds flag bits only.
+    let f = action_of("connect-fail", |s| {
+        s.interface = None;
+        s.cgroup = Some("/app".into());
+        s.errno = Some("ETIMEDOUT".into());
+    });
+    assert_eq!((f.kind, f.chance, f.flags), (ActionKind::ConnectFail as u32, [DROP_ALWAYS; 2], RuleFlags::NONE));
+    assert_eq!(f.errno, libc::ETIMEDOUT as u32);
+    assert_eq!(action_of("loss", |s| s.loss = Some(30.0)).errno, 0);
 }
 
 /// splitmix64, top 32 bits: a uniform u32 as `bpf_get_prandom_u32` gives, widened as the
@@ -124,17 +148,17 @@ impl Rng {
 }
 
 /// chaos-ebpf's `happens`, step for step: the event with `chance[state]` (64-bit compare), then
-/// the next state: the outcome (CHAIN_OUTCOME) or a flip on a second draw (CHAIN_GE).
+/// the next state: the outcome (ChainKind::Outcome) or a flip on a second draw (ChainKind::GilbertElliott).
 fn happens(a: &RuleAction, state: &mut u32, rng: &mut Rng) -> bool {
     let rnd = rng.u32();
-    if a.chain == CHAIN_NONE {
+    if a.chain == ChainKind::None as u32 {
         return rnd < a.chance[0];
     }
     let bad = *state != 0;
     let hit = rnd < if bad { a.chance[1] } else { a.chance[0] };
-    let next = if a.chain == CHAIN_OUTCOME {
+    let next = if a.chain == ChainKind::Outcome as u32 {
         hit
-    } else if a.chain == CHAIN_GE {
+    } else if a.chain == ChainKind::GilbertElliott as u32 {
         let flip = rng.u32() < if bad { a.flip[1] } else { a.flip[0] };
         bad != flip
     } else {
