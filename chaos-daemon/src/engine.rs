@@ -112,6 +112,8 @@ pub struct Engine<D: Dataplane = Kernel> {
     boot_id: String,
     /// Set by [`Self::shutdown`].
     closed: bool,
+    /// A large change freed memory the allocator keeps: given back at the next tick.
+    trim: bool,
 }
 
 impl<D: Dataplane> Engine<D> {
@@ -260,6 +262,7 @@ impl<D: Dataplane> Engine<D> {
             return Err(e);
         }
         crashpoint::hit(Point::Recorded);
+        self.trim |= next.len().abs_diff(self.faults.len()) >= TRIM_AFTER;
         self.faults = next;
         self.publish(events);
         Ok(())
@@ -286,6 +289,7 @@ impl<D: Dataplane> Engine<D> {
             return Err(e.into());
         }
         crashpoint::hit(Point::Recorded);
+        self.trim |= next.len().abs_diff(self.faults.len()) >= TRIM_AFTER;
         self.faults = next;
         self.publish(events);
         // The filters and qdiscs given back: not made durable (a stale list only makes the next
@@ -465,6 +469,20 @@ impl Guard {
         });
         flows.extend(self.protected.iter().cloned());
         flows
+    }
+}
+
+/// Faults added or removed in one change past which the heap is trimmed (see [`trim_heap`]).
+const TRIM_AFTER: usize = 1000;
+
+/// Gives the memory a large change freed back to the system: glibc's allocator keeps freed
+/// memory for reuse, which after loading or clearing thousands of faults is tens of MB.
+/// (musl's gives it back by itself.)
+fn trim_heap() {
+    #[cfg(target_env = "gnu")]
+    // SAFETY: malloc_trim only releases free memory; no pointer is involved.
+    unsafe {
+        libc::malloc_trim(0);
     }
 }
 

@@ -61,8 +61,16 @@ impl<D: Dataplane> Engine<D> {
         let (faults, gone) = FaultSet::adopt(state.faults, state.next_id, same_boot, adopted, mono_ns(), |f| {
             crate::target::resolve(f, &runtime_dirs)
         });
-        let mut engine =
-            Self { dataplane, faults: FaultSet::new(state.next_id), settings, guard, store, boot_id, closed: false };
+        let mut engine = Self {
+            dataplane,
+            faults: FaultSet::new(state.next_id),
+            settings,
+            guard,
+            store,
+            boot_id,
+            closed: false,
+            trim: false,
+        };
         let mut ended: Vec<Ended> = gone
             .iter()
             .map(|(record, reason)| {
@@ -141,6 +149,9 @@ impl<D: Dataplane> Engine<D> {
             && let Err(e) = self.snapshot(&self.faults.clone())
         {
             tracing::warn!("writing a snapshot of the state: {e}");
+        }
+        if std::mem::take(&mut self.trim) {
+            super::trim_heap();
         }
         let idle = self.dataplane.release_idle(now);
         let next = self.faults.next_due().into_iter().chain(idle).min();
