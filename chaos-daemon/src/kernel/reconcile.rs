@@ -50,7 +50,8 @@ impl Dataplane for Kernel {
     fn adopt(&mut self, desired: &Plan, ended: &[u32]) -> Result<Vec<(u32, Counters)>, KernelError> {
         let known = desired.faults.by_slot();
         let ended: std::collections::BTreeSet<u32> = ended.iter().copied().collect();
-        let used = self.used_slots();
+        // Maps made by this start hold nothing to find.
+        let used = if self.classifier.is_some() { Vec::new() } else { self.used_slots() };
         let unknown: Vec<(u32, Counters)> = used
             .iter()
             .filter(|s| !known.contains_key(*s) && !ended.contains(s))
