@@ -40,11 +40,16 @@ fn name(i: u16) -> String {
 
 /// The index of the fault the daemon put in rule slot [`SLOT`], from its state file.
 fn fault_in_slot(daemon: &Daemon) -> u16 {
-    let state = std::fs::read_to_string(daemon.dir.join("state/state.json")).unwrap();
-    let state: serde_json::Value = serde_json::from_str(&state).unwrap();
+    let state = state(daemon);
     let record = state["faults"].as_array().unwrap().iter().find(|f| f["slot"] == SLOT).expect("a fault in slot 204");
     let name = record["name"].as_str().unwrap();
     name.strip_prefix("d-").and_then(|i| i.parse().ok()).unwrap_or_else(|| panic!("slot {SLOT} holds '{name}'"))
+}
+
+/// The daemon's state as it reads it (its snapshot with its journal applied), as JSON.
+fn state(daemon: &Daemon) -> serde_json::Value {
+    let mut store = chaos_daemon::state::Store::open(&daemon.dir.join("state"), 1000).unwrap();
+    serde_json::to_value(store.load().unwrap().expect("a state")).unwrap()
 }
 
 fn tc(lab: &Lab, what: &str) -> String {
@@ -194,8 +199,10 @@ fn a_restarted_daemon_sets_the_classes_it_adopts() {
     }
 
     daemon.signal(nix::sys::signal::Signal::SIGKILL).unwrap();
+    // The state as the daemon reads it, edited into one snapshot (the journal goes).
     let path = daemon.dir.join("state/state.json");
-    let mut state: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    let mut state = state(&daemon);
+    std::fs::remove_file(daemon.dir.join("state/journal.jsonl")).unwrap();
     let faults = state["faults"].as_array_mut().unwrap();
     assert_eq!(faults.len(), 2);
     let slots = (faults[0]["slot"].clone(), faults[1]["slot"].clone());
