@@ -600,6 +600,24 @@ pub fn mono_ns() -> u64 {
     t.tv_sec() as u64 * 1_000_000_000 + t.tv_nsec() as u64
 }
 
+/// A started fault with no deadline, for the unit tests.
+#[cfg(test)]
+pub(crate) fn test_record(name: &str, slot: u32) -> Record {
+    Record {
+        name: name.into(),
+        spec: Default::default(),
+        slot,
+        experiment: None,
+        applied_by: Actor::default(),
+        applied_at: 0,
+        start_ns: 0,
+        deadline_ns: u64::MAX,
+        started: true,
+        starts_at: 0,
+        expires_at: None,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -646,21 +664,7 @@ mod tests {
         }
     }
 
-    fn record(name: &str, slot: u32) -> Record {
-        Record {
-            name: name.into(),
-            spec: Default::default(),
-            slot,
-            experiment: None,
-            applied_by: Actor::default(),
-            applied_at: 0,
-            start_ns: 0,
-            deadline_ns: u64::MAX,
-            started: true,
-            starts_at: 0,
-            expires_at: None,
-        }
-    }
+    use super::test_record as record;
 
     fn names(state: &State) -> Vec<&str> {
         state.faults.iter().map(|r| r.name.as_str()).collect()

@@ -10,7 +10,7 @@
 //! (by deadline, start, interface, and the few faults that need a look of their own) keep the
 //! engine's periodic work proportional to what is due, not to the number of faults.
 
-use std::{collections::BTreeSet, ops::Deref, sync::Arc, time::Duration};
+use std::{ops::Deref, sync::Arc, time::Duration};
 
 use imbl::{HashMap, OrdMap, OrdSet, ordmap::DiffItem};
 
@@ -527,11 +527,6 @@ impl FaultSet {
             .map(|(slot, b)| Dropped { name: b.record.name.clone(), slot })
             .collect();
         (put.into_iter().map(|a| a.record.clone()).collect(), drop)
-    }
-
-    /// The slots in use, for checks.
-    pub fn slots(&self) -> BTreeSet<u32> {
-        self.by_slot.keys().copied().collect()
     }
 }
 

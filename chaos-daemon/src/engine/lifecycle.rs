@@ -252,24 +252,8 @@ impl<D: Dataplane> Engine<D> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::state::Record;
-    use chaos_common::NO_DEADLINE;
 
-    fn record(name: &str, slot: u32) -> Record {
-        Record {
-            name: name.into(),
-            spec: Default::default(),
-            slot,
-            experiment: None,
-            applied_by: Actor::default(),
-            applied_at: 0,
-            start_ns: 0,
-            deadline_ns: NO_DEADLINE,
-            started: true,
-            starts_at: 0,
-            expires_at: None,
-        }
-    }
+    use crate::state::test_record as record;
 
     #[test]
     fn a_state_file_with_shared_slots_or_names_is_refused() {

@@ -200,10 +200,11 @@ impl<'a> Plan<'a> {
         shape_needs(&self.special())
     }
 
-    /// The compiler's rules and the TC hooks they need; `ifbs` are the IFBs of interfaces
-    /// whose ingress is shaped.
-    pub fn tc(&self, ifbs: &BTreeMap<u32, (u32, String)>) -> (Vec<Rule>, BTreeMap<(u32, u8), String>) {
-        plan(&self.started(), ifbs)
+    /// Every started fault's rules, in order of application; `ifbs` are the IFBs of
+    /// interfaces whose ingress is shaped. (The hooks they need: [`fault_hooks`].)
+    pub fn tc(&self, ifbs: &BTreeMap<u32, (u32, String)>) -> Vec<Rule> {
+        let mut unused = BTreeMap::new();
+        self.started().into_iter().flat_map(|a| fault_rules(a, ifbs, &mut unused)).collect()
     }
 
     /// The rules of the fault started in `slot` (none if no started fault has it).
@@ -265,15 +266,6 @@ fn cgroup_hooks(faults: &[&Active]) -> BTreeMap<(u64, u8), PathBuf> {
 /// not yet started take no part. A shaping fault's ingress half goes to its interface's IFB
 /// (`ifbs`), whose egress program matches it as an ingress rule. A cgroup fault's ingress half
 /// and a connect-fail fault need no TC hook (see [`cgroup_hooks`]).
-fn plan(faults: &[&Active], ifbs: &BTreeMap<u32, (u32, String)>) -> (Vec<Rule>, BTreeMap<(u32, u8), String>) {
-    let mut hooks = BTreeMap::new();
-    let mut rules = Vec::new();
-    for a in faults.iter().filter(|a| a.record.started) {
-        rules.extend(fault_rules(a, ifbs, &mut hooks));
-    }
-    (rules, hooks)
-}
-
 /// One started fault's rules, adding the TC hooks they need to `hooks`.
 fn fault_rules(a: &Active, ifbs: &BTreeMap<u32, (u32, String)>, hooks: &mut BTreeMap<(u32, u8), String>) -> Vec<Rule> {
     let f = &a.fault;

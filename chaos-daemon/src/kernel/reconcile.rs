@@ -125,7 +125,7 @@ impl Kernel {
         let hooks = users.hooks();
         let cgroups = desired.cgroup_hooks();
         let fresh = desired.fresh_slots(&changes);
-        let all = || desired.tc(&ifbs).0;
+        let all = || desired.tc(&ifbs);
         let one = match changes.as_slice() {
             // One fault added, removed, started or changed: written in place.
             [c] => Some((c.slot, desired.rules_of(c.slot, &ifbs), c.before.is_some())),
