@@ -13,7 +13,8 @@
 //!    each gives an address class.
 //! 4. `PAIRS` (hash) with [`PairKey`] gives the class of the (source, destination) pair.
 //! 5. `PORTS` (LPM trie) with [`PortKey`] for protocol and destination port, then for the source
-//!    port: the last gives the rule slot.
+//!    port: the last gives the rule slot. A class value with [`SLOT_BIT`] is the slot already
+//!    (its strongest rule acts on every packet that gets there): the chain stops there.
 //! 6. `RULES[slot]` gives the [`RuleAction`]; a rule past its deadline is ignored. `COUNTERS[slot]`
 //!    (per CPU) counts it.
 //! 7. Only for a rule with memory (correlation, Gilbert–Elliott, reorder): `CHAINS[slot]` (per
@@ -68,10 +69,23 @@ pub const PORT_KEY_FIXED_BITS: u32 = 48;
 /// entries never collide and need no generation field of their own.
 pub const CLASS_GEN_BIT: u32 = 1 << 31;
 
+/// A `PAIRS` or destination-port `PORTS` value with this bit is no class but the acting rule's
+/// slot (in the bits below it): the strongest rule of that class matches every protocol and
+/// port left to look at, so the rest of the chain would only lead to it. A partition of a host
+/// (any protocol, any port) thus needs no `PORTS` entry at all, and its packets one lookup
+/// less. Class ids stay below it.
+pub const SLOT_BIT: u32 = 1 << 30;
+
+/// The slot a class value stands for, if it is one ([`SLOT_BIT`]).
+#[inline(always)]
+pub const fn slot_of(value: u32) -> Option<u32> {
+    if value & SLOT_BIT != 0 { Some(value & !SLOT_BIT) } else { None }
+}
+
 /// Version of this ABI, kept in `ACTIVE[`[`ActiveMap::ABI`]`]` of the pinned maps: a daemon
 /// finding pinned maps of another version does not reuse them. Bump it with any layout or
 /// meaning change here.
-pub const ABI_VERSION: u32 = 6;
+pub const ABI_VERSION: u32 = 7;
 
 /// The `ACTIVE` array: its indexes, and the bits of the live word at [`ActiveMap::GENERATION`].
 /// Indexes and bits are both `u32`s; their names say which is which.

@@ -6,7 +6,7 @@ use aya_ebpf::{
     programs::TcContext,
 };
 use chaos_common::{
-    ActiveMap, AddrKey, Hook, PORT_KEY_FIXED_BITS, PairKey, PortKey, RuleAction, SIDE_DST, SIDE_SRC, ScopeKey,
+    ActiveMap, AddrKey, Hook, PORT_KEY_FIXED_BITS, PairKey, PortKey, RuleAction, SIDE_DST, SIDE_SRC, ScopeKey, slot_of,
 };
 
 use crate::{
@@ -49,6 +49,18 @@ pub(crate) fn cgroup_scope(generation: u8, hook: Hook, ifindex: u32, cgroup: u64
     unsafe { SCOPES.get(&key) }.copied()
 }
 
+/// The `PORTS` steps of the chain: the slot of the rule that acts on `pkt` in `pair_class`.
+#[inline(always)]
+fn ports(pair_class: u32, pkt: &Packet) -> Option<u32> {
+    let full = PORT_KEY_FIXED_BITS + 16;
+    let dport_class = *PORTS
+        .get(&Key::new(full, PortKey { class: pair_class, proto: pkt.proto, side: SIDE_DST, port: pkt.dport }))?;
+    if let Some(slot) = slot_of(dport_class) {
+        return Some(slot);
+    }
+    PORTS.get(&Key::new(full, PortKey { class: dport_class, proto: 0, side: SIDE_SRC, port: pkt.sport })).copied()
+}
+
 /// The lookup chain of chaos-common, from the scope on: the acting rule's slot and action, and
 /// the time, unless no rule matches or the rule is past its deadline.
 #[inline(always)]
@@ -69,11 +81,10 @@ pub(crate) fn classify(
     // SAFETY: a plain hash lookup; the value is copied out at once.
     let pair_class = *unsafe { PAIRS.get(&PairKey { src_class, dst_class }) }?;
 
-    let full = PORT_KEY_FIXED_BITS + 16;
-    let dport_class = *PORTS
-        .get(&Key::new(full, PortKey { class: pair_class, proto: pkt.proto, side: SIDE_DST, port: pkt.dport }))?;
-    let slot =
-        *PORTS.get(&Key::new(full, PortKey { class: dport_class, proto: 0, side: SIDE_SRC, port: pkt.sport }))?;
+    let slot = match slot_of(pair_class) {
+        Some(slot) => slot,
+        None => ports(pair_class, pkt)?,
+    };
 
     let action = RULES.get(slot)?;
     // The deadline is kept here, not only by the daemon, so that a fault ends on time even when

@@ -7,7 +7,9 @@ use aya::{
     maps::{Array, HashMap, LpmTrie, Map, MapData, PerCpuArray, loaded_maps},
     programs::{SchedClassifier, TcAttachType, loaded_programs},
 };
-use chaos_common::{ActiveMap, AddrKey, CLASS_GEN_BIT, Counters, PairKey, PortKey, RuleAction, SIDE_SRC, map_names};
+use chaos_common::{
+    ActiveMap, AddrKey, CLASS_GEN_BIT, Counters, PairKey, PortKey, RuleAction, SIDE_SRC, map_names, slot_of,
+};
 
 use crate::Netns;
 
@@ -152,8 +154,8 @@ pub fn cgroup_programs(dir: &std::path::Path, attach_type: u32) -> anyhow::Resul
     Ok(ids[..count.min(ids.len())].to_vec())
 }
 
-/// The rule slots a packet can reach in the maps a daemon pinned in `bpffs` (its live
-/// generation's last lookup, whose values are slots), each with the action `RULES` holds.
+/// The rule slots a packet can reach in the maps a daemon pinned in `bpffs` (the values of its
+/// live generation that are slots), each with the action `RULES` holds.
 pub fn reachable_rules(bpffs: &std::path::Path) -> anyhow::Result<BTreeMap<u32, RuleAction>> {
     let open = |name: &str| MapData::from_pin(bpffs.join(format!("map_{name}")));
     let active: Array<_, u32> = Array::try_from(Map::Array(open(map_names::ACTIVE)?))?;
@@ -161,11 +163,24 @@ pub fn reachable_rules(bpffs: &std::path::Path) -> anyhow::Result<BTreeMap<u32, 
     let bit = if generation == 1 { CLASS_GEN_BIT } else { 0 };
     let ports: LpmTrie<_, PortKey, u32> = LpmTrie::try_from(Map::LpmTrie(open(map_names::PORTS)?))?;
     let rules: Array<_, RuleAction> = Array::try_from(Map::Array(open(map_names::RULES)?))?;
+    let pairs: HashMap<_, PairKey, u32> = HashMap::try_from(Map::Hash(open(map_names::PAIRS)?))?;
     let mut reachable = BTreeMap::new();
     for entry in ports.iter() {
-        let (key, slot) = entry?;
+        let (key, value) = entry?;
         let k = key.data();
-        if k.side == SIDE_SRC && k.class & CLASS_GEN_BIT == bit {
+        if k.class & CLASS_GEN_BIT != bit {
+            continue;
+        }
+        // A source-port entry holds a slot; a destination-port one may (SLOT_BIT).
+        match (k.side == SIDE_SRC, slot_of(value)) {
+            (true, _) => reachable.insert(value, rules.get(&value, 0)?),
+            (false, Some(slot)) => reachable.insert(slot, rules.get(&slot, 0)?),
+            (false, None) => None,
+        };
+    }
+    for entry in pairs.iter() {
+        let (key, value) = entry?;
+        if let Some(slot) = slot_of(value).filter(|_| key.src_class & CLASS_GEN_BIT == bit) {
             reachable.insert(slot, rules.get(&slot, 0)?);
         }
     }

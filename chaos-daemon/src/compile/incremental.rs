@@ -50,7 +50,7 @@ use std::{
 use chaos_common::{
     ADDR_KEY_FIXED_BITS, ADDRS_CAPACITY, AddrKey, CLASS_GEN_BIT, Hook, PAIRS_CAPACITY, PORT_KEY_FIXED_BITS,
     PORTS_CAPACITY, PROTO_ICMP, PROTO_ICMPV6, PROTO_OTHER, PROTO_TCP, PROTO_UDP, PairKey, PortKey, SCOPE_CGROUP_BIT,
-    SCOPES_CAPACITY, SIDE_DST, SIDE_SRC, ScopeKey,
+    SCOPES_CAPACITY, SIDE_DST, SIDE_SRC, SLOT_BIT, ScopeKey,
 };
 
 use super::{CompileError, Prefix, Rule, Set, Tables, check, port_blocks, runs, views};
@@ -80,6 +80,10 @@ enum Kind {
 struct Class {
     /// Its key in `pair_of` or `dport_of`.
     key: (Kind, Set),
+    /// What a `PAIRS` entry or a destination-port entry leading to it holds: its id, or the
+    /// slot of its strongest rule with `SLOT_BIT` when that rule acts on every packet that gets
+    /// there (then it has no entries of its own).
+    value: u32,
     entries: Vec<(u32, PortKey, u32)>,
     /// The classes its entries point to (one reference each).
     deps: Vec<u32>,
@@ -325,7 +329,11 @@ impl Classifier {
         let m = &self.maps;
         Tables {
             addrs: m.nodes.iter().map(|(k, n)| addr_entry(k, n.class, self.generation)).collect(),
-            pairs: m.pairs.iter().map(|(&(s, d), &c)| (PairKey { src_class: s, dst_class: d }, c)).collect(),
+            pairs: m
+                .pairs
+                .iter()
+                .map(|(&(s, d), c)| (PairKey { src_class: s, dst_class: d }, m.classes[c].value))
+                .collect(),
             ports: m.classes.values().flat_map(|c| c.entries.iter().copied()).collect(),
             scopes: m.cgroups.iter().map(|(k, s)| (*k, *s)).collect(),
         }
@@ -357,8 +365,13 @@ fn ops(base: &Maps, d: &Delta, generation: u8) -> Vec<Op> {
             phases[if new.is_some() { 2 } else { 5 }].push(Op::Addr { len, key, old, new });
         }
     }
+    // A pair holds its class's value (the same class, or another of the same value, needs no write).
+    let value = |id: &u32| match d.classes.get(id) {
+        Some(c) => c.as_ref().expect("a class a pair holds").value,
+        None => base.classes[id].value,
+    };
     for (&(s, dc), new) in &d.pairs {
-        let (old, new) = (base.pairs.get(&(s, dc)).copied(), *new);
+        let (old, new) = (base.pairs.get(&(s, dc)).map(|id| base.classes[id].value), new.as_ref().map(value));
         if old != new {
             let key = PairKey { src_class: s, dst_class: dc };
             phases[if new.is_some() { 1 } else { 6 }].push(Op::Pair { key, old, new });
@@ -788,12 +801,20 @@ impl Tx<'_> {
         }
         let id = self.class_id();
         let (mut entries, mut deps) = (Vec::new(), Vec::new());
+        // The strongest rule, if it acts on whatever is left to match: the class is its slot.
+        let top = set.iter().map(|e| self.eff(*e)).min_by_key(|x| x.prec).expect("a class of some rules");
+        let terminal = match kind {
+            Kind::Pair => top.protos.contains(&PROTO_OTHER) && top.dport.is_any() && top.sport.is_any(),
+            Kind::Dport => top.sport.is_any(),
+        };
+        let value = if terminal { SLOT_BIT | top.slot } else { id };
         let mut push = |key: PortKey, range, value| {
             for (start, len) in port_blocks(range) {
                 entries.push((PORT_KEY_FIXED_BITS + u32::from(len), PortKey { port: start.to_be(), ..key }, value));
             }
         };
         match kind {
+            _ if terminal => {}
             Kind::Pair => {
                 let all: Vec<(u32, &'static [u8], PortRange)> =
                     set.iter().map(|e| (*e, self.eff(*e).protos, self.eff(*e).dport)).collect();
@@ -803,7 +824,8 @@ impl Tx<'_> {
                     for (range, sub) in runs(&members) {
                         let dport = self.class(Kind::Dport, sub);
                         deps.push(dport);
-                        push(PortKey { class: id, proto, side: SIDE_DST, port: 0 }, range, dport);
+                        let value = get!(self, classes, &dport).expect("just referenced").value;
+                        push(PortKey { class: id, proto, side: SIDE_DST, port: 0 }, range, value);
                     }
                 }
             }
@@ -820,7 +842,7 @@ impl Tx<'_> {
             Kind::Pair => set!(self, pair_of, set.clone(), Some(id)),
             Kind::Dport => set!(self, dport_of, set.clone(), Some(id)),
         };
-        set!(self, classes, id, Some(Class { key: (kind, set), entries, deps }));
+        set!(self, classes, id, Some(Class { key: (kind, set), value, entries, deps }));
         set!(self, refs, id, Some(1));
         id
     }

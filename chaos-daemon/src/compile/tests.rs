@@ -78,8 +78,14 @@ fn chain(t: &Tables, generation: u8, p: Pkt, scope: u32) -> Option<u32> {
     key.addr = words(p.dst);
     let d = lpm(&t.addrs, &key, addr_bytes)?;
     let pair = t.pairs.iter().find(|(k, _)| *k == PairKey { src_class: s, dst_class: d })?.1;
+    if let Some(slot) = chaos_common::slot_of(pair) {
+        return Some(slot);
+    }
     let dk = PortKey { class: pair, proto: p.proto, side: SIDE_DST, port: p.dport.to_be() };
     let dc = lpm(&t.ports, &dk, port_bytes)?;
+    if let Some(slot) = chaos_common::slot_of(dc) {
+        return Some(slot);
+    }
     let sk = PortKey { class: dc, proto: 0, side: SIDE_SRC, port: p.sport.to_be() };
     lpm(&t.ports, &sk, port_bytes)
 }
