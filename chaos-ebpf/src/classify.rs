@@ -5,9 +5,7 @@ use aya_ebpf::{
     maps::lpm_trie::Key,
     programs::TcContext,
 };
-use chaos_common::{
-    ActiveMap, AddrKey, Hook, PORT_KEY_FIXED_BITS, PairKey, PortKey, RuleAction, SIDE_DST, SIDE_SRC, ScopeKey,
-};
+use chaos_common::{ActiveMap, AddrKey, Hook, PORT_KEY_FIXED_BITS, PairKey, PortKey, RuleAction, ScopeKey, Side};
 
 use crate::{
     maps::{ACTIVE, ADDRS, PAIRS, PORTS, RULES, SCOPES},
@@ -60,20 +58,22 @@ pub(crate) fn classify(
 ) -> Option<(u32, &'static RuleAction, u64)> {
     let mut addr = Key::new(
         ADDR_LOOKUP_BITS,
-        AddrKey { generation, hook: hook as u8, family: pkt.family, side: SIDE_SRC, scope, addr: pkt.src },
+        AddrKey { generation, hook: hook as u8, family: pkt.family, side: Side::Src as u8, scope, addr: pkt.src },
     );
     let src_class = *ADDRS.get(&addr)?;
-    addr.data.side = SIDE_DST;
+    addr.data.side = Side::Dst as u8;
     addr.data.addr = pkt.dst;
     let dst_class = *ADDRS.get(&addr)?;
     // SAFETY: a plain hash lookup; the value is copied out at once.
     let pair_class = *unsafe { PAIRS.get(&PairKey { src_class, dst_class }) }?;
 
     let full = PORT_KEY_FIXED_BITS + 16;
-    let dport_class = *PORTS
-        .get(&Key::new(full, PortKey { class: pair_class, proto: pkt.proto, side: SIDE_DST, port: pkt.dport }))?;
-    let slot =
-        *PORTS.get(&Key::new(full, PortKey { class: dport_class, proto: 0, side: SIDE_SRC, port: pkt.sport }))?;
+    let dport_class = *PORTS.get(&Key::new(
+        full,
+        PortKey { class: pair_class, proto: pkt.proto, side: Side::Dst as u8, port: pkt.dport },
+    ))?;
+    let slot = *PORTS
+        .get(&Key::new(full, PortKey { class: dport_class, proto: 0, side: Side::Src as u8, port: pkt.sport }))?;
 
     let action = RULES.get(slot)?;
     // The deadline is kept here, not only by the daemon, so that a fault ends on time even when

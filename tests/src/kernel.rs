@@ -7,7 +7,7 @@ use aya::{
     maps::{Array, HashMap, LpmTrie, Map, MapData, PerCpuArray, loaded_maps},
     programs::{SchedClassifier, TcAttachType, loaded_programs},
 };
-use chaos_common::{ActiveMap, AddrKey, CLASS_GEN_BIT, Counters, PairKey, PortKey, RuleAction, SIDE_SRC, map_names};
+use chaos_common::{ActiveMap, AddrKey, CLASS_GEN_BIT, Counters, PairKey, PortKey, RuleAction, Side, map_names};
 
 use crate::Netns;
 
@@ -165,7 +165,7 @@ pub fn reachable_rules(bpffs: &std::path::Path) -> anyhow::Result<BTreeMap<u32, 
     for entry in ports.iter() {
         let (key, slot) = entry?;
         let k = key.data();
-        if k.side == SIDE_SRC && k.class & CLASS_GEN_BIT == bit {
+        if k.side == Side::Src as u8 && k.class & CLASS_GEN_BIT == bit {
             reachable.insert(slot, rules.get(&slot, 0)?);
         }
     }
