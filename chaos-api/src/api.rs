@@ -236,8 +236,8 @@ pub enum AuditAction {
     Cleanup,
     /// A count of refusals not recorded one by one (over the rate limit).
     Refusals,
-    /// A request refused before it was routed: its method and path, escaped and bounded (always
-    /// with a space, which no word above has).
+    /// A request refused before it was routed: its method and path, escaped and bounded. Read
+    /// back by its space, which no word above has.
     Request(String),
     /// A word this version does not know (a history written by another one): kept as read, so
     /// the line stays readable.
