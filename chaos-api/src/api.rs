@@ -200,8 +200,7 @@ pub struct Event {
     /// Unix time, milliseconds.
     pub at: u64,
     pub actor: Actor,
-    /// `apply`, `remove`, `clear`, `remove-experiment`, `start`, `expire`, `adopt`, `cleanup`...
-    pub action: String,
+    pub action: AuditAction,
     /// Faults (or the experiment) concerned.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub faults: Vec<String>,
@@ -214,6 +213,92 @@ pub struct Event {
     /// Faults that ended, with their final counters.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub ended: Vec<Ended>,
+}
+
+/// What an audit event records; on the wire the lowercase word (`"remove-experiment"`), or the
+/// method and path of a refused request as recorded (`"DELETE /v1/faults"`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(from = "String", into = "String")]
+pub enum AuditAction {
+    Apply,
+    Remove,
+    RemoveExperiment,
+    Clear,
+    /// A scheduled fault started.
+    Start,
+    /// Faults reached their deadline.
+    Expire,
+    /// Faults whose target went (an interface, a cgroup).
+    End,
+    /// A start took over the faults the previous daemon left.
+    Adopt,
+    /// `chaos-daemon cleanup` removed everything.
+    Cleanup,
+    /// A count of refusals not recorded one by one (over the rate limit).
+    Refusals,
+    /// A request refused before it was routed: its method and path, escaped and bounded. Read
+    /// back by its space, which no word above has.
+    Request(String),
+    /// A word this version does not know (a history written by another one): kept as read, so
+    /// the line stays readable.
+    Other(String),
+}
+
+impl AuditAction {
+    /// Every word variant: what [`From<String>`] reads back (`as_str` gives their words).
+    const WORDS: [Self; 10] = [
+        Self::Apply,
+        Self::Remove,
+        Self::RemoveExperiment,
+        Self::Clear,
+        Self::Start,
+        Self::Expire,
+        Self::End,
+        Self::Adopt,
+        Self::Cleanup,
+        Self::Refusals,
+    ];
+
+    pub fn as_str(&self) -> &str {
+        match self {
+            Self::Apply => "apply",
+            Self::Remove => "remove",
+            Self::RemoveExperiment => "remove-experiment",
+            Self::Clear => "clear",
+            Self::Start => "start",
+            Self::Expire => "expire",
+            Self::End => "end",
+            Self::Adopt => "adopt",
+            Self::Cleanup => "cleanup",
+            Self::Refusals => "refusals",
+            Self::Request(text) | Self::Other(text) => text,
+        }
+    }
+}
+
+impl From<String> for AuditAction {
+    fn from(text: String) -> Self {
+        match Self::WORDS.into_iter().find(|word| word.as_str() == text) {
+            Some(word) => word,
+            None if text.contains(' ') => Self::Request(text),
+            None => Self::Other(text),
+        }
+    }
+}
+
+impl From<AuditAction> for String {
+    fn from(action: AuditAction) -> Self {
+        match action {
+            AuditAction::Request(text) | AuditAction::Other(text) => text,
+            word => word.as_str().to_owned(),
+        }
+    }
+}
+
+impl std::fmt::Display for AuditAction {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -262,7 +347,7 @@ pub fn unix_ms() -> u64 {
 
 #[cfg(test)]
 mod tests {
-    use super::FaultState;
+    use super::{AuditAction, FaultState};
 
     #[test]
     fn fault_state_on_the_wire() {
@@ -272,5 +357,27 @@ mod tests {
             assert_eq!(format!("\"{state}\""), text);
         }
         assert!(serde_json::from_str::<FaultState>("\"Active\"").is_err());
+    }
+
+    #[test]
+    fn audit_actions_on_the_wire() {
+        let words = "apply remove remove-experiment clear start expire end adopt cleanup refusals";
+        for (word, action) in words.split(' ').zip(AuditAction::WORDS) {
+            let text = format!("\"{word}\"");
+            assert_eq!(serde_json::to_string(&action).unwrap(), text);
+            assert_eq!(serde_json::from_str::<AuditAction>(&text).unwrap(), action);
+        }
+        assert_eq!(words.split(' ').count(), AuditAction::WORDS.len());
+        // A refused request's method and path, and words of other versions, read back as written.
+        for (text, action) in [
+            ("DELETE /v1/faults", AuditAction::Request("DELETE /v1/faults".into())),
+            ("pause", AuditAction::Other("pause".into())),
+            ("Apply", AuditAction::Other("Apply".into())),
+        ] {
+            let json = serde_json::to_string(text).unwrap();
+            assert_eq!(serde_json::from_str::<AuditAction>(&json).unwrap(), action);
+            assert_eq!(serde_json::to_string(&action).unwrap(), json);
+            assert_eq!(action.to_string(), text);
+        }
     }
 }

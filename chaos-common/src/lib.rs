@@ -44,21 +44,47 @@ impl Hook {
     pub const CONNECT: u8 = Self::Connect as u8;
 }
 
-/// Address family in [`AddrKey`].
-pub const FAMILY_V4: u8 = 4;
-pub const FAMILY_V6: u8 = 6;
+/// Address family: [`AddrKey::family`] holds it as a `u8`.
+#[repr(u8)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Family {
+    V4 = 4,
+    V6 = 6,
+}
 
-/// Which packet address an [`AddrKey`] or port a [`PortKey`] describes.
-pub const SIDE_SRC: u8 = 0;
-pub const SIDE_DST: u8 = 1;
+/// Which packet address an [`AddrKey`] or port a [`PortKey`] describes: their `side` holds it
+/// as a `u8`.
+#[repr(u8)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Side {
+    Src = 0,
+    Dst = 1,
+}
 
-/// Protocol numbers as they appear in [`PortKey::proto`]. Any protocol without its own entry is
-/// looked up as [`PROTO_OTHER`], so a rule for "any protocol" needs a bounded number of entries.
-pub const PROTO_ICMP: u8 = 1;
-pub const PROTO_TCP: u8 = 6;
-pub const PROTO_UDP: u8 = 17;
-pub const PROTO_ICMPV6: u8 = 58;
-pub const PROTO_OTHER: u8 = 255;
+/// Protocols as [`PortKey::proto`] holds them (as a `u8`): their IP protocol numbers. Any
+/// protocol without its own entry is looked up as [`Proto::Other`], so a rule for "any protocol"
+/// needs a bounded number of entries.
+#[repr(u8)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Proto {
+    Icmp = 1,
+    Tcp = 6,
+    Udp = 17,
+    Icmpv6 = 58,
+    Other = 255,
+}
+
+impl Proto {
+    /// The raw values, for code that matches a packet's protocol byte in patterns (where
+    /// `Proto::Tcp as u8` cannot stand).
+    pub const ICMP: u8 = Self::Icmp as u8;
+    pub const TCP: u8 = Self::Tcp as u8;
+    pub const UDP: u8 = Self::Udp as u8;
+    pub const ICMPV6: u8 = Self::Icmpv6 as u8;
+    pub const OTHER: u8 = Self::Other as u8;
+    /// Every protocol with entries of its own.
+    pub const ALL: [Self; 5] = [Self::Tcp, Self::Udp, Self::Icmp, Self::Icmpv6, Self::Other];
+}
 
 /// Bits of [`AddrKey`] before the address: an LPM prefix length is this plus the CIDR length.
 pub const ADDR_KEY_FIXED_BITS: u32 = 64;

@@ -25,9 +25,8 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use chaos_common::{
-    ADDR_KEY_FIXED_BITS, ADDRS_CAPACITY, AddrKey, CLASS_GEN_BIT, FAMILY_V4, FAMILY_V6, Hook, PAIRS_CAPACITY,
-    PORT_KEY_FIXED_BITS, PORTS_CAPACITY, PROTO_ICMP, PROTO_ICMPV6, PROTO_OTHER, PROTO_TCP, PROTO_UDP, PairKey, PortKey,
-    SCOPE_CGROUP_BIT, SCOPES_CAPACITY, SIDE_DST, SIDE_SRC, ScopeKey,
+    ADDR_KEY_FIXED_BITS, ADDRS_CAPACITY, AddrKey, CLASS_GEN_BIT, Family, Hook, PAIRS_CAPACITY, PORT_KEY_FIXED_BITS,
+    PORTS_CAPACITY, PairKey, PortKey, Proto, SCOPE_CGROUP_BIT, SCOPES_CAPACITY, ScopeKey, Side,
 };
 
 use crate::spec::{Cidr, Direction, Match, PortRange, Protocol, mask};
@@ -80,10 +79,10 @@ type Set = Vec<u32>;
 /// What one rule looks like from one hook: for `both` on ingress, mirrored.
 struct Eff {
     rank: u32,
-    family: u8,
+    family: Family,
     src: Prefix,
     dst: Prefix,
-    protos: &'static [u8],
+    protos: &'static [Proto],
     sport: PortRange,
     dport: PortRange,
 }
@@ -148,10 +147,10 @@ pub fn compile(rules: &[Rule], generation: u8) -> Result<Tables, CompileError> {
 #[derive(Clone, Copy, Debug)]
 struct View {
     hook: u8,
-    family: u8,
+    family: Family,
     src: Prefix,
     dst: Prefix,
-    protos: &'static [u8],
+    protos: &'static [Proto],
     sport: PortRange,
     dport: PortRange,
 }
@@ -163,7 +162,7 @@ fn views(r: &Rule) -> Vec<View> {
         Direction::Ingress => &[(Hook::INGRESS, false)],
         Direction::Both => &[(Hook::EGRESS, false), (Hook::INGRESS, true)],
     };
-    let families = [(FAMILY_V4, r.matches.families.v4), (FAMILY_V6, r.matches.families.v6)];
+    let families = [(Family::V4, r.matches.families.v4), (Family::V6, r.matches.families.v6)];
     let prefix = |c: Option<Cidr>| c.map_or(([0; 16], 0), |c| (mask(c.bytes(), c.len), c.len));
     let mut out = Vec::new();
     for &(hook, mirror) in hooks {
@@ -178,16 +177,16 @@ fn views(r: &Rule) -> Vec<View> {
 }
 
 /// The protocol values a rule's entries cover; port-restricted rules only see TCP and UDP.
-fn protos(protocol: Protocol, family: u8, any_port: bool) -> &'static [u8] {
-    let v4 = family == FAMILY_V4;
+fn protos(protocol: Protocol, family: Family, any_port: bool) -> &'static [Proto] {
+    let v4 = family == Family::V4;
     match protocol {
-        Protocol::Tcp => &[PROTO_TCP],
-        Protocol::Udp => &[PROTO_UDP],
-        Protocol::Icmp if v4 => &[PROTO_ICMP],
-        Protocol::Icmp => &[PROTO_ICMPV6],
-        Protocol::Any if !any_port => &[PROTO_TCP, PROTO_UDP],
-        Protocol::Any if v4 => &[PROTO_TCP, PROTO_UDP, PROTO_ICMP, PROTO_OTHER],
-        Protocol::Any => &[PROTO_TCP, PROTO_UDP, PROTO_ICMPV6, PROTO_OTHER],
+        Protocol::Tcp => &[Proto::Tcp],
+        Protocol::Udp => &[Proto::Udp],
+        Protocol::Icmp if v4 => &[Proto::Icmp],
+        Protocol::Icmp => &[Proto::Icmpv6],
+        Protocol::Any if !any_port => &[Proto::Tcp, Proto::Udp],
+        Protocol::Any if v4 => &[Proto::Tcp, Proto::Udp, Proto::Icmp, Proto::Other],
+        Protocol::Any => &[Proto::Tcp, Proto::Udp, Proto::Icmpv6, Proto::Other],
     }
 }
 
@@ -213,7 +212,7 @@ impl Compiler {
         slots: &[u32],
     ) -> Result<(), CompileError> {
         let effs: Vec<&Eff> = effs.collect();
-        for family in [FAMILY_V4, FAMILY_V6] {
+        for family in [Family::V4, Family::V6] {
             let of_family: Vec<&Eff> = effs.iter().filter(|e| e.family == family).copied().collect();
             if !of_family.is_empty() {
                 self.scope(scope, hook, family, &of_family, slots)?;
@@ -222,19 +221,26 @@ impl Compiler {
         Ok(())
     }
 
-    fn scope(&mut self, scope: u32, hook: u8, family: u8, effs: &[&Eff], slots: &[u32]) -> Result<(), CompileError> {
+    fn scope(
+        &mut self,
+        scope: u32,
+        hook: u8,
+        family: Family,
+        effs: &[&Eff],
+        slots: &[u32],
+    ) -> Result<(), CompileError> {
         let by_rank: HashMap<u32, &Eff> = effs.iter().map(|e| (e.rank, *e)).collect();
         let generation = self.generation;
-        let key = move |side, addr: [u8; 16]| AddrKey {
+        let key = move |side: Side, addr: [u8; 16]| AddrKey {
             generation,
             hook,
-            family,
-            side,
+            family: family as u8,
+            side: side as u8,
             scope,
             addr: std::array::from_fn(|i| u32::from_ne_bytes(addr[4 * i..4 * i + 4].try_into().unwrap())),
         };
-        let src_key = |a| key(SIDE_SRC, a);
-        let dst_key = |a| key(SIDE_DST, a);
+        let src_key = |a| key(Side::Src, a);
+        let dst_key = |a| key(Side::Dst, a);
         let src = self.addr_classes(effs.iter().map(|e| (e.src, e.rank)), src_key)?;
         let dst = self.addr_classes(effs.iter().map(|e| (e.dst, e.rank)), dst_key)?;
 
@@ -265,7 +271,7 @@ impl Compiler {
         // Destination ports, per protocol, then source ports, ending in the winner's slot.
         let mut dport_classes: HashMap<Set, u32> = HashMap::new();
         for (set, pair_class) in &pair_classes {
-            for proto in [PROTO_TCP, PROTO_UDP, PROTO_ICMP, PROTO_ICMPV6, PROTO_OTHER] {
+            for proto in Proto::ALL {
                 let members: Vec<&Eff> = set.iter().map(|r| by_rank[r]).filter(|e| e.protos.contains(&proto)).collect();
                 for (range, sub) in intervals(&members, |e| e.dport) {
                     let class = match dport_classes.get(&sub) {
@@ -276,7 +282,7 @@ impl Compiler {
                             c
                         }
                     };
-                    let key = PortKey { class: *pair_class, proto, side: SIDE_DST, port: 0 };
+                    let key = PortKey { class: *pair_class, proto: proto as u8, side: Side::Dst as u8, port: 0 };
                     self.port_entries(key, range, class)?;
                 }
             }
@@ -284,7 +290,7 @@ impl Compiler {
         for (set, class) in &dport_classes {
             let members: Vec<&Eff> = set.iter().map(|r| by_rank[r]).collect();
             for (range, sub) in intervals(&members, |e| e.sport) {
-                let key = PortKey { class: *class, proto: 0, side: SIDE_SRC, port: 0 };
+                let key = PortKey { class: *class, proto: 0, side: Side::Src as u8, port: 0 };
                 self.port_entries(key, range, slots[sub[0] as usize])?;
             }
         }

@@ -17,7 +17,7 @@ use std::{sync::Arc, time::Duration};
 use chaos_common::{Counters, NO_DEADLINE};
 
 use crate::{
-    api::{Apply, FaultState, FaultView, Status},
+    api::{Apply, AuditAction, FaultState, FaultView, Status},
     crashpoint::{self, Point},
     guard::Protected,
     kernel::{Kernel, KernelError, NlFilter, ShapingRecord},
@@ -26,8 +26,8 @@ use crate::{
     text::escape,
 };
 
-/// Bounds on what an audit event records (bytes, escaped): an action (a refused request's
-/// method and path), each fault name (valid ones have at most 63), a result.
+/// Bounds on what an audit event records (bytes, escaped): a refused request's method and path,
+/// each fault name (valid ones have at most 63), a result.
 const MAX_ACTION: usize = 160;
 const MAX_NAME: usize = 80;
 const MAX_RESULT: usize = 1024;
@@ -122,7 +122,7 @@ impl<D: Dataplane> Engine<D> {
         let result = self.try_apply(req, actor);
         if let Err(e) = &result {
             let names = req.faults.iter().filter_map(|f| f.name.clone()).collect();
-            self.audit(actor, "apply", names, req.experiment.clone(), failed(e), vec![]);
+            self.audit(actor, AuditAction::Apply, names, req.experiment.clone(), failed(e), vec![]);
         }
         result
     }
@@ -130,9 +130,9 @@ impl<D: Dataplane> Engine<D> {
     /// Removes the named faults (all must exist) and returns their final state.
     pub fn remove(&mut self, names: &[String], actor: &Actor) -> Result<Vec<FaultView>, EngineError> {
         let result = self.faults.remove(names).and_then(|(next, gone)| {
-            self.remove_now(next, gone, |e, views| vec![e.removal(actor, "remove", names.to_vec(), views)])
+            self.remove_now(next, gone, |e, views| vec![e.removal(actor, Removal::Faults, names.to_vec(), views)])
         });
-        self.audit_failure(actor, "remove", names.to_vec(), None, result)
+        self.audit_failure(actor, Removal::Faults.action(), names.to_vec(), None, result)
     }
 
     /// Removes every fault of an experiment.
@@ -143,25 +143,25 @@ impl<D: Dataplane> Engine<D> {
         } else {
             self.faults.remove(&names).and_then(|(next, gone)| {
                 self.remove_now(next, gone, |e, views| {
-                    vec![e.removal(actor, "remove-experiment", vec![experiment.into()], views)]
+                    vec![e.removal(actor, Removal::Experiment, vec![experiment.into()], views)]
                 })
             })
         };
         // Named even when there was none to remove.
         let named = Some(experiment.to_owned());
-        self.audit_failure(actor, "remove-experiment", vec![experiment.into()], named, result)
+        self.audit_failure(actor, Removal::Experiment.action(), vec![experiment.into()], named, result)
     }
 
     /// Removes every fault (scheduled ones too) and detaches every program.
     pub fn clear(&mut self, actor: &Actor) -> Result<Vec<FaultView>, EngineError> {
         let (next, gone) = self.faults.clear();
-        let result = self.remove_now(next, gone, |e, views| vec![e.removal(actor, "clear", vec![], views)]);
-        self.audit_failure(actor, "clear", vec![], None, result)
+        let result = self.remove_now(next, gone, |e, views| vec![e.removal(actor, Removal::Clear, vec![], views)]);
+        self.audit_failure(actor, Removal::Clear.action(), vec![], None, result)
     }
 
     /// Records a refused request (the engine never saw it) in the audit trail. `action` and
     /// `why` may hold what the peer sent: they are escaped and bounded with the rest.
-    pub fn refused(&mut self, actor: &Actor, action: &str, why: &str) {
+    pub fn refused(&mut self, actor: &Actor, action: AuditAction, why: &str) {
         self.audit(actor, action, vec![], None, format!("refused: {why}"), vec![]);
     }
 
@@ -244,7 +244,7 @@ impl<D: Dataplane> Engine<D> {
             }
         }
         let (next, names) = self.faults.apply(batch, req.experiment.clone(), actor, &self.limits(), Now::read())?;
-        let event = self.event(actor, "apply", names.clone(), req.experiment.clone(), "ok".into(), vec![]);
+        let event = self.event(actor, AuditAction::Apply, names.clone(), req.experiment.clone(), "ok".into(), vec![]);
         self.commit(next, vec![event])?;
         Ok(names.iter().filter_map(|n| self.faults.get(n)).map(|a| self.view(a)).collect())
     }
@@ -304,20 +304,20 @@ impl<D: Dataplane> Engine<D> {
     }
 
     /// The audit event of a removal that took `views` out.
-    fn removal(&self, actor: &Actor, action: &str, names: Vec<String>, views: &[FaultView]) -> Event {
-        let reason = if action == "clear" { "cleared" } else { "removed" };
-        let experiment = match action {
-            "remove-experiment" => names.first().cloned(),
-            _ => one_experiment(views.iter().map(|v| v.experiment.as_deref())),
+    fn removal(&self, actor: &Actor, removal: Removal, names: Vec<String>, views: &[FaultView]) -> Event {
+        let experiment = match removal {
+            Removal::Experiment => names.first().cloned(),
+            Removal::Faults | Removal::Clear => one_experiment(views.iter().map(|v| v.experiment.as_deref())),
         };
-        self.event(actor, action, names, experiment, "ok".into(), views.iter().map(|v| ended(v, reason)).collect())
+        let ended = views.iter().map(|v| ended(v, removal.reason())).collect();
+        self.event(actor, removal.action(), names, experiment, "ok".into(), ended)
     }
 
     /// Records a removal that failed (one that succeeded was recorded with its change).
     fn audit_failure(
         &mut self,
         actor: &Actor,
-        action: &str,
+        action: AuditAction,
         names: Vec<String>,
         experiment: Option<String>,
         result: Result<Vec<FaultView>, EngineError>,
@@ -331,7 +331,7 @@ impl<D: Dataplane> Engine<D> {
     fn audit(
         &mut self,
         actor: &Actor,
-        action: &str,
+        action: AuditAction,
         faults: Vec<String>,
         experiment: Option<String>,
         result: String,
@@ -346,13 +346,17 @@ impl<D: Dataplane> Engine<D> {
     fn event(
         &self,
         actor: &Actor,
-        action: &str,
+        action: AuditAction,
         faults: Vec<String>,
         experiment: Option<String>,
         result: String,
         ended: Vec<Ended>,
     ) -> Event {
-        let action = escape(action, MAX_ACTION);
+        let action = match action {
+            AuditAction::Request(text) => AuditAction::Request(escape(&text, MAX_ACTION)),
+            AuditAction::Other(text) => AuditAction::Other(escape(&text, MAX_ACTION)),
+            word => word,
+        };
         let faults: Vec<String> = faults.iter().map(|f| escape(f, MAX_NAME)).collect();
         let result = escape(&result, MAX_RESULT);
         tracing::info!(target: "audit", %actor, action = action.as_str(), ?faults, result, ended = ended.len(), "audit");
@@ -496,6 +500,32 @@ fn failed(e: &EngineError) -> String {
 fn one_experiment<'a>(mut experiments: impl Iterator<Item = Option<&'a str>>) -> Option<String> {
     let first = experiments.next()??;
     experiments.all(|e| e == Some(first)).then(|| first.to_owned())
+}
+
+/// The removals a request asks for: each is its own audit action, and ends its faults with its
+/// own reason.
+#[derive(Clone, Copy, Debug)]
+enum Removal {
+    Faults,
+    Experiment,
+    Clear,
+}
+
+impl Removal {
+    fn action(self) -> AuditAction {
+        match self {
+            Self::Faults => AuditAction::Remove,
+            Self::Experiment => AuditAction::RemoveExperiment,
+            Self::Clear => AuditAction::Clear,
+        }
+    }
+
+    fn reason(self) -> &'static str {
+        match self {
+            Self::Faults | Self::Experiment => "removed",
+            Self::Clear => "cleared",
+        }
+    }
 }
 
 fn ended(v: &FaultView, reason: &str) -> Ended {

@@ -18,8 +18,8 @@ use std::{
     path::PathBuf,
 };
 
-pub use attach::NlFilter;
 use attach::{Handle, Link};
+pub use attach::{NlFilter, TcHook};
 use aya::{
     Ebpf, EbpfLoader,
     maps::{Array, HashMap, LpmTrie, MapData, MapError, PerCpuArray, PerCpuValues, lpm_trie::Key},
@@ -29,12 +29,12 @@ use aya::{
 pub use backend::BackendChoice;
 use backend::{load_program, select_backend};
 use cgroup::CgroupLink;
-pub use cgroup::{CG_CONNECT4, CG_CONNECT6, CG_INGRESS, CgroupSupport};
+pub use cgroup::{CgroupHook, CgroupSupport};
 // An API type (`GET /v1/status`): chaosctl reads it without the daemon's crate.
 pub use chaos_api::api::Attachment;
 use chaos_common::{
-    ABI_VERSION, ActiveMap, AddrKey, CLASS_GEN_BIT, Chain, Counters, Hook, PROG_EGRESS, PROG_IFB, PROG_INGRESS,
-    PairKey, PortKey, RuleAction, ScopeKey, ShapeState, map_names,
+    ABI_VERSION, ActiveMap, AddrKey, CLASS_GEN_BIT, Chain, Counters, PROG_EGRESS, PROG_IFB, PROG_INGRESS, PairKey,
+    PortKey, RuleAction, ScopeKey, ShapeState, map_names,
 };
 use pins::Pins;
 use serde::{Deserialize, Serialize};
@@ -58,10 +58,6 @@ const MAPS: [&str; 10] = [
     map_names::DIST,
     map_names::CHAINS,
 ];
-
-/// The attachment of an IFB device's egress that shapes an interface's ingress. Only a key of
-/// the daemon's attachments: its rules are matched as [`chaos_common::Hook::INGRESS`] rules.
-pub const HOOK_IFB: u8 = 2;
 
 #[derive(Debug, thiserror::Error)]
 pub enum KernelError {
@@ -131,9 +127,9 @@ pub struct Kernel {
     scoped: bool,
     /// The TC hooks the live faults use (see `reconcile`).
     hook_users: reconcile::HookUsers,
-    links: BTreeMap<(u32, u8), Link>,
-    /// By cgroup id and kind (`CG_*`).
-    cgroup_links: BTreeMap<(u64, u8), CgroupLink>,
+    links: BTreeMap<(u32, TcHook), Link>,
+    /// By cgroup id and kind.
+    cgroup_links: BTreeMap<(u64, CgroupHook), CgroupLink>,
     cgroups: CgroupSupport,
     mode: AttachMode,
     /// Interfaces whose clsact qdisc this daemon added, removed with their last filter.
@@ -143,7 +139,7 @@ pub struct Kernel {
     /// for `detach_after`, so that the next fault on the interface needs no attach and a
     /// removal no detach in the request; then [`Kernel::release_idle`] detaches it, between
     /// requests. cls_bpf filters cost no such wait, and go at once.
-    idle: BTreeMap<(u32, u8), u64>,
+    idle: BTreeMap<(u32, TcHook), u64>,
     detach_after: std::time::Duration,
     pins: Pins,
     shaper: Shaper,
@@ -301,14 +297,14 @@ impl Kernel {
 
     /// Makes `rules` the live rule set. `new_slots` are slots not in use before, with their
     /// actions (their counters start at zero); `hooks` is every (ifindex, hook) the rules need,
-    /// with the interface name, and `cgroups` every (cgroup id, `CG_*` kind) with its
+    /// with the interface name, and `cgroups` every (cgroup id, kind) with its
     /// directory. On error the previous rule set stays live and untouched.
     pub fn sync(
         &mut self,
         rules: Rules,
         new_slots: &[(u32, RuleAction)],
-        hooks: &BTreeMap<(u32, u8), String>,
-        cgroups: &BTreeMap<(u64, u8), PathBuf>,
+        hooks: &BTreeMap<(u32, TcHook), String>,
+        cgroups: &BTreeMap<(u64, CgroupHook), PathBuf>,
     ) -> Result<(), KernelError> {
         let started = std::time::Instant::now();
         // One fault's change in place when it can be (see `compile::incremental`); else, and
@@ -329,9 +325,9 @@ impl Kernel {
 
         let mut attached = Vec::new();
         // Idle links taken back into use: idle again if this change fails.
-        let revived: Vec<((u32, u8), u64)> =
+        let revived: Vec<((u32, TcHook), u64)> =
             hooks.keys().filter_map(|k| self.idle.remove(k).map(|since| (*k, since))).collect();
-        let undo = |kernel: &mut Self, attached: &[(u32, u8)]| {
+        let undo = |kernel: &mut Self, attached: &[(u32, TcHook)]| {
             kernel.detach_all(attached);
             kernel.idle.extend(revived.iter().copied());
         };
@@ -347,7 +343,7 @@ impl Kernel {
                     {
                         self.our_clsact.insert(ifindex);
                     }
-                    tracing::info!(interface, hook, tcx = link.is_tcx(), "attached");
+                    tracing::info!(interface, %hook, tcx = link.is_tcx(), "attached");
                     self.links.insert((ifindex, hook), link);
                     attached.push((ifindex, hook));
                 }
@@ -521,7 +517,7 @@ impl Kernel {
     /// Detaches the links idle for `detach_after` by `now`; returns when to be called next.
     pub fn release_idle(&mut self, now: u64) -> Option<u64> {
         let after = self.detach_after.as_nanos() as u64;
-        let due: Vec<(u32, u8)> =
+        let due: Vec<(u32, TcHook)> =
             self.idle.iter().filter(|(_, since)| since.saturating_add(after) <= now).map(|(k, _)| *k).collect();
         for key in &due {
             self.idle.remove(key);
@@ -533,7 +529,7 @@ impl Kernel {
         self.idle.values().map(|since| since.saturating_add(after)).min()
     }
 
-    fn detach_cgroups(&mut self, keys: &[(u64, u8)]) {
+    fn detach_cgroups(&mut self, keys: &[(u64, CgroupHook)]) {
         for key in keys {
             if let Some(link) = self.cgroup_links.remove(key) {
                 cgroup::detach(link);
@@ -632,28 +628,16 @@ impl Kernel {
             .map(|(&(ifindex, hook), l)| Attachment {
                 interface: l.interface.clone(),
                 ifindex,
-                hook: match hook {
-                    Hook::EGRESS => "egress",
-                    HOOK_IFB => "ifb-egress",
-                    _ => "ingress",
-                }
-                .into(),
+                hook: hook.as_str().into(),
                 mode: if l.is_tcx() { "tcx" } else { "netlink" }.into(),
                 idle: self.idle.contains_key(&(ifindex, hook)),
             })
-            .chain(self.cgroup_links.iter().map(|(&(_, kind), l)| {
-                Attachment {
-                    interface: l.dir.display().to_string(),
-                    ifindex: 0,
-                    hook: match kind {
-                        CG_INGRESS => "cgroup-ingress",
-                        CG_CONNECT4 => "connect4",
-                        _ => "connect6",
-                    }
-                    .into(),
-                    mode: "link".into(),
-                    idle: false,
-                }
+            .chain(self.cgroup_links.iter().map(|(&(_, kind), l)| Attachment {
+                interface: l.dir.display().to_string(),
+                ifindex: 0,
+                hook: kind.as_str().into(),
+                mode: "link".into(),
+                idle: false,
             }))
             .collect()
     }
@@ -692,7 +676,7 @@ impl Kernel {
         }
     }
 
-    fn detach_all(&mut self, keys: &[(u32, u8)]) {
+    fn detach_all(&mut self, keys: &[(u32, TcHook)]) {
         for key in keys {
             self.idle.remove(key);
             if let Some(link) = self.links.remove(key) {

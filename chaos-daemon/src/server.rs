@@ -19,7 +19,7 @@ use tokio::{
 
 use crate::{
     access::{Access, Peer, RefusalLimit},
-    api::{ApiError, Apply, Faults, History},
+    api::{ApiError, Apply, AuditAction, Faults, History},
     engine::{Engine, EngineError},
     kernel::KernelError,
     listen::{self, Deadlined, PeerKey, READ_TIMEOUT},
@@ -94,9 +94,10 @@ async fn handle(
             }
             tracing::warn!(%actor, %method, path, "{why}");
             // Reads refused are logged only; their count is recorded with the rest.
-            let mut refusals: Vec<(String, String)> = skipped.map(|s| ("refusals".into(), s)).into_iter().collect();
+            let mut refusals: Vec<(AuditAction, String)> =
+                skipped.map(|s| (AuditAction::Refusals, s)).into_iter().collect();
             if mutating {
-                refusals.push((format!("{method} {path}"), why.clone()));
+                refusals.push((AuditAction::Request(format!("{method} {path}")), why.clone()));
             }
             record_refused(&shared.engine, actor, refusals).await;
         }
@@ -125,7 +126,8 @@ async fn handle(
     if route.mutating() && peer_gone(fd) {
         let why = "the client closed its connection before the request was served";
         tracing::warn!(%actor, %method, path, "{why}: not done");
-        record_refused(&shared.engine, actor, vec![(format!("{method} {path}"), why.into())]).await;
+        record_refused(&shared.engine, actor, vec![(AuditAction::Request(format!("{method} {path}")), why.into())])
+            .await;
         return Ok(error(StatusCode::BAD_REQUEST, why.into()));
     }
     let engine = &shared.engine;
@@ -143,7 +145,7 @@ async fn handle(
             }
             Err(e) => {
                 let why = format!("request body: {e}");
-                record_refused(engine, actor, vec![("apply".into(), why.clone())]).await;
+                record_refused(engine, actor, vec![(AuditAction::Apply, why.clone())]).await;
                 error(StatusCode::BAD_REQUEST, why)
             }
         },
@@ -160,13 +162,13 @@ async fn handle(
 }
 
 /// Records refused requests, `(action, why)` each, in the audit trail (if any).
-async fn record_refused(engine: &Arc<Mutex<Engine>>, actor: Actor, refusals: Vec<(String, String)>) {
+async fn record_refused(engine: &Arc<Mutex<Engine>>, actor: Actor, refusals: Vec<(AuditAction, String)>) {
     if refusals.is_empty() {
         return;
     }
     run(engine, move |e| {
-        for (action, why) in &refusals {
-            e.refused(&actor, action, why);
+        for (action, why) in refusals {
+            e.refused(&actor, action, &why);
         }
         Ok(())
     })

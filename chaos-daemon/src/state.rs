@@ -621,6 +621,7 @@ pub(crate) fn test_record(name: &str, slot: u32) -> Record {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use chaos_api::api::AuditAction;
 
     /// A state directory of its own, removed at the end.
     struct Dir(PathBuf);
@@ -656,7 +657,7 @@ mod tests {
         Event {
             at: n,
             actor: Actor { uid: Some(0), pid: Some(1), comm: Some("chaosctl".into()) },
-            action: "apply".into(),
+            action: AuditAction::Apply,
             faults: vec![format!("f{n}")],
             experiment: None,
             result: "ok".into(),
@@ -771,7 +772,7 @@ mod tests {
     fn refusal(n: u64) -> Event {
         Event {
             actor: Actor { uid: Some(1000), pid: Some(2), comm: Some("x".into()) },
-            action: "DELETE /v1/faults".into(),
+            action: AuditAction::Request("DELETE /v1/faults".into()),
             faults: vec![],
             result: "refused: permission denied".into(),
             ..event(n)

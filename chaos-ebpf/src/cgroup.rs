@@ -5,7 +5,7 @@ use aya_ebpf::{
     helpers::{bpf_get_current_cgroup_id, bpf_set_retval, bpf_skb_cgroup_id},
     programs::{SkBuffContext, SockAddrContext},
 };
-use chaos_common::{ActionKind, ActiveMap, FAMILY_V4, Hook, PROTO_OTHER, PROTO_TCP, PROTO_UDP, RuleAction};
+use chaos_common::{ActionKind, ActiveMap, Family, Hook, Proto, RuleAction};
 
 use crate::{
     classify::{cgroup_scope, classify},
@@ -34,7 +34,7 @@ pub(crate) fn ingress_drops(ctx: &SkBuffContext) -> bool {
 /// `bpf_set_retval`) sets the rule's errno first. The source is not known yet at connect time:
 /// rules here match destination address, protocol and port only.
 #[inline(always)]
-pub(crate) fn connect(ctx: &SockAddrContext, family: u8, errno: bool) -> i32 {
+pub(crate) fn connect(ctx: &SockAddrContext, family: Family, errno: bool) -> i32 {
     let Some(&live) = ACTIVE.get(ActiveMap::GENERATION) else { return 1 };
     let generation = (live & ActiveMap::GENERATION_BIT) as u8;
     // The task's cgroup: connect() runs in the calling process (5.7+ for this program type).
@@ -45,7 +45,7 @@ pub(crate) fn connect(ctx: &SockAddrContext, family: u8, errno: bool) -> i32 {
     // SAFETY: the context pointer, valid for the whole run; user_ip4/user_ip6/user_port hold
     // the address and port in network byte order, as the packet words do.
     let (proto, port) = unsafe { ((*a).protocol, (*a).user_port) };
-    let dst = if family == FAMILY_V4 {
+    let dst = if family == Family::V4 {
         // SAFETY: as above.
         [unsafe { (*a).user_ip4 }, 0, 0, 0]
     } else {
@@ -53,16 +53,16 @@ pub(crate) fn connect(ctx: &SockAddrContext, family: u8, errno: bool) -> i32 {
         unsafe { [(*a).user_ip6[0], (*a).user_ip6[1], (*a).user_ip6[2], (*a).user_ip6[3]] }
     };
     let proto = match proto as u8 {
-        PROTO_TCP => PROTO_TCP,
-        PROTO_UDP => PROTO_UDP,
-        _ => PROTO_OTHER,
+        Proto::TCP => Proto::TCP,
+        Proto::UDP => Proto::UDP,
+        _ => Proto::OTHER,
     };
     // The source is unknown: all zeros, which only rules without a source match. Read through
     // a volatile load, or LLVM zeroes the key with a memset call, a loop 4.19 refuses.
     let zero = 0u32;
     // SAFETY: a read of a local (on the stack: a constant's address would be global data).
     let zero = unsafe { core::ptr::read_volatile(&raw const zero) };
-    let pkt = Packet { family, proto, src: [zero; 4], dst, sport: 0, dport: port as u16, l4: 0 };
+    let pkt = Packet { family: family as u8, proto, src: [zero; 4], dst, sport: 0, dport: port as u16, l4: 0 };
     let Some((slot, action, _)) = classify(generation, Hook::Connect, scope, &pkt) else { return 1 };
     if action.kind != ActionKind::ConnectFail as u32 || !count(slot, action) {
         return 1;

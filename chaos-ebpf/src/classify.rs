@@ -6,7 +6,7 @@ use aya_ebpf::{
     programs::TcContext,
 };
 use chaos_common::{
-    ActiveMap, AddrKey, Hook, PORT_KEY_FIXED_BITS, PairKey, PortKey, RuleAction, SIDE_DST, SIDE_SRC, ScopeKey, slot_of,
+    ActiveMap, AddrKey, Hook, PORT_KEY_FIXED_BITS, PairKey, PortKey, RuleAction, ScopeKey, Side, slot_of,
 };
 
 use crate::{
@@ -53,12 +53,16 @@ pub(crate) fn cgroup_scope(generation: u8, hook: Hook, ifindex: u32, cgroup: u64
 #[inline(always)]
 fn ports(pair_class: u32, pkt: &Packet) -> Option<u32> {
     let full = PORT_KEY_FIXED_BITS + 16;
-    let dport_class = *PORTS
-        .get(&Key::new(full, PortKey { class: pair_class, proto: pkt.proto, side: SIDE_DST, port: pkt.dport }))?;
+    let dport_class = *PORTS.get(&Key::new(
+        full,
+        PortKey { class: pair_class, proto: pkt.proto, side: Side::Dst as u8, port: pkt.dport },
+    ))?;
     if let Some(slot) = slot_of(dport_class) {
         return Some(slot);
     }
-    PORTS.get(&Key::new(full, PortKey { class: dport_class, proto: 0, side: SIDE_SRC, port: pkt.sport })).copied()
+    PORTS
+        .get(&Key::new(full, PortKey { class: dport_class, proto: 0, side: Side::Src as u8, port: pkt.sport }))
+        .copied()
 }
 
 /// The lookup chain of chaos-common, from the scope on: the acting rule's slot and action, and
@@ -72,10 +76,10 @@ pub(crate) fn classify(
 ) -> Option<(u32, &'static RuleAction, u64)> {
     let mut addr = Key::new(
         ADDR_LOOKUP_BITS,
-        AddrKey { generation, hook: hook as u8, family: pkt.family, side: SIDE_SRC, scope, addr: pkt.src },
+        AddrKey { generation, hook: hook as u8, family: pkt.family, side: Side::Src as u8, scope, addr: pkt.src },
     );
     let src_class = *ADDRS.get(&addr)?;
-    addr.data.side = SIDE_DST;
+    addr.data.side = Side::Dst as u8;
     addr.data.addr = pkt.dst;
     let dst_class = *ADDRS.get(&addr)?;
     // SAFETY: a plain hash lookup; the value is copied out at once.

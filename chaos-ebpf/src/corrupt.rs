@@ -5,7 +5,7 @@ use aya_ebpf::{
     helpers::bpf_get_prandom_u32,
     programs::TcContext,
 };
-use chaos_common::{PROTO_TCP, PROTO_UDP, RuleAction, RuleFlags};
+use chaos_common::{Proto, RuleAction, RuleFlags};
 
 use crate::packet::L4;
 
@@ -27,8 +27,8 @@ pub(crate) fn corrupt(ctx: &TcContext, action: &RuleAction, l4: L4) -> Option<()
     // The header's length and where its checksum is.
     let (header, check) = match l4.proto {
         // TCP's data offset: the high nibble of byte 12, in 32-bit words.
-        PROTO_TCP => (usize::from(ctx.load::<u8>(l4.offset + 12).ok()? >> 4) * 4, 16),
-        PROTO_UDP => (8, 6),
+        Proto::TCP => (usize::from(ctx.load::<u8>(l4.offset + 12).ok()? >> 4) * 4, 16),
+        Proto::UDP => (8, 6),
         _ => return None,
     };
     let start = l4.offset + header;
@@ -48,7 +48,7 @@ pub(crate) fn corrupt(ctx: &TcContext, action: &RuleAction, l4: L4) -> Option<()
     let byte = if odd { new[1] } else { new[0] };
     let (from, to) = (u64::from(u16::from_ne_bytes(old)), u64::from(u16::from_ne_bytes(new)));
     // UDP over IPv4 may carry no checksum (0): keep it so; a computed 0 is written as 0xffff.
-    let mangled = if l4.proto == PROTO_UDP { u64::from(BPF_F_MARK_MANGLED_0) } else { 0 };
+    let mangled = if l4.proto == Proto::UDP { u64::from(BPF_F_MARK_MANGLED_0) } else { 0 };
     if action.flags.has(RuleFlags::CORRUPT_FIX_CHECKSUM) {
         // The payload and the checksum change by opposite amounts: skb->csum (CHECKSUM_COMPLETE,
         // the sum of the whole packet) stays right without recomputing.

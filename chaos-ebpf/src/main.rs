@@ -32,7 +32,7 @@ use aya_ebpf::{
     macros::{cgroup_skb, cgroup_sock_addr, classifier},
     programs::{SkBuffContext, SockAddrContext, TcContext},
 };
-use chaos_common::{FAMILY_V4, FAMILY_V6, Hook};
+use chaos_common::{Family, Hook};
 use tc::Shaping;
 
 #[classifier]
@@ -73,22 +73,22 @@ pub fn chaos_cg_ingress(ctx: SkBuffContext) -> i32 {
 /// cgroup/connect4 and connect6: `connect()` in a cgroup with connect-fail faults.
 #[cgroup_sock_addr(connect4)]
 pub fn chaos_connect4(ctx: SockAddrContext) -> i32 {
-    cgroup::connect(&ctx, FAMILY_V4, false)
+    cgroup::connect(&ctx, Family::V4, false)
 }
 
 #[cgroup_sock_addr(connect6)]
 pub fn chaos_connect6(ctx: SockAddrContext) -> i32 {
-    cgroup::connect(&ctx, FAMILY_V6, false)
+    cgroup::connect(&ctx, Family::V6, false)
 }
 
 #[cgroup_sock_addr(connect4)]
 pub fn chaos_connect4_errno(ctx: SockAddrContext) -> i32 {
-    cgroup::connect(&ctx, FAMILY_V4, true)
+    cgroup::connect(&ctx, Family::V4, true)
 }
 
 #[cgroup_sock_addr(connect6)]
 pub fn chaos_connect6_errno(ctx: SockAddrContext) -> i32 {
-    cgroup::connect(&ctx, FAMILY_V6, true)
+    cgroup::connect(&ctx, Family::V6, true)
 }
 
 #[cfg(not(test))]

@@ -1,7 +1,7 @@
 //! Packet parsing: the fields the rules match, read with as few helper calls as possible.
 
 use aya_ebpf::programs::sk_buff::SkBuff;
-use chaos_common::{FAMILY_V4, FAMILY_V6, PROTO_ICMP, PROTO_ICMPV6, PROTO_OTHER, PROTO_TCP, PROTO_UDP};
+use chaos_common::{Family, Proto};
 
 pub(crate) const ETH_HLEN: usize = 14;
 pub(crate) const ETH_P_IP: u16 = 0x0800;
@@ -9,6 +9,8 @@ pub(crate) const ETH_P_IPV6: u16 = 0x86dd;
 
 /// What the rules look at; addresses and ports as raw words, in wire byte order.
 pub(crate) struct Packet {
+    /// A [`Family`] and a [`Proto`], as the keys hold them: bytes (an enum here makes LLVM
+    /// compile the programs differently, and longer).
     pub(crate) family: u8,
     pub(crate) proto: u8,
     pub(crate) src: [u32; 4],
@@ -45,7 +47,7 @@ pub(crate) fn parse(skb: &SkBuff, l3: usize) -> Option<Packet> {
         ETH_P_IP => {
             let h: [u8; 20] = skb.load(l3).ok()?;
             let frag = u16::from_be_bytes([h[6], h[7]]);
-            family = FAMILY_V4;
+            family = Family::V4 as u8;
             proto = h[9];
             src[0] = word(&h, 12);
             dst[0] = word(&h, 16);
@@ -55,7 +57,7 @@ pub(crate) fn parse(skb: &SkBuff, l3: usize) -> Option<Packet> {
         }
         ETH_P_IPV6 => {
             let h: [u8; 40] = skb.load(l3).ok()?;
-            family = FAMILY_V6;
+            family = Family::V6 as u8;
             // Only the fixed header's next header is read (no loops on 4.19): a packet with
             // extension headers is matched as protocol "other".
             proto = h[6];
@@ -67,7 +69,7 @@ pub(crate) fn parse(skb: &SkBuff, l3: usize) -> Option<Packet> {
     }
     let (mut sport, mut dport, mut l4_offset) = (0, 0, 0);
     match proto {
-        PROTO_TCP | PROTO_UDP => {
+        Proto::TCP | Proto::UDP => {
             if let Some(off) = l4 {
                 // Raw, in wire byte order, like the addresses.
                 let p: [u8; 4] = skb.load(off).ok()?;
@@ -76,8 +78,8 @@ pub(crate) fn parse(skb: &SkBuff, l3: usize) -> Option<Packet> {
                 l4_offset = off;
             }
         }
-        PROTO_ICMP if family == FAMILY_V4 => {}
-        PROTO_ICMPV6 if family == FAMILY_V6 => {
+        Proto::ICMP if family == Family::V4 as u8 => {}
+        Proto::ICMPV6 if family == Family::V6 as u8 => {
             // Neighbour discovery (router and neighbour solicitations and advertisements,
             // redirects: types 133-137) is left alone, as ARP is: a fault on an address must
             // not make the kernel mark its neighbour FAILED and fail connects with EHOSTUNREACH.
@@ -88,7 +90,7 @@ pub(crate) fn parse(skb: &SkBuff, l3: usize) -> Option<Packet> {
                 return None;
             }
         }
-        _ => proto = PROTO_OTHER,
+        _ => proto = Proto::OTHER,
     }
     Some(Packet { family, proto, src, dst, sport, dport, l4: l4_offset })
 }

@@ -1,7 +1,7 @@
 //! The reset rewrite: a TCP segment turned into the RST its peer would answer it with.
 
 use aya_ebpf::programs::TcContext;
-use chaos_common::{PROTO_TCP, RuleAction, RuleFlags};
+use chaos_common::{Proto, RuleAction, RuleFlags};
 
 use crate::packet::{ETH_HLEN, ETH_P_IP, L4};
 
@@ -22,7 +22,7 @@ const TCP_ACK: u8 = 0x10;
 /// flags whatever the skb's checksum state (a CHECKSUM_PARTIAL seed does not cover them).
 #[inline(always)]
 pub(crate) fn reset_back(ctx: &TcContext, action: &RuleAction, l4: L4) -> Option<bool> {
-    if l4.offset == 0 || l4.proto != PROTO_TCP {
+    if l4.offset == 0 || l4.proto != Proto::TCP {
         return None;
     }
     // seq (4), ack (4), data offset and flags (2), from byte 4 of the TCP header.

@@ -8,7 +8,7 @@ use std::{
 
 use std::os::unix::process::CommandExt as _;
 
-use chaos_api::api::{Event, FaultView, Faults, History, Status};
+use chaos_api::api::{AuditAction, Event, FaultView, Faults, History, Status};
 use serde::de::DeserializeOwned;
 
 use crate::{Netns, unique};
@@ -291,7 +291,7 @@ impl Daemon {
             std::thread::sleep(std::time::Duration::from_millis(100));
         }
         assert!(self.faults().is_empty(), "a fault outlived its target");
-        let event = self.history().into_iter().rev().find(|e| e.action == "end").expect("an end event");
+        let event = self.history().into_iter().rev().find(|e| e.action == AuditAction::End).expect("an end event");
         event.ended.into_iter().map(|e| (e.name, e.reason, e.dropped)).collect()
     }
 

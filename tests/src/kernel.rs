@@ -8,7 +8,7 @@ use aya::{
     programs::{SchedClassifier, TcAttachType, loaded_programs},
 };
 use chaos_common::{
-    ActiveMap, AddrKey, CLASS_GEN_BIT, Counters, PairKey, PortKey, RuleAction, SIDE_SRC, map_names, slot_of,
+    ActiveMap, AddrKey, CLASS_GEN_BIT, Counters, PairKey, PortKey, RuleAction, Side, map_names, slot_of,
 };
 
 use crate::Netns;
@@ -163,7 +163,7 @@ pub fn reachable_rules(bpffs: &std::path::Path) -> anyhow::Result<BTreeMap<u32, 
     let bit = if generation == 1 { CLASS_GEN_BIT } else { 0 };
     let ports: LpmTrie<_, PortKey, u32> = LpmTrie::try_from(Map::LpmTrie(open(map_names::PORTS)?))?;
     let rules: Array<_, RuleAction> = Array::try_from(Map::Array(open(map_names::RULES)?))?;
-    let pairs: HashMap<_, PairKey, u32> = HashMap::try_from(Map::Hash(open(map_names::PAIRS)?))?;
+    let pairs: HashMap<_, PairKey, u32> = HashMap::try_from(Map::HashMap(open(map_names::PAIRS)?))?;
     let mut reachable = BTreeMap::new();
     for entry in ports.iter() {
         let (key, value) = entry?;
@@ -172,7 +172,7 @@ pub fn reachable_rules(bpffs: &std::path::Path) -> anyhow::Result<BTreeMap<u32, 
             continue;
         }
         // A source-port entry holds a slot; a destination-port one may (SLOT_BIT).
-        match (k.side == SIDE_SRC, slot_of(value)) {
+        match (k.side == Side::Src as u8, slot_of(value)) {
             (true, _) => reachable.insert(value, rules.get(&value, 0)?),
             (false, Some(slot)) => reachable.insert(slot, rules.get(&slot, 0)?),
             (false, None) => None,

@@ -8,7 +8,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use chaos_api::api::{Ended, FaultView, Faults};
+use chaos_api::api::{AuditAction, Ended, FaultView, Faults};
 use chaos_tests::{Daemon, Lab, daemon::bin, lab::B4, traffic};
 use serde::Deserialize;
 
@@ -161,8 +161,11 @@ fn history_shows_the_experiment_in_local_time() {
     daemon.ctl_ok(&["rm", "db-cut"]);
     daemon.ctl_ok(&["apply", "--name", "db-2", "-i", i, "--loss", "5", "-e", "db-outage"]);
     daemon.ctl_ok(&["rm", "-e", "db-outage"]);
-    let events: Vec<(String, String)> =
-        daemon.history().into_iter().map(|e| (e.action, e.experiment.unwrap_or_else(|| "-".into()))).collect();
+    let events: Vec<(String, String)> = daemon
+        .history()
+        .into_iter()
+        .map(|e| (e.action.to_string(), e.experiment.unwrap_or_else(|| "-".into())))
+        .collect();
     let want = [("apply", "db-outage"), ("apply", "-"), ("remove", "db-outage"), ("apply", "db-outage")];
     let mut want: Vec<(String, String)> = want.iter().map(|(a, e)| (a.to_string(), e.to_string())).collect();
     want.push(("remove-experiment".into(), "db-outage".into()));
@@ -199,7 +202,7 @@ fn every_command_that_prints_faults_has_json() {
     assert_eq!(names(daemon.ctl_json(&["list"])), ["a", "b", "c"]);
     let status = daemon.status();
     assert_eq!((status.version.as_str(), status.faults), (env!("CARGO_PKG_VERSION"), 3), "{status:?}");
-    let applies = daemon.history().iter().filter(|e| e.action == "apply").count();
+    let applies = daemon.history().iter().filter(|e| e.action == AuditAction::Apply).count();
     assert_eq!(applies, 3);
     assert_eq!(names(daemon.ctl_json(&["rm", "b"])), ["b"]);
     assert_eq!(names(daemon.ctl_json(&["rm", "-e", "exp"])), ["a"]);
@@ -345,7 +348,7 @@ fn the_daemons_own_events_name_the_experiment_of_their_faults() {
     }
     daemon.ctl_ok(&["clear"]);
     let of = |action: &str| -> Vec<(Vec<String>, Option<String>)> {
-        daemon.history().into_iter().filter(|e| e.action == action).map(|e| (e.faults, e.experiment)).collect()
+        daemon.history().into_iter().filter(|e| e.action.as_str() == action).map(|e| (e.faults, e.experiment)).collect()
     };
     let one = |names: &[&str], e: Option<&str>| (names.iter().map(|n| n.to_string()).collect(), e.map(String::from));
     // Faults of one experiment name it; faults of several, or of none, name none.

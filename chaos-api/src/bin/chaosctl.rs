@@ -770,7 +770,7 @@ fn history_table(events: &[Event]) -> String {
             [
                 local_time(e.at),
                 e.actor.to_string(),
-                e.action.clone(),
+                e.action.to_string(),
                 e.experiment.clone().unwrap_or_else(|| "-".into()),
                 or_dash(faults),
                 e.result.clone(),

@@ -14,6 +14,7 @@ use std::{
 use anyhow::{Context as _, bail};
 use chaos_daemon::{
     access::Access,
+    api::AuditAction,
     config::Config,
     engine::Engine,
     kernel::{self, Kernel, pins::Pins},
@@ -305,7 +306,7 @@ fn cleanup(config: &Config) -> anyhow::Result<()> {
     store.append(&Event {
         at: unix_ms(),
         actor: Actor { uid: Some(nix::unistd::getuid().as_raw()), pid: Some(std::process::id() as i32), comm: None },
-        action: "cleanup".into(),
+        action: AuditAction::Cleanup,
         faults: vec![],
         experiment: None,
         result: format!("ok: {} objects removed", removed.len()),

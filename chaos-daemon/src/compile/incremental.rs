@@ -48,18 +48,17 @@ use std::{
 };
 
 use chaos_common::{
-    ADDR_KEY_FIXED_BITS, ADDRS_CAPACITY, AddrKey, CLASS_GEN_BIT, Hook, PAIRS_CAPACITY, PORT_KEY_FIXED_BITS,
-    PORTS_CAPACITY, PROTO_ICMP, PROTO_ICMPV6, PROTO_OTHER, PROTO_TCP, PROTO_UDP, PairKey, PortKey, SCOPE_CGROUP_BIT,
-    SCOPES_CAPACITY, SIDE_DST, SIDE_SRC, SLOT_BIT, ScopeKey,
+    ADDR_KEY_FIXED_BITS, ADDRS_CAPACITY, AddrKey, CLASS_GEN_BIT, Family, Hook, PAIRS_CAPACITY, PORT_KEY_FIXED_BITS,
+    PORTS_CAPACITY, PairKey, PortKey, Proto, SCOPE_CGROUP_BIT, SCOPES_CAPACITY, SLOT_BIT, ScopeKey, Side,
 };
 
 use super::{CompileError, Prefix, Rule, Set, Tables, check, port_blocks, runs, views};
 use crate::spec::{PortRange, mask};
 
 /// (scope: ifindex or cgroup scope id, hook, family).
-type Space = (u32, u8, u8);
+type Space = (u32, u8, Family);
 /// A node: its space, side, prefix bytes and length.
-type NodeKey = (Space, u8, [u8; 16], u8);
+type NodeKey = (Space, Side, [u8; 16], u8);
 
 #[derive(Clone, Debug)]
 struct Node {
@@ -93,12 +92,12 @@ struct Class {
 #[derive(Clone, Debug)]
 struct Eff {
     slot: u32,
-    family: u8,
+    family: Family,
     /// Precedence, lowest first: strongest drop, then order of application, then arrival.
     prec: (Reverse<u64>, u64, u32),
     src: Prefix,
     dst: Prefix,
-    protos: &'static [u8],
+    protos: &'static [Proto],
     sport: PortRange,
     dport: PortRange,
 }
@@ -107,7 +106,7 @@ struct Eff {
 struct RuleRec {
     rule: Rule,
     /// (hook, family, eff id).
-    effs: Vec<(u8, u8, u32)>,
+    effs: Vec<(u8, Family, u32)>,
 }
 
 #[derive(Clone, Debug)]
@@ -155,7 +154,7 @@ maps! {
     nodes: NodeKey => Node,
     node_of: u32 => NodeKey,
     // Nodes per (space, side, prefix length): the lengths to look at for a node's ancestors.
-    lens: (Space, u8, u8) => u32,
+    lens: (Space, Side, u8) => u32,
     pairs: (u32, u32) => u32,
     by_dst: (u32, u32) => (),
     classes: u32 => Class,
@@ -351,6 +350,7 @@ fn egress_scoped(cgroups: &BTreeMap<ScopeKey, u32>, generation: u8) -> bool {
 
 fn addr_entry(k: &NodeKey, class: u32, generation: u8) -> (u32, AddrKey, u32) {
     let &((scope, hook, family), side, bytes, len) = k;
+    let (family, side) = (family as u8, side as u8);
     let addr = std::array::from_fn(|i| u32::from_ne_bytes(bytes[4 * i..4 * i + 4].try_into().unwrap()));
     (ADDR_KEY_FIXED_BITS + u32::from(len), AddrKey { generation, hook, family, side, scope, addr }, class)
 }
@@ -424,8 +424,6 @@ macro_rules! set {
         $tx.d.$name.insert($k, $v)
     };
 }
-
-const PROTOS: [u8; 5] = [PROTO_TCP, PROTO_UDP, PROTO_ICMP, PROTO_ICMPV6, PROTO_OTHER];
 
 /// The last address of a prefix (host bits set).
 fn last(p: Prefix) -> [u8; 16] {
@@ -613,7 +611,7 @@ impl Tx<'_> {
     }
 
     /// (family, eff) of a cgroup scope: its own rules' and, on egress, the interface's.
-    fn scope_effs(&self, ifindex: u32, hook: u8, own: &[u32]) -> Vec<(u8, u32)> {
+    fn scope_effs(&self, ifindex: u32, hook: u8, own: &[u32]) -> Vec<(Family, u32)> {
         let mut out = Vec::new();
         for id in own {
             let rec = get!(self, rules, id).unwrap();
@@ -629,7 +627,7 @@ impl Tx<'_> {
     }
 
     /// Nodes of `space` and `side` inside `p` (itself included).
-    fn inside(&self, space: Space, side: u8, p: Prefix) -> Vec<NodeKey> {
+    fn inside(&self, space: Space, side: Side, p: Prefix) -> Vec<NodeKey> {
         self.keys(|m| &m.nodes, |d| &d.nodes, (space, side, p.0, p.1)..=(space, side, last(p), 128))
     }
 
@@ -652,7 +650,7 @@ impl Tx<'_> {
     fn add_eff(&mut self, space: Space, e: u32) -> Result<(), CompileError> {
         let (src, dst) = (self.eff(e).src, self.eff(e).dst);
         let mut fresh = [None, None];
-        for (side, p) in [(SIDE_SRC, src), (SIDE_DST, dst)] {
+        for (side, p) in [(Side::Src, src), (Side::Dst, dst)] {
             let k = (space, side, p.0, p.1);
             match get!(self, nodes, &k) {
                 Some(n) => {
@@ -669,13 +667,13 @@ impl Tx<'_> {
                     set!(self, node_of, class, Some(k));
                     let n = get!(self, lens, &(space, side, p.1)).copied().unwrap_or(0);
                     set!(self, lens, (space, side, p.1), Some(n + 1));
-                    fresh[usize::from(side)] = Some(k);
+                    fresh[side as usize] = Some(k);
                     self.counts.addrs += 1;
                 }
             }
         }
         // The pairs whose sets gain `e`...
-        let (srcs, dsts) = (self.inside(space, SIDE_SRC, src), self.inside(space, SIDE_DST, dst));
+        let (srcs, dsts) = (self.inside(space, Side::Src, src), self.inside(space, Side::Dst, dst));
         for s in &srcs {
             for d in &dsts {
                 self.refresh(*s, *d);
@@ -683,7 +681,7 @@ impl Tx<'_> {
             }
         }
         // ...and a new node's pairs with the partners of the node it splits from.
-        if let Some(n) = fresh[usize::from(SIDE_SRC)]
+        if let Some(n) = fresh[Side::Src as usize]
             && let Some(parent) = self.parent(n)
         {
             let c = self.node(&parent).class;
@@ -692,7 +690,7 @@ impl Tx<'_> {
                 self.refresh(n, d);
             }
         }
-        if let Some(n) = fresh[usize::from(SIDE_DST)]
+        if let Some(n) = fresh[Side::Dst as usize]
             && let Some(parent) = self.parent(n)
         {
             let c = self.node(&parent).class;
@@ -706,9 +704,9 @@ impl Tx<'_> {
 
     fn remove_eff(&mut self, space: Space, e: u32) {
         let (src, dst) = (self.eff(e).src, self.eff(e).dst);
-        let (srcs, dsts) = (self.inside(space, SIDE_SRC, src), self.inside(space, SIDE_DST, dst));
+        let (srcs, dsts) = (self.inside(space, Side::Src, src), self.inside(space, Side::Dst, dst));
         let mut gone = [None, None];
-        for (side, p) in [(SIDE_SRC, src), (SIDE_DST, dst)] {
+        for (side, p) in [(Side::Src, src), (Side::Dst, dst)] {
             let k = (space, side, p.0, p.1);
             let mut n = self.node(&k).clone();
             n.here.retain(|x| *x != e);
@@ -717,7 +715,7 @@ impl Tx<'_> {
                 set!(self, node_of, n.class, None);
                 let count = get!(self, lens, &(space, side, p.1)).copied().unwrap();
                 set!(self, lens, (space, side, p.1), (count > 1).then_some(count - 1));
-                gone[usize::from(side)] = Some((k, n.class));
+                gone[side as usize] = Some((k, n.class));
                 self.counts.addrs -= 1;
             } else {
                 set!(self, nodes, k, Some(n));
@@ -731,12 +729,12 @@ impl Tx<'_> {
             }
         }
         // A gone node's pairs go with it.
-        if let Some((_, c)) = gone[usize::from(SIDE_SRC)] {
+        if let Some((_, c)) = gone[Side::Src as usize] {
             for (_, d) in self.keys(|m| &m.pairs, |d| &d.pairs, (c, 0)..=(c, u32::MAX)) {
                 self.set_pair(c, d, None);
             }
         }
-        if let Some((_, c)) = gone[usize::from(SIDE_DST)] {
+        if let Some((_, c)) = gone[Side::Dst as usize] {
             for (_, s) in self.keys(|m| &m.by_dst, |d| &d.by_dst, (c, 0)..=(c, u32::MAX)) {
                 self.set_pair(s, c, None);
             }
@@ -804,7 +802,7 @@ impl Tx<'_> {
         // The strongest rule, if it acts on whatever is left to match: the class is its slot.
         let top = set.iter().map(|e| self.eff(*e)).min_by_key(|x| x.prec).expect("a class of some rules");
         let terminal = match kind {
-            Kind::Pair => top.protos.contains(&PROTO_OTHER) && top.dport.is_any() && top.sport.is_any(),
+            Kind::Pair => top.protos.contains(&Proto::Other) && top.dport.is_any() && top.sport.is_any(),
             Kind::Dport => top.sport.is_any(),
         };
         let value = if terminal { SLOT_BIT | top.slot } else { id };
@@ -816,16 +814,16 @@ impl Tx<'_> {
         match kind {
             _ if terminal => {}
             Kind::Pair => {
-                let all: Vec<(u32, &'static [u8], PortRange)> =
+                let all: Vec<(u32, &'static [Proto], PortRange)> =
                     set.iter().map(|e| (*e, self.eff(*e).protos, self.eff(*e).dport)).collect();
-                for proto in PROTOS {
+                for proto in Proto::ALL {
                     let members: Vec<(u32, PortRange)> =
                         all.iter().filter(|(_, p, _)| p.contains(&proto)).map(|(e, _, r)| (*e, *r)).collect();
                     for (range, sub) in runs(&members) {
                         let dport = self.class(Kind::Dport, sub);
                         deps.push(dport);
                         let value = get!(self, classes, &dport).expect("just referenced").value;
-                        push(PortKey { class: id, proto, side: SIDE_DST, port: 0 }, range, value);
+                        push(PortKey { class: id, proto: proto as u8, side: Side::Dst as u8, port: 0 }, range, value);
                     }
                 }
             }
@@ -833,7 +831,7 @@ impl Tx<'_> {
                 let members: Vec<(u32, PortRange)> = set.iter().map(|e| (*e, self.eff(*e).sport)).collect();
                 for (range, sub) in runs(&members) {
                     let winner = sub.iter().map(|e| self.eff(*e)).min_by_key(|x| x.prec).unwrap().slot;
-                    push(PortKey { class: id, proto: 0, side: SIDE_SRC, port: 0 }, range, winner);
+                    push(PortKey { class: id, proto: 0, side: Side::Src as u8, port: 0 }, range, winner);
                 }
             }
         }

@@ -14,7 +14,8 @@ struct Pkt {
     hook: u8,
     /// Its socket's cgroup id; 0 for none.
     cgroup: u64,
-    family: u8,
+    family: Family,
+    /// One of [`Proto`]'s values, as the program makes it.
     proto: u8,
     src: [u8; 16],
     dst: [u8; 16],
@@ -72,28 +73,29 @@ fn kernel_cgroup(t: &Tables, generation: u8, p: Pkt) -> Option<u32> {
 
 fn chain(t: &Tables, generation: u8, p: Pkt, scope: u32) -> Option<u32> {
     let words = |a: [u8; 16]| std::array::from_fn(|i| u32::from_ne_bytes(a[4 * i..4 * i + 4].try_into().unwrap()));
-    let mut key = AddrKey { generation, hook: p.hook, family: p.family, side: SIDE_SRC, scope, addr: words(p.src) };
+    let mut key =
+        AddrKey { generation, hook: p.hook, family: p.family as u8, side: Side::Src as u8, scope, addr: words(p.src) };
     let s = lpm(&t.addrs, &key, addr_bytes)?;
-    key.side = SIDE_DST;
+    key.side = Side::Dst as u8;
     key.addr = words(p.dst);
     let d = lpm(&t.addrs, &key, addr_bytes)?;
     let pair = t.pairs.iter().find(|(k, _)| *k == PairKey { src_class: s, dst_class: d })?.1;
     if let Some(slot) = chaos_common::slot_of(pair) {
         return Some(slot);
     }
-    let dk = PortKey { class: pair, proto: p.proto, side: SIDE_DST, port: p.dport.to_be() };
+    let dk = PortKey { class: pair, proto: p.proto, side: Side::Dst as u8, port: p.dport.to_be() };
     let dc = lpm(&t.ports, &dk, port_bytes)?;
     if let Some(slot) = chaos_common::slot_of(dc) {
         return Some(slot);
     }
-    let sk = PortKey { class: dc, proto: 0, side: SIDE_SRC, port: p.sport.to_be() };
+    let sk = PortKey { class: dc, proto: 0, side: Side::Src as u8, port: p.sport.to_be() };
     lpm(&t.ports, &sk, port_bytes)
 }
 
-fn contains(c: Option<Cidr>, family: u8, addr: [u8; 16]) -> bool {
+fn contains(c: Option<Cidr>, family: Family, addr: [u8; 16]) -> bool {
     match c {
         None => true,
-        Some(c) => (c.is_v4() == (family == FAMILY_V4)) && mask(addr, c.len) == mask(c.bytes(), c.len),
+        Some(c) => (c.is_v4() == (family == Family::V4)) && mask(addr, c.len) == mask(c.bytes(), c.len),
     }
 }
 
@@ -109,7 +111,7 @@ fn reference(rules: &[Rule], p: Pkt, cgroup_program: bool) -> Option<u32> {
             (Some(inside), true) => inside,
             (None, true) => false,
         };
-        let fam = if p.family == FAMILY_V4 { r.matches.families.v4 } else { r.matches.families.v6 };
+        let fam = if p.family == Family::V4 { r.matches.families.v4 } else { r.matches.families.v6 };
         let mirrored = match (r.matches.direction, p.hook) {
             _ if r.connect != (p.hook == Hook::CONNECT) => return false,
             (_, Hook::CONNECT) => false,
@@ -123,11 +125,11 @@ fn reference(rules: &[Rule], p: Pkt, cgroup_program: bool) -> Option<u32> {
         } else {
             (r.matches.src, r.matches.dst, r.matches.sport, r.matches.dport)
         };
-        let has_ports = matches!(p.proto, PROTO_TCP | PROTO_UDP);
+        let has_ports = matches!(p.proto, Proto::TCP | Proto::UDP);
         let proto_ok = match r.matches.protocol {
-            Protocol::Tcp => p.proto == PROTO_TCP,
-            Protocol::Udp => p.proto == PROTO_UDP,
-            Protocol::Icmp => p.proto == if p.family == FAMILY_V4 { PROTO_ICMP } else { PROTO_ICMPV6 },
+            Protocol::Tcp => p.proto == Proto::TCP,
+            Protocol::Udp => p.proto == Proto::UDP,
+            Protocol::Icmp => p.proto == if p.family == Family::V4 { Proto::ICMP } else { Proto::ICMPV6 },
             Protocol::Any => has_ports || (sport.is_any() && dport.is_any()),
         };
         let in_range = |r: PortRange, v: u16| r.lo <= v && v <= r.hi;
@@ -181,7 +183,7 @@ fn pkt(src: [u8; 4], dst: [u8; 4], proto: u8, sport: u16, dport: u16) -> Pkt {
         ifindex: 2,
         hook: Hook::EGRESS,
         cgroup: 0,
-        family: FAMILY_V4,
+        family: Family::V4,
         proto,
         src: v4(src),
         dst: v4(dst),
@@ -196,12 +198,12 @@ fn udp_port_rule() {
     r.matches.protocol = Protocol::Udp;
     r.matches.dport = PortRange { lo: 9000, hi: 9000 };
     let t = compile(&[r], 0).unwrap();
-    assert_eq!(kernel(&t, 0, pkt([1, 1, 1, 1], [2, 2, 2, 2], PROTO_UDP, 5, 9000)), Some(7));
-    assert_eq!(kernel(&t, 0, pkt([1, 1, 1, 1], [2, 2, 2, 2], PROTO_UDP, 5, 9001)), None);
-    assert_eq!(kernel(&t, 0, pkt([1, 1, 1, 1], [2, 2, 2, 2], PROTO_TCP, 5, 9000)), None);
+    assert_eq!(kernel(&t, 0, pkt([1, 1, 1, 1], [2, 2, 2, 2], Proto::UDP, 5, 9000)), Some(7));
+    assert_eq!(kernel(&t, 0, pkt([1, 1, 1, 1], [2, 2, 2, 2], Proto::UDP, 5, 9001)), None);
+    assert_eq!(kernel(&t, 0, pkt([1, 1, 1, 1], [2, 2, 2, 2], Proto::TCP, 5, 9000)), None);
     // Other generation's view is empty; other interface and hook too.
-    assert_eq!(kernel(&t, 1, pkt([1, 1, 1, 1], [2, 2, 2, 2], PROTO_UDP, 5, 9000)), None);
-    let mut p = pkt([1, 1, 1, 1], [2, 2, 2, 2], PROTO_UDP, 5, 9000);
+    assert_eq!(kernel(&t, 1, pkt([1, 1, 1, 1], [2, 2, 2, 2], Proto::UDP, 5, 9000)), None);
+    let mut p = pkt([1, 1, 1, 1], [2, 2, 2, 2], Proto::UDP, 5, 9000);
     p.hook = Hook::INGRESS;
     assert_eq!(kernel(&t, 0, p), None);
     p.hook = Hook::EGRESS;
@@ -216,9 +218,9 @@ fn both_directions_mirror() {
     r.matches.dst = Some("10.0.0.2/32".parse().unwrap());
     r.threshold = Action::Partition.drop_threshold();
     let t = compile(&[r], 1).unwrap();
-    let out = pkt([10, 0, 0, 1], [10, 0, 0, 2], PROTO_TCP, 40000, 80);
+    let out = pkt([10, 0, 0, 1], [10, 0, 0, 2], Proto::TCP, 40000, 80);
     assert_eq!(kernel(&t, 1, out), Some(1));
-    let mut back = pkt([10, 0, 0, 2], [10, 0, 0, 1], PROTO_TCP, 80, 40000);
+    let mut back = pkt([10, 0, 0, 2], [10, 0, 0, 1], Proto::TCP, 80, 40000);
     back.hook = Hook::INGRESS;
     assert_eq!(kernel(&t, 1, back), Some(1));
     back.src = v4([10, 0, 0, 4]);
@@ -235,8 +237,8 @@ fn strongest_rule_wins_then_oldest() {
     let mut equal = rule(3);
     equal.threshold = strong.threshold;
     let t = compile(&[weak.clone(), strong.clone(), equal.clone()], 0).unwrap();
-    assert_eq!(kernel(&t, 0, pkt([1, 1, 1, 1], [10, 1, 1, 1], PROTO_UDP, 1, 2)), Some(2));
-    assert_eq!(kernel(&t, 0, pkt([1, 1, 1, 1], [11, 1, 1, 1], PROTO_UDP, 1, 2)), Some(3));
+    assert_eq!(kernel(&t, 0, pkt([1, 1, 1, 1], [10, 1, 1, 1], Proto::UDP, 1, 2)), Some(2));
+    assert_eq!(kernel(&t, 0, pkt([1, 1, 1, 1], [11, 1, 1, 1], Proto::UDP, 1, 2)), Some(3));
 }
 
 #[test]
@@ -248,7 +250,7 @@ fn cgroup_rules_act_on_their_cgroups_only() {
     cg.threshold = Action::Partition.drop_threshold();
     cg.cgroups = Some(vec![11, 12]);
     let t = compile(&[wide, cg], 0).unwrap();
-    let out = |cgroup| Pkt { cgroup, ..pkt([1, 1, 1, 1], [2, 2, 2, 2], PROTO_UDP, 5, 9000) };
+    let out = |cgroup| Pkt { cgroup, ..pkt([1, 1, 1, 1], [2, 2, 2, 2], Proto::UDP, 5, 9000) };
     assert_eq!(kernel(&t, 0, out(11)), Some(2));
     assert_eq!(kernel(&t, 0, out(12)), Some(2));
     // Another cgroup, or none (forwarded), gets the interface's rule.
@@ -279,7 +281,7 @@ fn connect_rules_match_the_destination() {
         ifindex: 0,
         hook: Hook::CONNECT,
         cgroup,
-        ..pkt([0, 0, 0, 0], dst, PROTO_TCP, 0, dport)
+        ..pkt([0, 0, 0, 0], dst, Proto::TCP, 0, dport)
     };
     assert_eq!(kernel_cgroup(&t, 1, connect(11, [10, 1, 2, 3], 3306)), Some(4));
     assert_eq!(kernel_cgroup(&t, 1, connect(12, [10, 1, 2, 3], 3306)), None);
@@ -316,8 +318,8 @@ fn ten_thousand_rules_fit() {
         })
         .collect();
     let t = compile(&rules, 0).unwrap();
-    assert_eq!(kernel(&t, 0, pkt([1, 1, 1, 1], [10, 39, 15, 7], PROTO_UDP, 1, 9050)), Some(39 * 256 + 15));
-    assert_eq!(kernel(&t, 0, pkt([1, 1, 1, 1], [10, 39, 15, 7], PROTO_UDP, 1, 9200)), None);
+    assert_eq!(kernel(&t, 0, pkt([1, 1, 1, 1], [10, 39, 15, 7], Proto::UDP, 1, 9050)), Some(39 * 256 + 15));
+    assert_eq!(kernel(&t, 0, pkt([1, 1, 1, 1], [10, 39, 15, 7], Proto::UDP, 1, 9200)), None);
 }
 
 #[test]
@@ -386,9 +388,9 @@ fn random_rule(rng: &mut Rng, slot: u32) -> Rule {
 
 /// A random packet the rules of [`random_rule`] may or may not match.
 fn random_pkt(rng: &mut Rng) -> Pkt {
-    let family = rng.pick(&[FAMILY_V4, FAMILY_V4, FAMILY_V6]);
+    let family = rng.pick(&[Family::V4, Family::V4, Family::V6]);
     let addr = |rng: &mut Rng| {
-        if family == FAMILY_V4 {
+        if family == Family::V4 {
             v4(rng.pick(&ADDRS4))
         } else {
             match rng.pick(&["fd00::1", "fd00::2", "fe80::1"]).parse::<IpAddr>().unwrap() {
@@ -397,9 +399,13 @@ fn random_pkt(rng: &mut Rng) -> Pkt {
             }
         }
     };
-    let proto =
-        rng.pick(&[PROTO_TCP, PROTO_UDP, if family == FAMILY_V4 { PROTO_ICMP } else { PROTO_ICMPV6 }, PROTO_OTHER]);
-    let has_ports = matches!(proto, PROTO_TCP | PROTO_UDP);
+    let proto = rng.pick(&[
+        Proto::TCP,
+        Proto::UDP,
+        if family == Family::V4 { Proto::ICMP } else { Proto::ICMPV6 },
+        Proto::OTHER,
+    ]);
+    let has_ports = matches!(proto, Proto::TCP | Proto::UDP);
     Pkt {
         ifindex: rng.pick(&[2, 3]),
         hook: rng.pick(&[Hook::INGRESS, Hook::EGRESS]),

@@ -11,7 +11,7 @@ const SECOND: u64 = 1_000_000_000;
 
 use super::{Dataplane, EndReason, Engine, EngineError, FaultSet, Guard, Settings, ended, one_experiment};
 use crate::{
-    api::FaultView,
+    api::{AuditAction, FaultView},
     state::{Actor, Ended, Event, State, Store, boot_id, mono_ns},
 };
 
@@ -107,7 +107,7 @@ impl<D: Dataplane> Engine<D> {
         if !names.is_empty() || !ended.is_empty() {
             tracing::info!(adopted = names.len(), ended = ended.len(), "re-adopted the previous daemon's faults");
             let experiment = engine.experiment_of(&names);
-            let event = engine.event(&Actor::default(), "adopt", names, experiment, "ok".into(), ended);
+            let event = engine.event(&Actor::default(), AuditAction::Adopt, names, experiment, "ok".into(), ended);
             // In the journal too: the faults it ends are gone from the snapshot just written.
             let faults = engine.faults.clone();
             if let Err(e) = engine.record(&faults, &faults, vec![event.clone()]) {
@@ -224,7 +224,7 @@ impl<D: Dataplane> Engine<D> {
         let daemon = Actor::default();
         let started = (!due.is_empty()).then(|| {
             let experiment = self.experiment_of(due);
-            self.event(&daemon, "start", due.to_vec(), experiment, "ok".into(), vec![])
+            self.event(&daemon, AuditAction::Start, due.to_vec(), experiment, "ok".into(), vec![])
         });
         if gone.is_empty() {
             return self.commit(next, started.into_iter().collect());
@@ -234,7 +234,7 @@ impl<D: Dataplane> Engine<D> {
             let mut events: Vec<Event> = started.into_iter().collect();
             // Deadlines are an "expire" event, gone targets an "end" one.
             let (timed, gone): (Vec<_>, Vec<_>) = ending.iter().partition(|(_, why)| *why == EndReason::Expired);
-            for (action, ending) in [("expire", timed), ("end", gone)] {
+            for (action, ending) in [(AuditAction::Expire, timed), (AuditAction::End, gone)] {
                 if !ending.is_empty() {
                     let names: Vec<String> = ending.iter().map(|(n, _)| n.clone()).collect();
                     let ended: Vec<Ended> =

@@ -4,12 +4,12 @@
 
 use std::{collections::BTreeMap, path::PathBuf};
 
-use chaos_common::{ActionKind, ChainKind, DROP_ALWAYS, Dist, Hook, RuleAction, RuleFlags, netem_class};
+use chaos_common::{ActionKind, ChainKind, DROP_ALWAYS, Dist, RuleAction, RuleFlags, netem_class};
 
 use super::faults::{Active, FaultSet};
 use crate::{
     compile::Rule,
-    kernel::{CG_CONNECT4, CG_CONNECT6, CG_INGRESS, HOOK_IFB, ShapeNeed},
+    kernel::{CgroupHook, ShapeNeed, TcHook},
     shaping::NetemClass,
     spec::{Action, Checksum, Direction, Distribution, Match, Odds, Shape, threshold},
 };
@@ -215,37 +215,37 @@ impl<'a> Plan<'a> {
         }
     }
 
-    pub fn cgroup_hooks(&self) -> BTreeMap<(u64, u8), PathBuf> {
+    pub fn cgroup_hooks(&self) -> BTreeMap<(u64, CgroupHook), PathBuf> {
         cgroup_hooks(&self.special())
     }
 }
 
 /// The TC hooks a started fault's rules need, with their interfaces' names.
-pub fn fault_hooks(a: &Active, ifbs: &BTreeMap<u32, (u32, String)>) -> BTreeMap<(u32, u8), String> {
+pub fn fault_hooks(a: &Active, ifbs: &BTreeMap<u32, (u32, String)>) -> BTreeMap<(u32, TcHook), String> {
     let mut hooks = BTreeMap::new();
     fault_rules(a, ifbs, &mut hooks);
     hooks
 }
 
-fn hooks_of(direction: Direction) -> &'static [u8] {
+fn hooks_of(direction: Direction) -> &'static [TcHook] {
     match direction {
-        Direction::Egress => &[Hook::EGRESS],
-        Direction::Ingress => &[Hook::INGRESS],
-        Direction::Both => &[Hook::EGRESS, Hook::INGRESS],
+        Direction::Egress => &[TcHook::Egress],
+        Direction::Ingress => &[TcHook::Ingress],
+        Direction::Both => &[TcHook::Egress, TcHook::Ingress],
     }
 }
 
-/// The cgroup attachments started cgroup faults need: (cgroup id, `CG_*` kind) and its
+/// The cgroup attachments started cgroup faults need: (cgroup id, kind) and its
 /// directory. A program attached to a cgroup runs for the cgroups below it too, so one below
 /// another target of the same kind gets none (it would run twice).
-fn cgroup_hooks(faults: &[&Active]) -> BTreeMap<(u64, u8), PathBuf> {
-    let mut wanted: BTreeMap<u8, BTreeMap<PathBuf, u64>> = BTreeMap::new();
+fn cgroup_hooks(faults: &[&Active]) -> BTreeMap<(u64, CgroupHook), PathBuf> {
+    let mut wanted: BTreeMap<CgroupHook, BTreeMap<PathBuf, u64>> = BTreeMap::new();
     for a in faults.iter().filter(|a| a.record.started) {
         let Some(cg) = &a.cgroup else { continue };
-        let kinds: &[u8] = match (a.fault.action, a.fault.matches.direction) {
-            (Action::ConnectFail { .. }, _) => &[CG_CONNECT4, CG_CONNECT6],
+        let kinds: &[CgroupHook] = match (a.fault.action, a.fault.matches.direction) {
+            (Action::ConnectFail { .. }, _) => &[CgroupHook::Connect4, CgroupHook::Connect6],
             (_, Direction::Egress) => &[],
-            _ => &[CG_INGRESS],
+            _ => &[CgroupHook::Ingress],
         };
         for kind in kinds {
             wanted.entry(*kind).or_default().insert(cg.dir.clone(), cg.id());
@@ -267,7 +267,11 @@ fn cgroup_hooks(faults: &[&Active]) -> BTreeMap<(u64, u8), PathBuf> {
 /// (`ifbs`), whose egress program matches it as an ingress rule. A cgroup fault's ingress half
 /// and a connect-fail fault need no TC hook (see [`cgroup_hooks`]).
 /// One started fault's rules, adding the TC hooks they need to `hooks`.
-fn fault_rules(a: &Active, ifbs: &BTreeMap<u32, (u32, String)>, hooks: &mut BTreeMap<(u32, u8), String>) -> Vec<Rule> {
+fn fault_rules(
+    a: &Active,
+    ifbs: &BTreeMap<u32, (u32, String)>,
+    hooks: &mut BTreeMap<(u32, TcHook), String>,
+) -> Vec<Rule> {
     let f = &a.fault;
     let connect = matches!(f.action, Action::ConnectFail { .. });
     let cgroups = a.cgroup.as_ref().map(|c| c.ids.clone());
@@ -285,7 +289,7 @@ fn fault_rules(a: &Active, ifbs: &BTreeMap<u32, (u32, String)>, hooks: &mut BTre
     };
     if a.cgroup.is_some() {
         if !connect && f.matches.direction != Direction::Ingress {
-            hook((a.ifindex, Hook::EGRESS), &f.interface);
+            hook((a.ifindex, TcHook::Egress), &f.interface);
         }
         return vec![rule(a.ifindex, f.matches)];
     }
@@ -302,12 +306,12 @@ fn fault_rules(a: &Active, ifbs: &BTreeMap<u32, (u32, String)>, hooks: &mut BTre
     let mut rules = Vec::new();
     let mut ingress = f.matches;
     if f.matches.direction == Direction::Both {
-        hook((a.ifindex, Hook::EGRESS), &f.interface);
+        hook((a.ifindex, TcHook::Egress), &f.interface);
         rules.push(rule(a.ifindex, Match { direction: Direction::Egress, ..f.matches }));
         // The ingress half of `both` sees the replies, as the compiler's ingress hook does.
         ingress = Match { direction: Direction::Ingress, ..f.matches.reply() };
     }
-    hook((*ifb, HOOK_IFB), ifb_name);
+    hook((*ifb, TcHook::IfbEgress), ifb_name);
     rules.push(rule(*ifb, ingress));
     rules
 }

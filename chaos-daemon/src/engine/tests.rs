@@ -350,7 +350,7 @@ fn a_fault_ends_when_its_interface_or_namespace_goes() {
     let ends: Vec<(String, String)> = dir
         .history()
         .iter()
-        .filter(|ev| ev.action == "end")
+        .filter(|ev| ev.action == AuditAction::End)
         .map(|ev| (ev.faults[0].clone(), ev.ended[0].reason.clone()))
         .collect();
     assert_eq!(

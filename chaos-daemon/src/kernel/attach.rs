@@ -15,14 +15,64 @@ use aya::{
 use chaos_common::{Hook, PROG_EGRESS, PROG_EGRESS_EDT, PROG_IFB, PROG_IFB_EDT, PROG_INGRESS};
 use serde::{Deserialize, Serialize};
 
-use super::{AttachMode, HOOK_IFB, KernelError, pins::Pins};
+use super::{AttachMode, KernelError, pins::Pins};
+
+/// A TC attach point of the daemon's programs. Its number names it in the pins
+/// (`link_<ifindex>_<number>`) and in the state file's [`NlFilter`]s: the numbers never change.
+/// The first two are [`Hook`]'s.
+#[repr(u8)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(into = "u8", try_from = "u8")]
+pub enum TcHook {
+    Ingress = Hook::Ingress as u8,
+    Egress = Hook::Egress as u8,
+    /// An IFB device's egress, shaping an interface's ingress: its rules are matched as
+    /// [`Hook::Ingress`] rules.
+    IfbEgress = 2,
+}
+
+impl TcHook {
+    /// As `GET /v1/status` names it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Ingress => "ingress",
+            Self::Egress => "egress",
+            Self::IfbEgress => "ifb-egress",
+        }
+    }
+
+    /// The hook a number (in a pin's name, a state file) names, if any.
+    pub fn from_number(n: u8) -> Option<Self> {
+        [Self::Ingress, Self::Egress, Self::IfbEgress].into_iter().find(|h| *h as u8 == n)
+    }
+}
+
+impl From<TcHook> for u8 {
+    fn from(hook: TcHook) -> Self {
+        hook as u8
+    }
+}
+
+impl TryFrom<u8> for TcHook {
+    type Error = String;
+
+    fn try_from(n: u8) -> Result<Self, String> {
+        Self::from_number(n).ok_or_else(|| format!("no TC hook numbered {n}"))
+    }
+}
+
+impl std::fmt::Display for TcHook {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
 
 /// A cls_bpf filter of ours, enough to find it again after a restart.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NlFilter {
     pub ifindex: u32,
     pub interface: String,
-    pub hook: u8,
+    pub hook: TcHook,
     pub priority: u16,
     pub handle: u32,
     /// Whether the daemon added the clsact qdisc this filter sits on (and so removes it).
@@ -48,13 +98,14 @@ impl Link {
 }
 
 /// The program for a hook (with the edt backend or not), and the hook as aya names it.
-pub(super) fn program_for(hook: u8, edt: bool) -> (&'static str, TcAttachType) {
+pub(super) fn program_for(hook: TcHook, edt: bool) -> (&'static str, TcAttachType) {
     match (hook, edt) {
-        (Hook::EGRESS, false) => (PROG_EGRESS, TcAttachType::Egress),
-        (Hook::EGRESS, true) => (PROG_EGRESS_EDT, TcAttachType::Egress),
-        (HOOK_IFB, false) => (PROG_IFB, TcAttachType::Egress),
-        (HOOK_IFB, true) => (PROG_IFB_EDT, TcAttachType::Egress),
-        _ => (PROG_INGRESS, TcAttachType::Ingress),
+        (TcHook::Egress, false) => (PROG_EGRESS, TcAttachType::Egress),
+        (TcHook::Egress, true) => (PROG_EGRESS_EDT, TcAttachType::Egress),
+        (TcHook::IfbEgress, false) => (PROG_IFB, TcAttachType::Egress),
+        (TcHook::IfbEgress, true) => (PROG_IFB_EDT, TcAttachType::Egress),
+        // Ingress never shapes (see PROG_INGRESS): one program for both backends.
+        (TcHook::Ingress, _) => (PROG_INGRESS, TcAttachType::Ingress),
     }
 }
 
@@ -85,7 +136,7 @@ pub(super) fn attach(
     mode: AttachMode,
     ifindex: u32,
     interface: &str,
-    hook: u8,
+    hook: TcHook,
     edt: bool,
 ) -> Result<Link, KernelError> {
     let (name, attach_type) = program_for(hook, edt);
@@ -166,7 +217,7 @@ pub(super) fn detach(link: Link) {
 /// Re-adopts a previous daemon's attachments: pinned TCX links and recorded cls_bpf filters
 /// are switched to this daemon's programs in place (`bpf_link_update` for TCX, a filter
 /// replace for cls_bpf), so traffic never sees a gap or two programs at once.
-pub(super) fn adopt(ebpf: &mut Ebpf, pins: &Pins, filters: &[NlFilter], edt: bool) -> BTreeMap<(u32, u8), Link> {
+pub(super) fn adopt(ebpf: &mut Ebpf, pins: &Pins, filters: &[NlFilter], edt: bool) -> BTreeMap<(u32, TcHook), Link> {
     let mut links = BTreeMap::new();
     for (ifindex, hook, pin) in pins.links() {
         let (name, _) = program_for(hook, edt);
@@ -182,12 +233,12 @@ pub(super) fn adopt(ebpf: &mut Ebpf, pins: &Pins, filters: &[NlFilter], edt: boo
         let interface = nix::net::if_::if_indextoname(ifindex).map(|s| s.to_string_lossy().into_owned());
         match (adopted, interface) {
             (Ok(link), Ok(interface)) => {
-                tracing::info!(interface, hook, "re-adopted pinned TCX link");
+                tracing::info!(interface, %hook, "re-adopted pinned TCX link");
                 links.insert((ifindex, hook), Link { interface, handle: Handle::Tcx { link, pin } });
             }
             (result, interface) => {
                 // Gone interface (the kernel already detached the link) or unusable pin.
-                tracing::warn!(ifindex, hook, ?interface, error = ?result.err(), "dropping pinned link");
+                tracing::warn!(ifindex, %hook, ?interface, error = ?result.err(), "dropping pinned link");
                 let _ = std::fs::remove_file(&pin);
             }
         }
@@ -204,13 +255,13 @@ pub(super) fn adopt(ebpf: &mut Ebpf, pins: &Pins, filters: &[NlFilter], edt: boo
                 });
         match adopted {
             Ok(link) => {
-                tracing::info!(interface = f.interface, hook = f.hook, "re-adopted cls_bpf filter");
+                tracing::info!(interface = f.interface, hook = %f.hook, "re-adopted cls_bpf filter");
                 links.insert(
                     (f.ifindex, f.hook),
                     Link { interface: f.interface.clone(), handle: Handle::Netlink { link, filter: f.clone() } },
                 );
             }
-            Err(e) => tracing::warn!(interface = f.interface, hook = f.hook, "cannot re-adopt filter: {e}"),
+            Err(e) => tracing::warn!(interface = f.interface, hook = %f.hook, "cannot re-adopt filter: {e}"),
         }
     }
     links
@@ -234,4 +285,42 @@ pub fn detach_filters_by_name() -> Vec<String> {
 
 fn is_missing_interface(e: &ProgramError) -> bool {
     matches!(e, ProgramError::TcError(TcError::IoError(_)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{NlFilter, TcHook};
+    use crate::kernel::{CgroupHook, pins::Pins};
+
+    #[test]
+    fn hooks_keep_their_numbers_in_the_state_file_and_the_pins() {
+        let json = r#"{"ifindex":7,"interface":"ifb0","hook":2,"priority":1,"handle":1,"added_clsact":true}"#;
+        let f: NlFilter = serde_json::from_str(json).unwrap();
+        assert_eq!(f.hook, TcHook::IfbEgress);
+        assert_eq!(serde_json::to_string(&f).unwrap(), json);
+        for (hook, n) in [(TcHook::Ingress, 0), (TcHook::Egress, 1), (TcHook::IfbEgress, 2)] {
+            assert_eq!(TcHook::from_number(n), Some(hook));
+            assert_eq!(hook as u8, n);
+        }
+        let e = serde_json::from_str::<NlFilter>(&json.replace(r#""hook":2"#, r#""hook":3"#)).unwrap_err();
+        assert!(e.to_string().contains("no TC hook numbered 3"), "{e}");
+        for (hook, n) in [(CgroupHook::Ingress, 0), (CgroupHook::Connect4, 4), (CgroupHook::Connect6, 6)] {
+            assert_eq!(CgroupHook::from_number(n), Some(hook));
+        }
+        assert_eq!(CgroupHook::from_number(1), None);
+        // Pins as a previous daemon named them are read back; a number no hook has is skipped.
+        let dir = std::env::temp_dir().join(format!("chaos-pins-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let pins = Pins::new(&dir);
+        assert!(pins.link(3, TcHook::IfbEgress).ends_with("link_3_2"));
+        assert!(pins.cgroup_link(9, CgroupHook::Connect6).ends_with("link_cg9_6"));
+        for name in ["link_3_2", "link_3_9", "link_cg9_6", "link_cg9_5"] {
+            std::fs::write(dir.join(name), "").unwrap();
+        }
+        let links: Vec<_> = pins.links().into_iter().map(|(i, h, _)| (i, h)).collect();
+        let cgroups: Vec<_> = pins.cgroup_links().into_iter().map(|(i, h, _)| (i, h)).collect();
+        std::fs::remove_dir_all(&dir).unwrap();
+        assert_eq!(links, [(3, TcHook::IfbEgress)]);
+        assert_eq!(cgroups, [(9, CgroupHook::Connect6)]);
+    }
 }

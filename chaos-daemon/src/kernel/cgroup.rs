@@ -18,10 +18,37 @@ use chaos_common::{PROG_CGROUP_INGRESS, PROG_CONNECT4, PROG_CONNECT4_ERRNO, PROG
 
 use super::{KernelError, attach::program, backend::verifier_error, pins::Pins};
 
-/// What a cgroup attachment runs; part of its key and of its pin's name.
-pub const CG_INGRESS: u8 = 0;
-pub const CG_CONNECT4: u8 = 4;
-pub const CG_CONNECT6: u8 = 6;
+/// What a cgroup attachment runs: part of its key, and by number of its pin's name
+/// (`link_cg<id>_<number>`), so the numbers never change.
+#[repr(u8)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum CgroupHook {
+    Ingress = 0,
+    Connect4 = 4,
+    Connect6 = 6,
+}
+
+impl CgroupHook {
+    /// As `GET /v1/status` names it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Ingress => "cgroup-ingress",
+            Self::Connect4 => "connect4",
+            Self::Connect6 => "connect6",
+        }
+    }
+
+    /// The hook a pin's number names, if any.
+    pub fn from_number(n: u8) -> Option<Self> {
+        [Self::Ingress, Self::Connect4, Self::Connect6].into_iter().find(|h| *h as u8 == n)
+    }
+}
+
+impl std::fmt::Display for CgroupHook {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
 
 /// What this kernel can do with cgroups, found by loading the programs.
 #[derive(Clone, Debug)]
@@ -89,7 +116,7 @@ pub(super) fn attach(
     pins: &Pins,
     support: &CgroupSupport,
     id: u64,
-    kind: u8,
+    kind: CgroupHook,
     dir: &std::path::Path,
 ) -> Result<CgroupLink, KernelError> {
     let what = |name: &str| format!("attaching {name} to cgroup {}", dir.display());
@@ -101,20 +128,17 @@ pub(super) fn attach(
     let multi = CgroupAttachMode::Single;
     let errno = matches!(support.connect, Ok(true));
     let link = match kind {
-        CG_INGRESS => {
+        CgroupHook::Ingress => {
             let p: &mut CgroupSkb = program(ebpf, PROG_CGROUP_INGRESS)?;
             let id = p
                 .attach(cgroup.as_fd(), CgroupSkbAttachType::Ingress, multi)
                 .map_err(|e| failed(PROG_CGROUP_INGRESS, e))?;
             FdLink::try_from(p.take_link(id).map_err(|e| failed(PROG_CGROUP_INGRESS, e))?)
         }
-        _ => {
-            let name = match (kind, errno) {
-                (CG_CONNECT4, true) => PROG_CONNECT4_ERRNO,
-                (CG_CONNECT4, false) => PROG_CONNECT4,
-                (_, true) => PROG_CONNECT6_ERRNO,
-                (_, false) => PROG_CONNECT6,
-            };
+        CgroupHook::Connect4 | CgroupHook::Connect6 => {
+            let (v4, v6) =
+                if errno { (PROG_CONNECT4_ERRNO, PROG_CONNECT6_ERRNO) } else { (PROG_CONNECT4, PROG_CONNECT6) };
+            let name = if kind == CgroupHook::Connect4 { v4 } else { v6 };
             let p: &mut CgroupSockAddr = program(ebpf, name)?;
             let id = p.attach(cgroup.as_fd(), multi).map_err(|e| failed(name, e))?;
             FdLink::try_from(p.take_link(id).map_err(|e| failed(name, e))?)
@@ -151,16 +175,16 @@ pub(super) fn detach(link: CgroupLink) {
 
 /// A previous daemon's cgroup links, kept as they are: they run its programs, on the same
 /// pinned maps (the ABI check guarantees their layout), until no fault needs them.
-pub(super) fn adopt(pins: &Pins) -> BTreeMap<(u64, u8), CgroupLink> {
+pub(super) fn adopt(pins: &Pins) -> BTreeMap<(u64, CgroupHook), CgroupLink> {
     let mut links = BTreeMap::new();
     for (id, kind, pin) in pins.cgroup_links() {
         match PinnedLink::from_pin(&pin) {
             Ok(p) => {
-                tracing::info!(cgroup = id, kind, "re-adopted pinned cgroup link");
+                tracing::info!(cgroup = id, %kind, "re-adopted pinned cgroup link");
                 links.insert((id, kind), CgroupLink { dir: PathBuf::new(), link: FdLink::from(p), pin });
             }
             Err(e) => {
-                tracing::warn!(cgroup = id, kind, "dropping pinned cgroup link: {e}");
+                tracing::warn!(cgroup = id, %kind, "dropping pinned cgroup link: {e}");
                 let _ = std::fs::remove_file(&pin);
             }
         }

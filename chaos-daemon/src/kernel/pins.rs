@@ -16,7 +16,7 @@ use aya::maps::{Array, MapData};
 use chaos_common::{ABI_VERSION, ActiveMap, map_names};
 use nix::sys::statfs::{BPF_FS_MAGIC, statfs};
 
-use super::KernelError;
+use super::{CgroupHook, KernelError, TcHook};
 
 /// Where bpffs is mounted on every distribution chaos-daemon supports.
 const BPFFS: &str = "/sys/fs/bpf";
@@ -39,13 +39,13 @@ impl Pins {
         self.dir.join(format!("prog_{name}"))
     }
 
-    pub fn link(&self, ifindex: u32, hook: u8) -> PathBuf {
-        self.dir.join(format!("link_{ifindex}_{hook}"))
+    pub fn link(&self, ifindex: u32, hook: TcHook) -> PathBuf {
+        self.dir.join(format!("link_{ifindex}_{}", hook as u8))
     }
 
-    /// A cgroup link: the cgroup's id and what it runs (see `cgroup::CG_*`).
-    pub fn cgroup_link(&self, cgroup: u64, kind: u8) -> PathBuf {
-        self.dir.join(format!("link_cg{cgroup}_{kind}"))
+    /// A cgroup link: the cgroup's id and what it runs.
+    pub fn cgroup_link(&self, cgroup: u64, kind: CgroupHook) -> PathBuf {
+        self.dir.join(format!("link_cg{cgroup}_{}", kind as u8))
     }
 
     /// Makes the directory, mounting bpffs at /sys/fs/bpf first when nothing is mounted there
@@ -130,7 +130,7 @@ impl Pins {
     }
 
     /// Pinned TCX links: `(ifindex, hook, path)`.
-    pub fn links(&self) -> Vec<(u32, u8, PathBuf)> {
+    pub fn links(&self) -> Vec<(u32, TcHook, PathBuf)> {
         let Ok(dir) = std::fs::read_dir(&self.dir) else { return Vec::new() };
         dir.filter_map(Result::ok)
             .filter_map(|e| {
@@ -139,19 +139,19 @@ impl Pins {
                 if ifindex.starts_with("cg") {
                     return None;
                 }
-                Some((ifindex.parse().ok()?, hook.parse().ok()?, e.path()))
+                Some((ifindex.parse().ok()?, TcHook::from_number(hook.parse().ok()?)?, e.path()))
             })
             .collect()
     }
 
     /// Pinned cgroup links: `(cgroup id, kind, path)`.
-    pub fn cgroup_links(&self) -> Vec<(u64, u8, PathBuf)> {
+    pub fn cgroup_links(&self) -> Vec<(u64, CgroupHook, PathBuf)> {
         let Ok(dir) = std::fs::read_dir(&self.dir) else { return Vec::new() };
         dir.filter_map(Result::ok)
             .filter_map(|e| {
                 let name = e.file_name().into_string().ok()?;
                 let (id, kind) = name.strip_prefix("link_cg")?.split_once('_')?;
-                Some((id.parse().ok()?, kind.parse().ok()?, e.path()))
+                Some((id.parse().ok()?, CgroupHook::from_number(kind.parse().ok()?)?, e.path()))
             })
             .collect()
     }

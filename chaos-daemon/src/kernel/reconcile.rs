@@ -5,25 +5,25 @@ use std::collections::HashMap;
 
 use chaos_common::{Counters, MAX_RULES, RuleAction, map_names};
 
-use super::{Kernel, KernelError, NlFilter, Rules, ShapingRecord};
+use super::{Kernel, KernelError, NlFilter, Rules, ShapingRecord, TcHook};
 use crate::engine::{Dataplane, Plan, fault_hooks};
 
 /// The TC hooks the live faults use: each with its interface's name and how many faults use it.
 #[derive(Clone, Debug, Default)]
-pub(super) struct HookUsers(std::collections::BTreeMap<(u32, u8), (String, usize)>);
+pub(super) struct HookUsers(std::collections::BTreeMap<(u32, TcHook), (String, usize)>);
 
 impl HookUsers {
     fn new() -> Self {
         Self::default()
     }
 
-    fn add(&mut self, hooks: &std::collections::BTreeMap<(u32, u8), String>) {
+    fn add(&mut self, hooks: &std::collections::BTreeMap<(u32, TcHook), String>) {
         for (key, name) in hooks {
             self.0.entry(*key).or_insert_with(|| (name.clone(), 0)).1 += 1;
         }
     }
 
-    fn remove(&mut self, hooks: &std::collections::BTreeMap<(u32, u8), String>) {
+    fn remove(&mut self, hooks: &std::collections::BTreeMap<(u32, TcHook), String>) {
         for key in hooks.keys() {
             if let Some((_, n)) = self.0.get_mut(key) {
                 *n -= 1;
@@ -34,7 +34,7 @@ impl HookUsers {
         }
     }
 
-    fn hooks(&self) -> std::collections::BTreeMap<(u32, u8), String> {
+    fn hooks(&self) -> std::collections::BTreeMap<(u32, TcHook), String> {
         self.0.iter().map(|(k, (name, _))| (*k, name.clone())).collect()
     }
 }

@@ -183,11 +183,11 @@ fn one_fault_next_to_thousands_writes_a_few_entries() {
     let change = c.change(&partitions(2_000, 1), &[]).unwrap();
     change.ops.iter().for_each(|op| apply(&mut t, *op));
     c.commit(change);
-    let out = pkt([10, 0, 0, 1], [10, 201, 3, 232], PROTO_TCP, 40000, 80);
+    let out = pkt([10, 0, 0, 1], [10, 201, 3, 232], Proto::TCP, 40000, 80);
     assert_eq!(kernel(&t, 0, out), Some(2_000));
     let back = Pkt { hook: Hook::INGRESS, src: out.dst, dst: out.src, ..out };
     assert_eq!(kernel(&t, 0, back), Some(2_000));
-    assert_eq!(kernel(&t, 0, pkt([10, 0, 0, 1], [10, 201, 3, 233], PROTO_TCP, 40000, 80)), None);
+    assert_eq!(kernel(&t, 0, pkt([10, 0, 0, 1], [10, 201, 3, 233], Proto::TCP, 40000, 80)), None);
 }
 
 /// `cargo test --release -p chaos-daemon --lib one_fault_cost -- --ignored --nocapture`
@@ -247,7 +247,7 @@ fn connect_rules_come_and_go() {
         ifindex: 0,
         hook: Hook::CONNECT,
         cgroup,
-        ..pkt([0; 4], [10, 1, 2, 3], PROTO_TCP, 0, dport)
+        ..pkt([0; 4], [10, 1, 2, 3], Proto::TCP, 0, dport)
     };
     assert_eq!(kernel_cgroup(&t, 1, connect(11, 3306)), Some(4));
     assert_eq!(kernel_cgroup(&t, 1, connect(12, 3306)), Some(4));
