@@ -217,12 +217,14 @@ impl<D: Dataplane> Engine<D> {
         // What needs no lookup first: a batch that cannot fit is refused before any is resolved.
         self.faults.check_batch(specs.len(), req.experiment.as_deref(), &self.limits())?;
         let mut batch = Vec::with_capacity(specs.len());
+        let mut ifindexes = crate::target::Ifindexes::default();
         for (i, spec) in specs.iter().enumerate() {
             let at = |e: SpecError| if specs.len() > 1 { e.within(&format!("fault[{i}].")) } else { e };
             // The fault as the daemon's namespace sees it: its interface there, and turned round
             // for another namespace's (see `target`).
             let resolved =
-                crate::target::resolve(spec.validate().map_err(at)?, &self.settings.runtime_dirs).map_err(at)?;
+                crate::target::resolve(spec.validate().map_err(at)?, &self.settings.runtime_dirs, &mut ifindexes)
+                    .map_err(at)?;
             let fault = &resolved.fault;
             if let Action::Shape(s) = fault.action {
                 self.dataplane.can_shape(fault.matches.direction != Direction::Egress, s.reorder.is_some())?;

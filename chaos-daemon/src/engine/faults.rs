@@ -484,12 +484,12 @@ impl FaultSet {
         same_boot: bool,
         adopted: bool,
         now_ns: u64,
-        resolve: impl Fn(Fault) -> Result<Resolved, SpecError>,
+        mut resolve: impl FnMut(Fault) -> Result<Resolved, SpecError>,
     ) -> (Self, Vec<(Record, EndReason)>) {
         let mut set = Self::new(next_id);
         let mut gone = Vec::new();
         for record in records {
-            let resolved = record.spec.validate().map(&resolve);
+            let resolved = record.spec.validate().map(&mut resolve);
             let reason = if !same_boot {
                 Some(EndReason::Rebooted)
             } else if !adopted {
