@@ -9,7 +9,10 @@
 //!   see [`parse_protected`] for its syntax.
 //! - **SSH sessions**: [`ssh_sessions`] reads the established TCP connections to sshd's ports from
 //!   the kernel's table for the daemon's network namespace. It is a snapshot: call it for each
-//!   batch of faults checked, so that sessions opened since the last batch are covered.
+//!   batch of faults checked, so that sessions opened since the last batch are covered. Where
+//!   the kernel follows the sessions (the `sock:inet_sock_set_state` program, see
+//!   `kernel::sessions`), its map, a superset of the namespace's sessions, is read first: when
+//!   [`could_touch`] says the faults touch none of its sessions, no listing is needed.
 //!
 //! [`check`] refuses a fault that would match any packet of a protected flow, in either
 //! direction, whatever its action: a 1% loss on an SSH session is refused like a partition.

@@ -108,6 +108,7 @@ pub fn start(ebpf: &mut Ebpf, ports: &[u16]) -> Result<Followed, String> {
     if ports.len() > GUARD_PORTS_CAPACITY as usize {
         return Err(format!("more than {GUARD_PORTS_CAPACITY} guarded ports"));
     }
+    let started = std::time::Instant::now();
     let tracefs = tracefs()?;
     let path = tracefs.join(format!("events/{CATEGORY}/{EVENT}/format"));
     let text = std::fs::read_to_string(&path).map_err(|e| format!("{}: {e}", path.display()))?;
@@ -146,7 +147,8 @@ pub fn start(ebpf: &mut Ebpf, ports: &[u16]) -> Result<Followed, String> {
             Err(e) => return Err(err(map_names::SESSIONS, &e)),
         }
     }
-    tracing::info!(seeded = seeded.len(), "the SSH guard follows sessions by the {CATEGORY}:{EVENT} tracepoint");
+    let took = started.elapsed();
+    tracing::info!(seeded = seeded.len(), ?took, "the SSH guard follows sessions by the {CATEGORY}:{EVENT} tracepoint");
     Ok(Followed { sessions, overflow })
 }
 
