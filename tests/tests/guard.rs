@@ -90,7 +90,8 @@ impl Server {
     /// A session from b: its client end, the server's end, and how the daemon names it.
     fn session(&self) -> (TcpStream, TcpStream, String) {
         let addr = self.listener.local_addr().unwrap();
-        let client = self.lab.b.enter(move || TcpStream::connect_timeout(&addr, Duration::from_secs(2))).unwrap().unwrap();
+        let client =
+            self.lab.b.enter(move || TcpStream::connect_timeout(&addr, Duration::from_secs(2))).unwrap().unwrap();
         let (server, peer) = self.listener.accept().unwrap();
         (client, server, format!("SSH session {peer} -> {addr}"))
     }
@@ -163,7 +164,9 @@ fn sessions_opened_and_closed_after_the_start_are_followed_by_the_tracepoint() {
     let daemon = Daemon::start_with(&lab.a, &config()).unwrap();
     assert!(daemon.status().guard_sessions.contains("loaded at the first apply"), "{:?}", daemon.status());
     // The first apply that could touch the guarded port starts the program (no session yet).
-    daemon.ctl_ok(&["apply", "--name", "first", "-i", &a_if, "--loss", "1", "-d", "ingress", "-p", "tcp", "--dport", "2222"]);
+    daemon.ctl_ok(&[
+        "apply", "--name", "first", "-i", &a_if, "--loss", "1", "-d", "ingress", "-p", "tcp", "--dport", "2222",
+    ]);
     assert_eq!(daemon.status().guard_sessions, "tracepoint sock:inet_sock_set_state");
     daemon.ctl_ok(&["rm", "first"]);
 
@@ -203,7 +206,22 @@ fn a_session_from_before_the_start_is_protected_and_others_need_no_dump() {
     let (dumped, counters) = (dumps(&lab.a), tcp_counters(&lab.a));
     for (i, peer) in [lab::B4_OTHER, "10.200.0.9", "10.200.0.10"].into_iter().enumerate() {
         let name = format!("other-peer-{i}");
-        daemon.ctl_ok(&["apply", "--name", &name, "-i", &a_if, "--partition", "-d", "ingress", "-p", "tcp", "--dport", "2222", "--src", peer]);
+        daemon.ctl_ok(&[
+            "apply",
+            "--name",
+            &name,
+            "-i",
+            &a_if,
+            "--partition",
+            "-d",
+            "ingress",
+            "-p",
+            "tcp",
+            "--dport",
+            "2222",
+            "--src",
+            peer,
+        ]);
     }
     assert_eq!(dumps(&lab.a), dumped, "applies that touch no followed session made a dump");
     assert_ne!(tcp_counters(&lab.a), counters, "the TCP counters did not move: the test proves nothing");

@@ -17,7 +17,9 @@ use aya::{
     maps::{Array, HashMap, MapData},
     programs::TracePoint,
 };
-use chaos_common::{FIELD_ABSENT, GUARD_PORTS_CAPACITY, PROG_SESSIONS, SESSION_RECORD_MAX, SessionConf, SessionKey, map_names};
+use chaos_common::{
+    FIELD_ABSENT, GUARD_PORTS_CAPACITY, PROG_SESSIONS, SESSION_RECORD_MAX, SessionConf, SessionKey, map_names,
+};
 
 use super::map;
 use crate::guard::Families;
@@ -114,16 +116,14 @@ pub fn start(ebpf: &mut Ebpf, ports: &[u16]) -> Result<Followed, String> {
     let text = std::fs::read_to_string(&path).map_err(|e| format!("{}: {e}", path.display()))?;
     let mut conf = parse_format(&text).map_err(|e| format!("{}: {e}", path.display()))?;
     let err = |what: &str, e: &dyn std::fmt::Display| format!("{what}: {e}");
-    let mut guarded: HashMap<MapData, u16, u8> =
-        map(ebpf, map_names::GUARD_PORTS).map_err(|e| err("map", &e))?;
+    let mut guarded: HashMap<MapData, u16, u8> = map(ebpf, map_names::GUARD_PORTS).map_err(|e| err("map", &e))?;
     for p in ports {
         guarded.insert(p, 1, 0).map_err(|e| err(map_names::GUARD_PORTS, &e))?;
     }
     let mut config: Array<MapData, SessionConf> = map(ebpf, map_names::SESSION_CONF).map_err(|e| err("map", &e))?;
     conf.ready = 1;
     config.set(0, conf, 0).map_err(|e| err(map_names::SESSION_CONF, &e))?;
-    let mut sessions: HashMap<MapData, SessionKey, u8> =
-        map(ebpf, map_names::SESSIONS).map_err(|e| err("map", &e))?;
+    let mut sessions: HashMap<MapData, SessionKey, u8> = map(ebpf, map_names::SESSIONS).map_err(|e| err("map", &e))?;
     let overflow = map(ebpf, map_names::SESSION_OVERFLOW).map_err(|e| err("map", &e))?;
 
     let program: &mut TracePoint = ebpf
@@ -131,7 +131,9 @@ pub fn start(ebpf: &mut Ebpf, ports: &[u16]) -> Result<Followed, String> {
         .ok_or_else(|| format!("no program {PROG_SESSIONS} in the object"))?
         .try_into()
         .map_err(|e| err(PROG_SESSIONS, &e))?;
-    program.load().map_err(|e| err(&format!("loading {PROG_SESSIONS}"), &super::backend::verifier_error(PROG_SESSIONS, e)))?;
+    program
+        .load()
+        .map_err(|e| err(&format!("loading {PROG_SESSIONS}"), &super::backend::verifier_error(PROG_SESSIONS, e)))?;
     // The link stays with the program, which the daemon's `Ebpf` keeps until it exits.
     program.attach(CATEGORY, EVENT).map_err(|e| err(&format!("attaching to {CATEGORY}:{EVENT}"), &e))?;
 
