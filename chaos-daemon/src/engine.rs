@@ -477,9 +477,8 @@ impl Guard {
         followed: impl FnOnce(&[u16]) -> Option<Vec<(std::net::SocketAddr, std::net::SocketAddr)>>,
     ) -> Vec<Protected> {
         let families = crate::guard::at_stake(faults.iter().copied(), &self.ssh_ports);
-        let mut flows = if !families.v4 && !families.v6 {
-            Vec::new()
-        } else if followed(&self.ssh_ports).is_some_and(|s| !crate::guard::could_touch(faults, &s)) {
+        let untouched = |s: Vec<_>| !crate::guard::could_touch(faults, &s);
+        let mut flows = if (!families.v4 && !families.v6) || followed(&self.ssh_ports).is_some_and(untouched) {
             Vec::new()
         } else {
             // Fail closed would block every fault on a host without /proc/net: warn and go on.

@@ -568,7 +568,7 @@ impl Kernel {
     pub fn followed_sessions(&mut self, ports: &[u16]) -> Option<Vec<(std::net::SocketAddr, std::net::SocketAddr)>> {
         if matches!(self.follow, sessions::Follow::NotYet) {
             self.follow = match sessions::start(&mut self.ebpf, ports) {
-                Ok(f) => sessions::Follow::On(f),
+                Ok(f) => sessions::Follow::On(Box::new(f)),
                 Err(why) => {
                     tracing::info!("the SSH guard lists sessions by dumping the TCP table: {why}");
                     sessions::Follow::Off(why)

@@ -32,7 +32,7 @@ const TRACEFS: [&str; 2] = ["/sys/kernel/tracing", "/sys/kernel/debug/tracing"];
 /// Whether the guard follows sessions by the tracepoint: not yet tried, on, or off and why.
 pub enum Follow {
     NotYet,
-    On(Followed),
+    On(Box<Followed>),
     Off(String),
 }
 
@@ -168,7 +168,7 @@ fn tracefs() -> Result<&'static Path, String> {
 }
 
 /// The offsets of the fields the program reads, from the tracepoint's `format` file (lines
-/// such as `field:__u16 sport;	offset:24;	size:2;	signed:0;`). A field missing or of another
+/// such as `field:__u16 sport; offset:24; size:2; signed:0;`). A field missing or of another
 /// size than the program reads is an error; only `protocol` may be missing (before 4.17ish).
 pub fn parse_format(text: &str) -> Result<SessionConf, String> {
     let field = |name: &str, size: u32| -> Result<Option<u32>, String> {
