@@ -6,6 +6,7 @@
 //! start is protected, one closed no longer is, one opened before the start is (the map is
 //! seeded), and a fault that touches none of them is checked without a dump of the TCP table
 //! (the `chaos_guard_session_dumps` metric stays put) while other connections open and close.
+//! Where the program cannot follow the ports, the start goes on and every apply dumps.
 
 use std::{
     io::{Read as _, Write as _},
@@ -230,4 +231,23 @@ fn a_session_from_before_the_start_is_protected_and_others_need_no_dump() {
     let refused = daemon.ctl(&["apply", "-i", &a_if, "--partition", "-d", "ingress", "-p", "tcp", "--dport", "2222"]);
     assert!(String::from_utf8_lossy(&refused.stderr).contains(&named));
     assert!(dumps(&lab.a) > dumped, "a fault touching a followed session is confirmed by a dump");
+}
+
+#[test]
+fn where_the_program_cannot_follow_the_ports_every_apply_dumps_and_still_refuses() {
+    let server = Server::new();
+    let (lab, a_if) = (&server.lab, server.lab.a_if.clone());
+    // More ports than the program's map holds: the start goes on, the guard dumps.
+    let ports: Vec<String> = (GUARDED..GUARDED + 65).map(|p| p.to_string()).collect();
+    let config = format!("ssh_ports = [{}]\nmetrics_address = \"127.0.0.1:{METRICS}\"", ports.join(", "));
+    let daemon = Daemon::start_with(&lab.a, &config).unwrap();
+    let (_client, _accepted, named) = server.session();
+    let dumped = dumps(&lab.a);
+    let refused = daemon.ctl(&["apply", "-i", &a_if, "--partition", "-d", "both", "--dst", lab::B4]);
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(!refused.status.success() && stderr.contains(&named), "{stderr}");
+    let status = daemon.status().guard_sessions;
+    assert_eq!(status, "dump (more than 64 guarded ports)");
+    assert!(daemon.ctl_ok(&["status"]).contains(&format!("SSH guard sessions: {status}")));
+    assert!(dumps(&lab.a) > dumped);
 }
