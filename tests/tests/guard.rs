@@ -6,7 +6,8 @@
 //! start is protected, one closed no longer is, one opened before the start is (the map is
 //! seeded), and a fault that touches none of them is checked without a dump of the TCP table
 //! (the `chaos_guard_session_dumps` metric stays put) while other connections open and close.
-//! Where the program cannot follow the ports, the start goes on and every apply dumps.
+//! Where the program cannot follow the ports, the start goes on and every apply dumps; so it does
+//! once its map is full.
 
 use std::{
     io::{Read as _, Write as _},
@@ -250,4 +251,35 @@ fn where_the_program_cannot_follow_the_ports_every_apply_dumps_and_still_refuses
     assert_eq!(status, "dump (more than 64 guarded ports)");
     assert!(daemon.ctl_ok(&["status"]).contains(&format!("SSH guard sessions: {status}")));
     assert!(dumps(&lab.a) > dumped);
+}
+
+#[test]
+fn a_full_session_map_makes_every_apply_dump() {
+    let server = Server::new();
+    let (lab, a_if) = (&server.lab, server.lab.a_if.clone());
+    // Two descriptors a session: raise the soft limit to the hard one.
+    let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: one rlimit, valid for both calls.
+    unsafe {
+        libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit);
+        limit.rlim_cur = limit.rlim_max;
+        libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
+    }
+    let daemon = Daemon::start_with(&lab.a, &config()).unwrap();
+    let other = |name: &str, peer: &str| {
+        daemon.ctl_ok(&[
+            "apply", "--name", name, "-i", &a_if, "--loss", "1", "-d", "ingress", "-p", "tcp", "--dport", "2222",
+            "--src", peer,
+        ]);
+    };
+    other("first", lab::B4_OTHER);
+    assert_eq!(daemon.status().guard_sessions, "tracepoint sock:inet_sock_set_state");
+    // One session more than the map holds.
+    let sessions: Vec<_> = (0..=chaos_common::SESSIONS_CAPACITY).map(|_| server.session()).collect();
+    assert_eq!(daemon.status().guard_sessions, "dump (the tracepoint's session map is full)");
+    // A fault that touches none of them still needs the dump: the map may miss one.
+    let dumped = dumps(&lab.a);
+    other("second", "10.200.0.9");
+    assert!(dumps(&lab.a) > dumped, "a full map was trusted");
+    drop(sessions);
 }
