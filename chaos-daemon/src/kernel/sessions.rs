@@ -135,23 +135,32 @@ pub fn start(ebpf: &mut Ebpf, ports: &[u16]) -> Result<Followed, String> {
         .load()
         .map_err(|e| err(&format!("loading {PROG_SESSIONS}"), &super::backend::verifier_error(PROG_SESSIONS, e)))?;
     // The link stays with the program, which the daemon's `Ebpf` keeps until it exits.
-    program.attach(CATEGORY, EVENT).map_err(|e| err(&format!("attaching to {CATEGORY}:{EVENT}"), &e))?;
-
+    let link = program.attach(CATEGORY, EVENT).map_err(|e| err(&format!("attaching to {CATEGORY}:{EVENT}"), &e))?;
     // After the attach: a session established from now on is the program's to add.
+    let seeded = seed(&mut sessions, ports).inspect_err(|_| {
+        // The guard dumps from now on: the program would only cost each state change.
+        let _ = program.detach(link);
+    })?;
+    let took = started.elapsed();
+    tracing::info!(seeded, ?took, "the SSH guard follows sessions by the {CATEGORY}:{EVENT} tracepoint");
+    Ok(Followed { sessions, overflow })
+}
+
+/// Writes the established sessions on `ports` into `sessions`; returns how many it listed.
+fn seed(sessions: &mut HashMap<MapData, SessionKey, u8>, ports: &[u16]) -> Result<usize, String> {
     let all = Families { v4: true, v6: true };
-    let seeded = crate::guard::session_ends(ports, all).map_err(|e| err("listing the sessions to seed the map", &e))?;
-    for (local, remote) in &seeded {
+    let listed =
+        crate::guard::session_ends(ports, all).map_err(|e| format!("listing the sessions to seed the map: {e}"))?;
+    for (local, remote) in &listed {
         // NOEXIST: the program's entry (or its removal) is newer than this dump's row.
         const BPF_NOEXIST: u64 = 1;
         match sessions.insert(key(*local, *remote), 1, BPF_NOEXIST) {
             Ok(()) => {}
             Err(aya::maps::MapError::SyscallError(e)) if e.io_error.raw_os_error() == Some(libc::EEXIST) => {}
-            Err(e) => return Err(err(map_names::SESSIONS, &e)),
+            Err(e) => return Err(format!("seeding {}: {e}", map_names::SESSIONS)),
         }
     }
-    let took = started.elapsed();
-    tracing::info!(seeded = seeded.len(), ?took, "the SSH guard follows sessions by the {CATEGORY}:{EVENT} tracepoint");
-    Ok(Followed { sessions, overflow })
+    Ok(listed.len())
 }
 
 /// tracefs's directory, mounted at /sys/kernel/tracing when nothing is (as bpftool does):
