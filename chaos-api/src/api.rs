@@ -128,6 +128,10 @@ pub struct Status {
     pub features: BTreeMap<String, bool>,
     /// `edt` or `netem`, or `none (why)`: how delay and bandwidth faults hold packets.
     pub delay_backend: String,
+    /// How the SSH guard learns the sessions a fault could cut: by the `sock:inet_sock_set_state`
+    /// tracepoint (no dump of the kernel's TCP table while a fault touches none), or by dump.
+    #[serde(default)]
+    pub guard_sessions: String,
     pub attachments: Vec<Attachment>,
     /// The targets a fault can name here (interface, netns and pid, cgroup), and how.
     #[serde(default)]

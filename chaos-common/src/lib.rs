@@ -266,6 +266,10 @@ pub mod map_names {
     pub const CHAINS: &str = "CHAINS";
     pub const DIST: &str = "DIST";
     pub const SCOPES: &str = "SCOPES";
+    pub const SESSIONS: &str = "SESSIONS";
+    pub const GUARD_PORTS: &str = "GUARD_PORTS";
+    pub const SESSION_CONF: &str = "SESSION_CONF";
+    pub const SESSION_OVERFLOW: &str = "SESSION_OVERFLOW";
 }
 
 /// Program names in the object (also the names the kernel reports, truncated to 15 bytes).
@@ -288,6 +292,54 @@ pub const PROG_CONNECT6: &str = "chaos_connect6";
 /// The same with `bpf_set_retval` (5.18+) for any errno; loaded where the kernel accepts them.
 pub const PROG_CONNECT4_ERRNO: &str = "chaos_connect4_errno";
 pub const PROG_CONNECT6_ERRNO: &str = "chaos_connect6_errno";
+
+/// On the `sock:inet_sock_set_state` tracepoint: keeps `SESSIONS`, the established TCP sessions
+/// whose local port is in `GUARD_PORTS` (the SSH guard's ports), in every network namespace.
+pub const PROG_SESSIONS: &str = "chaos_sessions";
+
+/// Entries of `SESSIONS`. When an insert fails (full), `SESSION_OVERFLOW[0]` becomes 1 and the
+/// daemon lists sessions by dumping the kernel's TCP table again.
+pub const SESSIONS_CAPACITY: u32 = 4096;
+/// Entries of `GUARD_PORTS` (key: a port in host order; value: 1).
+pub const GUARD_PORTS_CAPACITY: u32 = 64;
+/// [`SessionConf`]: a field the tracepoint's record lacks on this kernel.
+pub const FIELD_ABSENT: u32 = u32::MAX;
+/// The last byte of the tracepoint's record a [`SessionConf`] offset may point below (the
+/// record is 72 bytes on 6.x): the program reads nothing past it.
+pub const SESSION_RECORD_MAX: u32 = 256;
+
+/// Value of `SESSION_CONF[0]`: where the fields are in the tracepoint's record on this kernel
+/// (they moved when `protocol` was added), read by the daemon from tracefs's `format` file.
+/// The program does nothing while `ready` is 0.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SessionConf {
+    pub oldstate: u32,
+    pub newstate: u32,
+    pub sport: u32,
+    pub dport: u32,
+    /// [`FIELD_ABSENT`] before it existed (the tracepoint was TCP-only then).
+    pub protocol: u32,
+    pub saddr_v6: u32,
+    pub daddr_v6: u32,
+    pub ready: u32,
+}
+
+/// Key of `SESSIONS`: one TCP session as its host sees it (the value is 1). Addresses are in
+/// wire order as IPv6, IPv4 ones mapped (`::ffff:a.b.c.d`, as the tracepoint gives them);
+/// `family` is [`FAMILY_V4`] for those (their packets are IPv4), else [`FAMILY_V6`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct SessionKey {
+    pub family: u8,
+    pub _pad: u8,
+    /// Host order.
+    pub local_port: u16,
+    pub remote_port: u16,
+    pub _pad2: u16,
+    pub local: [u32; 4],
+    pub remote: [u32; 4],
+}
 
 /// Key of `SCOPES`: a cgroup (its cgroup v2 id, as `bpf_skb_cgroup_id` and
 /// `bpf_get_current_cgroup_id` return it) on an interface and hook. The value is the scope id
@@ -441,6 +493,8 @@ mod pod {
     unsafe impl aya::Pod for super::ShapeState {}
     unsafe impl aya::Pod for super::Chain {}
     unsafe impl aya::Pod for super::ScopeKey {}
+    unsafe impl aya::Pod for super::SessionConf {}
+    unsafe impl aya::Pod for super::SessionKey {}
 }
 
 // The layouts are the ABI: a change here must be a conscious one on both sides.
@@ -453,4 +507,6 @@ const _: () = {
     assert!(core::mem::size_of::<Chain>() == 8);
     assert!(core::mem::size_of::<Counters>() == 40);
     assert!(core::mem::size_of::<ShapeState>() == 16);
+    assert!(core::mem::size_of::<SessionConf>() == 32);
+    assert!(core::mem::size_of::<SessionKey>() == 40);
 };

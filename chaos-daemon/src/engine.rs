@@ -100,6 +100,11 @@ pub trait Dataplane {
     fn records(&self) -> (Vec<NlFilter>, ShapingRecord);
     /// Detaches everything and removes the pins: the daemon's clean exit.
     fn unpin(&mut self);
+    /// The established sessions on `ports` the kernel follows as they open and close, a
+    /// superset of this namespace's, as (local, remote); `None`: list them by a dump.
+    fn followed_sessions(&mut self, _ports: &[u16]) -> Option<Vec<(std::net::SocketAddr, std::net::SocketAddr)>> {
+        None
+    }
 }
 
 pub struct Engine<D: Dataplane = Kernel> {
@@ -239,7 +244,9 @@ impl<D: Dataplane> Engine<D> {
             batch.push(Incoming { spec: spec.clone(), resolved });
         }
         if !req.force {
-            let sessions = self.guard.flows(batch.iter().map(|i| &i.resolved.fault));
+            let faults: Vec<_> = batch.iter().map(|i| &i.resolved.fault).collect();
+            let dataplane = &mut self.dataplane;
+            let sessions = self.guard.flows(&faults, |ports| dataplane.followed_sessions(ports));
             for (i, incoming) in batch.iter().enumerate() {
                 let at = |e: SpecError| if specs.len() > 1 { e.within(&format!("fault[{i}].")) } else { e };
                 crate::guard::check(&incoming.resolved.fault, &sessions).map_err(|e| EngineError::Protected(at(e)))?;
@@ -443,6 +450,7 @@ impl Engine<Kernel> {
                 Ok(crate::shaping::Backend::Netem) => "netem".into(),
                 Err(why) => format!("none ({why})"),
             },
+            guard_sessions: kernel.guard_sessions(),
             attachments: kernel.attachments(),
             scoping: {
                 let mut scoping = crate::target::scoping();
@@ -466,13 +474,25 @@ impl Engine<Kernel> {
 
 impl Guard {
     /// The SSH sessions open now that `faults` could touch, then the configured flows.
-    fn flows<'a>(&mut self, faults: impl Iterator<Item = &'a crate::spec::Fault>) -> Vec<Protected> {
-        let families = crate::guard::at_stake(faults, &self.ssh_ports);
-        // Fail closed would block every fault on a host without /proc/net: warn and go on.
-        let mut flows = self.sessions.sessions(&self.ssh_ports, families).unwrap_or_else(|e| {
-            tracing::warn!("reading SSH sessions: {e}");
+    /// `followed` gives the sessions the kernel follows, if it does: when `faults` touch none
+    /// of them, none of this namespace's is touched, and no dump is needed; when they touch
+    /// one (perhaps of another namespace, or closed), a dump decides.
+    fn flows(
+        &mut self,
+        faults: &[&crate::spec::Fault],
+        followed: impl FnOnce(&[u16]) -> Option<Vec<(std::net::SocketAddr, std::net::SocketAddr)>>,
+    ) -> Vec<Protected> {
+        let families = crate::guard::at_stake(faults.iter().copied(), &self.ssh_ports);
+        let untouched = |s: Vec<_>| !crate::guard::could_touch(faults, &s);
+        let mut flows = if (!families.v4 && !families.v6) || followed(&self.ssh_ports).is_some_and(untouched) {
             Vec::new()
-        });
+        } else {
+            // Fail closed would block every fault on a host without /proc/net: warn and go on.
+            self.sessions.sessions(&self.ssh_ports, families).unwrap_or_else(|e| {
+                tracing::warn!("reading SSH sessions: {e}");
+                Vec::new()
+            })
+        };
         flows.extend(self.protected.iter().cloned());
         flows
     }

@@ -9,7 +9,10 @@
 //!   see [`parse_protected`] for its syntax.
 //! - **SSH sessions**: [`ssh_sessions`] reads the established TCP connections to sshd's ports from
 //!   the kernel's table for the daemon's network namespace. It is a snapshot: call it for each
-//!   batch of faults checked, so that sessions opened since the last batch are covered.
+//!   batch of faults checked, so that sessions opened since the last batch are covered. Where
+//!   the kernel follows the sessions (the `sock:inet_sock_set_state` program, see
+//!   `kernel::sessions`), its map, a superset of the namespace's sessions, is read first: when
+//!   [`could_touch`] says the faults touch none of its sessions, no listing is needed.
 //!
 //! [`check`] refuses a fault that would match any packet of a protected flow, in either
 //! direction, whatever its action: a 1% loss on an SSH session is refused like a partition.
@@ -105,9 +108,35 @@ const TCP_ESTABLISHED: u8 = 1;
 /// /proc/thread-self/net/tcp and tcp6: the table of the calling thread's network namespace, which
 /// is the daemon's. (`/proc/self/net` would show the namespace of the process's main thread.)
 pub fn ssh_sessions(ports: &[u16], families: Families) -> io::Result<Vec<Protected>> {
+    let ends = session_ends(ports, families)?;
+    if ends.is_empty() {
+        return Ok(Vec::new());
+    }
+    let own = own_addresses()?;
+    Ok(ends
+        .into_iter()
+        .map(|(local, remote)| {
+            let to_self = remote.ip().is_loopback() || remote.ip() == local.ip() || own.contains(&remote.ip());
+            Protected::session(local, remote, if to_self { Path::Loopback } else { Path::Network })
+        })
+        .collect())
+}
+
+/// Listings of the kernel's TCP table made so far ([`session_ends`]): a metric, which shows
+/// whether requests are served from the tracepoint's session map.
+static DUMPS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+pub fn dumps() -> u64 {
+    DUMPS.load(std::sync::atomic::Ordering::Relaxed)
+}
+
+/// The (local, remote) ends of the established TCP connections whose local port is one of
+/// `ports`, in the calling thread's network namespace: one listing of the kernel's TCP table.
+pub fn session_ends(ports: &[u16], families: Families) -> io::Result<Vec<(SocketAddr, SocketAddr)>> {
     if !families.v4 && !families.v6 {
         return Ok(Vec::new());
     }
+    DUMPS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     // sock_diag where the kernel has it (inet_diag; a module that loads on demand), the /proc
     // tables otherwise: the same rows, but sock_diag walks the socket table once per family and
     // keeps only established sockets, where /proc costs two walks per file.
@@ -115,13 +144,10 @@ pub fn ssh_sessions(ports: &[u16], families: Families) -> io::Result<Vec<Protect
         Ok(rows) => rows,
         Err(_) => established_by_proc(families)?,
     };
-    let own = own_addresses()?;
-    let sessions = rows.into_iter().filter(|r| r.state == TCP_ESTABLISHED && ports.contains(&r.local.port()));
-    Ok(sessions
-        .map(|Row { local, remote, .. }| {
-            let to_self = remote.ip().is_loopback() || remote.ip() == local.ip() || own.contains(&remote.ip());
-            Protected::session(local, remote, if to_self { Path::Loopback } else { Path::Network })
-        })
+    Ok(rows
+        .into_iter()
+        .filter(|r| r.state == TCP_ESTABLISHED && ports.contains(&r.local.port()))
+        .map(|r| (r.local, r.remote))
         .collect())
 }
 
@@ -434,6 +460,17 @@ pub fn at_stake<'a>(faults: impl Iterator<Item = &'a Fault>, ports: &[u16]) -> F
         }
     }
     families
+}
+
+/// Whether one of `faults` could touch one of `sessions` ((local, remote) ends, as the
+/// tracepoint's session map holds them). The map does not say which interfaces carry a
+/// session, so one whose peer is not plainly the host itself is taken as on any of them.
+pub fn could_touch(faults: &[&Fault], sessions: &[(SocketAddr, SocketAddr)]) -> bool {
+    sessions.iter().any(|&(local, remote)| {
+        let to_self = remote.ip().is_loopback() || remote.ip() == local.ip();
+        let session = Protected::session(local, remote, if to_self { Path::Loopback } else { Path::Unknown });
+        faults.iter().any(|f| touches(f, &session))
+    })
 }
 
 /// Refuses a fault that would match a packet of a protected flow (see the module doc for how

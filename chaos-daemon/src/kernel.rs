@@ -10,6 +10,7 @@ mod backend;
 mod cgroup;
 pub mod pins;
 mod reconcile;
+mod sessions;
 mod shaper;
 
 use std::{
@@ -143,6 +144,8 @@ pub struct Kernel {
     detach_after: std::time::Duration,
     pins: Pins,
     shaper: Shaper,
+    /// The SSH guard's session map (see [`sessions`]).
+    follow: sessions::Follow,
 }
 
 /// What `chaosctl status` reports about the kernel, found by loading tiny probes.
@@ -276,6 +279,7 @@ impl Kernel {
                 if edt { probe.fq_orders } else { Ok(()) },
                 shaping,
             ),
+            follow: sessions::Follow::NotYet,
         };
         let mut dist: Array<MapData, i32> = map(&mut kernel.ebpf, map_names::DIST)?;
         for (i, v) in crate::shaping::normal_table().into_iter().enumerate() {
@@ -552,6 +556,30 @@ impl Kernel {
             ))),
             _ => Ok(()),
         }
+    }
+
+    /// The established sessions on `ports` (the SSH guard's) the tracepoint program follows, a
+    /// superset of this namespace's; `None` where they must be listed by dumping the TCP table
+    /// (the program cannot run here, or its map overflowed). Starts the program on first use.
+    pub fn followed_sessions(&mut self, ports: &[u16]) -> Option<Vec<(std::net::SocketAddr, std::net::SocketAddr)>> {
+        if matches!(self.follow, sessions::Follow::NotYet) {
+            self.follow = match sessions::start(&mut self.ebpf, ports) {
+                Ok(f) => sessions::Follow::On(Box::new(f)),
+                Err(why) => {
+                    tracing::info!("the SSH guard lists sessions by dumping the TCP table: {why}");
+                    sessions::Follow::Off(why)
+                }
+            };
+        }
+        match &self.follow {
+            sessions::Follow::On(f) => f.list(),
+            _ => None,
+        }
+    }
+
+    /// How the SSH guard learns the sessions (for status).
+    pub fn guard_sessions(&self) -> String {
+        self.follow.describe()
     }
 
     /// What the cgroup programs can do here (for status).

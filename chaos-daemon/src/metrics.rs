@@ -44,6 +44,8 @@ pub struct Snapshot {
     kernel: String,
     delay_backend: &'static str,
     max_faults: usize,
+    /// Listings of the kernel's TCP table by the SSH guard.
+    guard_dumps: u64,
     /// CLOCK_MONOTONIC, as the faults' deadlines.
     now_ns: u64,
 }
@@ -62,6 +64,7 @@ impl Snapshot {
                 Err(_) => "none",
             },
             max_faults: engine.settings().max_faults,
+            guard_dumps: crate::guard::dumps(),
             now_ns: mono_ns(),
         }
     }
@@ -147,6 +150,9 @@ impl Collector for Snapshot {
         single(e, "chaos_max_rule_slots", help, ConstGauge::new(i64::from(chaos_common::MAX_RULES)))?;
         let help = "Most faults at once (max_faults in the config)";
         single(e, "chaos_max_faults", help, ConstGauge::new(self.max_faults as i64))?;
+        let help = "Listings of the kernel's TCP table for the SSH guard (none while a fault touches no \
+                    session the sock:inet_sock_set_state tracepoint follows)";
+        single(e, "chaos_guard_session_dumps", help, ConstCounter::new(self.guard_dumps))?;
         let help = "1 for each hook of an interface (or cgroup) a program of the daemon is attached to";
         let samples = self
             .attachments

@@ -25,12 +25,13 @@ mod maps;
 mod odds;
 mod packet;
 mod reset;
+mod sessions;
 mod shape;
 mod tc;
 
 use aya_ebpf::{
-    macros::{cgroup_skb, cgroup_sock_addr, classifier},
-    programs::{SkBuffContext, SockAddrContext, TcContext},
+    macros::{cgroup_skb, cgroup_sock_addr, classifier, tracepoint},
+    programs::{SkBuffContext, SockAddrContext, TcContext, TracePointContext},
 };
 use chaos_common::{Family, Hook};
 use tc::Shaping;
@@ -89,6 +90,13 @@ pub fn chaos_connect4_errno(ctx: SockAddrContext) -> i32 {
 #[cgroup_sock_addr(connect6)]
 pub fn chaos_connect6_errno(ctx: SockAddrContext) -> i32 {
     cgroup::connect(&ctx, Family::V6, true)
+}
+
+/// sock:inet_sock_set_state, for the SSH guard: see `sessions`.
+#[tracepoint]
+pub fn chaos_sessions(ctx: TracePointContext) -> u32 {
+    let _ = sessions::try_follow(&ctx);
+    0
 }
 
 #[cfg(not(test))]

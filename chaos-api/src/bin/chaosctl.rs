@@ -455,6 +455,9 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
                         status.features.iter().map(|(k, v)| format!("{k}={}", if *v { "yes" } else { "no" })).collect();
                     println!("features: {}", features.join(" "));
                     println!("delay backend: {}", status.delay_backend);
+                    if !status.guard_sessions.is_empty() {
+                        println!("SSH guard sessions: {}", status.guard_sessions);
+                    }
                     for (target, how) in &status.scoping {
                         println!("target {target}: {how}");
                     }

@@ -401,3 +401,25 @@ fn each_change_reconciles_once() {
     e.clear(&root()).unwrap();
     assert_eq!(e.dataplane.reconciles - start, 3);
 }
+
+/// The followed sessions are a superset: one the faults touch is confirmed by a listing (here
+/// the test's namespace has no session on port 1, as with a session of another namespace or
+/// one closed), so it refuses nothing; faults that cannot touch the port do not ask.
+#[test]
+fn followed_sessions_are_confirmed_by_a_listing() {
+    let mut guard = Guard { ssh_ports: vec![1], ..Default::default() };
+    let spec = loss(None, "127.0.0.1");
+    let fault = spec.validate().unwrap();
+    let stale = vec![("127.0.0.1:1".parse().unwrap(), "127.0.0.1:40000".parse().unwrap())];
+    assert!(crate::guard::could_touch(&[&fault], &stale), "the test needs a fault touching the entry");
+    let mut asked = false;
+    let flows = guard.flows(&[&fault], |ports| {
+        asked = true;
+        assert_eq!(ports, [1]);
+        Some(stale.clone())
+    });
+    assert!(asked && flows.is_empty(), "{flows:?}");
+    let udp = FaultSpec { protocol: Some("udp".into()), ..spec }.validate().unwrap();
+    let flows = guard.flows(&[&udp], |_| panic!("a UDP fault cannot touch a TCP session"));
+    assert!(flows.is_empty());
+}

@@ -364,3 +364,23 @@ fn sessions_are_listed_only_in_the_families_a_fault_could_touch() {
     // No guarded port, nothing to list.
     assert_eq!(at_stake(std::iter::once(&fault("")), &[]), Families::default());
 }
+
+/// The tracepoint's map says nothing of interfaces: a session whose peer is not plainly the
+/// host is taken as on any (a fault on `lo` needs a listing); one to a loopback peer is on `lo`.
+#[test]
+fn followed_sessions_are_touched_as_sessions_on_any_path() {
+    let end = |s: &str| s.parse::<SocketAddr>().unwrap();
+    let remote = [(end("10.0.0.1:22"), end("10.0.0.5:51234"))];
+    let local = [(end("127.0.0.1:22"), end("127.0.0.1:41072"))];
+    let touch = |text: &str, sessions: &[(SocketAddr, SocketAddr)]| could_touch(&[&fault(text)], sessions);
+    assert!(touch("d=ingress p=tcp dport=22", &remote));
+    assert!(touch("i=lo d=ingress p=tcp dport=22", &remote), "a peer may be one of the host's addresses");
+    assert!(!touch("d=ingress p=tcp dport=22 src=10.0.0.6", &remote), "another peer");
+    assert!(!touch("d=ingress p=tcp dport=2222", &remote), "another port");
+    assert!(!touch("p=tcp dport=22", &[]), "no session");
+    assert!(touch("i=lo p=tcp", &local));
+    assert!(!touch("p=tcp", &local), "a loopback session is on lo only");
+    // Several faults: one touching is enough.
+    let (a, b) = (fault("p=udp"), fault("d=ingress src=10.0.0.5"));
+    assert!(could_touch(&[&a, &b], &remote) && !could_touch(&[&a], &remote));
+}

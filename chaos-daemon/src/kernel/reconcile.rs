@@ -93,6 +93,10 @@ impl Dataplane for Kernel {
     fn unpin(&mut self) {
         Kernel::unpin(self)
     }
+
+    fn followed_sessions(&mut self, ports: &[u16]) -> Option<Vec<(std::net::SocketAddr, std::net::SocketAddr)>> {
+        Kernel::followed_sessions(self, ports)
+    }
 }
 
 impl Kernel {
