@@ -10,8 +10,7 @@ use aya_ebpf::{
     programs::TracePointContext,
 };
 use chaos_common::{
-    FAMILY_V4, FAMILY_V6, FIELD_ABSENT, GUARD_PORTS_CAPACITY, PROTO_TCP, SESSION_RECORD_MAX, SESSIONS_CAPACITY,
-    SessionConf, SessionKey,
+    FIELD_ABSENT, Family, GUARD_PORTS_CAPACITY, Proto, SESSION_RECORD_MAX, SESSIONS_CAPACITY, SessionConf, SessionKey,
 };
 
 #[map]
@@ -44,7 +43,7 @@ pub(crate) fn try_follow(ctx: &TracePointContext) -> Option<()> {
         return None;
     }
     // Before the field existed the tracepoint fired for TCP only.
-    if conf.protocol != FIELD_ABSENT && read::<u16>(ctx, conf.protocol)? != u16::from(PROTO_TCP) {
+    if conf.protocol != FIELD_ABSENT && read::<u16>(ctx, conf.protocol)? != u16::from(Proto::Tcp as u8) {
         return None;
     }
     let local_port: u16 = read(ctx, conf.sport)?;
@@ -53,7 +52,7 @@ pub(crate) fn try_follow(ctx: &TracePointContext) -> Option<()> {
     let remote: [u32; 4] = read(ctx, conf.daddr_v6)?;
     let mapped = remote[0] == 0 && remote[1] == 0 && remote[2] == V4_MAPPED;
     let key = SessionKey {
-        family: if mapped { FAMILY_V4 } else { FAMILY_V6 },
+        family: if mapped { Family::V4 as u8 } else { Family::V6 as u8 },
         _pad: 0,
         local_port,
         remote_port: read(ctx, conf.dport)?,

@@ -93,7 +93,11 @@ fn key(local: SocketAddr, remote: SocketAddr) -> SessionKey {
         std::array::from_fn(|i| u32::from_ne_bytes([b[4 * i], b[4 * i + 1], b[4 * i + 2], b[4 * i + 3]]))
     };
     SessionKey {
-        family: if remote.ip().to_canonical().is_ipv4() { chaos_common::FAMILY_V4 } else { chaos_common::FAMILY_V6 },
+        family: if remote.ip().to_canonical().is_ipv4() {
+            chaos_common::Family::V4 as u8
+        } else {
+            chaos_common::Family::V6 as u8
+        },
         _pad: 0,
         local_port: local.port(),
         remote_port: remote.port(),
@@ -276,7 +280,10 @@ print fmt: \"family=%s protocol=%s sport=%hu\"";
             let (l, r): (SocketAddr, SocketAddr) = (l.parse().unwrap(), r.parse().unwrap());
             let k = key(l, r);
             assert_eq!(ends(&k), (l, r));
-            assert_eq!(k.family, if l.is_ipv4() { chaos_common::FAMILY_V4 } else { chaos_common::FAMILY_V6 });
+            assert_eq!(
+                k.family,
+                if l.is_ipv4() { chaos_common::Family::V4 as u8 } else { chaos_common::Family::V6 as u8 }
+            );
         }
         // As the tracepoint gives an IPv4 session: ::ffff:a.b.c.d in wire order.
         let k = key("10.0.0.1:22".parse().unwrap(), "10.0.0.2:1".parse().unwrap());
