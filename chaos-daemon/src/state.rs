@@ -112,7 +112,7 @@ impl State {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Record {
     pub name: String,
-    pub spec: FaultSpec,
+    pub spec: SpecText,
     pub slot: u32,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub experiment: Option<String>,
@@ -129,6 +129,47 @@ pub struct Record {
     pub starts_at: u64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub expires_at: Option<u64>,
+}
+
+/// A fault's spec as applied, kept as its JSON text: the struct has a field for every option
+/// (728 bytes), the text of a partition about 100 bytes, so 10,000 faults hold 6 MB less. It
+/// is written to the state file as it is, and checked (parsed as a spec) when read from it.
+#[derive(Clone, Debug)]
+pub struct SpecText(Box<serde_json::value::RawValue>);
+
+impl SpecText {
+    pub fn new(spec: &FaultSpec) -> Self {
+        Self(serde_json::value::to_raw_value(spec).expect("a spec is plain data"))
+    }
+
+    /// The spec (parsed again: as made by [`Self::new`], or checked when read).
+    pub fn get(&self) -> FaultSpec {
+        serde_json::from_str(self.0.get()).expect("the text of a spec")
+    }
+}
+
+impl Default for SpecText {
+    fn default() -> Self {
+        Self::new(&FaultSpec::default())
+    }
+}
+
+impl PartialEq for SpecText {
+    fn eq(&self, other: &Self) -> bool {
+        self.0.get() == other.0.get()
+    }
+}
+
+impl Serialize for SpecText {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        self.0.serialize(s)
+    }
+}
+
+impl<'de> Deserialize<'de> for SpecText {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        FaultSpec::deserialize(d).map(|spec| Self::new(&spec))
+    }
 }
 
 /// How many events the history keeps: the newest `accepted` events that are not refusals, and

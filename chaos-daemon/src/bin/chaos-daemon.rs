@@ -98,6 +98,7 @@ fn man_sections(page: &str) -> Vec<chaos_daemon::manpage::Section> {
 }
 
 fn main() {
+    chaos_daemon::engine::tune_heap();
     if let Err(e) = run() {
         eprintln!("chaos-daemon: error: {e:#}");
         std::process::exit(1);

@@ -19,7 +19,7 @@ use chaos_common::{MAX_RULES, NO_DEADLINE};
 use super::EngineError;
 use crate::{
     spec::{Action, Fault, FaultSpec, Lifetime, SpecError, validate_name},
-    state::{Actor, Dropped, Record},
+    state::{Actor, Dropped, Record, SpecText},
     target::{Cgroup, Resolved, Watch},
 };
 
@@ -349,7 +349,7 @@ impl FaultSet {
             }
             let record = Record {
                 name: name.clone(),
-                spec,
+                spec: SpecText::new(&spec),
                 slot: free.next().expect("room was checked"),
                 experiment: experiment.clone(),
                 applied_by: actor.clone(),
@@ -489,7 +489,7 @@ impl FaultSet {
         let mut set = Self::new(next_id);
         let mut gone = Vec::new();
         for record in records {
-            let resolved = record.spec.validate().map(&mut resolve);
+            let resolved = record.spec.get().validate().map(&mut resolve);
             let reason = if !same_boot {
                 Some(EndReason::Rebooted)
             } else if !adopted {

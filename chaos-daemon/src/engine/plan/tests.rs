@@ -14,7 +14,7 @@ fn active(spec: FaultSpec) -> Active {
     let fault = spec.validate().unwrap();
     let record = Record {
         name: "f".into(),
-        spec,
+        spec: crate::state::SpecText::new(&spec),
         slot: 7,
         experiment: None,
         applied_by: Actor::default(),
