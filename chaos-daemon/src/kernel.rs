@@ -7,6 +7,7 @@
 
 mod attach;
 mod backend;
+mod batch;
 mod cgroup;
 pub mod pins;
 mod reconcile;
@@ -23,7 +24,7 @@ use attach::{Handle, Link};
 pub use attach::{NlFilter, TcHook};
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{Array, HashMap, LpmTrie, MapData, MapError, PerCpuArray, PerCpuValues, lpm_trie::Key},
+    maps::{Array, HashMap, IterableMap, LpmTrie, MapData, MapError, PerCpuArray, PerCpuValues, lpm_trie::Key},
     programs::{ProgramError, tc::SchedClassifierLink},
     sys::{is_map_supported, is_program_supported},
 };
@@ -747,6 +748,9 @@ impl Kernel {
     fn write_slots(&mut self, slots: &[(u32, RuleAction)]) -> Result<(), KernelError> {
         let err = |map, source| KernelError::Map { map, source };
         let cpus = aya::util::nr_cpus().map_err(|(_, e)| err(map_names::COUNTERS, MapError::IoError(e)))?;
+        if slots.len() > 1 && self.write_slots_batched(slots, cpus)? {
+            return Ok(());
+        }
         for (slot, action) in slots {
             let zero = PerCpuValues::try_from(vec![Counters::default(); cpus])
                 .map_err(|e| err(map_names::COUNTERS, MapError::IoError(e)))?;
@@ -761,13 +765,44 @@ impl Kernel {
         Ok(())
     }
 
+    /// [`Self::write_slots`] with a call per map (`false`: this kernel has no batches).
+    fn write_slots_batched(&mut self, slots: &[(u32, RuleAction)], cpus: usize) -> Result<bool, KernelError> {
+        let keys: Vec<u32> = slots.iter().map(|(slot, _)| *slot).collect();
+        let n = slots.len();
+        let counters = batch::values(std::iter::repeat_n(Counters::default(), n), Some(cpus));
+        let chains = batch::values(std::iter::repeat_n(Chain::default(), n), Some(cpus));
+        let shapes = batch::values(std::iter::repeat_n(ShapeState::default(), n), None);
+        let rules = batch::values(slots.iter().map(|(_, action)| *action), None);
+        let writes = [
+            (map_names::COUNTERS, IterableMap::map(&self.counters), counters),
+            (map_names::CHAINS, IterableMap::map(&self.chains), chains),
+            (map_names::SHAPES, IterableMap::map(&self.shapes), shapes),
+            (map_names::RULES, IterableMap::map(&self.rules), rules),
+        ];
+        for (name, map, values) in &writes {
+            match batch::update(map, &keys, values) {
+                Ok(true) => {}
+                // The first map tells: the others are arrays too.
+                Ok(false) if *name == map_names::COUNTERS => return Ok(false),
+                Ok(false) => unreachable!("arrays take batches on a kernel where one did"),
+                Err(e) => return Err(KernelError::Map { map: name, source: MapError::IoError(e) }),
+            }
+        }
+        Ok(true)
+    }
+
     fn write(&mut self, t: &Tables) -> Result<(), KernelError> {
         for (len, key, value) in &t.addrs {
             self.addrs
                 .insert(&Key::new(*len, *key), *value, 0)
                 .map_err(|source| KernelError::Map { map: map_names::ADDRS, source })?;
         }
-        for (key, value) in &t.pairs {
+        let keys: Vec<PairKey> = t.pairs.iter().map(|(k, _)| *k).collect();
+        let values = batch::values(t.pairs.iter().map(|(_, v)| *v), None);
+        let batched = t.pairs.len() > 1
+            && batch::update(IterableMap::map(&self.pairs), &keys, &values)
+                .map_err(|e| KernelError::Map { map: map_names::PAIRS, source: MapError::IoError(e) })?;
+        for (key, value) in t.pairs.iter().filter(|_| !batched) {
             self.pairs.insert(*key, *value, 0).map_err(|source| KernelError::Map { map: map_names::PAIRS, source })?;
         }
         for (len, key, value) in &t.ports {

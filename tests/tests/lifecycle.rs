@@ -179,3 +179,49 @@ fn an_interface_keeps_its_programs_idle_for_detach_after_then_runs_none() {
     daemon.detached();
     assert_eq!(kernel::attached(&lab.a, iface).unwrap(), Vec::<u32>::new());
 }
+
+/// A batch's rule slots are written together (one call per map where the kernel has batches):
+/// a slot a removed fault counted in starts again from zero, and every fault of the batch acts.
+#[test]
+fn a_batch_reuses_slots_with_fresh_counters() {
+    const N: u32 = 50;
+    let lab = Lab::new().unwrap();
+    let daemon = Daemon::start(&lab.a).unwrap();
+    let to_b = SocketAddr::new(lab::B4.parse().unwrap(), 7300);
+    let to_other = SocketAddr::new(lab::B4_OTHER.parse().unwrap(), 7301);
+    daemon.ctl_ok(&[
+        "apply",
+        "--name",
+        "first",
+        "-i",
+        &lab.a_if,
+        "--loss",
+        "100",
+        "--protocol",
+        "udp",
+        "--dst",
+        lab::B4,
+    ]);
+    assert_eq!(traffic::udp(&lab.a, None, &lab.b, to_b, N).unwrap(), 0);
+    assert_eq!(daemon.fault("first").matched, u64::from(N));
+    daemon.ctl_ok(&["rm", "first"]);
+
+    let file = daemon.dir.join("batch.toml");
+    let batch = format!(
+        "[[fault]]\nname = \"second\"\ninterface = \"{i}\"\naction = \"loss\"\nloss = 100\nprotocol = \"udp\"\ndst = \"{b}\"\n\n\
+         [[fault]]\nname = \"third\"\ninterface = \"{i}\"\naction = \"partition\"\ndst = \"{o}\"\n",
+        i = lab.a_if,
+        b = lab::B4,
+        o = lab::B4_OTHER
+    );
+    std::fs::write(&file, batch).unwrap();
+    daemon.ctl_ok(&["apply", "-f", file.to_str().unwrap()]);
+    for name in ["second", "third"] {
+        let f = daemon.fault(name);
+        assert_eq!((f.matched, f.dropped), (0, 0), "a fresh fault, in a slot that counted before: {f:?}");
+    }
+    assert_eq!(traffic::udp(&lab.a, None, &lab.b, to_b, N).unwrap(), 0, "second drops");
+    assert_eq!(traffic::udp(&lab.a, None, &lab.b, to_other, N).unwrap(), 0, "third cuts");
+    assert_eq!(daemon.fault("second").matched, u64::from(N));
+    assert_eq!(daemon.fault("third").matched, u64::from(N));
+}
