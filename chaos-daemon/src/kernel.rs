@@ -283,8 +283,14 @@ impl Kernel {
             follow: sessions::Follow::NotYet,
         };
         let mut dist: Array<MapData, i32> = map(&mut kernel.ebpf, map_names::DIST)?;
-        for (i, v) in crate::shaping::normal_table().into_iter().enumerate() {
-            dist.set(i as u32, i32::from(v), 0).map_err(|source| KernelError::Map { map: map_names::DIST, source })?;
+        let table = crate::shaping::normal_table();
+        let keys: Vec<u32> = (0..table.len() as u32).collect();
+        let dist_err = |source| KernelError::Map { map: map_names::DIST, source };
+        let values = batch::values(table.iter().map(|v| i32::from(*v)), None);
+        if !batch::update(IterableMap::map(&dist), &keys, &values).map_err(|e| dist_err(MapError::IoError(e)))? {
+            for (i, v) in table.into_iter().enumerate() {
+                dist.set(i as u32, i32::from(v), 0).map_err(dist_err)?;
+            }
         }
         let active_err = |source| KernelError::Map { map: map_names::ACTIVE, source };
         if adopting {
