@@ -116,10 +116,15 @@ pub fn ssh_sessions(ports: &[u16], families: Families) -> io::Result<Vec<Protect
     Ok(ends
         .into_iter()
         .map(|(local, remote)| {
-            let to_self = remote.ip().is_loopback() || remote.ip() == local.ip() || own.contains(&remote.ip());
-            Protected::session(local, remote, if to_self { Path::Loopback } else { Path::Network })
+            let path = if to_self(local, remote, &own) { Path::Loopback } else { Path::Network };
+            Protected::session(local, remote, path)
         })
         .collect())
+}
+
+/// Whether a session's peer is the host itself (by loopback, its own address, or one of `own`).
+fn to_self(local: SocketAddr, remote: SocketAddr, own: &[IpAddr]) -> bool {
+    remote.ip().is_loopback() || remote.ip() == local.ip() || own.contains(&remote.ip())
 }
 
 /// Listings of the kernel's TCP table made so far ([`session_ends`]): a metric, which shows
@@ -467,8 +472,8 @@ pub fn at_stake<'a>(faults: impl Iterator<Item = &'a Fault>, ports: &[u16]) -> F
 /// session, so one whose peer is not plainly the host itself is taken as on any of them.
 pub fn could_touch(faults: &[&Fault], sessions: &[(SocketAddr, SocketAddr)]) -> bool {
     sessions.iter().any(|&(local, remote)| {
-        let to_self = remote.ip().is_loopback() || remote.ip() == local.ip();
-        let session = Protected::session(local, remote, if to_self { Path::Loopback } else { Path::Unknown });
+        let path = if to_self(local, remote, &[]) { Path::Loopback } else { Path::Unknown };
+        let session = Protected::session(local, remote, path);
         faults.iter().any(|f| touches(f, &session))
     })
 }

@@ -283,15 +283,10 @@ impl Kernel {
             follow: sessions::Follow::NotYet,
         };
         let mut dist: Array<MapData, i32> = map(&mut kernel.ebpf, map_names::DIST)?;
-        let table = crate::shaping::normal_table();
-        let keys: Vec<u32> = (0..table.len() as u32).collect();
-        let dist_err = |source| KernelError::Map { map: map_names::DIST, source };
-        let values = batch::values(table.iter().map(|v| i32::from(*v)), None);
-        if !batch::update(IterableMap::map(&dist), &keys, &values).map_err(|e| dist_err(MapError::IoError(e)))? {
-            for (i, v) in table.into_iter().enumerate() {
-                dist.set(i as u32, i32::from(v), 0).map_err(dist_err)?;
-            }
-        }
+        let table: Vec<(u32, i32)> =
+            crate::shaping::normal_table().into_iter().enumerate().map(|(i, v)| (i as u32, i32::from(v))).collect();
+        batch::put_all(batch::fd(IterableMap::map(&dist)), &table, None, |i, v| dist.set(*i, v, 0))
+            .map_err(|source| KernelError::Map { map: map_names::DIST, source })?;
         let active_err = |source| KernelError::Map { map: map_names::ACTIVE, source };
         if adopting {
             kernel.generation = kernel.active.get(&ActiveMap::GENERATION, 0).map_err(active_err)? as u8 & 1;
@@ -752,49 +747,35 @@ impl Kernel {
     }
 
     fn write_slots(&mut self, slots: &[(u32, RuleAction)]) -> Result<(), KernelError> {
-        let err = |map, source| KernelError::Map { map, source };
-        let cpus = aya::util::nr_cpus().map_err(|(_, e)| err(map_names::COUNTERS, MapError::IoError(e)))?;
-        if slots.len() > 1 && self.write_slots_batched(slots, cpus)? {
-            return Ok(());
+        let err = |map| move |source| KernelError::Map { map, source };
+        let cpus = aya::util::nr_cpus().map_err(|(_, e)| err(map_names::COUNTERS)(MapError::IoError(e)))?;
+        fn each<V: Copy>(slots: &[(u32, RuleAction)], v: V) -> Vec<(u32, V)> {
+            slots.iter().map(|(slot, _)| (*slot, v)).collect()
         }
-        for (slot, action) in slots {
-            let zero = PerCpuValues::try_from(vec![Counters::default(); cpus])
-                .map_err(|e| err(map_names::COUNTERS, MapError::IoError(e)))?;
-            self.counters.set(*slot, zero, 0).map_err(|e| err(map_names::COUNTERS, e))?;
-            // A new fault's chains start in the good state (no event last) on every CPU.
-            let good = PerCpuValues::try_from(vec![Chain::default(); cpus])
-                .map_err(|e| err(map_names::CHAINS, MapError::IoError(e)))?;
-            self.chains.set(*slot, good, 0).map_err(|e| err(map_names::CHAINS, e))?;
-            self.shapes.set(*slot, ShapeState::default(), 0).map_err(|e| err(map_names::SHAPES, e))?;
-            self.rules.set(*slot, *action, 0).map_err(|e| err(map_names::RULES, e))?;
+        // The same value on every CPU, as a per-CPU map's entry-by-entry write takes it.
+        fn on_all<V: aya::Pod>(v: V, cpus: usize) -> Result<PerCpuValues<V>, MapError> {
+            PerCpuValues::try_from(vec![v; cpus]).map_err(MapError::IoError)
         }
-        Ok(())
-    }
-
-    /// [`Self::write_slots`] with a call per map (`false`: this kernel has no batches).
-    fn write_slots_batched(&mut self, slots: &[(u32, RuleAction)], cpus: usize) -> Result<bool, KernelError> {
-        let keys: Vec<u32> = slots.iter().map(|(slot, _)| *slot).collect();
-        let n = slots.len();
-        let counters = batch::values(std::iter::repeat_n(Counters::default(), n), Some(cpus));
-        let chains = batch::values(std::iter::repeat_n(Chain::default(), n), Some(cpus));
-        let shapes = batch::values(std::iter::repeat_n(ShapeState::default(), n), None);
-        let rules = batch::values(slots.iter().map(|(_, action)| *action), None);
-        let writes = [
-            (map_names::COUNTERS, IterableMap::map(&self.counters), counters),
-            (map_names::CHAINS, IterableMap::map(&self.chains), chains),
-            (map_names::SHAPES, IterableMap::map(&self.shapes), shapes),
-            (map_names::RULES, IterableMap::map(&self.rules), rules),
-        ];
-        for (name, map, values) in &writes {
-            match batch::update(map, &keys, values) {
-                Ok(true) => {}
-                // The first map tells: the others are arrays too.
-                Ok(false) if *name == map_names::COUNTERS => return Ok(false),
-                Ok(false) => unreachable!("arrays take batches on a kernel where one did"),
-                Err(e) => return Err(KernelError::Map { map: name, source: MapError::IoError(e) }),
-            }
-        }
-        Ok(true)
+        let counters = &mut self.counters;
+        batch::put_all(batch::fd(IterableMap::map(counters)), &each(slots, Counters::default()), Some(cpus), |s, v| {
+            counters.set(*s, on_all(v, cpus)?, 0)
+        })
+        .map_err(err(map_names::COUNTERS))?;
+        // A new fault's chains start in the good state (no event last) on every CPU.
+        let chains = &mut self.chains;
+        batch::put_all(batch::fd(IterableMap::map(chains)), &each(slots, Chain::default()), Some(cpus), |s, v| {
+            chains.set(*s, on_all(v, cpus)?, 0)
+        })
+        .map_err(err(map_names::CHAINS))?;
+        let shapes = &mut self.shapes;
+        batch::put_all(batch::fd(IterableMap::map(shapes)), &each(slots, ShapeState::default()), None, |s, v| {
+            shapes.set(*s, v, 0)
+        })
+        .map_err(err(map_names::SHAPES))?;
+        // Last: a slot's rule with its state in place.
+        let rules = &mut self.rules;
+        batch::put_all(batch::fd(IterableMap::map(rules)), slots, None, |s, v| rules.set(*s, v, 0))
+            .map_err(err(map_names::RULES))
     }
 
     fn write(&mut self, t: &Tables) -> Result<(), KernelError> {
@@ -803,14 +784,9 @@ impl Kernel {
                 .insert(&Key::new(*len, *key), *value, 0)
                 .map_err(|source| KernelError::Map { map: map_names::ADDRS, source })?;
         }
-        let keys: Vec<PairKey> = t.pairs.iter().map(|(k, _)| *k).collect();
-        let values = batch::values(t.pairs.iter().map(|(_, v)| *v), None);
-        let batched = t.pairs.len() > 1
-            && batch::update(IterableMap::map(&self.pairs), &keys, &values)
-                .map_err(|e| KernelError::Map { map: map_names::PAIRS, source: MapError::IoError(e) })?;
-        for (key, value) in t.pairs.iter().filter(|_| !batched) {
-            self.pairs.insert(*key, *value, 0).map_err(|source| KernelError::Map { map: map_names::PAIRS, source })?;
-        }
+        let pairs = &mut self.pairs;
+        batch::put_all(batch::fd(IterableMap::map(pairs)), &t.pairs, None, |k, v| pairs.insert(k, v, 0))
+            .map_err(|source| KernelError::Map { map: map_names::PAIRS, source })?;
         for (len, key, value) in &t.ports {
             self.ports
                 .insert(&Key::new(*len, *key), *value, 0)

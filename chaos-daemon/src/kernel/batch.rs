@@ -5,10 +5,13 @@
 
 use std::{
     io,
-    os::fd::{AsFd as _, AsRawFd as _},
+    os::fd::{AsFd as _, AsRawFd as _, RawFd},
 };
 
-use aya::{Pod, maps::MapData};
+use aya::{
+    Pod,
+    maps::{MapData, MapError},
+};
 
 const BPF_MAP_UPDATE_BATCH: libc::c_long = 26;
 
@@ -26,38 +29,51 @@ struct BatchAttr {
     flags: u64,
 }
 
+/// Writes `entries` into the map `fd` with one `BPF_MAP_UPDATE_BATCH` where the kernel has it
+/// for this map, else entry by entry with `one`. A per-CPU map (`per_cpu`: the possible CPUs)
+/// gets each value on every CPU.
+pub fn put_all<K: Pod, V: Pod>(
+    fd: RawFd,
+    entries: &[(K, V)],
+    per_cpu: Option<usize>,
+    mut one: impl FnMut(&K, V) -> Result<(), MapError>,
+) -> Result<(), MapError> {
+    if entries.len() > 1 {
+        let keys: Vec<K> = entries.iter().map(|(k, _)| *k).collect();
+        let values = values(entries.iter().map(|(_, v)| *v), per_cpu);
+        if update(fd, &keys, &values).map_err(MapError::IoError)? {
+            return Ok(());
+        }
+    }
+    entries.iter().try_for_each(|(k, v)| one(k, *v))
+}
+
 /// The bytes of `values`, as a map's values are laid out in a batch: each one `per_cpu` times,
-/// padded to 8 bytes, for a per-CPU map (`per_cpu`: the possible CPUs), else as it is.
-pub fn values<V: Pod>(values: impl IntoIterator<Item = V>, per_cpu: Option<usize>) -> Vec<u8> {
+/// padded to 8 bytes, for a per-CPU map, else as it is.
+fn values<V: Pod>(values: impl Iterator<Item = V>, per_cpu: Option<usize>) -> Vec<u8> {
     let size = size_of::<V>();
     let mut out = Vec::new();
     for v in values {
         // SAFETY: `V: Pod` is plain data of `size` bytes with no padding left uninitialised.
         let bytes = unsafe { std::slice::from_raw_parts((&raw const v).cast::<u8>(), size) };
-        match per_cpu {
-            None => out.extend_from_slice(bytes),
-            Some(cpus) => {
-                for _ in 0..cpus {
-                    out.extend_from_slice(bytes);
-                    out.resize(out.len() + size.next_multiple_of(8) - size, 0);
-                }
+        for _ in 0..per_cpu.unwrap_or(1) {
+            out.extend_from_slice(bytes);
+            if per_cpu.is_some() {
+                out.resize(out.len() + size.next_multiple_of(8) - size, 0);
             }
         }
     }
     out
 }
 
-/// Writes `keys[i]` → the i-th value of `values` (laid out by [`values`]) into `map` with one
-/// call. `Ok(false)`: this kernel has no batch for this map, and nothing was written.
-pub fn update<K: Pod>(map: &MapData, keys: &[K], values: &[u8]) -> io::Result<bool> {
-    if keys.is_empty() {
-        return Ok(true);
-    }
+/// Writes `keys[i]` → the i-th value of `values` (laid out by [`values`]) into the map `fd`
+/// with one call. `Ok(false)`: this kernel has no batch for this map, and nothing was written.
+fn update<K: Pod>(fd: RawFd, keys: &[K], values: &[u8]) -> io::Result<bool> {
     let mut attr = BatchAttr {
         keys: keys.as_ptr() as u64,
         values: values.as_ptr() as u64,
         count: u32::try_from(keys.len()).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?,
-        map_fd: map.fd().as_fd().as_raw_fd() as u32,
+        map_fd: fd as u32,
         ..BatchAttr::default()
     };
     // SAFETY: bpf(2) reads `count` keys and values from the buffers the attr points at, which
@@ -75,4 +91,9 @@ pub fn update<K: Pod>(map: &MapData, keys: &[K], values: &[u8]) -> io::Result<bo
         Some(libc::EINVAL | libc::EOPNOTSUPP | 524) if attr.count == 0 => Ok(false),
         _ => Err(e),
     }
+}
+
+/// The descriptor of `map`, for [`put_all`] (which may also need the map itself, mutably).
+pub fn fd(map: &MapData) -> RawFd {
+    map.fd().as_fd().as_raw_fd()
 }

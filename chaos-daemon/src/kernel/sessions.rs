@@ -7,8 +7,9 @@
 //! superset of the daemon's namespace's sessions, and the guard treats it as one: when a fault
 //! could touch one of its entries, the guard dumps and decides on the dump.
 //!
-//! Loaded at the first apply that needs it, not at start (the start's budget is spent). Nothing
-//! is pinned: the map is only right while the program runs, and a new daemon fills a new one.
+//! Loaded at the first apply that needs it, not at start: a daemon whose faults never come near
+//! the guarded ports never runs it on every TCP state change of the host. Nothing is pinned:
+//! the map is only right while the program runs, and a new daemon fills a new one.
 
 use std::{net::SocketAddr, path::Path};
 
