@@ -66,6 +66,8 @@ fn assert_shifted(name: &str, base: &[u64], with: &[u64], by: u64, tol: u64) {
 /// For [IPv4 delayed port, other port, IPv6 delayed port]: nothing lost, the delayed ports
 /// shifted by 50 ms, the other one not at all.
 fn assert_delayed_50ms(base: &[Vec<u64>], with: &[Vec<u64>], tol: u64) {
+    // The other port, measured in the same rounds, shows the noise of this run.
+    let tol = tol.max(tolerance(&with[1..2]));
     for (i, (name, by)) in
         [("IPv4 delayed port", 50 * MS), ("other port", 0), ("IPv6 delayed port", 50 * MS)].into_iter().enumerate()
     {
@@ -105,37 +107,68 @@ fn egress_delay_and_jitter() {
     assert_delayed_50ms(&base, &with, tol);
     daemon.ctl_ok(&["rm", "slow"]);
 
+    // The same 50 ms without jitter on port 9004, measured in the same rounds: its latency less
+    // 50 ms is the noise the jittered packets met at the same time on the same path (a loaded
+    // machine's late timers and wake-ups), which a baseline taken before cannot know.
+    daemon.ctl_ok(&["apply", "--name", "steady", "-i", &lab.a_if, "--delay", "50ms", "-p", "udp", "--dport", "9004"]);
     daemon.ctl_ok(&[
         "apply", "--name", "jittery", "-i", &lab.a_if, "--delay", "50ms", "--jitter", "10ms", "-p", "udp", "--dport",
         "9002",
     ]);
-    let with = measure();
+    let dsts = [addr(lab::B4, 9002), addr(lab::B4, 9001), addr(lab::B4, 9004)];
+    let with = traffic::udp_latencies(&lab.a, &lab.b, &dsts, INTERVAL, ROUNDS).unwrap();
+    assert_eq!(with[0].len(), ROUNDS, "jittered port: datagrams lost");
+    let noise: Vec<u64> = with[2].iter().map(|l| l.saturating_sub(50 * MS)).collect();
+    let tol = tol.max(tolerance(std::slice::from_ref(&noise)));
     // The median of n draws from a uniform of width W has a standard error of W / (2 sqrt(n)):
     // 0.5 ms here. Four of them are added to the tolerance.
     let median_error = 4 * (20 * MS) / (2 * (ROUNDS as f64).sqrt() as u64);
     assert_shifted("jittered port", &base[0], &with[0], 50 * MS, tol + median_error);
-    // Uniform on [40, 60] ms: standard deviation 20/sqrt(12) = 5.77 ms, added in quadrature to
-    // the baseline's. With 400 samples the estimate's standard error is about 3.5%; 20% allows
-    // for the baseline's own variation between the two runs.
-    let expected = ((20.0 * MS as f64).powi(2) / 12.0 + std_dev(&base[0]).powi(2)).sqrt();
-    let measured = std_dev(&with[0]);
-    println!("jitter: standard deviation {} (expected {})", ms(measured), ms(expected));
-    assert!(
-        (measured / expected - 1.0).abs() < 0.2,
-        "jitter: standard deviation {} where {} was expected",
-        ms(measured),
-        ms(expected)
-    );
-    // And bounded as uniform: the 2nd and 98th percentiles sit 0.4 ms inside 40 and 60 ms.
-    let b = quantile(&base[0], 0.5);
-    let (lo, hi) = (quantile(&with[0], 0.02) - b, quantile(&with[0], 0.98) - b);
-    assert!(
-        lo + tol >= 40 * MS && hi <= 60 * MS + tol,
-        "jitter: 2nd-98th percentile {}..{}",
-        ms(lo as f64),
-        ms(hi as f64)
-    );
+    assert_uniform_jitter(&with[0], &noise);
     assert_shifted("other port, jitter on", &base[1], &with[1], 0, tol);
+}
+
+/// `latencies` are 50 ms plus a uniform draw in +/-10 ms plus `noise` (measured at the same
+/// time): with U the draw and N the noise, X = U + N with U in [40, 60] ms.
+/// - Bounded: P(X <= 40 ms + n) <= P(N <= n), so X's p quantile is at least 40 ms plus N's, and
+///   at most 60 ms plus N's. Checked at the 2nd and 98th percentiles against N's 1st and 99th,
+///   which leaves room for the sampling error of N's; 0.6 ms is four standard errors of an
+///   empirical 2nd percentile of U (sqrt(0.02 * 0.98 / 400) * 20 ms = 0.14 ms).
+/// - Spread: P(X > a + b) >= P(U > a) P(N > b) for independent U and N, so X's 95th percentile is
+///   at least U's 90th plus N's median, and its 5th at most U's 10th plus N's median: the 5th to
+///   95th percentile of X spans at least 16 ms, whatever the noise. 1.3 ms is four standard
+///   errors of that span (0.22 ms for each end).
+///
+/// The standard deviation is printed (docs/delay.md quotes it); the noise's tail moves it too
+/// much to judge it on a loaded machine.
+fn assert_uniform_jitter(latencies: &[u64], noise: &[u64]) {
+    let x = |q| quantile(latencies, q) as f64;
+    let n = |q| quantile(noise, q) as f64;
+    let msf = MS as f64;
+    println!(
+        "jitter: standard deviation {} (uniform alone {}; the noise at the same time {}), p2-p98 {}..{}, noise p1-p99 {}..{}",
+        ms(std_dev(latencies)),
+        ms(20.0 * msf / 12f64.sqrt()),
+        ms(std_dev(noise)),
+        ms(x(0.02)),
+        ms(x(0.98)),
+        ms(n(0.01)),
+        ms(n(0.99))
+    );
+    assert!(
+        x(0.02) >= 40.0 * msf + n(0.01) - 0.6 * msf && x(0.98) <= 60.0 * msf + n(0.99) + 0.6 * msf,
+        "jitter: 2nd-98th percentile {}..{}, not within 40..60 ms plus the noise's 1st-99th {}..{}",
+        ms(x(0.02)),
+        ms(x(0.98)),
+        ms(n(0.01)),
+        ms(n(0.99))
+    );
+    let span = x(0.95) - x(0.05);
+    assert!(
+        span >= 16.0 * msf - 1.3 * msf,
+        "jitter: 5th-95th percentile spans {}, uniform +/-10 ms spans 16 ms",
+        ms(span)
+    );
 }
 
 /// Acceptance 3: ingress delay (through the IFB), measured the same way.
@@ -172,6 +205,8 @@ fn both_directions() {
     daemon.ctl_ok(&["apply", "--name", "rtt", "-i", &lab.a_if, "-d", "both", "--delay", "50ms", "--dport", "9202"]);
     let with_out = traffic::udp_latencies(&lab.a, &lab.b, &out, INTERVAL, ROUNDS).unwrap();
     let with_back = traffic::udp_latencies_from(&lab.b, 9202, &lab.a, &back, INTERVAL, ROUNDS).unwrap();
+    // The other port, measured in the same rounds, shows the noise of this run.
+    let tol = tol.max(tolerance(&with_out[1..2]));
     assert_shifted("requests", &base_out[0], &with_out[0], 50 * MS, tol);
     assert_shifted("other port", &base_out[1], &with_out[1], 0, tol);
     assert_shifted("replies", &base_back[0], &with_back[0], 50 * MS, tol);
@@ -185,9 +220,12 @@ fn both_directions() {
 fn normal_jitter() {
     let lab = Lab::new().unwrap();
     let Some(daemon) = Daemon::with_test_backend(&lab) else { return };
-    let dsts = [addr(lab::B4, 9402)];
+    let dsts = [addr(lab::B4, 9402), addr(lab::B4, 9404)];
     let measure = || traffic::udp_latencies(&lab.a, &lab.b, &dsts, INTERVAL, ROUNDS).unwrap();
     let (base, tol) = baseline(&measure);
+    // A steady 50 ms on 9404, measured in the same rounds, gives the noise of the run (see
+    // egress_delay_and_jitter).
+    daemon.ctl_ok(&["apply", "--name", "steady", "-i", &lab.a_if, "--delay", "50ms", "-p", "udp", "--dport", "9404"]);
     daemon.ctl_ok(&[
         "apply",
         "--name",
@@ -205,11 +243,17 @@ fn normal_jitter() {
         "--dport",
         "9402",
     ]);
-    let with = measure().remove(0);
+    let mut both = measure();
+    let noise: Vec<u64> = both.remove(1).iter().map(|l| l.saturating_sub(50 * MS)).collect();
+    let with = both.remove(0);
     assert_eq!(with.len(), ROUNDS, "datagrams lost");
+    let tol = tol.max(tolerance(std::slice::from_ref(&noise)));
     // The median of n normal draws has a standard error of 1.2533 sigma / sqrt(n): 0.63 ms.
     assert_shifted("normal jitter", &base[0], &with, 50 * MS, tol + 4 * 627_000);
-    let expected = ((10.0 * MS as f64).powi(2) + std_dev(&base[0]).powi(2)).sqrt();
+    // Independent noise adds its variance: the noise measured at the same time is added in
+    // quadrature. With 400 samples the estimate's standard error is about 3.5%; 20% allows for
+    // the noise's heavy tail.
+    let expected = ((10.0 * MS as f64).powi(2) + std_dev(&noise).powi(2)).sqrt();
     let measured = std_dev(&with);
     println!("normal jitter: standard deviation {} (expected {})", ms(measured), ms(expected));
     assert!(

@@ -84,6 +84,8 @@ fn check_applied(daemon: &Daemon, lab: &Lab, base: &[Vec<u64>], tol: u64, how: &
     assert!(leaf.contains(&format!("delay {}ms", delay_ms(i))), "{how}: {} has {leaf}", name(i));
 
     let with = measure(lab, FIRST_PORT + i);
+    // The free port, measured in the same rounds, shows the noise of this run.
+    let tol = tol.max(tolerance(&with[1..2]));
     assert_shifted(&format!("{how}: slot {SLOT} ({})", name(i)), &base[0], &with[0], delay_ms(i) * MS, tol);
     assert_shifted(&format!("{how}: free port"), &base[1], &with[1], 0, tol);
 }
@@ -214,6 +216,7 @@ fn a_restarted_daemon_sets_the_classes_it_adopts() {
 
     for (what, port, by) in [("slow", slow, 50 * MS), ("fast", fast, 10 * MS)] {
         let with = measure(&lab, port);
+        let tol = tol.max(tolerance(&with[1..2]));
         assert_shifted(&format!("after the restart, {what}"), &base[0], &with[0], by, tol);
     }
     check_cleared(&daemon, &lab, &before, "after the restart");
