@@ -9,8 +9,8 @@ use serde::{Deserialize, Serialize};
 mod action;
 
 pub use action::{
-    Action, Checksum, Distribution, MAX_BURST, MAX_DELAY, MAX_JITTER, MAX_RATE, MIN_RATE, Odds, Reorder, Shape,
-    errno, errno_name, gemodel, parse_rate, parse_size, threshold,
+    Action, Checksum, Distribution, MAX_BURST, MAX_DELAY, MAX_JITTER, MAX_RATE, MIN_RATE, Odds, Reorder, Shape, errno,
+    errno_name, gemodel, parse_rate, parse_size, threshold,
 };
 
 /// A fault as submitted. Fields are loosely typed on purpose: validation, not the parser,

@@ -263,7 +263,8 @@ impl Kernel {
         let fq_orders = profile.allows(Feature::FqHorizon).and_then(|()| probe.fq_orders.clone());
         let edt_reorder = edt.clone().and_then(|()| fq_orders.clone());
         let rules: Array<MapData, RuleAction> = map(&mut ebpf, map_names::RULES)?;
-        let batch = profile.allows(Feature::BatchUpdate).and_then(|()| batch::probe(batch::fd(IterableMap::map(&rules))));
+        let batch =
+            profile.allows(Feature::BatchUpdate).and_then(|()| batch::probe(batch::fd(IterableMap::map(&rules))));
         tracing::info!(profile = profile.as_str(), ?tcx, ?batch, "kernel abilities");
         let abilities = Abilities {
             profile: profile.as_str().into(),
@@ -306,12 +307,7 @@ impl Kernel {
             mode,
             pins,
             // netem's reordered packets skip their class for HTB's direct queue: any kernel.
-            shaper: Shaper::new(
-                backend,
-                probe.ifb.and(probe.mirred),
-                if edt { fq_orders } else { Ok(()) },
-                shaping,
-            ),
+            shaper: Shaper::new(backend, probe.ifb.and(probe.mirred), if edt { fq_orders } else { Ok(()) }, shaping),
             follow: sessions::Follow::NotYet,
             abilities,
         };
@@ -834,20 +830,32 @@ impl Kernel {
         }
         let batch = self.batch();
         let counters = &mut self.counters;
-        batch::put_all(batch, batch::fd(IterableMap::map(counters)), &each(slots, Counters::default()), Some(cpus), |s, v| {
-            counters.set(*s, on_all(v, cpus)?, 0)
-        })
+        batch::put_all(
+            batch,
+            batch::fd(IterableMap::map(counters)),
+            &each(slots, Counters::default()),
+            Some(cpus),
+            |s, v| counters.set(*s, on_all(v, cpus)?, 0),
+        )
         .map_err(err(map_names::COUNTERS))?;
         // A new fault's chains start in the good state (no event last) on every CPU.
         let chains = &mut self.chains;
-        batch::put_all(batch, batch::fd(IterableMap::map(chains)), &each(slots, Chain::default()), Some(cpus), |s, v| {
-            chains.set(*s, on_all(v, cpus)?, 0)
-        })
+        batch::put_all(
+            batch,
+            batch::fd(IterableMap::map(chains)),
+            &each(slots, Chain::default()),
+            Some(cpus),
+            |s, v| chains.set(*s, on_all(v, cpus)?, 0),
+        )
         .map_err(err(map_names::CHAINS))?;
         let shapes = &mut self.shapes;
-        batch::put_all(batch, batch::fd(IterableMap::map(shapes)), &each(slots, ShapeState::default()), None, |s, v| {
-            shapes.set(*s, v, 0)
-        })
+        batch::put_all(
+            batch,
+            batch::fd(IterableMap::map(shapes)),
+            &each(slots, ShapeState::default()),
+            None,
+            |s, v| shapes.set(*s, v, 0),
+        )
         .map_err(err(map_names::SHAPES))?;
         // Last: a slot's rule with its state in place.
         let rules = &mut self.rules;

@@ -71,7 +71,7 @@ pub(super) fn select_backend(
     let mut edt_tried = None;
     let mut edt = || -> Result<Backend, String> {
         let found = (|| {
-            profile.allows(Feature::Edt).map_err(|why| format!("edt needs what {why}"))?;
+            profile.allows(Feature::Edt).map_err(|why| format!("no edt: {why}"))?;
             probe.fq.clone().map_err(|e| format!("edt needs the fq qdisc: {e}"))?;
             for name in [PROG_EGRESS_EDT, PROG_IFB_EDT] {
                 load_program(ebpf, pins, name).map_err(|e| {

@@ -79,8 +79,8 @@ pub(super) fn load(ebpf: &mut Ebpf, pins: &Pins, profile: KernelProfile) -> Cgro
     // 4.19 has the program types but no bpf links for them, and the daemon uses links only.
     if let Some(why) = profile.holds_back(Feature::CgroupLinks) {
         return CgroupSupport {
-            ingress: Err(format!("ingress cgroup faults need {why}")),
-            connect: Err(format!("connect-fail needs {why}")),
+            ingress: Err(format!("ingress cgroup faults cannot run here: {why}")),
+            connect: Err(format!("connect-fail cannot run here: {why}")),
             profile,
         };
     }
