@@ -228,7 +228,7 @@ impl<D: Dataplane> Engine<D> {
         let mut batch = Vec::with_capacity(specs.len());
         let mut ifindexes = crate::target::Ifindexes::default();
         for (i, spec) in specs.iter().enumerate() {
-            let spec = &self.with_errno(spec);
+            let spec = self.with_errno(spec);
             let at = |e: SpecError| if specs.len() > 1 { e.within(&format!("fault[{i}].")) } else { e };
             // The fault as the daemon's namespace sees it: its interface there, and turned round
             // for another namespace's (see `target`).
@@ -246,7 +246,7 @@ impl<D: Dataplane> Engine<D> {
                 };
                 self.dataplane.can_scope(connect.is_none() && fault.matches.direction != Direction::Egress, connect)?;
             }
-            batch.push(Incoming { spec: spec.clone(), resolved });
+            batch.push(Incoming { spec, resolved });
         }
         if !req.force {
             let faults: Vec<_> = batch.iter().map(|i| &i.resolved.fault).collect();
