@@ -140,6 +140,53 @@ pub struct Status {
     pub max_faults: usize,
     pub max_duration_ms: u64,
     pub allow_unlimited: bool,
+    /// What this kernel can do, as the daemon found by trying (never by version), within its
+    /// `kernel_profile` (absent from daemons before it existed).
+    #[serde(default)]
+    pub abilities: Abilities,
+}
+
+/// What the kernel can do for faults, each found by trying it: what a client (or a test) reads
+/// instead of the version string, which vendor kernels make meaningless.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Abilities {
+    /// `native`, or the older kernel the daemon holds itself to (its `kernel_profile`: `5.10`,
+    /// `4.19`).
+    pub profile: String,
+    /// TCX links on interfaces (6.6+); without them, cls_bpf filters under clsact.
+    pub tcx: Ability,
+    /// Cgroup faults on ingress (a cgroup_skb program attached by a bpf link, 5.7+).
+    pub cgroup_ingress: Ability,
+    /// connect-fail (cgroup/connect programs attached by bpf links, 5.7+).
+    pub connect_fail: Ability,
+    /// connect-fail with any errno (bpf_set_retval, 5.18+); without it, EPERM only.
+    pub connect_fail_any_errno: Ability,
+    /// What a connect-fail given no errno fails with here: `ECONNREFUSED` where any errno
+    /// can be, else `EPERM`.
+    pub connect_fail_default_errno: String,
+    /// The edt delay backend (fq, and TC programs that set departure times, 5.0+).
+    pub edt: Ability,
+    /// reorder on the edt backend (fq serving a flow by departure time: its horizon, 5.7+).
+    pub edt_reorder: Ability,
+    /// The netem delay backend (the netem and htb qdiscs).
+    pub netem: Ability,
+    /// Writing many map entries in one call (BPF_MAP_UPDATE_BATCH, 5.6+); without it, one
+    /// call per entry.
+    pub batch_update: Ability,
+}
+
+/// One ability: there, or not and why (the missing kernel piece, named).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Ability {
+    pub available: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub why_not: Option<String>,
+}
+
+impl From<&Result<(), String>> for Ability {
+    fn from(r: &Result<(), String>) -> Self {
+        Self { available: r.is_ok(), why_not: r.clone().err() }
+    }
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]

@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 mod action;
 
 pub use action::{
-    Action, Checksum, Distribution, MAX_BURST, MAX_DELAY, MAX_JITTER, MAX_RATE, MIN_RATE, Odds, Reorder, Shape,
+    Action, Checksum, Distribution, MAX_BURST, MAX_DELAY, MAX_JITTER, MAX_RATE, MIN_RATE, Odds, Reorder, Shape, errno,
     errno_name, gemodel, parse_rate, parse_size, threshold,
 };
 
@@ -83,8 +83,10 @@ pub struct FaultSpec {
     /// connections are reset and new ones refused) or `new` (only connection attempts).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub connections: Option<String>,
-    /// `connect-fail`: what `connect()` fails with: an errno name (`ECONNREFUSED`, the
-    /// default; `ETIMEDOUT`, `EHOSTUNREACH`, ...) or number. Before Linux 5.18 only `EPERM`.
+    /// `connect-fail`: what `connect()` fails with: an errno name (`ECONNREFUSED`,
+    /// `ETIMEDOUT`, `EHOSTUNREACH`, ...) or number. Before Linux 5.18 only `EPERM`. Default: the
+    /// best the kernel can do, `ECONNREFUSED`, or `EPERM` before 5.18; the daemon records the
+    /// one it applied here.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub errno: Option<String>,
     /// Added latency, with a unit: `50ms`, `1s`, `250us` (required for `delay`).

@@ -11,7 +11,7 @@ use serde::Deserialize;
 
 use crate::{
     engine::{Guard, Settings},
-    kernel::{AttachMode, BackendChoice},
+    kernel::{AttachMode, BackendChoice, Feature, KernelProfile},
     spec::parse_duration,
 };
 
@@ -65,6 +65,12 @@ pub struct Config {
     /// How delay and bandwidth faults hold packets: `auto` (edt where the kernel has fq and
     /// lets TC programs set departure times, 5.0+; else netem), `edt` or `netem`. Default `auto`.
     pub delay_backend: BackendChoice,
+    /// Hold the daemon to what an older kernel offers, so that this kernel stands for it (in
+    /// tests): `native` (whatever this kernel has), `5.10` (no TCX, no bpf_set_retval: connect-fail
+    /// with EPERM only) or `4.19` (besides: no bpf links, so no ingress cgroup faults and no
+    /// connect-fail; no edt, so delay and bandwidth need netem; no batch map updates). See
+    /// docs/kernels.md. Default `native`.
+    pub kernel_profile: KernelProfile,
     /// The `skb->mark` bit a duplicate fault sets on its copies, so that a copy passing the
     /// hook again is not copied again (the bit is cleared then). It must be one bit no one else
     /// on the host uses (a CNI, kube-proxy's 0x4000 and 0x8000, policy routing). Default
@@ -113,6 +119,7 @@ impl Default for Config {
             tc_attach: AttachMode::Auto,
             detach_after: "5s".into(),
             delay_backend: BackendChoice::Auto,
+            kernel_profile: KernelProfile::Native,
             duplicate_mark: 0x1000_0000,
             runtime_dirs: vec![
                 "/run/containerd/io.containerd.runtime.v2.task/k8s.io".into(),
@@ -142,7 +149,18 @@ impl Config {
         self.socket_mode()?;
         self.metrics_address()?;
         self.detach_after()?;
+        self.profile()?;
         Ok(())
+    }
+
+    /// The kernel profile, unless it holds back the delay backend the config asks for.
+    /// (`tc_attach = "tcx"` is refused at start, as where the kernel lacks TCX.)
+    pub fn profile(&self) -> anyhow::Result<KernelProfile> {
+        let p = self.kernel_profile;
+        if let (BackendChoice::Edt, Some(why)) = (self.delay_backend, p.holds_back(Feature::Edt)) {
+            anyhow::bail!("kernel_profile: delay_backend = \"edt\" cannot be, as {why}; use \"auto\" or \"netem\"");
+        }
+        Ok(p)
     }
 
     pub fn detach_after(&self) -> anyhow::Result<Duration> {
@@ -221,12 +239,16 @@ mod tests {
             ("metrics_address = \"localhost:9464\"", "metrics_address"),
             ("metrics_address = \"127.0.0.1\"", "metrics_address"),
             ("metrics_address = \"127.0.0.1:0\"", "metrics_address"),
+            ("kernel_profile = \"4.19\"\ndelay_backend = \"edt\"", "delay_backend = \"edt\""),
         ] {
             let c: Config = toml::from_str(text).unwrap();
             let e = c.check().unwrap_err().to_string();
             assert!(e.contains(field), "{text}: {e}");
         }
         assert!(toml::from_str::<Config>("readers = \"everyone\"").is_err());
+        assert!(toml::from_str::<Config>("kernel_profile = \"4.14\"").is_err());
+        let c: Config = toml::from_str("kernel_profile = \"5.10\"\ndelay_backend = \"edt\"").unwrap();
+        assert_eq!(c.profile().unwrap(), KernelProfile::V5_10);
     }
 
     #[test]

@@ -21,7 +21,7 @@ use crate::{
     crashpoint::{self, Point},
     guard::Protected,
     kernel::{Kernel, KernelError, NlFilter, ShapingRecord},
-    spec::{Action, Direction, SpecError},
+    spec::{Action, Direction, FaultSpec, SpecError},
     state::{Actor, Ended, Event, State, Store, unix_ms},
     text::escape,
 };
@@ -91,6 +91,10 @@ pub trait Dataplane {
     fn can_shape(&self, ingress: bool, reorder: bool) -> Result<(), KernelError>;
     /// Whether a cgroup fault can run here (on ingress; failing connect() with an errno).
     fn can_scope(&self, ingress: bool, connect: Option<i32>) -> Result<(), KernelError>;
+    /// What a connect-fail given no errno fails with here.
+    fn default_errno(&self) -> i32 {
+        libc::ECONNREFUSED
+    }
     /// Detaches what no fault has used for a while (see `Kernel::release_idle`); returns the
     /// CLOCK_MONOTONIC time to be called again, if any.
     fn release_idle(&mut self, now_ns: u64) -> Option<u64>;
@@ -224,6 +228,7 @@ impl<D: Dataplane> Engine<D> {
         let mut batch = Vec::with_capacity(specs.len());
         let mut ifindexes = crate::target::Ifindexes::default();
         for (i, spec) in specs.iter().enumerate() {
+            let spec = self.with_errno(spec);
             let at = |e: SpecError| if specs.len() > 1 { e.within(&format!("fault[{i}].")) } else { e };
             // The fault as the daemon's namespace sees it: its interface there, and turned round
             // for another namespace's (see `target`).
@@ -241,7 +246,7 @@ impl<D: Dataplane> Engine<D> {
                 };
                 self.dataplane.can_scope(connect.is_none() && fault.matches.direction != Direction::Egress, connect)?;
             }
-            batch.push(Incoming { spec: spec.clone(), resolved });
+            batch.push(Incoming { spec, resolved });
         }
         if !req.force {
             let faults: Vec<_> = batch.iter().map(|i| &i.resolved.fault).collect();
@@ -256,6 +261,16 @@ impl<D: Dataplane> Engine<D> {
         let event = self.event(actor, AuditAction::Apply, names.clone(), req.experiment.clone(), "ok".into(), vec![]);
         self.commit(next, vec![event])?;
         Ok(names.iter().filter_map(|n| self.faults.get(n)).map(|a| self.view(a)).collect())
+    }
+
+    /// `spec`, a connect-fail given no errno given the best this kernel can do: recorded in the
+    /// spec, so that it is listed as applied and a restarted daemon re-adopts the same.
+    fn with_errno(&self, spec: &FaultSpec) -> FaultSpec {
+        let mut spec = spec.clone();
+        if spec.action.as_deref() == Some("connect-fail") && spec.errno.is_none() {
+            spec.errno = Some(crate::spec::errno_name(self.dataplane.default_errno()));
+        }
+        spec
     }
 
     /// Makes `next` the live set, kernel first: the journal then records it, with its audit
@@ -468,6 +483,7 @@ impl Engine<Kernel> {
             max_faults: self.settings.max_faults,
             max_duration_ms: self.settings.max_duration.as_millis() as u64,
             allow_unlimited: self.settings.allow_unlimited,
+            abilities: kernel.abilities(),
         }
     }
 }

@@ -10,6 +10,7 @@ mod backend;
 mod batch;
 mod cgroup;
 pub mod pins;
+mod profile;
 mod reconcile;
 mod sessions;
 mod shaper;
@@ -29,16 +30,17 @@ use aya::{
     sys::{is_map_supported, is_program_supported},
 };
 pub use backend::BackendChoice;
-use backend::{load_program, select_backend};
+use backend::{load_program, netem_ability, select_backend};
 use cgroup::CgroupLink;
 pub use cgroup::{CgroupHook, CgroupSupport};
 // An API type (`GET /v1/status`): chaosctl reads it without the daemon's crate.
-pub use chaos_api::api::Attachment;
+pub use chaos_api::api::{Abilities, Ability, Attachment};
 use chaos_common::{
     ABI_VERSION, ActiveMap, AddrKey, CLASS_GEN_BIT, Chain, Counters, PROG_EGRESS, PROG_IFB, PROG_INGRESS, PairKey,
     PortKey, RuleAction, ScopeKey, ShapeState, map_names,
 };
 use pins::Pins;
+pub use profile::{Feature, KernelProfile};
 use serde::{Deserialize, Serialize};
 use shaper::Shaper;
 pub use shaper::{DeviceRecord, FQ_FLOW_LIMIT, ShapeNeed, ShapingRecord};
@@ -147,6 +149,8 @@ pub struct Kernel {
     shaper: Shaper,
     /// The SSH guard's session map (see [`sessions`]).
     follow: sessions::Follow,
+    /// What this kernel can do within the profile, found at load (cgroups: see `cgroups`).
+    abilities: Abilities,
 }
 
 /// What `chaosctl status` reports about the kernel, found by loading tiny probes.
@@ -175,13 +179,15 @@ impl Kernel {
     /// cls_bpf `filters` it recorded). Returns whether previous maps were adopted: only then do
     /// the previous rule slots and counters still exist.
     /// `shaping` is what a previous daemon recorded of its qdiscs: while it holds devices, its
-    /// backend is kept (their qdiscs are that backend's).
+    /// backend is kept (their qdiscs are that backend's). `profile` holds the daemon to what an
+    /// older kernel offers.
     pub fn load(
         mode: AttachMode,
         pins: Pins,
         filters: &[NlFilter],
         choice: BackendChoice,
         shaping: ShapingRecord,
+        profile: KernelProfile,
     ) -> Result<(Self, bool), KernelError> {
         for (feature, ok) in features() {
             if !ok {
@@ -207,7 +213,7 @@ impl Kernel {
         }
         let adopting = pins.map(map_names::ACTIVE).exists();
         let fresh = (!adopting).then(|| pins.clone());
-        Self::load_pinned(mode, pins, filters, choice, shaping, adopting).inspect_err(|_| {
+        Self::load_pinned(mode, pins, filters, choice, shaping, profile, adopting).inspect_err(|_| {
             // A first start that failed half-way (a program refused, a missing capability)
             // leaves no pins behind to block the next one.
             if let Some(pins) = fresh {
@@ -222,6 +228,7 @@ impl Kernel {
         filters: &[NlFilter],
         choice: BackendChoice,
         shaping: ShapingRecord,
+        profile: KernelProfile,
         adopting: bool,
     ) -> Result<(Self, bool), KernelError> {
         let mut loader = EbpfLoader::new();
@@ -233,16 +240,42 @@ impl Kernel {
         for name in [PROG_INGRESS, PROG_EGRESS, PROG_IFB] {
             load_program(&mut ebpf, &pins, name)?;
         }
-        let cgroups = cgroup::load(&mut ebpf, &pins);
+        let tcx = profile.allows(Feature::Tcx).and_then(|()| attach::tcx_probe(&ebpf));
+        let mode = match (mode, &tcx) {
+            (AttachMode::Tcx, Err(why)) => {
+                return Err(KernelError::Unsupported(format!(
+                    "tc_attach = \"tcx\" cannot be: {why}; use tc_attach = \"auto\" or \"netlink\""
+                )));
+            }
+            (_, Err(_)) => AttachMode::Netlink,
+            (mode, Ok(())) => mode,
+        };
+        let cgroups = cgroup::load(&mut ebpf, &pins, profile);
         tracing::info!(ingress = ?cgroups.ingress, connect = ?cgroups.connect, "cgroup programs");
         let probe = crate::shaping::probe();
         // Only qdiscs still in place bind the backend; otherwise the config decides.
         let held = shaping.backend.filter(|_| !shaping.devices.is_empty());
-        let backend = select_backend(&mut ebpf, &pins, choice, held, &probe);
+        let (backend, edt) = select_backend(&mut ebpf, &pins, choice, held, &probe, profile);
         match &backend {
             Ok(b) => tracing::info!(backend = ?b, "delay backend"),
             Err(why) => tracing::warn!("no delay backend: {why}"),
         }
+        let fq_orders = profile.allows(Feature::FqHorizon).and_then(|()| probe.fq_orders.clone());
+        let edt_reorder = edt.clone().and_then(|()| fq_orders.clone());
+        let rules: Array<MapData, RuleAction> = map(&mut ebpf, map_names::RULES)?;
+        let batch =
+            profile.allows(Feature::BatchUpdate).and_then(|()| batch::probe(batch::fd(IterableMap::map(&rules))));
+        tracing::info!(profile = profile.as_str(), ?tcx, ?batch, "kernel abilities");
+        let abilities = Abilities {
+            profile: profile.as_str().into(),
+            tcx: Ability::from(&tcx),
+            edt: Ability::from(&edt),
+            edt_reorder: Ability::from(&edt_reorder),
+            netem: Ability::from(&netem_ability(&probe)),
+            batch_update: Ability::from(&batch),
+            // Filled from `cgroups` when asked.
+            ..Abilities::default()
+        };
         let edt = backend == Ok(Backend::Edt);
         let links = attach::adopt(&mut ebpf, &pins, filters, edt);
         let mut kernel = Self {
@@ -250,7 +283,7 @@ impl Kernel {
             addrs: map(&mut ebpf, map_names::ADDRS)?,
             pairs: map(&mut ebpf, map_names::PAIRS)?,
             ports: map(&mut ebpf, map_names::PORTS)?,
-            rules: map(&mut ebpf, map_names::RULES)?,
+            rules,
             counters: map(&mut ebpf, map_names::COUNTERS)?,
             shapes: map(&mut ebpf, map_names::SHAPES)?,
             chains: map(&mut ebpf, map_names::CHAINS)?,
@@ -274,18 +307,15 @@ impl Kernel {
             mode,
             pins,
             // netem's reordered packets skip their class for HTB's direct queue: any kernel.
-            shaper: Shaper::new(
-                backend,
-                probe.ifb.and(probe.mirred),
-                if edt { probe.fq_orders } else { Ok(()) },
-                shaping,
-            ),
+            shaper: Shaper::new(backend, probe.ifb.and(probe.mirred), if edt { fq_orders } else { Ok(()) }, shaping),
             follow: sessions::Follow::NotYet,
+            abilities,
         };
         let mut dist: Array<MapData, i32> = map(&mut kernel.ebpf, map_names::DIST)?;
         let table: Vec<(u32, i32)> =
             crate::shaping::normal_table().into_iter().enumerate().map(|(i, v)| (i as u32, i32::from(v))).collect();
-        batch::put_all(batch::fd(IterableMap::map(&dist)), &table, None, |i, v| dist.set(*i, v, 0))
+        let batch = kernel.batch();
+        batch::put_all(batch, batch::fd(IterableMap::map(&dist)), &table, None, |i, v| dist.set(*i, v, 0))
             .map_err(|source| KernelError::Map { map: map_names::DIST, source })?;
         let active_err = |source| KernelError::Map { map: map_names::ACTIVE, source };
         if adopting {
@@ -551,13 +581,55 @@ impl Kernel {
         }
         match (connect, &self.cgroups.connect) {
             (Some(_), Err(why)) => Err(KernelError::Unsupported(why.clone())),
-            (Some(errno), Ok(false)) if errno != libc::EPERM => Err(KernelError::Unsupported(format!(
-                "errno {}: this kernel can fail connect() with EPERM only (any other needs bpf_set_retval, \
-                 Linux 5.18+); give errno EPERM",
-                crate::spec::errno_name(errno)
-            ))),
+            (Some(errno), Ok(false)) if errno != libc::EPERM => {
+                let why = self
+                    .cgroups
+                    .profile
+                    .holds_back(Feature::SetRetval)
+                    .unwrap_or_else(|| "any other needs bpf_set_retval, Linux 5.18+".into());
+                Err(KernelError::Unsupported(format!(
+                    "errno {}: this kernel can fail connect() with EPERM only ({why}); give errno EPERM, or \
+                     none (EPERM is the default here)",
+                    crate::spec::errno_name(errno)
+                )))
+            }
             _ => Ok(()),
         }
+    }
+
+    /// What a connect-fail given no errno fails with: ECONNREFUSED (what a closed port
+    /// answers) where any errno can be given, else EPERM, the only one there is.
+    pub fn default_errno(&self) -> i32 {
+        match self.cgroups.connect {
+            Ok(false) => libc::EPERM,
+            _ => libc::ECONNREFUSED,
+        }
+    }
+
+    /// What this kernel can do, within the daemon's profile (for status).
+    pub fn abilities(&self) -> Abilities {
+        let ok = |r: Result<(), String>| Ability::from(&r);
+        let connect = &self.cgroups.connect;
+        Abilities {
+            cgroup_ingress: ok(self.cgroups.ingress.clone()),
+            connect_fail: ok(connect.clone().map(drop)),
+            connect_fail_any_errno: ok(match connect {
+                Ok(true) => Ok(()),
+                Ok(false) => Err(self
+                    .cgroups
+                    .profile
+                    .holds_back(Feature::SetRetval)
+                    .unwrap_or_else(|| "this kernel has no bpf_set_retval (Linux 5.18+): EPERM only".into())),
+                Err(why) => Err(why.clone()),
+            }),
+            connect_fail_default_errno: crate::spec::errno_name(self.default_errno()),
+            ..self.abilities.clone()
+        }
+    }
+
+    /// Whether maps are written many entries per call.
+    fn batch(&self) -> bool {
+        self.abilities.batch_update.available
     }
 
     /// The established sessions on `ports` (the SSH guard's) the tracepoint program follows, a
@@ -756,25 +828,38 @@ impl Kernel {
         fn on_all<V: aya::Pod>(v: V, cpus: usize) -> Result<PerCpuValues<V>, MapError> {
             PerCpuValues::try_from(vec![v; cpus]).map_err(MapError::IoError)
         }
+        let batch = self.batch();
         let counters = &mut self.counters;
-        batch::put_all(batch::fd(IterableMap::map(counters)), &each(slots, Counters::default()), Some(cpus), |s, v| {
-            counters.set(*s, on_all(v, cpus)?, 0)
-        })
+        batch::put_all(
+            batch,
+            batch::fd(IterableMap::map(counters)),
+            &each(slots, Counters::default()),
+            Some(cpus),
+            |s, v| counters.set(*s, on_all(v, cpus)?, 0),
+        )
         .map_err(err(map_names::COUNTERS))?;
         // A new fault's chains start in the good state (no event last) on every CPU.
         let chains = &mut self.chains;
-        batch::put_all(batch::fd(IterableMap::map(chains)), &each(slots, Chain::default()), Some(cpus), |s, v| {
-            chains.set(*s, on_all(v, cpus)?, 0)
-        })
+        batch::put_all(
+            batch,
+            batch::fd(IterableMap::map(chains)),
+            &each(slots, Chain::default()),
+            Some(cpus),
+            |s, v| chains.set(*s, on_all(v, cpus)?, 0),
+        )
         .map_err(err(map_names::CHAINS))?;
         let shapes = &mut self.shapes;
-        batch::put_all(batch::fd(IterableMap::map(shapes)), &each(slots, ShapeState::default()), None, |s, v| {
-            shapes.set(*s, v, 0)
-        })
+        batch::put_all(
+            batch,
+            batch::fd(IterableMap::map(shapes)),
+            &each(slots, ShapeState::default()),
+            None,
+            |s, v| shapes.set(*s, v, 0),
+        )
         .map_err(err(map_names::SHAPES))?;
         // Last: a slot's rule with its state in place.
         let rules = &mut self.rules;
-        batch::put_all(batch::fd(IterableMap::map(rules)), slots, None, |s, v| rules.set(*s, v, 0))
+        batch::put_all(batch, batch::fd(IterableMap::map(rules)), slots, None, |s, v| rules.set(*s, v, 0))
             .map_err(err(map_names::RULES))
     }
 
@@ -784,8 +869,9 @@ impl Kernel {
                 .insert(&Key::new(*len, *key), *value, 0)
                 .map_err(|source| KernelError::Map { map: map_names::ADDRS, source })?;
         }
+        let batch = self.batch();
         let pairs = &mut self.pairs;
-        batch::put_all(batch::fd(IterableMap::map(pairs)), &t.pairs, None, |k, v| pairs.insert(k, v, 0))
+        batch::put_all(batch, batch::fd(IterableMap::map(pairs)), &t.pairs, None, |k, v| pairs.insert(k, v, 0))
             .map_err(|source| KernelError::Map { map: map_names::PAIRS, source })?;
         for (len, key, value) in &t.ports {
             self.ports

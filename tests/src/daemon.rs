@@ -8,7 +8,7 @@ use std::{
 
 use std::os::unix::process::CommandExt as _;
 
-use chaos_api::api::{AuditAction, Event, FaultView, Faults, History, Status};
+use chaos_api::api::{Abilities, AuditAction, Event, FaultView, Faults, History, Status};
 use serde::de::DeserializeOwned;
 
 use crate::{Netns, unique};
@@ -320,6 +320,37 @@ impl Daemon {
     /// `chaosctl status -o json`.
     pub fn status(&self) -> Status {
         self.ctl_json(&["status"])
+    }
+
+    /// What the daemon found this kernel can do, within its `kernel_profile`: what tests
+    /// branch on, never the kernel's version.
+    pub fn abilities(&self) -> Abilities {
+        self.status().abilities
+    }
+
+    /// The errno a connect-fail given none fails with here, as the daemon reports it.
+    pub fn default_errno(&self) -> i32 {
+        let name = self.abilities().connect_fail_default_errno;
+        chaos_api::spec::errno(Some(&name)).unwrap_or_else(|e| panic!("default errno '{name}': {e}"))
+    }
+
+    /// Whether a daemon with `config` may attach by TCX here, as its status says. Where it may
+    /// not, checks that one told `tc_attach = "tcx"` refuses to start, naming TCX and what to
+    /// set instead.
+    pub fn tcx_or_refused(ns: &Netns, config: &str) -> bool {
+        let tcx = Self::start_with(ns, config).unwrap().abilities().tcx;
+        if tcx.available {
+            return true;
+        }
+        let why = tcx.why_not.expect("a reason");
+        let err = Self::start_with(ns, &format!("{config}\ntc_attach = \"tcx\""))
+            .err()
+            .expect("a daemon told tc_attach = \"tcx\" started where TCX is lacking")
+            .to_string();
+        for expected in ["tc_attach = \"tcx\" cannot be", why.as_str(), "tc_attach = \"auto\" or \"netlink\""] {
+            assert!(err.contains(expected), "expected '{expected}' in: {err}");
+        }
+        false
     }
 
     /// Runs chaosctl with `-o json` and reads its output as `T`, failing the test, with the

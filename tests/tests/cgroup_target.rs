@@ -154,10 +154,27 @@ fn ingress_faults_act_where_packets_reach_the_cgroups_sockets() {
     assert_eq!(from_cgroup(&lab, &b, addr(B6, 9103), 300), 300);
 }
 
+/// Natively, and as the 5.10 profile (no bpf_set_retval: EPERM only) and the 4.19 one (no
+/// connect-fail at all) hold the daemon: what its status says decides what is checked.
 #[test]
 fn connect_fail_fails_the_cgroups_connects_only() {
+    connect_fail_fails_the_cgroups_connects_only_as("");
+}
+
+#[test]
+fn connect_fail_fails_the_cgroups_connects_only_5_10() {
+    connect_fail_fails_the_cgroups_connects_only_as("kernel_profile = \"5.10\"");
+}
+
+#[test]
+fn connect_fail_fails_the_cgroups_connects_only_4_19() {
+    connect_fail_fails_the_cgroups_connects_only_as("kernel_profile = \"4.19\"");
+}
+
+fn connect_fail_fails_the_cgroups_connects_only_as(config: &str) {
     let lab = Lab::new().unwrap();
-    let daemon = Daemon::start(&lab.a).unwrap();
+    let daemon = Daemon::start_with(&lab.a, config).unwrap();
+    let abilities = daemon.abilities();
     let (a, b) = (Cgroup::new("cga").unwrap(), Cgroup::new("cgb").unwrap());
     let (v4, v6) = (addr(B4, 9200), addr(B6, 9200));
     let listeners: Vec<TcpListener> =
@@ -165,22 +182,28 @@ fn connect_fail_fails_the_cgroups_connects_only() {
     for l in &listeners {
         l.set_nonblocking(true).unwrap();
     }
-    daemon.ctl_ok(&[
-        "apply",
-        "--name",
-        "refused",
-        "--cgroup",
-        &a.path,
-        "--connect-fail",
-        "-p",
-        "tcp",
-        "--dport",
-        "9200",
-    ]);
-
+    let apply = ["apply", "--name", "refused", "--cgroup", &a.path, "--connect-fail", "-p", "tcp", "--dport", "9200"];
     let connected = |c: &Cgroup, dst| c.connect(&lab.a, dst).unwrap();
-    assert_eq!(connected(&a, v4), libc::ECONNREFUSED);
-    assert_eq!(connected(&a, v6), libc::ECONNREFUSED);
+    if !abilities.connect_fail.available {
+        // Refused with the reason the status gives, and nothing changed.
+        let why = abilities.connect_fail.why_not.unwrap();
+        let out = daemon.ctl(&apply);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success() && stderr.contains(&why), "expected '{why}' in: {stderr}");
+        assert_eq!(daemon.list()["faults"], serde_json::json!([]));
+        assert_eq!(connected(&a, v4), 0);
+        return;
+    }
+    // No errno given: the best this kernel can do, as listed.
+    let default = if abilities.connect_fail_any_errno.available { libc::ECONNREFUSED } else { libc::EPERM };
+    assert_eq!(daemon.default_errno(), default);
+    daemon.ctl_ok(&apply);
+    assert_eq!(fault(&daemon, "refused")["spec"]["errno"], abilities.connect_fail_default_errno.as_str());
+    let table = daemon.ctl_ok(&["list"]);
+    assert!(table.contains(&format!("connect-fail {}", abilities.connect_fail_default_errno)), "{table}");
+
+    assert_eq!(connected(&a, v4), default);
+    assert_eq!(connected(&a, v6), default);
     // Failed before any packet left: nothing reached the listeners.
     for l in &listeners {
         assert!(l.accept().is_err(), "a connection reached the server");
@@ -196,10 +219,26 @@ fn connect_fail_fails_the_cgroups_connects_only() {
     // Another errno, then removal restores connect().
     daemon.ctl_ok(&["rm", "refused"]);
     assert_eq!(connected(&a, v4), 0, "connect after removal");
-    daemon.ctl_ok(&["apply", "--name", "timeout", "--cgroup", &a.path, "--connect-fail", "--errno", "ETIMEDOUT"]);
-    assert_eq!(connected(&a, v4), libc::ETIMEDOUT);
-    assert_eq!(connected(&b, v4), 0);
-    daemon.ctl_ok(&["rm", "timeout"]);
+    let timeout = ["apply", "--name", "timeout", "--cgroup", &a.path, "--connect-fail", "--errno", "ETIMEDOUT"];
+    if abilities.connect_fail_any_errno.available {
+        daemon.ctl_ok(&timeout);
+        assert_eq!(connected(&a, v4), libc::ETIMEDOUT);
+        assert_eq!(connected(&b, v4), 0);
+        daemon.ctl_ok(&["rm", "timeout"]);
+    } else {
+        // Refused, saying why and what to give instead; nothing applied.
+        let why = abilities.connect_fail_any_errno.why_not.unwrap();
+        let out = daemon.ctl(&timeout);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        for expected in ["errno ETIMEDOUT", "EPERM only", why.as_str(), "give errno EPERM"] {
+            assert!(!out.status.success() && stderr.contains(expected), "expected '{expected}' in: {stderr}");
+        }
+        assert_eq!(daemon.list()["faults"], serde_json::json!([]));
+        assert_eq!(connected(&a, v4), 0);
+        daemon.ctl_ok(&["apply", "--name", "eperm", "--cgroup", &a.path, "--connect-fail", "--errno", "EPERM"]);
+        assert_eq!(connected(&a, v4), libc::EPERM);
+        daemon.ctl_ok(&["rm", "eperm"]);
+    }
     assert_eq!(connected(&a, v6), 0, "connect after removal");
     daemon.detached();
 }
@@ -223,6 +262,7 @@ fn a_fault_ends_when_its_cgroup_is_removed() {
         "-p",
         "udp",
     ]);
+    // With the errno this kernel gives by default (EPERM only is enough).
     daemon.ctl_ok(&["apply", "--name", "gone-too", "--cgroup", &a.path, "--connect-fail"]);
     assert_eq!(from_cgroup(&lab, &a, addr(B4, 9104), 300), 0);
     chaos_tests::cgroup::remove(&a.dir);
@@ -272,10 +312,22 @@ fn attached_to(cgroup: &Cgroup) -> usize {
         .sum()
 }
 
+/// Natively, and as the 5.10 profile holds the daemon (connect-fail with EPERM only): the
+/// errno a fault was applied with is the one re-adopted.
 #[test]
 fn cgroup_faults_survive_a_daemon_crash_and_cleanup_takes_them_back() {
+    cgroup_faults_survive_a_daemon_crash_as("");
+}
+
+#[test]
+fn cgroup_faults_survive_a_daemon_crash_and_cleanup_takes_them_back_5_10() {
+    cgroup_faults_survive_a_daemon_crash_as("kernel_profile = \"5.10\"");
+}
+
+fn cgroup_faults_survive_a_daemon_crash_as(config: &str) {
     let lab = Lab::new().unwrap();
-    let mut daemon = Daemon::start(&lab.a).unwrap();
+    let mut daemon = Daemon::start_with(&lab.a, config).unwrap();
+    let abilities = daemon.abilities();
     let (a, b) = (Cgroup::new("cga").unwrap(), Cgroup::new("cgb").unwrap());
     daemon.ctl_ok(&[
         "apply",
@@ -289,18 +341,32 @@ fn cgroup_faults_survive_a_daemon_crash_and_cleanup_takes_them_back() {
         "both",
         "--partition",
     ]);
-    daemon.ctl_ok(&["apply", "--name", "refused", "--cgroup", &a.path, "--connect-fail", "--errno", "EHOSTUNREACH"]);
+    let unreachable = ["apply", "--name", "refused", "--cgroup", &a.path, "--connect-fail", "--errno", "EHOSTUNREACH"];
+    // EHOSTUNREACH where the kernel can give it; else refused, and the default (EPERM) given.
+    let errno = if abilities.connect_fail_any_errno.available {
+        daemon.ctl_ok(&unreachable);
+        libc::EHOSTUNREACH
+    } else {
+        let out = daemon.ctl(&unreachable);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success() && stderr.contains("give errno EPERM"), "{stderr}");
+        daemon.ctl_ok(&unreachable[..6]);
+        libc::EPERM
+    };
+    let applied = fault(&daemon, "refused")["spec"]["errno"].clone();
     assert_eq!(attached_to(&a), 3, "ingress, connect4 and connect6");
     assert_eq!(attached_to(&b), 0);
 
     daemon.signal(nix::sys::signal::Signal::SIGKILL).unwrap();
     // Killed: the pinned links keep the faults acting.
-    assert_eq!(a.connect(&lab.a, addr(B4, 9300)).unwrap(), libc::EHOSTUNREACH);
+    assert_eq!(a.connect(&lab.a, addr(B4, 9300)).unwrap(), errno);
     assert_eq!(to_cgroup(&lab, &a, addr(A4, 9301), 300), 0);
     daemon.restart().unwrap();
-    // Re-adopted: nothing attached twice, the faults still act and are listed.
+    // Re-adopted: nothing attached twice, the faults still act, with the errno they were
+    // applied with, and are listed.
     assert_eq!(attached_to(&a), 3);
-    assert_eq!(a.connect(&lab.a, addr(B4, 9300)).unwrap(), libc::EHOSTUNREACH);
+    assert_eq!(a.connect(&lab.a, addr(B4, 9300)).unwrap(), errno);
+    assert_eq!(fault(&daemon, "refused")["spec"]["errno"], applied);
     assert_eq!(to_cgroup(&lab, &a, addr(A4, 9301), 300), 0);
     assert_eq!(to_cgroup(&lab, &b, addr(A4, 9301), 300), 300);
     assert_eq!(daemon.list()["faults"].as_array().unwrap().len(), 2);

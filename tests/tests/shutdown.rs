@@ -1,6 +1,7 @@
 //! SIGTERM removes every fault and leaves no program, link, map, qdisc or pin behind: checked
 //! by reading the kernel, not by asking the daemon. Both attach modes: TCX links, and cls_bpf
-//! filters under a clsact qdisc the daemon adds (how kernels before 6.6 run).
+//! filters under a clsact qdisc the daemon adds (how kernels before 6.6 run); where the kernel
+//! has no TCX, the refusal of `tc_attach = "tcx"`.
 
 use std::net::SocketAddr;
 
@@ -48,9 +49,26 @@ fn sigterm_leaves_nothing_behind(mode: &str) {
     assert!(pins.is_empty() && !daemon.bpffs.exists(), "pins left in {}: {pins:?}", daemon.bpffs.display());
 }
 
+/// Where the kernel has no TCX (as its status says), a daemon told to use it refuses to start.
 #[test]
 fn sigterm_leaves_nothing_behind_tcx() {
-    sigterm_leaves_nothing_behind("tcx");
+    let lab = Lab::new().unwrap();
+    if Daemon::tcx_or_refused(&lab.a, "") {
+        sigterm_leaves_nothing_behind("tcx");
+    }
+}
+
+/// The refusal itself, on any kernel: the 5.10 profile holds TCX back as 5.10 lacks it. The
+/// refused start leaves nothing pinned.
+#[test]
+fn tc_attach_tcx_is_refused_where_tcx_is_lacking() {
+    let lab = Lab::new().unwrap();
+    assert!(!Daemon::tcx_or_refused(&lab.a, "kernel_profile = \"5.10\""));
+    let daemon = Daemon::unstarted(&lab.a, "kernel_profile = \"5.10\"\ntc_attach = \"tcx\"", None).unwrap();
+    let out = daemon.serve_once();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && stderr.contains("holds back TCX links"), "{stderr}");
+    assert!(!daemon.bpffs.exists(), "pins left in {}", daemon.bpffs.display());
 }
 
 #[test]

@@ -175,8 +175,9 @@ struct ApplyArgs {
     /// Fail the --cgroup's connect() calls to matching destinations at once, no packet sent.
     #[arg(long, requires = "cgroup")]
     connect_fail: bool,
-    /// With --connect-fail: the errno, e.g. ECONNREFUSED (default), ETIMEDOUT, EHOSTUNREACH, or
-    /// a number; before Linux 5.18 only EPERM.
+    /// With --connect-fail: the errno, e.g. ECONNREFUSED, ETIMEDOUT, EHOSTUNREACH, or a number;
+    /// before Linux 5.18 only EPERM. Default: ECONNREFUSED, or EPERM where the kernel can give
+    /// no other (`chaosctl status` says which; `list` shows the one applied).
     #[arg(long, requires = "connect_fail")]
     errno: Option<String>,
     /// Drop every matching packet.
@@ -461,6 +462,26 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
                     for (target, how) in &status.scoping {
                         println!("target {target}: {how}");
                     }
+                    let a = &status.abilities;
+                    if !a.profile.is_empty() {
+                        println!("kernel profile: {}", a.profile);
+                        for (what, ability) in [
+                            ("TCX links", &a.tcx),
+                            ("cgroup ingress", &a.cgroup_ingress),
+                            ("connect-fail", &a.connect_fail),
+                            ("connect-fail any errno", &a.connect_fail_any_errno),
+                            ("edt backend", &a.edt),
+                            ("edt reorder", &a.edt_reorder),
+                            ("netem backend", &a.netem),
+                            ("batch map updates", &a.batch_update),
+                        ] {
+                            match &ability.why_not {
+                                None => println!("can: {what}"),
+                                Some(why) => println!("cannot: {what}: {why}"),
+                            }
+                        }
+                        println!("connect-fail default errno: {}", a.connect_fail_default_errno);
+                    }
                     println!(
                         "faults: {} (max {}), max duration {}s{}",
                         status.faults,
@@ -608,7 +629,8 @@ fn describe(s: &FaultSpec) -> String {
         parts.push(format!("corrupt {}% checksum {}", percent(c), s.checksum.as_deref().unwrap_or("broken")));
     }
     if s.action.as_deref() == Some("connect-fail") {
-        parts.push(format!("connect-fail {}", s.errno.as_deref().unwrap_or("ECONNREFUSED")));
+        // The daemon records the errno it applied; only a spec not yet applied has none.
+        parts.push(format!("connect-fail {}", s.errno.as_deref().unwrap_or("(the kernel's default errno)")));
     }
     if s.action.as_deref() == Some("reset") {
         parts.push(format!("reset {} connections", s.connections.as_deref().unwrap_or("all")));
@@ -875,7 +897,7 @@ fn man_sections(page: &str) -> Vec<chaos_api::manpage::Section> {
                 ),
                 (
                     "chaosctl apply --cgroup /system.slice/app.service --connect-fail --dport 3306",
-                    "Make one service's connect() calls to port 3306 fail at once (ECONNREFUSED).",
+                    "Make one service's connect() calls to port 3306 fail at once (ECONNREFUSED; EPERM before Linux 5.18).",
                 ),
                 (
                     "chaosctl apply -f outage.toml -e db-outage",

@@ -170,9 +170,15 @@ fn serve(config: Config) -> anyhow::Result<()> {
     chaos_daemon::listen::raise_fd_limit();
 
     let pins = Pins::new(&config.bpffs_dir);
-    let (mut kernel, adopted) =
-        Kernel::load(config.tc_attach, pins.clone(), &previous.filters, config.delay_backend, previous.shaping.clone())
-            .context("loading the eBPF programs")?;
+    let (mut kernel, adopted) = Kernel::load(
+        config.tc_attach,
+        pins.clone(),
+        &previous.filters,
+        config.delay_backend,
+        previous.shaping.clone(),
+        config.profile()?,
+    )
+    .context("loading the eBPF programs")?;
     kernel.set_detach_after(config.detach_after()?);
     let history = store.reader();
     let engine = Engine::new(kernel, adopted, previous, settings, guard, store).inspect_err(|_| {

@@ -287,6 +287,35 @@ fn is_missing_interface(e: &ProgramError) -> bool {
     matches!(e, ProgramError::TcError(TcError::IoError(_)))
 }
 
+/// Whether this kernel has TCX links, found without attaching anything: a link of a TC
+/// program to ifindex 0 is refused with ENODEV by a kernel that knows TCX (it looks the device
+/// up), and with EINVAL by one that does not know the attach type (or BPF_LINK_CREATE).
+pub(super) fn tcx_probe(ebpf: &Ebpf) -> Result<(), String> {
+    use std::os::fd::{AsFd as _, AsRawFd as _};
+    const BPF_LINK_CREATE: libc::c_long = 28;
+    const BPF_TCX_INGRESS: u32 = 46;
+    let prog: &SchedClassifier = ebpf
+        .program(PROG_INGRESS)
+        .and_then(|p| p.try_into().ok())
+        .ok_or_else(|| format!("no program {PROG_INGRESS} to probe TCX with"))?;
+    let fd = prog.fd().map_err(|e| format!("probing TCX: {e}"))?.as_fd().as_raw_fd();
+    // union bpf_attr's link_create: prog_fd, target_ifindex, attach_type, flags; the rest zero.
+    let mut attr = [0u32; 16];
+    attr[0] = fd as u32;
+    attr[2] = BPF_TCX_INGRESS;
+    // SAFETY: bpf(2) reads the attr, of the size given; on success it returns a new fd, closed.
+    let rc = unsafe { libc::syscall(libc::SYS_bpf, BPF_LINK_CREATE, attr.as_mut_ptr(), size_of_val(&attr)) };
+    if rc >= 0 {
+        // SAFETY: the fd the call just returned, ours alone.
+        drop(unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(rc as i32) });
+        return Ok(());
+    }
+    match std::io::Error::last_os_error() {
+        e if e.raw_os_error() == Some(libc::ENODEV) => Ok(()),
+        e => Err(format!("this kernel has no TCX links (BPF_TCX_INGRESS, Linux 6.6+): linking a TC program: {e}")),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::{NlFilter, TcHook};

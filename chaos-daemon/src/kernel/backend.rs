@@ -7,7 +7,11 @@ use aya::{
 use chaos_common::{PROG_EGRESS_EDT, PROG_IFB_EDT};
 use serde::{Deserialize, Serialize};
 
-use super::{KernelError, attach, pins::Pins};
+use super::{
+    KernelError, attach,
+    pins::Pins,
+    profile::{Feature, KernelProfile},
+};
 use crate::shaping::{Backend, Probe};
 
 /// Which delay backend to use: `auto` picks edt where the kernel has it, else netem; the others
@@ -53,31 +57,37 @@ pub(super) fn verifier_error(name: &'static str, e: ProgramError) -> KernelError
 }
 
 /// The delay backend: found by trying (the qdiscs in a scratch namespace, the edt programs by
-/// loading them), never by kernel version. `previous` (a backend whose qdiscs are still in
-/// place) wins over the config.
+/// loading them), never by kernel version, within what `profile` lets the daemon use.
+/// `previous` (a backend whose qdiscs are still in place) wins over the config. Also returns
+/// whether edt can run here, where it was tried.
 pub(super) fn select_backend(
     ebpf: &mut Ebpf,
     pins: &Pins,
     choice: BackendChoice,
     previous: Option<Backend>,
     probe: &Probe,
-) -> Result<Backend, String> {
+    profile: KernelProfile,
+) -> (Result<Backend, String>, Result<(), String>) {
+    let mut edt_tried = None;
     let mut edt = || -> Result<Backend, String> {
-        probe.fq.clone().map_err(|e| format!("edt needs the fq qdisc: {e}"))?;
-        for name in [PROG_EGRESS_EDT, PROG_IFB_EDT] {
-            load_program(ebpf, pins, name).map_err(|e| {
-                format!("edt needs TC programs that may write skb->tstamp (Linux 5.0+), which this kernel refuses: {e}")
-            })?;
-        }
-        Ok(Backend::Edt)
+        let found = (|| {
+            profile.allows(Feature::Edt).map_err(|why| format!("no edt: {why}"))?;
+            probe.fq.clone().map_err(|e| format!("edt needs the fq qdisc: {e}"))?;
+            for name in [PROG_EGRESS_EDT, PROG_IFB_EDT] {
+                load_program(ebpf, pins, name).map_err(|e| {
+                    format!(
+                        "edt needs TC programs that may write skb->tstamp (Linux 5.0+), which this kernel refuses: {e}"
+                    )
+                })?;
+            }
+            Ok(())
+        })();
+        edt_tried = Some(found.clone());
+        found.map(|()| Backend::Edt)
     };
-    let netem = || -> Result<Backend, String> {
-        probe.netem.clone().map_err(|e| format!("netem needs the netem qdisc: {e}"))?;
-        probe.htb.clone().map_err(|e| format!("netem needs the htb qdisc: {e}"))?;
-        Ok(Backend::Netem)
-    };
+    let netem = || netem_ability(probe).map(|()| Backend::Netem);
     let forced = |r: Result<Backend, String>, name| r.map_err(|e| format!("{e} (delay_backend = \"{name}\")"));
-    match previous {
+    let backend = match previous {
         Some(Backend::Edt) => forced(edt(), "edt, kept from the previous daemon"),
         Some(Backend::Netem) => forced(netem(), "netem, kept from the previous daemon"),
         None => match choice {
@@ -87,5 +97,13 @@ pub(super) fn select_backend(
                 edt().or_else(|e1| netem().map_err(|e2| format!("this kernel has no delay backend: {e1}; {e2}")))
             }
         },
-    }
+    };
+    let edt = edt_tried.unwrap_or_else(|| Err("not tried: delay_backend = \"netem\"".into()));
+    (backend, edt)
+}
+
+/// Whether the netem backend can run here.
+pub(super) fn netem_ability(probe: &Probe) -> Result<(), String> {
+    probe.netem.clone().map_err(|e| format!("netem needs the netem qdisc: {e}"))?;
+    probe.htb.clone().map_err(|e| format!("netem needs the htb qdisc: {e}"))
 }

@@ -30,15 +30,16 @@ struct BatchAttr {
 }
 
 /// Writes `entries` into the map `fd` with one `BPF_MAP_UPDATE_BATCH` where the kernel has it
-/// for this map, else entry by entry with `one`. A per-CPU map (`per_cpu`: the possible CPUs)
-/// gets each value on every CPU.
+/// for this map (and `batch`: the daemon may use it), else entry by entry with `one`. A per-CPU
+/// map (`per_cpu`: the possible CPUs) gets each value on every CPU.
 pub fn put_all<K: Pod, V: Pod>(
+    batch: bool,
     fd: RawFd,
     entries: &[(K, V)],
     per_cpu: Option<usize>,
     mut one: impl FnMut(&K, V) -> Result<(), MapError>,
 ) -> Result<(), MapError> {
-    if entries.len() > 1 {
+    if batch && entries.len() > 1 {
         let keys: Vec<K> = entries.iter().map(|(k, _)| *k).collect();
         let values = values(entries.iter().map(|(_, v)| *v), per_cpu);
         if update(fd, &keys, &values).map_err(MapError::IoError)? {
@@ -90,6 +91,16 @@ fn update<K: Pod>(fd: RawFd, keys: &[K], values: &[u8]) -> io::Result<bool> {
     match e.raw_os_error() {
         Some(libc::EINVAL | libc::EOPNOTSUPP | 524) if attr.count == 0 => Ok(false),
         _ => Err(e),
+    }
+}
+
+/// Whether this kernel has `BPF_MAP_UPDATE_BATCH` for the map `fd` (an array): a batch of no
+/// entries is a no-op where the command exists.
+pub fn probe(fd: RawFd) -> Result<(), String> {
+    match update::<u32>(fd, &[], &[]) {
+        Ok(true) => Ok(()),
+        Ok(false) => Err("this kernel has no BPF_MAP_UPDATE_BATCH (Linux 5.6+)".into()),
+        Err(e) => Err(format!("BPF_MAP_UPDATE_BATCH: {e}")),
     }
 }
 

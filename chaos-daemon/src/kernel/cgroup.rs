@@ -16,7 +16,13 @@ use aya::{
 };
 use chaos_common::{PROG_CGROUP_INGRESS, PROG_CONNECT4, PROG_CONNECT4_ERRNO, PROG_CONNECT6, PROG_CONNECT6_ERRNO};
 
-use super::{KernelError, attach::program, backend::verifier_error, pins::Pins};
+use super::{
+    KernelError,
+    attach::program,
+    backend::verifier_error,
+    pins::Pins,
+    profile::{Feature, KernelProfile},
+};
 
 /// What a cgroup attachment runs: part of its key, and by number of its pin's name
 /// (`link_cg<id>_<number>`), so the numbers never change.
@@ -57,6 +63,8 @@ pub struct CgroupSupport {
     pub ingress: Result<(), String>,
     /// connect-fail, and whether with any errno (true) or EPERM only, or why not.
     pub connect: Result<bool, String>,
+    /// What the daemon holds itself to (for the reason an errno is refused).
+    pub profile: KernelProfile,
 }
 
 /// A cgroup attachment: the cgroup it is on, its link and the link's pin.
@@ -66,15 +74,29 @@ pub(super) struct CgroupLink {
     pin: PathBuf,
 }
 
-/// Loads the cgroup programs the kernel accepts.
-pub(super) fn load(ebpf: &mut Ebpf, pins: &Pins) -> CgroupSupport {
+/// Loads the cgroup programs the kernel accepts, and `profile` lets it use.
+pub(super) fn load(ebpf: &mut Ebpf, pins: &Pins, profile: KernelProfile) -> CgroupSupport {
+    // 4.19 has the program types but no bpf links for them, and the daemon uses links only.
+    if let Some(why) = profile.holds_back(Feature::CgroupLinks) {
+        return CgroupSupport {
+            ingress: Err(format!("ingress cgroup faults cannot run here: {why}")),
+            connect: Err(format!("connect-fail cannot run here: {why}")),
+            profile,
+        };
+    }
     let ingress = load_one(ebpf, pins, PROG_CGROUP_INGRESS).map_err(|e| {
         format!("ingress cgroup faults need a cgroup_skb program that reads the socket's cgroup, which this kernel refuses: {e}")
     });
-    let connect = match [PROG_CONNECT4_ERRNO, PROG_CONNECT6_ERRNO].map(|p| load_one(ebpf, pins, p)) {
-        [Ok(()), Ok(())] => Ok(true),
-        [e4, e6] => {
-            let why = e4.and(e6).err().map(|e| e.to_string()).unwrap_or_default();
+    let any_errno = match profile.holds_back(Feature::SetRetval) {
+        Some(why) => Err(why),
+        None => match [PROG_CONNECT4_ERRNO, PROG_CONNECT6_ERRNO].map(|p| load_one(ebpf, pins, p)) {
+            [Ok(()), Ok(())] => Ok(()),
+            [e4, e6] => Err(e4.and(e6).err().map(|e| e.to_string()).unwrap_or_default()),
+        },
+    };
+    let connect = match any_errno {
+        Ok(()) => Ok(true),
+        Err(why) => {
             tracing::debug!("connect-fail with any errno (bpf_set_retval, 5.18+) unavailable: {why}");
             match [PROG_CONNECT4, PROG_CONNECT6].map(|p| load_one(ebpf, pins, p)) {
                 [Ok(()), Ok(())] => Ok(false),
@@ -86,7 +108,7 @@ pub(super) fn load(ebpf: &mut Ebpf, pins: &Pins) -> CgroupSupport {
             }
         }
     };
-    CgroupSupport { ingress, connect }
+    CgroupSupport { ingress, connect, profile }
 }
 
 /// Loads and pins one cgroup program; the verifier's log is in the error.

@@ -77,6 +77,10 @@ impl Dataplane for Kernel {
         Kernel::can_scope(self, ingress, connect)
     }
 
+    fn default_errno(&self) -> i32 {
+        Kernel::default_errno(self)
+    }
+
     fn release_idle(&mut self, now_ns: u64) -> Option<u64> {
         Kernel::release_idle(self, now_ns)
     }
