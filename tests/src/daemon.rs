@@ -125,8 +125,17 @@ impl Daemon {
         std::fs::create_dir_all(&dir)?;
         let socket = socket.unwrap_or_else(|| dir.join("chaos.sock"));
         let bpffs = Path::new("/sys/fs/bpf").join(&name);
-        let config =
-            format!("state_dir = \"{}\"\nbpffs_dir = \"{}\"\n{config}", dir.join("state").display(), bpffs.display());
+        // CHAOS_TEST_PROFILE holds every daemon of a run to an older kernel's abilities (the VM
+        // runs the suites on 5.10 as 4.19 this way); a test that names a profile keeps its own.
+        let profile = match std::env::var("CHAOS_TEST_PROFILE") {
+            Ok(p) if !p.is_empty() && !config.contains("kernel_profile") => format!("kernel_profile = \"{p}\"\n"),
+            _ => String::new(),
+        };
+        let config = format!(
+            "state_dir = \"{}\"\nbpffs_dir = \"{}\"\n{profile}{config}",
+            dir.join("state").display(),
+            bpffs.display()
+        );
         std::fs::write(dir.join("config.toml"), config)?;
         let netns = PathBuf::from(format!("/run/netns/{}", ns.name));
         Ok(Self { child: None, dir, socket, bpffs, netns, capabilities: None, hidden: Vec::new(), env: Vec::new() })
