@@ -53,27 +53,17 @@ fn render(records: &[Value]) -> String {
     }
 
     md += "\n## What the daemon reports on each (`chaosctl status`)\n\n";
-    md += "| kernel | guest kernel | package | delay backend | features | cgroup scoping | guard |\n";
+    md += "| kernel | guest kernel | package | delay backend | features | cgroup scoping | SSH guard |\n";
     md += "|---|---|---|---|---|---|---|\n";
     for r in records {
-        let st = &r["status"];
-        let (backend, features) = match st.get("error") {
-            Some(e) => (format!("daemon did not start: {}", s(e)), String::new()),
-            None => {
-                let f = st["features"].as_object().into_iter().flatten();
-                let f: Vec<String> =
-                    f.map(|(k, v)| if v == true { k.clone() } else { format!("no {k}") }).collect();
-                (s(&st["delay_backend"]), f.join(", "))
-            }
-        };
+        let cells = results::abilities(&r["status"]).map(|c| c.replace('|', "\\|"));
         md += &format!(
-            "| {} | {} | {} {} | {backend} | {features} | {} | {} |\n",
+            "| {} | {} | {} {} | {} |\n",
             s(&r["kernel"]),
             s(&r["guest_release"]),
             s(&r["package"]),
             s(&r["version"]),
-            s(&st["scoping"]["cgroup"]),
-            s(&st["guard_sessions"]),
+            cells.join(" | ")
         );
     }
     md

@@ -71,9 +71,29 @@ fn rows(record: &Value) -> impl Iterator<Item = &Value> {
     record["suites"].as_array().into_iter().flatten()
 }
 
+/// What the summaries show of the daemon's status: its delay backend, the kernel features it
+/// probed, how cgroups scope faults, and how the SSH guard follows sessions (or why the daemon
+/// did not start).
+pub fn abilities(status: &Value) -> [String; 4] {
+    let s = |v: &Value| v.as_str().unwrap_or("-").to_owned();
+    if let Some(e) = status.get("error") {
+        return [format!("daemon did not start: {}", s(e)), String::new(), String::new(), String::new()];
+    }
+    let features = status["features"].as_object().into_iter().flatten();
+    let features: Vec<String> = features.map(|(k, v)| if v == true { k.clone() } else { format!("no {k}") }).collect();
+    let scoping = status["scoping"].as_object().into_iter().flatten();
+    let cgroup: Vec<String> = scoping
+        .filter(|(k, _)| k.starts_with("cgroup") || k.starts_with("connect"))
+        .map(|(k, v)| format!("{k}: {}", s(v)))
+        .collect();
+    [s(&status["delay_backend"]), features.join(", "), cgroup.join("; "), s(&status["guard_sessions"])]
+}
+
 pub fn print(record: &Value, outcome: &Outcome, total: Duration) {
-    println!("\n== VM test summary: kernel {} ({})", record["kernel"], record["guest_release"]);
-    println!("daemon status: {}", record["status"]);
+    let s = |v: &Value| v.as_str().unwrap_or("-").to_owned();
+    println!("\n== VM test summary: kernel {} ({})", s(&record["kernel"]), s(&record["guest_release"]));
+    let [backend, features, cgroup, guard] = abilities(&record["status"]);
+    println!("daemon: delay backend {backend}; features {features}; {cgroup}; guard {guard}");
     println!("{:<16} {:<10} {:>8} {:>9}", "suite", "result", "exit", "seconds");
     for r in rows(record) {
         let secs = r["seconds"].as_f64().map_or("-".into(), |s| format!("{s:.1}"));
@@ -83,7 +103,7 @@ pub fn print(record: &Value, outcome: &Outcome, total: Duration) {
     let boot = outcome.boot.map_or("-".into(), |b| format!("{:.1} s", b.as_secs_f64()));
     println!("boot to init: {boot}; whole run: {:.0} s", total.as_secs_f64());
     let passed = rows(record).filter(|r| r["result"] == "pass").count();
-    println!("vm-test {}: {passed} passed, {} failed", record["kernel"], failures(record).len());
+    println!("vm-test {}: {passed} passed, {} failed", s(&record["kernel"]), failures(record).len());
 }
 
 /// One row per suite, one column per kernel.
