@@ -40,7 +40,8 @@ fn render(records: &[Value]) -> String {
     let kernels: Vec<String> = records.iter().map(|r| s(&r["kernel"])).collect();
     md += &format!("| suite | {} |\n|---|{}\n", kernels.join(" | "), "---|".repeat(records.len()));
     let mut names: Vec<String> = SUITES.iter().map(|s| s.name.to_owned()).collect();
-    names.extend(records.iter().flat_map(suites).map(|r| s(&r["name"])).filter(|n| !SUITES.iter().any(|s| s.name == n)));
+    names
+        .extend(records.iter().flat_map(suites).map(|r| s(&r["name"])).filter(|n| !SUITES.iter().any(|s| s.name == n)));
     names.dedup();
     for name in names {
         let cells: Vec<String> = records

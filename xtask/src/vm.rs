@@ -100,10 +100,8 @@ const GUEST_PATH: &str = "/usr/sbin:/usr/bin:/sbin:/bin";
 /// Runs the suites (`names`, else each kernel's defaults) on the kernels `kernel` names, one VM
 /// each; writes `target/vm-test/results/<kernel>.json` for each kernel that booted.
 pub fn run(kernel: &str, names: &[String], timeout: Duration) -> anyhow::Result<()> {
-    let plans = kernels::select(kernel)?
-        .into_iter()
-        .map(|k| Ok((k, select(k, names)?)))
-        .collect::<anyhow::Result<Vec<_>>>()?;
+    let plans =
+        kernels::select(kernel)?.into_iter().map(|k| Ok((k, select(k, names)?))).collect::<anyhow::Result<Vec<_>>>()?;
     crate::bootstrap::ensure()?;
     let mut builds = BTreeMap::new();
     let (mut records, mut failed) = (Vec::new(), Vec::new());
@@ -145,7 +143,12 @@ fn run_kernel(
     for &suite in suites {
         let exe = bins.tests.get(suite.target).with_context(|| {
             let known: Vec<&str> = bins.tests.keys().map(String::as_str).collect();
-            format!("suite {}: chaos-tests has no test target '{}' (it has: {})", suite.name, suite.target, known.join(", "))
+            format!(
+                "suite {}: chaos-tests has no test target '{}' (it has: {})",
+                suite.name,
+                suite.target,
+                known.join(", ")
+            )
         })?;
         let mut args = vec!["--test-threads=1".to_owned()];
         args.extend(suite.args.iter().map(|a| a.to_string()));

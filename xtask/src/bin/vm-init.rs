@@ -7,8 +7,8 @@
 
 use std::{
     fs::File,
-    path::Path,
     os::{fd::AsRawFd as _, unix::process::CommandExt as _, unix::process::ExitStatusExt as _},
+    path::Path,
     process::{Command, Stdio},
     time::{Duration, Instant},
 };
@@ -119,7 +119,11 @@ fn status_once(bin: &str, path: &str, dir: &Path) -> anyhow::Result<Value> {
             }
             std::thread::sleep(Duration::from_millis(100));
         }
-        let out = Command::new(format!("{bin}/chaosctl")).arg("--socket").arg(&socket).args(["status", "-o", "json"]).output()?;
+        let out = Command::new(format!("{bin}/chaosctl"))
+            .arg("--socket")
+            .arg(&socket)
+            .args(["status", "-o", "json"])
+            .output()?;
         if !out.status.success() {
             bail!("chaosctl status failed: {}", String::from_utf8_lossy(&out.stderr).trim());
         }

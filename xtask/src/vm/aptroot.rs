@@ -140,7 +140,9 @@ fn sources_list(release: &str) -> anyhow::Result<String> {
         })
     };
     let mut list = String::new();
-    for (entry, suite) in [(find(&host)?, release.to_owned()), (find(&format!("{host}-security"))?, format!("{release}-security"))] {
+    for (entry, suite) in
+        [(find(&host)?, release.to_owned()), (find(&format!("{host}-security"))?, format!("{release}-security"))]
+    {
         let key = entry.signed_by.as_ref().map(|k| format!(" [signed-by={k}]")).unwrap_or_default();
         list.push_str(&format!("deb{key} {} {suite} main\n", entry.uri));
     }
@@ -184,7 +186,8 @@ fn deb822(text: &str) -> Vec<Entry> {
             .collect();
         let get = |k: &str| fields.get(k).map(String::as_str).unwrap_or_default();
         let enabled = get("enabled") != "no";
-        if enabled && get("types").split_whitespace().any(|t| t == "deb")
+        if enabled
+            && get("types").split_whitespace().any(|t| t == "deb")
             && let Some(uri) = get("uris").split_whitespace().next()
         {
             entries.push(Entry {
@@ -235,9 +238,17 @@ mod tests {
              Components: main\nSigned-By: /usr/share/keyrings/k.gpg\n\nTypes: deb-src\nURIs: http://x\nSuites: bookworm\n",
         );
         assert_eq!(e.len(), 1);
-        assert_eq!((e[0].uri.as_str(), e[0].suites.len(), e[0].signed_by.as_deref()), ("http://m.example/debian", 2, Some("/usr/share/keyrings/k.gpg")));
-        let e = one_line("# deb http://no bookworm main\ndeb [arch=amd64 signed-by=/k.gpg] http://s.example/ bookworm-security main\n");
+        assert_eq!(
+            (e[0].uri.as_str(), e[0].suites.len(), e[0].signed_by.as_deref()),
+            ("http://m.example/debian", 2, Some("/usr/share/keyrings/k.gpg"))
+        );
+        let e = one_line(
+            "# deb http://no bookworm main\ndeb [arch=amd64 signed-by=/k.gpg] http://s.example/ bookworm-security main\n",
+        );
         assert_eq!(e.len(), 1);
-        assert_eq!((e[0].uri.as_str(), e[0].suites[0].as_str(), e[0].signed_by.as_deref()), ("http://s.example/", "bookworm-security", Some("/k.gpg")));
+        assert_eq!(
+            (e[0].uri.as_str(), e[0].suites[0].as_str(), e[0].signed_by.as_deref()),
+            ("http://s.example/", "bookworm-security", Some("/k.gpg"))
+        );
     }
 }

@@ -32,16 +32,17 @@ pub fn build(arch: Arch) -> anyhow::Result<Binaries> {
         Arch::Aarch64 => "aarch64-unknown-linux-musl",
         Arch::X86_64 => "x86_64-unknown-linux-musl",
     };
+    // The daemon and CLI exactly as `cargo xtask cross` builds (and checks) them; then the init.
+    let bin = crate::cross::run(target)?;
     let (_, env) = crate::cross::prepare(target)?;
     let mut build = Command::new(crate::cargo());
-    build.args(["build", "--release", "--quiet", "--target", target]).args(crate::SHIPPED);
-    build.args(["-p", "xtask", "--bin", "chaos-daemon", "--bin", "chaosctl", "--bin", "vm-init"]);
+    build.args(["build", "--release", "--quiet", "--target", target, "-p", "xtask", "--bin", "vm-init"]);
     let status = build.envs(env.clone()).current_dir(crate::workspace()).status().context("running cargo build")?;
     if !status.success() {
-        bail!("the {target} build failed");
+        bail!("the {target} build of vm-init failed");
     }
     let tests = test_executables(&["--release", "--target", target], &env)?;
-    Ok(Binaries { bin: crate::workspace().join("target").join(target).join("release"), tests, strip: false })
+    Ok(Binaries { bin, tests, strip: false })
 }
 
 /// The executable of each test target of chaos-tests, by target name, from cargo's JSON.

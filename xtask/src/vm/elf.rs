@@ -24,16 +24,16 @@ pub fn libraries(root: &Path, triplet: &str, elf: &Path) -> anyhow::Result<BTree
         let (interp, needed) = read(&file)?;
         let mut wanted: Vec<String> = interp.into_iter().collect();
         for name in needed {
-            let guest = dirs
-                .iter()
-                .map(|d| format!("{d}/{name}"))
-                .find(|g| resolve(root, g).is_some())
-                .with_context(|| format!("{}: {name} is in none of {} under {}", file.display(), dirs.join(", "), root.display()))?;
+            let guest =
+                dirs.iter().map(|d| format!("{d}/{name}")).find(|g| resolve(root, g).is_some()).with_context(|| {
+                    format!("{}: {name} is in none of {} under {}", file.display(), dirs.join(", "), root.display())
+                })?;
             wanted.push(guest);
         }
         for guest in wanted {
             if !found.contains_key(&guest) {
-                let host = resolve(root, &guest).with_context(|| format!("{}: no {guest} under {}", file.display(), root.display()))?;
+                let host = resolve(root, &guest)
+                    .with_context(|| format!("{}: no {guest} under {}", file.display(), root.display()))?;
                 todo.push_back(host.clone());
                 found.insert(guest, host);
             }
@@ -45,7 +45,8 @@ pub fn libraries(root: &Path, triplet: &str, elf: &Path) -> anyhow::Result<BTree
 /// The loader and the needed library names of `elf`.
 fn read(elf: &Path) -> anyhow::Result<(Option<String>, Vec<String>)> {
     let data = std::fs::read(elf).with_context(|| format!("reading {}", elf.display()))?;
-    let file = ElfFile64::<object::Endianness>::parse(&*data).with_context(|| format!("{} is no 64-bit ELF file", elf.display()))?;
+    let file = ElfFile64::<object::Endianness>::parse(&*data)
+        .with_context(|| format!("{} is no 64-bit ELF file", elf.display()))?;
     let endian = file.endian();
     let mut interp = None;
     for ph in file.elf_program_headers() {
@@ -137,8 +138,7 @@ mod tests {
         let out = std::process::Command::new("ldd").arg(&ip).output().unwrap();
         let ldd = String::from_utf8_lossy(&out.stdout);
         let names = |s: &str| Path::new(s).file_name().unwrap().to_string_lossy().into_owned();
-        let mut theirs: Vec<String> =
-            ldd.split_whitespace().filter(|w| w.starts_with('/')).map(names).collect();
+        let mut theirs: Vec<String> = ldd.split_whitespace().filter(|w| w.starts_with('/')).map(names).collect();
         let mut mine: Vec<String> = ours.keys().map(|k| names(k)).collect();
         theirs.sort();
         theirs.dedup();

@@ -98,7 +98,13 @@ pub fn print(record: &Value, outcome: &Outcome, total: Duration) {
     for r in rows(record) {
         let secs = r["seconds"].as_f64().map_or("-".into(), |s| format!("{s:.1}"));
         let result = r["result"].as_str().unwrap_or("?").to_uppercase();
-        println!("{:<16} {:<10} {:>8} {:>9}", r["name"].as_str().unwrap_or("?"), result, r["exit"].as_str().unwrap_or("-"), secs);
+        println!(
+            "{:<16} {:<10} {:>8} {:>9}",
+            r["name"].as_str().unwrap_or("?"),
+            result,
+            r["exit"].as_str().unwrap_or("-"),
+            secs
+        );
     }
     let boot = outcome.boot.map_or("-".into(), |b| format!("{:.1} s", b.as_secs_f64()));
     println!("boot to init: {boot}; whole run: {:.0} s", total.as_secs_f64());
