@@ -17,7 +17,7 @@ pub mod results;
 mod tools;
 
 use std::{
-    collections::BTreeMap,
+    collections::{BTreeMap, btree_map::Entry},
     path::{Path, PathBuf},
     time::{Duration, Instant},
 };
@@ -107,12 +107,17 @@ pub fn run(kernel: &str, names: &[String], timeout: Duration) -> anyhow::Result<
     let (mut records, mut failed) = (Vec::new(), Vec::new());
     for (k, suites) in plans {
         let started = Instant::now();
-        if !builds.contains_key(&k.arch) {
+        if let Entry::Vacant(slot) = builds.entry(k.arch) {
             let t = Instant::now();
-            builds.insert(k.arch, build::build(k.arch)?);
+            slot.insert(build::build(k.arch));
             println!("== {:?} build: {:.0} s", k.arch, t.elapsed().as_secs_f64());
         }
-        match run_kernel(k, &suites, &builds[&k.arch], timeout, started) {
+        // A failed build fails its kernels; the others still run.
+        let result = match &builds[&k.arch] {
+            Ok(bins) => run_kernel(k, &suites, bins, timeout, started),
+            Err(e) => Err(anyhow::anyhow!("the {:?} build failed: {e:#}", k.arch)),
+        };
+        match result {
             Ok(record) => {
                 failed.extend(results::failures(&record).into_iter().map(|f| format!("{}: {f}", k.name)));
                 records.push(record);
@@ -220,6 +225,7 @@ fn select(k: &Kernel, names: &[String]) -> anyhow::Result<Vec<&'static Suite>> {
     };
     match (names, &k.suites) {
         ([], Defaults::Every) => Ok(SUITES.iter().collect()),
+        ([], Defaults::ByKernelAnd(more)) => kernels::BY_KERNEL.iter().chain(*more).map(|n| find(n)).collect(),
         ([], Defaults::Only(defaults)) => defaults.iter().map(|n| find(n)).collect(),
         _ => names.iter().map(|n| find(n)).collect(),
     }

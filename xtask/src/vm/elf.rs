@@ -3,7 +3,7 @@
 //! another architecture's packages): its `PT_INTERP`, its `DT_NEEDED` entries, theirs in turn.
 
 use std::{
-    collections::{BTreeMap, VecDeque},
+    collections::{BTreeMap, VecDeque, btree_map::Entry},
     path::{Component, Path, PathBuf},
 };
 
@@ -31,11 +31,11 @@ pub fn libraries(root: &Path, triplet: &str, elf: &Path) -> anyhow::Result<BTree
             wanted.push(guest);
         }
         for guest in wanted {
-            if !found.contains_key(&guest) {
-                let host = resolve(root, &guest)
-                    .with_context(|| format!("{}: no {guest} under {}", file.display(), root.display()))?;
+            if let Entry::Vacant(slot) = found.entry(guest) {
+                let host = resolve(root, slot.key())
+                    .with_context(|| format!("{}: no {} under {}", file.display(), slot.key(), root.display()))?;
                 todo.push_back(host.clone());
-                found.insert(guest, host);
+                slot.insert(host);
             }
         }
     }
