@@ -30,12 +30,14 @@ pub fn run() -> anyhow::Result<()> {
 fn render(records: &[Value]) -> String {
     // A cell's text: a `|` in it would end the cell.
     let s = |v: &Value| v.as_str().unwrap_or("-").replace('|', "\\|");
-    let runs: Vec<String> = records.iter().map(|r| format!("{} on {}", s(&r["kernel"]), s(&r["date"]))).collect();
+    let mut dates: Vec<String> = records.iter().map(|r| s(&r["date"])).collect();
+    dates.sort();
+    let (first, last) = (&dates[0], &dates[dates.len() - 1]);
+    let when = if first == last { format!("on {first}") } else { format!("between {first} and {last}") };
     let mut md = String::from("# Support matrix\n\n");
     md += "What the end-to-end suites found on each kernel `cargo xtask vm-test` boots (Debian's cloud\n";
-    md += "kernels under qemu), written by `cargo xtask support-matrix`. ";
-    md += &format!("Runs: {}. Refresh with\n", runs.join("; "));
-    md += "`cargo xtask vm-test --kernel all && cargo xtask support-matrix`. A dash: not run there.\n\n";
+    md += "kernels under qemu), written by `cargo xtask support-matrix` from its results. A dash: not run there.\n\n";
+    md += &format!("Run {when}. Refresh with `cargo xtask vm-test --kernel all && cargo xtask support-matrix`.\n\n");
 
     let kernels: Vec<String> = records.iter().map(|r| s(&r["kernel"])).collect();
     md += &format!("| suite | {} |\n|---|{}\n", kernels.join(" | "), "---|".repeat(records.len()));

@@ -70,6 +70,8 @@ impl AptRoot {
 
     pub fn update(&self) -> anyhow::Result<()> {
         eprintln!("xtask: apt-get update in {}", self.dir.display());
+        // Stale until this update succeeds (the sources may have just changed).
+        let _ = std::fs::remove_file(self.dir.join("updated"));
         run(self.command("apt-get").args(["update", "-qq"]))?;
         std::fs::write(self.dir.join("updated"), "")?;
         Ok(())
@@ -235,7 +237,7 @@ mod tests {
     fn reads_both_source_formats() {
         let e = deb822(
             "Types: deb\n# a comment\nURIs: http://m.example/debian\nSuites: bookworm bookworm-updates\n\
-             Components: main\nSigned-By: /usr/share/keyrings/k.gpg\n\nTypes: deb-src\nURIs: http://x\nSuites: bookworm\n",
+             Components: main\nSigned-By: /usr/share/keyrings/k.gpg\n\nTypes: deb-src\nURIs: http://src.example\nSuites: bookworm\n",
         );
         assert_eq!(e.len(), 1);
         assert_eq!(
@@ -243,7 +245,7 @@ mod tests {
             ("http://m.example/debian", 2, Some("/usr/share/keyrings/k.gpg"))
         );
         let e = one_line(
-            "# deb http://no bookworm main\ndeb [arch=amd64 signed-by=/k.gpg] http://s.example/ bookworm-security main\n",
+            "# deb http://off.example bookworm main\ndeb [arch=amd64 signed-by=/k.gpg] http://s.example/ bookworm-security main\n",
         );
         assert_eq!(e.len(), 1);
         assert_eq!(
