@@ -61,7 +61,7 @@ impl Netns {
             let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM, 0) };
             anyhow::ensure!(fd >= 0, "socket: {}", std::io::Error::last_os_error());
             // SAFETY: as above; fd is ours and closed below.
-            let rc = unsafe { libc::ioctl(fd, libc::SIOCETHTOOL, &mut req) };
+            let rc = unsafe { libc::ioctl(fd, libc::SIOCETHTOOL as _, &mut req) };
             let err = std::io::Error::last_os_error();
             // SAFETY: fd is open and ours.
             unsafe { libc::close(fd) };

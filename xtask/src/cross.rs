@@ -11,7 +11,7 @@ use anyhow::{Context as _, bail};
 
 /// A target this knows how to build for: its cross linker (none: the host's `cc` will do) and
 /// the Debian packages that bring it, and its architecture.
-struct Target {
+pub struct Target {
     triple: &'static str,
     linker: Option<&'static str>,
     packages: &'static [&'static str],
@@ -64,25 +64,10 @@ pub fn host_static() -> &'static str {
 
 /// Builds chaos-daemon and chaosctl for `target` (release) and returns where they are.
 pub fn run(target: &str) -> anyhow::Result<PathBuf> {
-    let Some(t) = TARGETS.iter().find(|t| t.triple == target) else {
-        let known: Vec<&str> = TARGETS.iter().map(|t| t.triple).collect();
-        bail!("no cross build set up for {target} (known: {})", known.join(", "));
-    };
-    let installed = Command::new("rustup").args(["target", "list", "--installed"]).output()?;
-    if !String::from_utf8_lossy(&installed.stdout).lines().any(|l| l.trim() == target) {
-        crate::bootstrap::run("rustup", &["target", "add", target])?;
-    }
-    if let Some(linker) = t.linker
-        && Command::new(linker).arg("--version").output().is_err()
-    {
-        apt_install(t.packages)?;
-    }
+    let (t, env) = prepare(target)?;
     let mut build = Command::new(crate::cargo());
     build.args(["build", "--release", "--quiet"]).args(crate::SHIPPED).args(["--bins", "--target", target]);
-    if let Some(linker) = t.linker {
-        build.env(format!("CARGO_TARGET_{}_LINKER", target.to_uppercase().replace('-', "_")), linker);
-    }
-    if !build.current_dir(crate::workspace()).status().context("running cargo build")?.success() {
+    if !build.envs(env).current_dir(crate::workspace()).status().context("running cargo build")?.success() {
         bail!("the {target} build failed");
     }
     let dir = crate::workspace().join("target").join(target).join("release");
@@ -98,6 +83,27 @@ pub fn run(target: &str) -> anyhow::Result<PathBuf> {
     }
     smoke(&dir, t)?;
     Ok(dir)
+}
+
+/// Installs the rustup target and the cross linker of `target` when missing; returns the
+/// target and the environment cargo needs to link for it.
+pub fn prepare(target: &str) -> anyhow::Result<(&'static Target, Vec<(String, String)>)> {
+    let Some(t) = TARGETS.iter().find(|t| t.triple == target) else {
+        let known: Vec<&str> = TARGETS.iter().map(|t| t.triple).collect();
+        bail!("no cross build set up for {target} (known: {})", known.join(", "));
+    };
+    let installed = Command::new("rustup").args(["target", "list", "--installed"]).output()?;
+    if !String::from_utf8_lossy(&installed.stdout).lines().any(|l| l.trim() == target) {
+        crate::bootstrap::run("rustup", &["target", "add", target])?;
+    }
+    let mut env = Vec::new();
+    if let Some(linker) = t.linker {
+        if Command::new(linker).arg("--version").output().is_err() {
+            apt_install(t.packages)?;
+        }
+        env.push((format!("CARGO_TARGET_{}_LINKER", target.to_uppercase().replace('-', "_")), linker.to_owned()));
+    }
+    Ok((t, env))
 }
 
 /// Runs the built chaosctl (`--version`): natively, or under qemu's user-mode emulation for

@@ -7,6 +7,7 @@ mod cross;
 mod ctl_check;
 mod demo;
 mod package;
+mod support_matrix;
 mod vm;
 
 use std::{path::PathBuf, process::Command, time::Duration};
@@ -75,16 +76,21 @@ enum Task {
     /// Write the man pages (as the packages ship them) into target/man, from a build of this
     /// tree, and say how to read them.
     Man,
-    /// End-to-end test suites inside a Debian 6.1 kernel under qemu (installs qemu, downloads
-    /// the kernel once).
+    /// End-to-end test suites inside a Debian kernel under qemu (installs qemu, downloads the
+    /// kernel once); writes target/vm-test/results/<kernel>.json.
     VmTest {
-        /// Minutes before the VM is stopped and the run fails.
+        /// The kernel: 5.10, 6.1, 6.12, arm64-6.1, or all (one VM each).
+        #[arg(long, default_value = vm::kernels::DEFAULT)]
+        kernel: String,
+        /// Minutes before a VM is stopped and the run fails.
         #[arg(long, default_value_t = 40)]
         timeout: u64,
-        /// Suites to run (default: all).
+        /// Suites to run (default: the kernel's own list; every suite on 6.1).
         #[arg(last = true)]
         suites: Vec<String>,
     },
+    /// Write docs/support-matrix.md from the results `vm-test` left in target/vm-test/results.
+    SupportMatrix,
 }
 
 fn main() {
@@ -154,7 +160,8 @@ fn run(task: Task) -> anyhow::Result<()> {
             println!("read one with `man -l {}`, or all with MANPATH={}: man chaosctl", apply.display(), dir.display());
             Ok(())
         }
-        Task::VmTest { timeout, suites } => vm::run(&suites, Duration::from_secs(timeout * 60)),
+        Task::VmTest { kernel, timeout, suites } => vm::run(&kernel, &suites, Duration::from_secs(timeout * 60)),
+        Task::SupportMatrix => support_matrix::run(),
     }
 }
 

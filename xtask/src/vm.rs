@@ -1,22 +1,30 @@
-//! `cargo xtask vm-test`: end-to-end test binaries run inside a Debian 6.1 kernel under qemu,
-//! for what this host's kernel cannot show (no sch_netem or sch_fq here; no TCX there, so the
-//! daemon's cls_bpf attachment is what runs). The guest's init is `src/bin/vm-init.rs`.
+//! `cargo xtask vm-test`: end-to-end test binaries run inside Debian's kernels under qemu, for
+//! what this host's kernel cannot show (no sch_netem or sch_fq here) and for the kernels users
+//! run: 5.10 (no TCX: the daemon's cls_bpf attachment runs), 6.1, 6.12 (TCX) and 6.1 on arm64
+//! (`--kernel`, see `vm/kernels.rs`). The guest's init is `src/bin/vm-init.rs`.
 
 pub mod apt;
+mod aptroot;
+mod build;
 mod cpio;
+mod elf;
 mod initramfs;
 mod kernel;
+pub mod kernels;
 mod modules;
 pub mod qemu;
+pub mod results;
+mod tools;
 
 use std::{
-    collections::BTreeMap,
-    path::PathBuf,
-    process::{Command, Stdio},
+    collections::{BTreeMap, btree_map::Entry},
+    path::{Path, PathBuf},
     time::{Duration, Instant},
 };
 
 use anyhow::{Context as _, bail};
+
+use kernels::{Defaults, Kernel};
 
 /// A test target of the chaos-tests crate, run in the guest with `--test-threads=1`, then
 /// `args`, with `env` added to its environment.
@@ -30,9 +38,10 @@ pub struct Suite {
 /// Test output shown even when the tests pass.
 const NOCAPTURE: &[&str] = &["--nocapture"];
 
-/// What `cargo xtask vm-test` runs, in this order (`-- <names>` picks some). A test target run
-/// under several backends is one line each, with the backend in its environment.
-const SUITES: &[Suite] = &[
+/// What `cargo xtask vm-test` runs on 6.1, in this order (other kernels run some of them, and
+/// `-- <names>` picks some). A test target run under several backends is one line each, with
+/// the backend in its environment.
+pub const SUITES: &[Suite] = &[
     Suite { name: "loss", target: "loss", args: &[], env: &[] },
     Suite { name: "partition", target: "partition", args: &[], env: &[] },
     // Egress drops unknown to the sender: the redirect to no device, through cls_bpf.
@@ -44,7 +53,7 @@ const SUITES: &[Suite] = &[
     Suite { name: "reset", target: "reset", args: &[], env: &[] },
     Suite { name: "gso", target: "gso", args: &[], env: &[] },
     Suite { name: "cgroup", target: "cgroup_target", args: &[], env: &[] },
-    // Its delay example is measured only where a delay backend exists: here.
+    // Its delay example is measured only where a delay backend exists: in the VM.
     Suite { name: "chaos-mesh", target: "chaos_mesh", args: &[], env: &[] },
     // Where the kernel has no TCX (6.1), the variants forcing it check that the daemon refuses.
     Suite { name: "restart", target: "restart", args: &[], env: &[] },
@@ -88,16 +97,57 @@ pub const GUEST_BIN: &str = "/chaos/bin";
 const GUEST_TESTS: &str = "/tests";
 const GUEST_PATH: &str = "/usr/sbin:/usr/bin:/sbin:/bin";
 
-pub fn run(names: &[String], timeout: Duration) -> anyhow::Result<()> {
-    let started = Instant::now();
-    let suites = select(names)?;
+/// Runs the suites (`names`, else each kernel's defaults) on the kernels `kernel` names, one VM
+/// each; writes `target/vm-test/results/<kernel>.json` for each kernel that booted.
+pub fn run(kernel: &str, names: &[String], timeout: Duration) -> anyhow::Result<()> {
+    let plans =
+        kernels::select(kernel)?.into_iter().map(|k| Ok((k, select(k, names)?))).collect::<anyhow::Result<Vec<_>>>()?;
     crate::bootstrap::ensure()?;
-    crate::build()?;
-    let executables = test_executables()?;
+    let mut builds = BTreeMap::new();
+    let (mut records, mut failed) = (Vec::new(), Vec::new());
+    for (k, suites) in plans {
+        let started = Instant::now();
+        if let Entry::Vacant(slot) = builds.entry(k.arch) {
+            let t = Instant::now();
+            slot.insert(build::build(k.arch));
+            println!("== {:?} build: {:.0} s", k.arch, t.elapsed().as_secs_f64());
+        }
+        // A failed build fails its kernels; the others still run.
+        let result = match &builds[&k.arch] {
+            Ok(bins) => run_kernel(k, &suites, bins, timeout, started),
+            Err(e) => Err(anyhow::anyhow!("the {:?} build failed: {e:#}", k.arch)),
+        };
+        match result {
+            Ok(record) => {
+                failed.extend(results::failures(&record).into_iter().map(|f| format!("{}: {f}", k.name)));
+                records.push(record);
+            }
+            Err(e) => {
+                println!("xtask: kernel {}: {e:#}", k.name);
+                failed.push(format!("{}: {e:#}", k.name));
+            }
+        }
+    }
+    if records.len() > 1 {
+        results::print_combined(&records);
+    }
+    if !failed.is_empty() {
+        bail!("VM tests failed:\n  {}", failed.join("\n  "));
+    }
+    Ok(())
+}
+
+fn run_kernel(
+    k: &Kernel,
+    suites: &[&Suite],
+    bins: &build::Binaries,
+    timeout: Duration,
+    started: Instant,
+) -> anyhow::Result<serde_json::Value> {
     let mut runs = Vec::new();
-    for &suite in &suites {
-        let exe = executables.get(suite.target).with_context(|| {
-            let known: Vec<&str> = executables.keys().map(String::as_str).collect();
+    for &suite in suites {
+        let exe = bins.tests.get(suite.target).with_context(|| {
+            let known: Vec<&str> = bins.tests.keys().map(String::as_str).collect();
             format!(
                 "suite {}: chaos-tests has no test target '{}' (it has: {})",
                 suite.name,
@@ -115,8 +165,12 @@ pub fn run(names: &[String], timeout: Duration) -> anyhow::Result<()> {
             env: suite.env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
         });
     }
-    let outcome = boot(&runs, &crate::bin_dir(), timeout)?;
-    report(&suites, &outcome, started.elapsed())
+    let (image, outcome) = boot_kernel(k, &runs, &bins.bin, bins.strip, timeout)?;
+    let record = results::record(k, &image, &outcome, suites);
+    let path = results::write(&record)?;
+    results::print(&record, &outcome, started.elapsed());
+    println!("results: {}", path.display());
+    Ok(record)
 }
 
 /// A program the guest's init runs (its output on the console), with `CHAOS_BIN_DIR` and
@@ -131,92 +185,94 @@ pub struct GuestRun {
     pub env: Vec<(String, String)>,
 }
 
-/// Boots the guest with the daemon, CLI and init from `bin` (a cargo target directory) and
-/// `runs`, and returns what its console said.
-pub fn boot(runs: &[GuestRun], bin: &std::path::Path, timeout: Duration) -> anyhow::Result<qemu::Outcome> {
-    apt::ensure_program(qemu::QEMU, "qemu-system-x86")?;
+/// Boots the default kernel with the daemon, CLI and init from `bin` (this host's cargo target
+/// directory) and `runs`, and returns what its console said.
+pub fn boot(runs: &[GuestRun], bin: &Path, timeout: Duration) -> anyhow::Result<qemu::Outcome> {
+    let k = kernels::select(kernels::DEFAULT)?[0];
+    Ok(boot_kernel(k, runs, bin, true, timeout)?.1)
+}
+
+fn boot_kernel(
+    k: &Kernel,
+    runs: &[GuestRun],
+    bin: &Path,
+    strip: bool,
+    timeout: Duration,
+) -> anyhow::Result<(kernel::Image, qemu::Outcome)> {
+    let (qemu, package) = k.arch.qemu();
+    apt::ensure_program(qemu, package)?;
     apt::ensure_program("objcopy", "binutils")?;
-    let kernel = kernel::ensure()?;
-    println!("== guest kernel: {} {}", kernel.package, kernel.version);
+    let apt = aptroot::AptRoot::open(k.release, k.arch.deb())?;
+    let image = kernel::ensure(&apt, k.meta)?;
+    println!("== guest kernel {}: {} {} ({})", k.name, image.package, image.version, k.arch.deb());
+    let tools = tools::ensure(&apt, k.arch)?;
     let dir = crate::workspace().join("target/vm-test");
     let initrd = dir.join("initramfs.cpio");
-    let size = build_initramfs(&kernel, bin, runs, &dir.join("stage"), &initrd)?;
-    println!("== initramfs: {} MB; booting under qemu (TCG)", size >> 20);
-    qemu::run(&kernel.vmlinuz, &initrd, timeout)
+    let started = Instant::now();
+    let size = build_initramfs(&image, tools, bin, strip, runs, &dir.join("stage"), &initrd)?;
+    println!("== initramfs: {} MB in {:.0} s; booting under qemu (TCG)", size >> 20, started.elapsed().as_secs_f64());
+    let outcome = qemu::run(k.arch, &image.vmlinuz, &initrd, timeout)?;
+    Ok((image, outcome))
 }
 
-fn select(names: &[String]) -> anyhow::Result<Vec<&'static Suite>> {
-    if names.is_empty() {
-        return Ok(SUITES.iter().collect());
-    }
-    names
-        .iter()
-        .map(|n| {
-            SUITES.iter().find(|s| s.name == n).with_context(|| {
-                let known: Vec<&str> = SUITES.iter().map(|s| s.name).collect();
-                format!("no VM test suite '{n}' (there are: {})", known.join(", "))
-            })
+/// The suites `names` picks, else the kernel's defaults.
+fn select(k: &Kernel, names: &[String]) -> anyhow::Result<Vec<&'static Suite>> {
+    let find = |n: &str| {
+        SUITES.iter().find(|s| s.name == n).with_context(|| {
+            let known: Vec<&str> = SUITES.iter().map(|s| s.name).collect();
+            format!("no VM test suite '{n}' (there are: {})", known.join(", "))
         })
-        .collect()
-}
-
-/// The executable of each test target of chaos-tests, by target name, from cargo's JSON.
-fn test_executables() -> anyhow::Result<BTreeMap<String, PathBuf>> {
-    let out = Command::new(crate::cargo())
-        .args(["test", "--quiet", "-p", "chaos-tests", "--no-run", "--message-format=json"])
-        .current_dir(crate::workspace())
-        .stderr(Stdio::inherit())
-        .output()
-        .context("running cargo test --no-run")?;
-    if !out.status.success() {
-        bail!("building the test binaries failed");
+    };
+    match (names, &k.suites) {
+        ([], Defaults::Every) => Ok(SUITES.iter().collect()),
+        ([], Defaults::ByKernelAnd(more)) => kernels::BY_KERNEL.iter().chain(*more).map(|n| find(n)).collect(),
+        ([], Defaults::Only(defaults)) => defaults.iter().map(|n| find(n)).collect(),
+        _ => names.iter().map(|n| find(n)).collect(),
     }
-    let mut exes = BTreeMap::new();
-    for line in out.stdout.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
-        let msg: serde_json::Value = serde_json::from_slice(line).context("cargo printed a line that is not JSON")?;
-        let is_test = msg["target"]["kind"].as_array().is_some_and(|k| k.iter().any(|k| k == "test"));
-        if let (true, Some(name), Some(exe)) = (is_test, msg["target"]["name"].as_str(), msg["executable"].as_str()) {
-            exes.insert(name.to_owned(), PathBuf::from(exe));
-        }
-    }
-    Ok(exes)
 }
 
 /// Writes the initramfs: the init, the daemon and CLI, the programs to run, iproute2, the
 /// modules, and the plan the init follows (`/vmtest/plan.json`).
 fn build_initramfs(
-    kernel: &kernel::Kernel,
-    bin: &std::path::Path,
+    image: &kernel::Image,
+    tools: tools::Tools,
+    bin: &Path,
+    strip: bool,
     runs: &[GuestRun],
-    stage: &std::path::Path,
-    out: &std::path::Path,
+    stage: &Path,
+    out: &Path,
 ) -> anyhow::Result<u64> {
-    let mut fs = initramfs::Initramfs::new(stage)?;
-    fs.binary(&bin.join("vm-init"), "/init", true)?;
+    let programs: Vec<(PathBuf, &str)> = vec![
+        (tools.program("ip")?, "/usr/sbin/ip"),
+        (tools.program("tc")?, "/usr/sbin/tc"),
+        // Tests start processes to stand for a container's (and put them in namespaces, cgroups).
+        (tools.program("sleep")?, "/usr/bin/sleep"),
+    ];
+    let data: Vec<(PathBuf, String)> =
+        tools.data_dirs().into_iter().filter_map(|d| Some((tools.dir(&d)?, d))).collect();
+    let mut fs = initramfs::Initramfs::new(stage, tools)?;
+    fs.binary(&bin.join("vm-init"), "/init", strip)?;
     for name in ["chaos-daemon", "chaosctl"] {
-        fs.binary(&bin.join(name), &format!("{GUEST_BIN}/{name}"), true)?;
+        fs.binary(&bin.join(name), &format!("{GUEST_BIN}/{name}"), strip)?;
     }
-    for tool in ["ip", "tc"] {
-        fs.binary(&host_tool(tool)?, &format!("/usr/sbin/{tool}"), false)?;
+    for (host, guest) in programs {
+        fs.binary(&host, guest, false)?;
     }
-    // Tests start processes to stand for a container's (and put them in namespaces, cgroups).
-    fs.binary(&host_tool("sleep")?, "/usr/bin/sleep", false)?;
-    // iproute2's tables, and tc's netem distributions.
-    for dir in ["/etc/iproute2", "/usr/share/iproute2", "/usr/lib/tc"] {
-        fs.tree(std::path::Path::new(dir), dir)?;
+    for (host, guest) in data {
+        fs.tree(&host, &guest)?;
     }
 
-    let release = kernel.modules.file_name().unwrap().to_string_lossy().into_owned();
+    let release = image.modules.file_name().unwrap().to_string_lossy().into_owned();
     let mut modules = Vec::new();
-    for rel in modules::resolve(&kernel.modules, MODULES)? {
-        let guest = format!("/lib/modules/{release}/{}", rel.display());
-        fs.file(&kernel.modules.join(&rel), &guest);
+    for m in modules::resolve(&image.modules, MODULES, stage)? {
+        let guest = format!("/lib/modules/{release}/{}", m.rel.display());
+        fs.file(&m.host, &guest);
         modules.push(guest);
     }
 
     let mut suites = Vec::new();
     for run in runs {
-        fs.binary(&run.exe, &run.guest, true)?;
+        fs.binary(&run.exe, &run.guest, strip)?;
         let mut env = vec![("CHAOS_BIN_DIR".to_owned(), GUEST_BIN.to_owned())];
         env.extend(run.env.iter().cloned());
         suites.push(serde_json::json!({ "name": run.name, "exe": run.guest, "args": run.args, "env": env }));
@@ -224,61 +280,10 @@ fn build_initramfs(
     let plan = serde_json::json!({
         "modules": modules,
         "path": GUEST_PATH,
+        "bin_dir": GUEST_BIN,
         "suite_timeout_secs": SUITE_TIMEOUT.as_secs(),
         "suites": suites,
     });
     fs.text("/vmtest/plan.json", &serde_json::to_string_pretty(&plan)?)?;
     fs.write(out)
-}
-
-/// `name` in this host's PATH or sbin directories.
-fn host_tool(name: &str) -> anyhow::Result<PathBuf> {
-    let path = std::env::var("PATH").unwrap_or_default();
-    path.split(':')
-        .chain(["/usr/sbin", "/sbin", "/usr/bin", "/bin"])
-        .map(|d| PathBuf::from(d).join(name))
-        .find(|p| p.is_file())
-        .with_context(|| format!("`{name}` is missing: install iproute2 or coreutils"))
-}
-
-/// Prints the summary; fails unless every suite passed and the guest finished in time.
-fn report(suites: &[&Suite], outcome: &qemu::Outcome, total: Duration) -> anyhow::Result<()> {
-    println!("\n== VM test summary");
-    println!("{:<16} {:<10} {:>8} {:>9}", "suite", "result", "exit", "seconds");
-    let mut failed = Vec::new();
-    for suite in suites {
-        match outcome.results.iter().find(|r| r.suite == suite.name) {
-            Some(r) => {
-                println!("{:<16} {:<10} {:>8} {:>9}", r.suite, if r.pass { "PASS" } else { "FAIL" }, r.exit, r.seconds);
-                if !r.pass {
-                    failed.push(suite.name.to_owned());
-                }
-            }
-            None => {
-                println!("{:<16} {:<10}", suite.name, "NO RESULT");
-                failed.push(suite.name.to_owned());
-            }
-        }
-    }
-    // The init's own failure (mounts, modules, a panic) is reported under its name.
-    for r in outcome.results.iter().filter(|r| !suites.iter().any(|s| s.name == r.suite)) {
-        println!("{:<16} {:<10} {:>8} {:>9}", r.suite, if r.pass { "PASS" } else { "FAIL" }, r.exit, r.seconds);
-        if !r.pass {
-            failed.push(r.suite.clone());
-        }
-    }
-    let boot = outcome.boot.map_or("-".into(), |b| format!("{:.1} s", b.as_secs_f64()));
-    println!("boot to init: {boot}; whole run: {:.0} s", total.as_secs_f64());
-    let passed = outcome.results.iter().filter(|r| r.pass).count();
-    println!("vm-test: {passed} passed, {} failed", failed.len());
-    if outcome.timed_out {
-        bail!("the VM timed out");
-    }
-    if !failed.is_empty() {
-        bail!("VM test suites failed: {}", failed.join(", "));
-    }
-    if !outcome.done {
-        bail!("the guest stopped before it was done (no VMTEST DONE line)");
-    }
-    Ok(())
 }

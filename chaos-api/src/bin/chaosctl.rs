@@ -824,7 +824,8 @@ fn shown(text: &str) -> String {
 
 /// Unix milliseconds as local time, `2026-12-01 15:04:05.123`.
 fn local_time(at_ms: u64) -> String {
-    let secs = (at_ms / 1000) as libc::time_t;
+    // `as _`: time_t is deprecated as a name on musl (its width changes there), not as a type.
+    let secs = (at_ms / 1000) as _;
     // SAFETY: an all-zero `tm` is valid (plain integers, a null zone name), and localtime_r
     // only writes the `tm` it is given.
     let tm = unsafe {

@@ -1,5 +1,6 @@
 //! PID 1 of the `cargo xtask vm-test` guest. Mounts what the tests need, loads the kernel
-//! modules, runs each suite of `/vmtest/plan.json` (written by xtask) with its output on the
+//! modules, prints `VMTEST KERNEL <release>` and the daemon's status there (`VMTEST STATUS
+//! <json>`, see [`daemon_status`]), runs each suite of `/vmtest/plan.json` (written by xtask) with its output on the
 //! console, prints `VMTEST RESULT <suite> PASS|FAIL <exit> <seconds>` for each and `VMTEST DONE`,
 //! and powers the machine off. Whatever goes wrong, it still prints a FAIL line and powers off:
 //! the host must never wait for a guest that hangs.
@@ -7,6 +8,7 @@
 use std::{
     fs::File,
     os::{fd::AsRawFd as _, unix::process::CommandExt as _, unix::process::ExitStatusExt as _},
+    path::Path,
     process::{Command, Stdio},
     time::{Duration, Instant},
 };
@@ -41,7 +43,7 @@ fn main() {
 fn run() -> anyhow::Result<()> {
     mounts()?;
     let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
-    println!("vm-init: kernel {}", release.trim());
+    println!("VMTEST KERNEL {}", release.trim());
     let plan: Value = serde_json::from_str(&std::fs::read_to_string(PLAN).context(PLAN)?).context(PLAN)?;
     for module in strings(&plan["modules"]) {
         load_module(&module)?;
@@ -51,6 +53,7 @@ fn run() -> anyhow::Result<()> {
     if !status.as_ref().is_ok_and(|s| s.success()) {
         bail!("ip link set lo up: {status:?}");
     }
+    daemon_status(plan["bin_dir"].as_str().context("plan: no bin_dir")?, &path);
     let timeout = Duration::from_secs(plan["suite_timeout_secs"].as_u64().context("plan: no suite timeout")?);
     for suite in plan["suites"].as_array().context("plan: no suites")? {
         let name = suite["name"].as_str().context("suite without a name")?;
@@ -63,6 +66,83 @@ fn run() -> anyhow::Result<()> {
         println!("VMTEST RESULT {name} {result} {exit} {:.1}", started.elapsed().as_secs_f64());
     }
     Ok(())
+}
+
+/// Starts the daemon once (its own socket and state directory) and prints, on one line, what
+/// `chaosctl status -o json` says: the kernel's abilities as the daemon found them. If it does
+/// not start, its log (which carries any verifier log) goes to the console and the line says
+/// why. Stopped, and cleaned up after, before any suite runs.
+fn daemon_status(bin: &str, path: &str) {
+    let dir = Path::new("/tmp/vmtest-status");
+    let status = status_once(bin, path, dir).unwrap_or_else(|e| {
+        let log = std::fs::read_to_string(dir.join("daemon.log")).unwrap_or_default();
+        for line in log.lines() {
+            println!("vm-init: daemon: {line}");
+        }
+        let start = (log.len().saturating_sub(4096)..log.len()).find(|i| log.is_char_boundary(*i)).unwrap_or(0);
+        let tail = &log[start..];
+        serde_json::json!({ "error": format!("{e:#}"), "log": tail })
+    });
+    println!("VMTEST STATUS {status}");
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+fn status_once(bin: &str, path: &str, dir: &Path) -> anyhow::Result<Value> {
+    std::fs::create_dir_all(dir)?;
+    let (config, socket) = (dir.join("config.toml"), dir.join("chaos.sock"));
+    let bpffs = "/sys/fs/bpf/vmtest-status";
+    std::fs::write(&config, format!("state_dir = \"{}\"\nbpffs_dir = \"{bpffs}\"\n", dir.join("state").display()))?;
+    let daemon = format!("{bin}/chaos-daemon");
+    let log = File::create(dir.join("daemon.log"))?;
+    let mut child = Command::new(&daemon)
+        .arg("--config")
+        .arg(&config)
+        .arg("--socket")
+        .arg(&socket)
+        .env_clear()
+        .env("PATH", path)
+        .env("RUST_LOG", "info")
+        .env("NO_COLOR", "1")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .with_context(|| format!("starting {daemon}"))?;
+    let result = (|| {
+        let started = Instant::now();
+        while std::os::unix::net::UnixStream::connect(&socket).is_err() {
+            if let Some(status) = child.try_wait()? {
+                bail!("chaos-daemon exited at start ({status})");
+            }
+            if started.elapsed() > Duration::from_secs(60) {
+                bail!("chaos-daemon did not open its socket within 60 s");
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let out = Command::new(format!("{bin}/chaosctl"))
+            .arg("--socket")
+            .arg(&socket)
+            .args(["status", "-o", "json"])
+            .output()?;
+        if !out.status.success() {
+            bail!("chaosctl status failed: {}", String::from_utf8_lossy(&out.stderr).trim());
+        }
+        serde_json::from_slice(&out.stdout).context("chaosctl status -o json printed no JSON")
+    })();
+    let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), nix::sys::signal::SIGTERM);
+    let stopping = Instant::now();
+    while child.try_wait()?.is_none() {
+        if stopping.elapsed() > Duration::from_secs(20) {
+            let _ = child.kill();
+            let _ = child.wait();
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // Whatever it pinned or attached goes before the suites.
+    let _ = Command::new(&daemon).arg("--config").arg(&config).arg("cleanup").env("PATH", path).output();
+    let _ = std::fs::remove_dir_all(bpffs);
+    result
 }
 
 /// The kernel gives init only the initramfs: everything else the tests touch is mounted here.

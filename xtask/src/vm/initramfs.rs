@@ -1,9 +1,10 @@
 //! The guest's whole root file system, as an uncompressed cpio archive (the kernel unpacks it
 //! faster than it would gunzip it under TCG): a minimal layout, the binaries given, every shared
-//! library `ldd` lists for them, and whatever files and trees are added.
+//! library they need (found in the root their architecture's libraries are in), and whatever
+//! files and trees are added.
 
 use std::{
-    collections::BTreeSet,
+    collections::BTreeMap,
     io::Write as _,
     path::{Path, PathBuf},
     process::Command,
@@ -17,15 +18,17 @@ pub struct Initramfs {
     archive: Archive,
     /// Where stripped binaries and generated files are written before being archived.
     stage: PathBuf,
-    /// Host paths of the dynamically linked binaries, whose libraries go in too.
+    /// Host paths of the binaries, whose libraries go in too.
     elves: Vec<PathBuf>,
+    /// Where those libraries are: the guest's `/` as far as they are concerned.
+    libs: super::tools::Tools,
 }
 
 impl Initramfs {
-    pub fn new(stage: &Path) -> anyhow::Result<Self> {
+    pub fn new(stage: &Path, libs: super::tools::Tools) -> anyhow::Result<Self> {
         let _ = std::fs::remove_dir_all(stage);
         std::fs::create_dir_all(stage).with_context(|| format!("creating {}", stage.display()))?;
-        let mut fs = Self { archive: Archive::default(), stage: stage.to_owned(), elves: Vec::new() };
+        let mut fs = Self { archive: Archive::default(), stage: stage.to_owned(), elves: Vec::new(), libs };
         // Mount points (/sys/fs/bpf and /sys/fs/cgroup come with sysfs) and writable places.
         for dir in ["/dev", "/proc", "/sys", "/tmp", "/run", "/root", "/var/lib", "/var/tmp"] {
             fs.archive.add(dir, Entry::Dir);
@@ -71,15 +74,17 @@ impl Initramfs {
         self.archive.add(guest, Entry::File { source: host.to_owned(), mode: 0o644 });
     }
 
-    /// Every file under `host` (if it exists) at the same place under `guest`.
+    /// Every file under `host` (if it exists) at the same place under `guest`; symbolic links
+    /// are left out (in a sysroot they could point anywhere on this host).
     pub fn tree(&mut self, host: &Path, guest: &str) -> anyhow::Result<()> {
         let Ok(entries) = std::fs::read_dir(host) else { return Ok(()) };
         for entry in entries {
-            let path = entry?.path();
+            let entry = entry?;
+            let (path, kind) = (entry.path(), entry.file_type()?);
             let name = path.file_name().unwrap().to_string_lossy().into_owned();
-            if path.is_dir() {
+            if kind.is_dir() {
                 self.tree(&path, &format!("{guest}/{name}"))?;
-            } else {
+            } else if kind.is_file() {
                 self.file(&path, &format!("{guest}/{name}"));
             }
         }
@@ -95,14 +100,11 @@ impl Initramfs {
 
     /// Adds the shared libraries and writes the archive to `out`; returns its size.
     pub fn write(mut self, out: &Path) -> anyhow::Result<u64> {
-        let mut libs = BTreeSet::new();
+        let mut libs = BTreeMap::new();
         for elf in &self.elves {
-            libs.extend(libraries(elf)?);
+            libs.extend(super::elf::libraries(&self.libs.root, self.libs.triplet, elf)?);
         }
-        for lib in libs {
-            // The same path as on the host: the loader's own path is written in each binary,
-            // and the loader's search path matches this host's.
-            let guest = lib.to_string_lossy().into_owned();
+        for (guest, lib) in libs {
             if !self.archive.contains(&guest) {
                 self.archive.add(&guest, Entry::File { source: lib, mode: 0o755 });
             }
@@ -113,30 +115,4 @@ impl Initramfs {
         w.flush()?;
         Ok(std::fs::metadata(out)?.len())
     }
-}
-
-/// The libraries `ldd` lists for `elf`, and the dynamic loader; none for a static binary.
-fn libraries(elf: &Path) -> anyhow::Result<Vec<PathBuf>> {
-    let out = Command::new("ldd").arg(elf).output().context("running ldd")?;
-    let text = String::from_utf8_lossy(&out.stdout);
-    if !out.status.success() {
-        if String::from_utf8_lossy(&out.stderr).contains("not a dynamic executable") {
-            return Ok(Vec::new());
-        }
-        bail!("ldd {} failed: {}", elf.display(), String::from_utf8_lossy(&out.stderr).trim());
-    }
-    let mut libs = Vec::new();
-    for line in text.lines().map(str::trim) {
-        // "libc.so.6 => /lib/x86_64-linux-gnu/libc.so.6 (0x...)", "/lib64/ld-linux-x86-64.so.2 (0x...)",
-        // and the vDSO, which has no file.
-        let path = match line.split_once("=>") {
-            Some((name, _)) if line.contains("not found") => bail!("{}: {} not found", elf.display(), name.trim()),
-            Some((_, rest)) => rest.split_whitespace().next(),
-            None => line.split_whitespace().next().filter(|p| p.starts_with('/')),
-        };
-        if let Some(p) = path.filter(|p| p.starts_with('/')) {
-            libs.push(PathBuf::from(p));
-        }
-    }
-    Ok(libs)
 }

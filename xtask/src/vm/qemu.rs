@@ -11,7 +11,7 @@ use std::{
 
 use anyhow::Context as _;
 
-pub const QEMU: &str = "qemu-system-x86_64";
+use super::kernels::Arch;
 
 /// One `VMTEST RESULT <suite> PASS|FAIL <exit> <seconds>` line.
 pub struct SuiteResult {
@@ -30,11 +30,17 @@ pub struct Outcome {
     pub boot: Option<Duration>,
     /// The JSON of each `BENCH <json>` line (chaos-bench's results).
     pub bench: Vec<String>,
+    /// The kernel's release as the guest reports it (`VMTEST KERNEL <release>`).
+    pub kernel: Option<String>,
+    /// What `chaosctl status -o json` said there before the suites (`VMTEST STATUS <json>`).
+    pub status: Option<String>,
 }
 
-pub fn run(kernel: &Path, initrd: &Path, timeout: Duration) -> anyhow::Result<Outcome> {
+pub fn run(arch: Arch, kernel: &Path, initrd: &Path, timeout: Duration) -> anyhow::Result<Outcome> {
     let started = Instant::now();
-    let mut child = Command::new(QEMU)
+    let (qemu, _) = arch.qemu();
+    let mut child = Command::new(qemu)
+        .args(arch.machine())
         .args(["-accel", "tcg", "-m", "4096", "-smp", "2", "-no-reboot"])
         // The serial port on stdout and nothing else: with -nographic's default devices the
         // firmware also writes there (a NIC's boot ROM banner, escape codes that reset the
@@ -45,12 +51,13 @@ pub fn run(kernel: &Path, initrd: &Path, timeout: Duration) -> anyhow::Result<Ou
         .arg(initrd)
         // panic=-1: a kernel panic (or an init that exits) reboots at once, which -no-reboot
         // turns into qemu exiting.
-        .args(["-append", "console=ttyS0 panic=-1 quiet"])
+        .arg("-append")
+        .arg(format!("console={} panic=-1 quiet", arch.console()))
         // No stdin: qemu would take the terminal over, and Ctrl-C should stop the run.
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .spawn()
-        .with_context(|| format!("starting {QEMU}"))?;
+        .with_context(|| format!("starting {qemu}"))?;
     let console = child.stdout.take().unwrap();
     let (tx, rx) = mpsc::channel();
     let reader = std::thread::spawn(move || {
@@ -72,7 +79,15 @@ pub fn run(kernel: &Path, initrd: &Path, timeout: Duration) -> anyhow::Result<Ou
         }
     });
 
-    let mut outcome = Outcome { results: Vec::new(), done: false, timed_out: false, boot: None, bench: Vec::new() };
+    let mut outcome = Outcome {
+        results: Vec::new(),
+        done: false,
+        timed_out: false,
+        boot: None,
+        bench: Vec::new(),
+        kernel: None,
+        status: None,
+    };
     let deadline = started + timeout;
     loop {
         match rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
@@ -81,10 +96,15 @@ pub fn run(kernel: &Path, initrd: &Path, timeout: Duration) -> anyhow::Result<Ou
                     outcome.bench.push(json.to_owned());
                     continue;
                 }
+                if let Some(json) = msg.strip_prefix("STATUS ") {
+                    outcome.status = Some(json.trim().to_owned());
+                    continue;
+                }
                 let words: Vec<&str> = msg.split_whitespace().collect();
                 match words.as_slice() {
                     ["START", ..] => outcome.boot = Some(started.elapsed()),
                     ["DONE", ..] => outcome.done = true,
+                    ["KERNEL", release, ..] => outcome.kernel = Some((*release).into()),
                     ["RESULT", suite, result, exit, seconds, ..] => outcome.results.push(SuiteResult {
                         suite: (*suite).into(),
                         pass: *result == "PASS",
@@ -107,7 +127,7 @@ pub fn run(kernel: &Path, initrd: &Path, timeout: Duration) -> anyhow::Result<Ou
     let status = child.wait()?;
     let _ = reader.join();
     if !status.success() && !outcome.timed_out {
-        println!("xtask: {QEMU} exited with {status}");
+        println!("xtask: {qemu} exited with {status}");
     }
     Ok(outcome)
 }
