@@ -797,7 +797,8 @@ impl Kernel {
         let idle: Vec<u32> = self
             .our_clsact
             .iter()
-            .filter(|i| !redirected.contains_key(i) && !self.links.keys().any(|(l, _)| l == *i))
+            // A TCX link needs no clsact: only cls_bpf filters (and redirects) keep it.
+            .filter(|i| !redirected.contains_key(i) && !self.links.iter().any(|((l, _), k)| l == *i && !k.is_tcx()))
             .copied()
             .collect();
         for ifindex in idle {

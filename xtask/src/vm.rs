@@ -70,6 +70,9 @@ pub const SUITES: &[Suite] = &[
     Suite { name: "qdisc-netem", target: "qdisc_restore", args: &[], env: &[("CHAOS_TEST_BACKEND", "netem")] },
     // A class for every rule slot on the netem backend (slot 204's minor is not cd).
     Suite { name: "netem-classes", target: "netem_classes", args: NOCAPTURE, env: &[("CHAOS_TEST_BACKEND", "netem")] },
+    // The 4.19 profile's own checks, delay and bandwidth on netem included (the 4.19-profile
+    // kernel runs it; elsewhere it holds its own daemons to the profile all the same).
+    Suite { name: "profile-419", target: "profile_419", args: &[], env: &[("CHAOS_TEST_BACKEND", "netem")] },
 ];
 
 /// Loaded in the guest before the suites, with their dependencies: the lab's veth pairs,
@@ -162,7 +165,13 @@ fn run_kernel(
             exe: exe.clone(),
             guest: format!("{GUEST_TESTS}/{}", suite.target),
             args,
-            env: suite.env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+            env: suite
+                .env
+                .iter()
+                .copied()
+                .chain(k.profile.map(|p| ("CHAOS_TEST_PROFILE", p)))
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
         });
     }
     let (image, outcome) = boot_kernel(k, &runs, &bins.bin, bins.strip, timeout)?;
@@ -209,7 +218,8 @@ fn boot_kernel(
     let dir = crate::workspace().join("target/vm-test");
     let initrd = dir.join("initramfs.cpio");
     let started = Instant::now();
-    let size = build_initramfs(&image, tools, bin, strip, runs, &dir.join("stage"), &initrd)?;
+    let daemon_config = k.profile.map(|p| format!("kernel_profile = \"{p}\"\n")).unwrap_or_default();
+    let size = build_initramfs(&image, tools, bin, strip, runs, &daemon_config, &dir.join("stage"), &initrd)?;
     println!("== initramfs: {} MB in {:.0} s; booting under qemu (TCG)", size >> 20, started.elapsed().as_secs_f64());
     let outcome = qemu::run(k.arch, &image.vmlinuz, &initrd, timeout)?;
     Ok((image, outcome))
@@ -239,6 +249,7 @@ fn build_initramfs(
     bin: &Path,
     strip: bool,
     runs: &[GuestRun],
+    daemon_config: &str,
     stage: &Path,
     out: &Path,
 ) -> anyhow::Result<u64> {
@@ -282,6 +293,8 @@ fn build_initramfs(
         "path": GUEST_PATH,
         "bin_dir": GUEST_BIN,
         "suite_timeout_secs": SUITE_TIMEOUT.as_secs(),
+        // Added to the configuration of the daemon whose status is reported.
+        "daemon_config": daemon_config,
         "suites": suites,
     });
     fs.text("/vmtest/plan.json", &serde_json::to_string_pretty(&plan)?)?;

@@ -53,7 +53,8 @@ fn run() -> anyhow::Result<()> {
     if !status.as_ref().is_ok_and(|s| s.success()) {
         bail!("ip link set lo up: {status:?}");
     }
-    daemon_status(plan["bin_dir"].as_str().context("plan: no bin_dir")?, &path);
+    let extra = plan["daemon_config"].as_str().unwrap_or_default();
+    daemon_status(plan["bin_dir"].as_str().context("plan: no bin_dir")?, &path, extra);
     let timeout = Duration::from_secs(plan["suite_timeout_secs"].as_u64().context("plan: no suite timeout")?);
     for suite in plan["suites"].as_array().context("plan: no suites")? {
         let name = suite["name"].as_str().context("suite without a name")?;
@@ -72,9 +73,10 @@ fn run() -> anyhow::Result<()> {
 /// `chaosctl status -o json` says: the kernel's abilities as the daemon found them. If it does
 /// not start, its log (which carries any verifier log) goes to the console and the line says
 /// why. Stopped, and cleaned up after, before any suite runs.
-fn daemon_status(bin: &str, path: &str) {
+/// `extra` is added to its configuration (the kernel profile a run holds its daemons to).
+fn daemon_status(bin: &str, path: &str, extra: &str) {
     let dir = Path::new("/tmp/vmtest-status");
-    let status = status_once(bin, path, dir).unwrap_or_else(|e| {
+    let status = status_once(bin, path, dir, extra).unwrap_or_else(|e| {
         let log = std::fs::read_to_string(dir.join("daemon.log")).unwrap_or_default();
         for line in log.lines() {
             println!("vm-init: daemon: {line}");
@@ -87,11 +89,14 @@ fn daemon_status(bin: &str, path: &str) {
     let _ = std::fs::remove_dir_all(dir);
 }
 
-fn status_once(bin: &str, path: &str, dir: &Path) -> anyhow::Result<Value> {
+fn status_once(bin: &str, path: &str, dir: &Path, extra: &str) -> anyhow::Result<Value> {
     std::fs::create_dir_all(dir)?;
     let (config, socket) = (dir.join("config.toml"), dir.join("chaos.sock"));
     let bpffs = "/sys/fs/bpf/vmtest-status";
-    std::fs::write(&config, format!("state_dir = \"{}\"\nbpffs_dir = \"{bpffs}\"\n", dir.join("state").display()))?;
+    std::fs::write(
+        &config,
+        format!("state_dir = \"{}\"\nbpffs_dir = \"{bpffs}\"\n{extra}", dir.join("state").display()),
+    )?;
     let daemon = format!("{bin}/chaos-daemon");
     let log = File::create(dir.join("daemon.log"))?;
     let mut child = Command::new(&daemon)

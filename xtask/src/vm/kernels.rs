@@ -71,16 +71,19 @@ pub struct Kernel {
     pub arch: Arch,
     /// The meta package whose Depends names the current kernel package.
     pub meta: &'static str,
+    /// The `kernel_profile` every daemon of the run is held to (`CHAOS_TEST_PROFILE` for the
+    /// tests): how a newer kernel stands for one that cannot be booted here.
+    pub profile: Option<&'static str>,
     pub suites: Defaults,
 }
 
 /// The suites whose outcome depends on the kernel: the attachment (cls_bpf before 6.6, TCX
 /// after), cgroup programs (no `bpf_set_retval` before 5.18), both delay backends, resets, and
-/// how the stack treats a dropped egress packet, GSO and checksums.
+/// how the stack treats GSO and checksums. (like-the-wire, 2 minutes, runs on 6.1 only: CI's
+/// time; `-- like-the-wire` runs it anywhere.)
 pub const BY_KERNEL: &[&str] = &[
     "loss",
     "partition",
-    "like-the-wire",
     "corrupt",
     "gso",
     "cgroup",
@@ -99,13 +102,40 @@ pub const KERNELS: &[Kernel] = &[
         release: "bullseye",
         arch: Arch::X86_64,
         meta: "linux-image-cloud-amd64",
+        profile: None,
         suites: Defaults::ByKernelAnd(&[]),
+    },
+    // Kylin V10's 4.19 cannot be booted here (its Debian release left the archive): the 5.10
+    // guest with the daemon held to what 4.19 offers (docs/kernels.md), every fault 4.19 can
+    // run run there, the others refused with their reason (profile-419).
+    Kernel {
+        name: "4.19-profile",
+        release: "bullseye",
+        arch: Arch::X86_64,
+        meta: "linux-image-cloud-amd64",
+        profile: Some("4.19"),
+        suites: Defaults::Only(&[
+            "profile-419",
+            "loss",
+            "partition",
+            "duplicate",
+            "corrupt",
+            "cgroup",
+            "reset",
+            "restart",
+            "shutdown",
+            "delay-netem",
+            "rate-netem",
+            "reorder-netem",
+            "qdisc-netem",
+        ]),
     },
     Kernel {
         name: "6.1",
         release: "bookworm",
         arch: Arch::X86_64,
         meta: "linux-image-cloud-amd64",
+        profile: None,
         suites: Defaults::Every,
     },
     Kernel {
@@ -113,8 +143,10 @@ pub const KERNELS: &[Kernel] = &[
         release: "trixie",
         arch: Arch::X86_64,
         meta: "linux-image-cloud-amd64",
-        // The first kernel here whose edt backend sits under TCX.
-        suites: Defaults::ByKernelAnd(&["qdisc-edt"]),
+        profile: None,
+        // The first kernel here whose edt backend sits under TCX: reorder and the qdiscs put
+        // back with TCX attachments too.
+        suites: Defaults::ByKernelAnd(&["reorder-edt", "qdisc-edt"]),
     },
     // Kept short (aarch64 under TCG): about 4 minutes of suites when measured, 8 at most.
     Kernel {
@@ -122,6 +154,7 @@ pub const KERNELS: &[Kernel] = &[
         release: "bookworm",
         arch: Arch::Aarch64,
         meta: "linux-image-cloud-arm64",
+        profile: None,
         suites: Defaults::Only(&["loss", "partition", "cgroup", "reset", "restart", "delay-edt"]),
     },
 ];
