@@ -219,7 +219,7 @@ fn boot_kernel(
     let initrd = dir.join("initramfs.cpio");
     let started = Instant::now();
     let daemon_config = k.profile.map(|p| format!("kernel_profile = \"{p}\"\n")).unwrap_or_default();
-    let size = build_initramfs(&image, tools, bin, strip, runs, &daemon_config, &dir.join("stage"), &initrd)?;
+    let size = build_initramfs(&image, tools, bin, strip, runs, &daemon_config, &initrd)?;
     println!("== initramfs: {} MB in {:.0} s; booting under qemu (TCG)", size >> 20, started.elapsed().as_secs_f64());
     let outcome = qemu::run(k.arch, &image.vmlinuz, &initrd, timeout)?;
     Ok((image, outcome))
@@ -250,9 +250,9 @@ fn build_initramfs(
     strip: bool,
     runs: &[GuestRun],
     daemon_config: &str,
-    stage: &Path,
     out: &Path,
 ) -> anyhow::Result<u64> {
+    let stage = &out.with_file_name("stage");
     let programs: Vec<(PathBuf, &str)> = vec![
         (tools.program("ip")?, "/usr/sbin/ip"),
         (tools.program("tc")?, "/usr/sbin/tc"),
