@@ -1,7 +1,7 @@
 //! Many entries of one map in one system call (`BPF_MAP_UPDATE_BATCH`, Linux 5.6+): loading
 //! 10,000 faults writes 40,000 rule-slot entries and 20,000 pairs, one call each otherwise.
-//! Kernels without it (4.19, 5.4), and maps without it (LPM tries), answer that they cannot,
-//! and the caller writes the entries one by one.
+//! Kernels without it (4.19, 5.4), and maps without it (LPM tries; per-CPU arrays on 5.10),
+//! answer that they cannot, and the caller writes the entries one by one.
 
 use std::{
     io,
@@ -87,9 +87,13 @@ fn update<K: Pod>(fd: RawFd, keys: &[K], values: &[u8]) -> io::Result<bool> {
         return Ok(true);
     }
     let e = io::Error::last_os_error();
-    // EINVAL: an unknown command (before 5.6); EOPNOTSUPP / ENOTSUPP (524): no batch for this map.
+    // EINVAL: an unknown command (before 5.6); EOPNOTSUPP / ENOTSUPP (524): no batch for this
+    // map (5.10 has it for arrays, not per-CPU arrays). Refused before any entry, the kernel
+    // leaves `count` as given; one that stopped at an entry writes back how many it wrote,
+    // fewer than given.
+    let untouched = attr.count == 0 || attr.count as usize == keys.len();
     match e.raw_os_error() {
-        Some(libc::EINVAL | libc::EOPNOTSUPP | 524) if attr.count == 0 => Ok(false),
+        Some(libc::EINVAL | libc::EOPNOTSUPP | 524) if untouched => Ok(false),
         _ => Err(e),
     }
 }

@@ -14,12 +14,14 @@ pub fn dir() -> PathBuf {
 
 /// The record of a run: the kernel, what the guest and the daemon said of it, each suite's result.
 pub fn record(k: &Kernel, image: &Image, outcome: &Outcome, suites: &[&Suite]) -> Value {
+    let date = Command::new("date").args(["-u", "+%Y-%m-%d %H:%M UTC"]).output().ok();
+    let date = date.map(|d| String::from_utf8_lossy(&d.stdout).trim().to_owned());
     let mut rows: Vec<Value> = suites
         .iter()
         .map(|s| match outcome.results.iter().find(|r| r.suite == s.name) {
             Some(r) => json!({ "name": s.name, "result": if r.pass { "pass" } else { "fail" },
-                "exit": r.exit, "seconds": r.seconds.parse::<f64>().ok() }),
-            None => json!({ "name": s.name, "result": "no result" }),
+                "exit": r.exit, "seconds": r.seconds.parse::<f64>().ok(), "date": date }),
+            None => json!({ "name": s.name, "result": "no result", "date": date }),
         })
         .collect();
     // The init's own failure (mounts, modules, a panic) is reported under its name.
@@ -27,7 +29,6 @@ pub fn record(k: &Kernel, image: &Image, outcome: &Outcome, suites: &[&Suite]) -
         rows.push(json!({ "name": r.suite, "result": if r.pass { "pass" } else { "fail" }, "exit": r.exit }));
     }
     let status = outcome.status.as_deref().map(|s| serde_json::from_str(s).unwrap_or_else(|_| json!(s)));
-    let date = Command::new("date").args(["-u", "+%Y-%m-%d %H:%M UTC"]).output().ok();
     json!({
         "kernel": k.name,
         "release": k.release,
@@ -39,16 +40,29 @@ pub fn record(k: &Kernel, image: &Image, outcome: &Outcome, suites: &[&Suite]) -
         "boot_seconds": outcome.boot.map(|b| (b.as_secs_f64() * 10.0).round() / 10.0),
         "timed_out": outcome.timed_out,
         "done": outcome.done,
-        "date": date.map(|d| String::from_utf8_lossy(&d.stdout).trim().to_owned()),
+        "date": date,
         "suites": rows,
     })
 }
 
+/// Writes `record` as its kernel's results file. Suites the previous file has and this run did
+/// not run are kept, with their date, when that file is of the same kernel build: a run of a
+/// few suites (a rerun) updates the matrix without losing the rest.
 pub fn write(record: &Value) -> anyhow::Result<PathBuf> {
     let dir = dir();
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
     let path = dir.join(format!("{}.json", record["kernel"].as_str().unwrap_or("unknown")));
-    std::fs::write(&path, serde_json::to_string_pretty(record)? + "\n")
+    let mut record = record.clone();
+    let previous: Option<Value> = std::fs::read(&path).ok().and_then(|b| serde_json::from_slice(&b).ok());
+    if let Some(previous) = previous.filter(|p| p["package"] == record["package"] && p["version"] == record["version"])
+    {
+        let ran: Vec<Value> = rows(&record).map(|r| r["name"].clone()).collect();
+        let kept: Vec<Value> = rows(&previous).filter(|r| !ran.contains(&r["name"])).cloned().collect();
+        if let Some(rows) = record["suites"].as_array_mut() {
+            rows.extend(kept);
+        }
+    }
+    std::fs::write(&path, serde_json::to_string_pretty(&record)? + "\n")
         .with_context(|| format!("writing {}", path.display()))?;
     Ok(path)
 }
@@ -74,26 +88,36 @@ fn rows(record: &Value) -> impl Iterator<Item = &Value> {
 /// What the summaries show of the daemon's status: its delay backend, the kernel features it
 /// probed, how cgroups scope faults, and how the SSH guard follows sessions (or why the daemon
 /// did not start).
+/// What the daemon reported there: its delay backend, what the kernel can do (within the
+/// run's profile), what it cannot and why, and how the SSH guard follows sessions.
 pub fn abilities(status: &Value) -> [String; 4] {
     let s = |v: &Value| v.as_str().unwrap_or("-").to_owned();
     if let Some(e) = status.get("error") {
         return [format!("daemon did not start: {}", s(e)), String::new(), String::new(), String::new()];
     }
-    let features = status["features"].as_object().into_iter().flatten();
-    let features: Vec<String> = features.map(|(k, v)| if v == true { k.clone() } else { format!("no {k}") }).collect();
-    let scoping = status["scoping"].as_object().into_iter().flatten();
-    let cgroup: Vec<String> = scoping
-        .filter(|(k, _)| k.starts_with("cgroup") || k.starts_with("connect"))
-        .map(|(k, v)| format!("{k}: {}", s(v)))
-        .collect();
-    [s(&status["delay_backend"]), features.join(", "), cgroup.join("; "), s(&status["guard_sessions"])]
+    let all = status["abilities"].as_object().into_iter().flatten();
+    let (mut can, mut cannot) = (Vec::new(), Vec::new());
+    for (name, a) in all.filter(|(_, a)| a.is_object()) {
+        let name = name.replace('_', " ");
+        match a["available"].as_bool() {
+            Some(true) => can.push(name),
+            _ => cannot.push(format!("{name} ({})", s(&a["why_not"]))),
+        }
+    }
+    let errno = &status["abilities"]["connect_fail_default_errno"];
+    if errno.is_string() {
+        can.push(format!("connect-fail default {}", s(errno)));
+    }
+    let profile = s(&status["abilities"]["profile"]);
+    let backend = format!("{} (profile {profile})", s(&status["delay_backend"]));
+    [backend, can.join(", "), cannot.join("; "), s(&status["guard_sessions"])]
 }
 
 pub fn print(record: &Value, outcome: &Outcome, total: Duration) {
     let s = |v: &Value| v.as_str().unwrap_or("-").to_owned();
     println!("\n== VM test summary: kernel {} ({})", s(&record["kernel"]), s(&record["guest_release"]));
-    let [backend, features, cgroup, guard] = abilities(&record["status"]);
-    println!("daemon: delay backend {backend}; features {features}; {cgroup}; guard {guard}");
+    let [backend, can, cannot, guard] = abilities(&record["status"]);
+    println!("daemon: delay backend {backend}; can: {can}; cannot: {cannot}; guard: {guard}");
     println!("{:<16} {:<10} {:>8} {:>9}", "suite", "result", "exit", "seconds");
     for r in rows(record) {
         let secs = r["seconds"].as_f64().map_or("-".into(), |s| format!("{s:.1}"));
