@@ -40,7 +40,8 @@ fn render(records: &[Value]) -> String {
     let when = if first == last { format!("on {first}") } else { format!("between {first} and {last}") };
     let mut md = String::from("# Support matrix\n\n");
     md += "What the end-to-end suites found on each kernel `cargo xtask vm-test` boots (Debian's cloud\n";
-    md += "kernels under qemu), written by `cargo xtask support-matrix` from its results. A dash: not run there.\n\n";
+    md += "kernels under qemu), written by `cargo xtask support-matrix` from its results, with each suite's\n";
+    md += "time in the guest. A dash: not run there.\n\n";
     md += &format!("Run {when}. Refresh with `cargo xtask vm-test --kernel all && cargo xtask support-matrix`.\n\n");
 
     let kernels: Vec<String> = records.iter().map(|r| s(&r["kernel"])).collect();
@@ -52,7 +53,12 @@ fn render(records: &[Value]) -> String {
     for name in names {
         let cells: Vec<String> = records
             .iter()
-            .map(|r| suites(r).find(|x| x["name"] == name.as_str()).map_or("-".into(), |x| s(&x["result"])))
+            .map(|r| {
+                suites(r).find(|x| x["name"] == name.as_str()).map_or("-".into(), |x| match x["seconds"].as_f64() {
+                    Some(secs) => format!("{} ({secs:.0} s)", s(&x["result"])),
+                    None => s(&x["result"]),
+                })
+            })
             .collect();
         if cells.iter().any(|c| c != "-") {
             md += &format!("| {name} | {} |\n", cells.join(" | "));
