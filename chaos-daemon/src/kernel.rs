@@ -582,11 +582,7 @@ impl Kernel {
         match (connect, &self.cgroups.connect) {
             (Some(_), Err(why)) => Err(KernelError::Unsupported(why.clone())),
             (Some(errno), Ok(false)) if errno != libc::EPERM => {
-                let why = self
-                    .cgroups
-                    .profile
-                    .holds_back(Feature::SetRetval)
-                    .unwrap_or_else(|| "any other needs bpf_set_retval, Linux 5.18+".into());
+                let why = self.no_set_retval();
                 Err(KernelError::Unsupported(format!(
                     "errno {}: this kernel can fail connect() with EPERM only ({why}); give errno EPERM, or \
                      none (EPERM is the default here)",
@@ -615,16 +611,21 @@ impl Kernel {
             connect_fail: ok(connect.clone().map(drop)),
             connect_fail_any_errno: ok(match connect {
                 Ok(true) => Ok(()),
-                Ok(false) => Err(self
-                    .cgroups
-                    .profile
-                    .holds_back(Feature::SetRetval)
-                    .unwrap_or_else(|| "this kernel has no bpf_set_retval (Linux 5.18+): EPERM only".into())),
+                Ok(false) => Err(self.no_set_retval()),
                 Err(why) => Err(why.clone()),
             }),
             connect_fail_default_errno: crate::spec::errno_name(self.default_errno()),
             ..self.abilities.clone()
         }
+    }
+
+    /// Why connect() fails with EPERM only here: one text for the status and the refusal, so
+    /// that what the status says is what a refused errno is told.
+    fn no_set_retval(&self) -> String {
+        self.cgroups
+            .profile
+            .holds_back(Feature::SetRetval)
+            .unwrap_or_else(|| "this kernel has no bpf_set_retval (Linux 5.18+)".into())
     }
 
     /// Whether maps are written many entries per call.
