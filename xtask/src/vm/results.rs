@@ -105,7 +105,7 @@ pub fn abilities(status: &Value) -> [String; 4] {
         }
     }
     let errno = &status["abilities"]["connect_fail_default_errno"];
-    if errno.is_string() {
+    if errno.is_string() && status["abilities"]["connect_fail"]["available"] == true {
         can.push(format!("connect-fail default {}", s(errno)));
     }
     let profile = s(&status["abilities"]["profile"]);
