@@ -92,18 +92,24 @@ fn check_applied(daemon: &Daemon, lab: &Lab, base: &[Vec<u64>], tol: u64, how: &
 
 /// Nothing lost, and the median moved by `by` within `tol`.
 fn assert_shifted(what: &str, base: &[u64], with: &[u64], by: u64, tol: u64) {
+    assert_within(what, base, with, by, tol, tol);
+}
+
+/// Nothing lost, and the median moved by `by`, at most `early` less and `late` more.
+fn assert_within(what: &str, base: &[u64], with: &[u64], by: u64, early: u64, late: u64) {
     assert_eq!(with.len(), ROUNDS, "{what}: datagrams lost");
     let (b, w) = (quantile(base, 0.5), quantile(with, 0.5));
     let shift = w as i64 - b as i64;
     println!("{what}: median {} -> {}, expected a shift of {}", ms(b as f64), ms(w as f64), ms(by as f64));
     assert!(
-        (shift - by as i64).unsigned_abs() <= tol,
-        "{what}: median {} -> {} (shift {}), expected a shift of {} within {}",
+        shift >= by as i64 - early as i64 && shift <= (by + late) as i64,
+        "{what}: median {} -> {} (shift {}), expected a shift of {} ({} early to {} late)",
         ms(b as f64),
         ms(w as f64),
         ms(shift as f64),
         ms(by as f64),
-        ms(tol as f64)
+        ms(early as f64),
+        ms(late as f64)
     );
 }
 
@@ -214,10 +220,13 @@ fn a_restarted_daemon_sets_the_classes_it_adopts() {
     daemon.restart().unwrap();
     assert_eq!(daemon.list()["faults"].as_array().unwrap().len(), 2, "the faults were not re-adopted");
 
+    // What is checked is whose class a fault's packets take: its own delay, never the other's.
+    // A netem timer can only fire late, and a loaded guest fired one 5 ms late in CI, so a
+    // packet may come up to halfway to the other delay (20 ms) late, but not early.
     for (what, port, by) in [("slow", slow, 50 * MS), ("fast", fast, 10 * MS)] {
         let with = measure(&lab, port);
         let tol = tol.max(tolerance(&with[1..2]));
-        assert_shifted(&format!("after the restart, {what}"), &base[0], &with[0], by, tol);
+        assert_within(&format!("after the restart, {what}"), &base[0], &with[0], by, tol, 20 * MS);
     }
     check_cleared(&daemon, &lab, &before, "after the restart");
 }
