@@ -199,17 +199,73 @@ pub struct ApiError {
     pub error: String,
 }
 
-/// How one hook of one interface is attached.
+/// How one hook of one interface (or one cgroup) is attached.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Attachment {
+    /// The interface's name; for a cgroup hook, the cgroup's directory.
     pub interface: String,
+    /// 0 for a cgroup hook.
     pub ifindex: u32,
-    pub hook: String,
-    /// `tcx` (a bpf link, kernel 6.6+) or `netlink` (a cls_bpf filter under clsact).
-    pub mode: String,
+    pub hook: AttachHook,
+    pub mode: AttachMode,
     /// Attached but used by no fault: detached after `detach_after` (see the config).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub idle: bool,
+}
+
+/// Where a program is attached; on the wire in kebab case (`ifb-egress`, `cgroup-ingress`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum AttachHook {
+    Ingress,
+    Egress,
+    /// An IFB device's egress, shaping an interface's ingress.
+    IfbEgress,
+    /// A cgroup's ingress (`cgroup_skb`).
+    CgroupIngress,
+    /// `connect()` in a cgroup (`cgroup/connect4`, `connect6`).
+    Connect4,
+    Connect6,
+}
+
+/// How a program is attached.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AttachMode {
+    /// A TCX bpf link (kernel 6.6+), pinned.
+    Tcx,
+    /// A cls_bpf filter under the clsact qdisc.
+    Netlink,
+    /// A cgroup's bpf link, pinned.
+    Link,
+}
+
+macro_rules! wire_names {
+    ($($t:ty { $($v:ident => $s:literal,)* })*) => {$(
+        impl $t {
+            /// As the wire names it.
+            pub fn as_str(self) -> &'static str {
+                match self { $(Self::$v => $s,)* }
+            }
+        }
+        impl std::fmt::Display for $t {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str(self.as_str())
+            }
+        }
+    )*};
+}
+
+wire_names! {
+    AttachHook {
+        Ingress => "ingress",
+        Egress => "egress",
+        IfbEgress => "ifb-egress",
+        CgroupIngress => "cgroup-ingress",
+        Connect4 => "connect4",
+        Connect6 => "connect6",
+    }
+    AttachMode { Tcx => "tcx", Netlink => "netlink", Link => "link", }
 }
 
 /// Who asked, from the control socket's SO_PEERCRED; all `None` for the daemon itself.
@@ -398,7 +454,7 @@ pub fn unix_ms() -> u64 {
 
 #[cfg(test)]
 mod tests {
-    use super::{AuditAction, FaultState};
+    use super::{AttachHook, AttachMode, AuditAction, FaultState};
 
     #[test]
     fn fault_state_on_the_wire() {
@@ -429,6 +485,23 @@ mod tests {
             assert_eq!(serde_json::from_str::<AuditAction>(&json).unwrap(), action);
             assert_eq!(serde_json::to_string(&action).unwrap(), json);
             assert_eq!(action.to_string(), text);
+        }
+    }
+
+    #[test]
+    fn attachments_on_the_wire() {
+        use AttachHook::*;
+        let hooks = [Ingress, Egress, IfbEgress, CgroupIngress, Connect4, Connect6];
+        let words = "ingress egress ifb-egress cgroup-ingress connect4 connect6";
+        for (hook, word) in hooks.into_iter().zip(words.split(' ')) {
+            let text = format!("\"{word}\"");
+            assert_eq!(serde_json::to_string(&hook).unwrap(), text);
+            assert_eq!(serde_json::from_str::<AttachHook>(&text).unwrap(), hook);
+            assert_eq!(hook.to_string(), word);
+        }
+        for (mode, word) in [(AttachMode::Tcx, "tcx"), (AttachMode::Netlink, "netlink"), (AttachMode::Link, "link")] {
+            assert_eq!(serde_json::to_string(&mode).unwrap(), format!("\"{word}\""));
+            assert_eq!(mode.to_string(), word);
         }
     }
 }

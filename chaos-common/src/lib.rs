@@ -36,14 +36,6 @@ pub enum Hook {
     Connect = 3,
 }
 
-impl Hook {
-    /// The raw values, as the keys hold them, for code that keeps hooks as `u8` (and matches
-    /// them in patterns, where `Hook::Egress as u8` cannot stand).
-    pub const INGRESS: u8 = Self::Ingress as u8;
-    pub const EGRESS: u8 = Self::Egress as u8;
-    pub const CONNECT: u8 = Self::Connect as u8;
-}
-
 /// Address family: [`AddrKey::family`] holds it as a `u8`.
 #[repr(u8)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]

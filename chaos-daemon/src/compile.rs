@@ -47,7 +47,7 @@ pub struct Rule {
     /// `None`: every packet of the interface. Else only the packets of these cgroups (by
     /// cgroup v2 id): a target cgroup and those below it.
     pub cgroups: Option<Vec<u64>>,
-    /// A connect-fail rule: matched at `connect()` ([`Hook::CONNECT`]), always with cgroups.
+    /// A connect-fail rule: matched at `connect()` ([`Hook::Connect`]), always with cgroups.
     pub connect: bool,
 }
 
@@ -96,7 +96,7 @@ pub fn compile(rules: &[Rule], generation: u8) -> Result<Tables, CompileError> {
 
     // Per (ifindex, hook): the interface's rules, and the cgroup rules with their cgroups.
     type Group<'a> = (Vec<Eff>, Vec<(Eff, &'a [u64])>);
-    let mut groups: BTreeMap<(u32, u8), Group> = BTreeMap::new();
+    let mut groups: BTreeMap<(u32, Hook), Group> = BTreeMap::new();
     for (rank, &i) in order.iter().enumerate() {
         let r = &rules[i];
         for v in views(r) {
@@ -130,12 +130,12 @@ pub fn compile(rules: &[Rule], generation: u8) -> Result<Tables, CompileError> {
                     let s = SCOPE_CGROUP_BIT | next_scope;
                     scope_of.insert(ranks, s);
                     let own = scoped.iter().filter(|(e, _)| ranks.contains(&e.rank)).map(|(e, _)| e);
-                    let inherited = plain.iter().filter(|_| *hook == Hook::EGRESS);
+                    let inherited = plain.iter().filter(|_| *hook == Hook::Egress);
                     c.families(s, *hook, own.chain(inherited), &slots)?;
                     s
                 }
             };
-            let key = ScopeKey { generation, hook: *hook, _pad: 0, ifindex: *ifindex, cgroup: *cgroup };
+            let key = ScopeKey { generation, hook: *hook as u8, _pad: 0, ifindex: *ifindex, cgroup: *cgroup };
             c.out.scopes.push((key, scope));
             check("SCOPES", c.out.scopes.len(), SCOPES_CAPACITY)?;
         }
@@ -146,7 +146,7 @@ pub fn compile(rules: &[Rule], generation: u8) -> Result<Tables, CompileError> {
 /// What one rule looks like from one hook and family: for `both` on ingress, mirrored.
 #[derive(Clone, Copy, Debug)]
 struct View {
-    hook: u8,
+    hook: Hook,
     family: Family,
     src: Prefix,
     dst: Prefix,
@@ -156,11 +156,11 @@ struct View {
 }
 
 fn views(r: &Rule) -> Vec<View> {
-    let hooks: &[(u8, bool)] = match r.matches.direction {
-        _ if r.connect => &[(Hook::CONNECT, false)],
-        Direction::Egress => &[(Hook::EGRESS, false)],
-        Direction::Ingress => &[(Hook::INGRESS, false)],
-        Direction::Both => &[(Hook::EGRESS, false), (Hook::INGRESS, true)],
+    let hooks: &[(Hook, bool)] = match r.matches.direction {
+        _ if r.connect => &[(Hook::Connect, false)],
+        Direction::Egress => &[(Hook::Egress, false)],
+        Direction::Ingress => &[(Hook::Ingress, false)],
+        Direction::Both => &[(Hook::Egress, false), (Hook::Ingress, true)],
     };
     let families = [(Family::V4, r.matches.families.v4), (Family::V6, r.matches.families.v6)];
     let prefix = |c: Option<Cidr>| c.map_or(([0; 16], 0), |c| (mask(c.bytes(), c.len), c.len));
@@ -207,7 +207,7 @@ impl Compiler {
     fn families<'a>(
         &mut self,
         scope: u32,
-        hook: u8,
+        hook: Hook,
         effs: impl Iterator<Item = &'a Eff>,
         slots: &[u32],
     ) -> Result<(), CompileError> {
@@ -224,7 +224,7 @@ impl Compiler {
     fn scope(
         &mut self,
         scope: u32,
-        hook: u8,
+        hook: Hook,
         family: Family,
         effs: &[&Eff],
         slots: &[u32],
@@ -233,7 +233,7 @@ impl Compiler {
         let generation = self.generation;
         let key = move |side: Side, addr: [u8; 16]| AddrKey {
             generation,
-            hook,
+            hook: hook as u8,
             family: family as u8,
             side: side as u8,
             scope,

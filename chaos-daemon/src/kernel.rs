@@ -731,15 +731,15 @@ impl Kernel {
             .map(|(&(ifindex, hook), l)| Attachment {
                 interface: l.interface.clone(),
                 ifindex,
-                hook: hook.as_str().into(),
-                mode: if l.is_tcx() { "tcx" } else { "netlink" }.into(),
+                hook: hook.wire(),
+                mode: if l.is_tcx() { chaos_api::api::AttachMode::Tcx } else { chaos_api::api::AttachMode::Netlink },
                 idle: self.idle.contains_key(&(ifindex, hook)),
             })
             .chain(self.cgroup_links.iter().map(|(&(_, kind), l)| Attachment {
                 interface: l.dir.display().to_string(),
                 ifindex: 0,
-                hook: kind.as_str().into(),
-                mode: "link".into(),
+                hook: kind.wire(),
+                mode: chaos_api::api::AttachMode::Link,
                 idle: false,
             }))
             .collect()

@@ -154,10 +154,12 @@ impl Collector for Snapshot {
                     session the sock:inet_sock_set_state tracepoint follows)";
         single(e, "chaos_guard_session_dumps", help, ConstCounter::new(self.guard_dumps))?;
         let help = "1 for each hook of an interface (or cgroup) a program of the daemon is attached to";
-        let samples = self
-            .attachments
-            .iter()
-            .map(|a| ([("interface", a.interface.as_str()), ("hook", &a.hook), ("mode", &a.mode)], ConstGauge::new(1)));
+        let samples = self.attachments.iter().map(|a| {
+            (
+                [("interface", a.interface.as_str()), ("hook", a.hook.as_str()), ("mode", a.mode.as_str())],
+                ConstGauge::new(1),
+            )
+        });
         family(e, "chaos_attached", help, MetricType::Gauge, samples)?;
         let info = [("version", self.version), ("kernel", &self.kernel), ("delay_backend", self.delay_backend)];
         let help = "The daemon's version, the kernel's release and the delay backend (edt, netem or none)";

@@ -121,7 +121,7 @@ fn the_packet_faults_of_4_19_work() {
     assert_eq!(traffic::udp(&lab.a, None, &lab.b, addr(B4, 9401), 300).unwrap(), 0);
     assert_eq!(traffic::udp(&lab.a, None, &lab.b, addr(B4, 9402), 300).unwrap(), 300);
     for a in daemon.status().attachments {
-        assert_eq!(a.mode, "netlink", "{a:?}");
+        assert_eq!(a.mode, chaos_api::api::AttachMode::Netlink, "{a:?}");
     }
     assert!(kernel::qdiscs(&lab.a, &lab.a_if).contains("clsact"));
 

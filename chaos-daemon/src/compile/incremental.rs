@@ -56,7 +56,7 @@ use super::{CompileError, Prefix, Rule, Set, Tables, check, port_blocks, runs, v
 use crate::spec::{PortRange, mask};
 
 /// (scope: ifindex or cgroup scope id, hook, family).
-type Space = (u32, u8, Family);
+type Space = (u32, Hook, Family);
 /// A node: its space, side, prefix bytes and length.
 type NodeKey = (Space, Side, [u8; 16], u8);
 
@@ -108,7 +108,7 @@ struct RuleRec {
     ifindex: u32,
     cgroups: Option<Vec<u64>>,
     /// (hook, family, eff id).
-    effs: Vec<(u8, Family, u32)>,
+    effs: Vec<(Hook, Family, u32)>,
 }
 
 #[derive(Clone, Debug)]
@@ -151,9 +151,9 @@ maps! {
     slots: (u32, u32) => (),
     effs: u32 => Eff,
     // Interface rules' effs by (ifindex, hook, eff): what an egress cgroup scope inherits.
-    plain: (u32, u8, u32) => (),
-    scopes: (u32, u8, u32) => ScopeInfo,
-    scope_of: (u32, u8, Vec<u32>) => u32,
+    plain: (u32, Hook, u32) => (),
+    scopes: (u32, Hook, u32) => ScopeInfo,
+    scope_of: (u32, Hook, Vec<u32>) => u32,
     cgroups: ScopeKey => u32,
     nodes: NodeKey => Node,
     node_of: u32 => NodeKey,
@@ -292,7 +292,7 @@ impl Classifier {
     pub fn change(&self, add: &[Rule], remove: &[u32]) -> Result<Change, CompileError> {
         let (delta, next, counts) = self.work(add, remove)?;
         let ops = ops(&self.maps, &delta, self.generation);
-        let egress_scoped = delta.cgroups.iter().any(|(k, v)| k.hook == Hook::EGRESS && v.is_some())
+        let egress_scoped = delta.cgroups.iter().any(|(k, v)| k.hook == Hook::Egress as u8 && v.is_some())
             || self.maps.cgroups.range(scoped_range(self.generation)).any(|(k, _)| !delta.cgroups.contains_key(k));
         Ok(Change { ops, counts, egress_scoped, next, delta, version: self.version })
     }
@@ -352,7 +352,7 @@ fn class<'a>(m: &'a Maps, id: &u32) -> &'a Class {
 }
 
 fn scoped_range(generation: u8) -> RangeInclusive<ScopeKey> {
-    let lo = ScopeKey { generation, hook: Hook::EGRESS, _pad: 0, ifindex: 0, cgroup: 0 };
+    let lo = ScopeKey { generation, hook: Hook::Egress as u8, _pad: 0, ifindex: 0, cgroup: 0 };
     lo..=ScopeKey { _pad: u16::MAX, ifindex: u32::MAX, cgroup: u64::MAX, ..lo }
 }
 
@@ -364,7 +364,7 @@ fn addr_entry(k: &NodeKey, class: u32, generation: u8) -> (u32, AddrKey, u32) {
     let &((scope, hook, family), side, bytes, len) = k;
     let (family, side) = (family as u8, side as u8);
     let addr = std::array::from_fn(|i| u32::from_ne_bytes(bytes[4 * i..4 * i + 4].try_into().unwrap()));
-    (ADDR_KEY_FIXED_BITS + u32::from(len), AddrKey { generation, hook, family, side, scope, addr }, class)
+    (ADDR_KEY_FIXED_BITS + u32::from(len), AddrKey { generation, hook: hook as u8, family, side, scope, addr }, class)
 }
 
 /// The kernel writes between `base` and `base` with `d`, in the order of the module doc.
@@ -516,7 +516,7 @@ impl Tx<'_> {
                 }
             }
             Some(ids) => {
-                let hooks: BTreeSet<u8> = effs.iter().map(|e| e.0).collect();
+                let hooks: BTreeSet<Hook> = effs.iter().map(|e| e.0).collect();
                 let ids: BTreeSet<u64> = ids.iter().copied().collect();
                 for hook in hooks {
                     for &cgroup in &ids {
@@ -542,7 +542,7 @@ impl Tx<'_> {
                 }
             }
             Some(ids) => {
-                let hooks: BTreeSet<u8> = rec.effs.iter().map(|e| e.0).collect();
+                let hooks: BTreeSet<Hook> = rec.effs.iter().map(|e| e.0).collect();
                 let ids: BTreeSet<u64> = ids.iter().copied().collect();
                 for hook in hooks {
                     for &cgroup in &ids {
@@ -562,8 +562,8 @@ impl Tx<'_> {
     }
 
     /// The cgroup scopes that hold the interface rules of (`ifindex`, `hook`): egress ones.
-    fn inheriting(&self, ifindex: u32, hook: u8) -> Vec<u32> {
-        if hook != Hook::EGRESS {
+    fn inheriting(&self, ifindex: u32, hook: Hook) -> Vec<u32> {
+        if hook != Hook::Egress {
             return Vec::new();
         }
         let range = (ifindex, hook, 0)..=(ifindex, hook, u32::MAX);
@@ -574,11 +574,11 @@ impl Tx<'_> {
     fn move_cgroup(
         &mut self,
         ifindex: u32,
-        hook: u8,
+        hook: Hook,
         cgroup: u64,
         edit: impl FnOnce(&mut Vec<u32>),
     ) -> Result<(), CompileError> {
-        let key = ScopeKey { generation: self.generation, hook, _pad: 0, ifindex, cgroup };
+        let key = ScopeKey { generation: self.generation, hook: hook as u8, _pad: 0, ifindex, cgroup };
         let old = get!(self, cgroups, &key).copied();
         let mut own = old.map_or_else(Vec::new, |s| get!(self, scopes, &(ifindex, hook, s)).unwrap().own.clone());
         edit(&mut own);
@@ -593,7 +593,7 @@ impl Tx<'_> {
     }
 
     /// The scope of cgroups with the rules `own`, built with all its entries if new.
-    fn scope(&mut self, ifindex: u32, hook: u8, own: Vec<u32>) -> Result<u32, CompileError> {
+    fn scope(&mut self, ifindex: u32, hook: Hook, own: Vec<u32>) -> Result<u32, CompileError> {
         if let Some(&s) = get!(self, scope_of, &(ifindex, hook, own.clone())) {
             let mut info = get!(self, scopes, &(ifindex, hook, s)).unwrap().clone();
             info.refs += 1;
@@ -610,7 +610,7 @@ impl Tx<'_> {
         Ok(s)
     }
 
-    fn release_scope(&mut self, ifindex: u32, hook: u8, s: u32) {
+    fn release_scope(&mut self, ifindex: u32, hook: Hook, s: u32) {
         let mut info = get!(self, scopes, &(ifindex, hook, s)).unwrap().clone();
         info.refs -= 1;
         if info.refs > 0 {
@@ -625,13 +625,13 @@ impl Tx<'_> {
     }
 
     /// (family, eff) of a cgroup scope: its own rules' and, on egress, the interface's.
-    fn scope_effs(&self, ifindex: u32, hook: u8, own: &[u32]) -> Vec<(Family, u32)> {
+    fn scope_effs(&self, ifindex: u32, hook: Hook, own: &[u32]) -> Vec<(Family, u32)> {
         let mut out = Vec::new();
         for id in own {
             let rec = get!(self, rules, id).unwrap();
             out.extend(rec.effs.iter().filter(|e| e.0 == hook).map(|e| (e.1, e.2)));
         }
-        if hook == Hook::EGRESS {
+        if hook == Hook::Egress {
             let range = (ifindex, hook, 0)..=(ifindex, hook, u32::MAX);
             for (_, _, e) in self.keys(|m| &m.plain, |d| &d.plain, range) {
                 out.push((self.eff(e).family, e));

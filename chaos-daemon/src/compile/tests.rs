@@ -11,7 +11,7 @@ use crate::spec::{Action, Families, Odds};
 #[derive(Clone, Copy, Debug)]
 struct Pkt {
     ifindex: u32,
-    hook: u8,
+    hook: Hook,
     /// Its socket's cgroup id; 0 for none.
     cgroup: u64,
     family: Family,
@@ -55,14 +55,14 @@ fn port_bytes(k: &PortKey) -> Vec<u8> {
 
 /// The cgroup scope of the packet's cgroup, as the programs look it up.
 fn cgroup_scope(t: &Tables, generation: u8, p: Pkt) -> Option<u32> {
-    let key = ScopeKey { generation, hook: p.hook, _pad: 0, ifindex: p.ifindex, cgroup: p.cgroup };
+    let key = ScopeKey { generation, hook: p.hook as u8, _pad: 0, ifindex: p.ifindex, cgroup: p.cgroup };
     t.scopes.iter().find(|(k, _)| *k == key).map(|(_, s)| *s)
 }
 
 /// The TC program's lookup chain over `t`: on egress in the packet's cgroup scope if it has
 /// one, else (and always on ingress) in the interface's.
 fn kernel(t: &Tables, generation: u8, p: Pkt) -> Option<u32> {
-    let scoped = if p.hook == Hook::EGRESS { cgroup_scope(t, generation, p) } else { None };
+    let scoped = if p.hook == Hook::Egress { cgroup_scope(t, generation, p) } else { None };
     chain(t, generation, p, scoped.unwrap_or(p.ifindex))
 }
 
@@ -73,8 +73,14 @@ fn kernel_cgroup(t: &Tables, generation: u8, p: Pkt) -> Option<u32> {
 
 fn chain(t: &Tables, generation: u8, p: Pkt, scope: u32) -> Option<u32> {
     let words = |a: [u8; 16]| std::array::from_fn(|i| u32::from_ne_bytes(a[4 * i..4 * i + 4].try_into().unwrap()));
-    let mut key =
-        AddrKey { generation, hook: p.hook, family: p.family as u8, side: Side::Src as u8, scope, addr: words(p.src) };
+    let mut key = AddrKey {
+        generation,
+        hook: p.hook as u8,
+        family: p.family as u8,
+        side: Side::Src as u8,
+        scope,
+        addr: words(p.src),
+    };
     let s = lpm(&t.addrs, &key, addr_bytes)?;
     key.side = Side::Dst as u8;
     key.addr = words(p.dst);
@@ -107,17 +113,17 @@ fn reference(rules: &[Rule], p: Pkt, cgroup_program: bool) -> Option<u32> {
         let in_cgroup = r.cgroups.as_ref().map(|ids| ids.contains(&p.cgroup));
         let scope_ok = match (in_cgroup, cgroup_program) {
             (None, false) => true,
-            (Some(inside), false) => inside && p.hook == Hook::EGRESS,
+            (Some(inside), false) => inside && p.hook == Hook::Egress,
             (Some(inside), true) => inside,
             (None, true) => false,
         };
         let fam = if p.family == Family::V4 { r.matches.families.v4 } else { r.matches.families.v6 };
         let mirrored = match (r.matches.direction, p.hook) {
-            _ if r.connect != (p.hook == Hook::CONNECT) => return false,
-            (_, Hook::CONNECT) => false,
-            (Direction::Egress, Hook::EGRESS) | (Direction::Ingress, Hook::INGRESS) => false,
-            (Direction::Both, Hook::EGRESS) => false,
-            (Direction::Both, Hook::INGRESS) => true,
+            _ if r.connect != (p.hook == Hook::Connect) => return false,
+            (_, Hook::Connect) => false,
+            (Direction::Egress, Hook::Egress) | (Direction::Ingress, Hook::Ingress) => false,
+            (Direction::Both, Hook::Egress) => false,
+            (Direction::Both, Hook::Ingress) => true,
             _ => return false,
         };
         let (src, dst, sport, dport) = if mirrored {
@@ -181,7 +187,7 @@ fn v4(a: [u8; 4]) -> [u8; 16] {
 fn pkt(src: [u8; 4], dst: [u8; 4], proto: u8, sport: u16, dport: u16) -> Pkt {
     Pkt {
         ifindex: 2,
-        hook: Hook::EGRESS,
+        hook: Hook::Egress,
         cgroup: 0,
         family: Family::V4,
         proto,
@@ -204,9 +210,9 @@ fn udp_port_rule() {
     // Other generation's view is empty; other interface and hook too.
     assert_eq!(kernel(&t, 1, pkt([1, 1, 1, 1], [2, 2, 2, 2], Proto::UDP, 5, 9000)), None);
     let mut p = pkt([1, 1, 1, 1], [2, 2, 2, 2], Proto::UDP, 5, 9000);
-    p.hook = Hook::INGRESS;
+    p.hook = Hook::Ingress;
     assert_eq!(kernel(&t, 0, p), None);
-    p.hook = Hook::EGRESS;
+    p.hook = Hook::Egress;
     p.ifindex = 3;
     assert_eq!(kernel(&t, 0, p), None);
 }
@@ -221,7 +227,7 @@ fn both_directions_mirror() {
     let out = pkt([10, 0, 0, 1], [10, 0, 0, 2], Proto::TCP, 40000, 80);
     assert_eq!(kernel(&t, 1, out), Some(1));
     let mut back = pkt([10, 0, 0, 2], [10, 0, 0, 1], Proto::TCP, 80, 40000);
-    back.hook = Hook::INGRESS;
+    back.hook = Hook::Ingress;
     assert_eq!(kernel(&t, 1, back), Some(1));
     back.src = v4([10, 0, 0, 4]);
     assert_eq!(kernel(&t, 1, back), None);
@@ -257,7 +263,7 @@ fn cgroup_rules_act_on_their_cgroups_only() {
     assert_eq!(kernel(&t, 0, out(13)), Some(1));
     assert_eq!(kernel(&t, 0, out(0)), Some(1));
     // Ingress: TC sees the interface's rules only; the cgroup program the cgroup's.
-    let back = |cgroup| Pkt { hook: Hook::INGRESS, ..out(cgroup) };
+    let back = |cgroup| Pkt { hook: Hook::Ingress, ..out(cgroup) };
     assert_eq!(kernel(&t, 0, back(11)), None);
     assert_eq!(kernel_cgroup(&t, 0, back(11)), Some(2));
     assert_eq!(kernel_cgroup(&t, 0, back(13)), None);
@@ -279,7 +285,7 @@ fn connect_rules_match_the_destination() {
     let t = compile(&[r], 1).unwrap();
     let connect = |cgroup, dst, dport| Pkt {
         ifindex: 0,
-        hook: Hook::CONNECT,
+        hook: Hook::Connect,
         cgroup,
         ..pkt([0, 0, 0, 0], dst, Proto::TCP, 0, dport)
     };
@@ -408,7 +414,7 @@ fn random_pkt(rng: &mut Rng) -> Pkt {
     let has_ports = matches!(proto, Proto::TCP | Proto::UDP);
     Pkt {
         ifindex: rng.pick(&[2, 3]),
-        hook: rng.pick(&[Hook::INGRESS, Hook::EGRESS]),
+        hook: rng.pick(&[Hook::Ingress, Hook::Egress]),
         cgroup: rng.pick(&[0, 11, 12, 13, 14]),
         family,
         proto,
@@ -431,7 +437,7 @@ fn random_rule_sets_agree_with_the_rules() {
             let g = (round % 2) as u8;
             assert_eq!(kernel(&t, g, p), reference(&rules, p, false), "round {round}: {p:?}\n{rules:#?}");
             // The cgroup programs run on ingress (egress cgroup scopes are TC's).
-            if p.hook == Hook::INGRESS {
+            if p.hook == Hook::Ingress {
                 assert_eq!(kernel_cgroup(&t, g, p), reference(&rules, p, true), "round {round}: {p:?}\n{rules:#?}");
             }
         }

@@ -33,11 +33,12 @@ pub enum TcHook {
 
 impl TcHook {
     /// As `GET /v1/status` names it.
-    pub fn as_str(self) -> &'static str {
+    pub fn wire(self) -> chaos_api::api::AttachHook {
+        use chaos_api::api::AttachHook;
         match self {
-            Self::Ingress => "ingress",
-            Self::Egress => "egress",
-            Self::IfbEgress => "ifb-egress",
+            Self::Ingress => AttachHook::Ingress,
+            Self::Egress => AttachHook::Egress,
+            Self::IfbEgress => AttachHook::IfbEgress,
         }
     }
 
@@ -63,7 +64,7 @@ impl TryFrom<u8> for TcHook {
 
 impl std::fmt::Display for TcHook {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.as_str())
+        f.write_str(self.wire().as_str())
     }
 }
 

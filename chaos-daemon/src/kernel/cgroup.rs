@@ -36,11 +36,12 @@ pub enum CgroupHook {
 
 impl CgroupHook {
     /// As `GET /v1/status` names it.
-    pub fn as_str(self) -> &'static str {
+    pub fn wire(self) -> chaos_api::api::AttachHook {
+        use chaos_api::api::AttachHook;
         match self {
-            Self::Ingress => "cgroup-ingress",
-            Self::Connect4 => "connect4",
-            Self::Connect6 => "connect6",
+            Self::Ingress => AttachHook::CgroupIngress,
+            Self::Connect4 => AttachHook::Connect4,
+            Self::Connect6 => AttachHook::Connect6,
         }
     }
 
@@ -52,7 +53,7 @@ impl CgroupHook {
 
 impl std::fmt::Display for CgroupHook {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.as_str())
+        f.write_str(self.wire().as_str())
     }
 }
 

@@ -46,12 +46,12 @@ fn sorted(mut t: Tables) -> Tables {
 
 /// What TC and (on ingress) the cgroup program decide for `p`.
 fn verdict(t: &Tables, generation: u8, p: Pkt) -> (Option<u32>, Option<u32>) {
-    let cgroup = if p.hook == Hook::INGRESS { kernel_cgroup(t, generation, p) } else { None };
+    let cgroup = if p.hook == Hook::Ingress { kernel_cgroup(t, generation, p) } else { None };
     (kernel(t, generation, p), cgroup)
 }
 
 fn expected(rules: &[Rule], p: Pkt) -> (Option<u32>, Option<u32>) {
-    let cgroup = if p.hook == Hook::INGRESS { reference(rules, p, true) } else { None };
+    let cgroup = if p.hook == Hook::Ingress { reference(rules, p, true) } else { None };
     (reference(rules, p, false), cgroup)
 }
 
@@ -110,7 +110,7 @@ fn random_changes_never_show_half_a_change() {
             change.ops.iter().rev().for_each(|op| apply(&mut back, op.inverse()));
             assert_eq!(sorted(back), sorted(t.clone()), "round {round} step {step}");
 
-            assert_eq!(change.egress_scoped, cur.scopes.iter().any(|(k, _)| k.hook == Hook::EGRESS));
+            assert_eq!(change.egress_scoped, cur.scopes.iter().any(|(k, _)| k.hook == Hook::Egress as u8));
             c.commit(change);
             assert_eq!(sorted(c.tables()), sorted(cur.clone()), "round {round} step {step}");
             let counts = c.counts();
@@ -118,7 +118,7 @@ fn random_changes_never_show_half_a_change() {
                 (counts.addrs, counts.pairs, counts.ports, counts.scopes),
                 (cur.addrs.len(), cur.pairs.len(), cur.ports.len(), cur.scopes.len())
             );
-            assert_eq!(c.egress_scoped(), cur.scopes.iter().any(|(k, _)| k.hook == Hook::EGRESS));
+            assert_eq!(c.egress_scoped(), cur.scopes.iter().any(|(k, _)| k.hook == Hook::Egress as u8));
             t = cur;
         }
         // A full build gives the same verdicts as the rules applied one by one.
@@ -185,7 +185,7 @@ fn one_fault_next_to_thousands_writes_a_few_entries() {
     c.commit(change);
     let out = pkt([10, 0, 0, 1], [10, 201, 3, 232], Proto::TCP, 40000, 80);
     assert_eq!(kernel(&t, 0, out), Some(2_000));
-    let back = Pkt { hook: Hook::INGRESS, src: out.dst, dst: out.src, ..out };
+    let back = Pkt { hook: Hook::Ingress, src: out.dst, dst: out.src, ..out };
     assert_eq!(kernel(&t, 0, back), Some(2_000));
     assert_eq!(kernel(&t, 0, pkt([10, 0, 0, 1], [10, 201, 3, 233], Proto::TCP, 40000, 80)), None);
 }
@@ -245,7 +245,7 @@ fn connect_rules_come_and_go() {
     c.commit(change);
     let connect = |cgroup, dport| Pkt {
         ifindex: 0,
-        hook: Hook::CONNECT,
+        hook: Hook::Connect,
         cgroup,
         ..pkt([0; 4], [10, 1, 2, 3], Proto::TCP, 0, dport)
     };
