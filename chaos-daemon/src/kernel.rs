@@ -100,8 +100,9 @@ enum Step {
     Change(Change),
 }
 
-/// How programs are attached: `auto` tries TCX and falls back to netlink; the others force one
-/// (`netlink` is how kernels before 6.6 are tested on newer ones).
+/// How programs are attached: `auto` is TCX where the kernel has it (probed once at load, see
+/// `attach::tcx_probe`), else netlink; the others force one (`netlink` is how kernels before
+/// 6.6 are tested on newer ones).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum AttachMode {
@@ -248,6 +249,8 @@ impl Kernel {
                 )));
             }
             (_, Err(_)) => AttachMode::Netlink,
+            // Decided once, here: every attach then does what the mode says.
+            (AttachMode::Auto, Ok(())) => AttachMode::Tcx,
             (mode, Ok(())) => mode,
         };
         let cgroups = cgroup::load(&mut ebpf, &pins, profile);

@@ -143,25 +143,19 @@ pub(super) fn attach(
     let (name, attach_type) = program_for(hook, edt);
     let what = || format!("attaching {name} to {interface}");
     let prog: &mut SchedClassifier = program(ebpf, name)?;
-    // Probe TCX by trying it: kernels without it (before 6.6, or vendor kernels that lack the
-    // backport) refuse the link type, and then a cls_bpf filter under clsact is used.
+    // The kernel's load resolved `auto` to TCX or netlink (`tcx_probe`).
     if mode != AttachMode::Netlink {
         let tcx = TcAttachOptions::TcxOrder(LinkOrder::default());
-        match prog.attach_with_options(interface, attach_type, tcx) {
-            Ok(id) => {
-                let pin = pins.link(ifindex, hook);
-                let link = prog.take_link(id).map_err(|source| KernelError::Program { what: what(), source })?;
-                let pinned = FdLink::try_from(link)
-                    .map_err(|e| KernelError::Pins(format!("{}: {e}", what())))?
-                    .pin(&pin)
-                    .map_err(|e| KernelError::Pins(format!("pinning {}: {e}", pin.display())))?;
-                return Ok(Link { interface: interface.into(), handle: Handle::Tcx { link: pinned.into(), pin } });
-            }
-            Err(e) if mode == AttachMode::Tcx || is_missing_interface(&e) => {
-                return Err(KernelError::Program { what: what(), source: e });
-            }
-            Err(e) => tracing::debug!(interface, "TCX attach failed ({e}); using netlink"),
-        }
+        let id = prog
+            .attach_with_options(interface, attach_type, tcx)
+            .map_err(|source| KernelError::Program { what: what(), source })?;
+        let pin = pins.link(ifindex, hook);
+        let link = prog.take_link(id).map_err(|source| KernelError::Program { what: what(), source })?;
+        let pinned = FdLink::try_from(link)
+            .map_err(|e| KernelError::Pins(format!("{}: {e}", what())))?
+            .pin(&pin)
+            .map_err(|e| KernelError::Pins(format!("pinning {}: {e}", pin.display())))?;
+        return Ok(Link { interface: interface.into(), handle: Handle::Tcx { link: pinned.into(), pin } });
     }
     let added_clsact = match tc::qdisc_add_clsact(interface) {
         Ok(()) => {
@@ -282,10 +276,6 @@ pub fn detach_filters_by_name() -> Vec<String> {
         }
     }
     removed
-}
-
-fn is_missing_interface(e: &ProgramError) -> bool {
-    matches!(e, ProgramError::TcError(TcError::IoError(_)))
 }
 
 /// Whether this kernel has TCX links, found without attaching anything: a link of a TC
