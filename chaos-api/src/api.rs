@@ -9,7 +9,8 @@
 //! | GET | `/v1/faults/{name}` | | [`FaultView`] |
 //! | DELETE | `/v1/faults/{name}` | | [`FaultView`] (final counters) |
 //! | DELETE | `/v1/faults` | | [`Faults`] removed (scheduled ones too) |
-//! | DELETE | `/v1/experiments/{name}` | | [`Faults`] removed |
+//! | GET | `/v1/experiments` | | [`Experiments`] (selected pods, schedules) |
+//! | DELETE | `/v1/experiments/{name}` | | [`Faults`] removed (its schedule and selection stop) |
 //! | GET | `/v1/history?limit=N` | | [`History`] (audit trail, newest last; default 100, at most `history_limit`) |
 //!
 //! Errors are `{"error": "..."}` with 400 (bad input, naming the field), 403 (the peer may not
@@ -23,7 +24,7 @@ use std::{
 
 use serde::{Deserialize, Serialize};
 
-use crate::spec::FaultSpec;
+use crate::{schedule::ScheduleSpec, select::SelectorSpec, spec::FaultSpec};
 
 /// Where the daemon listens unless configured otherwise, and where chaosctl looks.
 pub const DEFAULT_SOCKET: &str = "/run/chaos-daemon.sock";
@@ -38,6 +39,77 @@ pub struct Apply {
     /// Apply even faults that would touch protected flows (SSH sessions, configured destinations).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub force: bool,
+    /// Pods of this node the faults act in, found through the container runtime (CRI): each
+    /// fault is a template applied once in each pod selected (its `pod`, `netns`, `pid`,
+    /// `container` and `cgroup` unset; its `interface` that inside the pod, default `eth0`).
+    /// Needs `experiment`. With mode `all`, pods that come to match while the experiment lasts
+    /// join it, and a pod that goes ends only its own faults.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub selector: Option<SelectorSpec>,
+    /// Pods of this node whose addresses are the faults' other end (Chaos Mesh's `target`):
+    /// each fault's `dst` (`src` for ingress) is set to each selected pod's address. Needs
+    /// `experiment`; refused, naming the selector, when no pod of this node matches.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target: Option<SelectorSpec>,
+    /// Runs the experiment again at each tick (each fault needs a `duration`), never overlapping
+    /// itself: a tick while the last run still has faults is skipped and recorded. Needs
+    /// `experiment`; the first run is at the first tick.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub schedule: Option<ScheduleSpec>,
+}
+
+/// `GET /v1/experiments`: the experiments the daemon follows (those with a selector or a
+/// schedule) and those that only name a batch of faults.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Experiments {
+    pub experiments: Vec<ExperimentView>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ExperimentView {
+    pub name: String,
+    /// Its faults now.
+    pub faults: usize,
+    /// The pods its faults act in now, `NAMESPACE/NAME`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub pods: Vec<String>,
+    /// The selector as applied, and in a line.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub selector: Option<SelectorSpec>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub selects: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub schedule: Option<ScheduleSpec>,
+    /// Unix time in milliseconds of its next run, when scheduled.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_run_ms: Option<u64>,
+    /// Runs started, and ticks skipped because the last run was still active.
+    #[serde(default)]
+    pub runs: u64,
+    #[serde(default)]
+    pub skipped: u64,
+    /// Its last runs, newest last (at most the schedule's `history_limit`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub last_runs: Vec<Run>,
+    /// Absent for an experiment that only names faults.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub applied_by: Option<Actor>,
+    #[serde(default)]
+    pub applied_at_ms: u64,
+}
+
+/// One run of a scheduled experiment.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Run {
+    /// Unix time in milliseconds of its tick.
+    pub at_ms: u64,
+    /// `ran` (its faults applied), `skipped` (the last run was still active) or `failed`.
+    pub outcome: String,
+    /// The faults it applied, or why it did not.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub faults: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -343,6 +415,12 @@ pub enum AuditAction {
     Cleanup,
     /// A count of refusals not recorded one by one (over the rate limit).
     Refusals,
+    /// A scheduled experiment's tick applied its faults.
+    Run,
+    /// A scheduled experiment's tick found its last run still active.
+    Skip,
+    /// A pod came to match a running experiment's selector: its faults were applied.
+    Join,
     /// A request refused before it was routed: its method and path, escaped and bounded. Read
     /// back by its space, which no word above has.
     Request(String),
@@ -353,7 +431,7 @@ pub enum AuditAction {
 
 impl AuditAction {
     /// Every word variant: what [`From<String>`] reads back (`as_str` gives their words).
-    const WORDS: [Self; 10] = [
+    const WORDS: [Self; 13] = [
         Self::Apply,
         Self::Remove,
         Self::RemoveExperiment,
@@ -364,6 +442,9 @@ impl AuditAction {
         Self::Adopt,
         Self::Cleanup,
         Self::Refusals,
+        Self::Run,
+        Self::Skip,
+        Self::Join,
     ];
 
     pub fn as_str(&self) -> &str {
@@ -378,6 +459,9 @@ impl AuditAction {
             Self::Adopt => "adopt",
             Self::Cleanup => "cleanup",
             Self::Refusals => "refusals",
+            Self::Run => "run",
+            Self::Skip => "skip",
+            Self::Join => "join",
             Self::Request(text) | Self::Other(text) => text,
         }
     }
@@ -468,7 +552,7 @@ mod tests {
 
     #[test]
     fn audit_actions_on_the_wire() {
-        let words = "apply remove remove-experiment clear start expire end adopt cleanup refusals";
+        let words = "apply remove remove-experiment clear start expire end adopt cleanup refusals run skip join";
         for (word, action) in words.split(' ').zip(AuditAction::WORDS) {
             let text = format!("\"{word}\"");
             assert_eq!(serde_json::to_string(&action).unwrap(), text);

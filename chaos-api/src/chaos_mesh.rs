@@ -24,7 +24,14 @@ use crate::spec::{DurationSpec, FaultSpec};
 pub struct Experiment {
     /// The first document's `metadata.name`.
     pub name: String,
+    /// Templates when `selector` is given (applied in each pod it selects), else the faults.
     pub faults: Vec<FaultSpec>,
+    /// The pods the faults act in (`spec.selector` with `spec.mode` and `spec.value`).
+    pub selector: Option<crate::select::SelectorSpec>,
+    /// The pods at the faults' other end (`spec.target`).
+    pub target: Option<crate::select::SelectorSpec>,
+    /// When it runs again (a `Schedule` document, or `spec.scheduler.cron`).
+    pub schedule: Option<crate::schedule::ScheduleSpec>,
     /// Fields accepted but not honoured exactly, each with its path and why.
     pub notes: Vec<String>,
 }
@@ -85,7 +92,10 @@ pub fn parse(text: &str) -> Result<Experiment, Error> {
         names.push(name.clone());
         let (faults, notes) = chaos.faults().map_err(|e| in_doc(index, e))?;
         match &mut experiment {
-            None => experiment = Some(Experiment { name: name.clone(), faults, notes }),
+            None => {
+                experiment =
+                    Some(Experiment { name: name.clone(), faults, selector: None, target: None, schedule: None, notes })
+            }
             Some(x) => {
                 x.faults.extend(faults);
                 x.notes.extend(notes);

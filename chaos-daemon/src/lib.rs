@@ -13,7 +13,7 @@
 //! crate, which chaosctl builds from without the eBPF toolchain; they are re-exported here under
 //! the same names.
 
-pub use chaos_api::{api, chaos_mesh, client, manpage, spec, text};
+pub use chaos_api::{api, chaos_mesh, client, manpage, schedule, select, spec, text};
 
 pub mod access;
 pub mod compile;

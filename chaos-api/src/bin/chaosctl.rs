@@ -360,7 +360,8 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
                 None
             };
             let (faults, experiment) = specs(*args).map_err(BadInput)?;
-            let applied: Faults = client.post("/v1/faults", &Apply { faults, experiment, force }).await?;
+            let applied: Faults =
+                client.post("/v1/faults", &Apply { faults, experiment, force, ..Default::default() }).await?;
             if !wait {
                 if let Output::Json = output {
                     return json(&applied).map(|()| 0);
