@@ -4,9 +4,12 @@
 //! keeps it. Every change is all-or-nothing: a refused change leaves the set, the state file and
 //! the kernel as they were. The audit trail records every request and every fault's end.
 
+mod experiments;
 mod faults;
 mod lifecycle;
 mod plan;
+
+pub use experiments::{ExperimentRecord, NoPods, Pod, PodSource};
 
 pub use faults::{Active, EndReason, FaultSet, Incoming, Limits, Now};
 pub use lifecycle::check_state;
@@ -123,12 +126,20 @@ pub struct Engine<D: Dataplane = Kernel> {
     closed: bool,
     /// A large change freed memory the allocator keeps: given back at the next tick.
     trim: bool,
+    /// Experiments with a selector, a target or a schedule, by name (see [`experiments`]).
+    experiments: std::collections::BTreeMap<String, experiments::Followed>,
+    /// Where the node's pods come from.
+    pods: Arc<dyn PodSource>,
 }
 
 impl<D: Dataplane> Engine<D> {
     /// Applies a batch (all or none) on behalf of `actor`, and records it in the audit trail.
     pub fn apply(&mut self, req: &Apply, actor: &Actor) -> Result<Vec<FaultView>, EngineError> {
-        let result = self.try_apply(req, actor);
+        let result = if req.selector.is_some() || req.target.is_some() || req.schedule.is_some() {
+            self.apply_followed(req, actor)
+        } else {
+            self.try_apply(req, actor, AuditAction::Apply)
+        };
         if let Err(e) = &result {
             let names = req.faults.iter().filter_map(|f| f.name.clone()).collect();
             self.audit(actor, AuditAction::Apply, names, req.experiment.clone(), failed(e), vec![]);
@@ -144,10 +155,34 @@ impl<D: Dataplane> Engine<D> {
         self.audit_failure(actor, Removal::Faults.action(), names.to_vec(), None, result)
     }
 
-    /// Removes every fault of an experiment.
+    /// Applies a batch with its event recorded as `action` (a run, a join), on behalf of
+    /// `actor`; a failure is recorded too.
+    fn apply_as(&mut self, req: &Apply, actor: &Actor, action: AuditAction) -> Result<Vec<FaultView>, EngineError> {
+        let result = self.try_apply(req, actor, action.clone());
+        if let Err(e) = &result {
+            let names = req.faults.iter().filter_map(|f| f.name.clone()).collect();
+            self.audit(actor, action, names, req.experiment.clone(), failed(e), vec![]);
+        }
+        result
+    }
+
+    /// Removes every fault of an experiment, and stops following it (its schedule, its
+    /// selection).
     pub fn remove_experiment(&mut self, experiment: &str, actor: &Actor) -> Result<Vec<FaultView>, EngineError> {
         let names = self.faults.of_experiment(experiment);
-        let result = if names.is_empty() {
+        let followed = self.experiments.contains_key(experiment);
+        if followed {
+            let kept = self.experiments.remove(experiment);
+            if let Err(e) = self.save_experiments() {
+                self.experiments.extend(kept.map(|k| (experiment.to_owned(), k)));
+                return self.audit_failure(actor, Removal::Experiment.action(), vec![experiment.into()], Some(experiment.into()), Err(e));
+            }
+        }
+        let result = if names.is_empty() && followed {
+            let event = self.removal(actor, Removal::Experiment, vec![experiment.into()], &[]);
+            self.publish(vec![event]);
+            Ok(vec![])
+        } else if names.is_empty() {
             Err(EngineError::NotFound(format!("experiment named '{experiment}'")))
         } else {
             self.faults.remove(&names).and_then(|(next, gone)| {
@@ -163,6 +198,7 @@ impl<D: Dataplane> Engine<D> {
 
     /// Removes every fault (scheduled ones too) and detaches every program.
     pub fn clear(&mut self, actor: &Actor) -> Result<Vec<FaultView>, EngineError> {
+        self.forget_experiments();
         let (next, gone) = self.faults.clear();
         let result = self.remove_now(next, gone, |e, views| vec![e.removal(actor, Removal::Clear, vec![], views)]);
         self.audit_failure(actor, Removal::Clear.action(), vec![], None, result)
@@ -196,6 +232,11 @@ impl<D: Dataplane> Engine<D> {
 
     /// Removes every fault and every pin: the daemon's clean exit. Later changes are refused.
     pub fn shutdown(&mut self, actor: &Actor) {
+        // Their definitions stay for the next start (schedules go on); their faults go.
+        let kept = std::mem::take(&mut self.experiments);
+        if !kept.is_empty() {
+            tracing::info!(experiments = kept.len(), "experiments kept for the next start");
+        }
         match self.clear(actor) {
             Ok(removed) => tracing::info!(removed = removed.len(), "faults removed, programs detached"),
             Err(e) => tracing::error!("removing faults: {e}"),
@@ -218,7 +259,23 @@ impl<D: Dataplane> Engine<D> {
         Plan { faults, mark: self.settings.duplicate_mark }
     }
 
-    fn try_apply(&mut self, req: &Apply, actor: &Actor) -> Result<Vec<FaultView>, EngineError> {
+    /// Stops following every experiment (`clear`).
+    fn forget_experiments(&mut self) {
+        if !self.experiments.is_empty() {
+            self.experiments.clear();
+            if let Err(e) = self.save_experiments() {
+                tracing::error!("recording that no experiment is followed: {e}");
+            }
+        }
+    }
+
+    /// Where the node's pods come from (the CRI); none by default.
+    pub fn with_pods(mut self, pods: Arc<dyn PodSource>) -> Self {
+        self.pods = pods;
+        self
+    }
+
+    fn try_apply(&mut self, req: &Apply, actor: &Actor, action: AuditAction) -> Result<Vec<FaultView>, EngineError> {
         let specs = &req.faults;
         if self.closed {
             return Err(SpecError::new("faults", "chaos-daemon is shutting down").into());
@@ -258,7 +315,7 @@ impl<D: Dataplane> Engine<D> {
             }
         }
         let (next, names) = self.faults.apply(batch, req.experiment.clone(), actor, &self.limits(), Now::read())?;
-        let event = self.event(actor, AuditAction::Apply, names.clone(), req.experiment.clone(), "ok".into(), vec![]);
+        let event = self.event(actor, action, names.clone(), req.experiment.clone(), "ok".into(), vec![]);
         self.commit(next, vec![event])?;
         Ok(names.iter().filter_map(|n| self.faults.get(n)).map(|a| self.view(a)).collect())
     }

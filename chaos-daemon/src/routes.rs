@@ -23,6 +23,7 @@ pub enum Route {
     Apply,
     RemoveFault(String),
     Clear,
+    ListExperiments,
     RemoveExperiment(String),
 }
 
@@ -82,6 +83,10 @@ pub fn route(method: &Method, path: &str, query: Option<&str>) -> Result<Route, 
             Method::DELETE => Route::RemoveFault(named("fault", name)?),
             _ => return Err(not_allowed("GET, DELETE")),
         },
+        ["v1", "experiments"] => match *method {
+            Method::GET => Route::ListExperiments,
+            _ => return Err(not_allowed("GET")),
+        },
         ["v1", "experiments", name] => match *method {
             Method::DELETE => Route::RemoveExperiment(named("experiment", name)?),
             _ => return Err(not_allowed("DELETE")),
@@ -124,6 +129,7 @@ mod tests {
         assert_eq!(ok(Method::DELETE, "/v1/faults", None), Route::Clear);
         assert_eq!(ok(Method::DELETE, "/v1/faults/loss-1", None), Route::RemoveFault("loss-1".into()));
         assert_eq!(ok(Method::DELETE, "/v1/experiments/e.1", None), Route::RemoveExperiment("e.1".into()));
+        assert_eq!(ok(Method::GET, "/v1/experiments", None), Route::ListExperiments);
         assert_eq!(ok(Method::GET, "/v1/history", Some("limit=5")), Route::History { limit: 5 });
         assert_eq!(ok(Method::GET, "/v1/history", None), Route::History { limit: DEFAULT_HISTORY_LIMIT });
         for (method, path, query) in [
@@ -197,6 +203,7 @@ mod tests {
                     prop_assert!(query.is_none());
                 }
                 Ok(Route::Status) => prop_assert!(path == "/v1/status" && query.is_none()),
+                Ok(Route::ListExperiments) => prop_assert!(path == "/v1/experiments" && query.is_none()),
                 Ok(Route::History { .. }) => prop_assert_eq!(path.as_str(), "/v1/history"),
                 Ok(Route::GetFault(name) | Route::RemoveFault(name)) => {
                     prop_assert_eq!(path, format!("/v1/faults/{name}"));

@@ -19,7 +19,7 @@ use tokio::{
 
 use crate::{
     access::{Access, Peer, RefusalLimit},
-    api::{ApiError, Apply, AuditAction, Faults, History},
+    api::{ApiError, Apply, AuditAction, Experiments, Faults, History},
     engine::{Engine, EngineError},
     kernel::KernelError,
     listen::{self, Deadlined, PeerKey, READ_TIMEOUT},
@@ -151,6 +151,7 @@ async fn handle(
         },
         Route::Clear => run(engine, move |e| e.clear(&actor).map(|faults| Faults { faults })).await,
         Route::RemoveFault(name) => run(engine, move |e| e.remove(&[name], &actor).map(|mut v| v.remove(0))).await,
+        Route::ListExperiments => run(engine, |e| Ok(Experiments { experiments: e.experiments() })).await,
         Route::RemoveExperiment(name) => {
             run(engine, move |e| e.remove_experiment(&name, &actor).map(|faults| Faults { faults })).await
         }

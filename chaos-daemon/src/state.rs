@@ -237,6 +237,8 @@ pub struct Store {
 const HISTORY: &str = "history.jsonl";
 const SNAPSHOT: &str = "state.json";
 const JOURNAL: &str = "journal.jsonl";
+/// The experiments the daemon follows (selectors, schedules): few and small, written whole.
+const EXPERIMENTS: &str = "experiments.json";
 /// A journal larger than this and than the snapshot is folded into a new snapshot.
 const COMPACT_AT: u64 = 1 << 20;
 
@@ -277,6 +279,30 @@ impl Store {
 
     fn path(&self, name: &str) -> PathBuf {
         self.dir.join(name)
+    }
+
+    /// Writes the followed experiments whole, atomically; none removes the file.
+    pub fn save_experiments<T: Serialize>(&mut self, experiments: &[T]) -> io::Result<()> {
+        let path = self.path(EXPERIMENTS);
+        if experiments.is_empty() {
+            return match std::fs::remove_file(&path) {
+                Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
+                _ => Ok(()),
+            };
+        }
+        write_atomically(&path, &serde_json::to_vec(experiments)?)
+    }
+
+    /// The experiments [`Self::save_experiments`] wrote, if any.
+    pub fn load_experiments<T: serde::de::DeserializeOwned>(&self) -> io::Result<Vec<T>> {
+        let path = self.path(EXPERIMENTS);
+        let mut bytes = Vec::new();
+        match open_nofollow(&path).and_then(|mut f| f.read_to_end(&mut bytes)) {
+            Ok(_) => serde_json::from_slice(&bytes)
+                .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, format!("{}: {e}", path.display()))),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(vec![]),
+            Err(e) => Err(e),
+        }
     }
 
     /// Reads the history without the store, from another thread: see [`HistoryReader`].

@@ -250,9 +250,20 @@ async fn lifecycle(shared: Arc<Shared>, mut shutdown: broadcast::Receiver<()>) {
     .ok();
     loop {
         let engine = shared.engine.clone();
-        let next = tokio::task::spawn_blocking(move || engine.lock().unwrap_or_else(|p| p.into_inner()).tick())
-            .await
-            .unwrap_or(None);
+        let next = tokio::task::spawn_blocking(move || {
+            let lock = || engine.lock().unwrap_or_else(|p| p.into_inner());
+            // The pods are listed outside the lock: the runtime may take its time answering.
+            let source = {
+                let e = lock();
+                e.wants_pods().then(|| e.pod_source())
+            };
+            let pods = source.and_then(|s| {
+                s.pods().inspect_err(|e| tracing::warn!("listing the node's pods for experiments: {e}")).ok()
+            });
+            lock().tick(pods.as_deref())
+        })
+        .await
+        .unwrap_or(None);
         let wait = next.map_or(Duration::from_secs(3600), |at| Duration::from_nanos(at.saturating_sub(mono_ns())));
         tokio::select! {
             _ = shutdown.recv() => return,
@@ -310,6 +321,12 @@ fn cleanup(config: &Config) -> anyhow::Result<()> {
     let ended: Vec<Ended> =
         state.faults.iter().map(|r| Ended::new(&r.name, "removed by cleanup", &Default::default())).collect();
     store.save(&State { boot_id: state.boot_id, next_id: state.next_id, ..Default::default() })?;
+    // Nothing left to run again either: schedules and selections end with the rest.
+    let experiments: Vec<chaos_daemon::engine::ExperimentRecord> = store.load_experiments().unwrap_or_default();
+    store.save_experiments::<chaos_daemon::engine::ExperimentRecord>(&[])?;
+    for e in &experiments {
+        println!("removed experiment {}", e.name);
+    }
     store.append(&Event {
         at: unix_ms(),
         actor: Actor { uid: Some(nix::unistd::getuid().as_raw()), pid: Some(std::process::id() as i32), comm: None },

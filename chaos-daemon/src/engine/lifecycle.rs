@@ -71,7 +71,10 @@ impl<D: Dataplane> Engine<D> {
             boot_id,
             closed: false,
             trim: false,
+            experiments: Default::default(),
+            pods: std::sync::Arc::new(super::NoPods),
         };
+        engine.load_experiments();
         let mut ended: Vec<Ended> = gone
             .iter()
             .map(|(record, reason)| {
@@ -124,12 +127,13 @@ impl<D: Dataplane> Engine<D> {
     /// next start or deadline, and while a fault names another namespace at most a second away
     /// (a process can exit without any link changing). Deleted interfaces need no polling: the
     /// daemon is called on every link change too.
-    pub fn tick(&mut self) -> Option<u64> {
-        self.tick_at(mono_ns())
+    pub fn tick(&mut self, pods: Option<&[super::Pod]>) -> Option<u64> {
+        self.tick_at(mono_ns(), pods)
     }
 
-    /// [`Self::tick`] at CLOCK_MONOTONIC time `now`.
-    pub(super) fn tick_at(&mut self, now: u64) -> Option<u64> {
+    /// [`Self::tick`] at CLOCK_MONOTONIC time `now`. `pods`: the node's, listed when
+    /// [`Self::wants_pods`] said so.
+    pub(super) fn tick_at(&mut self, now: u64, pods: Option<&[super::Pod]>) -> Option<u64> {
         let mut ending: Vec<(String, EndReason)> =
             self.faults.expired(now).into_iter().map(|n| (n, EndReason::Expired)).collect();
         let expiring: HashSet<String> = ending.iter().map(|(n, _)| n.clone()).collect();
@@ -155,7 +159,10 @@ impl<D: Dataplane> Engine<D> {
             super::trim_heap();
         }
         let idle = self.dataplane.release_idle(now);
-        let next = self.faults.next_due().into_iter().chain(idle).min();
+        // Experiments keep Unix time (a schedule is a wall clock's); the wait is monotonic.
+        let wall = crate::state::unix_ms();
+        let experiments = self.follow_experiments(wall, pods).map(|at| now + at.saturating_sub(wall) * 1_000_000);
+        let next = self.faults.next_due().into_iter().chain(idle).chain(experiments).min();
         match (self.faults.special().any(|a| a.watch.is_some()), next) {
             (false, _) => next,
             (true, Some(t)) => Some(t.min(now + SECOND)),

@@ -208,14 +208,14 @@ fn scheduled_faults_start_when_due_and_expire_at_their_deadline() {
     assert!(e.dataplane.rules.is_empty(), "nothing is in the kernel before its start");
     let record = e.faults().get("later").unwrap().record.clone();
     // Before its start: nothing happens, and the engine asks to be called at the start.
-    assert_eq!(e.tick_at(record.start_ns - 1), Some(record.start_ns));
+    assert_eq!(e.tick_at(record.start_ns - 1, None), Some(record.start_ns));
     assert!(e.dataplane.rules.is_empty());
-    assert_eq!(e.tick_at(record.start_ns), Some(record.deadline_ns));
+    assert_eq!(e.tick_at(record.start_ns, None), Some(record.deadline_ns));
     assert_eq!(e.get("later").unwrap().state, FaultState::Active);
     assert!(e.dataplane.rules.contains_key(&record.slot));
     assert!(dir.state().faults[0].started, "the state file says it started");
     e.dataplane.counters.insert(record.slot, Counters { matched: 9, ..Default::default() });
-    assert_eq!(e.tick_at(record.deadline_ns), None);
+    assert_eq!(e.tick_at(record.deadline_ns, None), None);
     assert!(e.list().is_empty() && e.dataplane.rules.is_empty() && dir.state().faults.is_empty());
     let history = dir.history();
     let actions: Vec<&str> = history.iter().map(|e| e.action.as_str()).collect();
@@ -339,13 +339,13 @@ fn a_fault_ends_when_its_interface_or_namespace_goes() {
     e.apply(&batch(vec![in_ns, loss(Some("on-lo"), "192.0.2.2")]), &root()).unwrap();
     let now = crate::state::mono_ns();
     // While a fault watches a namespace, the engine looks every second.
-    assert!(e.tick_at(now).is_some_and(|t| t <= now + 1_000_000_000));
+    assert!(e.tick_at(now, None).is_some_and(|t| t <= now + 1_000_000_000));
     assert_eq!(e.list().len(), 2);
     std::fs::remove_file(&link).unwrap();
-    e.tick_at(now);
+    e.tick_at(now, None);
     assert_eq!(names(&e.list()), ["on-lo"]);
     e.dataplane.interfaces.clear();
-    e.tick_at(now);
+    e.tick_at(now, None);
     assert!(e.list().is_empty());
     let ends: Vec<(String, String)> = dir
         .history()
