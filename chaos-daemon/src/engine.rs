@@ -175,7 +175,13 @@ impl<D: Dataplane> Engine<D> {
             let kept = self.experiments.remove(experiment);
             if let Err(e) = self.save_experiments() {
                 self.experiments.extend(kept.map(|k| (experiment.to_owned(), k)));
-                return self.audit_failure(actor, Removal::Experiment.action(), vec![experiment.into()], Some(experiment.into()), Err(e));
+                return self.audit_failure(
+                    actor,
+                    Removal::Experiment.action(),
+                    vec![experiment.into()],
+                    Some(experiment.into()),
+                    Err(e),
+                );
             }
         }
         let result = if names.is_empty() && followed {

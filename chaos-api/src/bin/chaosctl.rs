@@ -4,8 +4,11 @@ use std::path::PathBuf;
 
 use anyhow::Context as _;
 use chaos_api::{
-    api::{Apply, DEFAULT_SOCKET, Event, FaultState, FaultView, Faults, History, Status, unix_ms},
-    client::Client,
+    api::{
+        Apply, DEFAULT_SOCKET, Event, ExperimentView, Experiments, FaultState, FaultView, Faults, History, Status,
+        unix_ms,
+    },
+    client::{Client, ClientError},
     spec::{DurationSpec, FaultSpec, PortSpec, RateSpec},
 };
 use clap::{Args as ClapArgs, Parser, Subcommand, ValueEnum};
@@ -410,10 +413,27 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
         }
         Command::List { output } => {
             let list: Faults = client.get("/v1/faults").await?;
+            // The experiments the daemon follows (pods, schedules); a daemon from before them has none.
+            let experiments = match client.get::<Experiments>("/v1/experiments").await {
+                Err(ClientError::Refused { status: 404, .. }) => Experiments::default(),
+                other => other?,
+            };
+            let followed: Vec<&ExperimentView> =
+                experiments.experiments.iter().filter(|e| e.applied_by.is_some()).collect();
             match output {
-                Output::Json => json(&list)?,
-                Output::Table if list.faults.is_empty() => println!("no faults"),
-                Output::Table => print_table(&list.faults),
+                Output::Json => {
+                    json(&serde_json::json!({"faults": list.faults, "experiments": experiments.experiments}))?
+                }
+                Output::Table => {
+                    match list.faults.is_empty() {
+                        true => println!("no faults"),
+                        false => print_table(&list.faults),
+                    }
+                    if !followed.is_empty() {
+                        println!();
+                        print!("{}", experiments_table(&followed));
+                    }
+                }
             }
         }
         Command::Rm { names, experiment, output } => {
@@ -778,6 +798,32 @@ fn print_table(faults: &[FaultView]) {
         "EFFECT",
     ];
     print!("{}", table(&header, &rows));
+}
+
+/// The experiments the daemon follows: what they select, the pods they cover, their schedule.
+fn experiments_table(experiments: &[&ExperimentView]) -> String {
+    let rows: Vec<[String; 6]> = experiments
+        .iter()
+        .map(|e| {
+            let mut pods = e.pods.iter().take(3).cloned().collect::<Vec<_>>().join(",");
+            if e.pods.len() > 3 {
+                pods += &format!(" +{} more", e.pods.len() - 3);
+            }
+            let or_dash = |t: String| if t.is_empty() { "-".to_owned() } else { t };
+            [
+                e.name.clone(),
+                e.faults.to_string(),
+                or_dash(pods),
+                e.selects.clone().unwrap_or_else(|| "-".into()),
+                e.schedule.as_ref().map_or("-".into(), |s| s.cron.clone()),
+                match e.next_run_ms {
+                    Some(at) => format!("in {} ({} runs, {} skipped)", left(at), e.runs, e.skipped),
+                    None => "-".into(),
+                },
+            ]
+        })
+        .collect();
+    table(&["EXPERIMENT", "FAULTS", "PODS", "SELECTS", "SCHEDULE", "NEXT RUN"], &rows)
 }
 
 /// The audit trail as a table in local time, each event's ended faults below it. Events quote

@@ -240,12 +240,15 @@ pub fn instance(
 
 /// `name` if it is a valid name, else its valid start and a hash of it and `salt`.
 fn bounded_name(name: &str, salt: &str) -> String {
-    let clean: String = name.chars().map(|c| if c.is_ascii_alphanumeric() || "-_.".contains(c) { c } else { '-' }).collect();
+    let clean: String =
+        name.chars().map(|c| if c.is_ascii_alphanumeric() || "-_.".contains(c) { c } else { '-' }).collect();
     if clean == name && validate_name(name).is_ok() {
         return clean;
     }
     // FNV-1a: stable across versions, so a restarted daemon names a pod's fault the same.
-    let hash = format!("{name}\0{salt}").bytes().fold(0xcbf29ce484222325u64, |h, b| (h ^ b as u64).wrapping_mul(0x100000001b3));
+    let hash = format!("{name}\0{salt}")
+        .bytes()
+        .fold(0xcbf29ce484222325u64, |h, b| (h ^ b as u64).wrapping_mul(0x100000001b3));
     let start: String = clean.trim_start_matches(['-', '.']).chars().take(63 - 9).collect();
     format!("{start}-{:08x}", hash as u32)
 }
@@ -290,12 +293,20 @@ impl<D: Dataplane> Engine<D> {
                     ("cgroup", f.cgroup.is_some()),
                 ] {
                     if given {
-                        return Err(at(SpecError::new(field, "is set by the selector: each fault acts in each pod it picks")).into());
+                        return Err(at(SpecError::new(
+                            field,
+                            "is set by the selector: each fault acts in each pod it picks",
+                        ))
+                        .into());
                     }
                 }
             }
             if req.target.is_some() && (f.dst.is_some() || f.src.is_some()) {
-                return Err(at(SpecError::new("dst", "is set by the target selector: the addresses of the pods it picks")).into());
+                return Err(at(SpecError::new(
+                    "dst",
+                    "is set by the target selector: the addresses of the pods it picks",
+                ))
+                .into());
             }
             if req.schedule.is_some() {
                 let limited = lifetime(f, self.settings.max_duration).map_err(at)?;
@@ -330,7 +341,13 @@ impl<D: Dataplane> Engine<D> {
         let mut followed = Followed::new(record)?;
         if let Some(schedule) = &followed.schedule {
             followed.record.next_run_ms = Some(schedule.next_after(now, now).ok_or_else(|| {
-                SpecError::new("schedule.cron", format!("'{}' names no time to come", followed.record.schedule.as_ref().map_or("", |s| s.cron.as_str())))
+                SpecError::new(
+                    "schedule.cron",
+                    format!(
+                        "'{}' names no time to come",
+                        followed.record.schedule.as_ref().map_or("", |s| s.cron.as_str())
+                    ),
+                )
             })?);
             self.experiments.insert(name.clone(), followed);
             self.save_experiments()?;
@@ -382,7 +399,8 @@ impl<D: Dataplane> Engine<D> {
                         ),
                     )
                 })?;
-                let addresses: Vec<String> = chosen.iter().flat_map(|p| p.ips.iter().map(|ip| ip.to_string())).collect();
+                let addresses: Vec<String> =
+                    chosen.iter().flat_map(|p| p.ips.iter().map(|ip| ip.to_string())).collect();
                 if addresses.is_empty() {
                     return Err(SpecError::new("target", "the pods it picks have no address yet").into());
                 }
@@ -399,7 +417,12 @@ impl<D: Dataplane> Engine<D> {
         }
         let specs = self.instances(followed, &picked, &targets, 0);
         let views = self.apply_as(
-            &Apply { faults: specs, experiment: Some(followed.record.name.clone()), force: followed.record.force, ..Default::default() },
+            &Apply {
+                faults: specs,
+                experiment: Some(followed.record.name.clone()),
+                force: followed.record.force,
+                ..Default::default()
+            },
             actor,
             action,
         )?;
@@ -415,7 +438,8 @@ impl<D: Dataplane> Engine<D> {
     /// toward its targets, each lasting `elapsed_ms` less than its template says.
     fn instances(&self, followed: &Followed, pods: &[Pod], targets: &[String], elapsed_ms: u64) -> Vec<FaultSpec> {
         let r = &followed.record;
-        let pods: Vec<Option<&Pod>> = if followed.selector.is_some() { pods.iter().map(Some).collect() } else { vec![None] };
+        let pods: Vec<Option<&Pod>> =
+            if followed.selector.is_some() { pods.iter().map(Some).collect() } else { vec![None] };
         let targets: Vec<Option<(usize, usize, &str)>> = if targets.is_empty() {
             vec![None]
         } else {
@@ -505,13 +529,32 @@ impl<D: Dataplane> Engine<D> {
             let active = self.faults.of_experiment(&name);
             if !active.is_empty() {
                 followed.record.skipped += 1;
-                followed.push_run(Run { at_ms: due, outcome: "skipped".into(), faults: vec![], error: Some("the last run is still active".into()) });
-                self.audit(&daemon, AuditAction::Skip, active, Some(name.clone()), "skipped: the last run is still active".into(), vec![]);
+                followed.push_run(Run {
+                    at_ms: due,
+                    outcome: "skipped".into(),
+                    faults: vec![],
+                    error: Some("the last run is still active".into()),
+                });
+                self.audit(
+                    &daemon,
+                    AuditAction::Skip,
+                    active,
+                    Some(name.clone()),
+                    "skipped: the last run is still active".into(),
+                    vec![],
+                );
             } else {
-                let result = self.list_pods(followed).and_then(|pods| self.start_run(followed, &pods, now, &daemon, AuditAction::Run));
+                let result = self
+                    .list_pods(followed)
+                    .and_then(|pods| self.start_run(followed, &pods, now, &daemon, AuditAction::Run));
                 followed.record.runs += 1;
                 let run = match result {
-                    Ok(views) => Run { at_ms: due, outcome: "ran".into(), faults: views.into_iter().map(|v| v.name).collect(), error: None },
+                    Ok(views) => Run {
+                        at_ms: due,
+                        outcome: "ran".into(),
+                        faults: views.into_iter().map(|v| v.name).collect(),
+                        error: None,
+                    },
                     Err(e) => {
                         tracing::warn!(experiment = name, "scheduled run failed: {e}");
                         Run { at_ms: due, outcome: "failed".into(), faults: vec![], error: Some(e.to_string()) }
@@ -534,10 +577,16 @@ impl<D: Dataplane> Engine<D> {
             if !joining.is_empty() {
                 let elapsed = now.saturating_sub(followed.record.run_at_ms.unwrap_or(now));
                 let specs = self.instances(followed, &joining, &followed.record.targets.clone(), elapsed);
-                let req = Apply { faults: specs, experiment: Some(name.clone()), force: followed.record.force, ..Default::default() };
+                let req = Apply {
+                    faults: specs,
+                    experiment: Some(name.clone()),
+                    force: followed.record.force,
+                    ..Default::default()
+                };
                 // Each pod on its own: one that cannot take the faults does not keep the others out.
                 for pod in &joining {
-                    let one: Vec<FaultSpec> = req.faults.iter().filter(|f| f.pod.as_deref() == Some(&pod.key())).cloned().collect();
+                    let one: Vec<FaultSpec> =
+                        req.faults.iter().filter(|f| f.pod.as_deref() == Some(&pod.key())).cloned().collect();
                     let result = self.apply_as(&Apply { faults: one, ..req.clone() }, &daemon, AuditAction::Join);
                     if let Err(e) = result {
                         tracing::warn!(experiment = name, pod = pod.key(), "a pod could not join: {e}");
@@ -641,5 +690,89 @@ impl<D: Dataplane> Engine<D> {
         if !self.experiments.is_empty() {
             tracing::info!(experiments = self.experiments.len(), "following the previous daemon's experiments");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pod(namespace: &str, name: &str, labels: &[(&str, &str)]) -> Pod {
+        Pod {
+            id: format!("sandbox-{namespace}-{name}"),
+            namespace: namespace.into(),
+            name: name.into(),
+            labels: labels.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+            ready: true,
+            ips: vec!["10.88.0.2".parse().unwrap()],
+            ..Default::default()
+        }
+    }
+
+    fn selector(namespaces: &[&str], labels: &str, mode: &str, value: Option<&str>) -> PodSelector {
+        SelectorSpec {
+            namespaces: namespaces.iter().map(|n| n.to_string()).collect(),
+            labels: Some(labels.into()).filter(|l: &String| !l.is_empty()),
+            mode: Some(mode.into()),
+            value: value.map(Into::into),
+            ..Default::default()
+        }
+        .validate()
+        .unwrap()
+    }
+
+    #[test]
+    fn selectors_pick_ready_matching_pods_as_their_mode_says() {
+        let mut pods = vec![
+            pod("shop", "web-1", &[("app", "web")]),
+            pod("shop", "web-2", &[("app", "web"), ("tier", "db")]),
+            pod("shop", "web-3", &[("app", "web")]),
+            pod("shop", "api-1", &[("app", "api")]),
+            pod("other", "web-9", &[("app", "web")]),
+        ];
+        pods[2].ready = false;
+        let mut first = |_: usize| 0;
+        let names = |p: Vec<&Pod>| p.iter().map(|p| p.key()).collect::<Vec<_>>();
+        let all = selector(&["shop"], "app=web,tier!=db", "all", None);
+        assert_eq!(names(pick(&pods, &all, &mut first).unwrap()), ["shop/web-1"]);
+        let web = selector(&[], "app=web", "all", None);
+        assert_eq!(names(pick(&pods, &web, &mut first).unwrap()), ["other/web-9", "shop/web-1", "shop/web-2"]);
+        let one = selector(&[], "app=web", "one", None);
+        for draw in 0..3 {
+            let picked = pick(&pods, &one, &mut |n| draw % n).unwrap();
+            assert_eq!(picked.len(), 1);
+        }
+        // Every pod can be the one: the draw decides.
+        let seen: BTreeSet<String> = (0..3).map(|d| pick(&pods, &one, &mut |n| d % n).unwrap()[0].key()).collect();
+        assert_eq!(seen.len(), 3);
+        let fixed = selector(&[], "app=web", "fixed", Some("2"));
+        assert_eq!(pick(&pods, &fixed, &mut random).unwrap().len(), 2);
+        let percent = selector(&[], "app", "fixed-percent", Some("67"));
+        // 67% of the 4 ready pods with an app label, rounded down.
+        assert_eq!(pick(&pods, &percent, &mut random).unwrap().len(), 2);
+        let none = selector(&["nowhere"], "", "all", None);
+        assert!(pick(&pods, &none, &mut random).is_err());
+    }
+
+    #[test]
+    fn instances_are_named_after_their_template_and_pod() {
+        let template = FaultSpec { action: Some("loss".into()), loss: Some(30.0), ..Default::default() };
+        let p = pod("shop", "web-1", &[]);
+        let one = instance("exp", 0, 1, &template, Some(&p), None);
+        assert_eq!((one.name.as_deref(), one.pod.as_deref()), (Some("exp.web-1"), Some("shop/web-1")));
+        let second = instance("exp", 1, 2, &template, Some(&p), Some((1, 2, "10.0.0.9")));
+        assert_eq!((second.name.as_deref(), second.dst.as_deref()), (Some("exp-2.web-1.2"), Some("10.0.0.9")));
+        let ingress = FaultSpec { direction: Some("ingress".into()), name: Some("cut".into()), ..template.clone() };
+        let from = instance("exp", 0, 1, &ingress, Some(&p), Some((0, 1, "10.0.0.9")));
+        assert_eq!((from.name.as_deref(), from.src.as_deref(), from.dst), (Some("cut.web-1"), Some("10.0.0.9"), None));
+        // A long pod name: a valid name, its start kept, told apart from another by a hash.
+        let long = pod("shop", &format!("{}-a", "x".repeat(70)), &[]);
+        let other = pod("shop", &format!("{}-b", "x".repeat(70)), &[]);
+        let (a, b) = (
+            instance("exp", 0, 1, &template, Some(&long), None).name.unwrap(),
+            instance("exp", 0, 1, &template, Some(&other), None).name.unwrap(),
+        );
+        assert!(validate_name(&a).is_ok() && validate_name(&b).is_ok() && a != b, "{a} {b}");
+        assert!(a.starts_with("exp.xxx"), "{a}");
     }
 }
