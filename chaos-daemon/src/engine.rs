@@ -138,7 +138,7 @@ impl<D: Dataplane> Engine<D> {
         let result = if req.selector.is_some() || req.target.is_some() || req.schedule.is_some() {
             self.apply_followed(req, actor)
         } else {
-            self.try_apply(req, actor, AuditAction::Apply)
+            self.try_apply(req, actor, AuditAction::Apply, "ok")
         };
         if let Err(e) = &result {
             let names = req.faults.iter().filter_map(|f| f.name.clone()).collect();
@@ -155,10 +155,16 @@ impl<D: Dataplane> Engine<D> {
         self.audit_failure(actor, Removal::Faults.action(), names.to_vec(), None, result)
     }
 
-    /// Applies a batch with its event recorded as `action` (a run, a join), on behalf of
-    /// `actor`; a failure is recorded too.
-    fn apply_as(&mut self, req: &Apply, actor: &Actor, action: AuditAction) -> Result<Vec<FaultView>, EngineError> {
-        let result = self.try_apply(req, actor, action.clone());
+    /// Applies a batch with its event recorded as `action` (a run, a join) and `result` (what
+    /// was picked), on behalf of `actor`; a failure is recorded too.
+    fn apply_as(
+        &mut self,
+        req: &Apply,
+        actor: &Actor,
+        action: AuditAction,
+        result: &str,
+    ) -> Result<Vec<FaultView>, EngineError> {
+        let result = self.try_apply(req, actor, action.clone(), result);
         if let Err(e) = &result {
             let names = req.faults.iter().filter_map(|f| f.name.clone()).collect();
             self.audit(actor, action, names, req.experiment.clone(), failed(e), vec![]);
@@ -281,7 +287,13 @@ impl<D: Dataplane> Engine<D> {
         self
     }
 
-    fn try_apply(&mut self, req: &Apply, actor: &Actor, action: AuditAction) -> Result<Vec<FaultView>, EngineError> {
+    fn try_apply(
+        &mut self,
+        req: &Apply,
+        actor: &Actor,
+        action: AuditAction,
+        result: &str,
+    ) -> Result<Vec<FaultView>, EngineError> {
         let specs = &req.faults;
         if self.closed {
             return Err(SpecError::new("faults", "chaos-daemon is shutting down").into());
@@ -321,7 +333,7 @@ impl<D: Dataplane> Engine<D> {
             }
         }
         let (next, names) = self.faults.apply(batch, req.experiment.clone(), actor, &self.limits(), Now::read())?;
-        let event = self.event(actor, action, names.clone(), req.experiment.clone(), "ok".into(), vec![]);
+        let event = self.event(actor, action, names.clone(), req.experiment.clone(), result.into(), vec![]);
         self.commit(next, vec![event])?;
         Ok(names.iter().filter_map(|n| self.faults.get(n)).map(|a| self.view(a)).collect())
     }

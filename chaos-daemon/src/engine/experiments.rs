@@ -416,16 +416,23 @@ impl<D: Dataplane> Engine<D> {
             };
         }
         let specs = self.instances(followed, &picked, &targets, 0);
-        let views = self.apply_as(
-            &Apply {
-                faults: specs,
-                experiment: Some(followed.record.name.clone()),
-                force: followed.record.force,
-                ..Default::default()
-            },
-            actor,
-            action,
-        )?;
+        // The picks, named in the history (random ones especially).
+        let mut said = "ok".to_owned();
+        if let Some(s) = &followed.selector {
+            let keys: Vec<String> = picked.iter().map(Pod::key).collect();
+            said += &format!(": pods {} ({})", keys.join(", "), s.describe());
+        }
+        if !targets.is_empty() {
+            said += &format!("; targets {}", targets.join(", "));
+        }
+        let req = Apply {
+            faults: specs,
+            experiment: Some(followed.record.name.clone()),
+            force: followed.record.force,
+            ..Default::default()
+        };
+        // Its failure is recorded by the caller, with what came before (listing, picking).
+        let views = self.try_apply(&req, actor, action, &said)?;
         let r = &mut followed.record;
         r.run_at_ms = Some(now);
         r.window_ends_ms = ends;
@@ -557,6 +564,8 @@ impl<D: Dataplane> Engine<D> {
                     },
                     Err(e) => {
                         tracing::warn!(experiment = name, "scheduled run failed: {e}");
+                        let error = format!("error: {e}");
+                        self.audit(&daemon, AuditAction::Run, vec![], Some(name.clone()), error, vec![]);
                         Run { at_ms: due, outcome: "failed".into(), faults: vec![], error: Some(e.to_string()) }
                     }
                 };
@@ -587,7 +596,9 @@ impl<D: Dataplane> Engine<D> {
                 for pod in &joining {
                     let one: Vec<FaultSpec> =
                         req.faults.iter().filter(|f| f.pod.as_deref() == Some(&pod.key())).cloned().collect();
-                    let result = self.apply_as(&Apply { faults: one, ..req.clone() }, &daemon, AuditAction::Join);
+                    let said = format!("ok: pod {} came to match", pod.key());
+                    let result =
+                        self.apply_as(&Apply { faults: one, ..req.clone() }, &daemon, AuditAction::Join, &said);
                     if let Err(e) = result {
                         tracing::warn!(experiment = name, pod = pod.key(), "a pod could not join: {e}");
                     }
