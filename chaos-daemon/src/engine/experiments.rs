@@ -356,8 +356,18 @@ impl<D: Dataplane> Engine<D> {
         }
         let pods = self.list_pods(&followed)?;
         let views = self.start_run(&mut followed, &pods, now, actor, AuditAction::Apply)?;
-        self.experiments.insert(name, followed);
-        self.save_experiments()?;
+        self.experiments.insert(name.clone(), followed);
+        if let Err(e) = self.save_experiments() {
+            // All or nothing: faults no restarted daemon would know to follow are taken out.
+            self.experiments.remove(&name);
+            let names: Vec<String> = views.iter().map(|v| v.name.clone()).collect();
+            if let Err(back) =
+                self.faults.remove(&names).and_then(|(next, gone)| self.remove_now(next, gone, |_, _| vec![]))
+            {
+                tracing::error!("taking out the faults of an experiment that could not be recorded: {back}");
+            }
+            return Err(e);
+        }
         Ok(views)
     }
 

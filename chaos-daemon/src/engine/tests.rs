@@ -423,3 +423,55 @@ fn followed_sessions_are_confirmed_by_a_listing() {
     let flows = guard.flows(&[&udp], |_| panic!("a UDP fault cannot touch a TCP session"));
     assert!(flows.is_empty());
 }
+
+#[test]
+fn a_schedule_runs_at_its_ticks_never_over_its_last_run_and_survives_a_restart() {
+    use crate::schedule::ScheduleSpec;
+    let dir = Dir::new("schedule");
+    let mut e = engine(&dir);
+    let template = FaultSpec { duration: Some(DurationSpec::Text("5s".into())), ..loss(Some("tick"), "192.0.2.1") };
+    let every = |cron: &str| Some(ScheduleSpec { cron: cron.into(), history_limit: None });
+    let req = Apply { experiment: Some("every".into()), schedule: every("@every 20s"), ..batch(vec![template.clone()]) };
+    // Refused: no experiment name; a fault without a duration.
+    let e1 = e.apply(&Apply { experiment: None, ..req.clone() }, &root()).unwrap_err().to_string();
+    assert!(e1.contains("needs an experiment name"), "{e1}");
+    let endless = Apply { faults: vec![loss(Some("tick"), "192.0.2.1")], ..req.clone() };
+    let e2 = e.apply(&endless, &root()).unwrap_err().to_string();
+    assert!(e2.starts_with("duration:") && e2.contains("required with a schedule"), "{e2}");
+    let e3 = e.apply(&Apply { schedule: every("61 * * * *"), ..req.clone() }, &root()).unwrap_err().to_string();
+    assert!(e3.starts_with("schedule.cron:"), "{e3}");
+    assert!(e.experiments().is_empty() && e.list().is_empty(), "refusals change nothing");
+
+    assert!(e.apply(&req, &root()).unwrap().is_empty(), "the first run is at the first tick");
+    let view = e.experiments().remove(0);
+    let first = view.next_run_ms.unwrap();
+    assert_eq!(first - view.applied_at_ms, 20_000);
+    assert_eq!(e.follow_experiments(first - 1, None), Some(first), "nothing before its tick");
+    assert!(e.list().is_empty());
+    assert_eq!(e.follow_experiments(first, None), Some(first + 20_000));
+    assert_eq!(names(&e.list()), ["tick"]);
+    assert_eq!(e.list()[0].experiment.as_deref(), Some("every"));
+    let run = dir.history().pop().unwrap();
+    assert_eq!((run.action.as_str(), run.faults.as_slice()), ("run", ["tick".to_owned()].as_slice()));
+    // The next tick while the run is still active: skipped and recorded, never overlapping.
+    e.follow_experiments(first + 20_000, None);
+    let view = e.experiments().remove(0);
+    assert_eq!((view.runs, view.skipped, view.faults), (1, 1, 1));
+    assert_eq!(view.last_runs.iter().map(|r| r.outcome.as_str()).collect::<Vec<_>>(), ["ran", "skipped"]);
+    assert_eq!(dir.history().pop().unwrap().action.as_str(), "skip");
+    // Its run over, a restarted daemon keeps the schedule and runs at the next tick.
+    e.remove(&["tick".into()], &root()).unwrap();
+    drop(e);
+    let mut again = engine(&dir);
+    let view = again.experiments().remove(0);
+    assert_eq!((view.name.as_str(), view.next_run_ms, view.runs), ("every", Some(first + 40_000), 1));
+    again.follow_experiments(first + 40_000, None);
+    assert_eq!(names(&again.list()), ["tick"]);
+    assert_eq!(again.experiments()[0].runs, 2);
+    // Removing the experiment ends its run and its schedule.
+    let removed = again.remove_experiment("every", &root()).unwrap();
+    assert_eq!(names(&removed), ["tick"]);
+    assert!(again.experiments().is_empty() && again.list().is_empty());
+    assert_eq!(again.follow_experiments(first + 60_000, None), None);
+    assert!(engine(&dir).experiments().is_empty(), "and a restart does not bring it back");
+}
