@@ -254,7 +254,7 @@ fn nonzero_duration(path: &str, text: Option<&str>) -> Result<Option<DurationSpe
 
 /// A duration as Go's `time.ParseDuration` reads Chaos Mesh's: `300ms`, `1.5h`, `2h45m`, `0`
 /// (units ns, us or µs, ms, s, m, h; no sign: a negative one means nothing here).
-fn go_duration(path: &str, text: &str) -> Result<Duration, Error> {
+pub(crate) fn go_duration(path: &str, text: &str) -> Result<Duration, Error> {
     let bad = || refuse(path, format!("'{text}' is not a duration (e.g. 300ms, 1.5h, 2h45m)"));
     let mut rest = text.trim();
     if rest == "0" {
