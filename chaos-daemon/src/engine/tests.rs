@@ -431,7 +431,8 @@ fn a_schedule_runs_at_its_ticks_never_over_its_last_run_and_survives_a_restart()
     let mut e = engine(&dir);
     let template = FaultSpec { duration: Some(DurationSpec::Text("5s".into())), ..loss(Some("tick"), "192.0.2.1") };
     let every = |cron: &str| Some(ScheduleSpec { cron: cron.into(), history_limit: None });
-    let req = Apply { experiment: Some("every".into()), schedule: every("@every 20s"), ..batch(vec![template.clone()]) };
+    let req =
+        Apply { experiment: Some("every".into()), schedule: every("@every 20s"), ..batch(vec![template.clone()]) };
     // Refused: no experiment name; a fault without a duration.
     let e1 = e.apply(&Apply { experiment: None, ..req.clone() }, &root()).unwrap_err().to_string();
     assert!(e1.contains("needs an experiment name"), "{e1}");
