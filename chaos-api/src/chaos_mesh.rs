@@ -1,14 +1,20 @@
 //! Chaos Mesh NetworkChaos documents (`apiVersion: chaos-mesh.org/v1alpha1`, `kind:
-//! NetworkChaos`) read as faults, with Chaos Mesh's meaning wherever one node can honour it.
-//! Every field is either mapped or refused with its YAML path and the reason: none is ignored
-//! unannounced (the one not honoured, `bandwidth.limit`, is reported as a note).
+//! NetworkChaos`), and `Schedule`s of them, read as faults, with Chaos Mesh's meaning wherever
+//! one node can honour it. Every field is either mapped or refused with its YAML path and the
+//! reason: none is ignored unannounced (those not honoured, `bandwidth.limit` and a Schedule's
+//! `startingDeadlineSeconds`, are reported as notes).
 //!
-//! Which traffic: Chaos Mesh finds its pods through the API server, which a node-local daemon
-//! does not use. So the selector is read only where the node can check it by itself: pods
-//! listed by name (`selector.pods`), found as `pod` targets in the container runtime's state;
-//! every other selector, `mode`s that pick pods at random, and `target` (a second selector)
-//! are refused. A document without a selector (not valid in Chaos Mesh) acts on this host's
-//! interface `device`.
+//! Which traffic: `spec.selector` (namespaces, labels, expressions, annotations, phases, pods
+//! by name) with `mode` and `value` becomes the experiment's [`SelectorSpec`], which the daemon
+//! matches against the pods of its node; the faults are then templates applied in each pod it
+//! selects (`spec.device` the interface inside the pod). Without `namespaces` it selects in the
+//! document's namespace (`default` without one), as Chaos Mesh does, unless `pods` names them.
+//! Node selectors (`nodes`, `nodeSelectors`, `fieldSelectors`) are refused: the daemon acts on
+//! its own node's pods. `spec.target` becomes the experiment's target selector. A document
+//! without a selector (not valid in Chaos Mesh) acts on this host's interface `device`.
+//!
+//! When: `spec.scheduler.cron` (older Chaos Mesh) or a Schedule's `spec.schedule` becomes the
+//! experiment's schedule; each run then needs `duration`.
 //!
 //! Here: the documents' shape (every field named, so an unknown one is refused) and Chaos
 //! Mesh's values (percentages, Go durations); `faults` maps a document to faults.
@@ -17,12 +23,16 @@ use std::{collections::BTreeMap, time::Duration};
 
 use serde::{Deserialize, de::IgnoredAny};
 
-use crate::spec::{DurationSpec, FaultSpec};
+use crate::{
+    schedule::ScheduleSpec,
+    select::SelectorSpec,
+    spec::{DurationSpec, FaultSpec},
+};
 
-/// The faults a file of NetworkChaos documents applies, as one experiment.
+/// The faults a file of NetworkChaos (or Schedule) documents applies, as one experiment.
 #[derive(Debug, PartialEq)]
 pub struct Experiment {
-    /// The first document's `metadata.name`.
+    /// The first document's `metadata.name` (a Schedule's own, not its NetworkChaos').
     pub name: String,
     /// Templates when `selector` is given (applied in each pod it selects), else the faults.
     pub faults: Vec<FaultSpec>,
@@ -60,8 +70,9 @@ pub fn is_network_chaos(path: &std::path::Path, text: &str) -> bool {
     path.extension().is_some_and(|e| e == "yaml" || e == "yml") || text.lines().any(|l| l.starts_with("kind:"))
 }
 
-/// Reads every NetworkChaos document of `text` (separated by `---`) into faults, each checked
-/// as the daemon would ([`FaultSpec::validate`]), all forming one experiment.
+/// Reads every NetworkChaos or Schedule document of `text` (separated by `---`) into faults,
+/// each checked as the daemon would ([`FaultSpec::validate`]), all forming one experiment:
+/// their selectors, targets and schedules must be the same.
 pub fn parse(text: &str) -> Result<Experiment, Error> {
     // Two passes: loosely first, to skip empty documents and name a wrong kind before its
     // fields are judged as NetworkChaos fields; then strictly, where errors carry their path.
@@ -83,29 +94,73 @@ pub fn parse(text: &str) -> Result<Experiment, Error> {
             continue;
         }
         index += 1;
-        check_kind(head).map_err(|e| in_doc(index, e))?;
-        let chaos = NetworkChaos::deserialize(doc).map_err(|e| in_doc(index, Error::Yaml(e.to_string())))?;
-        let name = &chaos.metadata.name;
-        if names.contains(name) {
+        let yaml = |e: serde_norway::Error| in_doc(index, Error::Yaml(e.to_string()));
+        let part = match check_kind(head).map_err(|e| in_doc(index, e))? {
+            Kind::NetworkChaos => NetworkChaos::deserialize(doc).map_err(yaml)?.read(None),
+            Kind::Schedule => ScheduleDoc::deserialize(doc).map_err(yaml)?.read(),
+        }
+        .map_err(|e| in_doc(index, e))?;
+        if names.contains(&part.name) {
+            let name = &part.name;
             return Err(in_doc(index, refuse("metadata.name", format!("'{name}' names another document too"))));
         }
-        names.push(name.clone());
-        let (faults, notes) = chaos.faults().map_err(|e| in_doc(index, e))?;
+        names.push(part.name.clone());
         match &mut experiment {
             None => {
-                experiment =
-                    Some(Experiment { name: name.clone(), faults, selector: None, target: None, schedule: None, notes })
+                experiment = Some(Experiment {
+                    name: part.name,
+                    faults: part.faults,
+                    selector: part.selector,
+                    target: part.target,
+                    schedule: part.schedule,
+                    notes: part.notes,
+                })
             }
             Some(x) => {
-                x.faults.extend(faults);
-                x.notes.extend(notes);
+                // One experiment has one selection and one schedule.
+                let why = "differs from the first document's: the documents of a file form one experiment, which has \
+                           one; apply them from separate files";
+                let (selector, target) = (part.selector != x.selector, part.target != x.target);
+                if let Some(path) = [
+                    (selector && part.kind == Kind::Schedule, "spec.networkChaos.selector"),
+                    (selector, "spec.selector"),
+                    (target && part.kind == Kind::Schedule, "spec.networkChaos.target"),
+                    (target, "spec.target"),
+                    (part.schedule != x.schedule, "spec.schedule"),
+                ]
+                .iter()
+                .find_map(|(differs, path)| differs.then_some(*path))
+                {
+                    return Err(in_doc(index, refuse(path, why)));
+                }
+                x.faults.extend(part.faults);
+                x.notes.extend(part.notes);
             }
         }
     }
-    experiment.ok_or_else(|| Error::Yaml("no NetworkChaos document in the file".into()))
+    experiment.ok_or_else(|| Error::Yaml("no NetworkChaos or Schedule document in the file".into()))
 }
 
-fn check_kind(head: &serde_norway::Value) -> Result<(), Error> {
+/// The kinds of document read here.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Kind {
+    NetworkChaos,
+    /// Chaos Mesh's `Schedule` of a NetworkChaos.
+    Schedule,
+}
+
+/// One document read: its faults (templates with a selector), what they act on and when.
+struct Part {
+    kind: Kind,
+    name: String,
+    faults: Vec<FaultSpec>,
+    selector: Option<SelectorSpec>,
+    target: Option<SelectorSpec>,
+    schedule: Option<ScheduleSpec>,
+    notes: Vec<String>,
+}
+
+fn check_kind(head: &serde_norway::Value) -> Result<Kind, Error> {
     let field = |name: &str| head.get(name).and_then(|v| v.as_str()).unwrap_or_default().to_owned();
     match field("apiVersion") {
         v if v == "chaos-mesh.org/v1alpha1" => {}
@@ -113,9 +168,17 @@ fn check_kind(head: &serde_norway::Value) -> Result<(), Error> {
         v => return Err(refuse("apiVersion", format!("'{v}' is not chaos-mesh.org/v1alpha1"))),
     }
     match field("kind") {
-        k if k == "NetworkChaos" => Ok(()),
-        k if k.is_empty() => Err(refuse("kind", "is required: NetworkChaos")),
-        k => Err(refuse("kind", format!("'{k}' is not read here: only NetworkChaos is"))),
+        k if k == "NetworkChaos" => Ok(Kind::NetworkChaos),
+        k if k == "Schedule" => {
+            let kind = head.get("spec").and_then(|s| s.get("type")).and_then(|v| v.as_str()).unwrap_or_default();
+            match kind {
+                "NetworkChaos" => Ok(Kind::Schedule),
+                "" => Err(refuse("spec.type", "is required: NetworkChaos")),
+                other => Err(refuse("spec.type", format!("'{other}' is not read here: only NetworkChaos is"))),
+            }
+        }
+        k if k.is_empty() => Err(refuse("kind", "is required: NetworkChaos or Schedule")),
+        k => Err(refuse("kind", format!("'{k}' is not read here: only NetworkChaos and Schedule are"))),
     }
 }
 
@@ -130,15 +193,38 @@ struct NetworkChaos {
     spec: Spec,
 }
 
-/// The Kubernetes object's metadata: its name names the experiment and its faults; the rest
-/// describes the object and means nothing on a node (with `selector.pods`, Chaos Mesh does not
-/// use the namespace either).
+/// A Chaos Mesh `Schedule` of type NetworkChaos: its NetworkChaos at each tick.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct ScheduleDoc {
+    #[serde(rename = "apiVersion")]
+    _api_version: IgnoredAny,
+    #[serde(rename = "kind")]
+    _kind: IgnoredAny,
+    metadata: Metadata,
+    spec: ScheduleDocSpec,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct ScheduleDocSpec {
+    schedule: String,
+    #[serde(rename = "type")]
+    _type: IgnoredAny,
+    network_chaos: Option<Spec>,
+    concurrency_policy: Option<String>,
+    history_limit: Option<u32>,
+    starting_deadline_seconds: Option<i64>,
+}
+
+/// The Kubernetes object's metadata: its name names the experiment and its faults, its
+/// namespace is where a selector without namespaces selects (as in Chaos Mesh); the rest
+/// describes the object and means nothing on a node.
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct Metadata {
     name: String,
-    #[serde(rename = "namespace")]
-    _namespace: Option<IgnoredAny>,
+    namespace: Option<String>,
     #[serde(rename = "labels")]
     _labels: Option<IgnoredAny>,
     #[serde(rename = "annotations")]
@@ -161,8 +247,10 @@ struct Spec {
     duplicate: Option<Duplicate>,
     corrupt: Option<Corrupt>,
     bandwidth: Option<Bandwidth>,
+    target: Option<Target>,
+    /// Older Chaos Mesh's recurring NetworkChaos: `{cron: ...}`.
+    scheduler: Option<Scheduler>,
     // Refused when given (see `faults`).
-    target: Option<IgnoredAny>,
     target_device: Option<IgnoredAny>,
     remote_cluster: Option<IgnoredAny>,
 }
@@ -170,17 +258,40 @@ struct Spec {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 struct Selector {
-    /// Namespace to pod names: the one selector a node can check by itself.
+    namespaces: Option<Vec<String>>,
+    label_selectors: Option<BTreeMap<String, String>>,
+    expression_selectors: Option<Vec<Expression>>,
+    annotation_selectors: Option<BTreeMap<String, String>>,
+    pod_phase_selectors: Option<Vec<String>>,
+    /// Namespace to pod names.
     pods: Option<BTreeMap<String, Vec<String>>>,
-    // The others need the API server: refused when given.
-    namespaces: Option<IgnoredAny>,
-    label_selectors: Option<IgnoredAny>,
-    expression_selectors: Option<IgnoredAny>,
-    annotation_selectors: Option<IgnoredAny>,
+    // Refused when given: see `faults`.
     field_selectors: Option<IgnoredAny>,
     nodes: Option<IgnoredAny>,
     node_selectors: Option<IgnoredAny>,
-    pod_phase_selectors: Option<IgnoredAny>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Expression {
+    key: String,
+    operator: String,
+    values: Option<Vec<String>>,
+}
+
+/// `spec.target`: the pods at the other end.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Target {
+    selector: Selector,
+    mode: Option<String>,
+    value: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Scheduler {
+    cron: String,
 }
 
 #[derive(Deserialize)]

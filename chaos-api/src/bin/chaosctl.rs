@@ -9,6 +9,8 @@ use chaos_api::{
         unix_ms,
     },
     client::{Client, ClientError},
+    schedule::ScheduleSpec,
+    select::SelectorSpec,
     spec::{DurationSpec, FaultSpec, PortSpec, RateSpec},
 };
 use clap::{Args as ClapArgs, Parser, Subcommand, ValueEnum};
@@ -101,6 +103,7 @@ enum Command {
 const APPLY_USAGE: &str = "chaosctl apply [--socket PATH] -i INTERFACE ACTION [OPTIONS]
        chaosctl apply [--socket PATH] --netns PATH|--pid PID|--container ID|--pod NS/NAME ACTION [OPTIONS]
        chaosctl apply [--socket PATH] --cgroup PATH --connect-fail [OPTIONS]
+       chaosctl apply [--socket PATH] -e NAME -n NS|-A|-l SELECTOR [--mode MODE] ACTION [OPTIONS]
        chaosctl apply [--socket PATH] -f FILE [OPTIONS]
 ACTION: --loss PERCENT, --gemodel \"P R..\", --partition, --delay DURATION, --rate RATE, --duplicate PERCENT,
         --corrupt PERCENT or --reset";
@@ -123,15 +126,47 @@ struct ApplyArgs {
         long = "file",
         conflicts_with_all = [
             "name", "interface", "netns", "pid", "container", "pod", "cgroup", "loss", "gemodel", "partition", "delay",
-            "rate", "duplicate", "corrupt", "reset", "connect_fail"
+            "rate", "duplicate", "corrupt", "reset", "connect_fail", "namespace", "all_namespaces", "selector", "mode",
+            "value", "schedule", "history_limit"
         ]
     )]
     file: Option<PathBuf>,
+    /// Act in this node's pods of this namespace (repeatable): the fault is then a template
+    /// applied in each pod selected (its --interface inside the pod, default eth0).
+    #[arg(short = 'n', long, value_name = "NS", conflicts_with_all = ["netns", "pid", "container", "pod", "cgroup"])]
+    namespace: Vec<String>,
+    /// As --namespace, in every namespace.
+    #[arg(short = 'A', long, conflicts_with_all = ["namespace", "netns", "pid", "container", "pod", "cgroup"])]
+    all_namespaces: bool,
+    /// Act in this node's pods with these labels (kubectl's syntax: app=web,tier!=db,env in (a,b));
+    /// in namespace default unless -n or -A says otherwise.
+    #[arg(short = 'l', long, value_name = "SELECTOR", conflicts_with_all = ["netns", "pid", "container", "pod", "cgroup"])]
+    selector: Option<String>,
+    /// How many of the selected pods: one, all (default), fixed, fixed-percent or
+    /// random-max-percent (as Chaos Mesh), with --value.
+    #[arg(long, conflicts_with_all = ["netns", "pid", "container", "pod", "cgroup"])]
+    mode: Option<String>,
+    /// The number (fixed) or percentage (the percent modes) --mode takes.
+    #[arg(long, requires = "mode")]
+    value: Option<String>,
+    /// Run the experiment again at each tick (each run lasts --for): a cron line, e.g. "0 2 * * 1-5",
+    /// a descriptor (@hourly, @daily...) or "@every 5m". Needs --experiment.
+    #[arg(long, value_name = "CRON")]
+    schedule: Option<String>,
+    /// With --schedule: how many of its last runs the daemon keeps to show (default 10).
+    #[arg(long, value_name = "N", requires = "schedule")]
+    history_limit: Option<u32>,
     /// Fault name (default: generated).
     #[arg(long)]
     name: Option<String>,
     /// Interface to act on (with --netns or --pid: the one inside that namespace, default eth0).
-    #[arg(short, long, required_unless_present_any = ["file", "netns", "pid", "container", "pod", "connect_fail"])]
+    #[arg(
+        short,
+        long,
+        required_unless_present_any = [
+            "file", "netns", "pid", "container", "pod", "connect_fail", "namespace", "all_namespaces", "selector", "mode"
+        ]
+    )]
     interface: Option<String>,
     /// Act on an interface of another network namespace (a container's), by path, e.g.
     /// /run/netns/x or /proc/PID/ns/net: directions are as seen from inside it.
@@ -243,7 +278,8 @@ struct ApplyArgs {
     /// Start after this long (30s, 5m...) instead of at once.
     #[arg(long, value_name = "DURATION")]
     start_after: Option<String>,
-    /// Name the batch as an experiment, removed together with `rm -e NAME`.
+    /// Name the batch as an experiment, removed together with `rm -e NAME` (required with a
+    /// selector or --schedule).
     #[arg(short, long)]
     experiment: Option<String>,
     /// Apply even if a fault would touch a protected flow (an SSH session, a configured
@@ -264,7 +300,44 @@ struct ApplyArgs {
 struct FaultFile {
     /// The file's faults form this experiment (the --experiment flag overrides it).
     experiment: Option<String>,
+    /// The pods the faults (then templates) act in, as the API's `selector`.
+    selector: Option<SelectorSpec>,
+    /// The pods at the faults' other end, as the API's `target`.
+    target: Option<SelectorSpec>,
+    /// When the experiment runs again: a cron line, a descriptor or `@every DURATION`.
+    schedule: Option<String>,
     fault: Vec<FaultSpec>,
+}
+
+/// What `apply` sends: the faults, the experiment they form, and its pods and schedule.
+#[derive(Default)]
+struct Plan {
+    faults: Vec<FaultSpec>,
+    experiment: Option<String>,
+    selector: Option<SelectorSpec>,
+    target: Option<SelectorSpec>,
+    schedule: Option<ScheduleSpec>,
+}
+
+impl Plan {
+    /// Checked here as the daemon checks them, so that a typo fails before any request; a
+    /// selector or schedule needs the experiment's name (what `rm -e` removes it by).
+    fn check(self) -> anyhow::Result<Self> {
+        for s in [&self.selector, &self.target].into_iter().flatten() {
+            s.validate()?;
+        }
+        if let Some(s) = &self.schedule {
+            s.validate()?;
+        }
+        let follows = self.selector.is_some() || self.target.is_some() || self.schedule.is_some();
+        if follows && self.experiment.is_none() {
+            anyhow::bail!(
+                "--experiment: is required with a selector or schedule: the name the daemon follows it by (and `rm -e` \
+                 removes it by)"
+            );
+        }
+        Ok(self)
+    }
 }
 
 /// Exit codes (documented in the README): what a script needs to tell apart.
@@ -362,9 +435,10 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
             } else {
                 None
             };
-            let (faults, experiment) = specs(*args).map_err(BadInput)?;
+            let Plan { faults, experiment, selector, target, schedule } =
+                specs(*args).and_then(Plan::check).map_err(BadInput)?;
             let applied: Faults =
-                client.post("/v1/faults", &Apply { faults, experiment, force, ..Default::default() }).await?;
+                client.post("/v1/faults", &Apply { faults, experiment, force, selector, target, schedule }).await?;
             if !wait {
                 if let Output::Json = output {
                     return json(&applied).map(|()| 0);
@@ -520,8 +594,8 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
     Ok(0)
 }
 
-/// The faults to apply and the experiment they form.
-fn specs(args: ApplyArgs) -> anyhow::Result<(Vec<FaultSpec>, Option<String>)> {
+/// The faults to apply, the experiment they form, and its pods and schedule.
+fn specs(args: ApplyArgs) -> anyhow::Result<Plan> {
     if let Some(path) = args.file {
         let text = std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
         if chaos_api::chaos_mesh::is_network_chaos(&path, &text) {
@@ -529,11 +603,25 @@ fn specs(args: ApplyArgs) -> anyhow::Result<(Vec<FaultSpec>, Option<String>)> {
             for note in x.notes {
                 eprintln!("chaosctl: note: {}: {note}", path.display());
             }
-            return Ok((x.faults, args.experiment.or(Some(x.name))));
+            return Ok(Plan {
+                faults: x.faults,
+                experiment: args.experiment.or(Some(x.name)),
+                selector: x.selector,
+                target: x.target,
+                schedule: x.schedule,
+            });
         }
         let file: FaultFile = toml::from_str(&text).with_context(|| format!("{}", path.display()))?;
-        return Ok((file.fault, args.experiment.or(file.experiment)));
+        return Ok(Plan {
+            faults: file.fault,
+            experiment: args.experiment.or(file.experiment),
+            selector: file.selector,
+            target: file.target,
+            schedule: file.schedule.map(|cron| ScheduleSpec { cron, history_limit: None }),
+        });
     }
+    let selector = selector(&args)?;
+    let schedule = args.schedule.clone().map(|cron| ScheduleSpec { cron, history_limit: args.history_limit });
     let percent = |flag: &str, v: Option<String>| {
         v.map(|l| {
             l.trim()
@@ -614,7 +702,38 @@ fn specs(args: ApplyArgs) -> anyhow::Result<(Vec<FaultSpec>, Option<String>)> {
         duration: args.duration.map(DurationSpec::Text),
         start_after: args.start_after.map(DurationSpec::Text),
     };
-    Ok((vec![spec], args.experiment))
+    Ok(Plan { faults: vec![spec], experiment: args.experiment, selector, target: None, schedule })
+}
+
+/// The selector the flags describe, if any: like kubectl, `-l` alone selects in `default`.
+fn selector(args: &ApplyArgs) -> anyhow::Result<Option<SelectorSpec>> {
+    if args.namespace.is_empty() && !args.all_namespaces && args.selector.is_none() && args.mode.is_none() {
+        return Ok(None);
+    }
+    let namespaces = match (args.all_namespaces, args.namespace.is_empty()) {
+        (true, _) => Vec::new(),
+        (false, true) => vec!["default".to_owned()],
+        (false, false) => args.namespace.clone(),
+    };
+    let spec = SelectorSpec {
+        namespaces,
+        labels: args.selector.clone(),
+        mode: args.mode.clone(),
+        value: args.value.clone(),
+        ..SelectorSpec::default()
+    };
+    // The flag, not the API's field, in the message.
+    spec.validate().map_err(|e| {
+        let field = e.field.strip_prefix("selector.").unwrap_or(&e.field);
+        let flag = match field.split(['[', '.']).next().unwrap_or_default() {
+            "namespaces" => "--namespace",
+            "labels" => "--selector",
+            "mode" => "--mode",
+            _ => "--value",
+        };
+        anyhow::anyhow!("{flag}: {}", e.reason)
+    })?;
+    Ok(Some(spec))
 }
 
 /// The action as a short phrase: `loss 20%`, `delay 50ms±10ms rate 10mbit`.
@@ -1101,5 +1220,85 @@ mod tests {
             assert!(name(bad).is_err(), "{bad:?}");
         }
         assert_eq!(name("loss-1").unwrap(), "loss-1");
+    }
+
+    /// What `chaosctl apply ARGS...` would send, or why not.
+    fn plan(args: &[&str]) -> Result<Plan, String> {
+        let cli = Cli::try_parse_from(["chaosctl", "apply"].iter().chain(args)).map_err(|e| e.to_string())?;
+        let Command::Apply(args) = cli.command else { panic!("not apply") };
+        specs(*args).and_then(Plan::check).map_err(|e| format!("{e:#}"))
+    }
+
+    #[test]
+    fn selector_flags_make_a_template() {
+        let p = plan(&["-e", "x", "-l", "app=web", "--loss", "5"]).unwrap();
+        let s = p.selector.unwrap();
+        // As kubectl: -l alone selects in namespace default.
+        assert_eq!((s.namespaces, s.labels.as_deref()), (vec!["default".to_owned()], Some("app=web")));
+        assert_eq!((p.faults[0].pod.as_ref(), p.faults[0].interface.as_ref()), (None, None));
+        let s = plan(&["-e", "x", "-n", "a", "-n", "b", "--mode", "fixed", "--value", "2", "--loss", "5"])
+            .unwrap()
+            .selector
+            .unwrap();
+        assert_eq!(
+            (s.namespaces, s.mode.as_deref(), s.value.as_deref()),
+            (vec!["a".into(), "b".into()], Some("fixed"), Some("2"))
+        );
+        assert_eq!(plan(&["-e", "x", "-A", "--loss", "5"]).unwrap().selector.unwrap().namespaces, Vec::<String>::new());
+        let p = plan(&[
+            "-e",
+            "x",
+            "-i",
+            "eth0",
+            "--loss",
+            "5",
+            "--for",
+            "1m",
+            "--schedule",
+            "@every 10m",
+            "--history-limit",
+            "3",
+        ])
+        .unwrap();
+        assert_eq!(p.schedule, Some(ScheduleSpec { cron: "@every 10m".into(), history_limit: Some(3) }));
+        assert_eq!(p.selector, None);
+    }
+
+    #[test]
+    fn selector_flags_are_checked() {
+        for (args, expected) in [
+            (&["-l", "app=web", "--loss", "5"][..], "--experiment: is required with a selector or schedule"),
+            (&["-i", "eth0", "--schedule", "@daily", "--loss", "5"], "--experiment: is required"),
+            (&["-e", "x", "-l", "app=", "-l", "x", "--loss", "5"], "error: the argument '--selector"),
+            (&["-e", "x", "-l", "app=web,", "--loss", "5"], "--selector: ends with ','"),
+            (&["-e", "x", "-n", "Shop", "--loss", "5"], "--namespace: 'Shop' is not a namespace"),
+            (&["-e", "x", "-A", "--mode", "fixed", "--loss", "5"], "--value: is required with mode fixed"),
+            (&["-e", "x", "-A", "--mode", "any", "--loss", "5"], "--mode: 'any' is not a mode"),
+            (&["-e", "x", "-i", "eth0", "--schedule", "* * *", "--loss", "5"], "schedule.cron: '* * *' has 3 fields"),
+            (&["-e", "x", "-A", "-n", "a", "--loss", "5"], "error: the argument '--all-namespaces'"),
+            (&["-e", "x", "-n", "a", "--pod", "a/b", "--loss", "5"], "error: the argument '--namespace"),
+            (&["-e", "x", "-f", "x.yaml", "-l", "a=b"], "error: the argument '--file"),
+        ] {
+            let e = plan(args).map(|_| "accepted".to_owned()).unwrap_or_else(|e| e);
+            assert!(e.starts_with(expected), "{args:?}: {e}");
+        }
+    }
+
+    #[test]
+    fn fault_files_carry_a_selector_and_schedule() {
+        let dir = std::env::temp_dir().join(format!("chaosctl-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("faults.toml");
+        std::fs::write(
+            &path,
+            "experiment = \"x\"\nschedule = \"@hourly\"\n[selector]\nnamespaces = [\"shop\"]\nlabels = \"app=web\"\n\
+             [[fault]]\naction = \"loss\"\nloss = 5\nduration = \"1m\"\n",
+        )
+        .unwrap();
+        let p = plan(&["-f", path.to_str().unwrap()]).unwrap();
+        std::fs::remove_dir_all(&dir).unwrap();
+        assert_eq!(p.selector.unwrap().labels.as_deref(), Some("app=web"));
+        assert_eq!(p.schedule.unwrap().cron, "@hourly");
+        assert_eq!(p.experiment.as_deref(), Some("x"));
     }
 }

@@ -1,35 +1,108 @@
 //! From a NetworkChaos document to faults: each field mapped with Chaos Mesh's meaning, or
 //! refused by its path with the reason.
 
-use super::{Error, NetworkChaos, Spec, go_duration, nonzero_duration, nonzero_percent, percent, refuse, text};
-use crate::spec::{Cidr, DurationSpec, FaultSpec, RateSpec, SpecError, validate_name};
+use super::{
+    Error, Kind, NetworkChaos, Part, ScheduleDoc, Selector, Spec, go_duration, nonzero_duration, nonzero_percent,
+    percent, refuse, text,
+};
+use crate::{
+    schedule::{Schedule, ScheduleSpec},
+    select::{ExpressionSpec, SelectorSpec},
+    spec::{Cidr, DurationSpec, Fault, FaultSpec, RateSpec, SpecError, validate_name},
+};
 
-/// Why selectors other than `pods` are refused.
-const API_SERVER: &str = "selects pods through the Kubernetes API server, which chaos-daemon does not use on a node: \
-                          list the pods by name in spec.selector.pods";
+/// Why node selectors are refused.
+const NODES: &str = "chaos-daemon acts on the pods of the node it runs on: its node is the one selected (run it, or \
+                     apply, on the nodes you mean)";
 
-impl NetworkChaos {
-    /// The faults (one per selected pod and external target) and the notes.
-    pub(super) fn faults(&self) -> Result<(Vec<FaultSpec>, Vec<String>), Error> {
-        let s = &self.spec;
-        validate_name(&self.metadata.name).map_err(|e| refuse("metadata.name", e.reason))?;
-        for (path, given) in [("spec.target", s.target.is_some()), ("spec.targetDevice", s.target_device.is_some())] {
-            if given {
+/// A template checked as the daemon applies it in a selected pod: there, without an
+/// `interface`, `eth0`.
+pub(crate) fn validate_template(template: &FaultSpec) -> Result<Fault, SpecError> {
+    FaultSpec { pod: Some("default/template".into()), ..template.clone() }.validate()
+}
+
+impl ScheduleDoc {
+    /// The NetworkChaos it runs, with the Schedule's metadata, and when.
+    pub(super) fn read(self) -> Result<Part, Error> {
+        let s = self.spec;
+        s.schedule.parse::<Schedule>().map_err(|e| refuse("spec.schedule", e))?;
+        match s.concurrency_policy.as_deref() {
+            None | Some("Forbid") => {}
+            Some("Allow") => {
                 return Err(refuse(
-                    path,
-                    "a second pod selector is not supported on one node (its pods' addresses need the API \
-                     server): list the addresses in spec.externalTargets",
+                    "spec.concurrencyPolicy",
+                    "'Allow' is not supported: runs of one experiment never overlap here (a tick while the last run \
+                     lasts is skipped, as with Forbid)",
                 ));
             }
+            Some(other) => {
+                return Err(refuse("spec.concurrencyPolicy", format!("'{other}' is not a policy (Forbid or Allow)")));
+            }
+        }
+        let Some(spec) = s.network_chaos else {
+            return Err(refuse("spec.networkChaos", "is required with type NetworkChaos: the faults each run applies"));
+        };
+        let chaos = NetworkChaos {
+            _api_version: serde::de::IgnoredAny,
+            _kind: serde::de::IgnoredAny,
+            metadata: self.metadata,
+            spec,
+        };
+        let schedule = ScheduleSpec { cron: s.schedule, history_limit: s.history_limit };
+        let mut part = chaos.read(Some(schedule)).map_err(|e| match e {
+            Error::Field { path, reason } => match path.strip_prefix("spec.") {
+                Some(rest) => refuse(format!("spec.networkChaos.{rest}"), reason),
+                None => refuse(path, reason),
+            },
+            other => other,
+        })?;
+        if let Some(seconds) = s.starting_deadline_seconds {
+            // The daemon runs no tick late: one missed (the daemon stopped) is not made up.
+            part.notes.push(format!(
+                "spec.startingDeadlineSeconds: {seconds} not used: a tick missed while the daemon was down is not run \
+                 late"
+            ));
+        }
+        part.kind = Kind::Schedule;
+        Ok(part)
+    }
+}
+
+impl NetworkChaos {
+    /// The faults (one per external target; templates with a selector), what they act on, and
+    /// when (`scheduled`: by a Schedule document), with the notes.
+    pub(super) fn read(&self, scheduled: Option<ScheduleSpec>) -> Result<Part, Error> {
+        let s = &self.spec;
+        validate_name(&self.metadata.name).map_err(|e| refuse("metadata.name", e.reason))?;
+        if s.target_device.is_some() {
+            return Err(refuse(
+                "spec.targetDevice",
+                "is not supported: the faults act on each selected pod's spec.device, toward the target's addresses",
+            ));
         }
         if s.remote_cluster.is_some() {
             return Err(refuse("spec.remoteCluster", "chaos-daemon acts on the node it runs on"));
         }
-        let pods = self.pods()?;
+        let schedule = match (scheduled, &s.scheduler) {
+            (Some(_), Some(_)) => {
+                return Err(refuse("spec.scheduler", "does not go in a Schedule: its spec.schedule says when it runs"));
+            }
+            (Some(x), None) => Some(x),
+            (None, Some(x)) => {
+                x.cron.parse::<Schedule>().map_err(|e| refuse("spec.scheduler.cron", e))?;
+                Some(ScheduleSpec { cron: x.cron.clone(), history_limit: None })
+            }
+            (None, None) => None,
+        };
+        if schedule.is_some() && s.duration.is_none() {
+            return Err(refuse("spec.duration", "is required for a recurring experiment: how long each run lasts"));
+        }
+        let selector = self.selector()?;
+        let target = s.target.as_ref().map(|t| self.target(t)).transpose()?;
         let action = self.action()?;
         let partition = action == "partition";
-        let targets = self.targets(partition)?;
-        let direction = match (s.direction.as_deref().unwrap_or("to"), partition) {
+        let targets = self.targets(partition, target.is_some())?;
+        let direction = match (s.direction.as_deref().unwrap_or("to"), partition || target.is_some()) {
             ("to", _) => "egress",
             ("from", true) => "ingress",
             ("both", true) => "both",
@@ -52,20 +125,21 @@ impl NetworkChaos {
             duration: duration.map(|d| DurationSpec::Text(text(d))),
             ..action_fields(s, &action)?
         };
-        let count = pods.len() * targets.len();
         let mut faults = Vec::new();
-        for pod in &pods {
-            for target in &targets {
-                let name = match count {
-                    1 => self.metadata.name.clone(),
-                    _ => format!("{}-{}", self.metadata.name, faults.len() + 1),
-                };
-                // `from` is the target's packets to the pod: the target is their source.
-                let (src, dst) = if direction == "ingress" { (target.clone(), None) } else { (None, target.clone()) };
-                let fault = FaultSpec { name: Some(name), pod: pod.clone(), src, dst, ..base.clone() };
-                fault.validate().map_err(|e| located(e, &action))?;
-                faults.push(fault);
+        for target in &targets {
+            let name = match targets.len() {
+                1 => self.metadata.name.clone(),
+                _ => format!("{}-{}", self.metadata.name, faults.len() + 1),
+            };
+            // `from` is the target's packets to the pod: the target is their source.
+            let (src, dst) = if direction == "ingress" { (target.clone(), None) } else { (None, target.clone()) };
+            let fault = FaultSpec { name: Some(name), src, dst, ..base.clone() };
+            match selector {
+                Some(_) => validate_template(&fault),
+                None => fault.validate(),
             }
+            .map_err(|e| located(e, &action))?;
+            faults.push(fault);
         }
         // Required by Chaos Mesh, so refusing it would refuse every bandwidth file; the queue's
         // bound changes how long packets wait above the rate, not which traffic is limited.
@@ -75,76 +149,46 @@ impl NetworkChaos {
                  (see docs/delay.md)"
             )
         });
-        Ok((faults, notes.into_iter().collect()))
+        Ok(Part {
+            kind: Kind::NetworkChaos,
+            name: self.metadata.name.clone(),
+            faults,
+            selector,
+            target,
+            schedule,
+            notes: notes.into_iter().collect(),
+        })
     }
 
-    /// The pods the faults act in (`NAMESPACE/NAME`), or `[None]`: this host's `device`.
-    fn pods(&self) -> Result<Vec<Option<String>>, Error> {
+    /// Where a selector without namespaces selects: the document's namespace, as in Chaos Mesh.
+    fn namespace(&self) -> &str {
+        self.metadata.namespace.as_deref().unwrap_or("default")
+    }
+
+    /// The pods the faults act in, or none: this host's `device`.
+    fn selector(&self) -> Result<Option<SelectorSpec>, Error> {
         let s = &self.spec;
-        let pods: Vec<Option<String>> = match &s.selector {
-            None if s.device.is_none() => {
-                return Err(refuse(
-                    "spec.device",
-                    "is required without spec.selector: the interface of this host the faults act on",
-                ));
-            }
-            None => vec![None],
-            Some(sel) => {
-                for (name, given) in [
-                    ("namespaces", sel.namespaces.is_some()),
-                    ("labelSelectors", sel.label_selectors.is_some()),
-                    ("expressionSelectors", sel.expression_selectors.is_some()),
-                    ("annotationSelectors", sel.annotation_selectors.is_some()),
-                    ("fieldSelectors", sel.field_selectors.is_some()),
-                    ("nodes", sel.nodes.is_some()),
-                    ("nodeSelectors", sel.node_selectors.is_some()),
-                    ("podPhaseSelectors", sel.pod_phase_selectors.is_some()),
-                ] {
-                    if given {
-                        return Err(refuse(format!("spec.selector.{name}"), API_SERVER));
-                    }
+        match &s.selector {
+            None if s.device.is_none() => Err(refuse(
+                "spec.device",
+                "is required without spec.selector: the interface of this host the faults act on",
+            )),
+            None => {
+                match s.mode.as_deref() {
+                    None | Some("all" | "one") => {}
+                    Some(m) => return Err(refuse("spec.mode", format!("'{m}' picks pods: it needs spec.selector"))),
                 }
-                let pods: Vec<_> = sel
-                    .pods
-                    .iter()
-                    .flatten()
-                    .flat_map(|(ns, names)| names.iter().map(move |n| Some(format!("{ns}/{n}"))))
-                    .collect();
-                if pods.is_empty() {
-                    return Err(refuse("spec.selector.pods", "names no pod: list them as NAMESPACE: [NAME, ...]"));
+                if s.value.as_deref().is_some_and(|v| !v.is_empty()) {
+                    return Err(refuse("spec.value", "goes with a mode that picks pods: it needs spec.selector"));
                 }
-                pods
+                Ok(None)
             }
-        };
-        match s.mode.as_deref() {
-            None | Some("all") => {}
-            Some("one") if pods.len() == 1 => {}
-            Some("one") => {
-                return Err(refuse(
-                    "spec.mode",
-                    format!(
-                        "'one' picks one of the {} pods at random: list that pod alone, or use mode all",
-                        pods.len()
-                    ),
-                ));
-            }
-            Some(m @ ("fixed" | "fixed-percent" | "random-max-percent")) => {
-                return Err(refuse(
-                    "spec.mode",
-                    format!("'{m}' picks pods at random: list the pods to act on and use mode all"),
-                ));
-            }
-            Some(m) => {
-                return Err(refuse(
-                    "spec.mode",
-                    format!("'{m}' is not a mode (one, all, fixed, fixed-percent or random-max-percent)"),
-                ));
-            }
+            Some(sel) => selector_spec(sel, s.mode.as_deref(), s.value.as_deref(), self.namespace(), "spec").map(Some),
         }
-        if s.value.as_deref().is_some_and(|v| !v.is_empty()) {
-            return Err(refuse("spec.value", "goes with the modes that pick pods at random, which are refused here"));
-        }
-        Ok(pods)
+    }
+
+    fn target(&self, t: &super::Target) -> Result<SelectorSpec, Error> {
+        selector_spec(&t.selector, t.mode.as_deref(), t.value.as_deref(), self.namespace(), "spec.target")
     }
 
     /// The faults' action, once the settings given agree with it.
@@ -206,18 +250,25 @@ impl NetworkChaos {
         Ok(action.to_owned())
     }
 
-    /// The external targets as `dst`/`src` values, or `[None]` (all traffic).
-    fn targets(&self, partition: bool) -> Result<Vec<Option<String>>, Error> {
+    /// The external targets as `dst`/`src` values, or `[None]` (all traffic, or the target's
+    /// pods, which the daemon fills in).
+    fn targets(&self, partition: bool, target: bool) -> Result<Vec<Option<String>>, Error> {
         let list = self.spec.external_targets.as_deref().unwrap_or_default();
         if list.is_empty() {
-            if partition {
+            if partition && !target {
                 return Err(refuse(
                     "spec.externalTargets",
-                    "is required for a partition: the addresses to cut off (spec.target, the other way to name \
-                     them, is refused here)",
+                    "is required for a partition without spec.target: the addresses to cut off",
                 ));
             }
             return Ok(vec![None]);
+        }
+        if target {
+            return Err(refuse(
+                "spec.externalTargets",
+                "does not go with spec.target here: the daemon sets each fault's address to the target's pods; put \
+                 the external targets in another file",
+            ));
         }
         list.iter()
             .enumerate()
@@ -240,12 +291,74 @@ impl NetworkChaos {
     }
 }
 
+/// A Chaos Mesh selector with its mode and value (`at`: `spec` or `spec.target`) as a
+/// [`SelectorSpec`], checked; refusals by their YAML paths.
+fn selector_spec(
+    sel: &Selector,
+    mode: Option<&str>,
+    value: Option<&str>,
+    namespace: &str,
+    at: &str,
+) -> Result<SelectorSpec, Error> {
+    for (name, given) in [
+        ("fieldSelectors", sel.field_selectors.is_some()),
+        ("nodes", sel.nodes.is_some()),
+        ("nodeSelectors", sel.node_selectors.is_some()),
+    ] {
+        if given {
+            return Err(refuse(format!("{at}.selector.{name}"), NODES));
+        }
+    }
+    let pods = sel.pods.clone().unwrap_or_default();
+    let mut namespaces = sel.namespaces.clone().unwrap_or_default();
+    // Chaos Mesh's default: the document's namespace, unless the pods name theirs.
+    if namespaces.is_empty() && pods.is_empty() {
+        namespaces.push(namespace.to_owned());
+    }
+    let labels = sel.label_selectors.as_ref().filter(|l| !l.is_empty()).map(|l| {
+        let pairs: Vec<String> = l.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        pairs.join(",")
+    });
+    let spec = SelectorSpec {
+        namespaces,
+        labels,
+        expressions: sel
+            .expression_selectors
+            .iter()
+            .flatten()
+            .map(|x| ExpressionSpec {
+                key: x.key.clone(),
+                operator: x.operator.clone(),
+                values: x.values.clone().unwrap_or_default(),
+            })
+            .collect(),
+        annotations: sel.annotation_selectors.clone().unwrap_or_default(),
+        phases: sel.pod_phase_selectors.clone().unwrap_or_default(),
+        pods,
+        mode: mode.map(str::to_owned),
+        value: value.filter(|v| !v.is_empty()).map(str::to_owned),
+    };
+    spec.validate().map_err(|e| {
+        let field = e.field.strip_prefix("selector.").unwrap_or(&e.field);
+        let (head, rest) = field.find(['.', '[']).map_or((field, ""), |i| field.split_at(i));
+        let path = match head {
+            "mode" | "value" => format!("{at}.{head}"),
+            "labels" => format!("{at}.selector.labelSelectors"),
+            "expressions" => format!("{at}.selector.expressionSelectors{rest}"),
+            "annotations" => format!("{at}.selector.annotationSelectors{rest}"),
+            "phases" => format!("{at}.selector.podPhaseSelectors{rest}"),
+            _ => format!("{at}.selector.{field}"),
+        };
+        refuse(path, e.reason)
+    })?;
+    Ok(spec)
+}
+
 /// A refusal of [`FaultSpec::validate`], at the YAML path of the field it came from.
 fn located(e: SpecError, action: &str) -> Error {
     let path = match e.field.as_str() {
         "name" => "metadata.name",
         "interface" => "spec.device",
-        "pod" => "spec.selector.pods",
         "direction" => "spec.direction",
         "duration" => "spec.duration",
         "src" | "dst" | "family" => "spec.externalTargets",

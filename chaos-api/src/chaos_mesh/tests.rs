@@ -1,6 +1,7 @@
 use std::path::{Path, PathBuf};
 
-use super::*;
+use super::{faults::validate_template, *};
+use crate::select::ExpressionSpec;
 use crate::spec::{Action, Direction, Distribution, Odds, Reorder, Shape};
 
 /// A NetworkChaos document for pod shop/web-0 with `spec` (indented by two spaces) added.
@@ -40,19 +41,20 @@ fn every_example_parses_and_validates() {
         let text = std::fs::read_to_string(&path).unwrap();
         let what = path.display();
         assert!(text.starts_with("# "), "{what}: begins with a comment saying what it does");
-        let (faults, experiment) = if is_network_chaos(&path, &text) {
+        let (faults, experiment, templates) = if is_network_chaos(&path, &text) {
             yaml_files += 1;
             let x = parse(&text).unwrap_or_else(|e| panic!("{what}: {e}"));
-            (x.faults, Some(x.name))
+            (x.faults, Some(x.name), x.selector.is_some())
         } else {
             toml_files += 1;
             let file: FaultFile = toml::from_str(&text).unwrap_or_else(|e| panic!("{what}: {e}"));
-            (file.fault, file.experiment)
+            (file.fault, file.experiment, false)
         };
         assert!(!faults.is_empty(), "{what}");
         assert!(experiment.is_some(), "{what}: names its experiment");
         for f in &faults {
-            f.validate().unwrap_or_else(|e| panic!("{what}: {e}"));
+            let checked = if templates { validate_template(f) } else { f.validate() };
+            checked.unwrap_or_else(|e| panic!("{what}: {e}"));
         }
     }
     assert!(toml_files >= 4 && yaml_files >= 3, "{toml_files} TOML and {yaml_files} YAML examples");
@@ -66,9 +68,12 @@ fn delay_example_keeps_chaos_mesh_meaning() {
     assert_eq!(x.notes, Vec::<String>::new());
     let [f] = x.faults.as_slice() else { panic!("{:?}", x.faults) };
     assert_eq!(f.name.as_deref(), Some("slow-database"));
-    assert_eq!(f.pod.as_deref(), Some("shop/checkout-0"));
+    // A template, applied in each pod the selector takes.
+    assert_eq!(f.pod, None);
+    let pods = x.selector.as_ref().map(|s| s.pods.clone());
+    assert_eq!(pods, Some([("shop".to_owned(), vec!["checkout-0".to_owned()])].into()));
     assert_eq!(f.interface.as_deref(), Some("eth0"));
-    let v = f.validate().unwrap();
+    let v = validate_template(f).unwrap();
     // `to`: what the pod sends to the target.
     assert_eq!(v.matches.direction, Direction::Egress);
     assert_eq!(v.matches.dst.unwrap().to_string(), "10.20.30.0/24");
@@ -90,32 +95,30 @@ fn delay_example_keeps_chaos_mesh_meaning() {
 }
 
 #[test]
-fn one_fault_per_pod_and_target() {
+fn one_template_per_external_target() {
     let text =
         doc("  action: loss\n  externalTargets: ['10.0.0.1', 'fd00::/64']\n  loss: {loss: '25', correlation: '50'}\n")
             .replace("shop: [web-0]", "shop: [web-0, web-1]");
-    let f = parse(&text).unwrap().faults;
-    let got: Vec<String> = f
+    let x = parse(&text).unwrap();
+    let got: Vec<String> = x
+        .faults
         .iter()
-        .map(|f| format!("{} {} {}", f.name.as_ref().unwrap(), f.pod.as_ref().unwrap(), f.dst.as_ref().unwrap()))
+        .map(|f| format!("{} {:?} {}", f.name.as_ref().unwrap(), f.pod, f.dst.as_ref().unwrap()))
         .collect();
+    assert_eq!(got, ["exp-1 None 10.0.0.1", "exp-2 None fd00::/64"]);
+    let pods = x.selector.unwrap().pods;
+    assert_eq!(pods, [("shop".to_owned(), vec!["web-0".to_owned(), "web-1".to_owned()])].into());
     assert_eq!(
-        got,
-        [
-            "exp-1 shop/web-0 10.0.0.1",
-            "exp-2 shop/web-0 fd00::/64",
-            "exp-3 shop/web-1 10.0.0.1",
-            "exp-4 shop/web-1 fd00::/64"
-        ]
+        validate_template(&x.faults[0]).unwrap().action,
+        Action::Loss(Odds::Random { p: 0.25, correlation: 0.5 })
     );
-    assert_eq!(f[0].validate().unwrap().action, Action::Loss(Odds::Random { p: 0.25, correlation: 0.5 }));
 }
 
 #[test]
 fn partition_directions() {
     let dir = |d: &str| {
         let f = faults(&format!("  action: partition\n  direction: {d}\n  externalTargets: [10.1.0.0/16]\n"));
-        let v = f[0].validate().unwrap();
+        let v = validate_template(&f[0]).unwrap();
         (v.matches.direction, v.matches.src.map(|c| c.to_string()), v.matches.dst.map(|c| c.to_string()))
     };
     let net = Some("10.1.0.0/16".to_owned());
@@ -132,30 +135,30 @@ fn netem_and_reorder() {
         "  action: netem\n  delay:\n    latency: 1.5ms\n    reorder: {reorder: '25', correlation: '0', gap: 5}\n  \
          loss: {loss: '2'}\n",
     );
-    let Action::Shape(s) = f[0].validate().unwrap().action else { panic!() };
+    let Action::Shape(s) = validate_template(&f[0]).unwrap().action else { panic!() };
     assert_eq!((s.delay, s.loss), (Duration::from_micros(1500), 0.02));
     assert_eq!(s.reorder, Some(Reorder { p: 0.25, correlation: 0.0, gap: 5 }));
     // Chaos Mesh's defaults (jitter 0ms, correlation 0, gap 0) are no jitter, no correlation, gap 1.
     let f = faults(
         "  action: delay\n  delay: {latency: 10ms, jitter: 0ms, correlation: '0', reorder: {reorder: '5', gap: 0}}\n",
     );
-    let Action::Shape(s) = f[0].validate().unwrap().action else { panic!() };
+    let Action::Shape(s) = validate_template(&f[0]).unwrap().action else { panic!() };
     assert_eq!((s.jitter, s.correlation, s.reorder.unwrap().gap), (Duration::ZERO, 0.0, 1));
     // One netem setting alone is that action.
     let f = faults("  action: netem\n  duplicate: {duplicate: '5'}\n");
-    assert_eq!(f[0].validate().unwrap().action, Action::Duplicate(Odds::random(0.05)));
+    assert_eq!(validate_template(&f[0]).unwrap().action, Action::Duplicate(Odds::random(0.05)));
 }
 
 #[test]
 fn bandwidth_uses_tc_units_and_notes_the_limit() {
     let x = parse(&doc("  action: bandwidth\n  bandwidth: {rate: 1mbps, limit: 20971520, buffer: 10000}\n")).unwrap();
-    let Action::Shape(s) = x.faults[0].validate().unwrap().action else { panic!() };
+    let Action::Shape(s) = validate_template(&x.faults[0]).unwrap().action else { panic!() };
     // `mbps` is megabytes per second, as in tc.
     assert_eq!((s.rate, s.burst), (Some(8_000_000), Some(10_000)));
     assert_eq!(x.notes.len(), 1);
     assert!(x.notes[0].starts_with("spec.bandwidth.limit: 20971520 bytes not used"), "{}", x.notes[0]);
     let f = faults("  action: bandwidth\n  bandwidth: {rate: 10mbit, buffer: 32000}\n");
-    let Action::Shape(s) = f[0].validate().unwrap().action else { panic!() };
+    let Action::Shape(s) = validate_template(&f[0]).unwrap().action else { panic!() };
     assert_eq!(s.rate, Some(10_000_000));
 }
 
@@ -186,10 +189,6 @@ fn several_documents_are_one_experiment() {
 #[test]
 fn refusals_name_the_field_by_its_path() {
     let cases = [
-        (
-            "  action: loss\n  loss: {loss: '5'}\n  target: {mode: all, selector: {pods: {db: [db-0]}}}\n",
-            "spec.target: ",
-        ),
         ("  action: loss\n  loss: {loss: '5'}\n  targetDevice: eth1\n", "spec.targetDevice: "),
         ("  action: loss\n  loss: {loss: '5'}\n  remoteCluster: east\n", "spec.remoteCluster: "),
         ("  action: loss\n  loss: {loss: '5'}\n  bogus: 1\n", "spec: unknown field `bogus`"),
@@ -232,7 +231,7 @@ fn refusals_name_the_field_by_its_path() {
         ),
         ("  action: bandwidth\n  bandwidth: {rate: 1mbps, buffer: 1, peakrate: 100}\n", "spec.bandwidth.peakrate: "),
         ("  action: bandwidth\n  bandwidth: {rate: fast, buffer: 1}\n", "spec.bandwidth.rate: 'fast' is not a rate"),
-        ("  action: partition\n", "spec.externalTargets: is required for a partition"),
+        ("  action: partition\n", "spec.externalTargets: is required for a partition without spec.target"),
         (
             "  action: partition\n  externalTargets: [www.example.com]\n",
             "spec.externalTargets[0]: 'www.example.com' is a domain name",
@@ -250,43 +249,270 @@ fn refusals_name_the_field_by_its_path() {
     }
 }
 
+/// The selector a document with `selector` (indented by four spaces) and `more` spec fields maps to.
+fn selected(selector: &str, more: &str) -> Result<Experiment, String> {
+    let text = doc(&format!("  action: loss\n  loss: {{loss: '5'}}\n{more}"))
+        .replace("    pods:\n      shop: [web-0]\n", selector)
+        .replace("  name: exp\n", "  name: exp\n  namespace: shop\n");
+    parse(&text).map_err(|e| e.to_string())
+}
+
 #[test]
-fn selectors_a_node_cannot_check_are_refused() {
-    let loss = doc("  action: loss\n  loss: {loss: '5'}\n");
-    for (selector, expected) in [
+fn selectors_map_to_the_daemons() {
+    let x = selected(
+        "    namespaces: [shop, cart]\n    labelSelectors: {app: web, tier: front}\n    expressionSelectors:\n      \
+         - {key: env, operator: In, values: [prod]}\n      - {key: legacy, operator: DoesNotExist}\n    \
+         annotationSelectors: {owner: ops}\n    podPhaseSelectors: [Running]\n",
+        "  device: eth1\n",
+    )
+    .unwrap();
+    let expected = SelectorSpec {
+        namespaces: vec!["shop".into(), "cart".into()],
+        labels: Some("app=web,tier=front".into()),
+        expressions: vec![
+            ExpressionSpec { key: "env".into(), operator: "In".into(), values: vec!["prod".into()] },
+            ExpressionSpec { key: "legacy".into(), operator: "DoesNotExist".into(), values: vec![] },
+        ],
+        annotations: [("owner".to_owned(), "ops".to_owned())].into(),
+        phases: vec!["Running".into()],
+        pods: BTreeMap::new(),
+        mode: Some("all".into()),
+        value: None,
+    };
+    assert_eq!(x.selector, Some(expected));
+    assert_eq!((x.target, x.schedule), (None, None));
+    // Templates: no pod, the document's device inside each pod.
+    let [f] = x.faults.as_slice() else { panic!("{:?}", x.faults) };
+    assert_eq!((f.pod.as_deref(), f.interface.as_deref()), (None, Some("eth1")));
+    let s = x.selector.unwrap().validate().unwrap();
+    assert_eq!(
+        s.describe(),
+        "namespaces cart shop, app=web, tier=front, env=prod, !legacy, annotation owner=ops, phase Running, mode all"
+    );
+}
+
+#[test]
+fn selector_namespace_defaults_and_modes() {
+    let ns = |x: Experiment| x.selector.unwrap().namespaces;
+    // Without namespaces: the document's, as Chaos Mesh defaults it.
+    assert_eq!(ns(selected("    labelSelectors: {app: web}\n", "").unwrap()), ["shop"]);
+    let text = doc("  action: loss\n  loss: {loss: '5'}\n")
+        .replace("    pods:\n      shop: [web-0]\n", "    labelSelectors: {app: web}\n");
+    assert_eq!(ns(parse(&text).unwrap()), ["default"], "no metadata.namespace");
+    // Pods by name name their namespaces.
+    assert_eq!(ns(selected("    pods: {cart: [a]}\n", "").unwrap()), Vec::<String>::new());
+    // `selector: {}`: every pod of the namespace.
+    let x = selected("    {}\n", "").unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(x.selector.unwrap().validate().unwrap().describe(), "namespace shop, mode all");
+    let text = doc("  action: loss\n  loss: {loss: '5'}\n").replace("mode: all", "mode: fixed-percent\n  value: '50'");
+    let s = parse(&text).unwrap().selector.unwrap();
+    assert_eq!((s.mode.as_deref(), s.value.as_deref()), (Some("fixed-percent"), Some("50")));
+    // Chaos Mesh writes `value: ''` beside mode all: no value.
+    let text = doc("  action: loss\n  loss: {loss: '5'}\n").replace("mode: all", "mode: all\n  value: ''");
+    assert_eq!(parse(&text).unwrap().selector.unwrap().value, None);
+}
+
+#[test]
+fn selector_refusals_name_the_field_by_its_path() {
+    for (selector, more, expected) in [
         (
-            "    namespaces: [shop]\n    pods: {shop: [web-0]}\n",
-            "spec.selector.namespaces: selects pods through the Kubernetes API server",
+            "    fieldSelectors: {spec.nodeName: n1}\n",
+            "",
+            "spec.selector.fieldSelectors: chaos-daemon acts on the pods of the node it runs on",
         ),
-        ("    labelSelectors: {app: web}\n", "spec.selector.labelSelectors: "),
-        ("    expressionSelectors: [{key: app, operator: In, values: [web]}]\n", "spec.selector.expressionSelectors: "),
-        ("    nodes: [node-1]\n", "spec.selector.nodes: "),
-        ("    pods: {}\n", "spec.selector.pods: names no pod"),
-        ("    pods: {Shop: [web-0]}\n", "spec.selector.pods: 'Shop/web-0' is not NAMESPACE/NAME"),
+        ("    nodes: [node-1]\n", "", "spec.selector.nodes: chaos-daemon acts on the pods of the node"),
+        ("    nodeSelectors: {zone: a}\n", "", "spec.selector.nodeSelectors: "),
+        ("    namespaces: [Shop]\n", "", "spec.selector.namespaces[0]: 'Shop' is not a namespace"),
+        ("    labelSelectors: {app: 'a b'}\n", "", "spec.selector.labelSelectors: "),
+        (
+            "    expressionSelectors: [{key: app, operator: Within, values: [a]}]\n",
+            "",
+            "spec.selector.expressionSelectors[0].operator: 'Within' is not an operator",
+        ),
+        (
+            "    expressionSelectors: [{key: app, operator: In}]\n",
+            "",
+            "spec.selector.expressionSelectors[0].values: are required with operator In",
+        ),
+        ("    annotationSelectors: {'a b': x}\n", "", "spec.selector.annotationSelectors: key 'a b'"),
+        ("    podPhaseSelectors: [running]\n", "", "spec.selector.podPhaseSelectors[0]: 'running' is not a pod phase"),
+        ("    pods: {shop: [Web]}\n", "", "spec.selector.pods.shop: 'Web' is not a pod name"),
+        ("    pods: {shop: [a]}\n    bogus: 1\n", "", "spec.selector: unknown field `bogus`"),
     ] {
-        let e = parse(&loss.replace("    pods:\n      shop: [web-0]\n", selector)).unwrap_err().to_string();
+        let e = selected(selector, more).map(|x| format!("accepted: {x:?}")).unwrap_or_else(|e| e);
         assert!(e.starts_with(expected), "{selector}: {e}");
     }
-    for (mode, pods, expected) in [
-        ("mode: one", "shop: [a, b]", "spec.mode: 'one' picks one of the 2 pods at random"),
-        ("mode: fixed", "shop: [web-0]", "spec.mode: 'fixed' picks pods at random"),
-        ("mode: all\n  value: '1'", "shop: [web-0]", "spec.value: "),
+    let loss = doc("  action: loss\n  loss: {loss: '5'}\n");
+    for (mode, expected) in [
+        ("mode: some", "spec.mode: 'some' is not a mode"),
+        ("mode: fixed", "spec.value: is required with mode fixed"),
+        ("mode: fixed-percent\n  value: '0'", "spec.value: '0' is not a percentage, 1 to 100"),
+        ("mode: random-max-percent\n  value: '101'", "spec.value: '101' is not a percentage"),
+        ("mode: all\n  value: '1'", "spec.value: '1' does not go with mode all"),
     ] {
-        let e = parse(&loss.replace("mode: all", mode).replace("shop: [web-0]", pods)).unwrap_err().to_string();
+        let e = parse(&loss.replace("mode: all", mode))
+            .map(|x| format!("accepted: {x:?}"))
+            .unwrap_or_else(|e| e.to_string());
         assert!(e.starts_with(expected), "{mode}: {e}");
     }
-    // `one` of one pod is that pod.
-    assert_eq!(parse(&loss.replace("mode: all", "mode: one")).unwrap().faults.len(), 1);
+    // Without a selector, a mode that picks pods has none to pick from.
+    let host = "apiVersion: chaos-mesh.org/v1alpha1\nkind: NetworkChaos\nmetadata: {name: host}\nspec:\n  \
+                action: loss\n  device: ens3\n  loss: {loss: '10'}\n";
+    let e = parse(&format!("{host}  mode: fixed\n")).unwrap_err().to_string();
+    assert!(e.starts_with("spec.mode: 'fixed' picks pods: it needs spec.selector"), "{e}");
+    let e = parse(&format!("{host}  value: '2'\n")).unwrap_err().to_string();
+    assert!(e.starts_with("spec.value: goes with a mode that picks pods"), "{e}");
+}
+
+#[test]
+fn target_selects_the_other_end() {
+    let target = "  target:\n    mode: fixed\n    value: '2'\n    selector: {labelSelectors: {app: db}}\n";
+    let x = selected("    labelSelectors: {app: web}\n", target).unwrap();
+    let t = x.target.unwrap();
+    assert_eq!((t.namespaces, t.labels), (vec!["shop".to_owned()], Some("app=db".to_owned())));
+    assert_eq!((t.mode.as_deref(), t.value.as_deref()), (Some("fixed"), Some("2")));
+    // The daemon fills in the target's addresses: the template has none.
+    assert_eq!((x.faults[0].src.as_ref(), x.faults[0].dst.as_ref()), (None, None));
+    // A partition needs no externalTargets with a target, and may go `from` or `both` ways.
+    let cut = |direction: &str| {
+        let text = doc(&format!("  action: partition\n  direction: {direction}\n{target}"));
+        let x = parse(&text).unwrap_or_else(|e| panic!("{e}"));
+        validate_template(&x.faults[0]).unwrap().matches.direction
+    };
+    assert_eq!((cut("to"), cut("from"), cut("both")), (Direction::Egress, Direction::Ingress, Direction::Both));
+    let text = doc(&format!("  action: delay\n  delay: {{latency: 10ms}}\n  direction: from\n{target}"));
+    assert_eq!(validate_template(&parse(&text).unwrap().faults[0]).unwrap().matches.direction, Direction::Ingress);
+    for (more, expected) in [
+        ("  target: {mode: one, selector: {nodes: [n1]}}\n", "spec.target.selector.nodes: "),
+        ("  target: {mode: fixed, selector: {}}\n", "spec.target.value: is required with mode fixed"),
+        ("  target: {mode: one, selector: {namespaces: [A]}}\n", "spec.target.selector.namespaces[0]: "),
+        ("  target: {mode: one}\n", "spec.target: missing field `selector`"),
+        (&format!("{target}  externalTargets: [10.0.0.1]\n"), "spec.externalTargets: does not go with spec.target"),
+    ] {
+        let e = selected("    {}\n", more).map(|x| format!("accepted: {x:?}")).unwrap_or_else(|e| e);
+        assert!(e.starts_with(expected), "{more}: {e}");
+    }
+}
+
+#[test]
+fn scheduler_of_a_network_chaos() {
+    let x = selected("    {}\n", "  duration: 30s\n  scheduler: {cron: '@every 10m'}\n").unwrap();
+    assert_eq!(x.schedule, Some(ScheduleSpec { cron: "@every 10m".into(), history_limit: None }));
+    let e = selected("    {}\n", "  scheduler: {cron: '@every 10m'}\n").unwrap_err();
+    assert!(e.starts_with("spec.duration: is required for a recurring experiment"), "{e}");
+    let e = selected("    {}\n", "  duration: 30s\n  scheduler: {cron: '61 * * * *'}\n").unwrap_err();
+    assert_eq!(e, "spec.scheduler.cron: minute '61': 61 is outside 0-59");
+}
+
+/// A Schedule of type NetworkChaos with `spec` lines added (indented by two spaces).
+fn schedule_doc(spec: &str) -> String {
+    format!(
+        "apiVersion: chaos-mesh.org/v1alpha1\nkind: Schedule\nmetadata: {{name: nightly, namespace: shop}}\nspec:\n  \
+         schedule: '0 2 * * 1-5'\n  type: NetworkChaos\n{spec}"
+    )
+}
+
+const SCHEDULED: &str = "  networkChaos:\n    action: delay\n    mode: one\n    selector: {labelSelectors: {app: web}}\n    \
+                         delay: {latency: 50ms}\n    duration: 10m\n";
+
+#[test]
+fn schedule_documents() {
+    let x = parse(&schedule_doc(&format!("{SCHEDULED}  historyLimit: 5\n  concurrencyPolicy: Forbid\n"))).unwrap();
+    assert_eq!(x.name, "nightly");
+    assert_eq!(x.schedule, Some(ScheduleSpec { cron: "0 2 * * 1-5".into(), history_limit: Some(5) }));
+    let s = x.selector.unwrap();
+    assert_eq!(
+        (s.namespaces, s.labels, s.mode),
+        (vec!["shop".to_owned()], Some("app=web".to_owned()), Some("one".to_owned()))
+    );
+    let [f] = x.faults.as_slice() else { panic!("{:?}", x.faults) };
+    assert_eq!((f.name.as_deref(), f.pod.as_ref()), (Some("nightly"), None));
+    assert_eq!(validate_template(f).unwrap().lifetime, crate::spec::Lifetime::For(Duration::from_secs(600)));
+    assert_eq!(x.notes, Vec::<String>::new());
+    let x = parse(&schedule_doc(&format!("{SCHEDULED}  startingDeadlineSeconds: 60\n"))).unwrap();
+    assert!(x.notes[0].starts_with("spec.startingDeadlineSeconds: 60 not used"), "{:?}", x.notes);
+}
+
+#[test]
+fn schedule_refusals_name_the_field_by_its_path() {
+    for (text, expected) in [
+        (
+            schedule_doc(SCHEDULED).replace("type: NetworkChaos", "type: PodChaos"),
+            "spec.type: 'PodChaos' is not read here",
+        ),
+        (schedule_doc(SCHEDULED).replace("  type: NetworkChaos\n", ""), "spec.type: is required: NetworkChaos"),
+        (
+            schedule_doc(SCHEDULED).replace("0 2 * * 1-5", "0 2 * * 7"),
+            "spec.schedule: day of week '7': 7 is outside 0-6",
+        ),
+        (
+            schedule_doc(&format!("{SCHEDULED}  concurrencyPolicy: Allow\n")),
+            "spec.concurrencyPolicy: 'Allow' is not supported",
+        ),
+        (
+            schedule_doc(&format!("{SCHEDULED}  concurrencyPolicy: Replace\n")),
+            "spec.concurrencyPolicy: 'Replace' is not a policy",
+        ),
+        (schedule_doc(""), "spec.networkChaos: is required with type NetworkChaos"),
+        (
+            schedule_doc(&SCHEDULED.replace("    duration: 10m\n", "")),
+            "spec.networkChaos.duration: is required for a recurring experiment",
+        ),
+        (
+            schedule_doc(&SCHEDULED.replace("latency: 50ms", "latency: 50xs")),
+            "spec.networkChaos.delay.latency: '50xs' is not a duration",
+        ),
+        (schedule_doc(&SCHEDULED.replace("mode: one", "mode: some")), "spec.networkChaos.mode: 'some' is not a mode"),
+        (
+            schedule_doc(&format!("{SCHEDULED}    scheduler: {{cron: '@daily'}}\n")),
+            "spec.networkChaos.scheduler: does not go in a Schedule",
+        ),
+        (schedule_doc(&format!("{SCHEDULED}  podChaos: {{}}\n")), "spec: unknown field `podChaos`"),
+    ] {
+        let e = parse(&text).map(|x| format!("accepted: {x:?}")).unwrap_or_else(|e| e.to_string());
+        assert!(e.starts_with(expected), "{text}: {e}");
+    }
+}
+
+#[test]
+fn documents_of_one_file_share_their_selection() {
+    let first = doc("  action: loss\n  loss: {loss: '5'}\n");
+    let second = doc("  action: delay\n  delay: {latency: 10ms}\n").replace("name: exp", "name: slow");
+    let x = parse(&format!("{first}---\n{second}")).unwrap();
+    assert_eq!(x.faults.len(), 2);
+    for (other, expected) in [
+        (
+            second.replace("shop: [web-0]", "shop: [web-1]"),
+            "document 2: spec.selector: differs from the first document's",
+        ),
+        (
+            second.replace("  action: delay", "  target: {mode: all, selector: {}}\n  action: delay"),
+            "document 2: spec.target: differs",
+        ),
+        (
+            second.replace("  action: delay", "  duration: 1m\n  scheduler: {cron: '@hourly'}\n  action: delay"),
+            "document 2: spec.schedule: differs",
+        ),
+        (schedule_doc(SCHEDULED), "document 2: spec.networkChaos.selector: differs"),
+    ] {
+        let e = parse(&format!("{first}---\n{other}"))
+            .map(|x| format!("accepted: {x:?}"))
+            .unwrap_or_else(|e| e.to_string());
+        assert!(e.starts_with(expected), "{other}: {e}");
+    }
 }
 
 #[test]
 fn wrong_kinds_and_broken_files() {
     let text = doc("  action: pod-kill\n").replace("NetworkChaos", "PodChaos");
-    assert_eq!(parse(&text).unwrap_err().to_string(), "kind: 'PodChaos' is not read here: only NetworkChaos is");
+    assert_eq!(
+        parse(&text).unwrap_err().to_string(),
+        "kind: 'PodChaos' is not read here: only NetworkChaos and Schedule are"
+    );
     let text = doc("  action: loss\n").replace("chaos-mesh.org/v1alpha1", "v1");
     assert_eq!(parse(&text).unwrap_err().to_string(), "apiVersion: 'v1' is not chaos-mesh.org/v1alpha1");
     assert!(matches!(parse("spec: [unclosed\n"), Err(Error::Yaml(_))));
-    assert_eq!(parse("# nothing\n").unwrap_err().to_string(), "no NetworkChaos document in the file");
+    assert_eq!(parse("# nothing\n").unwrap_err().to_string(), "no NetworkChaos or Schedule document in the file");
 }
 
 #[test]
