@@ -437,8 +437,25 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
             };
             let Plan { faults, experiment, selector, target, schedule } =
                 specs(*args).and_then(Plan::check).map_err(BadInput)?;
+            let scheduled = schedule.is_some().then(|| experiment.clone().unwrap_or_default());
             let applied: Faults =
                 client.post("/v1/faults", &Apply { faults, experiment, force, selector, target, schedule }).await?;
+            // A schedule's first run is at its first tick: nothing to show or wait for yet.
+            if let Some(name) = scheduled {
+                let all: Experiments = client.get("/v1/experiments").await?;
+                let view = all.experiments.into_iter().find(|e| e.name == name);
+                match output {
+                    Output::Json => json(&view)?,
+                    Output::Table => {
+                        let next = view
+                            .as_ref()
+                            .and_then(|v| v.next_run_ms)
+                            .map_or("never".into(), |t| format!("in {}", left(t)));
+                        println!("scheduled experiment {name}: first run {next}");
+                    }
+                }
+                return Ok(0);
+            }
             if !wait {
                 if let Output::Json = output {
                     return json(&applied).map(|()| 0);
