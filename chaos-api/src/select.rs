@@ -32,7 +32,8 @@ pub struct SelectorSpec {
     /// Pod phases (`Pending`, `Running`, `Succeeded`, `Failed`, `Unknown`); empty: any.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub phases: Vec<String>,
-    /// Pods by name: namespace to names. With other fields, a pod must satisfy them all.
+    /// Pods by name: namespace to names. Given, it alone decides (the other fields are not
+    /// looked at), as in Chaos Mesh.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub pods: BTreeMap<String, Vec<String>>,
     /// `one`, `all` (default), `fixed`, `fixed-percent` or `random-max-percent`.
@@ -201,8 +202,9 @@ impl Mode {
         Ok(mode)
     }
 
-    /// How many of `matching` pods to take; `random(n)` gives a number in `0..n`. Refused as
-    /// Chaos Mesh refuses it: no pod matches, or the mode takes none.
+    /// How many of `matching` pods to take; `random(n)` gives a number in `0..n`. Refused when
+    /// no pod matches (as Chaos Mesh), and when `fixed-percent` rounds down to none (where Chaos
+    /// Mesh silently selects none); `random-max-percent` may draw none, as in Chaos Mesh.
     pub fn count(&self, matching: usize, random: &mut dyn FnMut(usize) -> usize) -> Result<usize, String> {
         if matching == 0 {
             return Err("no pod matches".into());
@@ -343,11 +345,14 @@ impl std::fmt::Display for Requirement {
 impl PodSelector {
     /// Whether the pod satisfies every field (the mode aside).
     pub fn matches(&self, pod: &PodFacts<'_>) -> bool {
+        // As Chaos Mesh: pods named are taken as named, the other fields aside.
+        if !self.pods.is_empty() {
+            return self.pods.get(pod.namespace).is_some_and(|names| names.contains(pod.name));
+        }
         (self.namespaces.is_empty() || self.namespaces.contains(pod.namespace))
             && self.labels.iter().all(|r| r.matches(pod.labels))
             && self.annotations.iter().all(|(k, v)| pod.annotations.get(k) == Some(v))
             && (self.phases.is_empty() || self.phases.contains(&pod.phase))
-            && (self.pods.is_empty() || self.pods.get(pod.namespace).is_some_and(|names| names.contains(pod.name)))
     }
 
     /// The selector in a line, for messages and `chaosctl list`: `namespace shop, app=web,

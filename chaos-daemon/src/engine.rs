@@ -244,14 +244,21 @@ impl<D: Dataplane> Engine<D> {
 
     /// Removes every fault and every pin: the daemon's clean exit. Later changes are refused.
     pub fn shutdown(&mut self, actor: &Actor) {
-        // Their definitions stay for the next start (schedules go on); their faults go.
-        let kept = std::mem::take(&mut self.experiments);
-        if !kept.is_empty() {
-            tracing::info!(experiments = kept.len(), "experiments kept for the next start");
-        }
+        // Their definitions stay for the next start (schedules go on); their faults go, and so
+        // do the current runs: no pod joins a run whose faults the exit took out.
+        let mut kept = std::mem::take(&mut self.experiments);
         match self.clear(actor) {
             Ok(removed) => tracing::info!(removed = removed.len(), "faults removed, programs detached"),
             Err(e) => tracing::error!("removing faults: {e}"),
+        }
+        if !kept.is_empty() {
+            let now = crate::state::unix_ms();
+            kept.values_mut().for_each(|f| f.end_run(now));
+            self.experiments = kept;
+            match self.save_experiments() {
+                Ok(()) => tracing::info!(experiments = self.experiments.len(), "experiments kept for the next start"),
+                Err(e) => tracing::error!("recording the experiments for the next start: {e}"),
+            }
         }
         self.dataplane.unpin();
         crate::target::release_cgroup2();

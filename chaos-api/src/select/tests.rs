@@ -260,7 +260,7 @@ fn matching_pods() {
     assert!(!change("team", None));
     // An empty selector takes every pod.
     assert!(selector(SelectorSpec::default()).matches(&PodFacts { labels: &empty, annotations: &empty, ..pod }));
-    // Pods by name, with the other fields too.
+    // Pods by name decide alone, as in Chaos Mesh (which looks them up and returns them).
     let s = selector(SelectorSpec {
         pods: [("shop".into(), vec!["web-0".into(), "web-1".into()])].into(),
         labels: Some("app=web".into()),
@@ -269,7 +269,7 @@ fn matching_pods() {
     assert!(s.matches(&pod));
     assert!(!s.matches(&PodFacts { name: "web-2", ..pod }));
     assert!(!s.matches(&PodFacts { namespace: "cart", ..pod }));
-    assert!(!s.matches(&PodFacts { labels: &empty, ..pod }));
+    assert!(s.matches(&PodFacts { labels: &empty, ..pod }));
 }
 
 #[test]

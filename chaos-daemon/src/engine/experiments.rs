@@ -152,6 +152,13 @@ impl Followed {
         self.record.run_at_ms.is_some() && self.record.window_ends_ms.is_none_or(|end| now_ms < end)
     }
 
+    /// Closes the current run's window at `now`: no pod joins it any more.
+    pub(super) fn end_run(&mut self, now: u64) {
+        if self.window_open(now) {
+            self.record.window_ends_ms = Some(now);
+        }
+    }
+
     fn history_limit(&self) -> usize {
         self.record.schedule.as_ref().and_then(|s| s.history_limit).map_or(HISTORY_LIMIT, |n| n as usize)
     }
@@ -198,14 +205,14 @@ pub fn random(n: usize) -> usize {
 }
 
 /// The fault of `template` (the `index`th of the experiment's) in `pod` toward `target`: named
-/// `TEMPLATE.POD` (and `.N` for the Nth of several targets), within the 63 characters a name
-/// may have (a long one keeps its start and a hash of the whole).
+/// `TEMPLATE.POD` (`TEMPLATE.NAMESPACE.POD` when the selection spans namespaces, where two
+/// pods may share a name; and `.N` for the Nth of several targets), within the 63 characters
+/// a name may have (a long one keeps its start and a hash of the whole).
 pub fn instance(
     experiment: &str,
-    index: usize,
-    templates: usize,
+    (index, templates): (usize, usize),
     template: &FaultSpec,
-    pod: Option<&Pod>,
+    pod: Option<(&Pod, bool)>,
     target: Option<(usize, usize, &str)>,
 ) -> FaultSpec {
     let base = match (&template.name, templates) {
@@ -214,9 +221,12 @@ pub fn instance(
         (None, _) => format!("{experiment}-{}", index + 1),
     };
     let mut name = base;
-    if let Some(pod) = pod {
-        name = format!("{name}.{}", pod.name);
+    match pod {
+        Some((pod, true)) => name = format!("{name}.{}.{}", pod.namespace, pod.name),
+        Some((pod, false)) => name = format!("{name}.{}", pod.name),
+        None => {}
     }
+    let pod = pod.map(|(p, _)| p);
     if let Some((k, n, _)) = target
         && n > 1
     {
@@ -442,8 +452,16 @@ impl<D: Dataplane> Engine<D> {
             ..Default::default()
         };
         // Its failure is recorded by the caller, with what came before (listing, picking).
-        let views = self.try_apply(&req, actor, action, &said)?;
+        let views = if req.faults.is_empty() {
+            // random-max-percent may draw none: a run with nothing to apply, as in Chaos Mesh.
+            let said = format!("{said}: no pod drawn");
+            self.audit(actor, action, vec![], req.experiment.clone(), said, vec![]);
+            vec![]
+        } else {
+            self.try_apply(&req, actor, action, &said)?
+        };
         let r = &mut followed.record;
+        r.runs += 1;
         r.run_at_ms = Some(now);
         r.window_ends_ms = ends;
         r.covered = picked.iter().map(|p| p.id.clone()).collect();
@@ -457,6 +475,12 @@ impl<D: Dataplane> Engine<D> {
         let r = &followed.record;
         let pods: Vec<Option<&Pod>> =
             if followed.selector.is_some() { pods.iter().map(Some).collect() } else { vec![None] };
+        // The names stay the same run after run: they depend on the selector, not on the picks.
+        let namespaced = followed.selector.as_ref().is_some_and(|s| {
+            let named: BTreeSet<&String> =
+                if s.pods.is_empty() { s.namespaces.iter().collect() } else { s.pods.keys().collect() };
+            named.len() != 1
+        });
         let targets: Vec<Option<(usize, usize, &str)>> = if targets.is_empty() {
             vec![None]
         } else {
@@ -472,7 +496,8 @@ impl<D: Dataplane> Engine<D> {
                     template.duration = Some(DurationSpec::Text(format!("{}ms", d.saturating_sub(elapsed_ms).max(1))));
                 }
                 for target in &targets {
-                    specs.push(instance(&r.name, i, r.faults.len(), &template, *pod, *target));
+                    let pod = pod.map(|p| (p, namespaced));
+                    specs.push(instance(&r.name, (i, r.faults.len()), &template, pod, *target));
                 }
             }
         }
@@ -564,7 +589,6 @@ impl<D: Dataplane> Engine<D> {
                 let result = self
                     .list_pods(followed)
                     .and_then(|pods| self.start_run(followed, &pods, now, &daemon, AuditAction::Run));
-                followed.record.runs += 1;
                 let run = match result {
                     Ok(views) => Run {
                         at_ms: due,
@@ -574,6 +598,7 @@ impl<D: Dataplane> Engine<D> {
                     },
                     Err(e) => {
                         tracing::warn!(experiment = name, "scheduled run failed: {e}");
+                        followed.record.runs += 1;
                         let error = format!("error: {e}");
                         self.audit(&daemon, AuditAction::Run, vec![], Some(name.clone()), error, vec![]);
                         Run { at_ms: due, outcome: "failed".into(), faults: vec![], error: Some(e.to_string()) }
@@ -779,19 +804,22 @@ mod tests {
     fn instances_are_named_after_their_template_and_pod() {
         let template = FaultSpec { action: Some("loss".into()), loss: Some(30.0), ..Default::default() };
         let p = pod("shop", "web-1", &[]);
-        let one = instance("exp", 0, 1, &template, Some(&p), None);
+        let one = instance("exp", (0, 1), &template, Some((&p, false)), None);
         assert_eq!((one.name.as_deref(), one.pod.as_deref()), (Some("exp.web-1"), Some("shop/web-1")));
-        let second = instance("exp", 1, 2, &template, Some(&p), Some((1, 2, "10.0.0.9")));
+        let second = instance("exp", (1, 2), &template, Some((&p, false)), Some((1, 2, "10.0.0.9")));
         assert_eq!((second.name.as_deref(), second.dst.as_deref()), (Some("exp-2.web-1.2"), Some("10.0.0.9")));
         let ingress = FaultSpec { direction: Some("ingress".into()), name: Some("cut".into()), ..template.clone() };
-        let from = instance("exp", 0, 1, &ingress, Some(&p), Some((0, 1, "10.0.0.9")));
+        let from = instance("exp", (0, 1), &ingress, Some((&p, false)), Some((0, 1, "10.0.0.9")));
+        // Across namespaces, the namespace is in the name: two pods may share one.
+        let across = instance("exp", (0, 1), &template, Some((&p, true)), None);
+        assert_eq!(across.name.as_deref(), Some("exp.shop.web-1"));
         assert_eq!((from.name.as_deref(), from.src.as_deref(), from.dst), (Some("cut.web-1"), Some("10.0.0.9"), None));
         // A long pod name: a valid name, its start kept, told apart from another by a hash.
         let long = pod("shop", &format!("{}-a", "x".repeat(70)), &[]);
         let other = pod("shop", &format!("{}-b", "x".repeat(70)), &[]);
         let (a, b) = (
-            instance("exp", 0, 1, &template, Some(&long), None).name.unwrap(),
-            instance("exp", 0, 1, &template, Some(&other), None).name.unwrap(),
+            instance("exp", (0, 1), &template, Some((&long, false)), None).name.unwrap(),
+            instance("exp", (0, 1), &template, Some((&other, false)), None).name.unwrap(),
         );
         assert!(validate_name(&a).is_ok() && validate_name(&b).is_ok() && a != b, "{a} {b}");
         assert!(a.starts_with("exp.xxx"), "{a}");

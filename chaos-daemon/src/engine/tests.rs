@@ -427,7 +427,7 @@ fn followed_sessions_are_confirmed_by_a_listing() {
 #[test]
 fn a_schedule_runs_at_its_ticks_never_over_its_last_run_and_survives_a_restart() {
     use crate::schedule::ScheduleSpec;
-    let dir = Dir::new("schedule");
+    let dir = Dir::new("every-20s");
     let mut e = engine(&dir);
     let template = FaultSpec { duration: Some(DurationSpec::Text("5s".into())), ..loss(Some("tick"), "192.0.2.1") };
     let every = |cron: &str| Some(ScheduleSpec { cron: cron.into(), history_limit: None });
