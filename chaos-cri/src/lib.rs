@@ -26,6 +26,8 @@ pub mod api {
 }
 
 use api::runtime_service_client::RuntimeServiceClient;
+/// The gRPC crate the API is generated for (`tonic::Request`, `Status`).
+pub use tonic;
 
 /// How long connecting (and the first call, `Version`) may take.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
@@ -138,6 +140,11 @@ impl Runtime {
     /// The raw client, for what this crate does not wrap.
     pub fn client(&self) -> RuntimeServiceClient<Channel> {
         RuntimeServiceClient::new(self.channel.clone())
+    }
+
+    /// The raw image client on the same connection (`ImageStatus`, to see an image imported).
+    pub fn images(&self) -> api::image_service_client::ImageServiceClient<Channel> {
+        api::image_service_client::ImageServiceClient::new(self.channel.clone())
     }
 
     fn failed(&self, call: &'static str) -> impl Fn(tonic::Status) -> Error + '_ {
