@@ -63,8 +63,18 @@ pub struct Settings {
     pub max_start_after: Duration,
     /// The `skb->mark` bit duplicate faults mark their copies with.
     pub duplicate_mark: u32,
-    /// Where container runtimes keep their containers' specs (for pods).
+    /// The container runtimes' CRI sockets (for pods).
+    pub cri_sockets: Vec<std::path::PathBuf>,
+    /// Where container runtimes keep their containers' specs (for pods, when no CRI socket
+    /// answers).
     pub runtime_dirs: Vec<std::path::PathBuf>,
+}
+
+impl Settings {
+    /// Where pods are found.
+    pub fn runtimes(&self) -> crate::target::Runtimes {
+        crate::target::Runtimes { cri_sockets: self.cri_sockets.clone(), state_dirs: self.runtime_dirs.clone() }
+    }
 }
 
 /// Flows faults must not touch without `force`: configured ones, and sessions to these ports.
@@ -233,7 +243,7 @@ impl<D: Dataplane> Engine<D> {
             // The fault as the daemon's namespace sees it: its interface there, and turned round
             // for another namespace's (see `target`).
             let resolved =
-                crate::target::resolve(spec.validate().map_err(at)?, &self.settings.runtime_dirs, &mut ifindexes)
+                crate::target::resolve(spec.validate().map_err(at)?, &self.settings.runtimes(), &mut ifindexes)
                     .map_err(at)?;
             let fault = &resolved.fault;
             if let Action::Shape(s) = fault.action {
@@ -468,7 +478,7 @@ impl Engine<Kernel> {
             guard_sessions: kernel.guard_sessions(),
             attachments: kernel.attachments(),
             scoping: {
-                let mut scoping = crate::target::scoping();
+                let mut scoping = crate::target::scoping(&self.settings.cri_sockets);
                 let support = kernel.cgroup_support();
                 let said = |r: &Result<String, String>| r.clone().unwrap_or_else(|why| format!("no: {why}"));
                 let ingress = support.ingress.clone().map(|()| "yes: where packets reach its sockets".to_owned());
