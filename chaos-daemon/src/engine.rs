@@ -236,14 +236,14 @@ impl<D: Dataplane> Engine<D> {
         // What needs no lookup first: a batch that cannot fit is refused before any is resolved.
         self.faults.check_batch(specs.len(), req.experiment.as_deref(), &self.limits())?;
         let mut batch = Vec::with_capacity(specs.len());
-        let mut ifindexes = crate::target::Ifindexes::default();
+        let mut lookups = crate::target::Lookups::default();
         for (i, spec) in specs.iter().enumerate() {
             let spec = self.with_errno(spec);
             let at = |e: SpecError| if specs.len() > 1 { e.within(&format!("fault[{i}].")) } else { e };
             // The fault as the daemon's namespace sees it: its interface there, and turned round
             // for another namespace's (see `target`).
             let resolved =
-                crate::target::resolve(spec.validate().map_err(at)?, &self.settings.runtimes(), &mut ifindexes)
+                crate::target::resolve(spec.validate().map_err(at)?, &self.settings.runtimes(), &mut lookups)
                     .map_err(at)?;
             let fault = &resolved.fault;
             if let Action::Shape(s) = fault.action {
@@ -478,7 +478,7 @@ impl Engine<Kernel> {
             guard_sessions: kernel.guard_sessions(),
             attachments: kernel.attachments(),
             scoping: {
-                let mut scoping = crate::target::scoping(&self.settings.cri_sockets);
+                let mut scoping = crate::target::scoping();
                 let support = kernel.cgroup_support();
                 let said = |r: &Result<String, String>| r.clone().unwrap_or_else(|why| format!("no: {why}"));
                 let ingress = support.ingress.clone().map(|()| "yes: where packets reach its sockets".to_owned());

@@ -80,12 +80,12 @@ impl Watch {
 /// name looked up once (a batch of 10,000 faults on one interface asks the kernel once, not
 /// 10,000 times: a socket and an ioctl each), and the node's pods (one CRI listing).
 #[derive(Debug, Default)]
-pub struct Ifindexes(std::collections::HashMap<String, u32>, Option<PodList>);
+pub struct Lookups(std::collections::HashMap<String, u32>, Option<PodList>);
 
 /// The node's pods and the runtimes that answered, or why none did.
 type PodList = Result<(Vec<chaos_cri::Pod>, Vec<String>), String>;
 
-impl Ifindexes {
+impl Lookups {
     fn get(&mut self, name: &str) -> Result<u32, SpecError> {
         if let Some(&i) = self.0.get(name) {
             return Ok(i);
@@ -111,7 +111,7 @@ pub struct Runtimes {
 }
 
 /// `fault` as the daemon's namespace sees it: see [`Resolved`].
-pub fn resolve(fault: Fault, runtimes: &Runtimes, ifindexes: &mut Ifindexes) -> Result<Resolved, SpecError> {
+pub fn resolve(fault: Fault, runtimes: &Runtimes, lookups: &mut Lookups) -> Result<Resolved, SpecError> {
     if let Some(path) = &fault.cgroup {
         let cgroup = find_cgroup(path).map_err(|e| SpecError::new("cgroup", e))?;
         let meta = std::fs::metadata(&cgroup.dir)
@@ -119,12 +119,12 @@ pub fn resolve(fault: Fault, runtimes: &Runtimes, ifindexes: &mut Ifindexes) -> 
         let watch = Watch { path: cgroup.dir.clone(), id: (meta.dev(), meta.ino()), why: "its cgroup was removed" };
         let ifindex = match fault.interface.as_str() {
             "" => 0,
-            name => ifindexes.get(name)?,
+            name => lookups.get(name)?,
         };
         return Ok(Resolved { fault, ifindex, watch: Some(watch), cgroup: Some(cgroup) });
     }
     let Some(ns) = fault.netns.clone() else {
-        let ifindex = ifindexes.get(&fault.interface)?;
+        let ifindex = lookups.get(&fault.interface)?;
         return Ok(Resolved { fault, ifindex, watch: None, cgroup: None });
     };
     let field = ns.field();
@@ -137,8 +137,7 @@ pub fn resolve(fault: Fault, runtimes: &Runtimes, ifindexes: &mut Ifindexes) -> 
             (Some(pid), proc_net(pid), "its container stopped")
         }
         NetnsTarget::Pod { namespace, name } => {
-            let (pid, netns) =
-                pod_sandbox(runtimes, ifindexes, namespace, name).map_err(|e| SpecError::new(field, e))?;
+            let (pid, netns) = pod_sandbox(runtimes, lookups, namespace, name).map_err(|e| SpecError::new(field, e))?;
             (pid, netns, "its pod stopped")
         }
     };
@@ -181,7 +180,7 @@ pub fn resolve(fault: Fault, runtimes: &Runtimes, ifindexes: &mut Ifindexes) -> 
                  whose ingress can only be dropped (loss, partition): use direction egress",
             ));
         }
-        return resolve(Fault { netns: None, cgroup, ..fault }, runtimes, ifindexes)
+        return resolve(Fault { netns: None, cgroup, ..fault }, runtimes, lookups)
             .map(|r| Resolved { watch: Some(watch), ..r });
     }
     let interface = fault.interface.clone();
@@ -268,7 +267,7 @@ fn only_veth_into(ns: &File, path: &std::path::Path) -> Result<u32, String> {
 /// state files ([`sandbox_from_state`]), which give the sandbox's process alone.
 fn pod_sandbox(
     runtimes: &Runtimes,
-    lookups: &mut Ifindexes,
+    lookups: &mut Lookups,
     namespace: &str,
     name: &str,
 ) -> Result<(Option<u32>, PathBuf), String> {
@@ -508,9 +507,9 @@ fn cgroup_id(dir: &Path) -> std::io::Result<u64> {
     Ok(handle.id)
 }
 
-/// What `chaosctl status` says of the targets a fault can name here. `cri_sockets`: which
-/// answers is said for pods.
-pub fn scoping(cri_sockets: &[PathBuf]) -> std::collections::BTreeMap<String, String> {
+/// What `chaosctl status` says of the targets a fault can name here (which CRI socket answers,
+/// for pods, is added by the server: see `crate::pods::status`).
+pub fn scoping() -> std::collections::BTreeMap<String, String> {
     let cgroup = match std::fs::read_to_string("/proc/self/mountinfo").ok().as_deref().and_then(cgroup2) {
         Some((at, true)) => format!("cgroup2 at {} (hybrid: cgroup v1 hierarchies too)", at.display()),
         Some((at, false)) => format!("cgroup2 at {}", at.display()),
@@ -520,7 +519,6 @@ pub fn scoping(cri_sockets: &[PathBuf]) -> std::collections::BTreeMap<String, St
         ("interface", "yes".to_owned()),
         ("netns, pid, container, pod", "yes: through the host side of a veth to this namespace".to_owned()),
         ("cgroup", cgroup),
-        ("pod (CRI)", crate::pods::status(cri_sockets)),
     ]
     .into_iter()
     .map(|(k, v)| (k.to_owned(), v))

@@ -58,9 +58,9 @@ impl<D: Dataplane> Engine<D> {
         let boot_id = boot_id();
         let same_boot = state.boot_id == boot_id;
         let runtimes = settings.runtimes();
-        let mut ifindexes = crate::target::Ifindexes::default();
+        let mut lookups = crate::target::Lookups::default();
         let (faults, gone) = FaultSet::adopt(state.faults, state.next_id, same_boot, adopted, mono_ns(), |f| {
-            crate::target::resolve(f, &runtimes, &mut ifindexes)
+            crate::target::resolve(f, &runtimes, &mut lookups)
         });
         let mut engine = Self {
             dataplane,
