@@ -278,16 +278,7 @@ fn pod_sandbox(
             return Ok((Some(pid), format!("/proc/{pid}/ns/net").into()));
         }
     };
-    let sandboxes: Vec<&chaos_cri::Pod> = pods.iter().filter(|p| p.namespace == namespace && p.name == name).collect();
-    if sandboxes.is_empty() {
-        return Err(format!("no pod {namespace}/{name} on this node (asked {})", answered.join(", ")));
-    }
-    // A pod whose sandbox was recreated has old ones, not ready: the newest ready one.
-    let sandbox = sandboxes
-        .iter()
-        .filter(|p| p.ready)
-        .max_by_key(|p| p.created_ns)
-        .ok_or_else(|| format!("pod {namespace}/{name} has no running sandbox on this node (it stopped)"))?;
+    let sandbox = running_sandbox(pods, namespace, name, &answered.join(", "))?;
     // The sandbox's process's namespace is watched rather than the runtime's path: stopping a
     // pod, the runtime ends that process before it tears the pod's network down (deleting its
     // veth) and removes the path, so the fault ends as "its pod stopped", not "its interface is
@@ -308,6 +299,24 @@ fn pod_sandbox(
         }
     };
     Ok((sandbox.pid, netns))
+}
+
+/// The pod `namespace/name`'s running sandbox among the node's: a pod whose sandbox was
+/// recreated has old ones, not ready; the newest ready one. `asked`: the runtimes that answered.
+fn running_sandbox<'a>(
+    pods: &'a [chaos_cri::Pod],
+    namespace: &str,
+    name: &str,
+    asked: &str,
+) -> Result<&'a chaos_cri::Pod, String> {
+    let mut sandboxes = pods.iter().filter(|p| p.namespace == namespace && p.name == name).peekable();
+    if sandboxes.peek().is_none() {
+        return Err(format!("no pod {namespace}/{name} on this node (asked {asked})"));
+    }
+    sandboxes
+        .filter(|p| p.ready)
+        .max_by_key(|p| p.created_ns)
+        .ok_or_else(|| format!("pod {namespace}/{name} has no running sandbox on this node (it stopped)"))
 }
 
 /// The process of the pod `namespace/name`'s sandbox (its pause container), found through the
@@ -549,6 +558,39 @@ mod tests {
         ] {
             assert_eq!(container_of(&line), None, "{line}");
         }
+    }
+
+    #[test]
+    fn a_pod_is_its_newest_ready_sandbox() {
+        let sandbox = |id: &str, name: &str, ready: bool, created_ns: i64| chaos_cri::Pod {
+            id: id.into(),
+            namespace: "shop".into(),
+            name: name.into(),
+            uid: format!("uid-{id}"),
+            labels: Default::default(),
+            annotations: Default::default(),
+            ready,
+            created_ns,
+            ips: vec![],
+            netns: None,
+            pid: None,
+        };
+        let pods = [
+            sandbox("old", "web-0", false, 1),
+            sandbox("new", "web-0", true, 3),
+            sandbox("older-ready", "web-0", true, 2),
+            sandbox("db", "db-0", true, 4),
+            sandbox("gone", "cache-0", false, 5),
+        ];
+        assert_eq!(running_sandbox(&pods, "shop", "web-0", "x").map(|p| p.id.as_str()), Ok("new"));
+        assert_eq!(
+            running_sandbox(&pods, "other", "web-0", "containerd 2.1 at /c.sock").unwrap_err(),
+            "no pod other/web-0 on this node (asked containerd 2.1 at /c.sock)"
+        );
+        assert_eq!(
+            running_sandbox(&pods, "shop", "cache-0", "x").unwrap_err(),
+            "pod shop/cache-0 has no running sandbox on this node (it stopped)"
+        );
     }
 
     #[test]
