@@ -317,8 +317,14 @@ pub mod blocking {
                 .enable_all()
                 .build()
                 .map_err(|e| Error::Runtime { socket: socket.to_owned(), reason: e.to_string() })?;
-            let inner = run(&rt, super::Runtime::connect(socket))?;
-            Ok(Self { inner, rt: Some(rt) })
+            match run(&rt, super::Runtime::connect(socket)) {
+                Ok(inner) => Ok(Self { inner, rt: Some(rt) }),
+                Err(e) => {
+                    // As in `drop`: not dropped, which would panic inside an async context.
+                    rt.shutdown_background();
+                    Err(e)
+                }
+            }
         }
 
         pub fn socket(&self) -> &Path {
@@ -377,6 +383,14 @@ mod tests {
         let info = serde_json::json!({"pid": 0, "runtimeSpec": {"linux": {"namespaces": [{"type": "network"}]}}});
         let map = [("info".to_owned(), info.to_string()), ("other".to_owned(), "not json".to_owned())].into();
         assert_eq!(Info::of(&map), Info::default());
+    }
+
+    #[test]
+    fn blocking_calls_may_be_made_inside_an_async_runtime() {
+        // Where blocking on a runtime of one's own would panic: a task of another runtime.
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        let err = rt.block_on(async { blocking::Runtime::connect(Path::new("/nonexistent/cri.sock")).unwrap_err() });
+        assert!(matches!(err, Error::Connect { .. }), "{err}");
     }
 
     #[test]
