@@ -155,7 +155,7 @@ pub fn resolve(fault: Fault, runtimes: &Runtimes, lookups: &mut Lookups) -> Resu
     if same(&target, &here) {
         // The daemon's own namespace: the interface as named. A process there (of the host, or
         // a container on the host's network) shares it with every other: the fault is limited
-        // to the process's cgroup, its service's or its container's.
+        // to the process's cgroup, its service's or its container's (a pod's: its pod's).
         let pod = matches!(ns, NetnsTarget::Pod { .. });
         let cgroup = match pid {
             // A pod on the node's network: its cgroup, the parent of its sandbox's.
