@@ -76,10 +76,17 @@ pub struct Config {
     /// on the host uses (a CNI, kube-proxy's 0x4000 and 0x8000, policy routing). Default
     /// `0x10000000`.
     pub duplicate_mark: u32,
-    /// Where container runtimes keep the OCI spec of each running container, for faults that
-    /// name a pod (`<dir>/<id>/config.json` or `<dir>/<id>/userdata/config.json`). Default:
-    /// containerd's Kubernetes namespace and CRI-O's, `/run/containerd/io.containerd.runtime.v2.task/k8s.io`
-    /// and `/run/containers/storage/overlay-containers`.
+    /// The container runtimes' CRI sockets (gRPC, `runtime.v1`, as crictl and the kubelet use
+    /// them), where faults that name a pod (`--pod NAMESPACE/NAME`) find it: the fault follows
+    /// the pod's sandbox (its network namespace), whatever its containers do. Every socket that
+    /// answers is asked. Default: containerd's and CRI-O's, `/run/containerd/containerd.sock`
+    /// and `/run/crio/crio.sock`.
+    pub cri_sockets: Vec<PathBuf>,
+    /// Only when no CRI socket answers: where container runtimes keep the OCI spec of each
+    /// running container (`<dir>/<id>/config.json` or `<dir>/<id>/userdata/config.json`), read
+    /// for the pod's sandbox container. Default: containerd's Kubernetes namespace and CRI-O's,
+    /// `/run/containerd/io.containerd.runtime.v2.task/k8s.io` and
+    /// `/run/containers/storage/overlay-containers`.
     pub runtime_dirs: Vec<PathBuf>,
     /// Where to serve Prometheus metrics (`GET /metrics`, plain HTTP, no access control): an
     /// address and TCP port, `127.0.0.1:9464` (this host only) or `0.0.0.0:9464`. Default: none
@@ -121,6 +128,7 @@ impl Default for Config {
             delay_backend: BackendChoice::Auto,
             kernel_profile: KernelProfile::Native,
             duplicate_mark: 0x1000_0000,
+            cri_sockets: vec!["/run/containerd/containerd.sock".into(), "/run/crio/crio.sock".into()],
             runtime_dirs: vec![
                 "/run/containerd/io.containerd.runtime.v2.task/k8s.io".into(),
                 "/run/containers/storage/overlay-containers".into(),
@@ -182,6 +190,7 @@ impl Config {
             allow_unlimited: self.allow_unlimited,
             max_start_after: d("max_start_after", &self.max_start_after)?,
             duplicate_mark: self.duplicate_mark,
+            cri_sockets: self.cri_sockets.clone(),
             runtime_dirs: self.runtime_dirs.clone(),
         })
     }

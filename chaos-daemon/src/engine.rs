@@ -66,8 +66,18 @@ pub struct Settings {
     pub max_start_after: Duration,
     /// The `skb->mark` bit duplicate faults mark their copies with.
     pub duplicate_mark: u32,
-    /// Where container runtimes keep their containers' specs (for pods).
+    /// The container runtimes' CRI sockets (for pods).
+    pub cri_sockets: Vec<std::path::PathBuf>,
+    /// Where container runtimes keep their containers' specs (for pods, when no CRI socket
+    /// answers).
     pub runtime_dirs: Vec<std::path::PathBuf>,
+}
+
+impl Settings {
+    /// Where pods are found.
+    pub fn runtimes(&self) -> crate::target::Runtimes {
+        crate::target::Runtimes { cri_sockets: self.cri_sockets.clone(), state_dirs: self.runtime_dirs.clone() }
+    }
 }
 
 /// Flows faults must not touch without `force`: configured ones, and sessions to these ports.
@@ -308,14 +318,14 @@ impl<D: Dataplane> Engine<D> {
         // What needs no lookup first: a batch that cannot fit is refused before any is resolved.
         self.faults.check_batch(specs.len(), req.experiment.as_deref(), &self.limits())?;
         let mut batch = Vec::with_capacity(specs.len());
-        let mut ifindexes = crate::target::Ifindexes::default();
+        let mut lookups = crate::target::Lookups::default();
         for (i, spec) in specs.iter().enumerate() {
             let spec = self.with_errno(spec);
             let at = |e: SpecError| if specs.len() > 1 { e.within(&format!("fault[{i}].")) } else { e };
             // The fault as the daemon's namespace sees it: its interface there, and turned round
             // for another namespace's (see `target`).
             let resolved =
-                crate::target::resolve(spec.validate().map_err(at)?, &self.settings.runtime_dirs, &mut ifindexes)
+                crate::target::resolve(spec.validate().map_err(at)?, &self.settings.runtimes(), &mut lookups)
                     .map_err(at)?;
             let fault = &resolved.fault;
             if let Action::Shape(s) = fault.action {

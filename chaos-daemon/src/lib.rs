@@ -6,7 +6,7 @@
 //! cut), [`api`] and [`server`] (the HTTP control socket, who may use it), [`client`]
 //! (chaosctl's side of it), [`chaos_mesh`] (Chaos Mesh NetworkChaos files read as faults),
 //! [`metrics`] (Prometheus), [`config`], [`fsutil`] (the daemon's files, never through a link),
-//! [`systemd`] (readiness, socket activation), [`manpage`], [`text`] (what a peer sent, made safe
+//! [`systemd`] (readiness, socket activation), [`pods`] (the node's pods, through the CRI), [`manpage`], [`text`] (what a peer sent, made safe
 //! to print), [`routes`] (which operation a request names), [`listen`] (connection limits).
 //!
 //! [`api`], [`spec`], [`chaos_mesh`], [`client`], [`text`] and [`manpage`] live in the chaos-api
@@ -26,6 +26,7 @@ pub mod kernel;
 pub mod listen;
 pub mod metrics;
 pub mod netlink;
+pub mod pods;
 pub mod routes;
 pub mod server;
 pub mod shaping;

@@ -132,7 +132,7 @@ async fn handle(
     }
     let engine = &shared.engine;
     let reply = match route {
-        Route::Status => run(engine, |e| Ok(e.status())).await,
+        Route::Status => status(engine).await,
         Route::ListFaults => run(engine, |e| Ok(Faults { faults: e.list() })).await,
         Route::GetFault(name) => run(engine, move |e| e.get(&name)).await,
         Route::History { limit } => history(shared.history.clone(), limit).await,
@@ -239,6 +239,25 @@ where
             }
             error(status, e.to_string())
         }
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, format!("internal error: {e}")),
+    }
+}
+
+/// The engine's status, and which CRI socket answers: that is asked once the engine's lock is
+/// let go, as a socket that does not answer takes its timeout (a second).
+async fn status(engine: &Arc<Mutex<Engine>>) -> Reply {
+    let engine = engine.clone();
+    let result = tokio::task::spawn_blocking(move || {
+        let (mut status, sockets) = {
+            let engine = engine.lock().unwrap_or_else(|p| p.into_inner());
+            (engine.status(), engine.settings().cri_sockets.clone())
+        };
+        status.scoping.insert("pod (CRI)".into(), crate::pods::status(&sockets));
+        status
+    })
+    .await;
+    match result {
+        Ok(status) => json(StatusCode::OK, &status),
         Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, format!("internal error: {e}")),
     }
 }

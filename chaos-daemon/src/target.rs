@@ -76,14 +76,16 @@ impl Watch {
     }
 }
 
-/// `fault` as the daemon's namespace sees it: see [`Resolved`]. `runtime_dirs`: where the
-/// container runtimes keep their containers' OCI specs (for pods).
-/// Interface indexes in the daemon's namespace, each name looked up once: a batch of 10,000
-/// faults on one interface asks the kernel once, not 10,000 times (a socket and an ioctl each).
+/// Lookups made once per batch of faults: interface indexes in the daemon's namespace, each
+/// name looked up once (a batch of 10,000 faults on one interface asks the kernel once, not
+/// 10,000 times: a socket and an ioctl each), and the node's pods (one CRI listing).
 #[derive(Debug, Default)]
-pub struct Ifindexes(std::collections::HashMap<String, u32>);
+pub struct Lookups(std::collections::HashMap<String, u32>, Option<PodList>);
 
-impl Ifindexes {
+/// The node's pods and the runtimes that answered, or why none did.
+type PodList = Result<(Vec<chaos_cri::Pod>, Vec<String>), String>;
+
+impl Lookups {
     fn get(&mut self, name: &str) -> Result<u32, SpecError> {
         if let Some(&i) = self.0.get(name) {
             return Ok(i);
@@ -93,13 +95,23 @@ impl Ifindexes {
         self.0.insert(name.to_owned(), i);
         Ok(i)
     }
+
+    /// The node's pods, and the runtimes that answered ([`crate::pods::list_from`]).
+    fn pods(&mut self, sockets: &[PathBuf]) -> &PodList {
+        self.1.get_or_insert_with(|| crate::pods::list_from(sockets))
+    }
 }
 
-pub fn resolve(
-    fault: Fault,
-    runtime_dirs: &[std::path::PathBuf],
-    ifindexes: &mut Ifindexes,
-) -> Result<Resolved, SpecError> {
+/// Where pods are found: the runtimes' CRI sockets, and (only when none answers) the
+/// directories where they keep their containers' OCI specs.
+#[derive(Clone, Debug, Default)]
+pub struct Runtimes {
+    pub cri_sockets: Vec<PathBuf>,
+    pub state_dirs: Vec<PathBuf>,
+}
+
+/// `fault` as the daemon's namespace sees it: see [`Resolved`].
+pub fn resolve(fault: Fault, runtimes: &Runtimes, lookups: &mut Lookups) -> Result<Resolved, SpecError> {
     if let Some(path) = &fault.cgroup {
         let cgroup = find_cgroup(path).map_err(|e| SpecError::new("cgroup", e))?;
         let meta = std::fs::metadata(&cgroup.dir)
@@ -107,28 +119,27 @@ pub fn resolve(
         let watch = Watch { path: cgroup.dir.clone(), id: (meta.dev(), meta.ino()), why: "its cgroup was removed" };
         let ifindex = match fault.interface.as_str() {
             "" => 0,
-            name => ifindexes.get(name)?,
+            name => lookups.get(name)?,
         };
         return Ok(Resolved { fault, ifindex, watch: Some(watch), cgroup: Some(cgroup) });
     }
     let Some(ns) = fault.netns.clone() else {
-        let ifindex = ifindexes.get(&fault.interface)?;
+        let ifindex = lookups.get(&fault.interface)?;
         return Ok(Resolved { fault, ifindex, watch: None, cgroup: None });
     };
     let field = ns.field();
-    let (pid, why) = match &ns {
-        NetnsTarget::Path(_) => (None, "its network namespace is gone"),
-        NetnsTarget::Pid(pid) => (Some(*pid as u32), "its process exited"),
+    let proc_net = |pid: u32| PathBuf::from(format!("/proc/{pid}/ns/net"));
+    let (pid, netns, why) = match &ns {
+        NetnsTarget::Path(path) => (None, path.clone(), "its network namespace is gone"),
+        NetnsTarget::Pid(pid) => (Some(*pid as u32), proc_net(*pid as u32), "its process exited"),
         NetnsTarget::Container(id) => {
-            (Some(container_pid(id).map_err(|e| SpecError::new(field, e))?), "its container stopped")
+            let pid = container_pid(id).map_err(|e| SpecError::new(field, e))?;
+            (Some(pid), proc_net(pid), "its container stopped")
         }
         NetnsTarget::Pod { namespace, name } => {
-            (Some(pod_pid(runtime_dirs, namespace, name).map_err(|e| SpecError::new(field, e))?), "its pod stopped")
+            let (pid, netns) = pod_sandbox(runtimes, lookups, namespace, name).map_err(|e| SpecError::new(field, e))?;
+            (pid, netns, "its pod stopped")
         }
-    };
-    let netns: PathBuf = match (&ns, pid) {
-        (NetnsTarget::Path(path), _) => path.clone(),
-        (_, pid) => format!("/proc/{}/ns/net", pid.unwrap_or_default()).into(),
     };
     let target = File::open(&netns).map_err(|e| {
         let process = e.kind() == std::io::ErrorKind::NotFound && !matches!(ns, NetnsTarget::Path(_));
@@ -144,9 +155,22 @@ pub fn resolve(
     if same(&target, &here) {
         // The daemon's own namespace: the interface as named. A process there (of the host, or
         // a container on the host's network) shares it with every other: the fault is limited
-        // to the process's cgroup, its service's or its container's.
+        // to the process's cgroup, its service's or its container's (a pod's: its pod's).
+        let pod = matches!(ns, NetnsTarget::Pod { .. });
         let cgroup = match pid {
+            // A pod on the node's network: its cgroup, the parent of its sandbox's.
+            Some(pid) if pod => Some(
+                process_cgroup(pid)
+                    .map(|c| c.parent().map(Path::to_owned).unwrap_or(c))
+                    .map_err(|e| SpecError::new(field, e))?,
+            ),
             Some(pid) => Some(process_cgroup(pid).map_err(|e| SpecError::new(field, e))?),
+            None if pod => {
+                return Err(SpecError::new(
+                    field,
+                    "is a pod on the node's network, and the runtime gave no process of its sandbox to find its cgroup by",
+                ));
+            }
             None => None,
         };
         if cgroup.is_some() && fault.matches.direction != Direction::Egress && !fault.action.only_drops() {
@@ -156,7 +180,7 @@ pub fn resolve(
                  whose ingress can only be dropped (loss, partition): use direction egress",
             ));
         }
-        return resolve(Fault { netns: None, cgroup, ..fault }, runtime_dirs, ifindexes)
+        return resolve(Fault { netns: None, cgroup, ..fault }, runtimes, lookups)
             .map(|r| Resolved { watch: Some(watch), ..r });
     }
     let interface = fault.interface.clone();
@@ -236,11 +260,73 @@ fn only_veth_into(ns: &File, path: &std::path::Path) -> Result<u32, String> {
     }
 }
 
-/// The first process of a running container of the pod `namespace/name`, found through the
+/// Where a fault on the pod `namespace/name` goes: its sandbox's network namespace, which its
+/// containers share and which lives as long as the pod does (a container restarting does not end
+/// the fault; the sandbox stopping does), and the sandbox's process if known. The pod is asked of
+/// the runtime through the CRI; only when no CRI socket answers is it looked for in the runtimes'
+/// state files ([`sandbox_from_state`]), which give the sandbox's process alone.
+fn pod_sandbox(
+    runtimes: &Runtimes,
+    lookups: &mut Lookups,
+    namespace: &str,
+    name: &str,
+) -> Result<(Option<u32>, PathBuf), String> {
+    let (pods, answered) = match lookups.pods(&runtimes.cri_sockets) {
+        Ok(listed) => listed,
+        Err(none) => {
+            let pid = sandbox_from_state(&runtimes.state_dirs, namespace, name).map_err(|e| format!("{e}; {none}"))?;
+            return Ok((Some(pid), format!("/proc/{pid}/ns/net").into()));
+        }
+    };
+    let sandbox = running_sandbox(pods, namespace, name, &answered.join(", "))?;
+    // The sandbox's process's namespace is watched rather than the runtime's path: stopping a
+    // pod, the runtime ends that process before it tears the pod's network down (deleting its
+    // veth) and removes the path, so the fault ends as "its pod stopped", not "its interface is
+    // gone". The path serves when the runtime gave no process, or when the process's pid is not
+    // one of the daemon's pid namespace (it names another namespace there). A daemon in a pod
+    // sees the node's processes (hostPID), not its /run/netns.
+    let by_pid = sandbox.pid.map(|pid| PathBuf::from(format!("/proc/{pid}/ns/net")));
+    let id = |p: &Path| std::fs::metadata(p).ok().map(|m| (m.dev(), m.ino()));
+    let netns = match (sandbox.netns.clone().filter(|p| p.exists()), by_pid) {
+        (Some(path), Some(process)) if id(&path) != id(&process) => path,
+        (_, Some(process)) => process,
+        (Some(path), None) => path,
+        (None, None) => {
+            return Err(format!(
+                "the runtime gave neither the network namespace nor the process of pod {namespace}/{name}'s sandbox {}",
+                sandbox.id
+            ));
+        }
+    };
+    Ok((sandbox.pid, netns))
+}
+
+/// The pod `namespace/name`'s running sandbox among the node's: a pod whose sandbox was
+/// recreated has old ones, not ready; the newest ready one. `asked`: the runtimes that answered.
+fn running_sandbox<'a>(
+    pods: &'a [chaos_cri::Pod],
+    namespace: &str,
+    name: &str,
+    asked: &str,
+) -> Result<&'a chaos_cri::Pod, String> {
+    let mut sandboxes = pods.iter().filter(|p| p.namespace == namespace && p.name == name).peekable();
+    if sandboxes.peek().is_none() {
+        return Err(format!("no pod {namespace}/{name} on this node (asked {asked})"));
+    }
+    sandboxes
+        .filter(|p| p.ready)
+        .max_by_key(|p| p.created_ns)
+        .ok_or_else(|| format!("pod {namespace}/{name} has no running sandbox on this node (it stopped)"))
+}
+
+/// The process of the pod `namespace/name`'s sandbox (its pause container), found through the
 /// annotations of the OCI specs the runtimes keep per container: `<dir>/<id>/config.json`
-/// (containerd's `io.kubernetes.cri.sandbox-namespace` and `-name`) or
-/// `<dir>/<id>/userdata/config.json` (CRI-O's `io.kubernetes.pod.namespace` and `.name`).
-fn pod_pid(dirs: &[std::path::PathBuf], namespace: &str, name: &str) -> Result<u32, String> {
+/// (containerd's `io.kubernetes.cri.container-type` = `sandbox` and
+/// `io.kubernetes.cri.sandbox-namespace` and `-name`) or `<dir>/<id>/userdata/config.json`
+/// (CRI-O's `io.kubernetes.cri-o.ContainerType` and `io.kubernetes.pod.namespace` and `.name`).
+/// The fallback for a daemon no CRI socket answers (the runtimes' state files are no API, but a
+/// node whose socket is not mounted for the daemon still has them).
+fn sandbox_from_state(dirs: &[PathBuf], namespace: &str, name: &str) -> Result<u32, String> {
     let mut ids = Vec::new();
     for entry in dirs.iter().filter_map(|d| std::fs::read_dir(d).ok()).flatten().flatten() {
         let spec = ["config.json", "userdata/config.json"]
@@ -249,7 +335,8 @@ fn pod_pid(dirs: &[std::path::PathBuf], namespace: &str, name: &str) -> Result<u
             .and_then(|text| serde_json::from_str::<serde_json::Value>(&text).ok());
         let Some(spec) = spec else { continue };
         let annotation = |keys: &[&str]| keys.iter().find_map(|k| spec["annotations"][*k].as_str());
-        if annotation(&["io.kubernetes.cri.sandbox-namespace", "io.kubernetes.pod.namespace"]) == Some(namespace)
+        if annotation(&["io.kubernetes.cri.container-type", "io.kubernetes.cri-o.ContainerType"]) == Some("sandbox")
+            && annotation(&["io.kubernetes.cri.sandbox-namespace", "io.kubernetes.pod.namespace"]) == Some(namespace)
             && annotation(&["io.kubernetes.cri.sandbox-name", "io.kubernetes.pod.name"]) == Some(name)
         {
             ids.push(entry.file_name().to_string_lossy().into_owned());
@@ -259,10 +346,9 @@ fn pod_pid(dirs: &[std::path::PathBuf], namespace: &str, name: &str) -> Result<u
         let dirs: Vec<String> = dirs.iter().map(|d| d.display().to_string()).collect();
         return Err(format!("no pod {namespace}/{name} on this node (looked in {})", dirs.join(", ")));
     }
-    // Its containers share the pod's namespace: the first one running will do.
     ids.iter()
         .find_map(|id| container_pid(id).ok())
-        .ok_or_else(|| format!("pod {namespace}/{name} has no running container on this node"))
+        .ok_or_else(|| format!("pod {namespace}/{name} has no running sandbox on this node"))
 }
 
 /// The first process (the lowest pid: the container's init) of the container whose id starts
@@ -430,7 +516,8 @@ fn cgroup_id(dir: &Path) -> std::io::Result<u64> {
     Ok(handle.id)
 }
 
-/// What `chaosctl status` says of the targets a fault can name here.
+/// What `chaosctl status` says of the targets a fault can name here (which CRI socket answers,
+/// for pods, is added by the server: see `crate::pods::status`).
 pub fn scoping() -> std::collections::BTreeMap<String, String> {
     let cgroup = match std::fs::read_to_string("/proc/self/mountinfo").ok().as_deref().and_then(cgroup2) {
         Some((at, true)) => format!("cgroup2 at {} (hybrid: cgroup v1 hierarchies too)", at.display()),
@@ -471,6 +558,39 @@ mod tests {
         ] {
             assert_eq!(container_of(&line), None, "{line}");
         }
+    }
+
+    #[test]
+    fn a_pod_is_its_newest_ready_sandbox() {
+        let sandbox = |id: &str, name: &str, ready: bool, created_ns: i64| chaos_cri::Pod {
+            id: id.into(),
+            namespace: "shop".into(),
+            name: name.into(),
+            uid: format!("uid-{id}"),
+            labels: Default::default(),
+            annotations: Default::default(),
+            ready,
+            created_ns,
+            ips: vec![],
+            netns: None,
+            pid: None,
+        };
+        let pods = [
+            sandbox("old", "web-0", false, 1),
+            sandbox("new", "web-0", true, 3),
+            sandbox("older-ready", "web-0", true, 2),
+            sandbox("db", "db-0", true, 4),
+            sandbox("gone", "cache-0", false, 5),
+        ];
+        assert_eq!(running_sandbox(&pods, "shop", "web-0", "x").map(|p| p.id.as_str()), Ok("new"));
+        assert_eq!(
+            running_sandbox(&pods, "other", "web-0", "containerd 2.1 at /c.sock").unwrap_err(),
+            "no pod other/web-0 on this node (asked containerd 2.1 at /c.sock)"
+        );
+        assert_eq!(
+            running_sandbox(&pods, "shop", "cache-0", "x").unwrap_err(),
+            "pod shop/cache-0 has no running sandbox on this node (it stopped)"
+        );
     }
 
     #[test]

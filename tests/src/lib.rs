@@ -3,6 +3,7 @@
 //! whose `Drop` removes it, so a failing test leaves nothing behind.
 
 pub mod cgroup;
+pub mod containerd;
 pub mod daemon;
 pub mod http;
 pub mod kernel;

@@ -7,17 +7,33 @@ use nix::sched::{CloneFlags, setns};
 
 use crate::run;
 
-/// A named network namespace, deleted on drop (with the interfaces in it).
+/// A named network namespace, deleted on drop (with the interfaces in it); or one made by
+/// another (a container runtime's), named by its path ([`Netns::at`]), left alone.
 pub struct Netns {
     pub name: String,
+    /// The path of a namespace that is not ours.
+    path: Option<std::path::PathBuf>,
 }
 
 impl Netns {
     pub fn new(name: String) -> anyhow::Result<Self> {
         run("ip", &["netns", "add", &name])?;
-        let ns = Self { name };
+        let ns = Self { name, path: None };
         run("ip", &["-n", &ns.name, "link", "set", "lo", "up"])?;
         Ok(ns)
+    }
+
+    /// The namespace the file `path` names (`/proc/PID/ns/net`, a runtime's `cni-...`), to send
+    /// traffic from and to: not deleted on drop. [`Self::ip`] works only for one in /run/netns.
+    pub fn at(path: impl Into<std::path::PathBuf>) -> Self {
+        let path = path.into();
+        let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        Self { name, path: Some(path) }
+    }
+
+    /// Its file.
+    pub fn path(&self) -> std::path::PathBuf {
+        self.path.clone().unwrap_or_else(|| format!("/run/netns/{}", self.name).into())
     }
 
     /// `ip -n <ns> args...`
@@ -31,8 +47,8 @@ impl Netns {
     /// namespace wherever they are used later (`setns` is per thread, so a fresh thread is used
     /// and the caller's namespace never changes).
     pub fn enter<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> anyhow::Result<T> {
-        let path = format!("/run/netns/{}", self.name);
-        let file = File::open(&path).map_err(|e| anyhow::anyhow!("{path}: {e}"))?;
+        let path = self.path();
+        let file = File::open(&path).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
         thread::spawn(move || {
             setns(&file, CloneFlags::CLONE_NEWNET).map_err(|e| anyhow::anyhow!("setns: {e}"))?;
             Ok(f())
@@ -73,6 +89,9 @@ impl Netns {
 
 impl Drop for Netns {
     fn drop(&mut self) {
+        if self.path.is_some() {
+            return;
+        }
         if let Err(e) = run("ip", &["netns", "del", &self.name]) {
             eprintln!("cleanup: {e}");
         }

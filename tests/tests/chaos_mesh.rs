@@ -5,7 +5,8 @@
 //!
 //! The lab's host b plays the pod `shop/checkout-0` the examples name: a process in its network
 //! namespace and in a container's cgroup, named in the container runtime state the daemon reads
-//! (`runtime_dirs`). The daemon runs on host a, the node, where b's veth ends.
+//! when no CRI socket answers (`runtime_dirs`; `cri_sockets` is empty here, so that a runtime on
+//! the machine is not asked). The daemon runs on host a, the node, where b's veth ends.
 
 use std::{
     net::{IpAddr, SocketAddr},
@@ -50,7 +51,7 @@ impl Node {
         let container = pod.child(&format!("docker-{id}.scope")).unwrap();
         // Its process, in b's namespace and in the container's cgroup.
         let process = Resident::new(&lab.b, Some(&container)).unwrap();
-        let config = format!("runtime_dirs = [\"{}\"]", dir.join("runtime").display());
+        let config = format!("cri_sockets = []\nruntime_dirs = [\"{}\"]", dir.join("runtime").display());
         let daemon = Daemon::start_with(&lab.a, &config).unwrap();
         Self { daemon, _process: process, _container: container, _pod: pod, dir, lab }
     }

@@ -281,26 +281,35 @@ fn a_container_is_found_by_its_id() {
     drop(cgroup);
 }
 
+/// Pods are found through the CRI (tests/tests/pods.rs, with a real containerd). With no CRI
+/// socket answering, the daemon falls back on the runtimes' state: the OCI spec each container
+/// has, with the CRI's annotations naming its pod, as containerd keeps them. What only fake
+/// state can show here: the pod's sandbox is the one followed, not another of its containers.
 #[test]
-fn a_pod_is_found_by_namespace_and_name() {
+fn without_a_cri_socket_a_pod_is_found_in_the_runtimes_state() {
     let n = Node::new();
-    // A container runtime's state as containerd keeps it: <dir>/<id>/config.json with the
-    // CRI annotations naming the pod. The daemon is told to look there.
     let runtime = TempDir(std::env::temp_dir().join(unique("cdrt")));
     let runtime = &runtime.0;
-    let id = "c0ffee00d15ea5e5000000000000000000000000000000000000000000000002";
-    std::fs::create_dir_all(runtime.join(id)).unwrap();
-    let spec = serde_json::json!({"annotations": {
-        "io.kubernetes.cri.container-type": "sandbox",
-        "io.kubernetes.cri.sandbox-name": "web-0",
-        "io.kubernetes.cri.sandbox-namespace": "shop",
-    }});
-    std::fs::write(runtime.join(id).join("config.json"), spec.to_string()).unwrap();
-    let config = format!("runtime_dirs = [\"{}\"]", runtime.display());
+    let sandbox = "c0ffee00d15ea5e5000000000000000000000000000000000000000000000002";
+    let workload = "c0ffee00d15ea5e5000000000000000000000000000000000000000000000003";
+    for (id, kind) in [(sandbox, "sandbox"), (workload, "container")] {
+        std::fs::create_dir_all(runtime.join(id)).unwrap();
+        let spec = serde_json::json!({"annotations": {
+            "io.kubernetes.cri.container-type": kind,
+            "io.kubernetes.cri.sandbox-name": "web-0",
+            "io.kubernetes.cri.sandbox-namespace": "shop",
+        }});
+        std::fs::write(runtime.join(id).join("config.json"), spec.to_string()).unwrap();
+    }
+    let no_cri = runtime.join("containerd.sock");
+    let config = format!("cri_sockets = [\"{}\"]\nruntime_dirs = [\"{}\"]", no_cri.display(), runtime.display());
     let daemon = Daemon::start_with(&n.node, &config).unwrap();
+    // The sandbox's process in pod 1's namespace; the workload container's, were it followed,
+    // in pod 2's.
     let sleeper = Resident::new(n.pod(1), None).unwrap();
-    let pid = sleeper.pid();
-    let cgroup = ContainerCgroup::new(id, pid);
+    let cgroup = ContainerCgroup::new(sandbox, sleeper.pid());
+    let other = Resident::new(n.pod(2), None).unwrap();
+    let other_cgroup = ContainerCgroup::new(workload, other.pid());
 
     daemon.ctl_ok(&["apply", "--name", "web", "--pod", "shop/web-0", "--partition", "-p", "udp", "--dport", "9008"]);
     assert_eq!(traffic::udp(n.pod(1), None, &n.server, addr(SERVER, 9008), 300).unwrap(), 0);
@@ -308,9 +317,13 @@ fn a_pod_is_found_by_namespace_and_name() {
     let out = daemon.ctl(&["apply", "--pod", "shop/web-1", "--loss", "1"]);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("pod: no pod shop/web-1 on this node"), "{stderr}");
+    assert!(stderr.contains("no CRI socket answered"), "{stderr}");
+    // The workload container stops: the pod's fault stays; its sandbox stops: it ends.
+    drop(other);
+    assert_eq!(traffic::udp(n.pod(1), None, &n.server, addr(SERVER, 9008), 300).unwrap(), 0);
     drop(sleeper);
-    assert_eq!(daemon.ended(), vec![("web".into(), "its pod stopped".into(), 300)]);
-    drop(cgroup);
+    assert_eq!(daemon.ended(), vec![("web".into(), "its pod stopped".into(), 600)]);
+    drop((cgroup, other_cgroup));
 }
 
 /// A directory removed on drop.

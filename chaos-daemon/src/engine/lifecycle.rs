@@ -57,10 +57,10 @@ impl<D: Dataplane> Engine<D> {
     ) -> Result<Self, EngineError> {
         let boot_id = boot_id();
         let same_boot = state.boot_id == boot_id;
-        let runtime_dirs = settings.runtime_dirs.clone();
-        let mut ifindexes = crate::target::Ifindexes::default();
+        let runtimes = settings.runtimes();
+        let mut lookups = crate::target::Lookups::default();
         let (faults, gone) = FaultSet::adopt(state.faults, state.next_id, same_boot, adopted, mono_ns(), |f| {
-            crate::target::resolve(f, &runtime_dirs, &mut ifindexes)
+            crate::target::resolve(f, &runtimes, &mut lookups)
         });
         let mut engine = Self {
             dataplane,

@@ -124,6 +124,7 @@ fn settings() -> Settings {
         allow_unlimited: true,
         max_start_after: Duration::from_secs(3600),
         duplicate_mark: 1 << 20,
+        cri_sockets: vec![],
         runtime_dirs: vec![],
     }
 }
