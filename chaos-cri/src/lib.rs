@@ -36,7 +36,7 @@ pub const CALL_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// A pod of the node: one sandbox, as the runtime lists it (a pod whose sandbox was recreated
 /// has several, the old ones not ready).
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Pod {
     /// The sandbox's id.
     pub id: String,

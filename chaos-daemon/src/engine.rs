@@ -9,7 +9,7 @@ mod faults;
 mod lifecycle;
 mod plan;
 
-pub use experiments::{ExperimentRecord, NoPods, Pod, PodSource};
+pub use experiments::{CriPods, ExperimentRecord, Pod, PodSource};
 
 pub use faults::{Active, EndReason, FaultSet, Incoming, Limits, Now};
 pub use lifecycle::check_state;
@@ -316,7 +316,15 @@ impl<D: Dataplane> Engine<D> {
             return Err(SpecError::new("faults", "chaos-daemon is shutting down").into());
         }
         // What needs no lookup first: a batch that cannot fit is refused before any is resolved.
-        self.faults.check_batch(specs.len(), req.experiment.as_deref(), &self.limits())?;
+        // Pods joining a run add to its experiment; anything else names a new one.
+        let new_experiment = if action == AuditAction::Join { None } else { req.experiment.as_deref() };
+        if let Some(e) = new_experiment.filter(|e| self.experiments.contains_key(*e)) {
+            return Err(EngineError::Conflict(SpecError::new(
+                "experiment",
+                format!("an experiment named '{e}' is followed (a schedule or a selection): remove it first"),
+            )));
+        }
+        self.faults.check_batch(specs.len(), new_experiment, &self.limits())?;
         let mut batch = Vec::with_capacity(specs.len());
         let mut lookups = crate::target::Lookups::default();
         for (i, spec) in specs.iter().enumerate() {

@@ -27,9 +27,10 @@ fn bound() -> f64 {
     5.0 * (P * (1.0 - P) / f64::from(N)).sqrt()
 }
 
+/// The daemon first: it is dropped (stopped) before the lab takes its namespace away.
 struct Node {
-    lab: Lab,
     daemon: Daemon,
+    lab: Lab,
 }
 
 impl Node {
@@ -37,7 +38,7 @@ impl Node {
         let lab = Lab::start().unwrap();
         let config = format!("cri_sockets = [\"{}\"]\n", lab.socket.display());
         let daemon = Daemon::start_with(&lab.node, &config).unwrap();
-        Self { lab, daemon }
+        Self { daemon, lab }
     }
 
     /// The fraction of N datagrams from `pod` to a receiver on the node that did not arrive.
@@ -81,7 +82,7 @@ impl Node {
     }
 
     fn experiment(&self, name: &str) -> ExperimentView {
-        let list: serde_json::Value = self.daemon.ctl_json(&["list", "-o", "json"]);
+        let list: serde_json::Value = self.daemon.ctl_json(&["list"]);
         let all: Vec<ExperimentView> = serde_json::from_value(list["experiments"].clone()).unwrap();
         all.into_iter().find(|e| e.name == name).unwrap_or_else(|| panic!("no experiment {name}: {list}"))
     }
@@ -194,7 +195,6 @@ fn random_modes_pick_as_many_pods_as_asked_and_name_them() {
         if let Some(v) = value {
             args.extend(["--value", v]);
         }
-        args.extend(["-o", "json"]);
         let applied: chaos_api::api::Faults = node.daemon.ctl_json(&args);
         let named: Vec<String> = applied.faults.iter().filter_map(|f| f.spec.pod.clone()).collect();
         assert_eq!(named.len(), expect, "{mode}: {named:?}");
@@ -248,12 +248,14 @@ fn pods_join_a_running_experiment_and_leave_it_alone() {
     node.wait_for("the gone pod's faults to end", Duration::from_secs(10), || {
         (node.pods_of("live") == [key(&second)]).then_some(())
     });
-    let ended = node.daemon.ended();
+    let ended: Vec<(String, String)> = node
+        .history()
+        .into_iter()
+        .filter(|e| e.action.as_str() == "end")
+        .flat_map(|e| e.ended.into_iter().map(|x| (x.name, x.reason)))
+        .collect();
     for name in &gone {
-        assert!(
-            ended.iter().any(|(n, why, _)| n == name && why.contains("pod")),
-            "{name} ended with its pod: {ended:?}"
-        );
+        assert!(ended.contains(&(name.clone(), "its pod stopped".into())), "{name} ended with its pod: {ended:?}");
     }
     node.assert_lossy(&second, 9004);
     node.daemon.ctl_ok(&["rm", "-e", "live"]);

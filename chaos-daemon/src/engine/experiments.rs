@@ -13,7 +13,6 @@
 
 use std::{
     collections::{BTreeMap, BTreeSet, VecDeque},
-    net::IpAddr,
     sync::Arc,
 };
 
@@ -28,35 +27,21 @@ use crate::{
     state::unix_ms,
 };
 
-/// A pod of this node, as the container runtime lists it.
-#[derive(Clone, Debug, Default, PartialEq)]
-pub struct Pod {
-    /// The sandbox's id: a pod re-created under the same name is another sandbox.
-    pub id: String,
-    pub namespace: String,
-    pub name: String,
-    pub labels: BTreeMap<String, String>,
-    pub annotations: BTreeMap<String, String>,
-    /// Its sandbox is ready (its network namespace is up).
-    pub ready: bool,
-    pub ips: Vec<IpAddr>,
+pub use crate::pods::Pod;
+
+/// `NAMESPACE/NAME`, as `--pod` names it.
+pub fn key(pod: &Pod) -> String {
+    format!("{}/{}", pod.namespace, pod.name)
 }
 
-impl Pod {
-    /// `NAMESPACE/NAME`, as `--pod` names it.
-    pub fn key(&self) -> String {
-        format!("{}/{}", self.namespace, self.name)
-    }
-
-    fn facts(&self) -> PodFacts<'_> {
-        PodFacts {
-            namespace: &self.namespace,
-            name: &self.name,
-            labels: &self.labels,
-            annotations: &self.annotations,
-            // What the sandbox says: the CRI has no pod phase; a ready sandbox is a running pod.
-            phase: if self.ready { Phase::Running } else { Phase::Pending },
-        }
+fn facts(pod: &Pod) -> PodFacts<'_> {
+    PodFacts {
+        namespace: &pod.namespace,
+        name: &pod.name,
+        labels: &pod.labels,
+        annotations: &pod.annotations,
+        // The CRI has no pod phase: a ready sandbox is a running pod.
+        phase: if pod.ready { Phase::Running } else { Phase::Pending },
     }
 }
 
@@ -65,13 +50,13 @@ pub trait PodSource: Send + Sync + std::fmt::Debug {
     fn pods(&self) -> Result<Vec<Pod>, String>;
 }
 
-/// No container runtime configured.
+/// The runtimes' CRI sockets (`cri_sockets`).
 #[derive(Debug)]
-pub struct NoPods;
+pub struct CriPods(pub Vec<std::path::PathBuf>);
 
-impl PodSource for NoPods {
+impl PodSource for CriPods {
     fn pods(&self) -> Result<Vec<Pod>, String> {
-        Err("no container runtime is configured (cri_sockets)".into())
+        crate::pods::list(&self.0)
     }
 }
 
@@ -178,7 +163,7 @@ pub fn pick<'a>(
     selector: &PodSelector,
     random: &mut dyn FnMut(usize) -> usize,
 ) -> Result<Vec<&'a Pod>, String> {
-    let mut matching: Vec<&Pod> = pods.iter().filter(|p| p.ready && selector.matches(&p.facts())).collect();
+    let mut matching: Vec<&Pod> = pods.iter().filter(|p| p.ready && selector.matches(&facts(p))).collect();
     matching.sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
     let count = selector.mode.count(matching.len(), random)?;
     // A partial Fisher–Yates shuffle: the first `count` are a uniform pick.
@@ -233,9 +218,9 @@ pub fn instance(
         name = format!("{name}.{}", k + 1);
     }
     let mut spec = template.clone();
-    spec.name = Some(bounded_name(&name, pod.map(|p| p.key()).as_deref().unwrap_or("")));
+    spec.name = Some(bounded_name(&name, pod.map(key).as_deref().unwrap_or("")));
     if let Some(pod) = pod {
-        spec.pod = Some(pod.key());
+        spec.pod = Some(key(pod));
     }
     if let Some((_, _, address)) = target {
         // The target's packets to the pod come from it; the pod's to it go to it.
@@ -439,7 +424,7 @@ impl<D: Dataplane> Engine<D> {
         // The picks, named in the history (random ones especially).
         let mut said = "ok".to_owned();
         if let Some(s) = &followed.selector {
-            let keys: Vec<String> = picked.iter().map(Pod::key).collect();
+            let keys: Vec<String> = picked.iter().map(key).collect();
             said += &format!(": pods {} ({})", keys.join(", "), s.describe());
         }
         if !targets.is_empty() {
@@ -615,7 +600,7 @@ impl<D: Dataplane> Engine<D> {
         {
             let joining: Vec<Pod> = pods
                 .iter()
-                .filter(|p| p.ready && !followed.record.covered.contains(&p.id) && selector.matches(&p.facts()))
+                .filter(|p| p.ready && !followed.record.covered.contains(&p.id) && selector.matches(&facts(p)))
                 .cloned()
                 .collect();
             if !joining.is_empty() {
@@ -630,12 +615,12 @@ impl<D: Dataplane> Engine<D> {
                 // Each pod on its own: one that cannot take the faults does not keep the others out.
                 for pod in &joining {
                     let one: Vec<FaultSpec> =
-                        req.faults.iter().filter(|f| f.pod.as_deref() == Some(&pod.key())).cloned().collect();
-                    let said = format!("ok: pod {} came to match", pod.key());
+                        req.faults.iter().filter(|f| f.pod.as_deref() == Some(&key(pod))).cloned().collect();
+                    let said = format!("ok: pod {} came to match", key(pod));
                     let result =
                         self.apply_as(&Apply { faults: one, ..req.clone() }, &daemon, AuditAction::Join, &said);
                     if let Err(e) = result {
-                        tracing::warn!(experiment = name, pod = pod.key(), "a pod could not join: {e}");
+                        tracing::warn!(experiment = name, pod = key(pod), "a pod could not join: {e}");
                     }
                     // Covered either way: a pod that could not take them is not retried twice a second.
                     followed.record.covered.insert(pod.id.clone());
@@ -778,7 +763,7 @@ mod tests {
         ];
         pods[2].ready = false;
         let mut first = |_: usize| 0;
-        let names = |p: Vec<&Pod>| p.iter().map(|p| p.key()).collect::<Vec<_>>();
+        let names = |p: Vec<&Pod>| p.iter().map(|p| key(p)).collect::<Vec<_>>();
         let all = selector(&["shop"], "app=web,tier!=db", "all", None);
         assert_eq!(names(pick(&pods, &all, &mut first).unwrap()), ["shop/web-1"]);
         let web = selector(&[], "app=web", "all", None);
@@ -789,7 +774,7 @@ mod tests {
             assert_eq!(picked.len(), 1);
         }
         // Every pod can be the one: the draw decides.
-        let seen: BTreeSet<String> = (0..3).map(|d| pick(&pods, &one, &mut |n| d % n).unwrap()[0].key()).collect();
+        let seen: BTreeSet<String> = (0..3).map(|d| key(pick(&pods, &one, &mut |n| d % n).unwrap()[0])).collect();
         assert_eq!(seen.len(), 3);
         let fixed = selector(&[], "app=web", "fixed", Some("2"));
         assert_eq!(pick(&pods, &fixed, &mut random).unwrap().len(), 2);

@@ -308,7 +308,9 @@ impl FaultSet {
         limits: &Limits,
         now: Now,
     ) -> Result<(Self, Vec<String>), EngineError> {
-        self.check_batch(batch.len(), experiment.as_deref(), limits)?;
+        // Whether the experiment may take these is the engine's to say (a pod joining a run
+        // adds to its experiment; see `check_batch`).
+        self.check_batch(batch.len(), None, limits)?;
         let mut next = self.clone();
         // The lowest free slots: gaps in the slots in use, then past the last one.
         let mut used = self.by_slot.keys().copied().peekable();

@@ -56,6 +56,7 @@ impl<D: Dataplane> Engine<D> {
         store: Store,
     ) -> Result<Self, EngineError> {
         let boot_id = boot_id();
+        let cri_sockets = settings.cri_sockets.clone();
         let same_boot = state.boot_id == boot_id;
         let runtimes = settings.runtimes();
         let mut lookups = crate::target::Lookups::default();
@@ -72,7 +73,7 @@ impl<D: Dataplane> Engine<D> {
             closed: false,
             trim: false,
             experiments: Default::default(),
-            pods: std::sync::Arc::new(super::NoPods),
+            pods: std::sync::Arc::new(super::CriPods(cri_sockets)),
         };
         engine.load_experiments();
         let mut ended: Vec<Ended> = gone
