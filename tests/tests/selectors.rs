@@ -341,3 +341,47 @@ impl Drop for TempDir {
         let _ = std::fs::remove_dir_all(&self.0);
     }
 }
+
+#[test]
+fn a_target_selector_is_resolved_to_its_pods_addresses_on_this_node() {
+    let node = Node::start();
+    let shop = unique("shop");
+    let web = node.lab.run_pod(&shop, "web-0", &[("app", "web")]).unwrap();
+    let db = node.lab.run_pod(&shop, "db-0", &[("app", "db")]).unwrap();
+    let db_ip = node.lab.pod_ip(&db).unwrap();
+    let web_ip = node.lab.pod_ip(&web).unwrap();
+    let dir = TempDir::new();
+    let file = |target: &str| {
+        let path = dir.0.join(format!("{target}.yaml"));
+        std::fs::write(
+            &path,
+            format!(
+                "apiVersion: chaos-mesh.org/v1alpha1\nkind: NetworkChaos\nmetadata:\n  name: cut-{target}\n  namespace: {shop}\nspec:\n  action: partition\n  mode: all\n  selector:\n    labelSelectors: {{app: web}}\n  direction: both\n  target:\n    mode: all\n    selector:\n      labelSelectors: {{app: {target}}}\n  duration: 5m\n"
+            ),
+        )
+        .unwrap();
+        path.to_string_lossy().into_owned()
+    };
+    let (web_ns, db_ns) = (node.lab.pod_ns(&web).unwrap(), node.lab.pod_ns(&db).unwrap());
+    let udp = |from: &chaos_tests::Netns, to: &chaos_tests::Netns, ip: IpAddr| {
+        traffic::udp(from, None, to, SocketAddr::new(ip, 9100), 200).unwrap()
+    };
+    assert_eq!((udp(&web_ns, &db_ns, db_ip), udp(&db_ns, &web_ns, web_ip)), (200, 200));
+
+    let out = node.daemon.ctl_ok(&["apply", "-f", &file("db")]);
+    assert!(out.contains("cut-db.web-0"), "{out}");
+    let fault = node.faults().into_iter().find(|f| f.name == "cut-db.web-0").unwrap();
+    assert_eq!(fault.spec.dst.as_deref(), Some(db_ip.to_string().as_str()), "the target's address");
+    // Cut both ways between web and db; each still reaches the node.
+    assert_eq!((udp(&web_ns, &db_ns, db_ip), udp(&db_ns, &web_ns, web_ip)), (0, 0));
+    let gateway = IpAddr::V4(node.lab.gateway);
+    assert_eq!((udp(&web_ns, &node.lab.node, gateway), udp(&db_ns, &node.lab.node, gateway)), (200, 200));
+    node.daemon.ctl_ok(&["rm", "-e", "cut-db"]);
+    assert_eq!(udp(&web_ns, &db_ns, db_ip), 200);
+
+    // A target with no pod on this node is refused, saying how to reach pods elsewhere.
+    let out = node.daemon.ctl(&["apply", "-f", &file("cache")]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("target") && err.contains("externalTargets"), "{err}");
+    assert!(node.faults().is_empty());
+}
