@@ -151,21 +151,45 @@ impl Runtime {
         move |s| Error::Call { socket: self.socket.clone(), call, reason: status(&s) }
     }
 
-    /// Every pod sandbox of the runtime (ready or not), with its addresses, network namespace
-    /// and pid from its verbose status: one `ListPodSandbox`, then one `PodSandboxStatus` each.
-    /// A sandbox removed between the two is left out.
-    pub async fn pods(&self) -> Result<Vec<Pod>, Error> {
-        let mut client = self.client();
-        let items = client
+    /// Every pod sandbox of the runtime (ready or not) as one `ListPodSandbox` gives it: ids,
+    /// names, labels, annotations and readiness, without addresses, namespace or pid. What
+    /// matching pods against a selector needs, at the cost of one call however many pods.
+    pub async fn sandboxes(&self) -> Result<Vec<Pod>, Error> {
+        let items = self
+            .client()
             .list_pod_sandbox(api::ListPodSandboxRequest { filter: None })
             .await
             .map_err(self.failed("ListPodSandbox"))?
             .into_inner()
             .items;
-        let mut pods = Vec::with_capacity(items.len());
-        for sandbox in items {
+        Ok(items
+            .into_iter()
+            .map(|sandbox| {
+                let metadata = sandbox.metadata.unwrap_or_default();
+                Pod {
+                    id: sandbox.id,
+                    namespace: metadata.namespace,
+                    name: metadata.name,
+                    uid: metadata.uid,
+                    labels: sandbox.labels.into_iter().collect(),
+                    annotations: sandbox.annotations.into_iter().collect(),
+                    ready: sandbox.state == api::PodSandboxState::SandboxReady as i32,
+                    created_ns: sandbox.created_at,
+                    ..Pod::default()
+                }
+            })
+            .collect())
+    }
+
+    /// [`Self::sandboxes`] with each one's addresses, network namespace and pid from its
+    /// verbose status: one `PodSandboxStatus` more per sandbox. A sandbox removed between the
+    /// two is left out.
+    pub async fn pods(&self) -> Result<Vec<Pod>, Error> {
+        let mut client = self.client();
+        let mut pods = Vec::new();
+        for mut pod in self.sandboxes().await? {
             let response = match client
-                .pod_sandbox_status(api::PodSandboxStatusRequest { pod_sandbox_id: sandbox.id.clone(), verbose: true })
+                .pod_sandbox_status(api::PodSandboxStatusRequest { pod_sandbox_id: pod.id.clone(), verbose: true })
                 .await
             {
                 Ok(r) => r.into_inner(),
@@ -174,27 +198,15 @@ impl Runtime {
             };
             let info = Info::of(&response.info);
             let network = response.status.as_ref().and_then(|s| s.network.as_ref());
-            let ips = network
+            pod.ips = network
                 .map(|n| std::iter::once(n.ip.as_str()).chain(n.additional_ips.iter().map(|i| i.ip.as_str())))
                 .into_iter()
                 .flatten()
                 .filter_map(|ip| ip.parse().ok())
                 .collect();
-            let metadata = sandbox.metadata.unwrap_or_default();
-            let ready = sandbox.state == api::PodSandboxState::SandboxReady as i32;
-            pods.push(Pod {
-                id: sandbox.id,
-                namespace: metadata.namespace,
-                name: metadata.name,
-                uid: metadata.uid,
-                labels: sandbox.labels.into_iter().collect(),
-                annotations: sandbox.annotations.into_iter().collect(),
-                ready,
-                created_ns: sandbox.created_at,
-                ips,
-                netns: info.netns.filter(|_| ready),
-                pid: info.pid.filter(|_| ready),
-            });
+            pod.netns = info.netns.filter(|_| pod.ready);
+            pod.pid = info.pid.filter(|_| pod.ready);
+            pods.push(pod);
         }
         Ok(pods)
     }
@@ -333,6 +345,11 @@ pub mod blocking {
 
         pub fn version(&self) -> &str {
             self.inner.version()
+        }
+
+        /// [`super::Runtime::sandboxes`].
+        pub fn sandboxes(&self) -> Result<Vec<Pod>, Error> {
+            run(self.rt.as_ref().expect("kept until dropped"), self.inner.sandboxes())
         }
 
         /// [`super::Runtime::pods`].

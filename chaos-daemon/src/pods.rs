@@ -13,11 +13,24 @@ pub fn list(sockets: &[PathBuf]) -> Result<Vec<Pod>, String> {
     list_from(sockets).map(|(pods, _)| pods)
 }
 
+/// The same as the runtimes list them, without their addresses, network namespaces and pids:
+/// one call per runtime, for matching selectors ([`chaos_cri::Runtime::sandboxes`]).
+pub fn list_brief(sockets: &[PathBuf]) -> Result<Vec<Pod>, String> {
+    ask(sockets, |rt| rt.sandboxes()).map(|(pods, _)| pods)
+}
+
 /// The same, with the runtimes that answered, as `containerd 1.6.20 at /run/containerd/containerd.sock`.
 pub fn list_from(sockets: &[PathBuf]) -> Result<(Vec<Pod>, Vec<String>), String> {
+    ask(sockets, |rt| rt.pods())
+}
+
+fn ask(
+    sockets: &[PathBuf],
+    list: impl Fn(&chaos_cri::blocking::Runtime) -> Result<Vec<Pod>, chaos_cri::Error>,
+) -> Result<(Vec<Pod>, Vec<String>), String> {
     let (mut pods, mut answered, mut failed) = (Vec::new(), Vec::new(), Vec::new());
     for socket in sockets {
-        let asked = chaos_cri::blocking::Runtime::connect(socket).and_then(|rt| Ok((rt.pods()?, runtime(&rt))));
+        let asked = chaos_cri::blocking::Runtime::connect(socket).and_then(|rt| Ok((list(&rt)?, runtime(&rt))));
         match asked {
             Ok((p, which)) => {
                 pods.extend(p);

@@ -258,7 +258,7 @@ async fn lifecycle(shared: Arc<Shared>, mut shutdown: broadcast::Receiver<()>) {
                 e.wants_pods().then(|| e.pod_source())
             };
             let pods = source.and_then(|s| {
-                s.pods().inspect_err(|e| tracing::warn!("listing the node's pods for experiments: {e}")).ok()
+                s.sandboxes().inspect_err(|e| tracing::warn!("listing the node's pods for experiments: {e}")).ok()
             });
             lock().tick(pods.as_deref())
         })

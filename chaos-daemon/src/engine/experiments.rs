@@ -47,7 +47,12 @@ fn facts(pod: &Pod) -> PodFacts<'_> {
 
 /// Where the pods of the node come from: the CRI, or a list in the engine's tests.
 pub trait PodSource: Send + Sync + std::fmt::Debug {
+    /// The pods with their addresses (a run's targets need them).
     fn pods(&self) -> Result<Vec<Pod>, String>;
+    /// The pods as listed, which is what matching needs: what a poll for pods joining asks.
+    fn sandboxes(&self) -> Result<Vec<Pod>, String> {
+        self.pods()
+    }
 }
 
 /// The runtimes' CRI sockets (`cri_sockets`).
@@ -57,6 +62,10 @@ pub struct CriPods(pub Vec<std::path::PathBuf>);
 impl PodSource for CriPods {
     fn pods(&self) -> Result<Vec<Pod>, String> {
         crate::pods::list(&self.0)
+    }
+
+    fn sandboxes(&self) -> Result<Vec<Pod>, String> {
+        crate::pods::list_brief(&self.0)
     }
 }
 
