@@ -1,12 +1,12 @@
 //! Chaos Mesh NetworkChaos files applied with the real `chaosctl apply -f`: the examples in
-//! `examples/` (copies with the lab's interface and addresses put in) act as Chaos Mesh says
-//! they do, on a pod found by name as on a Kubernetes node, and a field chaos-daemon cannot
-//! honour is refused by its name with nothing applied.
+//! `examples/`, as they are, act as Chaos Mesh says they do on the pod they name, found by the
+//! daemon through the node's container runtime (a real containerd, through the CRI), and a field
+//! chaos-daemon cannot honour is refused by its name with nothing applied.
 //!
-//! The lab's host b plays the pod `shop/checkout-0` the examples name: a process in its network
-//! namespace and in a container's cgroup, named in the container runtime state the daemon reads
-//! when no CRI socket answers (`runtime_dirs`; `cri_sockets` is empty here, so that a runtime on
-//! the machine is not asked). The daemon runs on host a, the node, where b's veth ends.
+//! The lab's containerd runs the pod `shop/checkout-0` the examples name, on a CNI bridge in the
+//! node's network namespace, where the daemon runs. The examples' external targets are
+//! addresses of the node namespace (on its loopback interface): the pod reaches them through its
+//! default route, the bridge, as it would reach them through its node.
 
 use std::{
     net::{IpAddr, SocketAddr},
@@ -14,66 +14,64 @@ use std::{
     time::Duration,
 };
 
-use chaos_tests::{
-    Daemon, Lab,
-    cgroup::{Cgroup, Resident},
-    daemon::Snapshot,
-    lab, stats, traffic, unique,
-};
+use chaos_api::api::FaultView;
+use chaos_tests::{Daemon, Netns, containerd::Lab, kernel, stats, traffic, unique};
 
 fn addr(ip: &str, port: u16) -> SocketAddr {
     SocketAddr::new(ip.parse::<IpAddr>().unwrap(), port)
 }
 
-/// The pod, and the daemon that finds it. Field order is drop order: the daemon first, then
-/// the pod's process, its cgroups and the files.
+fn ip(ip: &str) -> IpAddr {
+    ip.parse().unwrap()
+}
+
+/// The daemon on a node running the pod the examples name. Field order is drop order: the
+/// daemon first (stopped, with its faults), then the lab (its pods, containerd, the node
+/// namespace); the files go in `Drop`.
 struct Node {
     daemon: Daemon,
-    _process: Resident,
-    _container: Cgroup,
-    _pod: Cgroup,
+    /// The pod's network namespace.
+    pod_ns: Netns,
+    pod_ip: IpAddr,
     dir: PathBuf,
     lab: Lab,
 }
 
 impl Node {
-    fn new() -> Self {
-        let lab = Lab::new().unwrap();
+    /// The node, with `addresses` (the examples' targets, and others to compare with) its own,
+    /// on its loopback interface.
+    fn new(addresses: &[&str]) -> Self {
+        let lab = Lab::start().unwrap();
+        for a in addresses {
+            lab.node.ip(&["addr", "add", &format!("{a}/32"), "dev", "lo"]).unwrap();
+        }
+        let pod = lab.run_pod("shop", "checkout-0", &[("app", "checkout")]).unwrap();
+        let pod_ns = lab.pod_ns(&pod).unwrap();
+        let pod_ip = lab.pod_ip(&pod).unwrap();
         let dir = std::env::temp_dir().join(unique("cdcm"));
-        // A container id of this run (64 hex digits), and its runtime state: containerd's
-        // `<dir>/<id>/config.json` with the CRI annotations naming its pod.
-        let id = format!("{:0>64}", unique("").replace('x', "f"));
-        std::fs::create_dir_all(dir.join("runtime").join(&id)).unwrap();
-        let annotations = r#"{"annotations": {"io.kubernetes.cri.container-type": "sandbox",
-            "io.kubernetes.cri.sandbox-namespace": "shop", "io.kubernetes.cri.sandbox-name": "checkout-0"}}"#;
-        std::fs::write(dir.join("runtime").join(&id).join("config.json"), annotations).unwrap();
-        let pod = Cgroup::new("cdcm").unwrap();
-        let container = pod.child(&format!("docker-{id}.scope")).unwrap();
-        // Its process, in b's namespace and in the container's cgroup.
-        let process = Resident::new(&lab.b, Some(&container)).unwrap();
-        let config = format!("cri_sockets = []\nruntime_dirs = [\"{}\"]", dir.join("runtime").display());
-        let daemon = Daemon::start_with(&lab.a, &config).unwrap();
-        Self { daemon, _process: process, _container: container, _pod: pod, dir, lab }
+        std::fs::create_dir_all(&dir).unwrap();
+        let daemon = Daemon::start_with(&lab.node, &format!("cri_sockets = [\"{}\"]\n", lab.socket.display())).unwrap();
+        let node = Self { daemon, pod_ns, pod_ip, dir, lab };
+        // Each address reachable from the pod, and the pod from each (which resolves the
+        // neighbours on both sides before anything is measured).
+        for a in addresses {
+            assert_eq!(node.sent_to(a, 9998, 50), 50, "the pod reaches {a}");
+            assert_eq!(node.received_from(a, 9998, 50), 50, "{a} reaches the pod");
+        }
+        node
     }
 
-    /// `examples/<name>` with the lab put in: the pod's interface, and each `(example's
-    /// address, lab's)`. Returns the copy's path.
-    fn example(&self, name: &str, addresses: &[(&str, &str)]) -> PathBuf {
-        // Built in, so that the test runs where the source tree is not (in the VM).
-        let mut text = match name {
+    /// `examples/<name>` as it is (built in, so that the test runs where the source tree is not,
+    /// in the VM), written to a file. Returns its path.
+    fn example(&self, name: &str) -> PathBuf {
+        let text = match name {
             "network-loss.yaml" => include_str!("../../examples/network-loss.yaml"),
             "network-partition.yaml" => include_str!("../../examples/network-partition.yaml"),
             "network-delay.yaml" => include_str!("../../examples/network-delay.yaml"),
             other => panic!("no example {other} built in"),
-        }
-        .to_owned();
-        assert!(text.contains("device: eth0\n"), "{name} names the pod's interface");
-        text = text.replace("device: eth0\n", &format!("device: {}\n", self.lab.b_if));
-        for (from, to) in addresses {
-            assert!(text.contains(from), "{name} has {from}");
-            text = text.replace(from, to);
-        }
-        self.write(name, &text)
+        };
+        assert!(text.contains("        - checkout-0\n"), "{name} names the pod shop/checkout-0");
+        self.write(name, text)
     }
 
     fn write(&self, name: &str, text: &str) -> PathBuf {
@@ -85,6 +83,47 @@ impl Node {
     fn apply(&self, path: &Path) -> std::process::Output {
         self.daemon.ctl(&["apply", "-f", path.to_str().unwrap()])
     }
+
+    /// How many of `count` datagrams from the pod to `target` (an address of the node) arrive.
+    fn sent_to(&self, target: &str, port: u16, count: u32) -> u32 {
+        traffic::udp(&self.pod_ns, None, &self.lab.node, addr(target, port), count).unwrap()
+    }
+
+    /// How many of `count` datagrams from `source` (an address of the node) to the pod arrive.
+    fn received_from(&self, source: &str, port: u16, count: u32) -> u32 {
+        let dst = SocketAddr::new(self.pod_ip, port);
+        traffic::udp(&self.lab.node, Some(ip(source)), &self.pod_ns, dst, count).unwrap()
+    }
+
+    /// The faults listed, as `(name, experiment, pod)`.
+    fn listed(&self) -> Vec<(String, String, String)> {
+        self.daemon
+            .faults()
+            .into_iter()
+            .map(|f: FaultView| (f.name, f.experiment.unwrap_or_default(), f.spec.pod.unwrap_or_default()))
+            .collect()
+    }
+
+    /// The daemon's faults, and what the kernel holds for them: the programs on the node's
+    /// interfaces (a pod's fault acts on the node's end of its veth) and on the pod's, and every
+    /// entry of the daemon's maps.
+    fn snapshot(&self) -> Snapshot {
+        let links = self.lab.node.ip(&["-o", "link", "show"]).unwrap();
+        let mut attached = Vec::new();
+        for line in links.lines() {
+            // "7: veth1c2ee863@if2: <...": the name, without its peer.
+            let name = line.split(": ").nth(1).and_then(|n| n.split('@').next()).unwrap();
+            attached.push((name.to_owned(), kernel::attached(&self.lab.node, name).unwrap()));
+        }
+        attached.push(("pod eth0".into(), kernel::attached(&self.pod_ns, "eth0").unwrap()));
+        assert!(attached.iter().any(|(_, p)| !p.is_empty()), "a fault in the pod should have attached a program");
+        let pid = self.daemon.pid().unwrap().as_raw() as u32;
+        Snapshot {
+            list: self.daemon.faults(),
+            attached,
+            maps: kernel::maps_contents(&kernel::maps_of_process(pid).unwrap()).unwrap(),
+        }
+    }
 }
 
 impl Drop for Node {
@@ -93,34 +132,36 @@ impl Drop for Node {
     }
 }
 
-/// The faults listed, as `(name, experiment)`.
-fn listed(daemon: &Daemon) -> Vec<(String, String)> {
-    let list = daemon.list();
-    list["faults"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|f| (f["name"].as_str().unwrap().to_owned(), f["experiment"].as_str().unwrap_or("-").to_owned()))
-        .collect()
+#[derive(Debug, PartialEq)]
+struct Snapshot {
+    list: Vec<FaultView>,
+    attached: Vec<(String, Vec<u32>)>,
+    maps: std::collections::BTreeMap<String, Vec<String>>,
+}
+
+/// `(TEMPLATE.POD, experiment, pod)` as listed for the fault of `template` in shop/checkout-0.
+fn in_pod(template: &str, experiment: &str) -> (String, String, String) {
+    (format!("{template}.checkout-0"), experiment.into(), "shop/checkout-0".into())
 }
 
 #[test]
 fn loss_example_loses_its_share_of_what_the_pod_sends_to_the_targets() {
-    let n = Node::new();
-    let file = n.example("network-loss.yaml", &[("203.0.113.10", lab::A4), ("203.0.113.11", lab::A6)]);
-    let out = n.apply(&file);
+    let targets = ["203.0.113.10", "203.0.113.11"];
+    let n = Node::new(&targets);
+    let out = n.apply(&n.example("network-loss.yaml"));
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let experiment = "flaky-payments-api";
     assert_eq!(
-        listed(&n.daemon),
-        [("flaky-payments-api-1".into(), experiment.into()), ("flaky-payments-api-2".into(), experiment.into())]
+        n.listed(),
+        [in_pod("flaky-payments-api-1", experiment), in_pod("flaky-payments-api-2", experiment)],
+        "one fault per target, in the pod"
     );
     // `loss: '20'`, independent per packet. Binomial: sd sqrt(0.2 * 0.8 / 20,000) = 0.28 points;
     // five of them (±1.41) fail a correct program about once in 1.7 million runs.
     const N: u32 = 20_000;
     let bound = 5.0 * (0.2f64 * 0.8 / f64::from(N)).sqrt();
-    for target in [lab::A4, lab::A6] {
-        let received = traffic::udp(&n.lab.b, None, &n.lab.a, addr(target, 9000), N).unwrap();
+    for target in targets {
+        let received = n.sent_to(target, 9000, N);
         let rate = f64::from(N - received) / f64::from(N);
         assert!(
             (rate - 0.2).abs() <= bound,
@@ -129,36 +170,44 @@ fn loss_example_loses_its_share_of_what_the_pod_sends_to_the_targets() {
             bound * 100.0
         );
     }
-    // `direction: to`: what the pod receives is untouched.
-    assert_eq!(traffic::udp(&n.lab.a, None, &n.lab.b, addr(lab::B4, 9000), N / 4).unwrap(), N / 4);
+    // `direction: to`: what the pod receives, from the targets too, is untouched.
+    for target in targets {
+        assert_eq!(n.received_from(target, 9000, N / 4), N / 4, "from {target}");
+    }
     n.daemon.ctl_ok(&["rm", "-e", experiment]);
-    assert_eq!(traffic::udp(&n.lab.b, None, &n.lab.a, addr(lab::A4, 9000), N / 4).unwrap(), N / 4);
+    assert_eq!(n.listed(), []);
+    assert_eq!(n.sent_to(targets[0], 9000, N / 4), N / 4);
 }
 
 #[test]
 fn partition_example_cuts_the_target_both_ways_and_nothing_else() {
-    let n = Node::new();
-    // The example cuts a subnet; here the node's IPv4 address is that subnet, its IPv6 is not.
-    let file = n.example("network-partition.yaml", &[("10.20.40.0/24", &format!("{}/32", lab::A4))]);
-    n.daemon.ctl_ok(&["apply", "-f", file.to_str().unwrap()]);
-    assert_eq!(listed(&n.daemon), [("cache-partition".into(), "cache-partition".into())]);
-    let (a, b) = (&n.lab.a, &n.lab.b);
+    // An address in the example's subnet 10.20.40.0/24, and one just outside it.
+    let (target, other) = ("10.20.40.7", "10.20.41.7");
+    let n = Node::new(&[target, other]);
+    n.daemon.ctl_ok(&["apply", "-f", n.example("network-partition.yaml").to_str().unwrap()]);
+    assert_eq!(n.listed(), [in_pod("cache-partition", "cache-partition")]);
+    let gateway = n.lab.gateway.to_string();
     // `direction: both`: nothing from the pod to the target, nothing from the target to the pod.
-    assert_eq!(traffic::udp(b, None, a, addr(lab::A4, 9001), 300).unwrap(), 0);
-    assert_eq!(traffic::udp(a, None, b, addr(lab::B4, 9001), 300).unwrap(), 0);
-    assert!(!traffic::tcp_connects(b, None, a, addr(lab::A4, 9002)).unwrap());
-    // Any other address, either way, is untouched.
-    assert_eq!(traffic::udp(b, None, a, addr(lab::A6, 9001), 300).unwrap(), 300);
-    assert_eq!(traffic::udp(a, None, b, addr(lab::B6, 9001), 300).unwrap(), 300);
-    assert!(traffic::tcp_connects(b, None, a, addr(lab::A6, 9002)).unwrap());
+    assert_eq!(n.sent_to(target, 9001, 300), 0);
+    assert_eq!(n.received_from(target, 9001, 300), 0);
+    assert!(!traffic::tcp_connects(&n.pod_ns, None, &n.lab.node, addr(target, 9002)).unwrap());
+    // Any other address, either way, is untouched: outside the subnet, and the pod's gateway.
+    for other in [other, gateway.as_str()] {
+        assert_eq!(n.sent_to(other, 9001, 300), 300, "to {other}");
+        assert_eq!(n.received_from(other, 9001, 300), 300, "from {other}");
+        assert!(traffic::tcp_connects(&n.pod_ns, None, &n.lab.node, addr(other, 9002)).unwrap(), "{other}");
+    }
     n.daemon.ctl_ok(&["rm", "-e", "cache-partition"]);
-    assert_eq!(traffic::udp(b, None, a, addr(lab::A4, 9001), 300).unwrap(), 300);
+    assert_eq!(n.sent_to(target, 9001, 300), 300);
+    assert_eq!(n.received_from(target, 9001, 300), 300);
 }
 
 #[test]
 fn delay_example_is_read_and_left_to_the_kernel() {
-    let n = Node::new();
-    let file = n.example("network-delay.yaml", &[("10.20.30.0/24", &format!("{}/32", lab::A4))]);
+    // An address in the example's subnet 10.20.30.0/24, and one outside it as the baseline.
+    let (target, other) = ("10.20.30.7", "10.20.31.7");
+    let n = Node::new(&[target, other]);
+    let file = n.example("network-delay.yaml");
     let status: serde_json::Value = serde_json::from_str(&n.daemon.ctl_ok(&["status", "-o", "json"])).unwrap();
     let backend = status["delay_backend"].as_str().unwrap().to_owned();
     let out = n.apply(&file);
@@ -169,53 +218,60 @@ fn delay_example_is_read_and_left_to_the_kernel() {
         assert!(!out.status.success(), "applied without a delay backend");
         assert!(stderr.contains("cannot run here") && stderr.contains("netem"), "{stderr}");
         assert!(!stderr.contains("spec."), "{stderr}");
-        assert_eq!(listed(&n.daemon), []);
+        assert_eq!(n.listed(), []);
         return;
     }
     assert!(out.status.success(), "{stderr}");
+    assert_eq!(n.listed(), [in_pod("slow-database", "slow-database")]);
     // 100 ms ± 10 ms (uniform) on what the pod sends to the target; another address as the
     // baseline. The median of a uniform spread is its middle.
-    let [target, other] = traffic::udp_latencies(
-        &n.lab.b,
-        &n.lab.a,
-        &[addr(lab::A4, 9003), addr(lab::A6, 9003)],
+    let [delayed, baseline] = traffic::udp_latencies(
+        &n.pod_ns,
+        &n.lab.node,
+        &[addr(target, 9003), addr(other, 9003)],
         Duration::from_millis(5),
         400,
     )
     .unwrap()
     .try_into()
     .unwrap();
-    let shift = stats::quantile(&target, 0.5) as f64 - stats::quantile(&other, 0.5) as f64;
+    let shift = stats::quantile(&delayed, 0.5) as f64 - stats::quantile(&baseline, 0.5) as f64;
     assert!((95e6..=105e6).contains(&shift), "median shift {}, asked 100 ms", stats::ms(shift));
 }
 
 #[test]
 fn an_unsupported_field_is_refused_by_name_and_nothing_is_applied() {
-    let n = Node::new();
-    let partition = n.example("network-partition.yaml", &[("10.20.40.0/24", &format!("{}/32", lab::A4))]);
-    let text = std::fs::read_to_string(&partition).unwrap();
-    // A fault of the node's own, so that the kernel's maps can be compared.
-    n.daemon.ctl_ok(&["apply", "--name", "keep", "-i", &n.lab.a_if, "--loss", "10", "-p", "udp", "--dport", "9999"]);
-    let before = Snapshot::of(&n.lab, &n.daemon);
+    let n = Node::new(&["10.20.40.7"]);
+    let text = include_str!("../../examples/network-partition.yaml");
+    // A fault of the pod's own, so that the kernel's maps can be compared.
+    n.daemon.ctl_ok(&[
+        "apply",
+        "--name",
+        "keep",
+        "--pod",
+        "shop/checkout-0",
+        "--loss",
+        "10",
+        "-p",
+        "udp",
+        "--dport",
+        "9999",
+    ]);
+    let before = n.snapshot();
+    let pods = "    pods:\n      shop:\n        - checkout-0\n";
     let cases = [
         (
             text.replace(
                 "  duration:",
                 "  target:\n    mode: all\n    selector:\n      pods:\n        shop: [redis-0]\n  duration:",
             ),
-            "spec.target: a second pod selector is not supported on one node",
+            "spec.externalTargets: does not go with spec.target here",
         ),
         (
-            text.replace(
-                "    pods:\n      shop:\n        - checkout-0\n",
-                "    labelSelectors:\n      app: checkout\n",
-            ),
-            "spec.selector.labelSelectors: selects pods through the Kubernetes API server",
+            text.replace(pods, &format!("{pods}    nodes: [node-1]\n")),
+            "spec.selector.nodes: chaos-daemon acts on the pods of the node it runs on",
         ),
-        (
-            text.replace(&format!("{}/32", lab::A4), "redis.shop.svc"),
-            "spec.externalTargets[0]: 'redis.shop.svc' is a domain name",
-        ),
+        (text.replace("10.20.40.0/24", "redis.shop.svc"), "spec.externalTargets[0]: 'redis.shop.svc' is a domain name"),
         (text.replace("  direction: both\n", "  direction: both\n  podSelector: {}\n"), "unknown field `podSelector`"),
         (
             text.replace(
@@ -224,12 +280,15 @@ fn an_unsupported_field_is_refused_by_name_and_nothing_is_applied() {
             ),
             "spec.corrupt: cannot be combined with the others in one fault here",
         ),
+        // Well formed, but no such pod runs on this node.
+        (text.replace("- checkout-0", "- redis-0"), "selector: no pod matches (all namespaces, pod shop/redis-0"),
     ];
     for (i, (bad, expected)) in cases.iter().enumerate() {
+        assert_ne!(bad, text, "case {i} changes the example");
         let out = n.apply(&n.write(&format!("bad-{i}.yaml"), bad));
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert!(!out.status.success(), "case {i} was applied");
         assert!(stderr.contains(expected), "case {i}: {stderr}");
-        assert!(Snapshot::of(&n.lab, &n.daemon) == before, "case {i} changed the faults or the maps");
+        assert!(n.snapshot() == before, "case {i} changed the faults or the maps");
     }
 }
