@@ -363,14 +363,17 @@ impl PodSelector {
             _ => format!("{many} {}", items.join(" ")),
         };
         let mut parts = Vec::new();
+        if !self.pods.is_empty() {
+            // They decide alone (see `matches`).
+            let pods = self.pods.iter().flat_map(|(ns, names)| names.iter().map(move |n| format!("{ns}/{n}")));
+            parts.push(words("pod", "pods", pods.collect()));
+            parts.push(format!("mode {}", self.mode));
+            return parts.join(", ");
+        }
         parts.push(match self.namespaces.len() {
             0 => "all namespaces".to_owned(),
             _ => words("namespace", "namespaces", self.namespaces.iter().cloned().collect()),
         });
-        if !self.pods.is_empty() {
-            let pods = self.pods.iter().flat_map(|(ns, names)| names.iter().map(move |n| format!("{ns}/{n}")));
-            parts.push(words("pod", "pods", pods.collect()));
-        }
         parts.extend(self.labels.iter().map(Requirement::to_string));
         parts.extend(self.annotations.iter().map(|(k, v)| format!("annotation {k}={v}")));
         if !self.phases.is_empty() {

@@ -281,7 +281,7 @@ fn an_unsupported_field_is_refused_by_name_and_nothing_is_applied() {
             "spec.corrupt: cannot be combined with the others in one fault here",
         ),
         // Well formed, but no such pod runs on this node.
-        (text.replace("- checkout-0", "- redis-0"), "selector: no pod matches (all namespaces, pod shop/redis-0"),
+        (text.replace("- checkout-0", "- redis-0"), "selector: no pod matches (pod shop/redis-0"),
     ];
     for (i, (bad, expected)) in cases.iter().enumerate() {
         assert_ne!(bad, text, "case {i} changes the example");

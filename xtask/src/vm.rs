@@ -53,8 +53,6 @@ pub const SUITES: &[Suite] = &[
     Suite { name: "reset", target: "reset", args: &[], env: &[] },
     Suite { name: "gso", target: "gso", args: &[], env: &[] },
     Suite { name: "cgroup", target: "cgroup_target", args: &[], env: &[] },
-    // Its delay example is measured only where a delay backend exists: in the VM.
-    Suite { name: "chaos-mesh", target: "chaos_mesh", args: &[], env: &[] },
     // Where the kernel has no TCX (6.1), the variants forcing it check that the daemon refuses.
     Suite { name: "restart", target: "restart", args: &[], env: &[] },
     Suite { name: "shutdown", target: "shutdown", args: &[], env: &[] },

@@ -284,7 +284,6 @@ fn described_in_a_line() {
     assert_eq!(s.describe(), "namespace shop, app=web, tier!=db, mode fixed-percent 50");
     let s = selector(SelectorSpec {
         namespaces: vec!["b".into(), "a".into()],
-        pods: [("a".into(), vec!["x".into()])].into(),
         expressions: vec![ExpressionSpec {
             key: "env".into(),
             operator: "NotIn".into(),
@@ -297,7 +296,11 @@ fn described_in_a_line() {
     });
     assert_eq!(
         s.describe(),
-        "namespaces a b, pod a/x, env notin (dev,qa), annotation owner=ops, phases Pending Running, mode one"
+        "namespaces a b, env notin (dev,qa), annotation owner=ops, phases Pending Running, mode one"
     );
     assert_eq!(selector(SelectorSpec::default()).describe(), "all namespaces, mode all");
+    // Pods by name decide alone: the rest is not said.
+    let named = SelectorSpec { pods: [("a".into(), vec!["x".into()])].into(), ..Default::default() };
+    let named = selector(SelectorSpec { namespaces: vec!["b".into()], labels: Some("app=web".into()), ..named });
+    assert_eq!(named.describe(), "pod a/x, mode all");
 }
