@@ -298,12 +298,6 @@ impl<D: Dataplane> Engine<D> {
         }
     }
 
-    /// Where the node's pods come from (the CRI); none by default.
-    pub fn with_pods(mut self, pods: Arc<dyn PodSource>) -> Self {
-        self.pods = pods;
-        self
-    }
-
     fn try_apply(
         &mut self,
         req: &Apply,
