@@ -54,7 +54,8 @@ fn a_name_that_is_not_a_name_removes_nothing() {
         ("DELETE", "/v1/faults//", 404),
         ("DELETE", "/v1/faults/k1/", 404),
         ("DELETE", "/v1/experiments/", 400),
-        ("DELETE", "/v1/experiments", 404),
+        // The collection is there to read (GET), not to remove whole.
+        ("DELETE", "/v1/experiments", 405),
         ("POST", "/v1/faults/", 405),
     ] {
         let answer = request(&daemon.socket, method, path, b"").unwrap();
