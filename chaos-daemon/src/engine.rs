@@ -140,6 +140,8 @@ pub struct Engine<D: Dataplane = Kernel> {
     experiments: std::collections::BTreeMap<String, experiments::Followed>,
     /// Where the node's pods come from.
     pods: Arc<dyn PodSource>,
+    /// The pods a run just listed, for the apply it makes next.
+    listed: Option<Vec<Pod>>,
 }
 
 impl<D: Dataplane> Engine<D> {
@@ -320,7 +322,11 @@ impl<D: Dataplane> Engine<D> {
         }
         self.faults.check_batch(specs.len(), new_experiment, &self.limits())?;
         let mut batch = Vec::with_capacity(specs.len());
-        let mut lookups = crate::target::Lookups::default();
+        // A run's pods, listed to pick them, serve to resolve them too.
+        let mut lookups = match self.listed.take() {
+            Some(pods) => crate::target::Lookups::with_pods(pods, "the runtime, for this run".into()),
+            None => crate::target::Lookups::default(),
+        };
         for (i, spec) in specs.iter().enumerate() {
             let spec = self.with_errno(spec);
             let at = |e: SpecError| if specs.len() > 1 { e.within(&format!("fault[{i}].")) } else { e };

@@ -86,6 +86,11 @@ pub struct Lookups(std::collections::HashMap<String, u32>, Option<PodList>);
 type PodList = Result<(Vec<chaos_cri::Pod>, Vec<String>), String>;
 
 impl Lookups {
+    /// Lookups starting from pods already listed (with their status) by `asked`.
+    pub fn with_pods(pods: Vec<chaos_cri::Pod>, asked: String) -> Self {
+        Self(Default::default(), Some(Ok((pods, vec![asked]))))
+    }
+
     fn get(&mut self, name: &str) -> Result<u32, SpecError> {
         if let Some(&i) = self.0.get(name) {
             return Ok(i);

@@ -452,7 +452,10 @@ impl<D: Dataplane> Engine<D> {
             self.audit(actor, action, vec![], req.experiment.clone(), said, vec![]);
             vec![]
         } else {
-            self.try_apply(&req, actor, action, &said)?
+            self.listed = (followed.selector.is_some()).then(|| pods.to_vec());
+            let applied = self.try_apply(&req, actor, action, &said);
+            self.listed = None;
+            applied?
         };
         let r = &mut followed.record;
         r.runs += 1;
