@@ -140,8 +140,6 @@ pub struct Engine<D: Dataplane = Kernel> {
     experiments: std::collections::BTreeMap<String, experiments::Followed>,
     /// Where the node's pods come from.
     pods: Arc<dyn PodSource>,
-    /// The pods a run just listed, for the apply it makes next.
-    listed: Option<Vec<Pod>>,
 }
 
 impl<D: Dataplane> Engine<D> {
@@ -150,13 +148,18 @@ impl<D: Dataplane> Engine<D> {
         let result = if req.selector.is_some() || req.target.is_some() || req.schedule.is_some() {
             self.apply_followed(req, actor)
         } else {
-            self.try_apply(req, actor, AuditAction::Apply, "ok")
+            self.try_apply(req, actor, AuditAction::Apply, "ok", crate::target::Lookups::default())
         };
         if let Err(e) = &result {
-            let names = req.faults.iter().filter_map(|f| f.name.clone()).collect();
-            self.audit(actor, AuditAction::Apply, names, req.experiment.clone(), failed(e), vec![]);
+            self.audit_refused(req, actor, AuditAction::Apply, e);
         }
         result
+    }
+
+    /// Records a batch refused (`action`: an apply, a join), naming the faults it named.
+    fn audit_refused(&mut self, req: &Apply, actor: &Actor, action: AuditAction, e: &EngineError) {
+        let names = req.faults.iter().filter_map(|f| f.name.clone()).collect();
+        self.audit(actor, action, names, req.experiment.clone(), failed(e), vec![]);
     }
 
     /// Removes the named faults (all must exist) and returns their final state.
@@ -165,23 +168,6 @@ impl<D: Dataplane> Engine<D> {
             self.remove_now(next, gone, |e, views| vec![e.removal(actor, Removal::Faults, names.to_vec(), views)])
         });
         self.audit_failure(actor, Removal::Faults.action(), names.to_vec(), None, result)
-    }
-
-    /// Applies a batch with its event recorded as `action` (a run, a join) and `result` (what
-    /// was picked), on behalf of `actor`; a failure is recorded too.
-    fn apply_as(
-        &mut self,
-        req: &Apply,
-        actor: &Actor,
-        action: AuditAction,
-        result: &str,
-    ) -> Result<Vec<FaultView>, EngineError> {
-        let result = self.try_apply(req, actor, action.clone(), result);
-        if let Err(e) = &result {
-            let names = req.faults.iter().filter_map(|f| f.name.clone()).collect();
-            self.audit(actor, action, names, req.experiment.clone(), failed(e), vec![]);
-        }
-        result
     }
 
     /// Removes every fault of an experiment, and stops following it (its schedule, its
@@ -300,12 +286,15 @@ impl<D: Dataplane> Engine<D> {
         }
     }
 
+    /// Applies a batch (all or none), its event recorded as `action` with `result`. `lookups`:
+    /// what is known already (a run's pods).
     fn try_apply(
         &mut self,
         req: &Apply,
         actor: &Actor,
         action: AuditAction,
         result: &str,
+        mut lookups: crate::target::Lookups,
     ) -> Result<Vec<FaultView>, EngineError> {
         let specs = &req.faults;
         if self.closed {
@@ -322,11 +311,6 @@ impl<D: Dataplane> Engine<D> {
         }
         self.faults.check_batch(specs.len(), new_experiment, &self.limits())?;
         let mut batch = Vec::with_capacity(specs.len());
-        // A run's pods, listed to pick them, serve to resolve them too.
-        let mut lookups = match self.listed.take() {
-            Some(pods) => crate::target::Lookups::with_pods(pods, "the runtime, for this run".into()),
-            None => crate::target::Lookups::default(),
-        };
         for (i, spec) in specs.iter().enumerate() {
             let spec = self.with_errno(spec);
             let at = |e: SpecError| if specs.len() > 1 { e.within(&format!("fault[{i}].")) } else { e };

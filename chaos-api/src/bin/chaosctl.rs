@@ -936,20 +936,25 @@ fn print_table(faults: &[FaultView]) {
     print!("{}", table(&header, &rows));
 }
 
+/// The first three of `items` and how many more, `-` for none: a batch of hundreds would push
+/// the rest of a table off the screen (the JSON has them all).
+fn abridged(items: &[String]) -> String {
+    match items.len() {
+        0 => "-".into(),
+        1..=3 => items.join(","),
+        n => format!("{} +{} more", items[..3].join(","), n - 3),
+    }
+}
+
 /// The experiments the daemon follows: what they select, the pods they cover, their schedule.
 fn experiments_table(experiments: &[&ExperimentView]) -> String {
     let rows: Vec<[String; 6]> = experiments
         .iter()
         .map(|e| {
-            let mut pods = e.pods.iter().take(3).cloned().collect::<Vec<_>>().join(",");
-            if e.pods.len() > 3 {
-                pods += &format!(" +{} more", e.pods.len() - 3);
-            }
-            let or_dash = |t: String| if t.is_empty() { "-".to_owned() } else { t };
             [
                 e.name.clone(),
                 e.faults.to_string(),
-                or_dash(pods),
+                abridged(&e.pods),
                 e.selects.clone().unwrap_or_else(|| "-".into()),
                 e.schedule.as_ref().map_or("-".into(), |s| s.cron.clone()),
                 match e.next_run_ms {
@@ -968,19 +973,12 @@ fn history_table(events: &[Event]) -> String {
     let rows: Vec<[String; 6]> = events
         .iter()
         .map(|e| {
-            // A batch of hundreds would push the results off the screen: its first names (the
-            // JSON has them all, and the ended ones are listed below).
-            let mut faults = e.faults.iter().take(3).cloned().collect::<Vec<_>>().join(",");
-            if e.faults.len() > 3 {
-                faults += &format!(" +{} more", e.faults.len() - 3);
-            }
-            let or_dash = |t: String| if t.is_empty() { "-".to_owned() } else { t };
             [
                 local_time(e.at),
                 e.actor.to_string(),
                 e.action.to_string(),
                 e.experiment.clone().unwrap_or_else(|| "-".into()),
-                or_dash(faults),
+                abridged(&e.faults),
                 e.result.clone(),
             ]
         })

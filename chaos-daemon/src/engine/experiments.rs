@@ -19,9 +19,10 @@ use std::{
 use serde::{Deserialize, Serialize};
 
 use super::{Dataplane, Engine, EngineError};
+use crate::target::Lookups;
 use crate::{
     api::{Actor, Apply, AuditAction, ExperimentView, FaultView, Run},
-    schedule::{Schedule, ScheduleSpec},
+    schedule::Schedule,
     select::{Mode, Phase, PodFacts, PodSelector, SelectorSpec},
     spec::{DurationSpec, FaultSpec, Lifetime, SpecError, validate_name},
     state::unix_ms,
@@ -73,19 +74,12 @@ impl PodSource for CriPods {
 const HISTORY_LIMIT: usize = 10;
 
 /// An experiment as the state directory keeps it.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct ExperimentRecord {
     pub name: String,
-    /// Fault templates (with a selector), or the faults themselves.
-    pub faults: Vec<FaultSpec>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub selector: Option<SelectorSpec>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub target: Option<SelectorSpec>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub schedule: Option<ScheduleSpec>,
-    #[serde(default)]
-    pub force: bool,
+    /// The request as applied: its faults (templates, with a selector), selector, target,
+    /// schedule and `force`, which each run applies again.
+    pub request: Apply,
     pub applied_by: Actor,
     pub applied_at_ms: u64,
     #[serde(default)]
@@ -126,9 +120,10 @@ impl Followed {
         let sel = |s: &Option<SelectorSpec>, field: &str| {
             s.as_ref().map(|s| s.validate().map_err(|e| SpecError::new(field, e.to_string()))).transpose()
         };
-        let selector = sel(&record.selector, "selector")?;
-        let target = sel(&record.target, "target")?;
+        let selector = sel(&record.request.selector, "selector")?;
+        let target = sel(&record.request.target, "target")?;
         let schedule = record
+            .request
             .schedule
             .as_ref()
             .map(|s| s.cron.parse::<Schedule>().map_err(|e| SpecError::new("schedule.cron", e)))
@@ -154,7 +149,7 @@ impl Followed {
     }
 
     fn history_limit(&self) -> usize {
-        self.record.schedule.as_ref().and_then(|s| s.history_limit).map_or(HISTORY_LIMIT, |n| n as usize)
+        self.record.request.schedule.as_ref().and_then(|s| s.history_limit).map_or(HISTORY_LIMIT, |n| n as usize)
     }
 
     fn push_run(&mut self, run: Run) {
@@ -277,7 +272,7 @@ impl<D: Dataplane> Engine<D> {
             return Err(SpecError::new(field, "needs an experiment name (the faults are followed as one)").into());
         };
         validate_name(&name).map_err(|e| SpecError::new("experiment", e.reason))?;
-        if self.experiments.contains_key(&name) || !self.faults.of_experiment(&name).is_empty() {
+        if self.experiments.contains_key(&name) || self.faults.has_experiment(&name) {
             return Err(EngineError::Conflict(SpecError::new(
                 "experiment",
                 format!("'{name}' is running: remove it first (chaosctl rm -e {name})"),
@@ -326,11 +321,7 @@ impl<D: Dataplane> Engine<D> {
         let now = unix_ms();
         let record = ExperimentRecord {
             name: name.clone(),
-            faults: req.faults.clone(),
-            selector: req.selector.clone(),
-            target: req.target.clone(),
-            schedule: req.schedule.clone(),
-            force: req.force,
+            request: req.clone(),
             applied_by: actor.clone(),
             applied_at_ms: now,
             runs: 0,
@@ -349,7 +340,7 @@ impl<D: Dataplane> Engine<D> {
                     "schedule.cron",
                     format!(
                         "'{}' names no time to come",
-                        followed.record.schedule.as_ref().map_or("", |s| s.cron.as_str())
+                        followed.record.request.schedule.as_ref().map_or("", |s| s.cron.as_str())
                     ),
                 )
             })?);
@@ -423,7 +414,7 @@ impl<D: Dataplane> Engine<D> {
             None => vec![],
         };
         let mut ends: Option<u64> = Some(now);
-        for t in &followed.record.faults {
+        for t in &followed.record.request.faults {
             ends = match (ends, lifetime(t, self.settings.max_duration)?) {
                 (Some(a), Some(d)) => Some(a.max(now + d)),
                 _ => None,
@@ -442,7 +433,7 @@ impl<D: Dataplane> Engine<D> {
         let req = Apply {
             faults: specs,
             experiment: Some(followed.record.name.clone()),
-            force: followed.record.force,
+            force: followed.record.request.force,
             ..Default::default()
         };
         // Its failure is recorded by the caller, with what came before (listing, picking).
@@ -452,10 +443,12 @@ impl<D: Dataplane> Engine<D> {
             self.audit(actor, action, vec![], req.experiment.clone(), said, vec![]);
             vec![]
         } else {
-            self.listed = (followed.selector.is_some()).then(|| pods.to_vec());
-            let applied = self.try_apply(&req, actor, action, &said);
-            self.listed = None;
-            applied?
+            // The pods listed to pick them serve to resolve them too: one listing per run.
+            let lookups = match followed.selector {
+                Some(_) => Lookups::with_pods(pods.to_vec(), "the runtime, for this run".into()),
+                None => Lookups::default(),
+            };
+            self.try_apply(&req, actor, action, &said, lookups)?
         };
         let r = &mut followed.record;
         r.runs += 1;
@@ -485,7 +478,7 @@ impl<D: Dataplane> Engine<D> {
         };
         let mut specs = Vec::new();
         for pod in &pods {
-            for (i, template) in r.faults.iter().enumerate() {
+            for (i, template) in r.request.faults.iter().enumerate() {
                 let mut template = template.clone();
                 if elapsed_ms > 0
                     && let Ok(Some(d)) = lifetime(&template, self.settings.max_duration)
@@ -494,7 +487,7 @@ impl<D: Dataplane> Engine<D> {
                 }
                 for target in &targets {
                     let pod = pod.map(|p| (p, namespaced));
-                    specs.push(instance(&r.name, (i, r.faults.len()), &template, pod, *target));
+                    specs.push(instance(&r.name, (i, r.request.faults.len()), &template, pod, *target));
                 }
             }
         }
@@ -524,7 +517,7 @@ impl<D: Dataplane> Engine<D> {
         for name in names {
             let Some(mut followed) = self.experiments.remove(&name) else { continue };
             changed |= self.follow_one(&mut followed, now, pods);
-            let live = !self.faults.of_experiment(&name).is_empty();
+            let live = self.faults.has_experiment(&name);
             if followed.schedule.is_none() && !live && !(followed.joins() && followed.window_open(now)) {
                 // Over: its faults ended and no pod can join any more.
                 tracing::info!(experiment = name, "experiment over");
@@ -615,29 +608,24 @@ impl<D: Dataplane> Engine<D> {
                 .filter(|p| p.ready && !followed.record.covered.contains(&p.id) && selector.matches(&facts(p)))
                 .cloned()
                 .collect();
-            if !joining.is_empty() {
-                let elapsed = now.saturating_sub(followed.record.run_at_ms.unwrap_or(now));
-                let specs = self.instances(followed, &joining, &followed.record.targets.clone(), elapsed);
+            let elapsed = now.saturating_sub(followed.record.run_at_ms.unwrap_or(now));
+            // Each pod on its own: one that cannot take the faults does not keep the others out.
+            for pod in &joining {
                 let req = Apply {
-                    faults: specs,
+                    faults: self.instances(followed, std::slice::from_ref(pod), &followed.record.targets, elapsed),
                     experiment: Some(name.clone()),
-                    force: followed.record.force,
+                    force: followed.record.request.force,
                     ..Default::default()
                 };
-                // Each pod on its own: one that cannot take the faults does not keep the others out.
-                for pod in &joining {
-                    let one: Vec<FaultSpec> =
-                        req.faults.iter().filter(|f| f.pod.as_deref() == Some(&key(pod))).cloned().collect();
-                    let said = format!("ok: pod {} came to match", key(pod));
-                    let result =
-                        self.apply_as(&Apply { faults: one, ..req.clone() }, &daemon, AuditAction::Join, &said);
-                    if let Err(e) = result {
-                        tracing::warn!(experiment = name, pod = key(pod), "a pod could not join: {e}");
-                    }
-                    // Covered either way: a pod that could not take them is not retried twice a second.
-                    followed.record.covered.insert(pod.id.clone());
-                    changed = true;
+                let said = format!("ok: pod {} came to match", key(pod));
+                let result = self.try_apply(&req, &daemon, AuditAction::Join, &said, Lookups::default());
+                if let Err(e) = result {
+                    self.audit_refused(&req, &daemon, AuditAction::Join, &e);
+                    tracing::warn!(experiment = name, pod = key(pod), "a pod could not join: {e}");
                 }
+                // Covered either way: a pod that could not take them is not retried twice a second.
+                followed.record.covered.insert(pod.id.clone());
+                changed = true;
             }
         }
         changed
@@ -663,9 +651,9 @@ impl<D: Dataplane> Engine<D> {
                     name: r.name.clone(),
                     faults: counts.get(r.name.as_str()).copied().unwrap_or(0),
                     pods: pods.get(r.name.as_str()).map(|p| p.iter().cloned().collect()).unwrap_or_default(),
-                    selector: r.selector.clone(),
+                    selector: r.request.selector.clone(),
                     selects: f.selector.as_ref().map(PodSelector::describe),
-                    schedule: r.schedule.clone(),
+                    schedule: r.request.schedule.clone(),
                     next_run_ms: r.next_run_ms,
                     runs: r.runs,
                     skipped: r.skipped,

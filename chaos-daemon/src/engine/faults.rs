@@ -259,6 +259,11 @@ impl FaultSet {
         self.ordered().into_iter().map(|a| a.record.clone()).collect()
     }
 
+    /// Whether any fault belongs to `experiment`.
+    pub fn has_experiment(&self, experiment: &str) -> bool {
+        self.by_slot.values().any(|a| a.record.experiment.as_deref() == Some(experiment))
+    }
+
     /// The names of an experiment's faults, in order of application.
     pub fn of_experiment(&self, experiment: &str) -> Vec<String> {
         self.ordered()
@@ -386,7 +391,7 @@ impl FaultSet {
         }
         if let Some(e) = experiment {
             validate_name(e).map_err(|err| SpecError::new("experiment", err.reason))?;
-            if self.by_slot.values().any(|a| a.record.experiment.as_deref() == Some(e)) {
+            if self.has_experiment(e) {
                 return Err(EngineError::Conflict(SpecError::new(
                     "experiment",
                     format!("an experiment named '{e}' is running"),

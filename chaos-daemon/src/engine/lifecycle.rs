@@ -74,7 +74,6 @@ impl<D: Dataplane> Engine<D> {
             trim: false,
             experiments: Default::default(),
             pods: std::sync::Arc::new(super::CriPods(cri_sockets)),
-            listed: None,
         };
         engine.load_experiments();
         let mut ended: Vec<Ended> = gone
