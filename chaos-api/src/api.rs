@@ -177,6 +177,9 @@ pub struct FaultView {
     /// Segments it answered with a RST (reset).
     #[serde(default)]
     pub reset: u64,
+    /// Queries it answered itself (dns).
+    #[serde(default)]
+    pub answered: u64,
 }
 
 impl FaultView {
@@ -188,6 +191,7 @@ impl FaultView {
             duplicated: self.duplicated,
             corrupted: self.corrupted,
             reset: self.reset,
+            answered: self.answered,
         }
     }
 }
@@ -504,6 +508,8 @@ pub struct Ended {
     pub corrupted: u64,
     #[serde(default, skip_serializing_if = "is_zero")]
     pub reset: u64,
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub answered: u64,
 }
 
 impl Ended {
@@ -516,6 +522,7 @@ impl Ended {
             duplicated: c.duplicated,
             corrupted: c.corrupted,
             reset: c.reset,
+            answered: c.answered,
         }
     }
 }

@@ -7,11 +7,13 @@ use std::{fmt, net::IpAddr, str::FromStr, time::Duration};
 use serde::{Deserialize, Serialize};
 
 mod action;
+mod dns;
 
 pub use action::{
     Action, Checksum, Distribution, MAX_BURST, MAX_DELAY, MAX_JITTER, MAX_RATE, MIN_RATE, Odds, Reorder, Shape, errno,
     errno_name, gemodel, parse_rate, parse_size, threshold,
 };
+pub use dns::{Dns, DnsReply, Domain, QTypes, Rcode};
 
 /// A fault as submitted. Fields are loosely typed on purpose: validation, not the parser,
 /// reports what is wrong, field by field.
@@ -335,6 +337,8 @@ pub struct Fault {
     pub cgroup: Option<std::path::PathBuf>,
     pub action: Action,
     pub matches: Match,
+    /// `dns`: the names whose queries it acts on (empty for other actions).
+    pub domains: Vec<Domain>,
     pub lifetime: Lifetime,
     pub start_after: Duration,
 }
@@ -496,7 +500,8 @@ impl FaultSpec {
         };
         let start_after =
             self.start_after.as_ref().map(|d| duration("start_after", d)).transpose()?.unwrap_or_default();
-        Ok(Fault { name: self.name.clone(), interface, netns, cgroup, action, matches, lifetime, start_after })
+        let domains = Vec::new();
+        Ok(Fault { name: self.name.clone(), interface, netns, cgroup, action, matches, domains, lifetime, start_after })
     }
 }
 

@@ -103,7 +103,7 @@ pub const fn slot_of(value: u32) -> Option<u32> {
 /// Version of this ABI, kept in `ACTIVE[`[`ActiveMap::ABI`]`]` of the pinned maps: a daemon
 /// finding pinned maps of another version does not reuse them. Bump it with any layout or
 /// meaning change here.
-pub const ABI_VERSION: u32 = 7;
+pub const ABI_VERSION: u32 = 8;
 
 /// The `ACTIVE` array: its indexes, and the bits of the live word at [`ActiveMap::GENERATION`].
 /// Indexes and bits are both `u32`s; their names say which is which.
@@ -153,6 +153,9 @@ pub enum ActionKind {
     Reset = 6,
     /// `connect()` fails at once with [`RuleAction::errno`] (the event is a failure).
     ConnectFail = 7,
+    /// A DNS query whose name is in `DNS_NAMES` for the rule is answered or lost as
+    /// [`RuleAction::dns`] says (the event is that answer or loss); other packets pass.
+    Dns = 8,
 }
 
 /// What a rule remembers between packets (per CPU, in `CHAINS`): [`RuleAction::chain`] holds it
@@ -262,6 +265,9 @@ pub mod map_names {
     pub const GUARD_PORTS: &str = "GUARD_PORTS";
     pub const SESSION_CONF: &str = "SESSION_CONF";
     pub const SESSION_OVERFLOW: &str = "SESSION_OVERFLOW";
+    pub const DNS_NAMES: &str = "DNS_NAMES";
+    pub const DNS_LOWER: &str = "DNS_LOWER";
+    pub const DNS_PROGS: &str = "DNS_PROGS";
 }
 
 /// Program names in the object (also the names the kernel reports, truncated to 15 bytes).
@@ -284,6 +290,11 @@ pub const PROG_CONNECT6: &str = "chaos_connect6";
 /// The same with `bpf_set_retval` (5.18+) for any errno; loaded where the kernel accepts them.
 pub const PROG_CONNECT4_ERRNO: &str = "chaos_connect4_errno";
 pub const PROG_CONNECT6_ERRNO: &str = "chaos_connect6_errno";
+
+/// The DNS rules' program: the TC programs tail-call it (through `DNS_PROGS[0]`) for a packet
+/// whose rule is a DNS rule, with the slot in `cb[0]`, the hook in `cb[1]` and the transport
+/// header's offset and protocol in `cb[2]` and `cb[3]`.
+pub const PROG_DNS: &str = "chaos_dns";
 
 /// On the `sock:inet_sock_set_state` tracepoint: keeps `SESSIONS`, the established TCP sessions
 /// whose local port is in `GUARD_PORTS` (the SSH guard's ports), in every network namespace.
@@ -428,6 +439,110 @@ pub struct RuleAction {
     /// connect-fail: the errno `connect()` fails with (where the kernel lets a program set it).
     pub errno: u32,
     pub reorder: [u64; 2],
+    /// dns: what a matching query gets.
+    pub dns: DnsAction,
+}
+
+/// What a DNS rule does to a matching query: [`DnsAction::reply`] holds it as a `u32`.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum DnsReply {
+    /// Answered at once with [`DnsAction::rcode`], no records.
+    Error = 1,
+    /// Answered with [`DnsAction::v4`] to A queries and [`DnsAction::v6`] to AAAA queries
+    /// (an empty NOERROR answer to other types, or when the address is absent).
+    Spoof = 2,
+    /// As `Spoof`, with addresses drawn at random for each answer (Chaos Mesh's `random`).
+    Random = 3,
+    /// Lost: the client times out and tries again.
+    Drop = 4,
+}
+
+/// The DNS part of a [`RuleAction`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DnsAction {
+    /// A [`DnsReply`].
+    pub reply: u32,
+    /// Error: the response code (2 SERVFAIL, 3 NXDOMAIN, 5 REFUSED).
+    pub rcode: u32,
+    /// Spoof: the TTL of the records (seconds).
+    pub ttl: u32,
+    /// Bits: [`DnsAction::HAS_V4`], [`DnsAction::HAS_V6`], [`DnsAction::PREFIXES`].
+    pub flags: u32,
+    /// The query types acted on (host order); 0 ends the list; all 0: every type.
+    pub qtypes: [u16; DNS_QTYPES_MAX],
+    /// Spoof: the IPv4 address, in wire order.
+    pub v4: [u8; 4],
+    pub _pad: u32,
+    /// Spoof: the IPv6 address, in wire order.
+    pub v6: [u8; 16],
+}
+
+impl DnsAction {
+    pub const HAS_V4: u32 = 1;
+    pub const HAS_V6: u32 = 2;
+    /// Some name of the rule's is a prefix pattern (`api.*`): the forward lookup is needed.
+    pub const PREFIXES: u32 = 4;
+}
+
+/// Query types a DNS rule can be limited to.
+pub const DNS_QTYPES_MAX: usize = 8;
+/// The longest query name a DNS rule can match, as on the wire (length bytes and the root's
+/// zero included: 126 characters written out). Longer names pass unmatched.
+pub const DNS_NAME_MAX: usize = 128;
+/// The most labels a matched name may have (IPv6 reverse names have 34). Names with more pass
+/// unmatched.
+pub const DNS_LABELS_MAX: usize = 40;
+/// A `DNS_NAMES` value that matches nothing: `*.example.com` stores it for `example.com`
+/// itself, which the pattern does not cover.
+pub const DNS_NO_SLOT: u32 = u32::MAX;
+
+/// How [`DnsNameKey::name`] holds the name.
+#[repr(u8)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum DnsForm {
+    /// Written out from the root: `example.com` is `moc.elpmaxe.` then a zero byte, so an
+    /// LPM prefix of it is a suffix of the name: `*.example.com` is `moc.elpmaxe.`.
+    Reversed = 0,
+    /// Written out from the start: `.api.` is the prefix of every name below `api.*`'s.
+    Forward = 1,
+}
+
+/// Data of a `DNS_NAMES` LPM key: a name lower-cased, its labels each starting with a dot (no
+/// length bytes), in the rule's table. The prefix covers `slot..form` fully, then the pattern's
+/// bytes. The value is the slot of the rule whose pattern it is ([`DNS_NO_SLOT`] for none):
+/// the rule a packet's chain ended in, or a weaker DNS rule covering every packet it covers.
+/// Bytes other than `a-z`, `0-9`, `-` and `_` in a query's labels become 0xff, so a name with
+/// them (or with a dot inside a label) matches no pattern.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct DnsNameKey {
+    pub slot: u16,
+    /// A [`DnsForm`].
+    pub form: u8,
+    pub _pad: u8,
+    pub name: [u8; DNS_NAME_MAX],
+}
+
+/// Bits of [`DnsNameKey`] before the name.
+pub const DNS_KEY_FIXED_BITS: u32 = 32;
+/// Capacity of `DNS_NAMES`.
+pub const DNS_NAMES_CAPACITY: u32 = 16_384;
+/// `DNS_LOWER[0]`: the byte each name byte becomes in a key (see [`DnsNameKey`]).
+pub fn dns_lower_table() -> [u8; 256] {
+    let mut t = [0xff; 256];
+    let mut b = 0;
+    while b < 256 {
+        let c = b as u8;
+        t[b] = match c {
+            b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' => c,
+            b'A'..=b'Z' => c + 32,
+            _ => 0xff,
+        };
+        b += 1;
+    }
+    t
 }
 
 /// Value of `CHAINS` (per CPU): a rule's memory between packets.
@@ -472,6 +587,8 @@ pub struct Counters {
     pub corrupted: u64,
     /// Segments it turned into a RST to their sender (reset).
     pub reset: u64,
+    /// Queries it answered itself (dns error, spoof, random).
+    pub answered: u64,
 }
 
 #[cfg(feature = "user")]
@@ -487,6 +604,7 @@ mod pod {
     unsafe impl aya::Pod for super::ScopeKey {}
     unsafe impl aya::Pod for super::SessionConf {}
     unsafe impl aya::Pod for super::SessionKey {}
+    unsafe impl aya::Pod for super::DnsNameKey {}
 }
 
 // The layouts are the ABI: a change here must be a conscious one on both sides.
@@ -495,9 +613,11 @@ const _: () = {
     assert!(core::mem::size_of::<PairKey>() == 8);
     assert!(core::mem::size_of::<ScopeKey>() == 16);
     assert!(core::mem::size_of::<PortKey>() == 8);
-    assert!(core::mem::size_of::<RuleAction>() == 128);
+    assert!(core::mem::size_of::<DnsAction>() == 56);
+    assert!(core::mem::size_of::<RuleAction>() == 184);
+    assert!(core::mem::size_of::<DnsNameKey>() == 4 + DNS_NAME_MAX);
     assert!(core::mem::size_of::<Chain>() == 8);
-    assert!(core::mem::size_of::<Counters>() == 40);
+    assert!(core::mem::size_of::<Counters>() == 48);
     assert!(core::mem::size_of::<ShapeState>() == 16);
     assert!(core::mem::size_of::<SessionConf>() == 32);
     assert!(core::mem::size_of::<SessionKey>() == 40);

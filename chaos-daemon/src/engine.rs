@@ -528,6 +528,7 @@ impl<D: Dataplane> Engine<D> {
             duplicated: c.duplicated,
             corrupted: c.corrupted,
             reset: c.reset,
+            answered: c.answered,
         }
     }
 }

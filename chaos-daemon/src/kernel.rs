@@ -723,6 +723,7 @@ impl Kernel {
                     duplicated: a.duplicated + c.duplicated,
                     corrupted: a.corrupted + c.corrupted,
                     reset: a.reset + c.reset,
+                    answered: a.answered + c.answered,
                 })
             },
         )

@@ -110,12 +110,13 @@ fn single(encoder: &mut DescriptorEncoder, name: &str, help: &str, metric: impl 
 /// Each fault counter: name, help, the only action that moves it (if not all), its value.
 type FaultCounter = (&'static str, &'static str, Option<&'static str>, fn(&FaultView) -> u64);
 
-const FAULT_COUNTERS: [FaultCounter; 5] = [
+const FAULT_COUNTERS: [FaultCounter; 6] = [
     ("chaos_fault_matched_packets", "Packets the fault acted on (connect-fail: connect calls)", None, |f| f.matched),
     ("chaos_fault_dropped_packets", "Of those, packets it dropped (connect-fail: calls failed)", None, |f| f.dropped),
     ("chaos_fault_duplicated_packets", "Copies the fault sent", Some("duplicate"), |f| f.duplicated),
     ("chaos_fault_corrupted_packets", "Packets the fault flipped a bit in", Some("corrupt"), |f| f.corrupted),
     ("chaos_fault_reset_packets", "Segments the fault answered with a RST", Some("reset"), |f| f.reset),
+    ("chaos_fault_answered_queries", "DNS queries the fault answered itself", Some("dns"), |f| f.answered),
 ];
 
 impl Collector for Snapshot {

@@ -22,6 +22,8 @@ pub enum Action {
     Reset { new_only: bool },
     /// Fail matching `connect()` calls of a cgroup with this errno (positive).
     ConnectFail { errno: i32 },
+    /// Answer or lose DNS queries for the fault's `domains` (see [`super::Dns`]).
+    Dns(super::Dns),
 }
 
 /// How often a fault's event (a drop, a copy, a flipped bit) happens to matching packets.
@@ -120,7 +122,8 @@ impl Action {
             // loss on the established traffic of its flows (adding a fault never weakens one).
             Self::Reset { new_only: true } => 0,
             Self::Shape(s) => threshold(s.loss),
-            Self::Duplicate(_) | Self::Corrupt(..) => 0,
+            // Acts on queries for some names only: it never shadows a fault on the same packets.
+            Self::Duplicate(_) | Self::Corrupt(..) | Self::Dns(_) => 0,
         }
     }
 
@@ -141,6 +144,7 @@ impl Action {
             Self::Corrupt(..) => "corrupt",
             Self::Reset { .. } => "reset",
             Self::ConnectFail { .. } => "connect-fail",
+            Self::Dns(_) => "dns",
         }
     }
 }

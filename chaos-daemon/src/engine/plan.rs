@@ -4,14 +4,14 @@
 
 use std::{collections::BTreeMap, path::PathBuf};
 
-use chaos_common::{ActionKind, ChainKind, DROP_ALWAYS, Dist, RuleAction, RuleFlags, netem_class};
+use chaos_common::{ActionKind, ChainKind, DROP_ALWAYS, Dist, DnsAction, RuleAction, RuleFlags, netem_class};
 
 use super::faults::{Active, FaultSet};
 use crate::{
     compile::Rule,
     kernel::{CgroupHook, ShapeNeed, TcHook},
     shaping::NetemClass,
-    spec::{Action, Checksum, Direction, Distribution, Match, Odds, Shape, threshold},
+    spec::{Action, Checksum, Direction, Distribution, Dns, DnsReply, Domain, Match, Odds, Shape, threshold},
 };
 
 /// What the programs do for a fault; `mark` is the bit a duplicate fault marks its copies with.
@@ -30,6 +30,11 @@ pub(crate) fn rule_action(a: &Active, mark: u32) -> RuleAction {
         Action::ConnectFail { errno } => {
             RuleAction { kind: ActionKind::ConnectFail as u32, chance: [DROP_ALWAYS; 2], errno: errno as u32, ..base }
         }
+        Action::Dns(d) => RuleAction {
+            kind: ActionKind::Dns as u32,
+            dns: dns_action(d, &a.fault.domains),
+            ..chance(Odds::random(d.p), base)
+        },
         Action::Corrupt(odds, checksum) => RuleAction {
             kind: ActionKind::Corrupt as u32,
             flags: if checksum == Checksum::Fixed { RuleFlags::CORRUPT_FIX_CHECKSUM } else { RuleFlags::NONE },
@@ -57,6 +62,37 @@ pub(crate) fn rule_action(a: &Active, mark: u32) -> RuleAction {
                 ..chance(Odds::random(s.loss), base)
             }
         }
+    }
+}
+
+/// The DNS part of a dns fault's rule action.
+fn dns_action(d: Dns, domains: &[Domain]) -> DnsAction {
+    let (reply, rcode, v4, v6) = match d.reply {
+        DnsReply::Error(rcode) => (chaos_common::DnsReply::Error, u32::from(rcode.code()), None, None),
+        DnsReply::Spoof { v4, v6 } => (chaos_common::DnsReply::Spoof, 0, v4, v6),
+        DnsReply::Random => (chaos_common::DnsReply::Random, 0, None, None),
+        DnsReply::Drop => (chaos_common::DnsReply::Drop, 0, None, None),
+    };
+    let mut flags = 0;
+    if v4.is_some() {
+        flags |= DnsAction::HAS_V4;
+    }
+    if v6.is_some() {
+        flags |= DnsAction::HAS_V6;
+    }
+    if domains.iter().any(|d| matches!(d, Domain::Starting(_))) {
+        flags |= DnsAction::PREFIXES;
+    }
+    DnsAction {
+        reply: reply as u32,
+        rcode,
+        // Nothing a cache keeps outlives the fault.
+        ttl: 0,
+        flags,
+        qtypes: d.qtypes.0,
+        v4: v4.map_or([0; 4], |a| a.octets()),
+        _pad: 0,
+        v6: v6.map_or([0; 16], |a| a.octets()),
     }
 }
 
