@@ -98,7 +98,6 @@ fn kernel_counters(daemon: &Daemon, name: &str) -> Counters {
             duplicated: a.duplicated + c.duplicated,
             reset: a.reset + c.reset,
             answered: a.answered + c.answered,
-            reset: a.reset + c.reset,
         });
     }
     panic!("the daemon (pid {pid}) holds no {COUNTERS} map");
