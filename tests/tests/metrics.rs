@@ -96,6 +96,7 @@ fn kernel_counters(daemon: &Daemon, name: &str) -> Counters {
             matched: a.matched + c.matched,
             dropped: a.dropped + c.dropped,
             duplicated: a.duplicated + c.duplicated,
+            corrupted: a.corrupted + c.corrupted,
             reset: a.reset + c.reset,
             answered: a.answered + c.answered,
         });
