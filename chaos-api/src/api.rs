@@ -249,6 +249,9 @@ pub struct Abilities {
     /// Writing many map entries in one call (BPF_MAP_UPDATE_BATCH, 5.6+); without it, one
     /// call per entry.
     pub batch_update: Ability,
+    /// dns faults (the DNS programs, which every supported kernel should take).
+    #[serde(default)]
+    pub dns: Ability,
 }
 
 /// One ability: there, or not and why (the missing kernel piece, named).

@@ -295,6 +295,10 @@ pub const PROG_CONNECT6_ERRNO: &str = "chaos_connect6_errno";
 /// whose rule is a DNS rule, with the slot in `cb[0]`, the hook in `cb[1]` and the transport
 /// header's offset and protocol in `cb[2]` and `cb[3]`.
 pub const PROG_DNS: &str = "chaos_dns";
+/// Tail-called by `chaos_dns` for a rule with `prefix.*` patterns (`DNS_PROGS[1]`).
+pub const PROG_DNS_PREFIX: &str = "chaos_dns_prefix";
+/// Tail-called for a query whose name matched (`DNS_PROGS[2]`): answers or drops it.
+pub const PROG_DNS_ACT: &str = "chaos_dns_act";
 
 /// On the `sock:inet_sock_set_state` tracepoint: keeps `SESSIONS`, the established TCP sessions
 /// whose local port is in `GUARD_PORTS` (the SSH guard's ports), in every network namespace.

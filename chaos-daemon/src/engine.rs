@@ -104,6 +104,10 @@ pub trait Dataplane {
     fn can_shape(&self, ingress: bool, reorder: bool) -> Result<(), KernelError>;
     /// Whether a cgroup fault can run here (on ingress; failing connect() with an errno).
     fn can_scope(&self, ingress: bool, connect: Option<i32>) -> Result<(), KernelError>;
+    /// Whether a dns fault can run here.
+    fn can_dns(&self) -> Result<(), KernelError> {
+        Ok(())
+    }
     /// What a connect-fail given no errno fails with here.
     fn default_errno(&self) -> i32 {
         libc::ECONNREFUSED
@@ -322,6 +326,9 @@ impl<D: Dataplane> Engine<D> {
             let fault = &resolved.fault;
             if let Action::Shape(s) = fault.action {
                 self.dataplane.can_shape(fault.matches.direction != Direction::Egress, s.reorder.is_some())?;
+            }
+            if let Action::Dns(_) = fault.action {
+                self.dataplane.can_dns()?;
             }
             if resolved.cgroup.is_some() {
                 let connect = match fault.action {

@@ -9,6 +9,7 @@ mod attach;
 mod backend;
 mod batch;
 mod cgroup;
+mod dns;
 pub mod pins;
 mod profile;
 mod reconcile;
@@ -50,7 +51,7 @@ use crate::{
     shaping::{Backend, ShapingError},
 };
 
-const MAPS: [&str; 10] = [
+const MAPS: [&str; 12] = [
     map_names::SCOPES,
     map_names::ACTIVE,
     map_names::ADDRS,
@@ -61,6 +62,8 @@ const MAPS: [&str; 10] = [
     map_names::SHAPES,
     map_names::DIST,
     map_names::CHAINS,
+    map_names::DNS_NAMES,
+    map_names::DNS_PROGS,
 ];
 
 #[derive(Debug, thiserror::Error)]
@@ -123,6 +126,7 @@ pub struct Kernel {
     shapes: Array<MapData, ShapeState>,
     chains: PerCpuArray<MapData, Chain>,
     scopes: HashMap<MapData, ScopeKey, u32>,
+    dns: dns::Dns,
     generation: u8,
     /// The live generation's entries, kept up to date change by change (see
     /// `compile::incremental`); `None` after adopting a previous daemon's maps, until the first
@@ -253,6 +257,7 @@ impl Kernel {
             (AttachMode::Auto, Ok(())) => AttachMode::Tcx,
             (mode, Ok(())) => mode,
         };
+        let dns = dns::Dns::load(&mut ebpf, adopting)?;
         let cgroups = cgroup::load(&mut ebpf, &pins, profile);
         tracing::info!(ingress = ?cgroups.ingress, connect = ?cgroups.connect, "cgroup programs");
         let probe = crate::shaping::probe();
@@ -276,6 +281,7 @@ impl Kernel {
             edt_reorder: Ability::from(&edt_reorder),
             netem: Ability::from(&netem_ability(&probe)),
             batch_update: Ability::from(&batch),
+            dns: Ability::from(&dns.ready),
             // Filled from `cgroups` when asked.
             ..Abilities::default()
         };
@@ -291,6 +297,7 @@ impl Kernel {
             shapes: map(&mut ebpf, map_names::SHAPES)?,
             chains: map(&mut ebpf, map_names::CHAINS)?,
             scopes: map(&mut ebpf, map_names::SCOPES)?,
+            dns,
             cgroup_links: cgroup::adopt(&pins),
             cgroups,
             ebpf,
@@ -594,6 +601,11 @@ impl Kernel {
             }
             _ => Ok(()),
         }
+    }
+
+    /// Whether a dns fault can run here (the DNS programs loaded).
+    pub fn can_dns(&self) -> Result<(), KernelError> {
+        self.dns.ready.clone().map_err(|why| KernelError::Unsupported(format!("dns faults cannot run here: {why}")))
     }
 
     /// What a connect-fail given no errno fails with: ECONNREFUSED (what a closed port

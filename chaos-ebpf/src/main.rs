@@ -21,6 +21,7 @@
 mod cgroup;
 mod classify;
 mod corrupt;
+mod dns;
 mod maps;
 mod odds;
 mod packet;
@@ -49,6 +50,23 @@ pub fn chaos_egress(ctx: TcContext) -> i32 {
 #[classifier]
 pub fn chaos_egress_edt(ctx: TcContext) -> i32 {
     tc::run(&ctx, Hook::Egress, Shaping::Edt)
+}
+
+/// Tail-called by the others for a packet whose rule is a DNS rule, and by each other, in
+/// this order (see `dns`).
+#[classifier]
+pub fn chaos_dns(ctx: TcContext) -> i32 {
+    dns::find(&ctx)
+}
+
+#[classifier]
+pub fn chaos_dns_prefix(ctx: TcContext) -> i32 {
+    dns::prefix(&ctx)
+}
+
+#[classifier]
+pub fn chaos_dns_act(ctx: TcContext) -> i32 {
+    dns::act(&ctx)
 }
 
 /// On an IFB device's egress: the packets are the interface's ingress, redirected there so

@@ -82,6 +82,11 @@ pub(crate) fn run(ctx: &TcContext, hook: Hook, shaping: Shaping) -> i32 {
 #[inline(always)]
 fn try_run(ctx: &TcContext, hook: Hook, shaping: Shaping) -> Option<Verdict> {
     let (slot, action, now, l4) = find_rule(ctx, hook)?;
+    if action.kind == DNS {
+        // Returns only if the DNS program is missing: the packet passes.
+        crate::dns::enter(ctx, hook, slot, l4.offset, l4.proto);
+        return Some(Verdict::Pass);
+    }
     act(ctx, hook, slot, action, now, l4, shaping)
 }
 
@@ -103,6 +108,7 @@ const SHAPE: u32 = ActionKind::Shape as u32;
 const DUPLICATE: u32 = ActionKind::Duplicate as u32;
 const CORRUPT: u32 = ActionKind::Corrupt as u32;
 const RESET: u32 = ActionKind::Reset as u32;
+const DNS: u32 = ActionKind::Dns as u32;
 
 /// Counts the packet for the rule, and drops, shapes, copies, corrupts or passes it.
 #[inline(always)]

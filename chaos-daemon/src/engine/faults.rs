@@ -207,7 +207,7 @@ impl FaultSet {
             .collect()
     }
 
-    /// The faults with a qdisc, a cgroup or a watched target.
+    /// The faults with a qdisc, names (dns), a cgroup or a watched target.
     pub fn special(&self) -> impl Iterator<Item = &Active> {
         self.special.iter().filter_map(|slot| self.at(*slot))
     }
@@ -287,7 +287,10 @@ impl FaultSet {
         if active.ifindex != 0 {
             self.by_ifindex.insert((active.ifindex, slot));
         }
-        if matches!(active.fault.action, Action::Shape(_)) || active.cgroup.is_some() || active.watch.is_some() {
+        if matches!(active.fault.action, Action::Shape(_) | Action::Dns(_))
+            || active.cgroup.is_some()
+            || active.watch.is_some()
+        {
             self.special.insert(slot);
         }
         self.by_slot.insert(slot, Shared(Arc::new(active)));

@@ -4,14 +4,20 @@
 
 use std::{collections::BTreeMap, path::PathBuf};
 
-use chaos_common::{ActionKind, ChainKind, DROP_ALWAYS, Dist, DnsAction, RuleAction, RuleFlags, netem_class};
+use chaos_common::{
+    ActionKind, ChainKind, DNS_KEY_FIXED_BITS, DNS_NAME_MAX, DNS_NO_SLOT, DROP_ALWAYS, Dist, DnsAction, DnsForm,
+    DnsNameKey, RuleAction, RuleFlags, netem_class,
+};
 
 use super::faults::{Active, FaultSet};
 use crate::{
     compile::Rule,
     kernel::{CgroupHook, ShapeNeed, TcHook},
     shaping::NetemClass,
-    spec::{Action, Checksum, Direction, Distribution, Dns, DnsReply, Domain, Match, Odds, Shape, threshold},
+    spec::{
+        Action, Checksum, Cidr, Direction, Distribution, Dns, DnsReply, Domain, Match, Odds, PortRange, Protocol,
+        Shape, mask, threshold,
+    },
 };
 
 /// What the programs do for a fault; `mark` is the bit a duplicate fault marks its copies with.
@@ -254,6 +260,87 @@ impl<'a> Plan<'a> {
     pub fn cgroup_hooks(&self) -> BTreeMap<(u64, CgroupHook), PathBuf> {
         cgroup_hooks(&self.special())
     }
+
+    /// The `DNS_NAMES` entries of the started dns faults.
+    pub fn dns_names(&self) -> BTreeMap<(u32, DnsNameKey), u32> {
+        let dns: Vec<&Active> =
+            self.special().into_iter().filter(|a| matches!(a.fault.action, Action::Dns(_))).collect();
+        dns_names(&dns)
+    }
+}
+
+/// The `DNS_NAMES` entries of dns faults (started, in order of application), as (LPM prefix
+/// length, key) and value. A packet's chain ends in one rule, so each rule's table holds its
+/// own patterns and, after them, those of the weaker dns faults that cover every packet it
+/// covers (same interface and cgroups, a match containing its own): their queries are
+/// answered as if each fault had the packet to itself. Where a pattern is in several, the
+/// first applied wins; `*.x` without `x` itself gets an entry for `x` that matches nothing.
+pub(crate) fn dns_names(dns: &[&Active]) -> BTreeMap<(u32, DnsNameKey), u32> {
+    let mut out = BTreeMap::new();
+    for w in dns {
+        let mut table: BTreeMap<(u32, DnsNameKey), u32> = BTreeMap::new();
+        let mut below = Vec::new();
+        let coverers = dns.iter().filter(|r| {
+            r.seq != w.seq
+                && r.ifindex == w.ifindex
+                && r.cgroup.as_ref().map(|c| &c.ids) == w.cgroup.as_ref().map(|c| &c.ids)
+                && covers(&r.fault.matches, &w.fault.matches)
+        });
+        for r in std::iter::once(w).chain(coverers) {
+            let domains: &[Domain] = if r.fault.domains.is_empty() { &[Domain::Any] } else { &r.fault.domains };
+            for d in domains {
+                let key = dns_key(w.record.slot, d);
+                table.entry(key).or_insert(r.record.slot);
+                if let Domain::Below(name) = d {
+                    below.push(name);
+                }
+            }
+        }
+        for name in below {
+            table.entry(dns_key(w.record.slot, &Domain::Exact(name.clone()))).or_insert(DNS_NO_SLOT);
+        }
+        out.extend(table);
+    }
+    out
+}
+
+/// The `DNS_NAMES` key of a pattern in `slot`'s table (see chaos-common's `DnsNameKey`): each
+/// label led by a dot, reversed for exact names (with the zero after them) and `*.x`, forward
+/// for `x.*`. Validation keeps names within `DNS_NAME_MAX`.
+fn dns_key(slot: u32, domain: &Domain) -> (u32, DnsNameKey) {
+    let dotted = |n: &str| format!(".{n}").into_bytes();
+    let (form, bytes) = match domain {
+        Domain::Any => (DnsForm::Reversed, Vec::new()),
+        Domain::Exact(n) => (DnsForm::Reversed, dotted(n).into_iter().rev().chain([0]).collect()),
+        Domain::Below(n) => (DnsForm::Reversed, dotted(n).into_iter().rev().collect()),
+        Domain::Starting(n) => (DnsForm::Forward, [dotted(n), b".".to_vec()].concat()),
+    };
+    let mut name = [0; DNS_NAME_MAX];
+    let len = bytes.len().min(DNS_NAME_MAX);
+    name[..len].copy_from_slice(&bytes[..len]);
+    let key = DnsNameKey { slot: slot as u16, form: form as u8, _pad: 0, name };
+    (DNS_KEY_FIXED_BITS + 8 * len as u32, key)
+}
+
+/// Whether every packet `inner` matches, `outer` matches too.
+fn covers(outer: &Match, inner: &Match) -> bool {
+    let cidr = |o: Option<Cidr>, i: Option<Cidr>| match (o, i) {
+        (None, _) => true,
+        (Some(_), None) => false,
+        (Some(o), Some(i)) => {
+            o.is_v4() == i.is_v4() && o.len <= i.len && mask(o.bytes(), o.len) == mask(i.bytes(), o.len)
+        }
+    };
+    let ports = |o: PortRange, i: PortRange| o.lo <= i.lo && i.hi <= o.hi;
+    let families = (outer.families.v4 || !inner.families.v4) && (outer.families.v6 || !inner.families.v6);
+    let protocol = outer.protocol == Protocol::Any || outer.protocol == inner.protocol;
+    outer.direction == inner.direction
+        && families
+        && protocol
+        && cidr(outer.src, inner.src)
+        && cidr(outer.dst, inner.dst)
+        && ports(outer.sport, inner.sport)
+        && ports(outer.dport, inner.dport)
 }
 
 /// The TC hooks a started fault's rules need, with their interfaces' names.

@@ -81,6 +81,10 @@ impl Dataplane for Kernel {
         Kernel::default_errno(self)
     }
 
+    fn can_dns(&self) -> Result<(), KernelError> {
+        Kernel::can_dns(self)
+    }
+
     fn release_idle(&mut self, now_ns: u64) -> Option<u64> {
         Kernel::release_idle(self, now_ns)
     }
@@ -139,10 +143,18 @@ impl Kernel {
             [c] => Some((c.slot, desired.rules_of(c.slot, &ifbs), c.before.is_some())),
             _ => None,
         };
-        if let Err(e) = self.sync(Rules { one, all: &all }, &fresh, &hooks, &cgroups) {
+        // A dns rule's names go in before its rule, and out after it.
+        let names = desired.dns_names();
+        let synced =
+            self.dns.write(&names, false).and_then(|()| self.sync(Rules { one, all: &all }, &fresh, &hooks, &cgroups));
+        if let Err(e) = synced {
+            if let Err(undo) = self.dns.write(&live.dns_names(), true) {
+                tracing::warn!("restoring dns names: {undo}");
+            }
             self.settle_shaping(&kept);
             return Err(e);
         }
+        self.dns.write(&names, true)?;
         self.hook_users = users;
         self.settle_shaping(&needs);
         // Slots no fault runs in any more (a new fault's slot was written afresh).

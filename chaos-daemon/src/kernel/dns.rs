@@ -1,0 +1,85 @@
+//! The DNS programs and their name tables: loaded once (a kernel that refuses them refuses
+//! dns faults only), and `DNS_NAMES` kept equal to what the started dns faults need, entry by
+//! entry (see `engine::plan::dns_names`).
+
+use std::collections::BTreeMap;
+
+use aya::{
+    Ebpf,
+    maps::{Array, LpmTrie, MapData, ProgramArray, lpm_trie::Key},
+    programs::SchedClassifier,
+};
+use chaos_common::{DnsNameKey, PROG_DNS, PROG_DNS_ACT, PROG_DNS_PREFIX, dns_lower_table, map_names};
+
+use super::{KernelError, attach, backend::verifier_error, map};
+
+/// `DNS_NAMES` entries: (LPM prefix length, key) and value.
+pub type Names = BTreeMap<(u32, DnsNameKey), u32>;
+
+/// The name table and what is written in it.
+pub(super) struct Dns {
+    names: LpmTrie<MapData, DnsNameKey, u32>,
+    written: Names,
+    /// Whether the programs loaded, or why not.
+    pub(super) ready: Result<(), String>,
+}
+
+impl Dns {
+    /// Loads the three DNS programs into `DNS_PROGS` (in tail-call order) once `DNS_LOWER` is
+    /// filled. `adopting`: a previous daemon's `DNS_NAMES` (pinned) is read back, so that
+    /// only what changes is written.
+    pub(super) fn load(ebpf: &mut Ebpf, adopting: bool) -> Result<Self, KernelError> {
+        let names: LpmTrie<MapData, DnsNameKey, u32> = map(ebpf, map_names::DNS_NAMES)?;
+        let written = if adopting {
+            names
+                .iter()
+                .filter_map(Result::ok)
+                .map(|(k, v): (Key<DnsNameKey>, u32)| ((k.prefix_len(), k.data()), v))
+                .collect()
+        } else {
+            Names::new()
+        };
+        let ready = programs(ebpf);
+        if let Err(why) = &ready {
+            tracing::warn!("no dns faults: {why}");
+        }
+        Ok(Self { names, written, ready })
+    }
+
+    /// Makes the table hold `target`: new and changed entries, then (with `delete`) the
+    /// entries `target` lacks. A rule's entries go in before its rule does and out after.
+    pub(super) fn write(&mut self, target: &Names, delete: bool) -> Result<(), KernelError> {
+        let err = |source| KernelError::Map { map: map_names::DNS_NAMES, source };
+        for (&(len, key), &slot) in target {
+            if self.written.get(&(len, key)) != Some(&slot) {
+                self.names.insert(&Key::new(len, key), slot, 0).map_err(err)?;
+                self.written.insert((len, key), slot);
+            }
+        }
+        if delete {
+            let gone: Vec<(u32, DnsNameKey)> =
+                self.written.keys().filter(|k| !target.contains_key(k)).copied().collect();
+            for (len, key) in gone {
+                // Absent already counts as removed.
+                let _ = self.names.remove(&Key::new(len, key));
+                self.written.remove(&(len, key));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// `DNS_PROGS` is pinned: its entries (which hold the programs) outlive this daemon, so dns
+/// faults go on acting, and end on time, while no daemon runs.
+fn programs(ebpf: &mut Ebpf) -> Result<(), String> {
+    let mut lower: Array<MapData, [u8; 256]> = map(ebpf, map_names::DNS_LOWER).map_err(|e| e.to_string())?;
+    lower.set(0, dns_lower_table(), 0).map_err(|e| format!("writing {}: {e}", map_names::DNS_LOWER))?;
+    let mut progs: ProgramArray<MapData> = map(ebpf, map_names::DNS_PROGS).map_err(|e| e.to_string())?;
+    for (index, name) in [PROG_DNS, PROG_DNS_PREFIX, PROG_DNS_ACT].into_iter().enumerate() {
+        let prog: &mut SchedClassifier = attach::program(ebpf, name).map_err(|e| e.to_string())?;
+        prog.load().map_err(|e| verifier_error(name, e).to_string())?;
+        let fd = prog.fd().map_err(|e| e.to_string())?;
+        progs.set(index as u32, fd, 0).map_err(|e| format!("writing {}: {e}", map_names::DNS_PROGS))?;
+    }
+    Ok(())
+}
