@@ -202,18 +202,20 @@ impl Domain {
         let extra = usize::from(wildcard.is_some());
         let labels = body.split('.').count() + extra;
         let length = body.len() + 2 * extra;
-        let matched = if wildcard.is_some() { "the names it matches have" } else { "it has" };
+        let (have, are, more) = match wildcard {
+            Some(_) => ("the names it matches have", "the names it matches are", " or more"),
+            None => ("it has", "it is", ""),
+        };
         if labels > chaos_common::DNS_LABELS_MAX {
             return Err(format!(
-                "'{pattern}': {matched} {labels} labels or more: the kernel matches names of at most {}",
+                "'{pattern}': {have} {labels} labels{more}: the kernel matches names of at most {}",
                 chaos_common::DNS_LABELS_MAX
             ));
         }
         if length + 2 > chaos_common::DNS_NAME_MAX {
-            let matched = if wildcard.is_some() { "the names it matches are" } else { "it is" };
             return Err(format!(
-                "'{pattern}': {matched} {length} characters or more: the kernel matches names of at most {} \
-                 ({} bytes on the wire)",
+                "'{pattern}': {are} {length} characters{more}: the kernel matches names of at most {} ({} bytes on \
+                 the wire)",
                 chaos_common::DNS_NAME_MAX - 2,
                 chaos_common::DNS_NAME_MAX
             ));

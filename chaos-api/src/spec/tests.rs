@@ -785,17 +785,17 @@ fn dns_domain_refusals() {
         (domain("a b.com"), "domains[1]", "' ' is not allowed in a name (letters, digits, '-' and '_')"),
         (domain("ex@mple.com"), "domains[1]", "'@' is not allowed"),
         (domain("bücher.de"), "domains[1]", "'ü' is not allowed"),
+        (domain(&vec!["a"; 41].join(".")), "domains[1]", "it has 41 labels: the kernel matches names of at most 40"),
         (
-            domain(&vec!["a"; 41].join(".")),
+            domain(&format!("*.{}", vec!["a"; 40].join("."))),
             "domains[1]",
-            "it has 41 labels or more: the kernel matches names of at most 40",
+            "the names it matches have 41 labels or more",
         ),
-        (domain(&format!("*.{}", vec!["a"; 40].join("."))), "domains[1]", "the names it matches have 41 labels"),
         (domain(&format!("{}.*", vec!["a"; 40].join("."))), "domains[1]", "41 labels"),
         (
             domain(&format!("{}.{}", label(63), label(63))),
             "domains[1]",
-            "it is 127 characters or more: the kernel matches names of at most 126 (128 bytes on the wire)",
+            "it is 127 characters: the kernel matches names of at most 126 (128 bytes on the wire)",
         ),
         (
             domain(&format!("*.{}.{}", label(63), label(61))),
