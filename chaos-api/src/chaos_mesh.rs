@@ -1,8 +1,8 @@
 //! Chaos Mesh NetworkChaos and DNSChaos documents (`apiVersion: chaos-mesh.org/v1alpha1`,
 //! `kind: NetworkChaos` or `DNSChaos`), and `Schedule`s of them, read as faults, with Chaos
-//! Mesh's meaning wherever one node can honour it. Every field is either mapped or refused with its YAML path and the
-//! reason: none is ignored unannounced (those not honoured, `bandwidth.limit` and a Schedule's
-//! `startingDeadlineSeconds`, are reported as notes).
+//! Mesh's meaning wherever one node can honour it. Every field is either mapped or refused with
+//! its YAML path and the reason: none is ignored unannounced (those not honoured,
+//! `bandwidth.limit` and a Schedule's `startingDeadlineSeconds`, are reported as notes).
 //!
 //! Which traffic: `spec.selector` (namespaces, labels, expressions, annotations, phases, pods
 //! by name) with `mode` and `value` becomes the experiment's [`SelectorSpec`], which the daemon
@@ -75,9 +75,9 @@ pub fn is_network_chaos(path: &std::path::Path, text: &str) -> bool {
     path.extension().is_some_and(|e| e == "yaml" || e == "yml") || text.lines().any(|l| l.starts_with("kind:"))
 }
 
-/// Reads every NetworkChaos, DNSChaos or Schedule document of `text` (separated by `---`) into faults,
-/// each checked as the daemon would ([`FaultSpec::validate`]), all forming one experiment:
-/// their selectors, targets and schedules must be the same.
+/// Reads every NetworkChaos, DNSChaos or Schedule document of `text` (separated by `---`) into
+/// faults, each checked as the daemon would ([`FaultSpec::validate`]), all forming one
+/// experiment: their selectors, targets and schedules must be the same.
 pub fn parse(text: &str) -> Result<Experiment, Error> {
     // Two passes: loosely first, to skip empty documents and name a wrong kind before its
     // fields are judged as NetworkChaos fields; then strictly, where errors carry their path.

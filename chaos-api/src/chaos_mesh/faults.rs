@@ -111,7 +111,8 @@ impl DnsChaos {
             None => {
                 return Err(refuse(
                     "spec.selector",
-                    "is required: the pods whose DNS queries the fault answers (a DNSChaos names no interface of                      this host)",
+                    "is required: the pods whose DNS queries the fault answers (a DNSChaos names no interface of \
+                     this host)",
                 ));
             }
             Some(sel) => selector_spec(sel, s.mode.as_deref(), s.value.as_deref(), namespace, "spec")?,
