@@ -1,8 +1,8 @@
-//! Chaos Mesh NetworkChaos documents (`apiVersion: chaos-mesh.org/v1alpha1`, `kind:
-//! NetworkChaos`), and `Schedule`s of them, read as faults, with Chaos Mesh's meaning wherever
-//! one node can honour it. Every field is either mapped or refused with its YAML path and the
-//! reason: none is ignored unannounced (those not honoured, `bandwidth.limit` and a Schedule's
-//! `startingDeadlineSeconds`, are reported as notes).
+//! Chaos Mesh NetworkChaos and DNSChaos documents (`apiVersion: chaos-mesh.org/v1alpha1`,
+//! `kind: NetworkChaos` or `DNSChaos`), and `Schedule`s of them, read as faults, with Chaos
+//! Mesh's meaning wherever one node can honour it. Every field is either mapped or refused with
+//! its YAML path and the reason: none is ignored unannounced (those not honoured,
+//! `bandwidth.limit` and a Schedule's `startingDeadlineSeconds`, are reported as notes).
 //!
 //! Which traffic: `spec.selector` (namespaces, labels, expressions, annotations, phases, pods
 //! by name) with `mode` and `value` becomes the experiment's [`SelectorSpec`], which the daemon
@@ -12,6 +12,10 @@
 //! Node selectors (`nodes`, `nodeSelectors`, `fieldSelectors`) are refused: the daemon acts on
 //! its own node's pods. `spec.target` becomes the experiment's target selector. A document
 //! without a selector (not valid in Chaos Mesh) acts on this host's interface `device`.
+//!
+//! A DNSChaos (`action: error` or `random`, `patterns`) becomes one `dns` fault template: the
+//! selected pods' queries (their egress, to port 53) for those names are answered SERVFAIL, or
+//! with random addresses, by the fault itself rather than by Chaos Mesh's DNS server.
 //!
 //! When: `spec.scheduler.cron` (older Chaos Mesh) or a Schedule's `spec.schedule` becomes the
 //! experiment's schedule; each run then needs `duration`.
@@ -29,7 +33,8 @@ use crate::{
     spec::{DurationSpec, FaultSpec},
 };
 
-/// The faults a file of NetworkChaos (or Schedule) documents applies, as one experiment.
+/// The faults a file of NetworkChaos, DNSChaos (or Schedule) documents applies, as one
+/// experiment.
 #[derive(Debug, PartialEq)]
 pub struct Experiment {
     /// The first document's `metadata.name` (a Schedule's own, not its NetworkChaos').
@@ -64,15 +69,15 @@ fn refuse(path: impl Into<String>, reason: impl Into<String>) -> Error {
     Error::Field { path: path.into(), reason: reason.into() }
 }
 
-/// Whether a fault file is NetworkChaos YAML rather than TOML `[[fault]]` tables: by its
-/// extension, or a top-level `kind:` (which TOML cannot have).
+/// Whether a fault file is Chaos Mesh YAML (NetworkChaos, DNSChaos, Schedule) rather than TOML
+/// `[[fault]]` tables: by its extension, or a top-level `kind:` (which TOML cannot have).
 pub fn is_network_chaos(path: &std::path::Path, text: &str) -> bool {
     path.extension().is_some_and(|e| e == "yaml" || e == "yml") || text.lines().any(|l| l.starts_with("kind:"))
 }
 
-/// Reads every NetworkChaos or Schedule document of `text` (separated by `---`) into faults,
-/// each checked as the daemon would ([`FaultSpec::validate`]), all forming one experiment:
-/// their selectors, targets and schedules must be the same.
+/// Reads every NetworkChaos, DNSChaos or Schedule document of `text` (separated by `---`) into
+/// faults, each checked as the daemon would ([`FaultSpec::validate`]), all forming one
+/// experiment: their selectors, targets and schedules must be the same.
 pub fn parse(text: &str) -> Result<Experiment, Error> {
     // Two passes: loosely first, to skip empty documents and name a wrong kind before its
     // fields are judged as NetworkChaos fields; then strictly, where errors carry their path.
@@ -97,7 +102,8 @@ pub fn parse(text: &str) -> Result<Experiment, Error> {
         let yaml = |e: serde_norway::Error| in_doc(index, Error::Yaml(e.to_string()));
         let part = match check_kind(head).map_err(|e| in_doc(index, e))? {
             Kind::NetworkChaos => NetworkChaos::deserialize(doc).map_err(yaml)?.read(None),
-            Kind::Schedule => ScheduleDoc::deserialize(doc).map_err(yaml)?.read(),
+            Kind::DnsChaos => DnsChaos::deserialize(doc).map_err(yaml)?.read(None),
+            kind @ (Kind::Schedule | Kind::DnsSchedule) => ScheduleDoc::deserialize(doc).map_err(yaml)?.read(kind),
         }
         .map_err(|e| in_doc(index, e))?;
         if names.contains(&part.name) {
@@ -120,16 +126,14 @@ pub fn parse(text: &str) -> Result<Experiment, Error> {
                 // One experiment has one selection and one schedule.
                 let why = "differs from the first document's: the documents of a file form one experiment, which has \
                            one; apply them from separate files";
-                let (selector, target) = (part.selector != x.selector, part.target != x.target);
+                let at = part.kind.spec();
                 if let Some(path) = [
-                    (selector && part.kind == Kind::Schedule, "spec.networkChaos.selector"),
-                    (selector, "spec.selector"),
-                    (target && part.kind == Kind::Schedule, "spec.networkChaos.target"),
-                    (target, "spec.target"),
-                    (part.schedule != x.schedule, "spec.schedule"),
+                    (part.selector != x.selector, format!("{at}.selector")),
+                    (part.target != x.target, format!("{at}.target")),
+                    (part.schedule != x.schedule, "spec.schedule".to_owned()),
                 ]
-                .iter()
-                .find_map(|(differs, path)| differs.then_some(*path))
+                .into_iter()
+                .find_map(|(differs, path)| differs.then_some(path))
                 {
                     return Err(in_doc(index, refuse(path, why)));
                 }
@@ -138,15 +142,29 @@ pub fn parse(text: &str) -> Result<Experiment, Error> {
             }
         }
     }
-    experiment.ok_or_else(|| Error::Yaml("no NetworkChaos or Schedule document in the file".into()))
+    experiment.ok_or_else(|| Error::Yaml("no NetworkChaos, DNSChaos or Schedule document in the file".into()))
 }
 
 /// The kinds of document read here.
 #[derive(Clone, Copy, Debug, PartialEq)]
 enum Kind {
     NetworkChaos,
+    DnsChaos,
     /// Chaos Mesh's `Schedule` of a NetworkChaos.
     Schedule,
+    /// A `Schedule` of a DNSChaos.
+    DnsSchedule,
+}
+
+impl Kind {
+    /// The path of the chaos's `spec` in the document.
+    fn spec(self) -> &'static str {
+        match self {
+            Self::NetworkChaos | Self::DnsChaos => "spec",
+            Self::Schedule => "spec.networkChaos",
+            Self::DnsSchedule => "spec.dnsChaos",
+        }
+    }
 }
 
 /// One document read: its faults (templates with a selector), what they act on and when.
@@ -169,16 +187,20 @@ fn check_kind(head: &serde_norway::Value) -> Result<Kind, Error> {
     }
     match field("kind") {
         k if k == "NetworkChaos" => Ok(Kind::NetworkChaos),
+        k if k == "DNSChaos" => Ok(Kind::DnsChaos),
         k if k == "Schedule" => {
             let kind = head.get("spec").and_then(|s| s.get("type")).and_then(|v| v.as_str()).unwrap_or_default();
             match kind {
                 "NetworkChaos" => Ok(Kind::Schedule),
-                "" => Err(refuse("spec.type", "is required: NetworkChaos")),
-                other => Err(refuse("spec.type", format!("'{other}' is not read here: only NetworkChaos is"))),
+                "DNSChaos" => Ok(Kind::DnsSchedule),
+                "" => Err(refuse("spec.type", "is required: NetworkChaos or DNSChaos")),
+                other => {
+                    Err(refuse("spec.type", format!("'{other}' is not read here: only NetworkChaos and DNSChaos are")))
+                }
             }
         }
-        k if k.is_empty() => Err(refuse("kind", "is required: NetworkChaos or Schedule")),
-        k => Err(refuse("kind", format!("'{k}' is not read here: only NetworkChaos and Schedule are"))),
+        k if k.is_empty() => Err(refuse("kind", "is required: NetworkChaos, DNSChaos or Schedule")),
+        k => Err(refuse("kind", format!("'{k}' is not read here: only NetworkChaos, DNSChaos and Schedule are"))),
     }
 }
 
@@ -193,7 +215,37 @@ struct NetworkChaos {
     spec: Spec,
 }
 
-/// A Chaos Mesh `Schedule` of type NetworkChaos: its NetworkChaos at each tick.
+/// A Chaos Mesh DNSChaos: the selected pods' DNS queries for some names answered with an error
+/// or random addresses.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct DnsChaos {
+    #[serde(rename = "apiVersion")]
+    _api_version: IgnoredAny,
+    #[serde(rename = "kind")]
+    _kind: IgnoredAny,
+    metadata: Metadata,
+    spec: DnsSpec,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct DnsSpec {
+    action: String,
+    mode: Option<String>,
+    value: Option<String>,
+    selector: Option<Selector>,
+    /// Chaos Mesh's `DomainNamePatterns`.
+    patterns: Option<Vec<String>>,
+    duration: Option<String>,
+    // Refused when given (see `faults`).
+    container_names: Option<IgnoredAny>,
+    remote_cluster: Option<IgnoredAny>,
+    /// Chaos Mesh 1.x's `outer`, `inner` or `all` names.
+    scope: Option<IgnoredAny>,
+}
+
+/// A Chaos Mesh `Schedule` of type NetworkChaos or DNSChaos: its chaos at each tick.
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 struct ScheduleDoc {
@@ -212,6 +264,7 @@ struct ScheduleDocSpec {
     #[serde(rename = "type")]
     _type: IgnoredAny,
     network_chaos: Option<Spec>,
+    dns_chaos: Option<DnsSpec>,
     concurrency_policy: Option<String>,
     history_limit: Option<u32>,
     starting_deadline_seconds: Option<i64>,

@@ -13,7 +13,7 @@ pub use action::{
     Action, Checksum, Distribution, MAX_BURST, MAX_DELAY, MAX_JITTER, MAX_RATE, MIN_RATE, Odds, Reorder, Shape, errno,
     errno_name, gemodel, parse_rate, parse_size, threshold,
 };
-pub use dns::{Dns, DnsReply, Domain, QTypes, Rcode};
+pub use dns::{Dns, DnsReply, Domain, MAX_DOMAINS, QTypes, Rcode, parse_qtype, qtype_name};
 
 /// A fault as submitted. Fields are loosely typed on purpose: validation, not the parser,
 /// reports what is wrong, field by field.
@@ -48,8 +48,8 @@ pub struct FaultSpec {
     /// (`/system.slice/x.service`), as `/proc/PID/cgroup` shows it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cgroup: Option<String>,
-    /// `loss`, `partition`, `delay`, `bandwidth`, `duplicate`, `corrupt`, `reset` or
-    /// `connect-fail` (required).
+    /// `loss`, `partition`, `delay`, `bandwidth`, `duplicate`, `corrupt`, `reset`,
+    /// `connect-fail` or `dns` (required).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub action: Option<String>,
     /// Loss probability in percent, 0 to 100 (`loss` needs it or `gemodel`; optional with
@@ -91,6 +91,32 @@ pub struct FaultSpec {
     /// one it applied here.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub errno: Option<String>,
+    /// `dns`: what a matching query gets: `error` (default: answered at once with `rcode`),
+    /// `spoof` (answered with the `spoof` addresses, TTL 0), `random` (answered with random
+    /// addresses) or `drop` (lost: the client times out).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dns: Option<String>,
+    /// `dns` `error`: the response code, `SERVFAIL` (default), `NXDOMAIN` or `REFUSED` (any case).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rcode: Option<String>,
+    /// `dns` `spoof` (required for it): the addresses answered, at most one IPv4 (for A queries)
+    /// and one IPv6 (for AAAA queries).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub spoof: Option<Vec<String>>,
+    /// `dns`: the query types acted on: names (`A`, `AAAA`, `CNAME`, `MX`, `TXT`, `NS`, `SOA`,
+    /// `PTR`, `SRV`, `HTTPS`, `SVCB`, `CAA`, `ANY`, any case) or numbers 1-65535, at most 8.
+    /// Default: every type.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub qtypes: Option<Vec<QTypeSpec>>,
+    /// `dns`: percent of matching queries acted on, 0 to 100 (default 100).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub percent: Option<f64>,
+    /// `dns`: the names whose queries it acts on, at most 64 patterns: `api.example.com` (that
+    /// name), `*.example.com` (names below it, not itself), `api.*` (names starting with the
+    /// label `api`, not `api` alone), `*` (every name). Any case, a trailing dot dropped.
+    /// Default: every name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub domains: Option<Vec<String>>,
     /// Added latency, with a unit: `50ms`, `1s`, `250us` (required for `delay`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub delay: Option<DurationSpec>,
@@ -113,13 +139,15 @@ pub struct FaultSpec {
     /// (default: 10 ms at the rate, at least two full-size frames).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub burst: Option<RateSpec>,
-    /// `egress` (default), `ingress` or `both`.
+    /// `egress` (default), `ingress` or `both` (not for `dns`: egress is the queries this host
+    /// sends, ingress the queries it receives).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub direction: Option<String>,
     /// `ipv4`, `ipv6` or `any` (default; taken from `src`/`dst` when they are given).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub family: Option<String>,
-    /// `tcp`, `udp`, `icmp` or `any` (default; `tcp` for `reset`, which takes nothing else).
+    /// `tcp`, `udp`, `icmp` or `any` (default; `tcp` for `reset`, which takes nothing else;
+    /// not `icmp` for `dns`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub protocol: Option<String>,
     /// Source CIDR or address (default: any).
@@ -131,7 +159,7 @@ pub struct FaultSpec {
     /// Source port or range `lo-hi` (default: any).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sport: Option<PortSpec>,
-    /// Destination port or range `lo-hi` (default: any).
+    /// Destination port or range `lo-hi` (default: any; 53 for `dns`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dport: Option<PortSpec>,
     /// How long the fault lasts: `30s`, `5m`, `1h30m`, `500ms` (a bare number is seconds), or
@@ -172,6 +200,14 @@ pub enum RateSpec {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(untagged)]
 pub enum PortSpec {
+    Number(i64),
+    Text(String),
+}
+
+/// A DNS query type as written: a name (`"AAAA"`) or a number (`28`, `"28"`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum QTypeSpec {
     Number(i64),
     Text(String),
 }
@@ -398,6 +434,7 @@ impl FaultSpec {
         let cgroup = self.cgroup_target(netns.as_ref())?;
         let action = self.action()?;
         let connect = matches!(action, Action::ConnectFail { .. });
+        let dns = matches!(action, Action::Dns(_));
         let default_interface = netns.as_ref().map(|_| "eth0");
         let interface = match self.interface.as_deref().map(str::trim).or(default_interface) {
             Some(_) if connect => {
@@ -439,9 +476,21 @@ impl FaultSpec {
                 ));
             }
         };
+        if dns && direction == Direction::Both {
+            return Err(SpecError::new(
+                "direction",
+                "both: dns acts on queries: egress for queries this host sends, ingress for queries it receives",
+            ));
+        }
         let default_protocol = if let Action::Reset { .. } = action { "tcp" } else { "any" };
         if connect && self.protocol.as_deref() == Some("icmp") {
             return Err(SpecError::new("protocol", "icmp: connect-fail fails tcp and udp connect() calls"));
+        }
+        if dns && self.protocol.as_deref() == Some("icmp") {
+            return Err(SpecError::new(
+                "protocol",
+                "icmp: dns acts on DNS queries over udp and tcp (use udp, tcp or any)",
+            ));
         }
         let protocol = match self.protocol.as_deref().unwrap_or(default_protocol) {
             "tcp" => Protocol::Tcp,
@@ -462,7 +511,11 @@ impl FaultSpec {
         let dst = cidr("dst", &self.dst)?;
         let families = families(self.family.as_deref(), src, dst)?;
         let sport = port_range("sport", self.sport.as_ref())?;
-        let dport = port_range("dport", self.dport.as_ref())?;
+        let dport = match &self.dport {
+            // The DNS port, whatever the direction: queries go to it.
+            None if dns => PortRange { lo: 53, hi: 53 },
+            given => port_range("dport", given.as_ref())?,
+        };
         if let (Action::Reset { .. }, Protocol::Udp | Protocol::Icmp | Protocol::Any) = (action, protocol) {
             return Err(SpecError::new("protocol", "reset answers TCP segments: it needs protocol tcp (the default)"));
         }
@@ -500,7 +553,7 @@ impl FaultSpec {
         };
         let start_after =
             self.start_after.as_ref().map(|d| duration("start_after", d)).transpose()?.unwrap_or_default();
-        let domains = Vec::new();
+        let domains = if dns { self.dns_domains()? } else { Vec::new() };
         Ok(Fault { name: self.name.clone(), interface, netns, cgroup, action, matches, domains, lifetime, start_after })
     }
 }

@@ -11,7 +11,7 @@ use chaos_api::{
     client::{Client, ClientError},
     schedule::ScheduleSpec,
     select::SelectorSpec,
-    spec::{DurationSpec, FaultSpec, PortSpec, RateSpec},
+    spec::{DurationSpec, FaultSpec, PortSpec, QTypeSpec, RateSpec},
 };
 use clap::{Args as ClapArgs, Parser, Subcommand, ValueEnum};
 use serde::Deserialize;
@@ -37,7 +37,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Apply one fault from flags, or every fault of a file (all or none): TOML [[fault]]
-    /// tables, or Chaos Mesh NetworkChaos YAML.
+    /// tables, or Chaos Mesh NetworkChaos or DNSChaos YAML.
     // Written out: clap's own usage line lists the flags given (`--socket` from the
     // environment too) as if they were required.
     #[command(override_usage = APPLY_USAGE)]
@@ -106,7 +106,7 @@ const APPLY_USAGE: &str = "chaosctl apply [--socket PATH] -i INTERFACE ACTION [O
        chaosctl apply [--socket PATH] -e NAME -n NS|-A|-l SELECTOR [--mode MODE] ACTION [OPTIONS]
        chaosctl apply [--socket PATH] -f FILE [OPTIONS]
 ACTION: --loss PERCENT, --gemodel \"P R..\", --partition, --delay DURATION, --rate RATE, --duplicate PERCENT,
-        --corrupt PERCENT or --reset";
+        --corrupt PERCENT, --reset or --dns REPLY";
 
 const RM_USAGE: &str = "chaosctl rm [--socket PATH] [OPTIONS] NAME...
        chaosctl rm [--socket PATH] [OPTIONS] -e EXPERIMENT";
@@ -119,15 +119,15 @@ enum Output {
 
 #[derive(ClapArgs)]
 struct ApplyArgs {
-    /// A TOML file with [[fault]] tables (the flags' fields), or Chaos Mesh NetworkChaos YAML
-    /// (.yaml, .yml, or a top-level `kind:`).
+    /// A TOML file with [[fault]] tables (the flags' fields), or Chaos Mesh NetworkChaos or
+    /// DNSChaos YAML (.yaml, .yml, or a top-level `kind:`).
     #[arg(
         short = 'f',
         long = "file",
         conflicts_with_all = [
             "name", "interface", "netns", "pid", "container", "pod", "cgroup", "loss", "gemodel", "partition", "delay",
-            "rate", "duplicate", "corrupt", "reset", "connect_fail", "namespace", "all_namespaces", "selector", "mode",
-            "value", "schedule", "history_limit"
+            "rate", "duplicate", "corrupt", "reset", "connect_fail", "dns", "namespace", "all_namespaces", "selector",
+            "mode", "value", "schedule", "history_limit"
         ]
     )]
     file: Option<PathBuf>,
@@ -218,6 +218,31 @@ struct ApplyArgs {
     /// no other (`chaosctl status` says which; `list` shows the one applied).
     #[arg(long, requires = "connect_fail")]
     errno: Option<String>,
+    /// Answer or lose matching DNS queries (UDP and TCP to port 53 unless --dport says
+    /// otherwise): error (at once, with --rcode), spoof (with the --spoof addresses, TTL 0),
+    /// random (random addresses) or drop (the client times out). Over TCP a matching query is
+    /// dropped, whatever the reply.
+    #[arg(long, value_name = "REPLY")]
+    dns: Option<String>,
+    /// With --dns: the names whose queries it acts on (repeatable, or comma-separated):
+    /// api.example.com, *.example.com (names below it), api.* (names starting with the label
+    /// api), * (every name, the default). Quote the * from the shell.
+    #[arg(long, value_name = "PATTERN", requires = "dns", value_delimiter = ',')]
+    domain: Vec<String>,
+    /// With --dns error: the response code, SERVFAIL (default), NXDOMAIN or REFUSED.
+    #[arg(long, requires = "dns")]
+    rcode: Option<String>,
+    /// With --dns spoof: the address answered (repeatable: one IPv4 for A queries, one IPv6 for
+    /// AAAA queries; other types get an empty answer).
+    #[arg(long, value_name = "ADDR", requires = "dns", value_delimiter = ',')]
+    spoof: Vec<String>,
+    /// With --dns: only queries of this type (repeatable, or comma-separated): A, AAAA, CNAME,
+    /// MX, TXT, NS, SOA, PTR, SRV, HTTPS, SVCB, CAA, ANY or a number; at most 8 (default: all).
+    #[arg(long, value_name = "TYPE", requires = "dns", value_delimiter = ',')]
+    qtype: Vec<String>,
+    /// With --dns: the percentage of matching queries acted on, e.g. 30 or 30% (default 100).
+    #[arg(long, value_name = "PERCENT", requires = "dns", allow_negative_numbers = true)]
+    percent: Option<String>,
     /// Drop every matching packet.
     #[arg(long, conflicts_with_all = ["delay", "rate"])]
     partition: bool,
@@ -251,9 +276,10 @@ struct ApplyArgs {
     #[arg(long, requires = "rate")]
     burst: Option<String>,
     /// ingress, egress (default) or both (both mirrors the addresses and ports for replies).
+    /// With --dns: egress for the queries this host sends, ingress for those it receives (not both).
     #[arg(short, long)]
     direction: Option<String>,
-    /// tcp, udp, icmp or any (default).
+    /// tcp, udp, icmp or any (default; with --dns, any is UDP and TCP).
     #[arg(short, long)]
     protocol: Option<String>,
     /// ipv4, ipv6 or any (default; implied by --src/--dst).
@@ -268,7 +294,7 @@ struct ApplyArgs {
     /// Source port or range lo-hi.
     #[arg(long)]
     sport: Option<String>,
-    /// Destination port or range lo-hi.
+    /// Destination port or range lo-hi (default: any; 53 with --dns).
     #[arg(long)]
     dport: Option<String>,
     /// How long the fault lasts (30s, 5m, 1h30m, or unlimited if the daemon allows it).
@@ -484,7 +510,7 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
                 Output::Json => json(&serde_json::json!({ "ended": ended }))?,
                 Output::Table => {
                     for x in &ended {
-                        let c = counts(x.matched, x.dropped, [x.duplicated, x.corrupted, x.reset]);
+                        let c = counts(x.matched, x.dropped, [x.duplicated, x.corrupted, x.reset, x.answered]);
                         println!("{} ended ({}): {c}", shown(&x.name), shown(&x.reason));
                     }
                 }
@@ -542,7 +568,7 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
                 Output::Json => json(&Faults { faults: removed })?,
                 Output::Table => {
                     for r in removed {
-                        let c = counts(r.matched, r.dropped, [r.duplicated, r.corrupted, r.reset]);
+                        let c = counts(r.matched, r.dropped, [r.duplicated, r.corrupted, r.reset, r.answered]);
                         println!("removed {} ({c})", r.name);
                     }
                 }
@@ -660,11 +686,12 @@ fn specs(args: ApplyArgs) -> anyhow::Result<Plan> {
         args.corrupt.is_some(),
         args.reset,
         args.connect_fail,
+        args.dns.is_some(),
     ];
     if !actions.contains(&true) {
         anyhow::bail!(
-            "give an action: --loss, --gemodel, --partition, --delay, --rate, --duplicate, --corrupt, --reset or \
-             --connect-fail (or --file with faults)"
+            "give an action: --loss, --gemodel, --partition, --delay, --rate, --duplicate, --corrupt, --reset, \
+             --connect-fail or --dns (or --file with faults)"
         );
     }
     let action = if args.partition {
@@ -681,6 +708,8 @@ fn specs(args: ApplyArgs) -> anyhow::Result<Plan> {
         "reset"
     } else if args.connect_fail {
         "connect-fail"
+    } else if args.dns.is_some() {
+        "dns"
     } else {
         "loss"
     };
@@ -700,6 +729,12 @@ fn specs(args: ApplyArgs) -> anyhow::Result<Plan> {
         checksum: args.checksum,
         connections: args.connections,
         errno: args.errno,
+        dns: args.dns,
+        rcode: args.rcode,
+        spoof: (!args.spoof.is_empty()).then_some(args.spoof),
+        qtypes: (!args.qtype.is_empty()).then(|| args.qtype.into_iter().map(QTypeSpec::Text).collect()),
+        percent: percent("percent", args.percent)?,
+        domains: (!args.domain.is_empty()).then_some(args.domain),
         reorder: percent("reorder", args.reorder)?,
         reorder_correlation: percent("reorder-correlation", args.reorder_correlation)?,
         gap: args.gap,
@@ -792,6 +827,9 @@ fn describe(s: &FaultSpec) -> String {
     if s.action.as_deref() == Some("reset") {
         parts.push(format!("reset {} connections", s.connections.as_deref().unwrap_or("all")));
     }
+    if s.action.as_deref() == Some("dns") {
+        parts.push(describe_dns(s));
+    }
     if let (Some(c), None) = (s.correlation, &s.jitter) {
         parts.push(format!("correlation {}%", percent(c)));
     }
@@ -799,6 +837,35 @@ fn describe(s: &FaultSpec) -> String {
         parts.push(s.action.clone().unwrap_or_else(|| "?".into()));
     }
     parts.join(" ")
+}
+
+/// A dns fault: `dns error NXDOMAIN for *.example.com 30% qtypes A,AAAA`.
+fn describe_dns(s: &FaultSpec) -> String {
+    let reply = s.dns.as_deref().unwrap_or("error");
+    let mut text = format!("dns {reply}");
+    match reply {
+        "error" => text += &format!(" {}", s.rcode.as_deref().unwrap_or("SERVFAIL").to_ascii_uppercase()),
+        "spoof" => text += &format!(" {}", s.spoof.as_deref().unwrap_or_default().join(",")),
+        _ => {}
+    }
+    let domains = s.domains.as_deref().filter(|d| !d.is_empty()).map_or("*".into(), abridged);
+    text += &format!(" for {domains}");
+    if let Some(p) = s.percent {
+        text += &format!(" {}%", percent(p));
+    }
+    if let Some(q) = s.qtypes.as_deref().filter(|q| !q.is_empty()) {
+        let names: Vec<String> = q
+            .iter()
+            .map(|t| match t {
+                QTypeSpec::Number(n) => u16::try_from(*n).map_or_else(|_| n.to_string(), chaos_api::spec::qtype_name),
+                QTypeSpec::Text(t) => {
+                    chaos_api::spec::parse_qtype(t).map_or_else(|_| t.clone(), chaos_api::spec::qtype_name)
+                }
+            })
+            .collect();
+        text += &format!(" qtypes {}", names.join(","));
+    }
+    text
 }
 
 /// A percentage as people write it: `20`, `0.5`, `1e-12` (not 300 digits), `0` (not `-0`).
@@ -811,10 +878,11 @@ fn percent(p: f64) -> String {
     }
 }
 
-/// `matched 10, dropped 2`, with the copies, corruptions and resets when there are any.
-fn counts(matched: u64, dropped: u64, others: [u64; 3]) -> String {
+/// `matched 10, dropped 2`, with the copies, corruptions, resets and DNS answers when there are
+/// any.
+fn counts(matched: u64, dropped: u64, others: [u64; 4]) -> String {
     let mut text = format!("matched {matched}, dropped {dropped}");
-    for (n, what) in others.into_iter().zip(["duplicated", "corrupted", "reset"]) {
+    for (n, what) in others.into_iter().zip(["duplicated", "corrupted", "reset", "answered"]) {
         if n > 0 {
             text += &format!(", {what} {n}");
         }
@@ -913,6 +981,10 @@ fn print_table(faults: &[FaultView]) {
                     Some("duplicate") => format!("{} copied", f.duplicated),
                     Some("corrupt") => format!("{} corrupted", f.corrupted),
                     Some("reset") => format!("{} reset", f.reset),
+                    // Lost queries (drop, and TCP queries, which cannot be answered) are drops.
+                    Some("dns") if s.dns.as_deref() == Some("drop") => format!("{} dropped", f.dropped),
+                    Some("dns") if f.dropped > 0 => format!("{} answered, {} dropped", f.answered, f.dropped),
+                    Some("dns") => format!("{} answered", f.answered),
                     Some("connect-fail") => format!("{} failed", f.dropped),
                     _ => format!("{} dropped", f.dropped),
                 },
@@ -990,7 +1062,7 @@ fn history_table(events: &[Event]) -> String {
         out += line;
         out += "\n";
         for x in &e.ended {
-            let c = counts(x.matched, x.dropped, [x.duplicated, x.corrupted, x.reset]);
+            let c = counts(x.matched, x.dropped, [x.duplicated, x.corrupted, x.reset, x.answered]);
             out += &format!("    {} ended ({}): {c}\n", shown(&x.name), shown(&x.reason));
         }
     }
@@ -1080,6 +1152,10 @@ fn man_sections(page: &str) -> Vec<chaos_api::manpage::Section> {
                 (
                     "chaosctl apply --cgroup /system.slice/app.service --connect-fail --dport 3306",
                     "Make one service's connect() calls to port 3306 fail at once (ECONNREFUSED; EPERM before Linux 5.18).",
+                ),
+                (
+                    "chaosctl apply -i eth0 --dns error --rcode NXDOMAIN --domain '*.example.com' --percent 30",
+                    "Answer 30% of this host's DNS queries for names below example.com with NXDOMAIN at once.",
                 ),
                 (
                     "chaosctl apply -f outage.toml -e db-outage",
@@ -1297,6 +1373,77 @@ mod tests {
             let e = plan(args).map(|_| "accepted".to_owned()).unwrap_or_else(|e| e);
             assert!(e.starts_with(expected), "{args:?}: {e}");
         }
+    }
+
+    #[test]
+    fn dns_flags() {
+        let p = plan(&[
+            "-i",
+            "eth0",
+            "--dns",
+            "error",
+            "--rcode",
+            "NXDOMAIN",
+            "--domain",
+            "*.example.com",
+            "--domain",
+            "api.*,www.example.org",
+            "--qtype",
+            "A,aaaa",
+            "--qtype",
+            "65",
+            "--percent",
+            "30%",
+        ])
+        .unwrap();
+        let [f] = p.faults.as_slice() else { panic!("{:?}", p.faults) };
+        assert_eq!(
+            (f.action.as_deref(), f.dns.as_deref(), f.rcode.as_deref()),
+            (Some("dns"), Some("error"), Some("NXDOMAIN"))
+        );
+        assert_eq!(f.domains, Some(vec!["*.example.com".into(), "api.*".into(), "www.example.org".into()]));
+        assert_eq!(f.percent, Some(30.0));
+        let fault = f.validate().unwrap();
+        let chaos_api::spec::Action::Dns(d) = fault.action else { panic!("{:?}", fault.action) };
+        assert_eq!((d.p, d.qtypes.iter().collect::<Vec<_>>()), (0.3, vec![1, 28, 65]));
+        assert_eq!(fault.matches.dport.lo, 53);
+        assert_eq!(describe(f), "dns error NXDOMAIN for *.example.com,api.*,www.example.org 30% qtypes A,AAAA,HTTPS");
+
+        let p = plan(&["-i", "eth0", "--dns", "spoof", "--spoof", "10.0.0.1", "--spoof", "fd00::1", "--percent", "5"])
+            .unwrap();
+        let f = &p.faults[0];
+        assert_eq!(
+            (f.spoof.clone(), f.percent, f.domains.clone()),
+            (Some(vec!["10.0.0.1".into(), "fd00::1".into()]), Some(5.0), None)
+        );
+        assert_eq!(describe(f), "dns spoof 10.0.0.1,fd00::1 for * 5%");
+        let f = &plan(&["-i", "eth0", "--dns", "drop", "-p", "udp"]).unwrap().faults[0];
+        assert_eq!((f.qtypes.as_ref(), f.spoof.as_ref(), f.percent), (None, None, None));
+        assert_eq!(describe(f), "dns drop for *");
+        // Its counters.
+        assert_eq!(counts(10, 2, [0, 0, 0, 8]), "matched 10, dropped 2, answered 8");
+        assert_eq!(counts(10, 0, [0, 0, 0, 0]), "matched 10, dropped 0");
+
+        for (args, expected) in [
+            (&["-i", "eth0", "--domain", "a.com", "--loss", "5"][..], "error: the following required arguments"),
+            (&["-i", "eth0", "--percent", "5", "--loss", "5"], "error: the following required arguments"),
+            (&["-i", "eth0", "--dns", "error", "--percent", "much"], "--percent: 'much' is not a percentage"),
+            (&["-i", "eth0", "--dns", "error", "--loss", "5"], "accepted"),
+            (&["-f", "x.yaml", "--dns", "error"], "error: the argument '--file"),
+        ] {
+            let e = plan(args).map(|_| "accepted".to_owned()).unwrap_or_else(|e| e);
+            assert!(e.starts_with(expected), "{args:?}: {e}");
+        }
+        // Refused by the spec, as the daemon would.
+        let f = &plan(&["-i", "eth0", "--dns", "error", "--loss", "5"]).unwrap().faults[0];
+        assert_eq!(
+            f.validate().unwrap_err().to_string(),
+            "loss: applies to actions 'loss', 'delay' and 'bandwidth', not action 'dns'"
+        );
+        let f = &plan(&["-i", "eth0", "--dns", "error", "--domain", "a*.com"]).unwrap().faults[0];
+        assert!(
+            f.validate().unwrap_err().to_string().starts_with("domains[0]: 'a*.com': only a whole first or last label")
+        );
     }
 
     #[test]

@@ -1,14 +1,14 @@
-//! From a NetworkChaos document to faults: each field mapped with Chaos Mesh's meaning, or
-//! refused by its path with the reason.
+//! From a NetworkChaos or DNSChaos document to faults: each field mapped with Chaos Mesh's
+//! meaning, or refused by its path with the reason.
 
 use super::{
-    Error, Kind, NetworkChaos, Part, ScheduleDoc, Selector, Spec, go_duration, nonzero_duration, nonzero_percent,
-    percent, refuse, text,
+    DnsChaos, Error, Kind, NetworkChaos, Part, ScheduleDoc, Selector, Spec, go_duration, nonzero_duration,
+    nonzero_percent, percent, refuse, text,
 };
 use crate::{
     schedule::{Schedule, ScheduleSpec},
     select::{ExpressionSpec, SelectorSpec},
-    spec::{Cidr, DurationSpec, Fault, FaultSpec, RateSpec, SpecError, validate_name},
+    spec::{Cidr, Domain, DurationSpec, Fault, FaultSpec, RateSpec, SpecError, validate_name},
 };
 
 /// Why node selectors are refused.
@@ -22,8 +22,9 @@ pub(crate) fn validate_template(template: &FaultSpec) -> Result<Fault, SpecError
 }
 
 impl ScheduleDoc {
-    /// The NetworkChaos it runs, with the Schedule's metadata, and when.
-    pub(super) fn read(self) -> Result<Part, Error> {
+    /// The NetworkChaos or DNSChaos (`kind`: [`Kind::Schedule`] or [`Kind::DnsSchedule`]) it
+    /// runs, with the Schedule's metadata, and when.
+    pub(super) fn read(self, kind: Kind) -> Result<Part, Error> {
         let s = self.spec;
         s.schedule.parse::<Schedule>().map_err(|e| refuse("spec.schedule", e))?;
         match s.concurrency_policy.as_deref() {
@@ -39,19 +40,31 @@ impl ScheduleDoc {
                 return Err(refuse("spec.concurrencyPolicy", format!("'{other}' is not a policy (Forbid or Allow)")));
             }
         }
-        let Some(spec) = s.network_chaos else {
-            return Err(refuse("spec.networkChaos", "is required with type NetworkChaos: the faults each run applies"));
+        let (at, other) = match kind {
+            Kind::DnsSchedule => ("spec.dnsChaos", ("spec.networkChaos", s.network_chaos.is_some())),
+            _ => ("spec.networkChaos", ("spec.dnsChaos", s.dns_chaos.is_some())),
         };
-        let chaos = NetworkChaos {
-            _api_version: serde::de::IgnoredAny,
-            _kind: serde::de::IgnoredAny,
-            metadata: self.metadata,
-            spec,
+        let kind_name = if kind == Kind::DnsSchedule { "DNSChaos" } else { "NetworkChaos" };
+        if let (path, true) = other {
+            return Err(refuse(path, format!("does not go with type {kind_name}: give the {at} it runs")));
+        }
+        let missing = || refuse(at, format!("is required with type {kind_name}: the faults each run applies"));
+        let schedule = Some(ScheduleSpec { cron: s.schedule, history_limit: s.history_limit });
+        let (_api_version, _kind) = (serde::de::IgnoredAny, serde::de::IgnoredAny);
+        let metadata = self.metadata;
+        let part = match kind {
+            Kind::DnsSchedule => {
+                let spec = s.dns_chaos.ok_or_else(missing)?;
+                DnsChaos { _api_version, _kind, metadata, spec }.read(schedule)
+            }
+            _ => {
+                let spec = s.network_chaos.ok_or_else(missing)?;
+                NetworkChaos { _api_version, _kind, metadata, spec }.read(schedule)
+            }
         };
-        let schedule = ScheduleSpec { cron: s.schedule, history_limit: s.history_limit };
-        let mut part = chaos.read(Some(schedule)).map_err(|e| match e {
+        let mut part = part.map_err(|e| match e {
             Error::Field { path, reason } => match path.strip_prefix("spec.") {
-                Some(rest) => refuse(format!("spec.networkChaos.{rest}"), reason),
+                Some(rest) => refuse(format!("{at}.{rest}"), reason),
                 None => refuse(path, reason),
             },
             other => other,
@@ -63,8 +76,79 @@ impl ScheduleDoc {
                  late"
             ));
         }
-        part.kind = Kind::Schedule;
+        part.kind = kind;
         Ok(part)
+    }
+}
+
+impl DnsChaos {
+    /// Its one fault template, the pods it acts in, and when (`scheduled`: by a Schedule
+    /// document). `error` is dns error SERVFAIL (what Chaos Mesh's DNS server answers), `random`
+    /// dns random; `patterns` the fault's domains (none: every name).
+    pub(super) fn read(&self, scheduled: Option<ScheduleSpec>) -> Result<Part, Error> {
+        let s = &self.spec;
+        validate_name(&self.metadata.name).map_err(|e| refuse("metadata.name", e.reason))?;
+        if s.container_names.is_some() {
+            return Err(refuse(
+                "spec.containerNames",
+                "is not supported: the fault acts on the pod's network namespace, which its containers share",
+            ));
+        }
+        if s.remote_cluster.is_some() {
+            return Err(refuse("spec.remoteCluster", "chaos-daemon acts on the node it runs on"));
+        }
+        if s.scope.is_some() {
+            return Err(refuse(
+                "spec.scope",
+                "(Chaos Mesh 1.x) is not supported: name the domains the fault acts on in spec.patterns",
+            ));
+        }
+        if scheduled.is_some() && s.duration.is_none() {
+            return Err(refuse("spec.duration", "is required for a recurring experiment: how long each run lasts"));
+        }
+        let namespace = self.metadata.namespace.as_deref().unwrap_or("default");
+        let selector = match &s.selector {
+            None => {
+                return Err(refuse(
+                    "spec.selector",
+                    "is required: the pods whose DNS queries the fault answers (a DNSChaos names no interface of \
+                     this host)",
+                ));
+            }
+            Some(sel) => selector_spec(sel, s.mode.as_deref(), s.value.as_deref(), namespace, "spec")?,
+        };
+        let reply = match s.action.as_str() {
+            a @ ("error" | "random") => a,
+            other => {
+                return Err(refuse("spec.action", format!("'{other}' is not a DNSChaos action (error or random)")));
+            }
+        };
+        let patterns = s.patterns.clone().unwrap_or_default();
+        // Chaos Mesh's glob: `*` alone or as a whole first or last label maps to a pattern here;
+        // `?` and other wildcards are refused, by the pattern's path.
+        for (i, p) in patterns.iter().enumerate() {
+            Domain::parse(p).map_err(|e| refuse(format!("spec.patterns[{i}]"), e))?;
+        }
+        let duration = s.duration.as_deref().map(|d| go_duration("spec.duration", d)).transpose()?;
+        let fault = FaultSpec {
+            name: Some(self.metadata.name.clone()),
+            action: Some("dns".into()),
+            dns: Some(reply.into()),
+            rcode: (reply == "error").then(|| "SERVFAIL".into()),
+            domains: (!patterns.is_empty()).then_some(patterns),
+            duration: duration.map(|d| DurationSpec::Text(text(d))),
+            ..FaultSpec::default()
+        };
+        validate_template(&fault).map_err(|e| located(e, "dns"))?;
+        Ok(Part {
+            kind: Kind::DnsChaos,
+            name: self.metadata.name.clone(),
+            faults: vec![fault],
+            selector: Some(selector),
+            target: None,
+            schedule: scheduled,
+            notes: Vec::new(),
+        })
     }
 }
 
@@ -372,6 +456,8 @@ fn located(e: SpecError, action: &str) -> Error {
         "loss" => "spec.loss.loss",
         "duplicate" => "spec.duplicate.duplicate",
         "corrupt" => "spec.corrupt.corrupt",
+        // A DNSChaos's patterns are its fault's domains.
+        d if d.starts_with("domains") => return refuse(format!("spec.patterns{}", &d["domains".len()..]), e.reason),
         // The block of the action: its names are the actions'.
         "correlation" => return refuse(format!("spec.{action}.correlation"), e.reason),
         other => return refuse(format!("spec.{other}"), e.reason),

@@ -2,7 +2,7 @@ use std::path::{Path, PathBuf};
 
 use super::{faults::validate_template, *};
 use crate::select::ExpressionSpec;
-use crate::spec::{Action, Direction, Distribution, Odds, Reorder, Shape};
+use crate::spec::{Action, Direction, Distribution, Dns, DnsReply, Domain, Odds, QTypes, Rcode, Reorder, Shape};
 
 /// A NetworkChaos document for pod shop/web-0 with `spec` (indented by two spaces) added.
 fn doc(spec: &str) -> String {
@@ -507,12 +507,15 @@ fn wrong_kinds_and_broken_files() {
     let text = doc("  action: pod-kill\n").replace("NetworkChaos", "PodChaos");
     assert_eq!(
         parse(&text).unwrap_err().to_string(),
-        "kind: 'PodChaos' is not read here: only NetworkChaos and Schedule are"
+        "kind: 'PodChaos' is not read here: only NetworkChaos, DNSChaos and Schedule are"
     );
     let text = doc("  action: loss\n").replace("chaos-mesh.org/v1alpha1", "v1");
     assert_eq!(parse(&text).unwrap_err().to_string(), "apiVersion: 'v1' is not chaos-mesh.org/v1alpha1");
     assert!(matches!(parse("spec: [unclosed\n"), Err(Error::Yaml(_))));
-    assert_eq!(parse("# nothing\n").unwrap_err().to_string(), "no NetworkChaos or Schedule document in the file");
+    assert_eq!(
+        parse("# nothing\n").unwrap_err().to_string(),
+        "no NetworkChaos, DNSChaos or Schedule document in the file"
+    );
 }
 
 #[test]
@@ -538,4 +541,192 @@ fn format_by_extension_or_content() {
     assert!(is_network_chaos(Path::new("x.yml"), ""));
     assert!(is_network_chaos(Path::new("x"), "apiVersion: chaos-mesh.org/v1alpha1\nkind: NetworkChaos\n"));
     assert!(!is_network_chaos(Path::new("x.toml"), "[[fault]]\ninterface = \"eth0\"\n"));
+}
+
+/// A DNSChaos document for the pods of namespace shop labelled app=web, with `spec` (indented
+/// by two spaces) added.
+fn dns_doc(spec: &str) -> String {
+    format!(
+        "apiVersion: chaos-mesh.org/v1alpha1\nkind: DNSChaos\nmetadata:\n  name: dns\n  namespace: shop\nspec:\n  \
+         mode: all\n  selector:\n    labelSelectors: {{app: web}}\n{spec}"
+    )
+}
+
+fn dns_refused(spec: &str) -> String {
+    parse(&dns_doc(spec)).map(|x| format!("accepted: {x:?}")).unwrap_or_else(|e| e.to_string())
+}
+
+#[test]
+fn dns_chaos_error_and_random() {
+    let x = parse(&dns_doc(
+        "  action: error\n  patterns: [google.com, '*.example.com', 'chaos-mesh.*']\n  duration: 90s\n",
+    ))
+    .unwrap();
+    assert_eq!(x.name, "dns");
+    let s = x.selector.clone().unwrap();
+    assert_eq!(
+        (s.namespaces, s.labels, s.mode),
+        (vec!["shop".to_owned()], Some("app=web".to_owned()), Some("all".into()))
+    );
+    assert_eq!((x.target, x.schedule, x.notes.len()), (None, None, 0));
+    let [f] = x.faults.as_slice() else { panic!("{:?}", x.faults) };
+    assert_eq!((f.name.as_deref(), f.action.as_deref(), f.dns.as_deref()), (Some("dns"), Some("dns"), Some("error")));
+    // A template: in each pod, its eth0.
+    assert_eq!((f.pod.as_ref(), f.interface.as_ref()), (None, None));
+    let v = validate_template(f).unwrap();
+    assert_eq!(
+        v.action,
+        Action::Dns(Dns { reply: DnsReply::Error(Rcode::ServFail), p: 1.0, qtypes: QTypes::default() })
+    );
+    assert_eq!(
+        v.domains,
+        [
+            Domain::Exact("google.com".into()),
+            Domain::Below("example.com".into()),
+            Domain::Starting("chaos-mesh".into())
+        ]
+    );
+    // The queries the pod sends, to port 53.
+    assert_eq!((v.matches.direction, v.matches.dport.lo, v.matches.dport.hi), (Direction::Egress, 53, 53));
+    assert_eq!(v.lifetime, crate::spec::Lifetime::For(Duration::from_secs(90)));
+
+    let f = &parse(&dns_doc("  action: random\n")).unwrap().faults[0];
+    let v = validate_template(f).unwrap();
+    assert_eq!(v.action, Action::Dns(Dns { reply: DnsReply::Random, p: 1.0, qtypes: QTypes::default() }));
+    // No patterns: every name.
+    assert_eq!((f.domains.as_ref(), v.domains), (None, vec![Domain::Any]));
+    let f = &parse(&dns_doc("  action: random\n  patterns: ['*']\n")).unwrap().faults[0];
+    assert_eq!(validate_template(f).unwrap().domains, [Domain::Any]);
+    // The selector as NetworkChaos's: the document's namespace by default, the modes.
+    let text = dns_doc("  action: error\n").replace("mode: all", "mode: fixed\n  value: '2'");
+    let s = parse(&text).unwrap().selector.unwrap();
+    assert_eq!((s.mode.as_deref(), s.value.as_deref()), (Some("fixed"), Some("2")));
+    let text = dns_doc("  action: error\n").replace("  namespace: shop\n", "");
+    assert_eq!(parse(&text).unwrap().selector.unwrap().namespaces, ["default"]);
+}
+
+#[test]
+fn dns_chaos_refusals_name_the_field_by_its_path() {
+    let whole = "only a whole first or last label can be '*'";
+    for (spec, expected) in [
+        ("  action: delay\n", "spec.action: 'delay' is not a DNSChaos action (error or random)"),
+        ("  action: error\n  patterns: [ok.com, 'chaos-mes*.org']\n", "spec.patterns[1]: 'chaos-mes*.org': "),
+        ("  action: error\n  patterns: ['goo*']\n", whole),
+        ("  action: error\n  patterns: ['a.*.com']\n", whole),
+        (
+            "  action: error\n  patterns: ['github.c?m']\n",
+            "spec.patterns[0]: 'github.c?m': '?' (a one-character placeholder) is not supported",
+        ),
+        ("  action: error\n  patterns: ['a..com']\n", "spec.patterns[0]: 'a..com' has an empty label"),
+        ("  action: error\n  patterns: ['']\n", "spec.patterns[0]: '' is empty"),
+        ("  action: error\n  duration: 1d\n", "spec.duration: '1d' is not a duration"),
+        ("  action: error\n  containerNames: [app]\n", "spec.containerNames: is not supported"),
+        ("  action: error\n  remoteCluster: east\n", "spec.remoteCluster: chaos-daemon acts on the node"),
+        ("  action: error\n  scope: outer\n", "spec.scope: (Chaos Mesh 1.x) is not supported"),
+        ("  action: error\n  device: eth0\n", "spec: unknown field `device`"),
+        ("  action: error\n  externalTargets: [10.0.0.1]\n", "spec: unknown field `externalTargets`"),
+        ("  action: error\n  loss: {loss: '5'}\n", "spec: unknown field `loss`"),
+        ("  patterns: [a.com]\n", "spec: missing field `action`"),
+    ] {
+        let e = dns_refused(spec);
+        assert!(e.starts_with("spec") && e.contains(expected), "{spec}: {e}");
+    }
+    let e = dns_refused("  action: error\n  patterns: [{n: 1}]\n");
+    assert!(e.starts_with("spec.patterns[0]: invalid type"), "{e}");
+    let mut many = String::from("  action: error\n  patterns:\n");
+    for i in 0..65 {
+        many += &format!("    - n{i}.com\n");
+    }
+    assert_eq!(dns_refused(&many), "spec.patterns: 65 patterns: a fault takes at most 64 (apply several faults)");
+    // The selector's refusals, as NetworkChaos's.
+    let text = dns_doc("  action: error\n").replace("mode: all", "mode: some");
+    assert!(parse(&text).unwrap_err().to_string().starts_with("spec.mode: 'some' is not a mode"));
+    let text = dns_doc("  action: error\n").replace("labelSelectors: {app: web}", "nodes: [n1]");
+    assert!(parse(&text).unwrap_err().to_string().starts_with("spec.selector.nodes: chaos-daemon acts on the pods"));
+    let text = dns_doc("  action: error\n").replace("  selector:\n    labelSelectors: {app: web}\n", "");
+    assert!(
+        parse(&text).unwrap_err().to_string().starts_with("spec.selector: is required: the pods whose DNS queries")
+    );
+    let text = dns_doc("  action: error\n").replace("name: dns", "name: 'bad name'");
+    assert!(parse(&text).unwrap_err().to_string().starts_with("metadata.name: "));
+}
+
+/// A Schedule of type DNSChaos with `spec` lines added (indented by two spaces).
+fn dns_schedule_doc(spec: &str) -> String {
+    format!(
+        "apiVersion: chaos-mesh.org/v1alpha1\nkind: Schedule\nmetadata: {{name: nightly-dns, namespace: shop}}\nspec:\n  \
+         schedule: '@every 1h'\n  type: DNSChaos\n{spec}"
+    )
+}
+
+const DNS_SCHEDULED: &str = "  dnsChaos:\n    action: error\n    mode: one\n    selector: {labelSelectors: {app: web}}\n    \
+                             patterns: ['*.example.com']\n    duration: 5m\n";
+
+#[test]
+fn dns_chaos_schedules() {
+    let x = parse(&dns_schedule_doc(&format!("{DNS_SCHEDULED}  historyLimit: 3\n"))).unwrap();
+    assert_eq!(x.name, "nightly-dns");
+    assert_eq!(x.schedule, Some(ScheduleSpec { cron: "@every 1h".into(), history_limit: Some(3) }));
+    assert_eq!(x.selector.unwrap().mode.as_deref(), Some("one"));
+    let [f] = x.faults.as_slice() else { panic!("{:?}", x.faults) };
+    let v = validate_template(f).unwrap();
+    assert_eq!(v.domains, [Domain::Below("example.com".into())]);
+    assert_eq!(v.lifetime, crate::spec::Lifetime::For(Duration::from_secs(300)));
+    for (text, expected) in [
+        (dns_schedule_doc(""), "spec.dnsChaos: is required with type DNSChaos"),
+        (
+            dns_schedule_doc(&DNS_SCHEDULED.replace("    duration: 5m\n", "")),
+            "spec.dnsChaos.duration: is required for a recurring experiment",
+        ),
+        (
+            dns_schedule_doc(&DNS_SCHEDULED.replace("*.example.com", "ex?mple.com")),
+            "spec.dnsChaos.patterns[0]: 'ex?mple.com': '?'",
+        ),
+        (
+            dns_schedule_doc(&DNS_SCHEDULED.replace("action: error", "action: spoof")),
+            "spec.dnsChaos.action: 'spoof' is not a DNSChaos action",
+        ),
+        (dns_schedule_doc(&format!("{DNS_SCHEDULED}{SCHEDULED}")), "spec.networkChaos: does not go with type DNSChaos"),
+        (schedule_doc(&format!("{SCHEDULED}{DNS_SCHEDULED}")), "spec.dnsChaos: does not go with type NetworkChaos"),
+        (
+            dns_schedule_doc(DNS_SCHEDULED).replace("type: DNSChaos", "type: PodChaos"),
+            "spec.type: 'PodChaos' is not read here: only NetworkChaos and DNSChaos are",
+        ),
+        (
+            dns_schedule_doc(DNS_SCHEDULED).replace("  type: DNSChaos\n", ""),
+            "spec.type: is required: NetworkChaos or DNSChaos",
+        ),
+    ] {
+        let e = parse(&text).map(|x| format!("accepted: {x:?}")).unwrap_or_else(|e| e.to_string());
+        assert!(e.starts_with(expected), "{text}: {e}");
+    }
+}
+
+#[test]
+fn dns_and_network_chaos_in_one_file() {
+    // One experiment: a DNSChaos beside a NetworkChaos with the same selection.
+    let net = "apiVersion: chaos-mesh.org/v1alpha1\nkind: NetworkChaos\nmetadata: {name: slow, namespace: shop}\nspec:\n  \
+               action: delay\n  delay: {latency: 50ms}\n  mode: all\n  selector:\n    labelSelectors: {app: web}\n";
+    let x = parse(&format!("{}---\n{net}", dns_doc("  action: error\n"))).unwrap();
+    let names: Vec<_> = x.faults.iter().map(|f| f.name.clone().unwrap()).collect();
+    assert_eq!((x.name.as_str(), names), ("dns", vec!["dns".to_owned(), "slow".to_owned()]));
+    let other = dns_doc("  action: error\n").replace("app: web", "app: db");
+    let e = parse(&format!("{net}---\n{other}")).unwrap_err().to_string();
+    assert!(e.starts_with("document 2: spec.selector: differs from the first document's"), "{e}");
+    let e = parse(&format!("{net}---\n{}", dns_schedule_doc(DNS_SCHEDULED))).unwrap_err().to_string();
+    assert!(e.starts_with("document 2: spec.dnsChaos.selector: differs"), "{e}");
+}
+
+#[test]
+fn dns_example_keeps_chaos_mesh_meaning() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/dns-error.yaml");
+    let x = parse(&std::fs::read_to_string(path).unwrap()).unwrap();
+    assert_eq!(x.notes, Vec::<String>::new());
+    let s = x.selector.unwrap();
+    assert!(!s.namespaces.is_empty() && s.labels.is_some(), "{s:?}");
+    let [f] = x.faults.as_slice() else { panic!("{:?}", x.faults) };
+    let v = validate_template(f).unwrap();
+    assert!(matches!(v.action, Action::Dns(Dns { reply: DnsReply::Error(Rcode::ServFail), .. })), "{:?}", v.action);
+    assert!(!v.domains.contains(&Domain::Any), "{:?}", v.domains);
+    assert!(matches!(v.lifetime, crate::spec::Lifetime::For(_)));
 }

@@ -194,15 +194,18 @@ pub fn threshold(p: f64) -> u64 {
 }
 
 /// The actions, for messages.
-const ACTIONS: &str = "'loss', 'partition', 'delay', 'bandwidth', 'duplicate', 'corrupt', 'reset' or 'connect-fail'";
+const ACTIONS: &str =
+    "'loss', 'partition', 'delay', 'bandwidth', 'duplicate', 'corrupt', 'reset', 'connect-fail' or 'dns'";
 
 impl FaultSpec {
     pub(super) fn action(&self) -> Result<Action, SpecError> {
         let action = self.action.as_deref();
         match action {
             None => return Err(SpecError::new("action", format!("is required ({ACTIONS})"))),
-            Some("loss" | "partition" | "delay" | "bandwidth" | "duplicate" | "corrupt" | "reset" | "connect-fail") => {
-            }
+            Some(
+                "loss" | "partition" | "delay" | "bandwidth" | "duplicate" | "corrupt" | "reset" | "connect-fail"
+                | "dns",
+            ) => {}
             Some(other) => {
                 return Err(SpecError::new("action", format!("'{other}' is not an action (expected {ACTIONS})")));
             }
@@ -230,6 +233,16 @@ impl FaultSpec {
         only("reorder", self.reorder.is_some(), &["delay"], "action 'delay'")?;
         only("reorder_correlation", self.reorder_correlation.is_some(), &["delay"], "action 'delay'")?;
         only("gap", self.gap.is_some(), &["delay"], "action 'delay'")?;
+        for (field, given) in [
+            ("dns", self.dns.is_some()),
+            ("rcode", self.rcode.is_some()),
+            ("spoof", self.spoof.is_some()),
+            ("qtypes", self.qtypes.is_some()),
+            ("percent", self.percent.is_some()),
+            ("domains", self.domains.is_some()),
+        ] {
+            only(field, given, &["dns"], "action 'dns'")?;
+        }
         only(
             "correlation",
             self.correlation.is_some(),
@@ -259,6 +272,7 @@ impl FaultSpec {
                 }
             },
             Some("partition") => Ok(Action::Partition),
+            Some("dns") => Ok(Action::Dns(self.dns_action()?)),
             Some("connect-fail") => Ok(Action::ConnectFail { errno: errno(self.errno.as_deref())? }),
             Some("reset") => match self.connections.as_deref() {
                 None | Some("all") => Ok(Action::Reset { new_only: false }),
@@ -367,7 +381,7 @@ impl FaultSpec {
 }
 
 /// A percentage, 0 to 100, as a fraction.
-fn percent(field: &str, p: f64) -> Result<f64, SpecError> {
+pub(super) fn percent(field: &str, p: f64) -> Result<f64, SpecError> {
     if !(0.0..=100.0).contains(&p) {
         return Err(SpecError::new(field, format!("{p}% is outside 0-100%")));
     }

@@ -645,3 +645,303 @@ fn connect_fail_action() {
         (with("loss", |s| s.errno = Some("EPERM".into())), "errno", "applies to action 'connect-fail'"),
     ]);
 }
+
+/// A dns fault on eth0 changed by `f`, validated.
+fn dns(f: impl FnOnce(&mut FaultSpec)) -> Result<Fault, SpecError> {
+    with("dns", f)
+}
+
+fn texts(items: &[&str]) -> Option<Vec<String>> {
+    Some(items.iter().map(|s| (*s).to_owned()).collect())
+}
+
+fn exact(name: &str) -> Domain {
+    Domain::Exact(name.into())
+}
+
+#[test]
+fn dns_defaults() {
+    let f = dns(|_| {}).unwrap();
+    let Action::Dns(d) = f.action else { panic!("{:?}", f.action) };
+    assert_eq!(d, Dns { reply: DnsReply::Error(Rcode::ServFail), p: 1.0, qtypes: QTypes::default() });
+    assert!(d.qtypes.is_all());
+    assert_eq!((f.action.kind(), f.action.drop_threshold()), ("dns", 0));
+    // Queries this host sends, to port 53, over UDP and TCP.
+    assert_eq!(f.matches.direction, Direction::Egress);
+    assert_eq!(f.matches.protocol, Protocol::Any);
+    assert_eq!((f.matches.sport, f.matches.dport), (PortRange::ANY, PortRange { lo: 53, hi: 53 }));
+    // Every name.
+    assert_eq!(f.domains, [Domain::Any]);
+    // Other actions have none.
+    assert_eq!(spec().validate().unwrap().domains, Vec::<Domain>::new());
+}
+
+#[test]
+fn dns_replies() {
+    let reply = |f: &dyn Fn(&mut FaultSpec)| match dns(f).unwrap().action {
+        Action::Dns(d) => d.reply,
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(reply(&|s| s.dns = Some("error".into())), DnsReply::Error(Rcode::ServFail));
+    for (given, rcode) in [
+        ("SERVFAIL", Rcode::ServFail),
+        ("nxdomain", Rcode::NxDomain),
+        ("NXDomain", Rcode::NxDomain),
+        ("Refused", Rcode::Refused),
+    ] {
+        assert_eq!(reply(&|s| s.rcode = Some(given.into())), DnsReply::Error(rcode), "{given}");
+    }
+    assert_eq!((Rcode::NxDomain.code(), Rcode::NxDomain.name()), (3, "NXDOMAIN"));
+    let spoof = |addrs: &[&str]| {
+        reply(&|s| {
+            s.dns = Some("spoof".into());
+            s.spoof = texts(addrs);
+        })
+    };
+    let v4 = Some("10.0.0.1".parse().unwrap());
+    let v6 = Some("fd00::1".parse().unwrap());
+    assert_eq!(spoof(&["10.0.0.1"]), DnsReply::Spoof { v4, v6: None });
+    assert_eq!(spoof(&["fd00::1"]), DnsReply::Spoof { v4: None, v6 });
+    assert_eq!(spoof(&["fd00::1", " 10.0.0.1 "]), DnsReply::Spoof { v4, v6 });
+    assert_eq!(reply(&|s| s.dns = Some("random".into())), DnsReply::Random);
+    assert_eq!(reply(&|s| s.dns = Some("drop".into())), DnsReply::Drop);
+    assert_eq!(DnsReply::Drop.name(), "drop");
+}
+
+#[test]
+fn dns_percent_and_qtypes() {
+    let d = |f: &dyn Fn(&mut FaultSpec)| match dns(f).unwrap().action {
+        Action::Dns(d) => d,
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(d(&|s| s.percent = Some(30.0)).p, 0.3);
+    assert_eq!(d(&|s| s.percent = Some(0.0)).p, 0.0);
+    assert_eq!(d(&|s| s.percent = Some(100.0)).p, 1.0);
+    let qtypes = |q: Vec<QTypeSpec>| d(&|s| s.qtypes = Some(q.clone())).qtypes.iter().collect::<Vec<u16>>();
+    let text = |t: &str| QTypeSpec::Text(t.into());
+    assert_eq!(qtypes(vec![text("A"), text("aaaa"), QTypeSpec::Number(15), text("65")]), [1, 28, 15, 65]);
+    assert_eq!(
+        qtypes(["CNAME", "TXT", "NS", "SOA", "PTR", "SRV", "SVCB", "CAA"].map(text).to_vec()),
+        [5, 16, 2, 6, 12, 33, 64, 257]
+    );
+    assert_eq!(qtypes(vec![text("ANY"), text("65535"), QTypeSpec::Number(1)]), [255, 65535, 1]);
+    // Each once: repeating one is not another.
+    assert_eq!(qtypes(vec![text("A"), text("a"), QTypeSpec::Number(1)]), [1]);
+    let nine = ["A", "AAAA", "CNAME", "MX", "TXT", "NS", "SOA", "PTR", "a"].map(text).to_vec();
+    assert_eq!(qtypes(nine).len(), 8);
+    // None: every type.
+    assert!(d(&|s| s.qtypes = Some(vec![])).qtypes.is_all());
+    assert_eq!((qtype_name(28), qtype_name(257), qtype_name(99)), ("AAAA".into(), "CAA".into(), "99".into()));
+}
+
+#[test]
+fn dns_domains() {
+    let domains = |list: &[&str]| dns(|s| s.domains = texts(list)).unwrap().domains;
+    assert_eq!(domains(&["api.example.com"]), [exact("api.example.com")]);
+    // Lower-cased, one trailing dot dropped.
+    assert_eq!(domains(&["API.Example.COM."]), [exact("api.example.com")]);
+    assert_eq!(domains(&["*.example.com"]), [Domain::Below("example.com".into())]);
+    assert_eq!(domains(&["api.*"]), [Domain::Starting("api".into())]);
+    assert_eq!(domains(&["api.v2.*"]), [Domain::Starting("api.v2".into())]);
+    assert_eq!(domains(&["*"]), [Domain::Any]);
+    // `*` covers the others; none is every name; duplicates count once.
+    assert_eq!(domains(&["a.com", "*", "*.b.com"]), [Domain::Any]);
+    assert_eq!(domains(&[]), [Domain::Any]);
+    assert_eq!(domains(&["a.com", "A.com.", "_srv._tcp.b-c.com"]), [exact("a.com"), exact("_srv._tcp.b-c.com")]);
+    let all: Vec<String> = (0..64).map(|i| format!("n{i}.example.com")).collect();
+    assert_eq!(dns(|s| s.domains = Some(all.clone())).unwrap().domains.len(), 64);
+    for d in [exact("a.b"), Domain::Below("b".into()), Domain::Starting("a".into()), Domain::Any] {
+        assert_eq!(Domain::parse(&d.to_string()), Ok(d.clone()), "{d}");
+    }
+    // The kernel's bounds: 126 characters written out, 40 labels.
+    let label = |n: usize| "a".repeat(n);
+    let longest = format!("{}.{}", label(63), label(62));
+    assert_eq!(longest.len(), 126);
+    assert_eq!(domains(&[&longest]), [exact(&longest)]);
+    assert!(domains(&[&format!("*.{}.{}", label(63), label(60))]).len() == 1);
+    let forty = vec!["a"; 40].join(".");
+    assert_eq!(domains(&[&forty]), [exact(&forty)]);
+    assert!(domains(&[&format!("*.{}", vec!["a"; 39].join("."))]).len() == 1);
+}
+
+#[test]
+fn dns_domain_refusals() {
+    let domain = |p: &str| dns(|s| s.domains = texts(&["ok.com", p]));
+    let whole = "only a whole first or last label can be '*'";
+    let label = |n: usize| "a".repeat(n);
+    refused(vec![
+        (domain(""), "domains[1]", "'' is empty"),
+        (domain("."), "domains[1]", "'.' is empty"),
+        (domain("api*.com"), "domains[1]", &format!("'api*.com': {whole}")),
+        (domain("a.*.com"), "domains[1]", whole),
+        (domain("*a.com"), "domains[1]", whole),
+        (domain("*.*"), "domains[1]", whole),
+        (domain("**"), "domains[1]", whole),
+        (domain("www.examp?e.com"), "domains[1]", "'www.examp?e.com': '?' (a one-character placeholder) is not"),
+        (domain("a..com"), "domains[1]", "'a..com' has an empty label"),
+        (domain(".a.com"), "domains[1]", "has an empty label"),
+        (domain("a.com.."), "domains[1]", "has an empty label"),
+        (domain(&format!("{}.com", label(64))), "domains[1]", "is longer than 63 characters"),
+        (domain("a b.com"), "domains[1]", "' ' is not allowed in a name (letters, digits, '-' and '_')"),
+        (domain("ex@mple.com"), "domains[1]", "'@' is not allowed"),
+        (domain("bücher.de"), "domains[1]", "'ü' is not allowed"),
+        (domain(&vec!["a"; 41].join(".")), "domains[1]", "it has 41 labels: the kernel matches names of at most 40"),
+        (
+            domain(&format!("*.{}", vec!["a"; 40].join("."))),
+            "domains[1]",
+            "the names it matches have 41 labels or more",
+        ),
+        (domain(&format!("{}.*", vec!["a"; 40].join("."))), "domains[1]", "41 labels"),
+        (
+            domain(&format!("{}.{}", label(63), label(63))),
+            "domains[1]",
+            "it is 127 characters: the kernel matches names of at most 126 (128 bytes on the wire)",
+        ),
+        (
+            domain(&format!("*.{}.{}", label(63), label(61))),
+            "domains[1]",
+            "the names it matches are 127 characters or more",
+        ),
+        (
+            dns(|s| s.domains = Some((0..65).map(|i| format!("n{i}.com")).collect())),
+            "domains",
+            "65 patterns: a fault takes at most 64",
+        ),
+    ]);
+    // `*.` is `*`, with its dot dropped.
+    assert_eq!(domain("*.").unwrap().domains, [Domain::Any]);
+}
+
+#[test]
+fn dns_refusals() {
+    let spoof = |addrs: &[&str]| {
+        dns(|s| {
+            s.dns = Some("spoof".into());
+            s.spoof = texts(addrs);
+        })
+    };
+    let qtypes = |q: Vec<QTypeSpec>| dns(|s| s.qtypes = Some(q));
+    let queries = "dns acts on queries: egress for queries this host sends, ingress for queries it receives";
+    refused(vec![
+        (
+            dns(|s| s.dns = Some("lie".into())),
+            "dns",
+            "'lie' is not a dns reply (expected error, spoof, random or drop)",
+        ),
+        (dns(|s| s.dns = Some("Error".into())), "dns", "is not a dns reply"),
+        (dns(|s| s.rcode = Some("NOERROR".into())), "rcode", "'NOERROR' is not a response code"),
+        (
+            dns(|s| (s.dns, s.rcode) = (Some("drop".into()), Some("NXDOMAIN".into()))),
+            "rcode",
+            "applies to dns 'error', not dns 'drop'",
+        ),
+        (
+            dns(|s| (s.dns, s.rcode) = (Some("spoof".into()), Some("NXDOMAIN".into()))),
+            "rcode",
+            "applies to dns 'error', not dns 'spoof'",
+        ),
+        (dns(|s| s.spoof = texts(&["10.0.0.1"])), "spoof", "applies to dns 'spoof', not dns 'error'"),
+        (
+            dns(|s| (s.dns, s.spoof) = (Some("random".into()), texts(&["10.0.0.1"]))),
+            "spoof",
+            "applies to dns 'spoof', not dns 'random'",
+        ),
+        (dns(|s| s.dns = Some("spoof".into())), "spoof", "is required for dns 'spoof'"),
+        (spoof(&[]), "spoof", "is required for dns 'spoof'"),
+        (spoof(&["10.0.0.1", "10.0.0.2"]), "spoof", "10.0.0.1 and 10.0.0.2 are two IPv4 addresses: give at most one"),
+        (spoof(&["::1", "fd00::1", "10.0.0.1"]), "spoof", "::1 and fd00::1 are two IPv6 addresses"),
+        (spoof(&["example.com"]), "spoof", "'example.com' is not an IP address"),
+        (spoof(&["10.0.0.0/8"]), "spoof", "is not an IP address"),
+        (dns(|s| s.percent = Some(101.0)), "percent", "101% is outside 0-100%"),
+        (dns(|s| s.percent = Some(-1.0)), "percent", "outside"),
+        (dns(|s| s.percent = Some(f64::NAN)), "percent", "outside"),
+        (qtypes(vec![QTypeSpec::Text("AXFR2".into())]), "qtypes", "'AXFR2' is not a query type (a number 1-65535 or"),
+        (qtypes(vec![QTypeSpec::Text("0".into())]), "qtypes", "'0' is not a query type"),
+        (qtypes(vec![QTypeSpec::Number(0)]), "qtypes", "0 is not a query type (1-65535)"),
+        (qtypes(vec![QTypeSpec::Number(65536)]), "qtypes", "65536 is not a query type"),
+        (qtypes((1..=9).map(QTypeSpec::Number).collect()), "qtypes", "more than 8 query types: give at most 8"),
+        // Where and how it acts.
+        (dns(|s| s.direction = Some("both".into())), "direction", queries),
+        (dns(|s| s.protocol = Some("icmp".into())), "protocol", "icmp: dns acts on DNS queries over udp and tcp"),
+        (
+            dns(|s| (s.cgroup, s.direction) = (Some("/app".into()), Some("ingress".into()))),
+            "direction",
+            "a cgroup's ingress is where packets reach its sockets",
+        ),
+        // The other actions' fields.
+        (dns(|s| s.loss = Some(5.0)), "loss", "not action 'dns'"),
+        (dns(|s| s.correlation = Some(5.0)), "correlation", "not action 'dns'"),
+        (dns(|s| s.duplicate = Some(5.0)), "duplicate", "applies to action 'duplicate', not action 'dns'"),
+        (dns(|s| s.connections = Some("new".into())), "connections", "not action 'dns'"),
+        (dns(|s| s.errno = Some("EPERM".into())), "errno", "not action 'dns'"),
+        (dns(|s| s.delay = Some(DurationSpec::Text("5ms".into()))), "delay", "not action 'dns'"),
+        (dns(|s| s.gemodel = Some("1".into())), "gemodel", "not action 'dns'"),
+        // Its fields with the other actions.
+        (with("loss", |s| s.dns = Some("error".into())), "dns", "applies to action 'dns', not action 'loss'"),
+        (with("partition", |s| s.rcode = Some("NXDOMAIN".into())), "rcode", "applies to action 'dns'"),
+        (with("reset", |s| s.spoof = texts(&["10.0.0.1"])), "spoof", "applies to action 'dns', not action 'reset'"),
+        (with("duplicate", |s| s.qtypes = Some(vec![])), "qtypes", "applies to action 'dns'"),
+        (with("loss", |s| s.percent = Some(30.0)), "percent", "applies to action 'dns', not action 'loss'"),
+        (with("corrupt", |s| s.domains = texts(&["a.com"])), "domains", "applies to action 'dns'"),
+        (with("explode", |_| {}), "action", "(expected 'loss', 'partition', 'delay', 'bandwidth', 'duplicate'"),
+    ]);
+    assert!(with("explode", |_| {}).unwrap_err().reason.ends_with("'connect-fail' or 'dns')"));
+}
+
+#[test]
+fn dns_matches() {
+    // Ingress: the queries a DNS server here receives, to port 53.
+    let f = dns(|s| s.direction = Some("ingress".into())).unwrap();
+    assert_eq!((f.matches.direction, f.matches.dport), (Direction::Ingress, PortRange { lo: 53, hi: 53 }));
+    // A port given is taken as it is: a resolver on another port.
+    let f = dns(|s| s.dport = Some(PortSpec::Text("5353".into()))).unwrap();
+    assert_eq!(f.matches.dport, PortRange { lo: 5353, hi: 5353 });
+    let f = dns(|s| s.dport = Some(PortSpec::Text("0-65535".into()))).unwrap();
+    assert!(f.matches.dport.is_any());
+    for (protocol, expected) in [("udp", Protocol::Udp), ("tcp", Protocol::Tcp), ("any", Protocol::Any)] {
+        assert_eq!(dns(|s| s.protocol = Some(protocol.into())).unwrap().matches.protocol, expected);
+    }
+    let f = dns(|s| {
+        s.dst = Some("10.96.0.10".into());
+        s.cgroup = Some("/app".into());
+    })
+    .unwrap();
+    assert_eq!(f.matches.families, Families { v4: true, v6: false });
+    assert!(f.cgroup.is_some());
+}
+
+#[test]
+fn dns_toml_and_json() {
+    #[derive(Deserialize)]
+    struct File {
+        fault: Vec<FaultSpec>,
+    }
+    let file: File = toml::from_str(
+        r#"
+        [[fault]]
+        interface = "eth0"
+        action = "dns"
+        dns = "spoof"
+        spoof = ["10.0.0.1", "fd00::1"]
+        qtypes = ["A", "aaaa", 15]
+        percent = 30
+        domains = ["*.example.com", "api.*"]
+        "#,
+    )
+    .unwrap();
+    let f = file.fault[0].validate().unwrap();
+    let Action::Dns(d) = f.action else { panic!("{:?}", f.action) };
+    assert_eq!((d.p, d.qtypes.iter().collect::<Vec<_>>()), (0.3, vec![1, 28, 15]));
+    assert_eq!(f.domains, [Domain::Below("example.com".into()), Domain::Starting("api".into())]);
+    // The JSON the API echoes has the fields as sent.
+    let json = serde_json::to_value(&file.fault[0]).unwrap();
+    assert_eq!(json["qtypes"], serde_json::json!(["A", "aaaa", 15]));
+    assert_eq!(json["domains"], serde_json::json!(["*.example.com", "api.*"]));
+    let back: FaultSpec = serde_json::from_value(json).unwrap();
+    assert_eq!(back, file.fault[0]);
+    // Absent fields are left out.
+    let json = serde_json::to_value(spec()).unwrap();
+    for field in ["dns", "rcode", "spoof", "qtypes", "percent", "domains"] {
+        assert!(json.get(field).is_none(), "{field}");
+    }
+}

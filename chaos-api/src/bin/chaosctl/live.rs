@@ -29,7 +29,7 @@ fn row(f: &FaultView, before: Option<&FaultView>, seconds: f64) -> [String; 6] {
         state(f),
         format!("{} ({})", f.matched, per_second(f.matched, before.map(|b| b.matched))),
         format!("{} ({})", f.dropped, per_second(f.dropped, before.map(|b| b.dropped))),
-        counts(f.matched, f.dropped, [f.duplicated, f.corrupted, f.reset]),
+        counts(f.matched, f.dropped, [f.duplicated, f.corrupted, f.reset, f.answered]),
     ]
 }
 
@@ -117,7 +117,7 @@ pub async fn wait(client: &Client<'_>, names: &[String], mut interrupt: Signal) 
             let mut lines = String::new();
             for f in &running {
                 if every || reported.get(&f.name) != Some(&f.state) {
-                    let c = counts(f.matched, f.dropped, [f.duplicated, f.corrupted, f.reset]);
+                    let c = counts(f.matched, f.dropped, [f.duplicated, f.corrupted, f.reset, f.answered]);
                     lines += &format!("{}: {} ({}), {c}\n", f.name, f.state, state(f));
                     reported.insert(f.name.clone(), f.state);
                 }
@@ -147,7 +147,7 @@ pub async fn wait(client: &Client<'_>, names: &[String], mut interrupt: Signal) 
             let parts: Vec<String> = running
                 .iter()
                 .map(|f| {
-                    let c = counts(f.matched, f.dropped, [f.duplicated, f.corrupted, f.reset]);
+                    let c = counts(f.matched, f.dropped, [f.duplicated, f.corrupted, f.reset, f.answered]);
                     format!("{} {}, {c}", f.name, state(f))
                 })
                 .collect();
