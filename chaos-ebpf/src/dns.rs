@@ -13,7 +13,9 @@
 
 use aya_ebpf::{
     bindings::{__sk_buff, BPF_F_INGRESS, BPF_F_RECOMPUTE_CSUM, TC_ACT_REDIRECT, TC_ACT_SHOT, TC_ACT_UNSPEC},
-    helpers::{bpf_csum_diff, bpf_get_prandom_u32, bpf_ktime_get_ns, bpf_redirect, bpf_skb_change_tail},
+    helpers::{
+        bpf_csum_diff, bpf_get_prandom_u32, bpf_ktime_get_ns, bpf_redirect, bpf_skb_change_tail, bpf_skb_load_bytes,
+    },
     macros::map,
     maps::{Array, LpmTrie, PerCpuArray, ProgramArray, lpm_trie::Key},
     programs::TcContext,
@@ -35,7 +37,7 @@ pub(crate) static DNS_NAMES: LpmTrie<DnsNameKey, u32> = LpmTrie::with_max_entrie
 #[map]
 pub(crate) static DNS_LOWER: Array<[u8; 256]> = Array::with_max_entries(1, 0);
 #[map]
-pub(crate) static DNS_PROGS: ProgramArray = ProgramArray::with_max_entries(1, 0);
+pub(crate) static DNS_PROGS: ProgramArray = ProgramArray::with_max_entries(3, 0);
 #[map]
 static DNS_SCRATCH: PerCpuArray<Scratch> = PerCpuArray::with_max_entries(1, 0);
 
@@ -133,7 +135,7 @@ fn try_find(ctx: &TcContext) -> Option<u32> {
         return None;
     }
     let s = scratch()?;
-    let loaded = ctx.load_bytes(dns + DNS_HEADER, &mut s.raw[..DNS_NAME_MAX + 4]).ok()?;
+    let loaded = load(ctx, dns + DNS_HEADER, &mut s.raw[..DNS_NAME_MAX + 4])?;
     let (end, labels) = labels(s)?;
     // The type and class must have been loaded with the name.
     if end + 5 > loaded {
@@ -295,7 +297,8 @@ fn labels(s: &mut Scratch) -> Option<(usize, usize)> {
     unsafe {
         core::ptr::write_volatile(&mut s.end, pos);
         core::ptr::write_volatile(&mut s.count, count);
-        Some((core::ptr::read_volatile(&s.end), core::ptr::read_volatile(&s.count)))
+        // Masked: the verifier knows nothing of a value read back from memory.
+        Some((core::ptr::read_volatile(&s.end) & NAME_MASK, core::ptr::read_volatile(&s.count)))
     }
 }
 
@@ -338,13 +341,33 @@ fn forward(s: &mut Scratch, lower: &[u8; 256], slot: u32) {
         copy(&s.raw, J, lower, &mut s.key.data.name[J]);
     });
     // SAFETY: plain reads of fields written by `chaos_dns` (see `labels`).
-    let (end, labels) = unsafe { (core::ptr::read_volatile(&s.end), core::ptr::read_volatile(&s.count)) };
+    let (end, labels) = unsafe { (core::ptr::read_volatile(&s.end) & NAME_MASK, core::ptr::read_volatile(&s.count)) };
     seq!(K in 0..40 {
         if K < labels {
             dot(&mut s.key.data.name, label(&s.labels, K));
         }
     });
     s.key.data.name[end & NAME_MASK] = 0;
+}
+
+/// Copies up to `to.len()` bytes from `offset` (as many as the packet has): how many. Unlike
+/// `load_bytes`, never asks for 0 bytes, which the verifier refuses.
+#[inline(always)]
+fn load(ctx: &TcContext, offset: usize, to: &mut [u8]) -> Option<usize> {
+    let mut len = (ctx.len() as usize).checked_sub(offset)?.min(to.len());
+    // Through the stack: else LLVM tests `skb->len == offset` instead, and the verifier cannot
+    // tell that the length passed is not 0.
+    // SAFETY: a plain write and read of a local.
+    len = unsafe {
+        core::ptr::write_volatile(&mut len, len);
+        core::ptr::read_volatile(&len)
+    };
+    if len == 0 || len > to.len() {
+        return None;
+    }
+    // SAFETY: `to` holds at least `len` bytes.
+    let ret = unsafe { bpf_skb_load_bytes(ctx.skb.skb as *const _, offset as u32, to.as_mut_ptr().cast(), len as u32) };
+    (ret == 0).then_some(len)
 }
 
 /// `to = lower[raw[at]]`, in program order: left to itself LLVM loads ahead for many bytes at
@@ -393,7 +416,7 @@ fn wanted(dns: &DnsAction, qtype: u16) -> bool {
 /// set. `None` if a helper failed.
 #[inline(always)]
 fn respond(ctx: &TcContext, s: &mut Scratch, action: &RuleAction, l4: usize) -> Option<()> {
-    let (dns, query, end, qtype) = (s.dns, s.header, s.end, s.qtype);
+    let (dns, query, end, qtype) = (s.dns, s.header, s.end & NAME_MASK, s.qtype);
     let d = &action.dns;
     let error = d.reply == DnsReply::Error as u32;
     let random = d.reply == DnsReply::Random as u32;
@@ -490,7 +513,9 @@ fn checksum(ctx: &TcContext, s: &mut Scratch, l4: usize, segment: usize, v4: boo
     });
     // SAFETY: the segment buffer is SEGMENT_WORDS words; `segment` was checked to fit.
     let bytes = unsafe { core::slice::from_raw_parts_mut(s.segment.as_mut_ptr().cast::<u8>(), SEGMENT_WORDS * 4) };
-    ctx.load_bytes(l4, &mut bytes[..segment & 0xff]).ok()?;
+    if load(ctx, l4, &mut bytes[..segment & 0xff])? != segment {
+        return None;
+    }
     let words = ((segment + 3) / 4) & (SEGMENT_WORDS - 1);
     // The pseudo-header: both addresses (their order does not change the sum), then zero,
     // protocol and length (IPv4), or length and next header (IPv6): as 16-bit words both
