@@ -494,7 +494,7 @@ impl Drop for Dnsmasq {
     }
 }
 
-/// The glibc configuration a resolver runs with: one server, one try of one second.
+/// Host names from DNS only: not the host's /etc/hosts, nor systemd-resolved or mDNS modules.
 const NSSWITCH: &str = "hosts: dns\n";
 
 /// Runs `$3...` with the lab's resolv.conf (`$1`) and nsswitch.conf (`$2`) bind-mounted over the
