@@ -5,6 +5,7 @@
 pub mod cgroup;
 pub mod containerd;
 pub mod daemon;
+pub mod dns;
 pub mod http;
 pub mod kernel;
 pub mod lab;

@@ -1,0 +1,344 @@
+//! DNS faults: queries the client sends for matching names are answered by the fault (an
+//! error code or spoofed addresses) or lost, before they reach the server; other names resolve
+//! as before. The server is a real dnsmasq, the resolvers glibc's (getent, getaddrinfo) and
+//! dig; `lab_resolves` checks the lab itself, without a daemon.
+
+use std::{net::IpAddr, time::Duration};
+
+use chaos_tests::{
+    Daemon,
+    dns::{Dig, DnsLab, Family, Gai, Getent, QType, Rcode, Record, Resolver, records},
+    lab::{A4, A6, B4, B6},
+};
+
+const NAMES: &[&str] = &[
+    "shop.example.test",
+    "api.example.test",
+    "other.test",
+    "example.test",
+    "a.example.test",
+    "b.c.example.test",
+    "apis.example.test",
+    "api.other.test",
+];
+
+/// The lab with [`NAMES`] served, and a daemon on the client.
+fn lab_and_daemon() -> (DnsLab, Daemon) {
+    let lab = DnsLab::new(&records(NAMES)).unwrap();
+    let daemon = Daemon::start(&lab.a).unwrap();
+    (lab, daemon)
+}
+
+fn record<'a>(lab: &'a DnsLab, name: &str) -> &'a Record {
+    lab.server.records().iter().find(|r| r.name == name).unwrap_or_else(|| panic!("no record {name}"))
+}
+
+fn ip(s: &str) -> IpAddr {
+    s.parse().unwrap()
+}
+
+/// `name` resolves to its record through every resolver, for both families.
+fn resolves(lab: &DnsLab, r: &Resolver, name: &str) {
+    let rec = record(lab, name).clone();
+    for family in [Family::V4, Family::V6] {
+        let want = rec.addr(family);
+        assert_eq!(r.dig(name, family.qtype()), Dig::answer([want]), "dig {name} {family:?} via {}", r.server);
+        assert_eq!(r.getent(name, family), Ok(vec![want]), "getent {name} {family:?} via {}", r.server);
+        assert_eq!(r.getaddrinfo(name, family), Ok(vec![want]), "getaddrinfo {name} {family:?} via {}", r.server);
+    }
+}
+
+/// Applies a dns fault named `name` on the client's interface with `args`.
+fn apply(lab: &DnsLab, daemon: &Daemon, name: &str, args: &[&str]) {
+    daemon.ctl_ok(&[&["apply", "--name", name, "-i", &lab.a_if][..], args].concat());
+}
+
+#[test]
+fn lab_resolves() {
+    let mut lab = DnsLab::new(&records(NAMES)).unwrap();
+    let host_resolv = std::fs::read("/etc/resolv.conf").unwrap();
+    for (round, (server, client)) in [(B4, A4), (B6, A6)].into_iter().enumerate() {
+        let r = lab.resolver(server).unwrap();
+        for name in NAMES {
+            resolves(&lab, &r, name);
+        }
+        // A name not served: NXDOMAIN, never forwarded (dnsmasq has no upstream server).
+        assert_eq!(r.dig("nope.example.test", QType::A), Dig::error(Rcode::NxDomain));
+        assert_eq!(r.dig("example.com", QType::Aaaa), Dig::error(Rcode::NxDomain));
+        assert_eq!(r.getent("nope.example.test", Family::V4), Err(Getent::NotFound));
+        assert_eq!(r.getaddrinfo("nope.example.test", Family::V6), Err(Gai::NoName));
+        // A name that exists asked for a type it lacks: NOERROR, no address.
+        assert_eq!(r.dig("shop.example.test", QType::Txt), Dig::answer([]));
+        assert_eq!(r.getent("SHOP.Example.TEST", Family::V4), Ok(vec![ip("10.53.0.1")]));
+
+        // Each lookup above reached the server once per query type, over this transport (from
+        // the client's address of the server's family): 4 A, 3 AAAA, 1 TXT, and no other.
+        let shop: Vec<_> = lab
+            .server
+            .queries()
+            .into_iter()
+            .filter(|q| q.name.eq_ignore_ascii_case("shop.example.test") && q.from == ip(client))
+            .collect();
+        let count = |t: &str| shop.iter().filter(|q| q.qtype == t).count();
+        assert_eq!((count("A"), count("AAAA"), count("TXT")), (4, 3, 1), "{shop:?}");
+        assert_eq!(lab.server.received("shop.example.test"), 8 * (round + 1));
+
+        // The batch: every query answered, and each reached the server.
+        let before = lab.server.received("api.example.test");
+        let batch = r.batch(&["api.example.test", "other.test"], QType::A, 1000, Duration::from_millis(200));
+        assert_eq!((batch.count(Rcode::NoError), batch.timeouts, batch.malformed), (1000, 0, 0), "{batch:?}");
+        assert_eq!(lab.server.received("api.example.test"), before + 500);
+        assert_eq!(r.query("other.test", QType::Aaaa, Duration::from_secs(1)), Dig::answer([ip("fd00:53::3")]));
+    }
+
+    // A changed record is served after the reload, to every resolver.
+    lab.server.set("shop.example.test", "10.53.1.1", "fd00:53:1::1").unwrap();
+    for server in [B4, B6] {
+        resolves(&lab, &lab.resolver(server).unwrap(), "shop.example.test");
+    }
+    assert_eq!(record(&lab, "shop.example.test").v4.to_string(), "10.53.1.1");
+
+    // Nothing reached the host: its resolv.conf is as it was, and no bind mount is left here.
+    assert_eq!(std::fs::read("/etc/resolv.conf").unwrap(), host_resolv);
+    assert!(!chaos_tests::dns::mounted("/etc/resolv.conf".as_ref()));
+    assert!(!chaos_tests::dns::mounted("/etc/nsswitch.conf".as_ref()));
+
+    // Dropped, the lab leaves no process, namespace or file.
+    let pid = lab.server.pid().unwrap();
+    let dir = lab.server.dir.clone();
+    let namespaces = [lab.a.name.clone(), lab.b.name.clone()];
+    std::mem::drop(lab);
+    assert!(!std::path::Path::new(&format!("/proc/{pid}")).exists(), "dnsmasq {pid} survived the lab");
+    assert!(!dir.exists(), "{} survived the lab", dir.display());
+    let listed = chaos_tests::run("ip", &["netns", "list"]).unwrap();
+    assert!(namespaces.iter().all(|n| !listed.contains(n.as_str())), "{listed}");
+}
+
+/// The getaddrinfo error glibc gives for a reply with `rcode` (one server, one try): NXDOMAIN
+/// is "no such name"; SERVFAIL and REFUSED are temporary failures.
+fn gai_error(rcode: Rcode) -> Gai {
+    match rcode {
+        Rcode::NxDomain => Gai::NoName,
+        _ => Gai::Again,
+    }
+}
+
+/// For each code, queries for the matching name are answered with it by the fault (none reach
+/// the server), and other names resolve.
+fn error_codes_via(server: &str) {
+    let (lab, daemon) = lab_and_daemon();
+    let r = lab.resolver(server).unwrap();
+    for rcode in [Rcode::ServFail, Rcode::NxDomain, Rcode::Refused] {
+        let fault = format!("dns-{}", rcode.name().to_lowercase());
+        apply(&lab, &daemon, &fault, &["--dns", "error", "--rcode", rcode.name(), "--domain", "shop.example.test"]);
+        // The server's counts so far (the previous code's fault was removed, then `shop`
+        // resolved through the server again).
+        let (shop_before, api_before) =
+            (lab.server.received("shop.example.test"), lab.server.received("api.example.test"));
+
+        assert_eq!(r.dig("shop.example.test", QType::A), Dig::error(rcode));
+        assert_eq!(r.dig("shop.example.test", QType::Aaaa), Dig::error(rcode));
+        assert_eq!(r.getent("shop.example.test", Family::V4), Err(Getent::NotFound));
+        assert_eq!(r.getaddrinfo("shop.example.test", Family::V4), Err(gai_error(rcode)), "{rcode:?}");
+        assert_eq!(r.getaddrinfo("shop.example.test", Family::V6), Err(gai_error(rcode)), "{rcode:?}");
+        resolves(&lab, &r, "api.example.test");
+
+        // Five matching queries, one each (no search domain, one try): dig's two,
+        // getent ahostsv4's A, getaddrinfo's A and AAAA. All answered by the fault; none
+        // reached the server, while each of the other name's did (2 dig, 2 getent, 2 gai).
+        let view = daemon.fault(&fault);
+        assert_eq!(view.answered, 5, "{view:?}");
+        assert_eq!(lab.server.received("shop.example.test"), shop_before, "{:?}", lab.server.queries());
+        assert_eq!(lab.server.received("api.example.test"), api_before + 6);
+
+        // getent ahostsv6 fails too (it asks AAAA, and A to map it if AAAA has none: how many
+        // queries it sends after an error is glibc's business, so it comes after the count).
+        assert_eq!(r.getent("shop.example.test", Family::V6), Err(Getent::NotFound));
+        daemon.ctl_ok(&["rm", &fault]);
+        resolves(&lab, &r, "shop.example.test");
+    }
+}
+
+#[test]
+#[ignore = "needs the dns action"]
+fn error_codes() {
+    error_codes_via(B4);
+}
+
+#[test]
+#[ignore = "needs the dns action"]
+fn error_percent() {
+    const N: u32 = 2000;
+    const P: f64 = 0.30;
+    let (lab, daemon) = lab_and_daemon();
+    let r = lab.resolver(B4).unwrap();
+    apply(
+        &lab,
+        &daemon,
+        "flaky",
+        &["--dns", "error", "--rcode", "SERVFAIL", "--domain", "shop.example.test", "--percent", "30"],
+    );
+
+    let batch = r.batch(&["shop.example.test"], QType::A, N, Duration::from_millis(200));
+    let servfail = batch.count(Rcode::ServFail);
+    // Every query got a reply: the fault's SERVFAIL or the server's answer.
+    assert_eq!((servfail + batch.count(Rcode::NoError), batch.timeouts, batch.malformed), (N, 0, 0), "{batch:?}");
+    let share = f64::from(servfail) / f64::from(N);
+    // Each query is answered by the fault independently with p = 0.3, so the share is
+    // binomial(n, p) / n with standard deviation sqrt(p (1 - p) / n) = 0.01025 for n = 2000.
+    // Five standard deviations (±5.12 points) fail a correct program about once in 1.7 million
+    // runs, and catch a share that is off by 6 points or more.
+    let bound = 5.0 * (P * (1.0 - P) / f64::from(N)).sqrt();
+    assert!(
+        (share - P).abs() <= bound,
+        "{:.2}% SERVFAIL, asked 30% (allowed ±{:.2}): {batch:?}",
+        share * 100.0,
+        bound * 100.0
+    );
+    // The fault answered exactly the SERVFAILs; the server got exactly the rest.
+    let view = daemon.fault("flaky");
+    assert_eq!(view.answered, u64::from(servfail), "{view:?}");
+    assert_eq!(lab.server.received("shop.example.test"), (N - servfail) as usize);
+}
+
+/// A and AAAA queries for the spoofed name get the fault's addresses through every resolver,
+/// and never reach the server; other names are unchanged.
+fn spoof_via(server: &str) {
+    let (lab, daemon) = lab_and_daemon();
+    let r = lab.resolver(server).unwrap();
+    apply(
+        &lab,
+        &daemon,
+        "spoof",
+        &["--dns", "spoof", "--domain", "shop.example.test", "--spoof", "192.0.2.7", "--spoof", "2001:db8::7"],
+    );
+    let (v4, v6) = (ip("192.0.2.7"), ip("2001:db8::7"));
+    assert_eq!(r.dig("shop.example.test", QType::A), Dig::answer([v4]));
+    assert_eq!(r.dig("shop.example.test", QType::Aaaa), Dig::answer([v6]));
+    assert_eq!(r.getent("shop.example.test", Family::V4), Ok(vec![v4]));
+    assert_eq!(r.getent("shop.example.test", Family::V6), Ok(vec![v6]));
+    assert_eq!(r.getaddrinfo("shop.example.test", Family::V4), Ok(vec![v4]));
+    assert_eq!(r.getaddrinfo("shop.example.test", Family::V6), Ok(vec![v6]));
+    resolves(&lab, &r, "api.example.test");
+    resolves(&lab, &r, "other.test");
+
+    // Six queries, each answered once: getent ahostsv6 got its AAAA, so it asked no A.
+    let view = daemon.fault("spoof");
+    assert_eq!(view.answered, 6, "{view:?}");
+    assert_eq!(lab.server.received("shop.example.test"), 0, "{:?}", lab.server.queries());
+
+    daemon.ctl_ok(&["rm", "spoof"]);
+    resolves(&lab, &r, "shop.example.test");
+}
+
+#[test]
+#[ignore = "needs the dns action"]
+fn spoof() {
+    spoof_via(B4);
+}
+
+#[test]
+#[ignore = "needs the dns action"]
+fn drop() {
+    let (lab, daemon) = lab_and_daemon();
+    let r = lab.resolver(B4).unwrap();
+    apply(&lab, &daemon, "lost", &["--dns", "drop", "--domain", "shop.example.test"]);
+
+    assert_eq!(r.dig("shop.example.test", QType::A), Dig::Timeout);
+    assert_eq!(r.dig("shop.example.test", QType::Aaaa), Dig::Timeout);
+    // glibc waits its one second (timeout:1 attempts:1), then gives up for now.
+    assert_eq!(r.getaddrinfo("shop.example.test", Family::V4), Err(Gai::Again));
+    let batch = r.batch(&["shop.example.test"], QType::A, 20, Duration::from_millis(200));
+    assert_eq!((batch.timeouts, batch.rcodes.len(), batch.malformed), (20, 0, 0), "{batch:?}");
+    resolves(&lab, &r, "api.example.test");
+
+    // 2 + 1 + 20 queries, each dropped, none answered, none at the server.
+    let view = daemon.fault("lost");
+    assert_eq!((view.dropped, view.answered), (23, 0), "{view:?}");
+    assert_eq!(lab.server.received("shop.example.test"), 0, "{:?}", lab.server.queries());
+
+    daemon.ctl_ok(&["rm", "lost"]);
+    resolves(&lab, &r, "shop.example.test");
+}
+
+#[test]
+#[ignore = "needs the dns action"]
+fn ipv6_transport() {
+    // The queries travel in IPv6 packets (to the server's IPv6 address), whatever they ask.
+    error_codes_via(B6);
+    spoof_via(B6);
+}
+
+#[test]
+#[ignore = "needs the dns action"]
+fn wildcards() {
+    let (lab, daemon) = lab_and_daemon();
+    let r = lab.resolver(B4).unwrap();
+    let servfail = Dig::error(Rcode::ServFail);
+    // SERVFAIL: dnsmasq never gives it for these names, so each one seen is the fault's.
+    let error = ["--dns", "error", "--rcode", "SERVFAIL"];
+    // (pattern, names it matches, names it does not), the names in any case.
+    let cases: &[(&str, &[&str], &[&str])] = &[
+        (
+            "*.example.test",
+            &["a.example.test", "b.c.example.test", "shop.example.test", "A.EXAMPLE.test"],
+            &["example.test", "other.test", "api.other.test"],
+        ),
+        (
+            "api.*",
+            &["api.example.test", "api.other.test", "API.Example.Test"],
+            &["apis.example.test", "shop.example.test"],
+        ),
+        ("SHOP.Example.TEST", &["shop.example.test", "SHOP.Example.TEST", "Shop.example.test"], &["a.example.test"]),
+        ("*", &["other.test", "example.test", "b.c.example.test"], &[]),
+    ];
+    for (i, (pattern, matching, other)) in cases.iter().enumerate() {
+        let fault = format!("wild-{i}");
+        apply(&lab, &daemon, &fault, &[&error[..], &["--domain", *pattern]].concat());
+        for name in *matching {
+            assert_eq!(r.dig(name, QType::A), servfail, "{name} should match {pattern}");
+        }
+        for name in *other {
+            let want = record(&lab, &name.to_lowercase()).v4.into();
+            assert_eq!(r.dig(name, QType::A), Dig::answer([want]), "{name} should not match {pattern}");
+        }
+        let view = daemon.fault(&fault);
+        assert_eq!(view.answered, matching.len() as u64, "{pattern}: {view:?}");
+        daemon.ctl_ok(&["rm", &fault]);
+    }
+    // One fault with several patterns matches the names of each.
+    apply(&lab, &daemon, "wild-both", &[&error[..], &["--domain", "api.*", "--domain", "other.test"]].concat());
+    for name in ["api.example.test", "other.test"] {
+        assert_eq!(r.dig(name, QType::A), servfail, "{name}");
+    }
+    resolves(&lab, &r, "apis.example.test");
+    assert_eq!(daemon.fault("wild-both").answered, 2);
+}
+
+#[test]
+#[ignore = "needs the dns action"]
+fn qtype() {
+    let (lab, daemon) = lab_and_daemon();
+    let r = lab.resolver(B4).unwrap();
+    apply(
+        &lab,
+        &daemon,
+        "aaaa",
+        &["--dns", "error", "--rcode", "SERVFAIL", "--domain", "shop.example.test", "--qtype", "AAAA"],
+    );
+    let shop = record(&lab, "shop.example.test").clone();
+    assert_eq!(r.dig("shop.example.test", QType::Aaaa), Dig::error(Rcode::ServFail));
+    assert_eq!(r.getaddrinfo("shop.example.test", Family::V6), Err(Gai::Again));
+    assert_eq!(r.dig("shop.example.test", QType::A), Dig::answer([shop.v4.into()]));
+    assert_eq!(r.getaddrinfo("shop.example.test", Family::V4), Ok(vec![shop.v4.into()]));
+    assert_eq!(r.getent("shop.example.test", Family::V4), Ok(vec![shop.v4.into()]));
+    // Another type passes too.
+    assert_eq!(r.dig("shop.example.test", QType::Txt), Dig::answer([]));
+
+    // The two AAAA queries were answered; the server got only the others (2 A, 1 TXT).
+    let view = daemon.fault("aaaa");
+    assert_eq!(view.answered, 2, "{view:?}");
+    let at_server: Vec<_> =
+        lab.server.queries().into_iter().filter(|q| q.name == "shop.example.test").map(|q| q.qtype).collect();
+    assert_eq!(at_server, ["A", "A", "A", "TXT"]);
+}
