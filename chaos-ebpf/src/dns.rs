@@ -455,7 +455,8 @@ fn respond(ctx: &TcContext, s: &mut Scratch, action: &RuleAction, l4: usize) -> 
         if random {
             // A unique local address (fd00::/8), the rest random.
             // SAFETY: as above.
-            let r = unsafe { [bpf_get_prandom_u32(), bpf_get_prandom_u32(), bpf_get_prandom_u32(), bpf_get_prandom_u32()] };
+            let r =
+                unsafe { [bpf_get_prandom_u32(), bpf_get_prandom_u32(), bpf_get_prandom_u32(), bpf_get_prandom_u32()] };
             let first = (r[0] & !0xff) | 0xfd;
             ctx.store(question_end + 12, &[first, r[1], r[2], r[3]], recompute).ok()?;
         } else {

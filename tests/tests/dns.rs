@@ -160,13 +160,11 @@ fn error_codes_via(server: &str) {
 }
 
 #[test]
-#[ignore = "needs the dns action"]
 fn error_codes() {
     error_codes_via(B4);
 }
 
 #[test]
-#[ignore = "needs the dns action"]
 fn error_percent() {
     const N: u32 = 2000;
     const P: f64 = 0.30;
@@ -232,13 +230,11 @@ fn spoof_via(server: &str) {
 }
 
 #[test]
-#[ignore = "needs the dns action"]
 fn spoof() {
     spoof_via(B4);
 }
 
 #[test]
-#[ignore = "needs the dns action"]
 fn drop() {
     let (lab, daemon) = lab_and_daemon();
     let r = lab.resolver(B4).unwrap();
@@ -262,7 +258,6 @@ fn drop() {
 }
 
 #[test]
-#[ignore = "needs the dns action"]
 fn ipv6_transport() {
     // The queries travel in IPv6 packets (to the server's IPv6 address), whatever they ask.
     error_codes_via(B6);
@@ -270,7 +265,6 @@ fn ipv6_transport() {
 }
 
 #[test]
-#[ignore = "needs the dns action"]
 fn wildcards() {
     let (lab, daemon) = lab_and_daemon();
     let r = lab.resolver(B4).unwrap();
@@ -316,7 +310,6 @@ fn wildcards() {
 }
 
 #[test]
-#[ignore = "needs the dns action"]
 fn qtype() {
     let (lab, daemon) = lab_and_daemon();
     let r = lab.resolver(B4).unwrap();
