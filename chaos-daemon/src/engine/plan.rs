@@ -271,22 +271,23 @@ impl<'a> Plan<'a> {
 
 /// The `DNS_NAMES` entries of dns faults (started, in order of application), as (LPM prefix
 /// length, key) and value. A packet's chain ends in one rule, so each rule's table holds its
-/// own patterns and, after them, those of the weaker dns faults that cover every packet it
-/// covers (same interface and cgroups, a match containing its own): their queries are
-/// answered as if each fault had the packet to itself. Where a pattern is in several, the
-/// first applied wins; `*.x` without `x` itself gets an entry for `x` that matches nothing.
+/// own patterns and those of the other dns faults that cover every packet it covers (same
+/// interface and cgroups, a match containing its own): each fault's queries are answered as
+/// if it had the packets to itself. Where a pattern is in several, the first applied wins, as
+/// between rules; `*.x` without `x` itself gets an entry for `x` that matches nothing.
 pub(crate) fn dns_names(dns: &[&Active]) -> BTreeMap<(u32, DnsNameKey), u32> {
     let mut out = BTreeMap::new();
     for w in dns {
         let mut table: BTreeMap<(u32, DnsNameKey), u32> = BTreeMap::new();
         let mut below = Vec::new();
-        let coverers = dns.iter().filter(|r| {
-            r.seq != w.seq
-                && r.ifindex == w.ifindex
-                && r.cgroup.as_ref().map(|c| &c.ids) == w.cgroup.as_ref().map(|c| &c.ids)
-                && covers(&r.fault.matches, &w.fault.matches)
+        // In order of application, as the chain breaks ties between rules.
+        let members = dns.iter().filter(|r| {
+            r.seq == w.seq
+                || (r.ifindex == w.ifindex
+                    && r.cgroup.as_ref().map(|c| &c.ids) == w.cgroup.as_ref().map(|c| &c.ids)
+                    && covers(&r.fault.matches, &w.fault.matches))
         });
-        for r in std::iter::once(w).chain(coverers) {
+        for r in members {
             let domains: &[Domain] = if r.fault.domains.is_empty() { &[Domain::Any] } else { &r.fault.domains };
             for d in domains {
                 let key = dns_key(w.record.slot, d);

@@ -386,3 +386,89 @@ fn netems_correlation_lowers_the_rate() {
         assert!((got - rate).abs() < 0.005, "netem loss {p} correlation {c}: {got}, docs say {rate}");
     }
 }
+
+/// A started dns fault in `slot`, applied `seq`-th, on `domains`, changed by `f`.
+fn dns(slot: u32, seq: u64, domains: &[&str], f: impl FnOnce(&mut FaultSpec)) -> Active {
+    let mut a = active(spec("dns", |s| {
+        s.domains = Some(domains.iter().map(|d| (*d).to_owned()).collect());
+        f(s);
+    }));
+    a.record.slot = slot;
+    a.seq = seq;
+    a
+}
+
+/// The entries of `slot`'s table, as (form, name bytes written out, value), sorted.
+fn table(names: &BTreeMap<(u32, DnsNameKey), u32>, slot: u32) -> Vec<(u8, String, u32)> {
+    let mut out: Vec<_> = names
+        .iter()
+        .filter(|((_, k), _)| u32::from(k.slot) == slot)
+        .map(|((len, k), v)| {
+            let n = ((len - DNS_KEY_FIXED_BITS) / 8) as usize;
+            (k.form, String::from_utf8_lossy(&k.name[..n]).replace('\0', "$"), *v)
+        })
+        .collect();
+    out.sort();
+    out
+}
+
+#[test]
+fn dns_keys_are_the_names_the_program_builds() {
+    // The program writes a query's labels each led by a dot, reversed, then a zero byte
+    // (chaos-ebpf's dns.rs): an exact name is that whole, `*.x` its part up to x's first dot,
+    // `x.*` the name forward up to the dot after x.
+    let a = dns(3, 0, &["Api.Example.com.", "*.shop.test", "cdn.*"], |_| {});
+    let names = dns_names(&[&a]);
+    let (rev, fwd) = (DnsForm::Reversed as u8, DnsForm::Forward as u8);
+    assert_eq!(
+        table(&names, 3),
+        [
+            (rev, "moc.elpmaxe.ipa.$".to_owned(), 3),
+            (rev, "tset.pohs.".to_owned(), 3),
+            // `*.shop.test` does not cover shop.test itself.
+            (rev, "tset.pohs.$".to_owned(), DNS_NO_SLOT),
+            (fwd, ".cdn.".to_owned(), 3),
+        ]
+    );
+    let every = dns(4, 0, &[], |_| {});
+    assert_eq!(table(&dns_names(&[&every]), 4), [(rev, String::new(), 4)]);
+    // The rule knows to look forward only when it has such patterns.
+    assert_eq!(rule_action(&a, MARK).dns.flags & DnsAction::PREFIXES, DnsAction::PREFIXES);
+    assert_eq!(rule_action(&every, MARK).dns.flags & DnsAction::PREFIXES, 0);
+}
+
+#[test]
+fn dns_tables_hold_the_faults_covering_theirs() {
+    let rev = DnsForm::Reversed as u8;
+    // Two faults on the same queries: each table holds both, the first applied winning a
+    // pattern both have; an exact name makes the `*.x` sentinel unneeded.
+    let first = dns(1, 0, &["*.example.test", "same.test"], |_| {});
+    let second = dns(2, 1, &["example.test", "same.test"], |s| s.dns = Some("drop".into()));
+    let names = dns_names(&[&first, &second]);
+    let want = |a: u32, b: u32| {
+        vec![
+            (rev, "tset.elpmaxe.".to_owned(), 1),
+            (rev, "tset.elpmaxe.$".to_owned(), 2),
+            (rev, "tset.emas.$".to_owned(), a.min(b)),
+        ]
+    };
+    assert_eq!(table(&names, 1), want(1, 2));
+    assert_eq!(table(&names, 2), want(1, 2));
+
+    // A fault on one server's queries does not cover one on every server's: the wider one's
+    // table lacks its names; its own table has the wider one's.
+    let wide = dns(1, 0, &["a.test"], |_| {});
+    let narrow = dns(2, 1, &["b.test"], |s| s.dst = Some("10.0.0.53".into()));
+    let names = dns_names(&[&wide, &narrow]);
+    assert_eq!(table(&names, 1), [(rev, "tset.a.$".to_owned(), 1)]);
+    assert_eq!(table(&names, 2), [(rev, "tset.a.$".to_owned(), 1), (rev, "tset.b.$".to_owned(), 2)]);
+
+    // Nor one on another interface, or the other direction.
+    let mut other = dns(2, 1, &["b.test"], |_| {});
+    other.ifindex = 9;
+    let ingress = dns(3, 2, &["c.test"], |s| s.direction = Some("ingress".into()));
+    let names = dns_names(&[&wide, &other, &ingress]);
+    assert_eq!(table(&names, 1), [(rev, "tset.a.$".to_owned(), 1)]);
+    assert_eq!(table(&names, 2), [(rev, "tset.b.$".to_owned(), 2)]);
+    assert_eq!(table(&names, 3), [(rev, "tset.c.$".to_owned(), 3)]);
+}
