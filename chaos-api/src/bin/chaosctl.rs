@@ -975,7 +975,11 @@ fn print_table(faults: &[FaultView]) {
                 or_any(&s.protocol),
                 format!("{} -> {}", or_any(&s.src), or_any(&s.dst)),
                 port(&s.sport),
-                port(&s.dport),
+                match (s.action.as_deref(), &s.dport) {
+                    // What it matches without one: DNS's port.
+                    (Some("dns"), None) => "53".into(),
+                    (_, dport) => port(dport),
+                },
                 f.matched.to_string(),
                 match s.action.as_deref() {
                     Some("duplicate") => format!("{} copied", f.duplicated),
