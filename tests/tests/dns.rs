@@ -335,3 +335,58 @@ fn qtype() {
         lab.server.queries().into_iter().filter(|q| q.name == "shop.example.test").map(|q| q.qtype).collect();
     assert_eq!(at_server, ["A", "A", "A", "TXT"]);
 }
+
+/// The response code a process of `cgroup` gets for an A query of `name` to the lab's IPv4
+/// server (one raw query, in the client's namespace), or `None` when none came in a second.
+fn rcode_in(lab: &DnsLab, cgroup: &chaos_tests::cgroup::Cgroup, name: &str) -> Option<Rcode> {
+    // Built before the fork: the child only makes system calls.
+    let query = chaos_tests::dns::encode_query(0x4242, name, QType::A.code());
+    let server: std::net::SocketAddrV4 = format!("{B4}:53").parse().unwrap();
+    let code = cgroup
+        .run(&lab.a, move || {
+            let sock = match std::net::UdpSocket::bind("0.0.0.0:0") {
+                Ok(s) => s,
+                Err(_) => return 200,
+            };
+            let _ = sock.set_read_timeout(Some(Duration::from_secs(1)));
+            if sock.send_to(&query, server).is_err() {
+                return 201;
+            }
+            let mut buf = [0u8; 512];
+            match sock.recv(&mut buf) {
+                Ok(n) if n >= 12 && buf[0] == 0x42 && buf[1] == 0x42 => i32::from(buf[3] & 0x0f),
+                Ok(_) => 202,
+                Err(_) => 255,
+            }
+        })
+        .unwrap();
+    assert!(code <= 15 || code == 255, "the child failed: {code}");
+    (code != 255).then(|| Rcode::from_code(code as u8))
+}
+
+/// A dns fault limited to a cgroup answers its processes' queries only; one limited to a
+/// server (`dst`) answers only the queries sent to it.
+#[test]
+fn scopes() {
+    let (lab, daemon) = lab_and_daemon();
+    let (faulted, other) =
+        (chaos_tests::cgroup::Cgroup::new("dnsa").unwrap(), chaos_tests::cgroup::Cgroup::new("dnsb").unwrap());
+    apply(
+        &lab,
+        &daemon,
+        "cg",
+        &["--cgroup", &faulted.path, "--dns", "error", "--rcode", "NXDOMAIN", "--domain", "shop.example.test"],
+    );
+    assert_eq!(rcode_in(&lab, &faulted, "shop.example.test"), Some(Rcode::NxDomain));
+    assert_eq!(rcode_in(&lab, &other, "shop.example.test"), Some(Rcode::NoError));
+    assert_eq!(rcode_in(&lab, &faulted, "api.example.test"), Some(Rcode::NoError));
+    assert_eq!(daemon.fault("cg").answered, 1);
+    daemon.ctl_ok(&["rm", "cg"]);
+
+    apply(&lab, &daemon, "one-server", &["--dst", B6, "--dns", "error", "--domain", "shop.example.test"]);
+    let (v4, v6) = (lab.resolver(B4).unwrap(), lab.resolver(B6).unwrap());
+    assert_eq!(v6.query("shop.example.test", QType::A, Duration::from_secs(1)), Dig::error(Rcode::ServFail));
+    let shop = record(&lab, "shop.example.test").v4;
+    assert_eq!(v4.query("shop.example.test", QType::A, Duration::from_secs(1)), Dig::answer([shop.into()]));
+    assert_eq!(daemon.fault("one-server").answered, 1);
+}
