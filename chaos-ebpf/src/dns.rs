@@ -30,6 +30,7 @@ use crate::{
     maps::{COUNTERS, RULES},
     odds::happens,
     packet::{ETH_HLEN, ETH_P_IP},
+    reset::swap_ends,
 };
 
 #[map]
@@ -464,7 +465,7 @@ fn respond(ctx: &TcContext, s: &mut Scratch, action: &RuleAction, l4: usize) -> 
         }
     }
 
-    swap(ctx, l4)?;
+    swap_ends(ctx, l4)?;
     let segment = total - l4;
     let v4 = u16::from_be(ctx.skb.protocol() as u16) == ETH_P_IP;
     if v4 {
@@ -478,25 +479,6 @@ fn respond(ctx: &TcContext, s: &mut Scratch, action: &RuleAction, l4: usize) -> 
     let udp = [(segment as u16).to_be(), 0u16];
     ctx.store(l4 + 4, &udp, recompute).ok()?;
     checksum(ctx, s, l4, segment, v4)
-}
-
-/// Swaps the Ethernet and IP addresses and the ports: the answer goes to whoever asked, from
-/// whoever was asked. Swaps change no checksum.
-#[inline(always)]
-fn swap(ctx: &TcContext, l4: usize) -> Option<()> {
-    let mac: [u8; 12] = ctx.load(0).ok()?;
-    let swapped = [mac[6], mac[7], mac[8], mac[9], mac[10], mac[11], mac[0], mac[1], mac[2], mac[3], mac[4], mac[5]];
-    let recompute = u64::from(BPF_F_RECOMPUTE_CSUM);
-    ctx.store(0, &swapped, recompute).ok()?;
-    if u16::from_be(ctx.skb.protocol() as u16) == ETH_P_IP {
-        let a: [u32; 2] = ctx.load(ETH_HLEN + 12).ok()?;
-        ctx.store(ETH_HLEN + 12, &[a[1], a[0]], recompute).ok()?;
-    } else {
-        let a: [u32; 8] = ctx.load(ETH_HLEN + 8).ok()?;
-        ctx.store(ETH_HLEN + 8, &[a[4], a[5], a[6], a[7], a[0], a[1], a[2], a[3]], recompute).ok()?;
-    }
-    let ports: [u16; 2] = ctx.load(l4).ok()?;
-    ctx.store(l4, &[ports[1], ports[0]], recompute).ok()
 }
 
 /// Sets the UDP checksum of the answer (its field is 0): the segment's sum plus the

@@ -39,18 +39,15 @@ pub(crate) fn reset_back(ctx: &TcContext, action: &RuleAction, l4: L4) -> Option
         let step = u32::from(flags & TCP_SYN != 0) + u32::from(flags & TCP_FIN != 0);
         ([0; 4], u32::from_be_bytes(seq).wrapping_add(step).to_be_bytes(), TCP_RST | TCP_ACK)
     };
-    let mac: [u8; 12] = ctx.load(0).ok()?;
-    let ports: [u16; 2] = ctx.load(l4.offset).ok()?;
-    let tcp = TcpEdit { offset: l4.offset, ports, seq, ack, new_seq, new_ack, word: old[8], flags, new_flags };
+    let tcp = TcpEdit { offset: l4.offset, seq, ack, new_seq, new_ack, word: old[8], flags, new_flags };
     // Past the first write the packet is half a reply: on a failure (only an allocation can
     // fail here) it is dropped rather than sent on.
-    Some(answer(ctx, mac, &tcp).is_some())
+    Some(answer(ctx, &tcp).is_some())
 }
 
 /// The TCP fields [`reset_back`] changes: old and new values.
 struct TcpEdit {
     offset: usize,
-    ports: [u16; 2],
     seq: [u8; 4],
     ack: [u8; 4],
     new_seq: [u8; 4],
@@ -61,21 +58,11 @@ struct TcpEdit {
     new_flags: u8,
 }
 
-/// Writes the reply: swaps first (Ethernet addresses, as the reply's destination is the sender;
-/// IP addresses; ports), which change no checksum (swapped words sum the same, and the Ethernet
-/// header is in none), then the TCP fields, with the checksum updated for each.
+/// Writes the reply: the ends swapped (see [`swap_ends`]), then the TCP fields, with the
+/// checksum updated for each.
 #[inline(always)]
-fn answer(ctx: &TcContext, mac: [u8; 12], t: &TcpEdit) -> Option<()> {
-    let swapped = [mac[6], mac[7], mac[8], mac[9], mac[10], mac[11], mac[0], mac[1], mac[2], mac[3], mac[4], mac[5]];
-    ctx.store(0, &swapped, 0).ok()?;
-    if u16::from_be(ctx.skb.protocol() as u16) == ETH_P_IP {
-        let a: [u32; 2] = ctx.load(ETH_HLEN + 12).ok()?;
-        ctx.store(ETH_HLEN + 12, &[a[1], a[0]], 0).ok()?;
-    } else {
-        let a: [u32; 8] = ctx.load(ETH_HLEN + 8).ok()?;
-        ctx.store(ETH_HLEN + 8, &[a[4], a[5], a[6], a[7], a[0], a[1], a[2], a[3]], 0).ok()?;
-    }
-    ctx.store(t.offset, &[t.ports[1], t.ports[0]], 0).ok()?;
+fn answer(ctx: &TcContext, t: &TcpEdit) -> Option<()> {
+    swap_ends(ctx, t.offset)?;
     let (s, a) = (t.new_seq, t.new_ack);
     let fields: [u8; 10] = [s[0], s[1], s[2], s[3], a[0], a[1], a[2], a[3], t.word, t.new_flags];
     ctx.store(t.offset + 4, &fields, 0).ok()?;
@@ -85,4 +72,24 @@ fn answer(ctx: &TcContext, mac: [u8; 12], t: &TcpEdit) -> Option<()> {
     ctx.l4_csum_replace(check, word(t.ack), word(t.new_ack), 4).ok()?;
     let (from, to) = (u16::from_ne_bytes([t.word, t.flags]), u16::from_ne_bytes([t.word, t.new_flags]));
     ctx.l4_csum_replace(check, u64::from(from), u64::from(to), 2).ok()
+}
+
+/// Turns a packet round, for a reply written in its place (a reset's RST, a dns fault's
+/// answer): Ethernet addresses (the reply's destination is the sender), IP addresses, and the
+/// ports at `l4`. Swapped words sum the same, so no checksum changes, and the Ethernet header
+/// is in none.
+#[inline(always)]
+pub(crate) fn swap_ends(ctx: &TcContext, l4: usize) -> Option<()> {
+    let mac: [u8; 12] = ctx.load(0).ok()?;
+    let swapped = [mac[6], mac[7], mac[8], mac[9], mac[10], mac[11], mac[0], mac[1], mac[2], mac[3], mac[4], mac[5]];
+    ctx.store(0, &swapped, 0).ok()?;
+    if u16::from_be(ctx.skb.protocol() as u16) == ETH_P_IP {
+        let a: [u32; 2] = ctx.load(ETH_HLEN + 12).ok()?;
+        ctx.store(ETH_HLEN + 12, &[a[1], a[0]], 0).ok()?;
+    } else {
+        let a: [u32; 8] = ctx.load(ETH_HLEN + 8).ok()?;
+        ctx.store(ETH_HLEN + 8, &[a[4], a[5], a[6], a[7], a[0], a[1], a[2], a[3]], 0).ok()?;
+    }
+    let ports: [u16; 2] = ctx.load(l4).ok()?;
+    ctx.store(l4, &[ports[1], ports[0]], 0).ok()
 }
