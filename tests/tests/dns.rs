@@ -346,10 +346,9 @@ fn names(daemon: &Daemon) -> Vec<String> {
 
 /// A dns fault outlives its daemon (SIGKILL): the pinned programs and `DNS_NAMES` go on
 /// answering; a daemon started again on the same directories adopts it (listed, counters going
-/// on) and keeps the names table from what it read back (the names of a fault that ended
-/// while none ran leave it);
-/// a fault whose deadline passes while no daemon runs stops acting at its deadline, the kernel
-/// checking it; a clean exit leaves no pin.
+/// on) and keeps the names table from what it read back (the names of a fault that ended while
+/// none ran leave it); a fault whose deadline passes while no daemon runs stops acting at its
+/// deadline, the kernel checking it; a clean exit leaves no pin.
 #[test]
 fn survives_restart() {
     let (lab, mut daemon) = lab_and_daemon();
