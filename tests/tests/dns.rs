@@ -418,7 +418,8 @@ fn survives_restart() {
     // A fault whose deadline passes while no daemon runs: the kernel stops it then. Polled
     // with raw queries; the packet of a query is seen between its sending and its reply, so an
     // answer from the server received before the deadline is the fault ending early, and a
-    // REFUSED sent after it the fault ending late.
+    // REFUSED sent after it the fault ending late: the first query sent after the deadline gets
+    // the server's answer (how long after the deadline that is sent is the polling's business).
     apply(&lab, &daemon, "brief", &["--dns", "error", "--rcode", "REFUSED", "--domain", "other.test", "--for", "3s"]);
     let deadline = daemon.fault("brief").deadline_ns.expect("a deadline");
     assert_eq!(r.dig("other.test", QType::A), Dig::error(Rcode::Refused));
@@ -427,6 +428,7 @@ fn survives_restart() {
     daemon.signal(Signal::SIGKILL).unwrap();
     let refused = Dig::error(Rcode::Refused);
     let mut polls = 0;
+    // Bounded: the first query sent after the deadline ends the loop, one way or the other.
     let first_real = loop {
         let sent = traffic::mono_ns();
         let reply = r.query("other.test", QType::A, Duration::from_millis(500));
@@ -439,15 +441,10 @@ fn survives_restart() {
         }
         assert_eq!(reply, refused, "sent {:.1} ms from the deadline", ms(sent));
         assert!(sent <= deadline, "the fault answered a query sent {:.1} ms after its deadline", ms(sent));
-        assert!(received < deadline + 3_000_000_000, "still REFUSED 3 s after the deadline");
         std::thread::sleep(Duration::from_millis(10));
     };
     eprintln!("first answer from the server: query sent {first_real:.1} ms after the deadline ({polls} polls)");
     assert!(polls > 20, "the polling covered the fault");
-    assert!(
-        first_real < 100.0,
-        "the first query answered by the server was sent {first_real:.1} ms after the deadline"
-    );
     // The other fault goes on.
     assert_eq!(r.dig("api.example.test", QType::A), Dig::answer([v4]));
 
