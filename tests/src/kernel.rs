@@ -8,7 +8,8 @@ use aya::{
     programs::{SchedClassifier, TcAttachType, loaded_programs},
 };
 use chaos_common::{
-    ActiveMap, AddrKey, CLASS_GEN_BIT, Counters, PairKey, PortKey, RuleAction, Side, map_names, slot_of,
+    ActiveMap, AddrKey, CLASS_GEN_BIT, Counters, DNS_KEY_FIXED_BITS, DnsForm, DnsNameKey, PairKey, PortKey, RuleAction,
+    Side, map_names, slot_of,
 };
 
 use crate::Netns;
@@ -185,4 +186,29 @@ pub fn reachable_rules(bpffs: &std::path::Path) -> anyhow::Result<BTreeMap<u32, 
         }
     }
     Ok(reachable)
+}
+
+/// The entries of the `DNS_NAMES` map a daemon pinned in `bpffs`, readable and sorted:
+/// `slot:pattern=value`, the pattern's bytes as the key's prefix covers them, written from the
+/// start (a reversed key turned back: `*.example.test`'s `tset.elpmaxe.` reads `.example.test`),
+/// with a `*` after a forward (`api.*`) prefix.
+pub fn dns_names(bpffs: &std::path::Path) -> anyhow::Result<Vec<String>> {
+    let map = MapData::from_pin(bpffs.join(format!("map_{}", map_names::DNS_NAMES)))?;
+    let names: LpmTrie<_, DnsNameKey, u32> = LpmTrie::try_from(Map::LpmTrie(map))?;
+    let mut out = Vec::new();
+    for entry in names.iter() {
+        let (key, value) = entry?;
+        let k = key.data();
+        let len = (key.prefix_len().saturating_sub(DNS_KEY_FIXED_BITS) / 8) as usize;
+        let mut bytes: Vec<u8> = k.name[..len.min(k.name.len())].iter().copied().filter(|b| *b != 0).collect();
+        let text = if k.form == DnsForm::Reversed as u8 {
+            bytes.reverse();
+            String::from_utf8_lossy(&bytes).into_owned()
+        } else {
+            format!("{}*", String::from_utf8_lossy(&bytes))
+        };
+        out.push(format!("{}:{text}={value}", k.slot));
+    }
+    out.sort();
+    Ok(out)
 }

@@ -1,12 +1,14 @@
-//! Chaos Mesh NetworkChaos files applied with the real `chaosctl apply -f`: the examples in
-//! `examples/`, as they are, act as Chaos Mesh says they do on the pod they name, found by the
-//! daemon through the node's container runtime (a real containerd, through the CRI), and a field
-//! chaos-daemon cannot honour is refused by its name with nothing applied.
+//! Chaos Mesh NetworkChaos and DNSChaos files applied with the real `chaosctl apply -f`: the
+//! examples in `examples/`, as they are, act as Chaos Mesh says they do on the pod they name,
+//! found by the daemon through the node's container runtime (a real containerd, through the
+//! CRI), and a field chaos-daemon cannot honour is refused by its name with nothing applied.
 //!
 //! The lab's containerd runs the pod `shop/checkout-0` the examples name, on a CNI bridge in the
 //! node's network namespace, where the daemon runs. The examples' external targets are
 //! addresses of the node namespace (on its loopback interface): the pod reaches them through its
-//! default route, the bridge, as it would reach them through its node.
+//! default route, the bridge, as it would reach them through its node. The DNS server the pods
+//! ask is a dnsmasq of the node namespace, on the bridge's address (the pods' gateway), as a
+//! cluster's DNS service is reached through the node.
 
 use std::{
     net::{IpAddr, SocketAddr},
@@ -15,7 +17,12 @@ use std::{
 };
 
 use chaos_api::api::FaultView;
-use chaos_tests::{Daemon, Netns, containerd::Lab, kernel, stats, traffic, unique};
+use chaos_tests::{
+    Daemon, Netns,
+    containerd::Lab,
+    dns::{Dig, Dnsmasq, Family, Gai, QType, Rcode, Resolver, records},
+    kernel, stats, traffic, unique,
+};
 
 fn addr(ip: &str, port: u16) -> SocketAddr {
     SocketAddr::new(ip.parse::<IpAddr>().unwrap(), port)
@@ -291,4 +298,135 @@ fn an_unsupported_field_is_refused_by_name_and_nothing_is_applied() {
         assert!(stderr.contains(expected), "case {i}: {stderr}");
         assert!(n.snapshot() == before, "case {i} changed the faults or the maps");
     }
+}
+
+/// Names the DNS server has: those `examples/dns-error.yaml` matches (`payments.example.com`,
+/// and below `*.example.net`), then others, `example.net` among them (the wildcard does not
+/// cover it).
+const DNS_NAMES: &[&str] =
+    &["payments.example.com", "api.example.net", "a.b.example.net", "example.net", "shop.example.com"];
+const DNS_MATCHING: &[&str] = &["payments.example.com", "api.example.net", "a.b.example.net"];
+const DNS_OTHER: &[&str] = &["example.net", "shop.example.com"];
+
+/// The address dnsmasq serves for `name` (of [`DNS_NAMES`]).
+fn served(server: &Dnsmasq, name: &str, family: Family) -> IpAddr {
+    server.records().iter().find(|r| r.name == name).unwrap_or_else(|| panic!("no record {name}")).addr(family)
+}
+
+/// `name` resolves in the pod as the server has it: dig, for both families, and glibc.
+fn resolves_in(r: &Resolver, server: &Dnsmasq, name: &str) {
+    for family in [Family::V4, Family::V6] {
+        let want = served(server, name, family);
+        assert_eq!(r.dig(name, family.qtype()), Dig::answer([want]), "dig {name} {family:?}");
+    }
+    assert_eq!(r.getaddrinfo(name, Family::V4), Ok(vec![served(server, name, Family::V4)]), "getaddrinfo {name}");
+}
+
+/// examples/dns-error.yaml, as it is: the queries of the pods it selects (namespace shop,
+/// app=checkout) for its patterns get SERVFAIL from the fault, other names resolve, and a pod
+/// it does not select (app=cart) is untouched; the same document with `action: random` gives
+/// addresses that are not the server's, each drawn anew.
+#[test]
+fn dns_example_answers_the_selected_pods_queries() {
+    let n = Node::new(&[]);
+    let cart = n.lab.run_pod("shop", "cart-0", &[("app", "cart")]).unwrap();
+    let cart_ns = n.lab.pod_ns(&cart).unwrap();
+    let cart_ip = n.lab.pod_ip(&cart).unwrap();
+    // Started once the bridge exists (with the first pod), on its address. Dropped before the
+    // node (a local after `n`).
+    let gateway = IpAddr::V4(n.lab.gateway);
+    let server = Dnsmasq::start(&n.lab.node, &[gateway], &records(DNS_NAMES)).unwrap();
+    let checkout = Resolver::new(&n.pod_ns, gateway).unwrap();
+    let other_pod = Resolver::new(&cart_ns, gateway).unwrap();
+    for name in DNS_NAMES {
+        resolves_in(&checkout, &server, name);
+    }
+
+    let text = include_str!("../../examples/dns-error.yaml");
+    assert!(text.contains("    labelSelectors:\n      app: checkout\n"), "dns-error.yaml selects app=checkout");
+    let experiment = "payments-dns-error";
+    let out = n.apply(&n.write("dns-error.yaml", text));
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let fault = in_pod(experiment, experiment);
+    assert_eq!(n.listed(), std::slice::from_ref(&fault), "one fault, in the selected pod only");
+    // `duration: '10m'`: the kernel's deadline.
+    let deadline = n.daemon.fault(&fault.0).deadline_ns.expect("a deadline");
+    let left = deadline.saturating_sub(traffic::mono_ns());
+    assert!((590_000_000_000..=600_000_000_000).contains(&left), "deadline in {left} ns, asked 10m");
+
+    let servfail = Dig::error(Rcode::ServFail);
+    let before = server.queries();
+    for name in DNS_MATCHING {
+        assert_eq!(checkout.dig(name, QType::A), servfail, "{name}");
+        assert_eq!(checkout.dig(name, QType::Aaaa), servfail, "{name}");
+    }
+    assert_eq!(checkout.getaddrinfo("payments.example.com", Family::V4), Err(Gai::Again));
+    let batch = checkout.batch(DNS_MATCHING, QType::A, 60, Duration::from_millis(500));
+    assert_eq!((batch.count(Rcode::ServFail), batch.timeouts, batch.malformed), (60, 0, 0), "{batch:?}");
+    for name in DNS_OTHER {
+        resolves_in(&checkout, &server, name);
+    }
+    // The pod the document does not select resolves every name.
+    for name in DNS_NAMES {
+        resolves_in(&other_pod, &server, name);
+    }
+    // The fault answered the selected pod's matching queries (6 dig, getaddrinfo's A, 60 in the
+    // batch); none reached the server, while each of the other pod's did (dig's A and AAAA,
+    // getaddrinfo's A), as did the selected pod's for other names.
+    assert_eq!(n.daemon.fault(&fault.0).answered, 6 + 1 + 60);
+    let queries = server.queries();
+    let from = |name: &str, ip: IpAddr| {
+        let count = |qs: &[chaos_tests::dns::LoggedQuery]| qs.iter().filter(|q| q.name == name && q.from == ip).count();
+        count(&queries) - count(&before)
+    };
+    for name in DNS_MATCHING {
+        assert_eq!((from(name, n.pod_ip), from(name, cart_ip)), (0, 3), "{name}: {queries:?}");
+    }
+    for name in DNS_OTHER {
+        assert_eq!((from(name, n.pod_ip), from(name, cart_ip)), (3, 3), "{name}: {queries:?}");
+    }
+    n.daemon.ctl_ok(&["rm", "-e", experiment]);
+    assert_eq!(n.listed(), []);
+    resolves_in(&checkout, &server, "payments.example.com");
+
+    // `action: random`: A and AAAA answers with an address drawn for each, never the server's.
+    let random = text.replace("action: error", "action: random").replace(experiment, "payments-dns-random");
+    assert_ne!(random, text);
+    n.daemon.ctl_ok(&["apply", "-f", n.write("dns-random.yaml", &random).to_str().unwrap()]);
+    let fault = in_pod("payments-dns-random", "payments-dns-random");
+    assert_eq!(n.listed(), std::slice::from_ref(&fault));
+    let mut seen = Vec::new();
+    for name in DNS_MATCHING {
+        for family in [Family::V4, Family::V6] {
+            for _ in 0..3 {
+                let got = checkout.query(name, family.qtype(), Duration::from_secs(1));
+                let Dig::Reply { rcode: Rcode::NoError, addresses } = &got else {
+                    panic!("{name} {family:?}: {got:?}")
+                };
+                assert_eq!(addresses.len(), 1, "{name} {family:?}: {got:?}");
+                let a = addresses[0];
+                assert_eq!(a.is_ipv4(), family == Family::V4, "{name} {family:?}: {got:?}");
+                assert_ne!(a, served(&server, name, family), "{name} {family:?}: the server's address");
+                seen.push(a);
+            }
+        }
+    }
+    // glibc takes them too.
+    let got = checkout.getaddrinfo("api.example.net", Family::V4).unwrap();
+    assert!(got.len() == 1 && got[0] != served(&server, "api.example.net", Family::V4), "{got:?}");
+    // Each answer's address drawn anew: 18 answers, no two alike (32 random bits for IPv4: a
+    // repeat among its 9 answers has a chance below 1e-8; far less for IPv6).
+    let mut distinct = seen.clone();
+    distinct.sort();
+    distinct.dedup();
+    assert_eq!(distinct.len(), seen.len(), "{seen:?}");
+    for name in DNS_OTHER {
+        resolves_in(&checkout, &server, name);
+    }
+    for name in DNS_MATCHING {
+        resolves_in(&other_pod, &server, name);
+    }
+    assert_eq!(n.daemon.fault(&fault.0).answered, 18 + 1);
+    n.daemon.ctl_ok(&["rm", "-e", "payments-dns-random"]);
+    resolves_in(&checkout, &server, "api.example.net");
 }

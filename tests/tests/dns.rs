@@ -8,8 +8,11 @@ use std::{net::IpAddr, time::Duration};
 use chaos_tests::{
     Daemon,
     dns::{Dig, DnsLab, Family, Gai, Getent, QType, Rcode, Record, Resolver, records},
+    kernel,
     lab::{A4, A6, B4, B6},
+    traffic,
 };
+use nix::sys::signal::Signal;
 
 const NAMES: &[&str] = &[
     "shop.example.test",
@@ -389,4 +392,138 @@ fn scopes() {
     let shop = record(&lab, "shop.example.test").v4;
     assert_eq!(v4.query("shop.example.test", QType::A, Duration::from_secs(1)), Dig::answer([shop.into()]));
     assert_eq!(daemon.fault("one-server").answered, 1);
+}
+
+/// `DNS_NAMES` as the daemon pinned it (see [`kernel::dns_names`]).
+fn names(daemon: &Daemon) -> Vec<String> {
+    kernel::dns_names(&daemon.bpffs).unwrap()
+}
+
+/// A dns fault outlives its daemon (SIGKILL): the pinned programs and `DNS_NAMES` go on
+/// answering; a daemon started again on the same directories adopts it (listed, counters going
+/// on) and keeps the names table from what it read back (the names of a fault that ended while
+/// none ran leave it); a fault whose deadline passes while no daemon runs stops acting at its
+/// deadline, the kernel checking it; a clean exit leaves no pin.
+#[test]
+fn survives_restart() {
+    let (lab, mut daemon) = lab_and_daemon();
+    let r = lab.resolver(B4).unwrap();
+    let nxdomain = Dig::error(Rcode::NxDomain);
+    let api = record(&lab, "api.example.test").clone();
+    let other = Dig::answer([record(&lab, "other.test").v4.into()]);
+    // NXDOMAIN for a name the server has: each one seen is the fault's.
+    apply(
+        &lab,
+        &daemon,
+        "nx",
+        &["--dns", "error", "--rcode", "NXDOMAIN", "--domain", "shop.example.test", "--for", "10m"],
+    );
+    assert_eq!(r.dig("shop.example.test", QType::A), nxdomain);
+    assert_eq!(r.getaddrinfo("shop.example.test", Family::V4), Err(Gai::NoName));
+    assert_eq!(daemon.fault("nx").answered, 2);
+    let pinned = names(&daemon);
+    assert!(!pinned.is_empty() && pinned.iter().all(|e| e.contains("shop.example.test")), "{pinned:?}");
+
+    // No daemon: the kernel answers on its own.
+    daemon.signal(Signal::SIGKILL).unwrap();
+    assert_eq!(r.dig("shop.example.test", QType::A), nxdomain);
+    assert_eq!(r.dig("shop.example.test", QType::Aaaa), nxdomain);
+    assert_eq!(r.getaddrinfo("shop.example.test", Family::V6), Err(Gai::NoName));
+    let batch = r.batch(&["shop.example.test"], QType::A, 50, Duration::from_millis(200));
+    assert_eq!((batch.count(Rcode::NxDomain), batch.timeouts, batch.malformed), (50, 0, 0), "{batch:?}");
+    assert_eq!(r.dig("api.example.test", QType::A), Dig::answer([api.v4.into()]));
+    assert_eq!(lab.server.received("shop.example.test"), 0, "{:?}", lab.server.queries());
+    assert_eq!(names(&daemon), pinned);
+
+    // A daemon on the same directories adopts it: listed, its counter gone on (2 dig, 1
+    // getaddrinfo, 50 in the batch while none ran), still in effect, the table unchanged.
+    daemon.restart().unwrap();
+    let listed: Vec<String> = daemon.faults().into_iter().map(|f| f.name).collect();
+    assert_eq!(listed, ["nx"]);
+    assert_eq!(daemon.fault("nx").answered, 2 + 53);
+    assert_eq!(r.dig("shop.example.test", QType::A), nxdomain);
+    assert_eq!(r.getaddrinfo("shop.example.test", Family::V4), Err(Gai::NoName));
+    assert_eq!(daemon.fault("nx").answered, 2 + 53 + 2);
+    assert_eq!(names(&daemon), pinned);
+
+    // A second fault, of another name: both act.
+    let api_before = lab.server.received("api.example.test");
+    let (v4, v6) = (ip("192.0.2.7"), ip("2001:db8::7"));
+    apply(
+        &lab,
+        &daemon,
+        "fake",
+        &["--dns", "spoof", "--domain", "api.example.test", "--spoof", "192.0.2.7", "--spoof", "2001:db8::7"],
+    );
+    assert_eq!(r.dig("shop.example.test", QType::A), nxdomain);
+    assert_eq!(r.dig("api.example.test", QType::A), Dig::answer([v4]));
+    assert_eq!(r.getaddrinfo("api.example.test", Family::V6), Ok(vec![v6]));
+    assert_eq!(r.dig("other.test", QType::A), other);
+
+    // The adopted one removed: its name resolves again, its entries left the table, the second
+    // fault still acts.
+    daemon.ctl_ok(&["rm", "nx"]);
+    resolves(&lab, &r, "shop.example.test");
+    assert_eq!(r.dig("api.example.test", QType::A), Dig::answer([v4]));
+    assert_eq!(r.getent("api.example.test", Family::V4), Ok(vec![v4]));
+    let table = names(&daemon);
+    assert!(!table.is_empty() && table.iter().all(|e| e.contains("api.example.test")), "{table:?}");
+    assert_eq!(lab.server.received("api.example.test"), api_before, "{:?}", lab.server.queries());
+
+    // A fault whose deadline passes while no daemon runs: the kernel stops it then. Polled
+    // with raw queries; the packet of a query is seen between its sending and its reply, so an
+    // answer from the server received before the deadline is the fault ending early, and a
+    // REFUSED sent after it the fault ending late: the first query sent after the deadline gets
+    // the server's answer (how long after the deadline that is sent is the polling's business).
+    apply(&lab, &daemon, "brief", &["--dns", "error", "--rcode", "REFUSED", "--domain", "other.test", "--for", "3s"]);
+    let deadline = daemon.fault("brief").deadline_ns.expect("a deadline");
+    assert_eq!(r.dig("other.test", QType::A), Dig::error(Rcode::Refused));
+    let with_brief = names(&daemon);
+    assert!(with_brief.iter().any(|e| e.contains("other.test")), "{with_brief:?}");
+    daemon.signal(Signal::SIGKILL).unwrap();
+    let refused = Dig::error(Rcode::Refused);
+    let mut polls = 0;
+    // Bounded: the first query sent after the deadline ends the loop, one way or the other.
+    let first_real = loop {
+        let sent = traffic::mono_ns();
+        let reply = r.query("other.test", QType::A, Duration::from_millis(500));
+        let received = traffic::mono_ns();
+        let ms = |t: u64| (t as f64 - deadline as f64) / 1e6;
+        polls += 1;
+        if reply == other {
+            assert!(received >= deadline, "the server answered {:.1} ms before the deadline", -ms(received));
+            break ms(sent);
+        }
+        assert_eq!(reply, refused, "sent {:.1} ms from the deadline", ms(sent));
+        assert!(sent <= deadline, "the fault answered a query sent {:.1} ms after its deadline", ms(sent));
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    eprintln!("first answer from the server: query sent {first_real:.1} ms after the deadline ({polls} polls)");
+    assert!(polls > 20, "the polling covered the fault");
+    // The other fault goes on.
+    assert_eq!(r.dig("api.example.test", QType::A), Dig::answer([v4]));
+
+    // Restarted, the daemon reaps the ended fault and keeps the other. The ended fault's names
+    // leave the table: the daemon knew them only from reading the pinned table back.
+    daemon.restart().unwrap();
+    let listed: Vec<String> = daemon.faults().into_iter().map(|f| f.name).collect();
+    assert_eq!(listed, ["fake"]);
+    let ended = daemon
+        .history()
+        .into_iter()
+        .flat_map(|e| e.ended)
+        .find(|e| e.name == "brief")
+        .expect("the end of 'brief' in the history");
+    // Its final counter: dig's query, and the polls but the last (REFUSED, no daemon running).
+    assert_eq!((ended.reason.as_str(), ended.answered), ("expired", 1 + (polls - 1)), "{ended:?}");
+    assert_eq!(names(&daemon), table);
+    assert_eq!(r.dig("other.test", QType::A), other);
+    assert_eq!(r.dig("api.example.test", QType::Aaaa), Dig::answer([v6]));
+
+    // A clean exit removes the fault and every pin.
+    let status = daemon.stop().unwrap();
+    assert!(status.success(), "{status}");
+    assert!(!daemon.bpffs.exists(), "pins left in {}", daemon.bpffs.display());
+    resolves(&lab, &r, "api.example.test");
+    resolves(&lab, &r, "shop.example.test");
 }
