@@ -1,6 +1,7 @@
 //! The three bpf(2) commands the per-packet benchmark needs, called directly: opening a pinned
 //! program, loading an empty one to measure BPF_PROG_TEST_RUN's own cost, and running a program
-//! on a packet many times. aya does not expose BPF_PROG_TEST_RUN.
+//! on a packet many times (or once, to see what it made of the packet). aya does not expose
+//! BPF_PROG_TEST_RUN.
 
 use std::{
     ffi::CString,
@@ -74,7 +75,28 @@ const SKB_IFINDEX: usize = 40;
 
 /// Runs `prog` `repeat` times on `frame` (an Ethernet frame) as if on device `ifindex`;
 /// returns the program's verdict and the mean time per run in ns, as the kernel measured it.
+/// The runs share one packet: a program that rewrites it sees its own rewrite from the second.
 pub fn test_run(prog: &OwnedFd, frame: &[u8], ifindex: u32, repeat: u32) -> anyhow::Result<(i32, u32)> {
+    let (verdict, ns, _) = run(prog, frame, ifindex, repeat, None)?;
+    Ok((verdict, ns))
+}
+
+/// Runs `prog` once on `frame` as [`test_run`] does: its verdict and the packet as it left it.
+pub fn test_run_out(prog: &OwnedFd, frame: &[u8], ifindex: u32) -> anyhow::Result<(i32, Vec<u8>)> {
+    // Room for a program that grows the packet (a spoofed answer adds a record).
+    let mut out = vec![0u8; frame.len() + 512];
+    let (verdict, _, len) = run(prog, frame, ifindex, 1, Some(&mut out))?;
+    out.truncate(len);
+    Ok((verdict, out))
+}
+
+fn run(
+    prog: &OwnedFd,
+    frame: &[u8],
+    ifindex: u32,
+    repeat: u32,
+    out: Option<&mut [u8]>,
+) -> anyhow::Result<(i32, u32, usize)> {
     use std::os::fd::AsRawFd as _;
     let mut ctx = [0u8; SKB_SIZE];
     ctx[SKB_IFINDEX..SKB_IFINDEX + 4].copy_from_slice(&ifindex.to_ne_bytes());
@@ -88,6 +110,10 @@ pub fn test_run(prog: &OwnedFd, frame: &[u8], ifindex: u32, repeat: u32) -> anyh
         .u32(44, SKB_SIZE as u32)
         .u64(48, ctx.as_ptr() as u64)
         .u64(56, ctx_out.as_mut_ptr() as u64);
+    if let Some(out) = out {
+        // data_size_out (the buffer's size in, the packet's out) and data_out.
+        attr.u32(12, out.len() as u32).u64(24, out.as_mut_ptr() as u64);
+    }
     bpf(BPF_PROG_TEST_RUN, &mut attr).context("BPF_PROG_TEST_RUN")?;
-    Ok((attr.get_u32(4) as i32, attr.get_u32(36)))
+    Ok((attr.get_u32(4) as i32, attr.get_u32(36), attr.get_u32(12) as usize))
 }

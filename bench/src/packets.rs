@@ -1,5 +1,6 @@
 //! Ethernet frames for BPF_PROG_TEST_RUN: a TCP or UDP packet over IPv4 or IPv6 between two
-//! addresses, with a small payload. Checksums are left zero: the programs never read them.
+//! addresses, with a small payload or a DNS query. Checksums are left zero: the programs never
+//! read them (an answer's UDP checksum is computed from scratch).
 
 use std::net::IpAddr;
 
@@ -21,6 +22,33 @@ impl Proto {
 const PAYLOAD: usize = 64;
 
 pub fn frame(src: IpAddr, dst: IpAddr, proto: Proto, sport: u16, dport: u16) -> Vec<u8> {
+    carrying(src, dst, proto, sport, dport, &[0x5a; PAYLOAD])
+}
+
+/// A DNS query for `name`, type A, from `src` port `sport` to `dst` port 53: the message
+/// alone in a UDP datagram, after its two-byte length in a TCP segment (RFC 1035 4.2.2, as a
+/// client writes it in one go).
+pub fn dns_query(src: IpAddr, dst: IpAddr, proto: Proto, sport: u16, name: &str) -> Vec<u8> {
+    let message = chaos_tests::dns::encode_query(0x4242, name, 1);
+    let payload = match proto {
+        Proto::Udp => message,
+        Proto::Tcp => [&(message.len() as u16).to_be_bytes()[..], &message].concat(),
+    };
+    carrying(src, dst, proto, sport, 53, &payload)
+}
+
+/// The DNS message of a UDP frame built here (or rewritten from one): what follows the UDP
+/// header.
+pub fn udp_payload(frame: &[u8]) -> Option<&[u8]> {
+    let l4 = match u16::from_be_bytes([*frame.get(12)?, *frame.get(13)?]) {
+        0x0800 => 14 + usize::from(frame.get(14)? & 0x0f) * 4,
+        0x86dd => 14 + 40,
+        _ => return None,
+    };
+    frame.get(l4 + 8..)
+}
+
+fn carrying(src: IpAddr, dst: IpAddr, proto: Proto, sport: u16, dport: u16, payload: &[u8]) -> Vec<u8> {
     let mut l4 = match proto {
         Proto::Tcp => {
             let mut h = vec![0u8; 20];
@@ -31,13 +59,13 @@ pub fn frame(src: IpAddr, dst: IpAddr, proto: Proto, sport: u16, dport: u16) -> 
         }
         Proto::Udp => {
             let mut h = vec![0u8; 8];
-            h[4..6].copy_from_slice(&((8 + PAYLOAD) as u16).to_be_bytes());
+            h[4..6].copy_from_slice(&((8 + payload.len()) as u16).to_be_bytes());
             h
         }
     };
     l4[0..2].copy_from_slice(&sport.to_be_bytes());
     l4[2..4].copy_from_slice(&dport.to_be_bytes());
-    l4.extend([0x5a; PAYLOAD]);
+    l4.extend(payload);
     let number = match proto {
         Proto::Tcp => 6,
         Proto::Udp => 17,
