@@ -1,7 +1,9 @@
 //! DNS faults: queries the client sends for matching names are answered by the fault (an
 //! error code or spoofed addresses) or lost, before they reach the server; other names resolve
 //! as before. The server is a real dnsmasq, the resolvers glibc's (getent, getaddrinfo) and
-//! dig; `lab_resolves` checks the lab itself, without a daemon.
+//! dig; `lab_resolves` checks the lab itself, without a daemon. `kernel_paths` asks with raw
+//! queries only, for the VM guests (`cargo xtask vm-test`'s suite `dns`), which have dnsmasq
+//! but no resolver programs.
 
 use std::{net::IpAddr, time::Duration};
 
