@@ -26,7 +26,8 @@ pub(super) struct Dns {
     /// ones, by `select_backend`) name them by the descriptors the loader gave them, which
     /// these would close if dropped (5.10 then refused chaos_egress_edt: "fd 20 is not
     /// pointing to valid bpf_map").
-    _held: (Option<Array<MapData, [u8; 256]>>, Option<ProgramArray<MapData>>),
+    _lower: Option<Array<MapData, [u8; 256]>>,
+    _progs: Option<ProgramArray<MapData>>,
 }
 
 impl Dns {
@@ -53,7 +54,7 @@ impl Dns {
         if let Err(why) = &ready {
             tracing::warn!("no dns faults: {why}");
         }
-        Ok(Self { names, written, ready, _held: (lower.ok(), progs.ok()) })
+        Ok(Self { names, written, ready, _lower: lower.ok(), _progs: progs.ok() })
     }
 
     /// Makes the table hold `target`: new and changed entries, then (with `delete`) the
