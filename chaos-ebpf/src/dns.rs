@@ -351,21 +351,25 @@ fn forward(s: &mut Scratch, lower: &[u8; 256], slot: u32) {
     s.key.data.name[end & NAME_MASK] = 0;
 }
 
-/// Copies up to `to.len()` bytes from `offset` (as many as the packet has): how many. Unlike
-/// `load_bytes`, never asks for 0 bytes, which the verifier refuses.
+/// Copies up to `to.len()` bytes (at most 256) from `offset` (as many as the packet has): how
+/// many. Unlike `load_bytes`, never asks for 0 bytes, which the verifier refuses.
 #[inline(always)]
 fn load(ctx: &TcContext, offset: usize, to: &mut [u8]) -> Option<usize> {
-    let mut len = (ctx.len() as usize).checked_sub(offset)?.min(to.len());
-    // Through the stack: else LLVM tests `skb->len == offset` instead, and the verifier cannot
-    // tell that the length passed is not 0.
+    let len = (ctx.len() as usize).checked_sub(offset)?.min(to.len());
+    // The length less one (0 wraps around), through the stack: else LLVM folds it back into
+    // `len`, or tests `skb->len == offset` instead. Verifiers before 6.x learn no lower bound
+    // from `len != 0`, nor any bound from a test against a register (`to.len()` in `checksum`):
+    // what they see is `less` below a constant, and the length passed is `less + 1`.
+    let mut less = len.wrapping_sub(1);
     // SAFETY: a plain write and read of a local.
-    len = unsafe {
-        core::ptr::write_volatile(&mut len, len);
-        core::ptr::read_volatile(&len)
+    less = unsafe {
+        core::ptr::write_volatile(&mut less, less);
+        core::ptr::read_volatile(&less)
     };
-    if len == 0 || len > to.len() {
+    if less >= to.len() || less > 255 {
         return None;
     }
+    let len = less + 1;
     // SAFETY: `to` holds at least `len` bytes.
     let ret = unsafe { bpf_skb_load_bytes(ctx.skb.skb as *const _, offset as u32, to.as_mut_ptr().cast(), len as u32) };
     (ret == 0).then_some(len)

@@ -9,8 +9,8 @@
 use std::{
     collections::BTreeMap,
     fs::File,
-    io::ErrorKind,
-    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, UdpSocket},
+    io::{ErrorKind, Read as _, Write as _},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpStream, UdpSocket},
     ops::Deref,
     os::unix::process::CommandExt as _,
     path::{Path, PathBuf},
@@ -631,6 +631,15 @@ impl Resolver {
             .unwrap_or(Dig::Timeout)
     }
 
+    /// One raw query over TCP (a new connection from the namespace; the query written at once,
+    /// after its two-byte length), waiting up to `timeout` for its reply once connected. The
+    /// connection is reset when done (SO_LINGER 0): a query a fault lost leaves no segments
+    /// retransmitted behind. A reply that is not an answer to the query fails the test.
+    pub fn tcp_query(&self, name: &str, qtype: QType, timeout: Duration) -> Dig {
+        tcp_exchange(&self.ns, SocketAddr::new(self.server, 53), name, qtype, timeout)
+            .unwrap_or_else(|e| panic!("TCP query {name} {}: {e}", qtype.name()))
+    }
+
     /// `n` raw UDP queries, one after another, for `names` in turn, each with a random id and
     /// up to `timeout` for its reply (a late reply to an earlier query is told apart by its
     /// id and ignored): counts per response code. About 0.1 ms a query when answered.
@@ -710,6 +719,34 @@ fn exchange(
         }
         return decode_reply(reply, name, qtype.code()).map(Some);
     }
+}
+
+/// One query over a TCP connection to `server` made in `ns` (RFC 7766: each message after its
+/// length): its reply, or [`Dig::Timeout`] when none came within `timeout` of the query.
+fn tcp_exchange(ns: &Netns, server: SocketAddr, name: &str, qtype: QType, timeout: Duration) -> anyhow::Result<Dig> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let domain = Domain::for_address(server);
+    let sock = ns.enter(move || Socket::new(domain, Type::STREAM, Some(Protocol::TCP)))??;
+    sock.set_linger(Some(Duration::ZERO))?;
+    sock.connect_timeout(&server.into(), Duration::from_secs(5))?;
+    let mut stream = TcpStream::from(sock);
+    let id = random_ids(1)[0];
+    let query = encode_query(id, name, qtype.code());
+    // One write, so one segment that starts with the length (as resolvers send it).
+    let mut message = u16::try_from(query.len())?.to_be_bytes().to_vec();
+    message.extend(query);
+    stream.write_all(&message)?;
+    stream.set_read_timeout(Some(timeout))?;
+    let mut len = [0u8; 2];
+    match stream.read_exact(&mut len) {
+        Ok(()) => {}
+        Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => return Ok(Dig::Timeout),
+        Err(e) => return Err(e.into()),
+    }
+    let mut reply = vec![0u8; usize::from(u16::from_be_bytes(len))];
+    stream.read_exact(&mut reply)?;
+    anyhow::ensure!(reply.len() >= 2 && u16::from_be_bytes([reply[0], reply[1]]) == id, "a reply with another id");
+    decode_reply(&reply, name, qtype.code())
 }
 
 /// A query for `name` (dotted, a trailing dot optional) of type `qtype`, class IN, with RD set.

@@ -1,7 +1,9 @@
 //! DNS faults: queries the client sends for matching names are answered by the fault (an
 //! error code or spoofed addresses) or lost, before they reach the server; other names resolve
 //! as before. The server is a real dnsmasq, the resolvers glibc's (getent, getaddrinfo) and
-//! dig; `lab_resolves` checks the lab itself, without a daemon.
+//! dig; `lab_resolves` checks the lab itself, without a daemon. `kernel_paths` asks with raw
+//! queries only, for the VM guests (`cargo xtask vm-test`'s suite `dns`), which have dnsmasq
+//! but no resolver programs.
 
 use std::{net::IpAddr, time::Duration};
 
@@ -526,4 +528,101 @@ fn survives_restart() {
     assert!(!daemon.bpffs.exists(), "pins left in {}", daemon.bpffs.display());
     resolves(&lab, &r, "api.example.test");
     resolves(&lab, &r, "shop.example.test");
+}
+
+/// The DNS programs' paths, through raw queries from this process only: besides the daemon
+/// the lab's dnsmasq is the one program it needs, so `cargo xtask vm-test` runs it (suite
+/// `dns`) on every kernel, whose verifier must take the programs first (the daemon's status
+/// says why not). Over IPv4 and IPv6: an error code and spoofed A and AAAA addresses (the
+/// answer `chaos_dns_act` writes, with its UDP checksum), a query lost (a timeout), exact and
+/// `*.suffix` names (`chaos_dns`'s reversed lookup), `prefix.*` (`chaos_dns_prefix`'s forward
+/// one); over TCP, a matching query is lost and another answered by the server.
+#[test]
+fn kernel_paths() {
+    let (lab, daemon) = lab_and_daemon();
+    let dns = daemon.abilities().dns;
+    assert!(dns.available, "the DNS programs did not load: {}", dns.why_not.unwrap_or_default());
+    // An answer comes at once; a lost query is given this long.
+    let (answered, lost) = (Duration::from_secs(2), Duration::from_millis(400));
+    let resolvers = [lab.resolver(B4).unwrap(), lab.resolver(B6).unwrap()];
+    let addr = |name: &str, qtype: QType| {
+        let r = record(&lab, name);
+        let addr: IpAddr = if qtype == QType::A { r.v4.into() } else { r.v6.into() };
+        Dig::answer([addr])
+    };
+    // Names no fault below matches, answered by the server.
+    let unmatched = |r: &Resolver, names: &[&str]| {
+        for name in names {
+            for qtype in [QType::A, QType::Aaaa] {
+                assert_eq!(r.query(name, qtype, answered), addr(name, qtype), "{name} {qtype:?} via {}", r.server);
+            }
+        }
+    };
+
+    // An error code, for an exact name in any case; over TCP the query is lost.
+    apply(&lab, &daemon, "k-error", &["--dns", "error", "--rcode", "NXDOMAIN", "--domain", "shop.example.test"]);
+    for r in &resolvers {
+        for (name, qtype) in [("shop.example.test", QType::A), ("SHOP.Example.test", QType::Aaaa)] {
+            assert_eq!(r.query(name, qtype, answered), Dig::error(Rcode::NxDomain), "{name} via {}", r.server);
+        }
+        unmatched(r, &["example.test", "a.example.test"]);
+        assert_eq!(r.tcp_query("shop.example.test", QType::A, lost), Dig::Timeout, "TCP via {}", r.server);
+        let api = "api.example.test";
+        assert_eq!(r.tcp_query(api, QType::Aaaa, answered), addr(api, QType::Aaaa), "TCP via {}", r.server);
+    }
+    let view = daemon.fault("k-error");
+    // Each TCP query was lost at least once (and its retransmissions, if any, with it).
+    assert!(view.answered == 4 && view.dropped >= 2, "{view:?}");
+    daemon.ctl_ok(&["rm", "k-error"]);
+
+    // Spoofed addresses, for A and AAAA queries.
+    apply(
+        &lab,
+        &daemon,
+        "k-spoof",
+        &["--dns", "spoof", "--domain", "a.example.test", "--spoof", "192.0.2.7", "--spoof", "2001:db8::7"],
+    );
+    for r in &resolvers {
+        assert_eq!(r.query("a.example.test", QType::A, answered), Dig::answer([ip("192.0.2.7")]), "via {}", r.server);
+        assert_eq!(r.query("a.example.test", QType::Aaaa, answered), Dig::answer([ip("2001:db8::7")]));
+        unmatched(r, &["shop.example.test"]);
+    }
+    assert_eq!(daemon.fault("k-spoof").answered, 4);
+    daemon.ctl_ok(&["rm", "k-spoof"]);
+
+    // Lost, for the names below a suffix.
+    apply(&lab, &daemon, "k-drop", &["--dns", "drop", "--domain", "*.c.example.test"]);
+    for r in &resolvers {
+        assert_eq!(r.query("b.c.example.test", QType::A, lost), Dig::Timeout, "via {}", r.server);
+        let batch = r.batch(&["b.c.example.test"], QType::Aaaa, 3, lost);
+        assert_eq!((batch.timeouts, batch.rcodes.len(), batch.malformed), (3, 0, 0), "{batch:?}");
+        unmatched(r, &["example.test"]);
+    }
+    let view = daemon.fault("k-drop");
+    assert_eq!((view.dropped, view.answered), (8, 0), "{view:?}");
+    daemon.ctl_ok(&["rm", "k-drop"]);
+
+    // A first label: the forward lookup.
+    apply(&lab, &daemon, "k-prefix", &["--dns", "error", "--rcode", "REFUSED", "--domain", "api.*"]);
+    for r in &resolvers {
+        for name in ["api.example.test", "API.other.test"] {
+            assert_eq!(r.query(name, QType::A, answered), Dig::error(Rcode::Refused), "{name} via {}", r.server);
+        }
+        unmatched(r, &["apis.example.test", "a.example.test"]);
+    }
+    assert_eq!(daemon.fault("k-prefix").answered, 4);
+    daemon.ctl_ok(&["rm", "k-prefix"]);
+
+    // None of the matching queries reached the server (UDP or TCP); those the other faults let
+    // pass did: a.example.test's 4 (2 families, 2 types) while k-error and k-prefix acted,
+    // shop.example.test's while k-spoof did.
+    for (name, passed) in
+        [("shop.example.test", 4), ("a.example.test", 8), ("b.c.example.test", 0), ("api.other.test", 0)]
+    {
+        assert_eq!(lab.server.received(name), passed, "{name}: {:?}", lab.server.queries());
+    }
+    for r in &resolvers {
+        unmatched(r, &["shop.example.test", "a.example.test", "b.c.example.test", "api.other.test"]);
+        assert_eq!(r.tcp_query("shop.example.test", QType::A, answered), addr("shop.example.test", QType::A));
+    }
 }

@@ -71,6 +71,9 @@ pub const SUITES: &[Suite] = &[
     // The 4.19 profile's own checks, delay and bandwidth on netem included (the 4.19-profile
     // kernel runs it; elsewhere it holds its own daemons to the profile all the same).
     Suite { name: "profile-419", target: "profile_419", args: &[], env: &[("CHAOS_TEST_BACKEND", "netem")] },
+    // The DNS programs loaded by this kernel's verifier and acting (raw queries to the lab's
+    // dnsmasq: the other dns tests need getent, python3 and dig, which the guest lacks).
+    Suite { name: "dns", target: "dns", args: &["kernel_paths"], env: &[] },
 ];
 
 /// Loaded in the guest before the suites, with their dependencies: the lab's veth pairs,
@@ -271,8 +274,8 @@ fn select(k: &Kernel, names: &[String]) -> anyhow::Result<Vec<&'static Suite>> {
     }
 }
 
-/// Writes the initramfs: the init, the daemon and CLI, the programs to run, iproute2, the
-/// modules, and the plan the init follows (`/vmtest/plan.json`).
+/// Writes the initramfs: the init, the daemon and CLI, the programs to run, iproute2, sleep,
+/// dnsmasq, the modules, and the plan the init follows (`/vmtest/plan.json`).
 fn build_initramfs(
     image: &kernel::Image,
     tools: tools::Tools,
@@ -288,6 +291,8 @@ fn build_initramfs(
         (tools.program("tc")?, "/usr/sbin/tc"),
         // Tests start processes to stand for a container's (and put them in namespaces, cgroups).
         (tools.program("sleep")?, "/usr/bin/sleep"),
+        // The DNS lab's server (tests/src/dns.rs).
+        (tools.program("dnsmasq")?, "/usr/sbin/dnsmasq"),
     ];
     let data: Vec<(PathBuf, String)> =
         tools.data_dirs().into_iter().filter_map(|d| Some((tools.dir(&d)?, d))).collect();

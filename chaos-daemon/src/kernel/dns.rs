@@ -22,6 +22,12 @@ pub(super) struct Dns {
     written: Names,
     /// Whether the programs loaded, or why not.
     pub(super) ready: Result<(), String>,
+    /// Held open for the daemon's life: the programs of the object loaded after these (the edt
+    /// ones, by `select_backend`) name them by the descriptors the loader gave them, which
+    /// these would close if dropped (5.10 then refused chaos_egress_edt: "fd 20 is not
+    /// pointing to valid bpf_map").
+    _lower: Option<Array<MapData, [u8; 256]>>,
+    _progs: Option<ProgramArray<MapData>>,
 }
 
 impl Dns {
@@ -39,11 +45,16 @@ impl Dns {
         } else {
             Names::new()
         };
-        let ready = programs(ebpf);
+        let mut lower = map(ebpf, map_names::DNS_LOWER);
+        let mut progs = map(ebpf, map_names::DNS_PROGS);
+        let ready = match (lower.as_mut(), progs.as_mut()) {
+            (Ok(lower), Ok(progs)) => programs(ebpf, lower, progs),
+            (Err(e), _) | (_, Err(e)) => Err(e.to_string()),
+        };
         if let Err(why) = &ready {
             tracing::warn!("no dns faults: {why}");
         }
-        Ok(Self { names, written, ready })
+        Ok(Self { names, written, ready, _lower: lower.ok(), _progs: progs.ok() })
     }
 
     /// Makes the table hold `target`: new and changed entries, then (with `delete`) the
@@ -71,10 +82,12 @@ impl Dns {
 
 /// `DNS_PROGS` is pinned: its entries (which hold the programs) outlive this daemon, so dns
 /// faults go on acting, and end on time, while no daemon runs.
-fn programs(ebpf: &mut Ebpf) -> Result<(), String> {
-    let mut lower: Array<MapData, [u8; 256]> = map(ebpf, map_names::DNS_LOWER).map_err(|e| e.to_string())?;
+fn programs(
+    ebpf: &mut Ebpf,
+    lower: &mut Array<MapData, [u8; 256]>,
+    progs: &mut ProgramArray<MapData>,
+) -> Result<(), String> {
     lower.set(0, dns_lower_table(), 0).map_err(|e| format!("writing {}: {e}", map_names::DNS_LOWER))?;
-    let mut progs: ProgramArray<MapData> = map(ebpf, map_names::DNS_PROGS).map_err(|e| e.to_string())?;
     for (index, name) in [PROG_DNS, PROG_DNS_PREFIX, PROG_DNS_ACT].into_iter().enumerate() {
         let prog: &mut SchedClassifier = attach::program(ebpf, name).map_err(|e| e.to_string())?;
         prog.load().map_err(|e| verifier_error(name, e).to_string())?;

@@ -78,9 +78,10 @@ pub struct Kernel {
 }
 
 /// The suites whose outcome depends on the kernel: the attachment (cls_bpf before 6.6, TCX
-/// after), cgroup programs (no `bpf_set_retval` before 5.18), both delay backends, resets, and
-/// how the stack treats GSO. (like-the-wire and corrupt, 2 and 1.5 minutes, run on 6.1 only,
-/// for CI's time: `-- like-the-wire corrupt` runs them anywhere; both passed on 5.10 and 6.12.)
+/// after), cgroup programs (no `bpf_set_retval` before 5.18), both delay backends, resets, how
+/// the stack treats GSO, and whether the verifier takes the DNS programs (`dns`, which every
+/// kernel runs). (like-the-wire and corrupt, 2 and 1.5 minutes, run on 6.1 only, for CI's
+/// time: `-- like-the-wire corrupt` runs them anywhere; both passed on 5.10 and 6.12.)
 pub const BY_KERNEL: &[&str] = &[
     "loss",
     "partition",
@@ -93,6 +94,7 @@ pub const BY_KERNEL: &[&str] = &[
     "delay-netem",
     "rate-edt",
     "rate-netem",
+    "dns",
 ];
 
 pub const KERNELS: &[Kernel] = &[
@@ -124,6 +126,7 @@ pub const KERNELS: &[Kernel] = &[
             // attachment and batches, which these two show as well.
             "rate-netem",
             "reorder-netem",
+            "dns",
         ]),
     },
     Kernel {
@@ -154,7 +157,7 @@ pub const KERNELS: &[Kernel] = &[
         arch: Arch::Aarch64,
         meta: "linux-image-cloud-arm64",
         profile: None,
-        suites: Defaults::Only(&["loss", "partition", "cgroup", "reset", "restart", "delay-edt"]),
+        suites: Defaults::Only(&["loss", "partition", "cgroup", "reset", "restart", "delay-edt", "dns"]),
     },
 ];
 
@@ -187,6 +190,15 @@ mod tests {
                     assert!(crate::vm::SUITES.iter().any(|s| s.name == *n), "{}: no suite {n}", k.name);
                 }
             }
+        }
+    }
+
+    /// Every kernel loads the DNS programs by default: each verifier judges them its own way.
+    #[test]
+    fn every_kernel_runs_dns() {
+        for k in KERNELS {
+            let names: Vec<&str> = crate::vm::select(k, &[]).unwrap().iter().map(|s| s.name).collect();
+            assert!(names.contains(&"dns"), "{}: {names:?}", k.name);
         }
     }
 }

@@ -9,7 +9,8 @@ use anyhow::Context as _;
 
 use super::{aptroot::AptRoot, kernels::Arch};
 
-const PACKAGES: &[&str] = &["iproute2", "coreutils"];
+/// dnsmasq (the binary alone, without the dnsmasq package's service) is the DNS lab's server.
+const PACKAGES: &[&str] = &["iproute2", "coreutils", "dnsmasq-base"];
 
 pub struct Tools {
     /// The guest's `/` as far as these tools are concerned.
@@ -19,6 +20,7 @@ pub struct Tools {
 
 pub fn ensure(apt: &AptRoot, arch: Arch) -> anyhow::Result<Tools> {
     if arch == Arch::host() {
+        super::apt::ensure_program("dnsmasq", "dnsmasq-base")?;
         return Ok(Tools { root: "/".into(), triplet: arch.triplet() });
     }
     let packages = closure(apt)?;
@@ -40,7 +42,9 @@ impl Tools {
         ["/usr/sbin", "/sbin", "/usr/bin", "/bin"]
             .iter()
             .find_map(|d| super::elf::resolve(&self.root, &format!("{d}/{name}")))
-            .with_context(|| format!("`{name}` is not in {}: install iproute2 or coreutils", self.root.display()))
+            .with_context(|| {
+                format!("`{name}` is not in {}: install iproute2, coreutils or dnsmasq-base", self.root.display())
+            })
     }
 
     /// iproute2's tables, and tc's netem distributions (in the multiarch directory on Debian).
