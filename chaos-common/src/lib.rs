@@ -268,6 +268,7 @@ pub mod map_names {
     pub const DNS_NAMES: &str = "DNS_NAMES";
     pub const DNS_LOWER: &str = "DNS_LOWER";
     pub const DNS_PROGS: &str = "DNS_PROGS";
+    pub const DNS_TABLES: &str = "DNS_TABLES";
 }
 
 /// Program names in the object (also the names the kernel reports, truncated to 15 bytes).
@@ -472,7 +473,7 @@ pub struct DnsAction {
     pub rcode: u32,
     /// Spoof: the TTL of the records (seconds).
     pub ttl: u32,
-    /// Bits: [`DnsAction::HAS_V4`], [`DnsAction::HAS_V6`], [`DnsAction::PREFIXES`].
+    /// Bits: [`DnsAction::HAS_V4`], [`DnsAction::HAS_V6`].
     pub flags: u32,
     /// The query types acted on (host order); 0 ends the list; all 0: every type.
     pub qtypes: [u16; DNS_QTYPES_MAX],
@@ -486,9 +487,11 @@ pub struct DnsAction {
 impl DnsAction {
     pub const HAS_V4: u32 = 1;
     pub const HAS_V6: u32 = 2;
-    /// Some name of the rule's is a prefix pattern (`api.*`): the forward lookup is needed.
-    pub const PREFIXES: u32 = 4;
 }
+
+/// Bit of `DNS_TABLES[slot]`: the rule's table has `prefix.*` patterns (its own or another
+/// fault's), so a name the reversed lookup misses is looked up forward too.
+pub const DNS_TABLE_FORWARD: u32 = 1;
 
 /// Query types a DNS rule can be limited to.
 pub const DNS_QTYPES_MAX: usize = 8;

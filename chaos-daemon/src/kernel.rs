@@ -51,7 +51,7 @@ use crate::{
     shaping::{Backend, ShapingError},
 };
 
-const MAPS: [&str; 12] = [
+const MAPS: [&str; 13] = [
     map_names::SCOPES,
     map_names::ACTIVE,
     map_names::ADDRS,
@@ -64,6 +64,7 @@ const MAPS: [&str; 12] = [
     map_names::CHAINS,
     map_names::DNS_NAMES,
     map_names::DNS_PROGS,
+    map_names::DNS_TABLES,
 ];
 
 #[derive(Debug, thiserror::Error)]

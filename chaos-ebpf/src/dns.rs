@@ -21,8 +21,8 @@ use aya_ebpf::{
     programs::TcContext,
 };
 use chaos_common::{
-    DNS_KEY_FIXED_BITS, DNS_LABELS_MAX, DNS_NAME_MAX, DNS_NAMES_CAPACITY, DNS_NO_SLOT, DnsAction, DnsForm, DnsNameKey,
-    DnsReply, Hook, Proto, RuleAction,
+    DNS_KEY_FIXED_BITS, DNS_LABELS_MAX, DNS_NAME_MAX, DNS_NAMES_CAPACITY, DNS_NO_SLOT, DNS_TABLE_FORWARD, DnsAction,
+    DnsForm, DnsNameKey, DnsReply, Hook, MAX_RULES, Proto, RuleAction,
 };
 use seq_macro::seq;
 
@@ -37,6 +37,9 @@ use crate::{
 pub(crate) static DNS_NAMES: LpmTrie<DnsNameKey, u32> = LpmTrie::with_max_entries(DNS_NAMES_CAPACITY, 0);
 #[map]
 pub(crate) static DNS_LOWER: Array<[u8; 256]> = Array::with_max_entries(1, 0);
+/// Per rule slot: [`DNS_TABLE_FORWARD`] when its table has `prefix.*` patterns.
+#[map]
+pub(crate) static DNS_TABLES: Array<u32> = Array::with_max_entries(MAX_RULES, 0);
 #[map]
 pub(crate) static DNS_PROGS: ProgramArray = ProgramArray::with_max_entries(3, 0);
 #[map]
@@ -153,8 +156,7 @@ fn try_find(ctx: &TcContext) -> Option<u32> {
         s.acting = acting;
         return Some(STAGE_ACT);
     }
-    let rule = RULES.get(slot)?;
-    (rule.dns.flags & DnsAction::PREFIXES != 0).then_some(STAGE_PREFIX)
+    (*DNS_TABLES.get(slot)? & DNS_TABLE_FORWARD != 0).then_some(STAGE_PREFIX)
 }
 
 /// `chaos_dns_prefix`: the forward lookup of the name `chaos_dns` parsed; on to

@@ -626,3 +626,36 @@ fn kernel_paths() {
         assert_eq!(r.tcp_query("shop.example.test", QType::A, answered), addr("shop.example.test", QType::A));
     }
 }
+
+/// Several dns faults on the same queries each act on their own names, whichever carries the
+/// packet: an exact name, a `prefix.*` pattern (looked up forward, though the first fault has
+/// none) and a `*.suffix`; removing the first leaves the others acting.
+#[test]
+fn overlapping_faults() {
+    let (lab, daemon) = lab_and_daemon();
+    apply(&lab, &daemon, "exact", &["--dns", "error", "--rcode", "NXDOMAIN", "--domain", "shop.example.test"]);
+    apply(&lab, &daemon, "prefix", &["--dns", "error", "--rcode", "REFUSED", "--domain", "api.*"]);
+    apply(&lab, &daemon, "suffix", &["--dns", "drop", "--domain", "*.c.example.test"]);
+    let r = lab.resolver(B4).unwrap();
+    let t = Duration::from_secs(1);
+    let check = |first: bool| {
+        let shop = if first {
+            Dig::error(Rcode::NxDomain)
+        } else {
+            Dig::answer([record(&lab, "shop.example.test").v4.into()])
+        };
+        assert_eq!(r.query("shop.example.test", QType::A, t), shop);
+        assert_eq!(r.query("api.example.test", QType::A, t), Dig::error(Rcode::Refused));
+        assert_eq!(r.query("b.c.example.test", QType::A, t), Dig::Timeout);
+        let other = record(&lab, "other.test").v4;
+        assert_eq!(r.query("other.test", QType::A, t), Dig::answer([other.into()]));
+    };
+    check(true);
+    assert_eq!(
+        [daemon.fault("exact").answered, daemon.fault("prefix").answered, daemon.fault("suffix").dropped],
+        [1, 1, 1]
+    );
+    daemon.ctl_ok(&["rm", "exact"]);
+    check(false);
+    assert_eq!([daemon.fault("prefix").answered, daemon.fault("suffix").dropped], [2, 2]);
+}

@@ -36,11 +36,9 @@ pub(crate) fn rule_action(a: &Active, mark: u32) -> RuleAction {
         Action::ConnectFail { errno } => {
             RuleAction { kind: ActionKind::ConnectFail as u32, chance: [DROP_ALWAYS; 2], errno: errno as u32, ..base }
         }
-        Action::Dns(d) => RuleAction {
-            kind: ActionKind::Dns as u32,
-            dns: dns_action(d, &a.fault.domains),
-            ..chance(Odds::random(d.p), base)
-        },
+        Action::Dns(d) => {
+            RuleAction { kind: ActionKind::Dns as u32, dns: dns_action(d), ..chance(Odds::random(d.p), base) }
+        }
         Action::Corrupt(odds, checksum) => RuleAction {
             kind: ActionKind::Corrupt as u32,
             flags: if checksum == Checksum::Fixed { RuleFlags::CORRUPT_FIX_CHECKSUM } else { RuleFlags::NONE },
@@ -72,7 +70,7 @@ pub(crate) fn rule_action(a: &Active, mark: u32) -> RuleAction {
 }
 
 /// The DNS part of a dns fault's rule action.
-fn dns_action(d: Dns, domains: &[Domain]) -> DnsAction {
+fn dns_action(d: Dns) -> DnsAction {
     let (reply, rcode, v4, v6) = match d.reply {
         DnsReply::Error(rcode) => (chaos_common::DnsReply::Error, u32::from(rcode.code()), None, None),
         DnsReply::Spoof { v4, v6 } => (chaos_common::DnsReply::Spoof, 0, v4, v6),
@@ -85,9 +83,6 @@ fn dns_action(d: Dns, domains: &[Domain]) -> DnsAction {
     }
     if v6.is_some() {
         flags |= DnsAction::HAS_V6;
-    }
-    if domains.iter().any(|d| matches!(d, Domain::Starting(_))) {
-        flags |= DnsAction::PREFIXES;
     }
     DnsAction {
         reply: reply as u32,

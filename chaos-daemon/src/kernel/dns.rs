@@ -2,14 +2,16 @@
 //! dns faults only), and `DNS_NAMES` kept equal to what the started dns faults need, entry by
 //! entry (see `engine::plan::dns_names`).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use aya::{
     Ebpf,
     maps::{Array, LpmTrie, MapData, ProgramArray, lpm_trie::Key},
     programs::SchedClassifier,
 };
-use chaos_common::{DnsNameKey, PROG_DNS, PROG_DNS_ACT, PROG_DNS_PREFIX, dns_lower_table, map_names};
+use chaos_common::{
+    DNS_TABLE_FORWARD, DnsForm, DnsNameKey, PROG_DNS, PROG_DNS_ACT, PROG_DNS_PREFIX, dns_lower_table, map_names,
+};
 
 use super::{KernelError, attach, backend::verifier_error, map};
 
@@ -20,6 +22,8 @@ pub type Names = BTreeMap<(u32, DnsNameKey), u32>;
 pub(super) struct Dns {
     names: LpmTrie<MapData, DnsNameKey, u32>,
     written: Names,
+    /// `DNS_TABLES`, kept equal to which tables of `written` have forward entries.
+    tables: Array<MapData, u32>,
     /// Whether the programs loaded, or why not.
     pub(super) ready: Result<(), String>,
     /// Held open for the daemon's life: the programs of the object loaded after these (the edt
@@ -45,6 +49,7 @@ impl Dns {
         } else {
             Names::new()
         };
+        let tables = map(ebpf, map_names::DNS_TABLES)?;
         let mut lower = map(ebpf, map_names::DNS_LOWER);
         let mut progs = map(ebpf, map_names::DNS_PROGS);
         let ready = match (lower.as_mut(), progs.as_mut()) {
@@ -54,13 +59,21 @@ impl Dns {
         if let Err(why) = &ready {
             tracing::warn!("no dns faults: {why}");
         }
-        Ok(Self { names, written, ready, _lower: lower.ok(), _progs: progs.ok() })
+        Ok(Self { names, written, tables, ready, _lower: lower.ok(), _progs: progs.ok() })
     }
 
     /// Makes the table hold `target`: new and changed entries, then (with `delete`) the
     /// entries `target` lacks. A rule's entries go in before its rule does and out after.
+    /// A table's `DNS_TABLES` bit is set with its first forward entry, and cleared with the
+    /// deletes.
     pub(super) fn write(&mut self, target: &Names, delete: bool) -> Result<(), KernelError> {
         let err = |source| KernelError::Map { map: map_names::DNS_NAMES, source };
+        let (before, wanted) = (forward_tables(&self.written), forward_tables(target));
+        for slot in wanted.difference(&before) {
+            self.tables
+                .set(*slot, DNS_TABLE_FORWARD, 0)
+                .map_err(|source| KernelError::Map { map: map_names::DNS_TABLES, source })?;
+        }
         for (&(len, key), &slot) in target {
             if self.written.get(&(len, key)) != Some(&slot) {
                 self.names.insert(&Key::new(len, key), slot, 0).map_err(err)?;
@@ -68,6 +81,10 @@ impl Dns {
             }
         }
         if delete {
+            for slot in before.difference(&wanted) {
+                // A bit left set only costs a lookup that finds nothing.
+                let _ = self.tables.set(*slot, 0, 0);
+            }
             let gone: Vec<(u32, DnsNameKey)> =
                 self.written.keys().filter(|k| !target.contains_key(k)).copied().collect();
             for (len, key) in gone {
@@ -78,6 +95,11 @@ impl Dns {
         }
         Ok(())
     }
+}
+
+/// The tables (rule slots) with forward (`prefix.*`) entries.
+fn forward_tables(names: &Names) -> BTreeSet<u32> {
+    names.keys().filter(|(_, k)| k.form == DnsForm::Forward as u8).map(|(_, k)| u32::from(k.slot)).collect()
 }
 
 /// `DNS_PROGS` is pinned: its entries (which hold the programs) outlive this daemon, so dns
