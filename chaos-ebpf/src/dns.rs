@@ -1,21 +1,19 @@
 //! DNS rules: a query whose name is in the rule's table is answered (an error, or spoofed
 //! addresses) or lost. The TC programs tail-call `chaos_dns` for packets whose rule is a DNS
-//! rule (see chaos-common's `PROG_DNS`), so their own size and cost stay as they were.
+//! rule (see chaos-common's `PROG_DNS`), so they grow by a tail call only.
 //!
 //! Three programs, each under 4.19's 4096 instructions, chained by tail calls through
 //! `DNS_PROGS` and passing the query in a per-CPU scratch value: `chaos_dns` parses the query
 //! and looks its name up reversed (exact names, `*.suffix`); `chaos_dns_prefix` looks it up
-//! forward (`prefix.*`), for a rule with such patterns; `chaos_dns_act` answers or drops it.
+//! forward (`prefix.*`), for a table with such patterns (`DNS_TABLES`); `chaos_dns_act` answers or drops it.
 //!
 //! Kept to 4.19's rules: every loop is unrolled (`seq!`), names are bounded by
-//! `DNS_NAME_MAX` and `DNS_LABELS_MAX`, and the name is matched by two LPM lookups
+//! `DNS_NAME_MAX` and `DNS_LABELS_MAX`, and the name is matched by one or two LPM lookups
 //! (chaos-common's `DnsNameKey`), whatever the number of names.
 
 use aya_ebpf::{
-    bindings::{__sk_buff, BPF_F_INGRESS, BPF_F_RECOMPUTE_CSUM, TC_ACT_REDIRECT, TC_ACT_SHOT, TC_ACT_UNSPEC},
-    helpers::{
-        bpf_csum_diff, bpf_get_prandom_u32, bpf_ktime_get_ns, bpf_redirect, bpf_skb_change_tail, bpf_skb_load_bytes,
-    },
+    bindings::{__sk_buff, BPF_F_RECOMPUTE_CSUM, TC_ACT_SHOT, TC_ACT_UNSPEC},
+    helpers::{bpf_csum_diff, bpf_get_prandom_u32, bpf_ktime_get_ns, bpf_skb_change_tail, bpf_skb_load_bytes},
     macros::map,
     maps::{Array, LpmTrie, PerCpuArray, ProgramArray, lpm_trie::Key},
     programs::TcContext,
@@ -31,6 +29,7 @@ use crate::{
     odds::happens,
     packet::{ETH_HLEN, ETH_P_IP},
     reset::swap_ends,
+    tc::{back, lost},
 };
 
 #[map]
@@ -52,7 +51,7 @@ struct Scratch {
     raw: [u8; DNS_NAME_MAX + 8],
     /// Where each label's length byte is.
     labels: [u8; DNS_LABELS_MAX],
-    /// The byte `lookup` copies next.
+    /// The byte `reversed` copies next.
     at: usize,
     /// The name's root byte and number of labels (see `labels`).
     end: usize,
@@ -188,24 +187,11 @@ fn try_prefix(ctx: &TcContext) -> Option<()> {
 /// `chaos_dns_act`: what the matched query gets, as a return code.
 #[inline(always)]
 pub(crate) fn act(ctx: &TcContext) -> i32 {
-    let skb = ctx.skb.skb;
     // SAFETY: as in `enter`.
-    let egress = unsafe { (*skb).cb[1] } == Hook::Egress as u32;
+    let hook = if unsafe { (*ctx.skb.skb).cb[1] } == Hook::Egress as u32 { Hook::Egress } else { Hook::Ingress };
     match try_act(ctx) {
-        Some(Outcome::Drop) if egress => {
-            // Lost as on the wire: see tc::run.
-            // SAFETY: bpf_redirect has no preconditions.
-            unsafe { bpf_redirect(0, 0) };
-            TC_ACT_REDIRECT as i32
-        }
-        Some(Outcome::Drop) => TC_ACT_SHOT,
-        Some(Outcome::Answered) => {
-            // Back where the query came from, as tc::run sends a reset's RST.
-            let flags = if egress { u64::from(BPF_F_INGRESS) } else { 0 };
-            // SAFETY: as above.
-            unsafe { bpf_redirect((*skb).ifindex, flags) };
-            TC_ACT_REDIRECT as i32
-        }
+        Some(Outcome::Drop) => lost(hook),
+        Some(Outcome::Answered) => back(ctx, hook),
         Some(Outcome::Broken) => TC_ACT_SHOT,
         None => TC_ACT_UNSPEC,
     }

@@ -37,30 +37,11 @@ pub(crate) enum Shaping {
 pub(crate) fn run(ctx: &TcContext, hook: Hook, shaping: Shaping) -> i32 {
     let skb = ctx.skb.skb;
     match try_run(ctx, hook, shaping) {
-        Some(Verdict::Drop) if hook == Hook::Egress => {
-            // Lost as on the wire, unknown to the sender. TC_ACT_SHOT here would free the
-            // packet and return NET_XMIT_DROP to the sender's stack: ENOBUFS from sendmsg, and
-            // TCP's local-drop handling (ETIMEDOUT after ~6 s, cwnd cut without a loss). A
-            // redirect to ifindex 0, which names no device, makes skb_do_redirect free it after
-            // the sender was told NET_XMIT_SUCCESS, under cls_bpf (4.19 on) and TCX alike;
-            // TC_ACT_STOLEN would too, but TCX takes it for TCX_NEXT and passes the packet.
-            // SAFETY: bpf_redirect has no preconditions.
-            unsafe { bpf_redirect(0, 0) };
-            TC_ACT_REDIRECT as i32
-        }
-        // Ingress drops are unknown to the sender anyway; a full rate queue is the host's own
-        // queue overflowing, which a local qdisc reports to the sender too (tbf, htb).
-        Some(Verdict::Drop | Verdict::Full) => TC_ACT_SHOT,
-        Some(Verdict::Back) => {
-            // Out the way the packet came: a reply to a packet leaving goes up this host's
-            // stack, a reply to a packet arriving leaves on the same device. bpf_redirect's
-            // flags take effect when the program returns TC_ACT_REDIRECT.
-            let flags = if hook == Hook::Egress { u64::from(BPF_F_INGRESS) } else { 0 };
-            // SAFETY: the context pointer is valid for the whole run; bpf_redirect has no
-            // other preconditions.
-            unsafe { bpf_redirect((*skb).ifindex, flags) };
-            TC_ACT_REDIRECT as i32
-        }
+        Some(Verdict::Drop) => lost(hook),
+        // A full rate queue is the host's own queue overflowing, which a local qdisc reports to
+        // the sender too (tbf, htb).
+        Some(Verdict::Full) => TC_ACT_SHOT,
+        Some(Verdict::Back) => back(ctx, hook),
         Some(Verdict::Depart(t)) => {
             // SAFETY: the context pointer is valid for the whole run; tstamp is writable from
             // TC programs since 5.0 (this path is only in the edt programs).
@@ -76,6 +57,36 @@ pub(crate) fn run(ctx: &TcContext, hook: Hook, shaping: Shaping) -> i32 {
             TC_ACT_UNSPEC
         }
     }
+}
+
+/// The return code of a packet lost on `hook`. On egress, lost as on the wire, unknown to the
+/// sender: TC_ACT_SHOT would free the packet and return NET_XMIT_DROP to the sender's stack
+/// (ENOBUFS from sendmsg, and TCP's local-drop handling: ETIMEDOUT after ~6 s, cwnd cut without
+/// a loss). A redirect to ifindex 0, which names no device, makes skb_do_redirect free it after
+/// the sender was told NET_XMIT_SUCCESS, under cls_bpf (4.19 on) and TCX alike; TC_ACT_STOLEN
+/// would too, but TCX takes it for TCX_NEXT and passes the packet. Ingress drops are unknown to
+/// the sender anyway.
+#[inline(always)]
+pub(crate) fn lost(hook: Hook) -> i32 {
+    if hook != Hook::Egress {
+        return TC_ACT_SHOT;
+    }
+    // SAFETY: bpf_redirect has no preconditions.
+    unsafe { bpf_redirect(0, 0) };
+    TC_ACT_REDIRECT as i32
+}
+
+/// The return code of a packet rewritten into a reply (a reset's RST, a dns answer): out the
+/// way it came. A reply to a packet leaving goes up this host's stack, a reply to a packet
+/// arriving leaves on the same device; bpf_redirect's flags take effect when the program
+/// returns TC_ACT_REDIRECT.
+#[inline(always)]
+pub(crate) fn back(ctx: &TcContext, hook: Hook) -> i32 {
+    let flags = if hook == Hook::Egress { u64::from(BPF_F_INGRESS) } else { 0 };
+    // SAFETY: the context pointer is valid for the whole run; bpf_redirect has no other
+    // preconditions.
+    unsafe { bpf_redirect((*ctx.skb.skb).ifindex, flags) };
+    TC_ACT_REDIRECT as i32
 }
 
 /// What to do with the packet: `None` when no rule acts on it.
